@@ -1,0 +1,133 @@
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { SignerError } from "../errors/index.js";
+import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
+import type { LogLevel } from "../log/index.js";
+import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
+import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
+
+export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
+
+export interface Config {
+  listen: string;
+  tls: { insecure: boolean; certFile?: string; keyFile?: string; clientCaFile?: string };
+  hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number };
+  limits: { maxPayloadBytes: number; maxDeadlineMs: number };
+  log: { level: LogLevel };
+}
+
+type Obj = Record<string, unknown>;
+
+/**
+ * Reads the YAML (or JSON) configuration, applies HSM_SIGNER_* environment overrides and
+ * validates everything, reporting every problem at once. Relative paths are relative to the file.
+ */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new SignerError("CONFIG_INVALID", `cannot read configuration ${file}: ${(e as Error).message}`);
+  }
+  const base = dirname(resolve(file));
+  const problems: string[] = [];
+  const root = (raw ?? {}) as Obj;
+  const section = (name: string): Obj => {
+    const v = root[name];
+    if (v === undefined) return {};
+    if (typeof v !== "object" || v === null || Array.isArray(v)) {
+      problems.push(`${name}: must be a mapping`);
+      return {};
+    }
+    return v as Obj;
+  };
+  const tls = section("tls");
+  const hsm = section("hsm");
+  const limits = section("limits");
+  const log = section("log");
+  const str = (o: Obj, k: string, where: string, envName?: string): string | undefined => {
+    const e = envName ? env[envName] : undefined;
+    const v = e ?? o[k];
+    if (v === undefined || v === null || v === "") return undefined;
+    if (typeof v !== "string") {
+      problems.push(`${where}.${k}: must be a string`);
+      return undefined;
+    }
+    return v;
+  };
+  const path = (o: Obj, k: string, where: string, envName?: string): string | undefined => {
+    const v = str(o, k, where, envName);
+    return v === undefined ? undefined : isAbsolute(v) ? v : resolve(base, v);
+  };
+  const int = (o: Obj, k: string, where: string, def: number, min: number, max: number): number => {
+    const v = o[k];
+    if (v === undefined) return def;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+      problems.push(`${where}.${k}: must be an integer from ${min} to ${max}`);
+      return def;
+    }
+    return v;
+  };
+  const listen = (env.HSM_SIGNER_LISTEN ?? root.listen ?? "127.0.0.1:8443") as string;
+  if (typeof listen !== "string" || !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) problems.push(`listen: "${String(listen)}" is not host:port`);
+  const insecure = tls.insecure === true;
+  const certFile = path(tls, "certFile", "tls");
+  const keyFile = path(tls, "keyFile", "tls");
+  const clientCaFile = path(tls, "clientCaFile", "tls");
+  if (insecure) {
+    if (typeof listen === "string" && !isLoopbackAddress(listen)) problems.push(`tls.insecure: plaintext is only allowed on a loopback address, and listen is ${listen}`);
+  } else {
+    if (!certFile) problems.push("tls.certFile: required (or tls.insecure: true on a loopback address)");
+    if (!keyFile) problems.push("tls.keyFile: required (or tls.insecure: true on a loopback address)");
+  }
+  for (const [k, p] of [["tls.certFile", certFile], ["tls.keyFile", keyFile], ["tls.clientCaFile", clientCaFile]] as const) {
+    if (p) {
+      try {
+        readFileSync(p);
+      } catch (e) {
+        problems.push(`${k}: cannot read ${p} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
+      }
+    }
+  }
+  const module = path(hsm, "module", "hsm", "HSM_SIGNER_HSM_MODULE");
+  if (!module) problems.push("hsm.module: required (path of the PKCS#11 library)");
+  const tokenLabel = str(hsm, "tokenLabel", "hsm", "HSM_SIGNER_TOKEN_LABEL");
+  const tokenSerial = str(hsm, "tokenSerial", "hsm", "HSM_SIGNER_TOKEN_SERIAL");
+  if (!tokenLabel && !tokenSerial) problems.push("hsm.tokenLabel or hsm.tokenSerial: one is required");
+  if ("pin" in hsm) problems.push("hsm.pin: the PIN never goes in the configuration file; use hsm.pinFile or hsm.pinEnv");
+  const pinFile = path(hsm, "pinFile", "hsm", "HSM_SIGNER_PIN_FILE");
+  const pinEnv = str(hsm, "pinEnv", "hsm") ?? DEFAULT_PIN_ENV;
+  const sessions = int(hsm, "sessions", "hsm", DEFAULT_POOL_SIZE, 1, 256);
+  const keyRefreshMs = int(hsm, "keyRefreshSeconds", "hsm", DEFAULT_KEY_REFRESH_MS / 1000, 0, 86400) * 1000;
+  const maxPayloadBytes = int(limits, "maxPayloadBytes", "limits", MAX_PAYLOAD_BYTES, 1, MAX_PAYLOAD_BYTES);
+  const maxDeadlineMs = int(limits, "maxDeadlineSeconds", "limits", DEFAULT_MAX_DEADLINE_MS / 1000, 1, 3600) * 1000;
+  const level = (env.HSM_SIGNER_LOG_LEVEL ?? log.level ?? "info") as LogLevel;
+  if (!["debug", "info", "warn", "error"].includes(level)) problems.push(`log.level: "${String(level)}" is not debug, info, warn or error`);
+  const known = new Set(["listen", "tls", "hsm", "limits", "log"]);
+  for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
+  if (problems.length > 0) {
+    throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
+  }
+  return Object.freeze({
+    listen,
+    tls: { insecure, certFile, keyFile, clientCaFile },
+    hsm: { module: module as string, tokenLabel, tokenSerial, pinFile, pinEnv, sessions, keyRefreshMs },
+    limits: { maxPayloadBytes, maxDeadlineMs },
+    log: { level },
+  });
+}
+
+/** The user PIN, from hsm.pinFile or the environment variable hsm.pinEnv; never from argv. */
+export function readPin(c: Config["hsm"], env: NodeJS.ProcessEnv = process.env): string {
+  if (c.pinFile) {
+    try {
+      return readFileSync(c.pinFile, "utf8").replace(/\r?\n$/, "");
+    } catch (e) {
+      throw new SignerError("CONFIG_INVALID", `cannot read the PIN file ${c.pinFile} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
+    }
+  }
+  const pin = env[c.pinEnv];
+  if (!pin) throw new SignerError("CONFIG_INVALID", `no HSM PIN: set hsm.pinFile, or the environment variable ${c.pinEnv}`);
+  return pin;
+}

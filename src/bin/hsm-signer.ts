@@ -1,0 +1,177 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { SignerError } from "../errors/index.js";
+import { createTestChain, finalizeModule, initToken, openHsm, TEST_CHAIN_DEFAULTS } from "../hsm/index.js";
+import { createLogger } from "../log/index.js";
+import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
+import { SigningService } from "../signing/signing-service.js";
+import { toPem } from "../signing/x509-builder.js";
+import { startSignerServer } from "../server/signer-server.js";
+import { loadConfig, readPin, type Config } from "./config.js";
+
+const USAGE = `usage: hsm-signer <command> [options]
+
+commands:
+  serve --config FILE                 run the signing service
+  config check --config FILE          validate a configuration and exit
+  test-chain --config FILE --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]
+             [--org O] [--state ST] [--country C] [--days N] [--root-out FILE]
+                                      create (or reuse) a root CA key and a signing key in the HSM
+                                      with a code-signing chain on the token; write the root as PEM
+  token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE
+                                      initialize a token (SoftHSM, development); PINs from files
+  version
+
+The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).`;
+
+class UsageError extends Error {}
+
+function need(v: string | undefined, flag: string): string {
+  if (!v) throw new UsageError(`${flag} is required`);
+  return v;
+}
+
+function spec(v: string | undefined, flag: string): KeySpec | undefined {
+  if (v === undefined) return undefined;
+  if (!isKeySpec(v)) throw new UsageError(`${flag} must be one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
+  return v;
+}
+
+async function openFromConfig(config: Config) {
+  return openHsm({
+    modulePath: config.hsm.module,
+    tokenLabel: config.hsm.tokenLabel,
+    tokenSerial: config.hsm.tokenSerial,
+    pin: readPin(config.hsm),
+    poolSize: config.hsm.sessions,
+    keyRefreshMs: config.hsm.keyRefreshMs,
+  });
+}
+
+async function serve(configFile: string): Promise<void> {
+  const config = loadConfig(configFile);
+  const logger = createLogger(config.log.level);
+  const hsm = await openFromConfig(config);
+  const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
+  const tls = config.tls.insecure
+    ? { insecure: true as const }
+    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa: config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined };
+  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs });
+  const keys = await hsm.keys.listKeys();
+  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("shutting down", { signal });
+    void server.close().then(() => {
+      hsm.close();
+      finalizeModule(config.hsm.module);
+      logger.info("stopped");
+    });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+async function testChain(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: "string" },
+      "key-id": { type: "string" },
+      "key-spec": { type: "string" },
+      "root-key-id": { type: "string" },
+      "root-key-spec": { type: "string" },
+      org: { type: "string" },
+      state: { type: "string" },
+      country: { type: "string" },
+      days: { type: "string" },
+      "root-out": { type: "string" },
+    },
+  });
+  const config = loadConfig(need(values.config, "--config"));
+  const keyId = need(values["key-id"], "--key-id");
+  const keySpec = spec(need(values["key-spec"], "--key-spec"), "--key-spec") as KeySpec;
+  const days = values.days === undefined ? undefined : Number(values.days);
+  if (days !== undefined && (!Number.isInteger(days) || days < 1 || days > 3650)) throw new UsageError("--days must be an integer from 1 to 3650");
+  const hsm = await openFromConfig(config);
+  try {
+    const r = await createTestChain(hsm.pool, hsm.keys, {
+      keyId,
+      keySpec,
+      rootKeyId: values["root-key-id"],
+      rootKeySpec: spec(values["root-key-spec"], "--root-key-spec"),
+      organization: values.org,
+      state: values.state,
+      country: values.country,
+      validityDays: days,
+    });
+    if (values["root-out"]) writeFileSync(values["root-out"], toPem(r.root));
+    const made = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
+    console.log(`key "${keyId}" (${keySpec}): chain of ${r.chain.length} certificates on the token; ${made.length ? `created ${made.join(", ")}` : "nothing to create, all present"}`);
+    if (values["root-out"]) console.log(`root certificate written to ${values["root-out"]} (for: notation cert add --type ca --store <name> ${values["root-out"]})`);
+  } finally {
+    hsm.close();
+  }
+}
+
+function tokenInit(args: string[]): void {
+  const { values } = parseArgs({ args, options: { module: { type: "string" }, label: { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" } } });
+  const read = (f: string): string => readFileSync(f, "utf8").replace(/\r?\n$/, "");
+  const info = initToken(need(values.module, "--module"), need(values.label, "--label"), read(need(values["so-pin-file"], "--so-pin-file")), read(need(values["pin-file"], "--pin-file")));
+  console.log(`token "${info.label}" initialized (serial ${info.serial})`);
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case "serve": {
+        const { values } = parseArgs({ args: argv.slice(1), options: { config: { type: "string" } } });
+        await serve(need(values.config, "--config"));
+        return -1; // keeps running
+      }
+      case "config": {
+        if (sub !== "check") throw new UsageError("usage: hsm-signer config check --config FILE");
+        const { values } = parseArgs({ args: rest, options: { config: { type: "string" } } });
+        loadConfig(need(values.config, "--config"));
+        console.log("configuration is valid");
+        return 0;
+      }
+      case "test-chain":
+        await testChain(argv.slice(1));
+        return 0;
+      case "token":
+        if (sub !== "init") throw new UsageError("usage: hsm-signer token init ...");
+        tokenInit(rest);
+        return 0;
+      case "version":
+      case "--version":
+        console.log(JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")).version);
+        return 0;
+      case undefined:
+      case "help":
+      case "--help":
+        console.log(USAGE);
+        return cmd === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${cmd}"`);
+    }
+  } catch (e) {
+    if (e instanceof UsageError || (e as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      console.error(`hsm-signer: ${(e as Error).message}\n\n${USAGE}`);
+      return 2;
+    }
+    if (e instanceof SignerError) {
+      console.error(`hsm-signer: ${e.message}`);
+      return 1;
+    }
+    console.error(`hsm-signer: unexpected failure: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+run(process.argv.slice(2)).then((code) => {
+  if (code >= 0) process.exitCode = code;
+});

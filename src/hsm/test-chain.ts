@@ -1,0 +1,94 @@
+import { SignerError } from "../errors/index.js";
+import type { KeySpec } from "../signing/key-spec.js";
+import type { KeyRecord } from "../signing/ports.js";
+import { createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
+import { generateKeyPair, keyIdBytes, privateKeyExists, storeCertificate } from "./key-factory.js";
+import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
+import type { SessionPool } from "./session-pool.js";
+
+export interface TestChainParams {
+  keyId: string;
+  keySpec: KeySpec;
+  /** Label of the root CA key; default `${keyId}-root-ca`. */
+  rootKeyId?: string;
+  rootKeySpec?: KeySpec;
+  organization?: string;
+  state?: string;
+  country?: string;
+  validityDays?: number;
+}
+
+export interface TestChainResult {
+  chain: Buffer[];
+  root: Buffer;
+  created: { rootKey: boolean; rootCertificate: boolean; key: boolean; leafCertificate: boolean };
+}
+
+export const TEST_CHAIN_DEFAULTS = { rootKeySpec: "EC-384" as KeySpec, organization: "hsm-signer test", state: "WA", country: "US", validityDays: 365 };
+
+/** RFC 4514 attribute value escaping for the characters that matter in a DN string. */
+function rdn(v: string): string {
+  return v.replace(/([,+"\\<>;=])/g, "\\$1").replace(/^([ #])/, "\\$1").replace(/ $/, "\\ ");
+}
+
+/**
+ * The HSM equivalent of `notation cert generate-test`: a root CA key and a signing key in the
+ * HSM, a self-signed root and a code-signing leaf whose signatures the HSM makes, both stored on
+ * the token. Safe to run again: what already exists is kept, only what is missing is made.
+ */
+export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p: TestChainParams): Promise<TestChainResult> {
+  const rootKeyId = p.rootKeyId ?? `${p.keyId}-root-ca`;
+  const d = { ...TEST_CHAIN_DEFAULTS, ...stripUndefined(p) };
+  const created = { rootKey: false, rootCertificate: false, key: false, leafCertificate: false };
+  await pool.use((s) => {
+    if (!privateKeyExists(s, rootKeyId)) {
+      generateKeyPair(s, rootKeyId, d.rootKeySpec);
+      created.rootKey = true;
+    }
+    if (!privateKeyExists(s, p.keyId)) {
+      generateKeyPair(s, p.keyId, p.keySpec);
+      created.key = true;
+    }
+  });
+  await keys.refresh();
+  let root = await keys.getKey(rootKeyId);
+  const rootSigner = asDigestSigner(keys, root);
+  if (root.chain.length === 0) {
+    const der = await createRootCertificate({ subject: `CN=${rdn(p.keyId)} Root CA, O=${rdn(d.organization)}, ST=${rdn(d.state)}, C=${rdn(d.country)}`, key: rootSigner, validityDays: d.validityDays * 2 });
+    await pool.use((s) => storeCertificate(s, rootKeyId, keyIdBytes(s, rootKeyId), der));
+    created.rootCertificate = true;
+    await keys.refresh();
+    root = await keys.getKey(rootKeyId);
+  }
+  const rootDer = root.chain[root.chain.length - 1];
+  if (!rootDer || !root.certificate?.isCa) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" exists but its certificate is not a CA certificate`);
+  let key = await keys.getKey(p.keyId);
+  if (key.spec !== p.keySpec) throw new SignerError("INVALID_ARGUMENT", `key "${p.keyId}" already exists as ${key.spec}, not ${p.keySpec}`);
+  if (key.chain.length === 0) {
+    const spki = keys.publicKeySpki(p.keyId);
+    if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${p.keyId}" has no public key object on the token to certify`);
+    const der = await createLeafCertificate({
+      subject: `CN=${rdn(p.keyId)}, O=${rdn(d.organization)}, ST=${rdn(d.state)}, C=${rdn(d.country)}`,
+      spki,
+      issuerCertificate: rootDer,
+      issuerKey: rootSigner,
+      validityDays: d.validityDays,
+    });
+    await pool.use((s) => storeCertificate(s, p.keyId, keyIdBytes(s, p.keyId), der));
+    created.leafCertificate = true;
+    await keys.refresh();
+    key = await keys.getKey(p.keyId);
+  }
+  if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
+  return { chain: key.chain, root: key.chain[key.chain.length - 1] as Buffer, created };
+}
+
+function asDigestSigner(keys: Pkcs11KeyStore, key: KeyRecord): DigestSigningKey {
+  const spki = keys.publicKeySpki(key.keyId);
+  if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${key.keyId}" has no public key on the token`);
+  return { spec: key.spec, spki, signDigest: (hash, digest) => keys.signDigest(key, hash, digest) };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

@@ -1,0 +1,76 @@
+import { isHashAlgorithm, isKeySpec, keySpecInfo } from "../signing/key-spec.js";
+import { CAPABILITY_RAW, CONTRACT_VERSION, PLUGIN_NAME, PLUGIN_VERSION, PluginError, type DescribeKeyRequest, type GenerateSignatureRequest } from "./contract.js";
+import { parsePluginConfig } from "./plugin-config.js";
+
+/** get-plugin-metadata: static, no network, no gRPC (§2.1). */
+export function getPluginMetadata(): Record<string, unknown> {
+  return {
+    name: PLUGIN_NAME,
+    description: "Signs with keys held in an HSM through the hsm-signer service",
+    version: PLUGIN_VERSION,
+    url: "https://github.com/hsm-signer/hsm-signer",
+    supportedContractVersions: [CONTRACT_VERSION],
+    capabilities: [CAPABILITY_RAW],
+  };
+}
+
+function requireString(req: Record<string, unknown>, field: string): string {
+  const v = req[field];
+  if (typeof v !== "string" || v === "") throw new PluginError("VALIDATION_ERROR", `request field "${field}" is required and must be a non-empty string`);
+  return v;
+}
+
+function checkContract(req: Record<string, unknown>): void {
+  const v = req.contractVersion;
+  if (typeof v !== "string" || v === "") throw new PluginError("VALIDATION_ERROR", 'request field "contractVersion" is required');
+  if (v !== CONTRACT_VERSION) throw new PluginError("UNSUPPORTED_CONTRACT_VERSION", `contract version "${v}" is not supported; this plugin supports "${CONTRACT_VERSION}"`);
+}
+
+function pluginConfigOf(req: Record<string, unknown>): Record<string, unknown> | undefined {
+  const c = req.pluginConfig;
+  if (c === undefined || c === null) return undefined;
+  if (typeof c !== "object" || Array.isArray(c)) throw new PluginError("VALIDATION_ERROR", 'request field "pluginConfig" must be an object');
+  return c as Record<string, unknown>;
+}
+
+const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** describe-key (§2.2): keyId echoed byte for byte, keySpec from the service. */
+export async function describeKey(raw: Record<string, unknown>): Promise<Record<string, unknown>> {
+  checkContract(raw);
+  const req = raw as unknown as DescribeKeyRequest;
+  const keyId = requireString(raw, "keyId");
+  const settings = parsePluginConfig(pluginConfigOf(raw));
+  const { RemoteSigner } = await import("./remote-signer.js");
+  const info = await new RemoteSigner(settings).describeKey(keyId);
+  if (!isKeySpec(info.keySpec)) throw new PluginError("ERROR", `the service described key "${req.keyId}" with an unknown key spec "${info.keySpec}"`);
+  return { keyId, keySpec: info.keySpec };
+}
+
+/** generate-signature (§2.3): sign the decoded payload, return the raw signature and the chain leaf→root. */
+export async function generateSignature(raw: Record<string, unknown>): Promise<Record<string, unknown>> {
+  checkContract(raw);
+  const req = raw as unknown as GenerateSignatureRequest;
+  const keyId = requireString(raw, "keyId");
+  const keySpec = requireString(raw, "keySpec");
+  const hashAlgorithm = requireString(raw, "hashAlgorithm");
+  const payloadB64 = requireString(raw, "payload");
+  if (!isKeySpec(keySpec)) throw new PluginError("VALIDATION_ERROR", `keySpec "${keySpec}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
+  if (!isHashAlgorithm(hashAlgorithm)) throw new PluginError("VALIDATION_ERROR", `hashAlgorithm "${hashAlgorithm}" is not one of SHA-256, SHA-384, SHA-512`);
+  const info = keySpecInfo(keySpec);
+  if (info.hash !== hashAlgorithm) throw new PluginError("VALIDATION_ERROR", `hashAlgorithm ${hashAlgorithm} does not go with keySpec ${keySpec} (which uses ${info.hash})`);
+  if (!STRICT_BASE64.test(payloadB64)) throw new PluginError("VALIDATION_ERROR", 'request field "payload" is not padded standard base64');
+  const payload = Buffer.from(payloadB64, "base64");
+  const settings = parsePluginConfig(pluginConfigOf(raw));
+  const { RemoteSigner } = await import("./remote-signer.js");
+  const r = await new RemoteSigner(settings).sign(keyId, keySpec, hashAlgorithm, payload);
+  if (r.keySpec !== keySpec) throw new PluginError("VALIDATION_ERROR", `key "${req.keyId}" is ${r.keySpec} at the service, not ${keySpec}; run notation sign again`);
+  if (r.signature.length !== info.signatureLength) throw new PluginError("ERROR", `the service returned a ${r.signature.length}-byte signature; ${keySpec} signatures are ${info.signatureLength} bytes`);
+  if (r.certificateChain.length === 0) throw new PluginError("ERROR", `the service returned no certificate chain for key "${keyId}"`);
+  return {
+    keyId,
+    signature: r.signature.toString("base64"),
+    signingAlgorithm: info.signingAlgorithm,
+    certificateChain: r.certificateChain.map((c) => c.toString("base64")),
+  };
+}

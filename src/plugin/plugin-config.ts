@@ -1,0 +1,82 @@
+import { readFileSync } from "node:fs";
+import { PluginError } from "./contract.js";
+
+/** pluginConfig keys (README, "notation plugin configuration"). Values are paths and names, never secrets. */
+export const CONFIG_KEYS = ["endpoint", "ca_file", "client_cert_file", "client_key_file", "server_name", "timeout", "token_file", "token_env"] as const;
+export const DEFAULT_TIMEOUT_MS = 30_000;
+const SECRET_LIKE = /token$|pin|password|secret|private_key$|^key$/i;
+
+export interface PluginSettings {
+  endpoint: string;
+  ca: Buffer | undefined;
+  cert: Buffer | undefined;
+  key: Buffer | undefined;
+  serverName: string | undefined;
+  timeoutMs: number;
+  /** Bearer token read from token_file or token_env; never from pluginConfig itself. */
+  token: string | undefined;
+}
+
+/** "30", "30s", "1500ms", "2m" → milliseconds. */
+export function parseDuration(v: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(v.trim());
+  if (!m?.[1]) return undefined;
+  const n = Number(m[1]);
+  const unit = m[2] ?? "s";
+  return Math.round(unit === "ms" ? n : unit === "m" ? n * 60_000 : n * 1000);
+}
+
+function readConfigFile(key: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new PluginError("VALIDATION_ERROR", `pluginConfig ${key}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env: NodeJS.ProcessEnv = process.env): PluginSettings {
+  const c = cfg ?? {};
+  for (const [k, v] of Object.entries(c)) {
+    if (!(CONFIG_KEYS as readonly string[]).includes(k)) {
+      const hint = SECRET_LIKE.test(k) ? " Never put secrets in pluginConfig (notation prints it with --debug): use token_file or token_env." : "";
+      throw new PluginError("VALIDATION_ERROR", `unknown pluginConfig key "${k}"; known keys: ${CONFIG_KEYS.join(", ")}.${hint}`);
+    }
+    if (typeof v !== "string") throw new PluginError("VALIDATION_ERROR", `pluginConfig ${k} must be a string`);
+  }
+  const get = (k: (typeof CONFIG_KEYS)[number]): string | undefined => {
+    const v = c[k] as string | undefined;
+    return v === undefined || v === "" ? undefined : v;
+  };
+  const endpoint = get("endpoint");
+  if (!endpoint) throw new PluginError("VALIDATION_ERROR", 'pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
+  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(endpoint)) throw new PluginError("VALIDATION_ERROR", `pluginConfig endpoint "${endpoint}" is not host:port`);
+  const certFile = get("client_cert_file");
+  const keyFile = get("client_key_file");
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new PluginError("VALIDATION_ERROR", "pluginConfig client_cert_file and client_key_file go together");
+  let timeoutMs = DEFAULT_TIMEOUT_MS;
+  const t = get("timeout");
+  if (t !== undefined) {
+    const ms = parseDuration(t);
+    if (ms === undefined || ms <= 0 || ms > 600_000) throw new PluginError("VALIDATION_ERROR", `pluginConfig timeout "${t}" must be a duration such as 30s, between 1ms and 10m`);
+    timeoutMs = ms;
+  }
+  let token: string | undefined;
+  const tokenFile = get("token_file");
+  const tokenEnv = get("token_env");
+  if (tokenFile && tokenEnv) throw new PluginError("VALIDATION_ERROR", "pluginConfig token_file and token_env exclude each other");
+  if (tokenFile) token = readConfigFile("token_file", tokenFile).toString("utf8").trim();
+  if (tokenEnv) {
+    token = env[tokenEnv]?.trim();
+    if (!token) throw new PluginError("VALIDATION_ERROR", `pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
+  }
+  const caFile = get("ca_file");
+  return {
+    endpoint,
+    ca: caFile ? readConfigFile("ca_file", caFile) : undefined,
+    cert: certFile ? readConfigFile("client_cert_file", certFile) : undefined,
+    key: keyFile ? readConfigFile("client_key_file", keyFile) : undefined,
+    serverName: get("server_name"),
+    timeoutMs,
+    token: token || undefined,
+  };
+}

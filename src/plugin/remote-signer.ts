@@ -1,0 +1,64 @@
+import { decodeDescribeKeyResponse, decodeSignResponse, encodeKeyRequest, encodeSignRequest, SIGNER_SERVICE, type KeyInfo, type SignResponse } from "../client/messages.js";
+import { GrpcCallError, GrpcHttp2Channel, Status, STATUS_NAMES, withRetries } from "../client/grpc-http2-client.js";
+import { PLUGIN_NAME, PLUGIN_VERSION, PluginError, type PluginErrorCode } from "./contract.js";
+import type { PluginSettings } from "./plugin-config.js";
+
+export const RETRY = { attempts: 4, baseDelayMs: 200 };
+
+/** The one place where gRPC status codes become notation error codes (README, "Error codes"). */
+export function pluginCodeOf(grpcCode: number): PluginErrorCode {
+  switch (grpcCode) {
+    case Status.UNAUTHENTICATED:
+    case Status.PERMISSION_DENIED:
+      return "ACCESS_DENIED";
+    case Status.DEADLINE_EXCEEDED:
+      return "TIMEOUT";
+    case Status.RESOURCE_EXHAUSTED:
+      return "THROTTLED";
+    case Status.INVALID_ARGUMENT:
+    case Status.NOT_FOUND:
+    case Status.FAILED_PRECONDITION:
+      return "VALIDATION_ERROR";
+    default:
+      return "ERROR";
+  }
+}
+
+/** Talks to the hsm-signer service for one plugin command. */
+export class RemoteSigner {
+  private readonly channel: GrpcHttp2Channel;
+  private readonly deadline: number;
+
+  constructor(private readonly s: PluginSettings) {
+    this.channel = new GrpcHttp2Channel({ endpoint: s.endpoint, ca: s.ca, cert: s.cert, key: s.key, serverName: s.serverName, userAgent: `notation-${PLUGIN_NAME}/${PLUGIN_VERSION}` });
+    this.deadline = Date.now() + s.timeoutMs;
+  }
+
+  private async call(method: string, body: Buffer, what: string): Promise<Buffer> {
+    const metadata = this.s.token ? { authorization: `Bearer ${this.s.token}` } : undefined;
+    try {
+      return await withRetries(this.deadline, RETRY, () => this.channel.unary(SIGNER_SERVICE + method, body, { deadline: this.deadline, metadata }));
+    } catch (e) {
+      if (e instanceof GrpcCallError) {
+        const name = STATUS_NAMES[e.code] ?? String(e.code);
+        const detail = e.code === Status.DEADLINE_EXCEEDED ? `no answer within the ${this.s.timeoutMs} ms timeout (pluginConfig timeout)` : e.details;
+        throw new PluginError(pluginCodeOf(e.code), `${what} at hsm-signer ${this.s.endpoint} failed (${name}): ${detail}`);
+      }
+      throw new PluginError("ERROR", `${what} at hsm-signer ${this.s.endpoint} failed: ${(e as Error).message}`);
+    } finally {
+      this.channel.close();
+    }
+  }
+
+  async describeKey(keyId: string): Promise<KeyInfo> {
+    const what = `describing key "${keyId}"`;
+    const info = decodeDescribeKeyResponse(await this.call("DescribeKey", encodeKeyRequest(keyId), what));
+    if (!info) throw new PluginError("ERROR", `${what} at hsm-signer ${this.s.endpoint}: the service sent no key`);
+    return info;
+  }
+
+  async sign(keyId: string, keySpec: string, hashAlgorithm: string, payload: Buffer): Promise<SignResponse> {
+    const body = encodeSignRequest({ keyId, payload, hashAlgorithm, keySpec });
+    return decodeSignResponse(await this.call("Sign", body, `signing with key "${keyId}"`));
+  }
+}
