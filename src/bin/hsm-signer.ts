@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { SignerError } from "../errors/index.js";
-import { createTestChain, finalizeModule, initToken, openHsm, TEST_CHAIN_DEFAULTS } from "../hsm/index.js";
+import { createTestChain, finalizeModule, initToken, listTokens, loadModule, openHsm } from "../hsm/index.js";
 import { createLogger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
@@ -18,7 +18,7 @@ commands:
              [--org O] [--state ST] [--country C] [--days N] [--root-out FILE]
                                       create (or reuse) a root CA key and a signing key in the HSM
                                       with a code-signing chain on the token; write the root as PEM
-  token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE
+  token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]
                                       initialize a token (SoftHSM, development); PINs from files
   version
 
@@ -117,9 +117,14 @@ async function testChain(args: string[]): Promise<void> {
 }
 
 function tokenInit(args: string[]): void {
-  const { values } = parseArgs({ args, options: { module: { type: "string" }, label: { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" } } });
+  const { values } = parseArgs({ args, options: { module: { type: "string" }, label: { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" }, "if-missing": { type: "boolean" } } });
   const read = (f: string): string => readFileSync(f, "utf8").replace(/\r?\n$/, "");
-  const info = initToken(need(values.module, "--module"), need(values.label, "--label"), read(need(values["so-pin-file"], "--so-pin-file")), read(need(values["pin-file"], "--pin-file")));
+  const label = need(values.label, "--label");
+  if (values["if-missing"] && listTokens(loadModule(need(values.module, "--module"))).some((t) => t.label === label)) {
+    console.log(`token "${label}" already exists`);
+    return;
+  }
+  const info = initToken(need(values.module, "--module"), label, read(need(values["so-pin-file"], "--so-pin-file")), read(need(values["pin-file"], "--pin-file")));
   console.log(`token "${info.label}" initialized (serial ${info.serial})`);
 }
 

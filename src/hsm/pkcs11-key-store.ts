@@ -52,8 +52,8 @@ function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buff
     if (keyType === KeyType.RSA && a.modulus instanceof Buffer && a.publicExponent instanceof Buffer) {
       return createPublicKey({ key: { kty: "RSA", n: a.modulus.toString("base64url"), e: a.publicExponent.toString("base64url") }, format: "jwk" }).export({ type: "spki", format: "der" });
     }
-    if (keyType === KeyType.EC && a.paramsEC instanceof Buffer && a.pointEC instanceof Buffer) {
-      const curve = curveOfEcParams(a.paramsEC);
+    if (keyType === KeyType.EC && a.paramsECDSA instanceof Buffer && a.pointEC instanceof Buffer) {
+      const curve = curveOfEcParams(a.paramsECDSA);
       if (!curve) return undefined;
       const point = unwrapEcPoint(a.pointEC);
       const n = (point.length - 1) / 2;
@@ -67,11 +67,9 @@ function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buff
 
 /** CKA_EC_POINT is a DER OCTET STRING around the uncompressed point on most tokens, raw on a few. */
 function unwrapEcPoint(p: Buffer): Buffer {
-  if (p[0] === 0x04 && p.length % 2 === 1) return p; // raw 04||X||Y
-  let off = 2;
-  if (p[1] === 0x81) off = 3;
-  else if (p[1] === 0x82) off = 4;
-  return p.subarray(off);
+  if (p[0] === 0x04 && p[1] === p.length - 2) return p.subarray(2);
+  if (p[0] === 0x04 && p[1] === 0x81 && p[2] === p.length - 3) return p.subarray(3);
+  return p; // raw 04||X||Y
 }
 
 /**
@@ -144,7 +142,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   async signDigest(key: KeyRecord, hash: HashAlgorithm, digest: Buffer, deadline?: number): Promise<Buffer> {
     const e = this.entries.get(key.keyId);
-    if (!e || e.record !== key) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" is no longer on the token`);
+    if (!e || e.record.spec !== key.spec || e.record.version !== key.version) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" is no longer on the token`);
     const mech = digestSigningMechanism(key.info, hash, digest.length);
     const session = await this.pool.acquire(deadline);
     let failed = false;
@@ -172,7 +170,7 @@ export class Pkcs11KeyStore implements KeyStore {
       const o = pubObjs.items(i);
       const t = o.getAttribute({ id: null, keyType: null }) as { id?: Buffer; keyType?: number };
       if (!t.id || t.keyType === undefined) continue;
-      const more = t.keyType === KeyType.RSA ? o.getAttribute({ modulus: null, publicExponent: null }) : t.keyType === KeyType.EC ? o.getAttribute({ paramsEC: null, pointEC: null }) : {};
+      const more = t.keyType === KeyType.RSA ? o.getAttribute({ modulus: null, publicExponent: null }) : t.keyType === KeyType.EC ? o.getAttribute({ paramsECDSA: null, pointEC: null }) : {};
       const spki = spkiFromPublicObject(t.keyType, more as Record<string, unknown>);
       if (spki) publics.set(t.id.toString("hex"), spki);
     }
@@ -190,8 +188,9 @@ export class Pkcs11KeyStore implements KeyStore {
         spec = keySpecFor("RSA", bits);
         detail = `RSA ${bits} bits`;
       } else if (a.keyType === KeyType.EC) {
-        const { paramsEC } = o.getAttribute({ paramsEC: null }) as { paramsEC?: Buffer };
-        const curve = paramsEC ? curveOfEcParams(paramsEC) : undefined;
+        // graphene reads CKA_EC_PARAMS back under the name paramsECDSA.
+        const { paramsECDSA } = o.getAttribute({ paramsECDSA: null }) as { paramsECDSA?: Buffer };
+        const curve = paramsECDSA ? curveOfEcParams(paramsECDSA) : undefined;
         spec = curve ? keySpecFor("EC", curve) : undefined;
         detail = curve ? `EC ${curve}` : "EC on an unsupported curve";
       }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the service, the quick start and the tests need, if missing.
+set -euo pipefail
+need=()
+[ -n "$(bash "$(dirname "$0")/find-softhsm.sh" 2>/dev/null)" ] || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v openssl >/dev/null || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing ${need[*]}" >&2
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
