@@ -177,6 +177,12 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-run(process.argv.slice(2)).then((code) => {
-  if (code >= 0) process.exitCode = code;
-});
+run(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (e: unknown) => {
+    console.error(`hsm-signer: ${(e as Error).message}`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,137 @@
+import { spawn } from "node:child_process";
+import { performance } from "node:perf_hooks";
+
+/** Closed-loop load: `concurrency` callers, each starting the next call as soon as its last one ends. */
+export interface LoadOptions {
+  concurrency: number;
+  warmupMs: number;
+  durationMs: number;
+  /** The whole run (warm-up, measurement, drain) fails after this long. */
+  hardLimitMs?: number;
+}
+
+export interface LoadResult {
+  /** Calls that completed inside the measurement window. */
+  ops: number;
+  seconds: number;
+  /** ops / seconds */
+  rate: number;
+  /** Latency (ms) of the calls that both started and ended inside the window. */
+  p50: number;
+  p99: number;
+  mean: number;
+}
+
+/** Nearest-rank percentile of an ascending array. */
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i] as number;
+}
+
+export function median(values: number[]): number {
+  return percentile([...values].sort((a, b) => a - b), 50);
+}
+
+/**
+ * Runs `op` with `concurrency` calls in flight for warm-up + duration, then lets the calls in
+ * flight drain. The first failing call aborts the run with its error; the run is bounded by
+ * hardLimitMs, so a hung call cannot hang the benchmark.
+ */
+export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promise<LoadResult> {
+  const t0 = performance.now();
+  const measureStart = t0 + o.warmupMs;
+  const measureEnd = measureStart + o.durationMs;
+  let stop = false;
+  let ops = 0;
+  const latencies: number[] = [];
+  let failure: { error: unknown } | undefined;
+
+  const caller = async (): Promise<void> => {
+    while (!stop) {
+      const s = performance.now();
+      try {
+        await op();
+      } catch (e) {
+        failure ??= { error: e };
+        stop = true;
+        return;
+      }
+      const e = performance.now();
+      if (e >= measureStart && e <= measureEnd) {
+        ops++;
+        if (s >= measureStart) latencies.push(e - s);
+      }
+      if (e > measureEnd) stop = true;
+    }
+  };
+
+  const stopTimer = setTimeout(() => {
+    stop = true;
+  }, measureEnd - t0);
+  let hardTimer: NodeJS.Timeout | undefined;
+  const hardLimit = new Promise<never>((_, reject) => {
+    hardTimer = setTimeout(() => reject(new Error(`load run did not finish within ${o.hardLimitMs ?? 30_000 + o.warmupMs + o.durationMs} ms`)), o.hardLimitMs ?? 30_000 + o.warmupMs + o.durationMs);
+  });
+  try {
+    await Promise.race([Promise.all(Array.from({ length: o.concurrency }, caller)), hardLimit]);
+  } finally {
+    stop = true;
+    clearTimeout(stopTimer);
+    clearTimeout(hardTimer);
+  }
+  if (failure) throw failure.error instanceof Error ? failure.error : new Error(String(failure.error));
+  latencies.sort((a, b) => a - b);
+  const seconds = o.durationMs / 1000;
+  return {
+    ops,
+    seconds,
+    rate: ops / seconds,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    mean: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
+  };
+}
+
+export interface ProcessRun {
+  ms: number;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs one process asynchronously (the event loop stays free to serve the in-process gRPC
+ * server), feeding `input` on stdin; wall time is spawn to "close" (exit and streams drained).
+ */
+export function runProcess(file: string, args: string[], input: string | undefined, env: NodeJS.ProcessEnv, timeoutMs = 15_000): Promise<ProcessRun> {
+  return new Promise<ProcessRun>((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(file, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    child.stdout.on("data", (c: Buffer) => out.push(c));
+    child.stderr.on("data", (c: Buffer) => err.push(c));
+    child.stdin.on("error", () => undefined); // a process that exits without reading stdin
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (code, signal) => {
+      const ms = performance.now() - started;
+      clearTimeout(timer);
+      if (timedOut) {
+        reject(new Error(`${file} ${args.join(" ")} did not finish within ${timeoutMs} ms`));
+        return;
+      }
+      resolve({ ms, code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
+    });
+    child.stdin.end(input ?? "");
+  });
+}

@@ -1,0 +1,62 @@
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { PROJECT_ROOT } from "./softhsm.js";
+
+/** The built plugin executable (npm run build), run through its own shebang like notation does. */
+export const PLUGIN_PATH = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer");
+/** A plugin run that takes longer than this is killed (and reported as timedOut). */
+export const PLUGIN_KILL_AFTER_MS = 20_000;
+
+export interface PluginResult {
+  /** Exit code; null when the process was killed by a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Wall-clock time from spawn to exit, ms. */
+  ms: number;
+  timedOut: boolean;
+}
+
+export interface RunOptions {
+  /** Full environment for the child (default: this process's environment). */
+  env?: NodeJS.ProcessEnv;
+  /** The program to run instead of the plugin itself, with args placed before the command (e.g. node --require X PLUGIN). */
+  prefix?: { file: string; args: string[] };
+  /** Extra arguments instead of the single command (for usage-error tests); undefined means [command]. */
+  argv?: string[];
+}
+
+/**
+ * Runs the plugin as notation does (§1.5): exec(plugin, COMMAND), the request written to stdin
+ * with no trailing newline, stdin closed, stdout and stderr collected to the end.
+ */
+export function runPlugin(command: string | undefined, stdinText: string, env?: NodeJS.ProcessEnv, o: RunOptions = {}): Promise<PluginResult> {
+  const args = o.argv ?? (command === undefined ? [] : [command]);
+  const file = o.prefix ? o.prefix.file : PLUGIN_PATH;
+  const argv = o.prefix ? [...o.prefix.args, PLUGIN_PATH, ...args] : args;
+  const started = Date.now();
+  return new Promise<PluginResult>((resolve, reject) => {
+    const child = spawn(file, argv, { env: env ?? o.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, PLUGIN_KILL_AFTER_MS);
+    child.stdout.on("data", (c: Buffer) => out.push(c));
+    child.stderr.on("data", (c: Buffer) => err.push(c));
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    // The plugin may exit before reading stdin (a usage error); that is not a test failure.
+    child.stdin.on("error", () => undefined);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8"), ms: Date.now() - started, timedOut });
+    });
+    child.stdin.end(stdinText);
+  });
+}
