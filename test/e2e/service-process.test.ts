@@ -1,0 +1,129 @@
+import assert from "node:assert/strict";
+import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { X509Certificate } from "node:crypto";
+import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
+
+const run = promisify(execFile);
+const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
+const PLUGIN = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer");
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+function plugin(command: string, request: unknown): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(PLUGIN, [command], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const t = setTimeout(() => p.kill("SIGKILL"), 20_000);
+    p.on("error", reject);
+    p.on("close", (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+    p.stdin.end(JSON.stringify(request));
+  });
+}
+
+/** Waits for a JSON log line with this msg on the child's stdout. */
+function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}`)), ms);
+    child.stdout?.on("data", (d: Buffer) => {
+      buf += d.toString();
+      for (const line of buf.split("\n")) {
+        try {
+          const o = JSON.parse(line) as Record<string, unknown>;
+          if (o.msg === msg) {
+            clearTimeout(t);
+            resolve(o);
+          }
+        } catch {
+          // not a complete JSON line yet
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}`)));
+  });
+}
+
+describe("hsm-signer as a process: quick-start set-up, serve, sign through the plugin, SIGTERM", function () {
+  this.timeout(120_000);
+  let data: string;
+  let port: number;
+  let child: ChildProcess | undefined;
+
+  before(async () => {
+    data = mkdtempSync(join(tmpdir(), "hsm-signer-demo-"));
+    port = await freePort();
+  });
+
+  after(() => {
+    child?.kill("SIGKILL");
+    rmSync(data, { recursive: true, force: true });
+  });
+
+  it("sets up a token, TLS, a demo key and its chain, and a second run changes nothing", async () => {
+    const env = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, DEMO_KEY_SPEC: "EC-384" };
+    const first = await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env });
+    assert.match(first.stderr, /created rootKey, rootCertificate, key, leafCertificate/);
+    const root = readFileSync(join(data, "demo-key-root.pem"));
+    assert.ok(new X509Certificate(root).ca, "the root written for notation cert add is a CA certificate");
+    const second = await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env });
+    assert.match(second.stderr, /nothing to create, all present/);
+    assert.match(second.stdout, /token "hsm-signer-demo" already exists/);
+    assert.deepEqual(readFileSync(join(data, "demo-key-root.pem")), root);
+  });
+
+  it("serves, signs a notation request through the plugin, and stops cleanly on SIGTERM", async () => {
+    const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf") };
+    child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const ready = await waitForLog(child, "hsm-signer listening");
+    assert.equal(ready.port, port);
+    const cfg = { endpoint: `127.0.0.1:${port}`, ca_file: join(data, "tls/ca.pem") };
+    const d = await plugin("describe-key", requestFor("describe-key", "demo-key", "EC-384", cfg));
+    assert.equal(d.code, 0, d.stderr);
+    assert.deepEqual(JSON.parse(d.stdout), { keyId: "demo-key", keySpec: "EC-384" });
+    const req = requestFor("generate-signature-jws", "demo-key", "EC-384", cfg);
+    const s = await plugin("generate-signature", req);
+    assert.equal(s.code, 0, s.stderr);
+    assert.equal(s.stderr, "");
+    const out = JSON.parse(s.stdout) as { signature: string; certificateChain: string[] };
+    const leaf = Buffer.from(out.certificateChain[0] as string, "base64");
+    assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature, "base64"), leaf, "EC-384"));
+    const exited = new Promise<number | null>((resolve) => child?.on("exit", (code) => resolve(code)));
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0);
+    child = undefined;
+  });
+
+  it("config check lists every problem at once and exits 1", async () => {
+    const bad = join(data, "bad.yaml");
+    writeFileSync(bad, "listen: nowhere\ntls:\n  insecure: false\nhsm:\n  pin: '1234'\n  sessions: 0\nbogus: 1\n");
+    const r = await run(HSM_SIGNER, ["config", "check", "--config", bad]).then(
+      () => assert.fail("config check accepted a bad file"),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(r.code, 1);
+    for (const want of ["listen:", "tls.certFile", "tls.keyFile", "hsm.module", "hsm.tokenLabel", "hsm.pin:", "hsm.sessions", "bogus"]) {
+      assert.ok(r.stderr.includes(want), `missing "${want}" in: ${r.stderr}`);
+    }
+    assert.ok(!r.stderr.includes("1234"), "the PIN is never echoed");
+  });
+});
