@@ -21,7 +21,9 @@ export interface PluginResult {
 export interface RunOptions {
   /** Full environment for the child (default: this process's environment). */
   env?: NodeJS.ProcessEnv;
-  /** The program to run instead of the plugin itself, with args placed before the command (e.g. node --require X PLUGIN). */
+  /** Another copy of the plugin to run (default PLUGIN_PATH). */
+  executable?: string;
+  /** Run the plugin through this program instead of its shebang: file args... PLUGIN COMMAND (e.g. node --require X). */
   prefix?: { file: string; args: string[] };
   /** Extra arguments instead of the single command (for usage-error tests); undefined means [command]. */
   argv?: string[];
@@ -33,8 +35,9 @@ export interface RunOptions {
  */
 export function runPlugin(command: string | undefined, stdinText: string, env?: NodeJS.ProcessEnv, o: RunOptions = {}): Promise<PluginResult> {
   const args = o.argv ?? (command === undefined ? [] : [command]);
-  const file = o.prefix ? o.prefix.file : PLUGIN_PATH;
-  const argv = o.prefix ? [...o.prefix.args, PLUGIN_PATH, ...args] : args;
+  const plugin = o.executable ?? PLUGIN_PATH;
+  const file = o.prefix ? o.prefix.file : plugin;
+  const argv = o.prefix ? [...o.prefix.args, plugin, ...args] : args;
   const started = Date.now();
   return new Promise<PluginResult>((resolve, reject) => {
     const child = spawn(file, argv, { env: env ?? o.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });

@@ -1,0 +1,561 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash, X509Certificate } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import http2 from "node:http2";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import protobuf from "protobufjs";
+import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
+import type { RunningServer } from "../../src/server/signer-server.js";
+import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
+import { NOTATION_FIXTURES, requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { PLUGIN_PATH, runPlugin, type PluginResult } from "../helpers/plugin-process.js";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
+
+/** §3: what notation expects for each key spec, written out here rather than taken from src/. */
+const EXPECTED: Record<KeySpec, { hash: string; signingAlgorithm: string; sigLen: number; kty: "rsa" | "ec"; size: number | string }> = {
+  "RSA-2048": { hash: "SHA-256", signingAlgorithm: "RSASSA-PSS-SHA-256", sigLen: 256, kty: "rsa", size: 2048 },
+  "RSA-3072": { hash: "SHA-384", signingAlgorithm: "RSASSA-PSS-SHA-384", sigLen: 384, kty: "rsa", size: 3072 },
+  "RSA-4096": { hash: "SHA-512", signingAlgorithm: "RSASSA-PSS-SHA-512", sigLen: 512, kty: "rsa", size: 4096 },
+  "EC-256": { hash: "SHA-256", signingAlgorithm: "ECDSA-SHA-256", sigLen: 64, kty: "ec", size: "prime256v1" },
+  "EC-384": { hash: "SHA-384", signingAlgorithm: "ECDSA-SHA-384", sigLen: 96, kty: "ec", size: "secp384r1" },
+  "EC-521": { hash: "SHA-512", signingAlgorithm: "ECDSA-SHA-512", sigLen: 132, kty: "ec", size: "secp521r1" },
+};
+
+const ERROR_CODES = ["VALIDATION_ERROR", "UNSUPPORTED_CONTRACT_VERSION", "ACCESS_DENIED", "TIMEOUT", "THROTTLED", "ERROR"];
+/** Padded standard base64 (Go's StdEncoding, which notation decodes strictly). */
+const STD_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/** semver.org's strict SemVer 2.0.0, no leading "v" (notation-go internal/semver). */
+const SEMVER = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$/;
+
+const PKG_VERSION = (JSON.parse(readFileSync(join(PROJECT_ROOT, "package.json"), "utf8")) as { version: string }).version;
+
+const json = (v: unknown): string => JSON.stringify(v);
+/** Keeps assertion messages readable when the plugin dumps its minified source with a stack trace. */
+const clip = (s: string): string => (s.length > 600 ? `${s.slice(0, 300)} … ${s.slice(-300)}` : s);
+
+/** exit 0, nothing on stderr, stdout is exactly one JSON object. */
+function success(r: PluginResult): Record<string, unknown> {
+  assert.equal(r.timedOut, false, "plugin was killed after 20 s");
+  assert.equal(r.code, 0, `exit ${r.code}; stderr: ${clip(r.stderr)}`);
+  assert.equal(r.stderr, "", "stderr must be empty on success");
+  const v = JSON.parse(r.stdout) as unknown;
+  assert.ok(typeof v === "object" && v !== null && !Array.isArray(v), `stdout is not one JSON object: ${clip(r.stdout)}`);
+  return v as Record<string, unknown>;
+}
+
+/** §1.5/§4: exit 1, stdout empty, the whole of stderr is one {errorCode, errorMessage} object. */
+function failure(r: PluginResult, code: string, ...mentions: (string | RegExp)[]): string {
+  assert.equal(r.timedOut, false, "plugin was killed after 20 s");
+  assert.equal(r.code, 1, `exit ${r.code}; stdout: ${clip(r.stdout)}; stderr: ${clip(r.stderr)}`);
+  assert.equal(r.stdout, "", "stdout must be empty on failure");
+  let e: unknown;
+  try {
+    e = JSON.parse(r.stderr);
+  } catch {
+    assert.fail(`stderr is not exactly one JSON value: ${clip(JSON.stringify(r.stderr))}`);
+  }
+  assert.ok(typeof e === "object" && e !== null && !Array.isArray(e), `stderr is not a JSON object: ${r.stderr}`);
+  const o = e as Record<string, unknown>;
+  assert.deepEqual(Object.keys(o).sort(), ["errorCode", "errorMessage"], `unexpected error fields: ${r.stderr}`);
+  assert.equal(o.errorCode, code, `errorMessage: ${String(o.errorMessage)}`);
+  assert.equal(typeof o.errorMessage, "string");
+  const msg = o.errorMessage as string;
+  assert.ok(msg.length > 0, "errorMessage must not be empty");
+  for (const m of mentions) {
+    if (typeof m === "string") assert.ok(msg.includes(m), `errorMessage should mention ${JSON.stringify(m)}: ${msg}`);
+    else assert.match(msg, m);
+  }
+  return msg;
+}
+
+/** A port on 127.0.0.1 that nothing listens on: bound, then closed. */
+async function closedPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((res) => s.listen(0, "127.0.0.1", res));
+  const addr = s.address();
+  assert.ok(addr && typeof addr === "object");
+  await new Promise<void>((res) => s.close(() => res()));
+  return addr.port;
+}
+
+function certsOf(chain: unknown): X509Certificate[] {
+  assert.ok(Array.isArray(chain), "certificateChain must be an array");
+  assert.ok(chain.length >= 2, "the chain must hold the leaf and the root");
+  return chain.map((c, i) => {
+    assert.equal(typeof c, "string", `certificateChain[${i}] is not a string`);
+    assert.match(c as string, STD_BASE64, `certificateChain[${i}] is not padded standard base64`);
+    return new X509Certificate(Buffer.from(c as string, "base64"));
+  });
+}
+
+describe("notation-hsm-signer plugin executable (e2e)", function () {
+  this.timeout(60_000);
+
+  let f: Fixture;
+  let server: RunningServer;
+  let mtlsServer: RunningServer;
+  let tmp: string;
+  let otherCaFile: string;
+  let cfg: Record<string, string>;
+
+  before(async function () {
+    this.timeout(180_000);
+    assert.ok(existsSync(PLUGIN_PATH), `${PLUGIN_PATH} is missing: run npm run build`);
+    assert.ok(statSync(PLUGIN_PATH).mode & 0o100, "the plugin must be executable (u+x)");
+    f = await getFixture();
+    server = await startTestServer(f);
+    mtlsServer = await startTestServer(f, { mtls: true });
+    tmp = mkdtempSync(join(tmpdir(), "hsm-signer-plugin-e2e-"));
+    otherCaFile = join(tmp, "other-ca.pem");
+    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(tmp, "other-ca-key.pem"), "-out", otherCaFile, "-days", "2", "-subj", "/CN=other"], { stdio: "ignore" });
+    cfg = { endpoint: `127.0.0.1:${server.port}`, ca_file: f.tls.caFile };
+  });
+
+  after(async () => {
+    await server?.close(1000);
+    await mtlsServer?.close(1000);
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  describe("get-plugin-metadata", () => {
+    function checkMetadata(m: Record<string, unknown>): void {
+      // §1.2 validate(), plus the name notation derives from the install directory.
+      assert.equal(m.name, "hsm-signer");
+      for (const k of ["description", "version", "url"]) assert.ok(typeof m[k] === "string" && (m[k] as string).length > 0, `${k} must be a non-empty string`);
+      assert.match(m.version as string, SEMVER, "version must be strict SemVer");
+      assert.equal(m.version, PKG_VERSION, "the bundle carries package.json's version");
+      assert.ok(Array.isArray(m.supportedContractVersions) && m.supportedContractVersions.includes("1.0"));
+      assert.deepEqual(m.capabilities, ["SIGNATURE_GENERATOR.RAW"]);
+    }
+
+    it("answers notation plugin ls ({}) byte-exact fixture", async () => {
+      const stdin = readFileSync(join(NOTATION_FIXTURES, "get-plugin-metadata-plugin-ls.json"), "utf8");
+      checkMetadata(success(await runPlugin("get-plugin-metadata", stdin)));
+    });
+
+    it("answers the first call of notation sign (with pluginConfig)", async () => {
+      const stdin = readFileSync(join(NOTATION_FIXTURES, "get-plugin-metadata.json"), "utf8");
+      assert.ok(stdin.includes("pluginConfig"));
+      checkMetadata(success(await runPlugin("get-plugin-metadata", stdin)));
+    });
+
+    it("answers with empty stdin", async () => {
+      checkMetadata(success(await runPlugin("get-plugin-metadata", "")));
+    });
+
+    it("needs no network: an endpoint nobody listens on does not matter", async () => {
+      const port = await closedPort();
+      const r = await runPlugin("get-plugin-metadata", json({ pluginConfig: { endpoint: `127.0.0.1:${port}`, ca_file: "/nonexistent/ca.pem", timeout: "1ms" } }));
+      checkMetadata(success(r));
+      assert.ok(r.ms < 5000, `took ${r.ms} ms`);
+    });
+
+    it("does not load http2/tls (the gRPC client) for metadata, but does for describe-key", async () => {
+      // A --require preload records, at exit, which of Node's own modules were loaded
+      // (process.moduleLoadList: it sees http2/tls however they are reached) and which ids went
+      // through Module._load (the bundle is CommonJS and require()s Node's modules).
+      const preload = join(tmp, "record-modules.cjs");
+      writeFileSync(
+        preload,
+        `const Module = require("module"); const fs = require("fs"); const seen = []; const load = Module._load;
+Module._load = function (request) { seen.push(String(request)); return load.apply(this, arguments); };
+process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_OUT, JSON.stringify({ required: seen, native: process.moduleLoadList.filter((m) => m.startsWith("NativeModule ")).map((m) => m.slice(13)) })); });\n`,
+      );
+      const run = async (command: string, stdin: string, out: string): Promise<{ r: PluginResult; required: string[]; native: string[] }> => {
+        const r = await runPlugin(command, stdin, { ...process.env, HSM_SIGNER_TEST_MODULES_OUT: out }, { prefix: { file: process.execPath, args: ["--require", preload] } });
+        return { r, ...(JSON.parse(readFileSync(out, "utf8")) as { required: string[]; native: string[] }) };
+      };
+      const meta = await run("get-plugin-metadata", "{}", join(tmp, "modules-metadata.json"));
+      success(meta.r);
+      assert.ok(meta.native.includes("fs") && meta.native.length > 20, "the probe must see Node's modules");
+      for (const m of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
+        assert.ok(!meta.required.includes(m) && !meta.required.includes(`node:${m}`), `get-plugin-metadata required ${m}: ${meta.required.join(", ")}`);
+      }
+      for (const m of ["http2", "tls", "internal/http2/core"]) assert.ok(!meta.native.includes(m), `get-plugin-metadata loaded Node's ${m}`);
+      // Control: the same probe does see http2 and tls when the plugin really talks to the service.
+      const dk = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", cfg)), join(tmp, "modules-describe.json"));
+      success(dk.r);
+      assert.ok(dk.native.includes("http2") && dk.native.includes("tls"), "control: describe-key loads http2 and tls");
+      assert.ok(!dk.required.some((m) => /grpc|protobufjs/.test(m)), `the plugin must not load @grpc/* or protobufjs: ${dk.required.join(", ")}`);
+    });
+  });
+
+  for (const spec of KEY_SPECS) {
+    describe(`key spec ${spec}`, () => {
+      const keyId = keyIdOf(spec);
+      const exp = EXPECTED[spec];
+
+      it("describe-key echoes keyId and returns the key spec", async () => {
+        const req = requestFor("describe-key", keyId, spec, cfg);
+        const out = success(await runPlugin("describe-key", json(req)));
+        assert.deepEqual(out, { keyId, keySpec: spec });
+      });
+
+      for (const format of ["jws", "cose"] as const) {
+        it(`generate-signature (${format.toUpperCase()} payload) returns a verifiable signature and the chain leaf→root`, async () => {
+          const req = requestFor(`generate-signature-${format}`, keyId, spec, cfg);
+          assert.equal(req.hashAlgorithm, exp.hash);
+          const payload = Buffer.from(req.payload as string, "base64");
+          if (format === "cose") assert.deepEqual([...payload.subarray(0, 2)], [0x84, 0x6a]);
+          else assert.match(payload.toString("latin1"), /^eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+$/);
+
+          const out = success(await runPlugin("generate-signature", json(req)));
+          assert.deepEqual(Object.keys(out).sort(), ["certificateChain", "keyId", "signature", "signingAlgorithm"]);
+          assert.equal(out.keyId, keyId);
+          assert.equal(out.signingAlgorithm, exp.signingAlgorithm);
+          assert.equal(typeof out.signature, "string");
+          assert.match(out.signature as string, STD_BASE64, "signature must be padded standard base64, not base64url");
+          const sig = Buffer.from(out.signature as string, "base64");
+          assert.equal(sig.length, exp.sigLen);
+
+          const chain = certsOf(out.certificateChain);
+          const leaf = chain[0] as X509Certificate;
+          const root = chain[chain.length - 1] as X509Certificate;
+          for (let i = 0; i < chain.length - 1; i++) {
+            const child = chain[i] as X509Certificate;
+            const parent = chain[i + 1] as X509Certificate;
+            assert.ok(child.checkIssued(parent) && child.verify(parent.publicKey), `certificate ${i} is not issued by certificate ${i + 1}`);
+            assert.ok(!child.checkIssued(child), `certificate ${i} must not be self-signed`);
+          }
+          assert.ok(root.checkIssued(root) && root.verify(root.publicKey), "the last certificate must be a self-signed root");
+          assert.ok(root.raw.equals(f.roots.get(spec) as Buffer), "the root is the fixture's root for this key");
+          assert.equal(leaf.ca, false);
+          const details = leaf.publicKey.asymmetricKeyDetails;
+          assert.equal(leaf.publicKey.asymmetricKeyType, exp.kty);
+          assert.equal(exp.kty === "rsa" ? details?.modulusLength : details?.namedCurve, exp.size);
+
+          assert.equal(verifyNotarySignature(payload, sig, leaf.raw, spec), true, "signature does not verify with the leaf key");
+          const tampered = Buffer.from(payload);
+          tampered.writeUInt8((tampered.at(-1) as number) ^ 1, tampered.length - 1);
+          assert.equal(verifyNotarySignature(tampered, sig, leaf.raw, spec), false, "control: a changed payload must not verify");
+        });
+      }
+    });
+  }
+
+  describe("mTLS", () => {
+    it("signs with client_cert_file and client_key_file", async () => {
+      const c = { endpoint: `127.0.0.1:${mtlsServer.port}`, ca_file: f.tls.caFile, client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile };
+      assert.deepEqual(success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", c)))), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
+      const req = requestFor("generate-signature-jws", keyIdOf("EC-384"), "EC-384", c);
+      const out = success(await runPlugin("generate-signature", json(req)));
+      const leaf = certsOf(out.certificateChain)[0] as X509Certificate;
+      assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature as string, "base64"), leaf.raw, "EC-384"));
+    });
+
+    it("is refused without a client certificate, naming the endpoint", async () => {
+      const endpoint = `127.0.0.1:${mtlsServer.port}`;
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { endpoint, ca_file: f.tls.caFile })));
+      assert.equal(r.code, 1);
+      const code = (JSON.parse(r.stderr) as { errorCode: string }).errorCode;
+      assert.ok(code === "ACCESS_DENIED" || code === "ERROR", `errorCode ${code}`);
+      failure(r, code, endpoint);
+      assert.ok(r.ms < 15_000, `took ${r.ms} ms`);
+    });
+  });
+
+  describe("errors", () => {
+    const ek = (): string => keyIdOf("EC-256");
+
+    it("unknown key → VALIDATION_ERROR naming the key (describe-key and generate-signature)", async () => {
+      failure(await runPlugin("describe-key", json(requestFor("describe-key", "no-such-key-4711", "EC-256", cfg))), "VALIDATION_ERROR", "no-such-key-4711");
+      failure(await runPlugin("generate-signature", json(requestFor("generate-signature-jws", "no-such-key-4711", "EC-256", cfg))), "VALIDATION_ERROR", "no-such-key-4711");
+    });
+
+    it('contractVersion "2.0" → UNSUPPORTED_CONTRACT_VERSION', async () => {
+      for (const [cmd, name] of [["describe-key", "describe-key"], ["generate-signature", "generate-signature-jws"]] as const) {
+        const req = requestFor(name, ek(), "EC-256", cfg);
+        req.contractVersion = "2.0";
+        failure(await runPlugin(cmd, json(req)), "UNSUPPORTED_CONTRACT_VERSION", "2.0");
+      }
+    });
+
+    it("missing contractVersion → VALIDATION_ERROR", async () => {
+      const req = requestFor("describe-key", ek(), "EC-256", cfg);
+      delete req.contractVersion;
+      failure(await runPlugin("describe-key", json(req)), "VALIDATION_ERROR", "contractVersion");
+    });
+
+    it("malformed JSON → VALIDATION_ERROR", async () => {
+      const text = json(requestFor("generate-signature-jws", ek(), "EC-256", cfg));
+      failure(await runPlugin("describe-key", text.slice(0, 40)), "VALIDATION_ERROR", /JSON/);
+      failure(await runPlugin("generate-signature", text.slice(0, text.length - 1)), "VALIDATION_ERROR", /JSON/);
+      failure(await runPlugin("describe-key", "[1,2]"), "VALIDATION_ERROR");
+    });
+
+    it("empty stdin → VALIDATION_ERROR for describe-key and generate-signature", async () => {
+      failure(await runPlugin("describe-key", ""), "VALIDATION_ERROR");
+      failure(await runPlugin("generate-signature", ""), "VALIDATION_ERROR");
+    });
+
+    it("unreachable endpoint → ERROR naming it, within the retry budget", async () => {
+      const endpoint = `127.0.0.1:${await closedPort()}`;
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", ek(), "EC-256", { endpoint, ca_file: f.tls.caFile })));
+      failure(r, "ERROR", endpoint);
+      assert.ok(r.ms < 15_000, `took ${r.ms} ms`);
+      const g = await runPlugin("generate-signature", json(requestFor("generate-signature-cose", ek(), "EC-256", { endpoint, ca_file: f.tls.caFile })));
+      failure(g, "ERROR", endpoint);
+      assert.ok(g.ms < 15_000, `took ${g.ms} ms`);
+    });
+
+    it("a server certificate from another CA → ERROR mentioning TLS", async () => {
+      const r = await runPlugin("generate-signature", json(requestFor("generate-signature-jws", ek(), "EC-256", { endpoint: cfg.endpoint as string, ca_file: otherCaFile })));
+      failure(r, "ERROR", "TLS", cfg.endpoint as string);
+    });
+
+    it("a server_name the certificate does not hold → ERROR mentioning TLS", async () => {
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", ek(), "EC-256", { ...cfg, server_name: "not-this-server.example" })));
+      failure(r, "ERROR", "TLS");
+    });
+
+    it("server_name=localhost (in the server certificate) works", async () => {
+      const out = success(await runPlugin("describe-key", json(requestFor("describe-key", ek(), "EC-256", { ...cfg, server_name: "localhost" }))));
+      assert.equal(out.keySpec, "EC-256");
+    });
+
+    it("timeout=1ms → TIMEOUT", async () => {
+      failure(await runPlugin("generate-signature", json(requestFor("generate-signature-jws", keyIdOf("RSA-4096"), "RSA-4096", { ...cfg, timeout: "1ms" }))), "TIMEOUT", /timeout/i);
+    });
+
+    it('a secret-like pluginConfig key ("password") → VALIDATION_ERROR mentioning secrets', async () => {
+      failure(await runPlugin("describe-key", json(requestFor("describe-key", ek(), "EC-256", { ...cfg, password: "hunter2" }))), "VALIDATION_ERROR", "password", /secret/i);
+    });
+
+    it("hashAlgorithm that does not go with keySpec → VALIDATION_ERROR", async () => {
+      const req = requestFor("generate-signature-jws", keyIdOf("RSA-2048"), "RSA-2048", cfg);
+      req.hashAlgorithm = "SHA-512";
+      failure(await runPlugin("generate-signature", json(req)), "VALIDATION_ERROR", "SHA-512");
+    });
+
+    it("payload that is not padded standard base64 → VALIDATION_ERROR", async () => {
+      const req = requestFor("generate-signature-jws", ek(), "EC-256", cfg);
+      const bytes = Buffer.concat([Buffer.from([0xfb, 0xff, 0xfe, 0xfb]), Buffer.from(req.payload as string, "base64")]);
+      const url = bytes.toString("base64url");
+      assert.ok(/[-_]/.test(url));
+      failure(await runPlugin("generate-signature", json({ ...req, payload: url })), "VALIDATION_ERROR", "payload");
+      const unpadded = Buffer.from("abcd").toString("base64").replace(/=+$/, "");
+      failure(await runPlugin("generate-signature", json({ ...req, payload: unpadded })), "VALIDATION_ERROR", "payload");
+    });
+
+    it("unknown command, extra arguments or no command → exit 1 with a JSON error", async () => {
+      for (const argv of [["sign"], ["generate-envelope"], [], ["describe-key", "extra"]]) {
+        const r = await runPlugin(undefined, json(requestFor("describe-key", ek(), "EC-256", cfg)), undefined, { argv });
+        assert.equal(r.code, 1, `argv ${argv.join(" ")}`);
+        const code = (JSON.parse(r.stderr) as { errorCode: string }).errorCode;
+        assert.ok(ERROR_CODES.includes(code), code);
+        failure(r, code, "get-plugin-metadata");
+      }
+    });
+  });
+
+  describe("against a fake hsm_signer.v1 service (what the real server cannot be made to send)", () => {
+    interface FakeCall {
+      path: string;
+      headers: http2.IncomingHttpHeaders;
+      body: Buffer;
+    }
+    interface FakeReply {
+      status: number;
+      message?: string;
+      body?: Buffer;
+      extra?: Record<string, string>;
+    }
+    const proto = protobuf.loadSync(join(PROJECT_ROOT, "proto/hsm_signer/v1/signer.proto"));
+    const msg = (name: string, v: Record<string, unknown>): Buffer => {
+      const t = proto.lookupType(`hsm_signer.v1.${name}`);
+      return Buffer.from(t.encode(t.fromObject(v)).finish());
+    };
+    let fake: http2.Http2SecureServer;
+    let fakeEndpoint: string;
+    let calls: FakeCall[] = [];
+    let reply: (c: FakeCall) => FakeReply = () => ({ status: 12, message: "not set" });
+
+    before(async () => {
+      fake = http2.createSecureServer({ key: f.tls.serverKey, cert: f.tls.serverCert });
+      fake.on("stream", (stream, headers) => {
+        const chunks: Buffer[] = [];
+        stream.on("data", (c: Buffer) => chunks.push(c));
+        stream.on("end", () => {
+          const frame = Buffer.concat(chunks);
+          const call = { path: String(headers[":path"]), headers, body: frame.subarray(5, 5 + frame.readUInt32BE(1)) };
+          calls.push(call);
+          const r = reply(call);
+          if (r.status !== 0) {
+            stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(r.status), "grpc-message": r.message ?? "", ...r.extra }, { endStream: true });
+            return;
+          }
+          const body = r.body ?? Buffer.alloc(0);
+          const out = Buffer.alloc(5 + body.length);
+          out.writeUInt32BE(body.length, 1);
+          body.copy(out, 5);
+          stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+          stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+          stream.end(out);
+        });
+      });
+      await new Promise<void>((res) => fake.listen(0, "127.0.0.1", res));
+      fakeEndpoint = `127.0.0.1:${(fake.address() as { port: number }).port}`;
+    });
+    after(async () => {
+      await new Promise<void>((res) => fake.close(() => res()));
+    });
+    beforeEach(() => {
+      calls = [];
+    });
+
+    const fakeCfg = (): Record<string, string> => ({ endpoint: fakeEndpoint, ca_file: f.tls.caFile });
+    const signReq = (spec: KeySpec = "EC-256", c: Record<string, string> = fakeCfg()): string => json(requestFor("generate-signature-jws", "fake-key", spec, c));
+    const leafAndRoot = (): Buffer[] => [f.tls.serverCert, f.tls.ca].map((p) => Buffer.from(new X509Certificate(p).raw));
+    const okSign = (o: Record<string, unknown> = {}): FakeReply => ({
+      status: 0,
+      body: msg("SignResponse", { keyId: "fake-key", signature: Buffer.alloc(64, 1), signingAlgorithm: "ECDSA-SHA-256", keySpec: "EC-256", certificateChain: leafAndRoot(), keyVersion: 1, requestId: "r1", ...o }),
+    });
+
+    it("sends a well-formed gRPC Sign call with the decoded payload and the bearer token from token_file", async () => {
+      reply = () => okSign();
+      const tokenFile = join(tmp, "token");
+      writeFileSync(tokenFile, " t0ken.value \n");
+      const req = requestFor("generate-signature-cose", "fake-key", "EC-256", { ...fakeCfg(), token_file: tokenFile });
+      const out = success(await runPlugin("generate-signature", json(req)));
+      assert.equal(out.signature, Buffer.alloc(64, 1).toString("base64"));
+      assert.deepEqual(out.certificateChain, leafAndRoot().map((c) => c.toString("base64")));
+      assert.equal(calls.length, 1);
+      const c = calls[0] as FakeCall;
+      assert.equal(c.path, "/hsm_signer.v1.Signer/Sign");
+      assert.equal(c.headers["content-type"], "application/grpc");
+      assert.equal(c.headers.te, "trailers");
+      assert.equal(c.headers.authorization, "Bearer t0ken.value");
+      assert.match(String(c.headers["grpc-timeout"]), /^\d+m$/);
+      const t = proto.lookupType("hsm_signer.v1.SignRequest");
+      const sent = t.toObject(t.decode(c.body), { oneofs: true, bytes: Buffer, defaults: true }) as Record<string, unknown>;
+      assert.equal(sent.keyId, "fake-key");
+      assert.equal(sent.input, "payload");
+      assert.ok((sent.payload as Buffer).equals(Buffer.from(req.payload as string, "base64")), "the service gets the decoded bytes, not base64");
+      assert.equal(sent.hashAlgorithm, "SHA-256");
+      assert.equal(sent.keySpec, "EC-256");
+    });
+
+    it("token_env: the bearer token comes from the named environment variable; no token, no header", async () => {
+      reply = () => ({ status: 0, body: msg("DescribeKeyResponse", { key: { keyId: "fake-key", keySpec: "EC-521" } }) });
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-521", { ...fakeCfg(), token_env: "HSM_SIGNER_E2E_TOKEN" })), { ...process.env, HSM_SIGNER_E2E_TOKEN: "from-env" });
+      assert.deepEqual(success(r), { keyId: "fake-key", keySpec: "EC-521" });
+      assert.equal(calls[0]?.headers.authorization, "Bearer from-env");
+      assert.equal(calls[0]?.path, "/hsm_signer.v1.Signer/DescribeKey");
+      success(await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-521", fakeCfg()))));
+      assert.equal(calls[1]?.headers.authorization, undefined);
+    });
+
+    it("UNAUTHENTICATED / PERMISSION_DENIED → ACCESS_DENIED with the percent-decoded service message, not retried", async () => {
+      for (const status of [16, 7]) {
+        calls = [];
+        reply = () => ({ status, message: "token expired: caller%20%22ci%22" });
+        failure(await runPlugin("generate-signature", signReq()), "ACCESS_DENIED", 'token expired: caller "ci"', fakeEndpoint);
+        assert.equal(calls.length, 1, "auth failures are not retried");
+      }
+    });
+
+    it("INVALID_ARGUMENT → VALIDATION_ERROR, not retried", async () => {
+      reply = () => ({ status: 3, message: "payload too large" });
+      failure(await runPlugin("generate-signature", signReq()), "VALIDATION_ERROR", "payload too large");
+      assert.equal(calls.length, 1);
+    });
+
+    it("RESOURCE_EXHAUSTED is retried after retry-after-ms, then THROTTLED", async () => {
+      reply = () => ({ status: 8, message: "rate limited", extra: { "retry-after-ms": "50" } });
+      const r = await runPlugin("generate-signature", signReq());
+      failure(r, "THROTTLED", "rate limited");
+      assert.ok(calls.length > 1 && calls.length <= 4, `${calls.length} attempts`);
+    });
+
+    it("UNAVAILABLE is retried, then ERROR; a success on a retry is a success", async () => {
+      reply = () => ({ status: 14, message: "hsm busy" });
+      failure(await runPlugin("generate-signature", signReq()), "ERROR", "hsm busy");
+      assert.ok(calls.length > 1 && calls.length <= 4, `${calls.length} attempts`);
+      calls = [];
+      reply = () => (calls.length < 2 ? { status: 14, message: "hsm busy" } : okSign());
+      success(await runPlugin("generate-signature", signReq()));
+      assert.equal(calls.length, 2);
+    });
+
+    it("a signature of the wrong length → ERROR", async () => {
+      reply = () => okSign({ signature: Buffer.alloc(72, 1) });
+      failure(await runPlugin("generate-signature", signReq()), "ERROR", "72");
+    });
+
+    it("an empty certificate chain → ERROR", async () => {
+      reply = () => okSign({ certificateChain: [] });
+      failure(await runPlugin("generate-signature", signReq()), "ERROR", /chain/);
+    });
+
+    it("a key spec at the service other than the request's → VALIDATION_ERROR", async () => {
+      reply = () => okSign({ keySpec: "EC-384", signature: Buffer.alloc(96, 1), signingAlgorithm: "ECDSA-SHA-384" });
+      failure(await runPlugin("generate-signature", signReq()), "VALIDATION_ERROR", "EC-384");
+    });
+
+    it("describe-key: an unknown key spec or no key from the service → ERROR", async () => {
+      reply = () => ({ status: 0, body: msg("DescribeKeyResponse", { key: { keyId: "fake-key", keySpec: "RSA-1024" } }) });
+      failure(await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-256", fakeCfg()))), "ERROR", "RSA-1024");
+      reply = () => ({ status: 0, body: Buffer.alloc(0) });
+      failure(await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-256", fakeCfg()))), "ERROR");
+    });
+
+    // A grpc-message that is not valid percent-encoding (a proxy's text) must not crash the plugin.
+    it("a grpc-message with a bare % still gives one JSON error", async () => {
+      reply = () => ({ status: 13, message: "disk 100% full" });
+      failure(await runPlugin("generate-signature", signReq()), "ERROR", "100");
+    });
+  });
+
+  describe("installation and TLS set-up problems", () => {
+    // http2.connect throws synchronously on a key that does not match its certificate.
+    it("a client key that does not match client_cert_file gives a useful error", async () => {
+      const c = { endpoint: `127.0.0.1:${mtlsServer.port}`, ca_file: f.tls.caFile, client_cert_file: f.tls.clientCertFile, client_key_file: join(tmp, "other-ca-key.pem") };
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", c)));
+      const m = failure(r, (JSON.parse(r.stderr) as { errorCode: string }).errorCode, /key/i);
+      assert.doesNotMatch(m, /before initialization/);
+    });
+
+    // The bundle is CommonJS in an extension-less file: below a "type":"module" package.json Node
+    // runs it as ESM, where the banner supplies require for the built-ins.
+    it('works when installed below a package.json with "type":"module"', async () => {
+      const dir = join(tmp, "esm-scope/plugins/hsm-signer");
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(tmp, "esm-scope/package.json"), '{"type":"module"}\n');
+      writeFileSync(join(dir, "notation-hsm-signer"), readFileSync(PLUGIN_PATH), { mode: 0o755 });
+      success(await runPlugin("get-plugin-metadata", "{}", undefined, { executable: join(dir, "notation-hsm-signer") }));
+    });
+  });
+
+  describe("packaging", () => {
+    it("package-plugin.mjs makes a tar.gz with one executable notation-hsm-signer and a matching .sha256", async function () {
+      this.timeout(60_000);
+      execFileSync(process.execPath, [join(PROJECT_ROOT, "scripts/package-plugin.mjs")], { stdio: "ignore" });
+      const archive = join(PROJECT_ROOT, `dist/notation-hsm-signer_${PKG_VERSION}.tar.gz`);
+      assert.ok(existsSync(archive));
+      const listing = execFileSync("tar", ["-tvzf", archive], { encoding: "utf8" }).trim().split("\n");
+      assert.equal(listing.length, 1, listing.join("\n"));
+      const line = listing[0] as string;
+      assert.match(line, /^-..x/, `not a regular file with u+x: ${line}`);
+      assert.equal(line.split(/\s+/).pop(), "notation-hsm-signer");
+
+      const sum = createHash("sha256").update(readFileSync(archive)).digest("hex");
+      const sumFile = readFileSync(`${archive}.sha256`, "utf8");
+      assert.match(sumFile, /^[0-9a-f]{64} {2}\S+\n?$/);
+      assert.equal(sumFile.slice(0, 64), sum);
+      assert.equal(sumFile.trim().split(/\s+/)[1], `notation-hsm-signer_${PKG_VERSION}.tar.gz`);
+
+      // What notation plugin install does with it: flatten into plugins/<name>/ and run
+      // get-plugin-metadata from there; the name must equal the directory name.
+      const dir = join(tmp, "plugins/hsm-signer");
+      mkdirSync(dir, { recursive: true });
+      execFileSync("tar", ["-xzf", archive, "-C", dir]);
+      const installed = join(dir, "notation-hsm-signer");
+      assert.ok(statSync(installed).mode & 0o100);
+      const r = await runPlugin("get-plugin-metadata", "{}", undefined, { executable: installed });
+      assert.equal(success(r).name, "hsm-signer");
+    });
+  });
+});

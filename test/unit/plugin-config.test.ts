@@ -1,0 +1,224 @@
+import assert from "node:assert/strict";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { status as grpcStatus } from "@grpc/grpc-js";
+import { Status } from "../../src/client/grpc-http2-client.js";
+import { PluginError } from "../../src/plugin/contract.js";
+import { DEFAULT_TIMEOUT_MS, parsePluginConfig, type PluginSettings } from "../../src/plugin/plugin-config.js";
+import { pluginCodeOf } from "../../src/plugin/remote-signer.js";
+
+/** Asserts that fn throws a PluginError with this code whose message mentions every string given. */
+function rejects(fn: () => unknown, code: string, ...mentions: (string | RegExp)[]): string {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof PluginError, `expected a PluginError, got ${String(caught)}`);
+  assert.equal(caught.errorCode, code, caught.message);
+  for (const m of mentions) {
+    if (typeof m === "string") assert.ok(caught.message.includes(m), `message should mention ${JSON.stringify(m)}: ${caught.message}`);
+    else assert.match(caught.message, m);
+  }
+  return caught.message;
+}
+
+describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
+  let dir: string;
+  const EP = { endpoint: "signer.example.com:8443" };
+  const parse = (c: Record<string, unknown> | undefined, env: NodeJS.ProcessEnv = {}): PluginSettings => parsePluginConfig(c, env);
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-plugin-config-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const file = (name: string, content: string): string => {
+    const p = join(dir, name);
+    writeFileSync(p, content);
+    return p;
+  };
+
+  describe("endpoint", () => {
+    it("is required", () => {
+      rejects(() => parse(undefined), "VALIDATION_ERROR", "endpoint");
+      rejects(() => parse({}), "VALIDATION_ERROR", "endpoint");
+      rejects(() => parse({ endpoint: "" }), "VALIDATION_ERROR", "endpoint");
+      rejects(() => parse({ ca_file: "/x" }), "VALIDATION_ERROR", "endpoint");
+    });
+
+    it("accepts host:port, IPv4:port and [IPv6]:port", () => {
+      for (const endpoint of ["signer.example.com:8443", "localhost:1", "127.0.0.1:50051", "[::1]:8443", "[2001:db8::1]:443", "a-b.c:65535"]) {
+        assert.equal(parse({ endpoint }).endpoint, endpoint);
+      }
+    });
+
+    it("rejects anything else, naming the value", () => {
+      for (const endpoint of ["signer.example.com", "signer.example.com:", ":8443", "https://signer.example.com:8443", "signer.example.com:https", "host:123456", "a b:1", "::1:8443", "host:8443/path"]) {
+        rejects(() => parse({ endpoint }), "VALIDATION_ERROR", endpoint);
+      }
+    });
+  });
+
+  it("endpoint ports outside 1..65535 are rejected", () => {
+    for (const endpoint of ["host:0", "host:65536", "host:99999"]) rejects(() => parse({ endpoint }), "VALIDATION_ERROR", endpoint);
+  });
+
+  describe("keys", () => {
+    it("unknown keys are rejected and named, with the list of known keys", () => {
+      const msg = rejects(() => parse({ ...EP, endpiont: "x" }), "VALIDATION_ERROR", '"endpiont"', "ca_file", "token_file");
+      assert.doesNotMatch(msg, /secret/i, "a plain typo gets no secrets hint");
+      rejects(() => parse({ ...EP, insecure: "true" }), "VALIDATION_ERROR", "insecure");
+    });
+
+    it("secret-like names get the secrets hint", () => {
+      for (const k of ["password", "pin", "PIN", "user_pin", "token", "api_token", "client_secret", "secret", "private_key", "key"]) {
+        rejects(() => parse({ ...EP, [k]: "s3cr3t" }), "VALIDATION_ERROR", `"${k}"`, /secrets/i, "token_file");
+      }
+    });
+
+    it("values must be strings", () => {
+      rejects(() => parse({ ...EP, timeout: 30 }), "VALIDATION_ERROR", "timeout");
+      rejects(() => parse({ endpoint: ["a:1"] }), "VALIDATION_ERROR", "endpoint");
+    });
+
+    it("a minimal config gets the defaults", () => {
+      assert.deepEqual(parse(EP), { endpoint: EP.endpoint, ca: undefined, cert: undefined, key: undefined, serverName: undefined, timeoutMs: DEFAULT_TIMEOUT_MS, token: undefined });
+      assert.equal(DEFAULT_TIMEOUT_MS, 30_000);
+    });
+
+    it("server_name is passed on", () => {
+      assert.equal(parse({ ...EP, server_name: "hsm-signer.internal" }).serverName, "hsm-signer.internal");
+    });
+  });
+
+  describe("files", () => {
+    it("ca_file is read", () => {
+      const p = file("ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+      assert.equal(parse({ ...EP, ca_file: p }).ca?.toString(), "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    });
+
+    it("an unreadable ca_file → VALIDATION_ERROR naming the path", () => {
+      const missing = join(dir, "no-such-ca.pem");
+      rejects(() => parse({ ...EP, ca_file: missing }), "VALIDATION_ERROR", missing, "ca_file");
+      rejects(() => parse({ ...EP, ca_file: dir }), "VALIDATION_ERROR", dir); // a directory
+      if (process.getuid?.() !== 0) {
+        const locked = file("locked.pem", "x");
+        chmodSync(locked, 0o000);
+        rejects(() => parse({ ...EP, ca_file: locked }), "VALIDATION_ERROR", locked);
+      }
+    });
+
+    it("client_cert_file and client_key_file go together", () => {
+      const cert = file("client.pem", "CERT");
+      const key = file("client-key.pem", "KEY");
+      rejects(() => parse({ ...EP, client_cert_file: cert }), "VALIDATION_ERROR", "client_cert_file", "client_key_file");
+      rejects(() => parse({ ...EP, client_key_file: key }), "VALIDATION_ERROR", "client_cert_file", "client_key_file");
+      const s = parse({ ...EP, client_cert_file: cert, client_key_file: key });
+      assert.equal(s.cert?.toString(), "CERT");
+      assert.equal(s.key?.toString(), "KEY");
+      rejects(() => parse({ ...EP, client_cert_file: cert, client_key_file: join(dir, "nope-key.pem") }), "VALIDATION_ERROR", join(dir, "nope-key.pem"));
+    });
+  });
+
+  describe("timeout", () => {
+    const cases: [string, number][] = [
+      ["30", 30_000],
+      ["30s", 30_000],
+      ["1500ms", 1500],
+      ["2m", 120_000],
+      ["1ms", 1],
+      ["0.5s", 500],
+      ["10m", 600_000],
+    ];
+    for (const [v, ms] of cases) {
+      it(`"${v}" → ${ms} ms`, () => assert.equal(parse({ ...EP, timeout: v }).timeoutMs, ms));
+    }
+
+    it("bad values are rejected, naming the value", () => {
+      for (const v of ["abc", "30x", "-1", "0", "0s", "0ms", "1h", "11m", "600001ms", "1.2.3", "s", "30 s", "1e3"]) {
+        rejects(() => parse({ ...EP, timeout: v }), "VALIDATION_ERROR", `"${v}"`);
+      }
+    });
+  });
+
+  describe("token_file / token_env", () => {
+    it("token_file is read and trimmed", () => {
+      assert.equal(parse({ ...EP, token_file: file("token", "  eyJ.token.sig \n") }).token, "eyJ.token.sig");
+    });
+
+    it("an unreadable token_file → VALIDATION_ERROR naming the path", () => {
+      const missing = join(dir, "no-token");
+      rejects(() => parse({ ...EP, token_file: missing }), "VALIDATION_ERROR", missing, "token_file");
+    });
+
+    it("an empty token_file gives no token", () => {
+      assert.equal(parse({ ...EP, token_file: file("empty-token", "\n") }).token, undefined);
+    });
+
+    it("token_env reads the named variable, trimmed", () => {
+      assert.equal(parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, { HSM_SIGNER_TOKEN: " abc.def \n" }).token, "abc.def");
+    });
+
+    it("token_env naming a missing or empty variable → VALIDATION_ERROR naming it", () => {
+      rejects(() => parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, {}), "VALIDATION_ERROR", "HSM_SIGNER_TOKEN");
+      rejects(() => parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, { HSM_SIGNER_TOKEN: "  " }), "VALIDATION_ERROR", "HSM_SIGNER_TOKEN");
+    });
+
+    it("uses the env passed in, not process.env by accident", () => {
+      const name = "HSM_SIGNER_UNIT_TEST_ONLY_IN_PROCESS_ENV";
+      process.env[name] = "from-process";
+      try {
+        rejects(() => parse({ ...EP, token_env: name }, {}), "VALIDATION_ERROR", name);
+        assert.equal(parsePluginConfig({ ...EP, token_env: name }).token, "from-process");
+      } finally {
+        delete process.env[name];
+      }
+    });
+
+    it("token_file and token_env together → VALIDATION_ERROR", () => {
+      rejects(() => parse({ ...EP, token_file: file("t2", "x"), token_env: "T" }, { T: "y" }), "VALIDATION_ERROR", "token_file", "token_env");
+    });
+  });
+});
+
+describe("gRPC status → notation error code (pluginCodeOf, protocol §4)", () => {
+  // Numbers from grpc/doc/statuscodes.md, written out so a renumbered Status constant is caught.
+  const TABLE: [number, string, string][] = [
+    [0, "OK", "ERROR"],
+    [1, "CANCELLED", "ERROR"],
+    [2, "UNKNOWN", "ERROR"],
+    [3, "INVALID_ARGUMENT", "VALIDATION_ERROR"],
+    [4, "DEADLINE_EXCEEDED", "TIMEOUT"],
+    [5, "NOT_FOUND", "VALIDATION_ERROR"],
+    [6, "ALREADY_EXISTS", "ERROR"],
+    [7, "PERMISSION_DENIED", "ACCESS_DENIED"],
+    [8, "RESOURCE_EXHAUSTED", "THROTTLED"],
+    [9, "FAILED_PRECONDITION", "VALIDATION_ERROR"],
+    [10, "ABORTED", "ERROR"],
+    [11, "OUT_OF_RANGE", "ERROR"],
+    [12, "UNIMPLEMENTED", "ERROR"],
+    [13, "INTERNAL", "ERROR"],
+    [14, "UNAVAILABLE", "ERROR"],
+    [15, "DATA_LOSS", "ERROR"],
+    [16, "UNAUTHENTICATED", "ACCESS_DENIED"],
+  ];
+
+  for (const [n, name, code] of TABLE) {
+    it(`${n} ${name} → ${code}`, () => {
+      assert.equal(pluginCodeOf(n), code);
+      assert.equal(Status[name as keyof typeof Status], n, "the client's Status constant");
+      assert.equal(grpcStatus[name as keyof typeof grpcStatus], n, "@grpc/grpc-js agrees");
+    });
+  }
+
+  it("the client's Status table has exactly the 17 codes", () => {
+    assert.deepEqual(Object.values(Status).sort((a, b) => a - b), TABLE.map(([n]) => n));
+  });
+
+  it("codes outside the table → ERROR", () => {
+    for (const n of [17, 99, -1]) assert.equal(pluginCodeOf(n), "ERROR");
+  });
+});
