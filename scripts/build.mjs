@@ -23,7 +23,9 @@ await build({
   format: "cjs",
   minify: true,
   legalComments: "none",
-  banner: { js: "#!/usr/bin/env node" },
+  // If a parent package.json says "type":"module" (NOTATION_LIBEXEC can put the plugin anywhere),
+  // Node runs this file as ESM, where require is missing: the bundle only needs built-ins.
+  banner: { js: '#!/usr/bin/env node\nvar require = typeof require === "function" ? require : process.getBuiltinModule;' },
   define: { __PLUGIN_VERSION__: JSON.stringify(pkg.version) },
   logLevel: "warning",
 });

@@ -55,6 +55,8 @@ export interface CallOptions {
   metadata?: Record<string, string>;
 }
 
+/** TLS alerts a server sends when it wants a client certificate it did not get or did not accept. */
+const CLIENT_CERT_REFUSED = /certificate required|alert bad certificate|alert unknown ca|alert certificate unknown/i;
 const TLS_PERMANENT = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|HOSTNAME|ALTNAME|certificate/i;
 
 function splitEndpoint(endpoint: string): { host: string; port: string } {
@@ -98,10 +100,12 @@ export class GrpcHttp2Channel {
         return;
       }
       let settled = false;
+      // eslint-disable-next-line prefer-const -- finish() may run, and read it, before the timer is set
+      let timer: NodeJS.Timeout | undefined;
       const finish = (err: GrpcCallError | undefined, value?: Buffer): void => {
         if (settled) return;
         settled = true;
-        clearTimeout(timer);
+        if (timer) clearTimeout(timer);
         if (err) reject(err);
         else resolve(value as Buffer);
       };
@@ -109,7 +113,8 @@ export class GrpcHttp2Channel {
       try {
         session = this.connect();
       } catch (e) {
-        finish(e instanceof GrpcCallError ? e : new GrpcCallError(Status.UNAVAILABLE, (e as Error).message));
+        // http2.connect throws synchronously on unusable TLS options (a key that does not match its certificate, bad PEM).
+        finish(e instanceof GrpcCallError ? e : new GrpcCallError(Status.INVALID_ARGUMENT, `cannot set up TLS to ${this.o.endpoint} (check the CA, client certificate and client key files): ${(e as Error).message}`, undefined, true));
         return;
       }
       const headers: http2.OutgoingHttpHeaders = {
@@ -122,7 +127,7 @@ export class GrpcHttp2Channel {
         ...opts.metadata,
       };
       const req = session.request(headers);
-      const timer = setTimeout(() => {
+      timer = setTimeout(() => {
         req.close(http2.constants.NGHTTP2_CANCEL);
         finish(new GrpcCallError(Status.DEADLINE_EXCEEDED, `no answer within ${Math.ceil(remaining)} ms`));
       }, remaining);
@@ -134,7 +139,12 @@ export class GrpcHttp2Channel {
       const readStatus = (h: http2.IncomingHttpHeaders): void => {
         if (h["grpc-status"] !== undefined) {
           status = Number(h["grpc-status"]);
-          message = decodeURIComponent(String(h["grpc-message"] ?? ""));
+          const raw = String(h["grpc-message"] ?? "");
+          try {
+            message = decodeURIComponent(raw);
+          } catch {
+            message = raw; // not percent-encoded after all (a proxy's text): show it as it came
+          }
           const ra = h["retry-after-ms"];
           if (ra !== undefined) retryAfterMs = Number(ra);
         }
@@ -146,6 +156,10 @@ export class GrpcHttp2Channel {
       req.on("trailers", readStatus);
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("error", (e: NodeJS.ErrnoException) => {
+        if (CLIENT_CERT_REFUSED.test(e.message)) {
+          finish(new GrpcCallError(Status.UNAUTHENTICATED, `${this.o.endpoint} refused the TLS client certificate (${this.o.cert ? "not accepted by the server's client CA" : "none was sent; set client_cert_file and client_key_file"}): ${e.message.trim()}`, undefined, true));
+          return;
+        }
         const permanent = TLS_PERMANENT.test(`${e.code ?? ""} ${e.message}`);
         finish(new GrpcCallError(Status.UNAVAILABLE, permanent ? `TLS connection to ${this.o.endpoint} failed: ${e.message}` : `cannot reach ${this.o.endpoint}: ${e.message}`, undefined, permanent));
       });

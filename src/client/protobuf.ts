@@ -72,12 +72,11 @@ export function readFields(buf: Buffer): Map<number, FieldValue[]> {
       if (pos + len > buf.length) throw new Error("truncated protobuf field");
       value = buf.subarray(pos, pos + len);
       pos += len;
-    } else if (wire === 1) {
-      value = buf.subarray(pos, pos + 8);
-      pos += 8;
-    } else if (wire === 5) {
-      value = buf.subarray(pos, pos + 4);
-      pos += 4;
+    } else if (wire === 1 || wire === 5) {
+      const len = wire === 1 ? 8 : 4;
+      if (pos + len > buf.length) throw new Error("truncated protobuf field");
+      value = buf.subarray(pos, pos + len);
+      pos += len;
     } else throw new Error(`unsupported protobuf wire type ${wire}`);
     const list = out.get(field) ?? [];
     list.push(value);

@@ -54,7 +54,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let root = await keys.getKey(rootKeyId);
   const rootSigner = asDigestSigner(keys, root);
   if (root.chain.length === 0) {
-    const der = await createRootCertificate({ subject: `CN=${rdn(p.keyId)} Root CA, O=${rdn(d.organization)}, ST=${rdn(d.state)}, C=${rdn(d.country)}`, key: rootSigner, validityDays: d.validityDays * 2 });
+    const der = await createRootCertificate({ subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`, key: rootSigner, validityDays: d.validityDays * 2 });
     await pool.use((s) => storeCertificate(s, rootKeyId, keyIdBytes(s, rootKeyId), der));
     created.rootCertificate = true;
     await keys.refresh();
@@ -68,7 +68,8 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
     const spki = keys.publicKeySpki(p.keyId);
     if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${p.keyId}" has no public key object on the token to certify`);
     const der = await createLeafCertificate({
-      subject: `CN=${rdn(p.keyId)}, O=${rdn(d.organization)}, ST=${rdn(d.state)}, C=${rdn(d.country)}`,
+      // Encoded C, ST, O, CN: the conventional order, so tools print it as notation users expect.
+      subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)}`,
       spki,
       issuerCertificate: rootDer,
       issuerKey: rootSigner,

@@ -49,7 +49,8 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
   };
   const endpoint = get("endpoint");
   if (!endpoint) throw new PluginError("VALIDATION_ERROR", 'pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
-  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(endpoint)) throw new PluginError("VALIDATION_ERROR", `pluginConfig endpoint "${endpoint}" is not host:port`);
+  const port = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(endpoint)?.[1];
+  if (!port || Number(port) < 1 || Number(port) > 65535) throw new PluginError("VALIDATION_ERROR", `pluginConfig endpoint "${endpoint}" is not host:port with a port from 1 to 65535`);
   const certFile = get("client_cert_file");
   const keyFile = get("client_key_file");
   if ((certFile === undefined) !== (keyFile === undefined)) throw new PluginError("VALIDATION_ERROR", "pluginConfig client_cert_file and client_key_file go together");

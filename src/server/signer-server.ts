@@ -106,26 +106,24 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
       const requestId = newRequestId();
       const started = process.hrtime.bigint();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
-      fn(call.request, { requestId, deadline }).then(
-        (res) => {
-          if (Date.now() > deadline) {
-            callback({ code: grpc.status.DEADLINE_EXCEEDED, details: `deadline exceeded [request ${requestId}]` });
-            return;
-          }
-          o.logger.debug("request", { requestId, method, result: "OK", ms: Number(process.hrtime.bigint() - started) / 1e6 });
-          callback(null, res);
-        },
-        (err: unknown) => {
-          const e = toSignerError(err);
-          const code = grpcStatusOf(e.code);
-          if (e.code === "INTERNAL") o.logger.error("request failed", { requestId, method, error: e.cause ?? e });
-          else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message });
-          const md = new grpc.Metadata();
-          md.set("request-id", requestId);
-          if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
-          callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
-        },
-      );
+      const fail = (err: unknown): void => {
+        const e = toSignerError(err);
+        const code = grpcStatusOf(e.code);
+        if (e.code === "INTERNAL") o.logger.error("request failed", { requestId, method, error: e.cause ?? e });
+        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message });
+        const md = new grpc.Metadata();
+        md.set("request-id", requestId);
+        if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
+        callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
+      };
+      fn(call.request, { requestId, deadline }).then((res) => {
+        if (Date.now() > deadline) {
+          fail(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready"));
+          return;
+        }
+        o.logger.debug("request", { requestId, method, result: "OK", ms: Number(process.hrtime.bigint() - started) / 1e6 });
+        callback(null, res);
+      }, fail);
     };
 
   server.addService(serviceOf(pkg, "Signer"), {
@@ -160,7 +158,8 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
     }),
     ListKeys: unary<unknown, unknown>("ListKeys", async () => {
       const keys = await o.signing.list();
-      return { keys: keys.filter((k) => !k.certificate?.isCa).map(keyInfo) };
+      // Only keys that can sign: CA keys and keys without a complete chain are not offered.
+      return { keys: keys.filter((k) => !k.unusableReason).map(keyInfo) };
     }),
   });
 
