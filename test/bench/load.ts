@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
-import { performance } from "node:perf_hooks";
+import { readFileSync } from "node:fs";
+import { performance, type EventLoopUtilization } from "node:perf_hooks";
 
 /** Closed-loop load: `concurrency` callers, each starting the next call as soon as its last one ends. */
 export interface LoadOptions {
@@ -20,6 +21,27 @@ export interface LoadResult {
   p50: number;
   p99: number;
   mean: number;
+  /** Event loop utilization of this (main) thread during the window, 0..1. */
+  elu: number;
+  /** CPU time of the whole process (all threads, user + system) per completed call, in ms. */
+  cpuMsPerCall: number;
+  /** Process CPU during the window in cores (1.0 = one core busy all the time). */
+  cores: number;
+  /** CPU used by other processes on the machine during the window, in cores (NaN when unknown). */
+  otherCores: number;
+}
+
+/** Busy CPU time of the whole machine so far, in ms (Linux /proc/stat), or NaN. */
+export function machineBusyMs(): number {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user.
+    const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+    return (busy * 1000) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** Nearest-rank percentile of an ascending array. */
@@ -66,8 +88,25 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
     }
   };
 
+  let elu0: EventLoopUtilization | undefined;
+  let cpu0: NodeJS.CpuUsage | undefined;
+  let elu = Number.NaN;
+  let cpuMs = Number.NaN;
+  let machine0 = Number.NaN;
+  let otherMs = Number.NaN;
+  const startTimer = setTimeout(() => {
+    elu0 = performance.eventLoopUtilization();
+    cpu0 = process.cpuUsage();
+    machine0 = machineBusyMs();
+  }, measureStart - t0);
   const stopTimer = setTimeout(() => {
     stop = true;
+    if (elu0 && cpu0) {
+      elu = performance.eventLoopUtilization(elu0).utilization;
+      const c = process.cpuUsage(cpu0);
+      cpuMs = (c.user + c.system) / 1000;
+      otherMs = Math.max(0, machineBusyMs() - machine0 - cpuMs);
+    }
   }, measureEnd - t0);
   let hardTimer: NodeJS.Timeout | undefined;
   const hardLimit = new Promise<never>((_, reject) => {
@@ -77,6 +116,7 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
     await Promise.race([Promise.all(Array.from({ length: o.concurrency }, caller)), hardLimit]);
   } finally {
     stop = true;
+    clearTimeout(startTimer);
     clearTimeout(stopTimer);
     clearTimeout(hardTimer);
   }
@@ -90,7 +130,37 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
     mean: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
+    elu,
+    cpuMsPerCall: cpuMs / Math.max(1, ops),
+    cores: cpuMs / o.durationMs,
+    otherCores: otherMs / o.durationMs,
   };
+}
+
+/** CPU time of this process's waited-for children so far, in ms (Linux /proc/self/stat), or NaN. */
+export function childrenCpuMs(): number {
+  try {
+    const stat = readFileSync("/proc/self/stat", "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+    // Fields after the command: state(3) ... cutime(16) cstime(17), numbered from 1 with pid.
+    return (((f[13] ?? 0) + (f[14] ?? 0)) * 1000) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** CPU (in cores) used by processes other than this one and its children since `start`. */
+export class MachineNoise {
+  private readonly machine0 = machineBusyMs();
+  private readonly self0 = process.cpuUsage();
+  private readonly children0 = childrenCpuMs();
+  private readonly t0 = performance.now();
+
+  otherCores(): number {
+    const c = process.cpuUsage(this.self0);
+    const other = machineBusyMs() - this.machine0 - (c.user + c.system) / 1000 - (childrenCpuMs() - this.children0);
+    return Math.max(0, other) / (performance.now() - this.t0);
+  }
 }
 
 export interface ProcessRun {
