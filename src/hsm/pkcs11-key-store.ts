@@ -36,11 +36,12 @@ function signAsync(session: Session, mech: pkcs11js.Mechanism, key: Buffer, data
   const h = session.handle;
   lib.C_SignInit(h, mech, key);
   const out = Buffer.alloc(outLength);
+  // pkcs11js does not pin the buffers of an asynchronous C_Sign (pkcs11js#121): the callback
+  // holds them until the worker thread is done with them.
+  const pinned: Buffer[] = [data, out];
   return new Promise<Buffer>((resolve, reject) => {
-    // pkcs11js does not pin the buffers of an asynchronous C_Sign (pkcs11js#121): the closure
-    // keeps `data` and `out` referenced until the worker thread is done with them.
     lib.C_Sign(h, data, out, (err, sig) => {
-      if (data.length < 0 || out.length < 0) return; // unreachable; keeps both buffers alive
+      pinned.length = 0;
       if (err) reject(err);
       else resolve(Buffer.from(sig));
     });

@@ -1,5 +1,5 @@
 import { isHashAlgorithm, isKeySpec, keySpecInfo } from "../signing/key-spec.js";
-import { CAPABILITY_RAW, CONTRACT_VERSION, PLUGIN_NAME, PLUGIN_VERSION, PluginError, type DescribeKeyRequest, type GenerateSignatureRequest } from "./contract.js";
+import { CAPABILITY_RAW, CONTRACT_VERSION, PLUGIN_NAME, PLUGIN_VERSION, PluginError } from "./contract.js";
 import { parsePluginConfig } from "./plugin-config.js";
 
 /** get-plugin-metadata: static, no network, no gRPC (§2.1). */
@@ -38,19 +38,17 @@ const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]
 /** describe-key (§2.2): keyId echoed byte for byte, keySpec from the service. */
 export async function describeKey(raw: Record<string, unknown>): Promise<Record<string, unknown>> {
   checkContract(raw);
-  const req = raw as unknown as DescribeKeyRequest;
   const keyId = requireString(raw, "keyId");
   const settings = parsePluginConfig(pluginConfigOf(raw));
   const { RemoteSigner } = await import("./remote-signer.js");
   const info = await new RemoteSigner(settings).describeKey(keyId);
-  if (!isKeySpec(info.keySpec)) throw new PluginError("ERROR", `the service described key "${req.keyId}" with an unknown key spec "${info.keySpec}"`);
+  if (!isKeySpec(info.keySpec)) throw new PluginError("ERROR", `the service described key "${keyId}" with an unknown key spec "${info.keySpec}"`);
   return { keyId, keySpec: info.keySpec };
 }
 
 /** generate-signature (§2.3): sign the decoded payload, return the raw signature and the chain leaf→root. */
 export async function generateSignature(raw: Record<string, unknown>): Promise<Record<string, unknown>> {
   checkContract(raw);
-  const req = raw as unknown as GenerateSignatureRequest;
   const keyId = requireString(raw, "keyId");
   const keySpec = requireString(raw, "keySpec");
   const hashAlgorithm = requireString(raw, "hashAlgorithm");
@@ -64,7 +62,7 @@ export async function generateSignature(raw: Record<string, unknown>): Promise<R
   const settings = parsePluginConfig(pluginConfigOf(raw));
   const { RemoteSigner } = await import("./remote-signer.js");
   const r = await new RemoteSigner(settings).sign(keyId, keySpec, hashAlgorithm, payload);
-  if (r.keySpec !== keySpec) throw new PluginError("VALIDATION_ERROR", `key "${req.keyId}" is ${r.keySpec} at the service, not ${keySpec}; run notation sign again`);
+  if (r.keySpec !== keySpec) throw new PluginError("VALIDATION_ERROR", `key "${keyId}" is ${r.keySpec} at the service, not ${keySpec}; run notation sign again`);
   if (r.signature.length !== info.signatureLength) throw new PluginError("ERROR", `the service returned a ${r.signature.length}-byte signature; ${keySpec} signatures are ${info.signatureLength} bytes`);
   if (r.certificateChain.length === 0) throw new PluginError("ERROR", `the service returned no certificate chain for key "${keyId}"`);
   return {

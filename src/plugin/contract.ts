@@ -17,15 +17,3 @@ export class PluginError extends Error {
     this.name = "PluginError";
   }
 }
-
-export interface DescribeKeyRequest {
-  contractVersion: string;
-  keyId: string;
-  pluginConfig?: Record<string, string>;
-}
-
-export interface GenerateSignatureRequest extends DescribeKeyRequest {
-  keySpec: string;
-  hashAlgorithm: string;
-  payload: string;
-}

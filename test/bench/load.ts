@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { spawnCollect, type ProcessResult } from "../helpers/process.js";
 import { readFileSync } from "node:fs";
 import { performance, type EventLoopUtilization } from "node:perf_hooks";
 
@@ -163,45 +163,12 @@ export class MachineNoise {
   }
 }
 
-export interface ProcessRun {
-  ms: number;
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
 /**
  * Runs one process asynchronously (the event loop stays free to serve the in-process gRPC
  * server), feeding `input` on stdin; wall time is spawn to "close" (exit and streams drained).
  */
-export function runProcess(file: string, args: string[], input: string | undefined, env: NodeJS.ProcessEnv, timeoutMs = 15_000): Promise<ProcessRun> {
-  return new Promise<ProcessRun>((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(file, args, { env, stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, timeoutMs);
-    child.stdout.on("data", (c: Buffer) => out.push(c));
-    child.stderr.on("data", (c: Buffer) => err.push(c));
-    child.stdin.on("error", () => undefined); // a process that exits without reading stdin
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on("close", (code, signal) => {
-      const ms = performance.now() - started;
-      clearTimeout(timer);
-      if (timedOut) {
-        reject(new Error(`${file} ${args.join(" ")} did not finish within ${timeoutMs} ms`));
-        return;
-      }
-      resolve({ ms, code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") });
-    });
-    child.stdin.end(input ?? "");
-  });
+export async function runProcess(file: string, args: string[], input: string | undefined, env: NodeJS.ProcessEnv, timeoutMs = 15_000): Promise<ProcessResult> {
+  const r = await spawnCollect(file, args, input ?? "", { env, timeoutMs });
+  if (r.timedOut) throw new Error(`${file} ${args.join(" ")} did not finish within ${timeoutMs} ms`);
+  return r;
 }

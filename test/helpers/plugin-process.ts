@@ -1,4 +1,4 @@
-import { spawn } from "node:child_process";
+import { spawnCollect, type ProcessResult } from "./process.js";
 import { join } from "node:path";
 import { PROJECT_ROOT } from "./softhsm.js";
 
@@ -7,16 +7,7 @@ export const PLUGIN_PATH = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer")
 /** A plugin run that takes longer than this is killed (and reported as timedOut). */
 export const PLUGIN_KILL_AFTER_MS = 20_000;
 
-export interface PluginResult {
-  /** Exit code; null when the process was killed by a signal. */
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  /** Wall-clock time from spawn to exit, ms. */
-  ms: number;
-  timedOut: boolean;
-}
+export type PluginResult = ProcessResult;
 
 export interface RunOptions {
   /** Full environment for the child (default: this process's environment). */
@@ -38,28 +29,5 @@ export function runPlugin(command: string | undefined, stdinText: string, env?: 
   const plugin = o.executable ?? PLUGIN_PATH;
   const file = o.prefix ? o.prefix.file : plugin;
   const argv = o.prefix ? [...o.prefix.args, plugin, ...args] : args;
-  const started = Date.now();
-  return new Promise<PluginResult>((resolve, reject) => {
-    const child = spawn(file, argv, { env: env ?? o.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill("SIGKILL");
-    }, PLUGIN_KILL_AFTER_MS);
-    child.stdout.on("data", (c: Buffer) => out.push(c));
-    child.stderr.on("data", (c: Buffer) => err.push(c));
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    // The plugin may exit before reading stdin (a usage error); that is not a test failure.
-    child.stdin.on("error", () => undefined);
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8"), ms: Date.now() - started, timedOut });
-    });
-    child.stdin.end(stdinText);
-  });
+  return spawnCollect(file, argv, stdinText, { env: env ?? o.env ?? process.env, timeoutMs: PLUGIN_KILL_AFTER_MS });
 }

@@ -5,13 +5,12 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { silentLogger } from "../../src/log/index.js";
 import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
 import { checkCodeSigningChain } from "../helpers/chain-checker.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
-import { PROJECT_ROOT } from "../helpers/softhsm.js";
+import { callSigner, loadSignerClientClass, signerClient, type KeyInfo, type SignResponse } from "../helpers/signer-client.js";
 
 // --- What the spec (notation-plugin-protocol.md §3) says each key spec means; not taken from src/. ---
 type Spec = "RSA-2048" | "RSA-3072" | "RSA-4096" | "EC-256" | "EC-384" | "EC-521";
@@ -27,43 +26,9 @@ const ALL_SPECS = Object.keys(SPECS) as Spec[];
 
 const nodeHash = (h: string): string => h.replace("-", "").toLowerCase();
 
-// --- A plain grpc-js client built from the .proto, as any third-party caller would. ---
+// --- A plain grpc-js client built from the .proto (test/helpers/signer-client.ts). ---
 
-interface SignResponse {
-  keyId: string;
-  signature: Buffer;
-  signingAlgorithm: string;
-  keySpec: string;
-  certificateChain: Buffer[];
-  keyVersion: number;
-  requestId: string;
-}
-interface KeyInfo {
-  keyId: string;
-  keySpec: string;
-  signingAlgorithm: string;
-  hashAlgorithm: string;
-  certificateSubject: string;
-  certificateIssuer: string;
-  notBefore: string;
-  notAfter: string;
-  keyVersion: number;
-  certificateSha256: string;
-}
-
-const PROTO = join(PROJECT_ROOT, "proto/hsm_signer/v1/signer.proto");
-const SignerClient = (() => {
-  const def = protoLoader.loadSync(PROTO, { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { hsm_signer: { v1: { Signer: grpc.ServiceClientConstructor } } };
-  return pkg.hsm_signer.v1.Signer;
-})();
-
-type Method = "Sign" | "GetCertificateChain" | "DescribeKey" | "ListKeys";
-
-function call<T>(client: grpc.Client, method: Method, req: object, deadline: Date | number = Date.now() + 30_000): Promise<T> {
-  const fn = (client as unknown as Record<Method, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: T) => void) => void>)[method].bind(client);
-  return new Promise<T>((resolve, reject) => fn(req, { deadline }, (err, res) => (err ? reject(err) : resolve(res))));
-}
+const call = callSigner;
 
 async function expectStatus(p: Promise<unknown>, code: grpc.status, message?: RegExp): Promise<grpc.ServiceError> {
   try {
@@ -78,9 +43,7 @@ async function expectStatus(p: Promise<unknown>, code: grpc.status, message?: Re
 }
 
 function tlsClient(f: Fixture, port: number, clientCert?: { key: Buffer; cert: Buffer }): grpc.Client {
-  const creds = clientCert ? grpc.credentials.createSsl(f.tls.ca, clientCert.key, clientCert.cert) : grpc.credentials.createSsl(f.tls.ca);
-  // The server certificate names localhost and 127.0.0.1; SNI may not carry an IP address.
-  return new SignerClient(`127.0.0.1:${port}`, creds, { "grpc.ssl_target_name_override": "localhost" });
+  return signerClient(f.tls.ca, port, clientCert);
 }
 
 function notationPayload(kind: "jws" | "cose", spec: Spec): Buffer {
@@ -350,7 +313,7 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         });
       }
       const plain = await startSignerServer({ listen: "127.0.0.1:0", tls: { insecure: true }, signing: f.signing, logger: silentLogger });
-      const c = new SignerClient(`127.0.0.1:${plain.port}`, grpc.credentials.createInsecure());
+      const c = new (loadSignerClientClass())(`127.0.0.1:${plain.port}`, grpc.credentials.createInsecure());
       try {
         const { key } = await call<{ key: KeyInfo }>(c, "DescribeKey", { keyId: keyIdOf("EC-384") });
         assert.equal(key.keySpec, "EC-384");

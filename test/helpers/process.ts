@@ -1,0 +1,44 @@
+import { spawn } from "node:child_process";
+import { performance } from "node:perf_hooks";
+
+export interface ProcessResult {
+  /** Exit code; null when the process was killed by a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** Wall-clock time from spawn to "close" (exit and streams drained), ms. */
+  ms: number;
+  timedOut: boolean;
+}
+
+/**
+ * Spawns a process without blocking the event loop, writes `input` to its stdin (no trailing
+ * newline) and closes it, collects stdout and stderr to the end, and kills it after timeoutMs.
+ */
+export function spawnCollect(file: string, args: string[], input: string, o: { env?: NodeJS.ProcessEnv; timeoutMs: number }): Promise<ProcessResult> {
+  const started = performance.now();
+  return new Promise<ProcessResult>((resolve, reject) => {
+    const child = spawn(file, args, { env: o.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill("SIGKILL");
+    }, o.timeoutMs);
+    child.stdout.on("data", (c: Buffer) => out.push(c));
+    child.stderr.on("data", (c: Buffer) => err.push(c));
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    // A process may exit before reading stdin (a usage error); that is not a failure here.
+    child.stdin.on("error", () => undefined);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8"), ms: performance.now() - started, timedOut });
+    });
+    child.stdin.end(input);
+  });
+}
