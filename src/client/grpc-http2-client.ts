@@ -1,4 +1,7 @@
 import http2 from "node:http2";
+import { isIP } from "node:net";
+import tls from "node:tls";
+import { checkServerCertificate, parseCaBundle, presentedChain } from "./server-certificate.js";
 
 /** gRPC status codes (grpc/doc/statuscodes.md), as this client decodes them. */
 export const Status = {
@@ -59,6 +62,24 @@ export interface CallOptions {
 const CLIENT_CERT_REFUSED = /certificate required|alert bad certificate|alert unknown ca|alert certificate unknown/i;
 const TLS_PERMANENT = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|HOSTNAME|ALTNAME|certificate/i;
 
+/** A failure to reach or set up TLS with the service, as a call error. */
+function connectError(e: unknown, endpoint: string, sentCert: boolean): GrpcCallError {
+  if (e instanceof GrpcCallError) return e;
+  const err = e as NodeJS.ErrnoException;
+  if (CLIENT_CERT_REFUSED.test(err.message)) {
+    const why = sentCert ? "not accepted by the server's client CA" : "none was sent; set client_cert_file and client_key_file";
+    return new GrpcCallError(Status.UNAUTHENTICATED, `${endpoint} refused the TLS client certificate (${why}): ${err.message.trim()}`, undefined, true);
+  }
+  if (err.code === undefined || /^ERR_OSSL|^ERR_INVALID|PEM|key values mismatch/i.test(`${err.code ?? ""} ${err.message}`)) {
+    // Unusable TLS options (a key that does not match its certificate, bad PEM) fail before any connection.
+    if (!/ECONN|EHOST|ENET|ETIMEDOUT|EAI_/.test(err.code ?? "")) {
+      return new GrpcCallError(Status.INVALID_ARGUMENT, `cannot set up TLS to ${endpoint} (check the CA, client certificate and client key files): ${err.message}`, undefined, true);
+    }
+  }
+  const permanent = TLS_PERMANENT.test(`${err.code ?? ""} ${err.message}`);
+  return new GrpcCallError(Status.UNAVAILABLE, permanent ? `TLS connection to ${endpoint} failed: ${err.message}` : `cannot reach ${endpoint}: ${err.message}`, undefined, permanent);
+}
+
 function splitEndpoint(endpoint: string): { host: string; port: string } {
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(endpoint);
   if (!m?.[1] || !m[2]) throw new GrpcCallError(Status.INVALID_ARGUMENT, `endpoint "${endpoint}" is not host:port`, undefined, true);
@@ -76,16 +97,41 @@ export class GrpcHttp2Channel {
     splitEndpoint(o.endpoint);
   }
 
-  private connect(): http2.ClientHttp2Session {
-    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
+  private connect(): Promise<http2.ClientHttp2Session> {
+    if (this.session && !this.session.closed && !this.session.destroyed) return Promise.resolve(this.session);
     const { host, port } = splitEndpoint(this.o.endpoint);
     const authority = host.includes(":") ? `https://[${host}]:${port}` : `https://${host}:${port}`;
-    const s = http2.connect(authority, {
-      ca: this.o.ca,
-      cert: this.o.cert,
-      key: this.o.key,
-      servername: this.o.serverName ?? (/^[\d.]+$|:/.test(host) ? undefined : host),
+    const servername = this.o.serverName ?? (isIP(host) ? undefined : host);
+    if (!this.o.ca) {
+      // System roots: OpenSSL verifies.
+      return Promise.resolve(this.adopt(http2.connect(authority, { cert: this.o.cert, key: this.o.key, servername })));
+    }
+    const anchors = parseCaBundle(this.o.ca);
+    return new Promise((resolve, reject) => {
+      // `ca: []` keeps Node from loading its bundled roots; the chain is checked against ca_file
+      // below, before any request byte is sent (server-certificate.ts says why).
+      const socket = tls.connect({ host, port: Number(port), servername, ALPNProtocols: ["h2"], ca: [], rejectUnauthorized: false, cert: this.o.cert, key: this.o.key });
+      socket.setNoDelay(true);
+      const fail = (e: Error): void => {
+        socket.destroy();
+        reject(e);
+      };
+      socket.once("error", fail);
+      socket.once("secureConnect", () => {
+        socket.off("error", fail);
+        const { leaf, all } = presentedChain(socket);
+        const problem = leaf ? checkServerCertificate(leaf, all, anchors, this.o.serverName ?? host) : "the server sent no certificate";
+        if (problem) {
+          socket.destroy();
+          reject(new GrpcCallError(Status.UNAVAILABLE, `TLS connection to ${this.o.endpoint} failed: ${problem}`, undefined, true));
+          return;
+        }
+        resolve(this.adopt(http2.connect(authority, { createConnection: () => socket })));
+      });
     });
+  }
+
+  private adopt(s: http2.ClientHttp2Session): http2.ClientHttp2Session {
     s.on("error", () => undefined); // surfaced through the stream's error
     s.unref();
     this.session = s;
@@ -100,89 +146,87 @@ export class GrpcHttp2Channel {
         return;
       }
       let settled = false;
-      // eslint-disable-next-line prefer-const -- finish() may run, and read it, before the timer is set
-      let timer: NodeJS.Timeout | undefined;
       const finish = (err: GrpcCallError | undefined, value?: Buffer): void => {
         if (settled) return;
         settled = true;
-        if (timer) clearTimeout(timer);
+        clearTimeout(timer);
         if (err) reject(err);
         else resolve(value as Buffer);
       };
-      let session: http2.ClientHttp2Session;
-      try {
-        session = this.connect();
-      } catch (e) {
-        // http2.connect throws synchronously on unusable TLS options (a key that does not match its certificate, bad PEM).
-        finish(e instanceof GrpcCallError ? e : new GrpcCallError(Status.INVALID_ARGUMENT, `cannot set up TLS to ${this.o.endpoint} (check the CA, client certificate and client key files): ${(e as Error).message}`, undefined, true));
+      const timer = setTimeout(() => finish(new GrpcCallError(Status.DEADLINE_EXCEEDED, `no answer within ${Math.ceil(remaining)} ms`)), remaining);
+      this.connect().then(
+        (session) => {
+          if (!settled) this.send(session, path, body, opts, finish);
+        },
+        (e: unknown) => finish(connectError(e, this.o.endpoint, this.o.cert !== undefined)),
+      );
+    });
+  }
+
+  private send(session: http2.ClientHttp2Session, path: string, body: Buffer, opts: CallOptions, finish: (err: GrpcCallError | undefined, value?: Buffer) => void): void {
+    const remaining = Math.max(1, opts.deadline - Date.now());
+    const headers: http2.OutgoingHttpHeaders = {
+      ":method": "POST",
+      ":path": path,
+      "content-type": "application/grpc",
+      te: "trailers",
+      "grpc-timeout": `${Math.max(1, Math.ceil(remaining))}m`,
+      "user-agent": this.o.userAgent ?? "hsm-signer-client",
+      ...opts.metadata,
+    };
+    let req: http2.ClientHttp2Stream;
+    try {
+      req = session.request(headers);
+    } catch (e) {
+      finish(connectError(e, this.o.endpoint, this.o.cert !== undefined));
+      return;
+    }
+    const cancel = setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), remaining);
+    req.on("close", () => clearTimeout(cancel));
+    const chunks: Buffer[] = [];
+    let httpStatus = 0;
+    let status: number | undefined;
+    let message = "";
+    let retryAfterMs: number | undefined;
+    const readStatus = (h: http2.IncomingHttpHeaders): void => {
+      if (h["grpc-status"] !== undefined) {
+        status = Number(h["grpc-status"]);
+        const raw = String(h["grpc-message"] ?? "");
+        try {
+          message = decodeURIComponent(raw);
+        } catch {
+          message = raw; // not percent-encoded after all (a proxy's text): show it as it came
+        }
+        const ra = h["retry-after-ms"];
+        if (ra !== undefined) retryAfterMs = Number(ra);
+      }
+    };
+    req.on("response", (h) => {
+      httpStatus = Number(h[":status"]);
+      readStatus(h);
+    });
+    req.on("trailers", readStatus);
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("error", (e) => finish(connectError(e, this.o.endpoint, this.o.cert !== undefined)));
+    req.on("close", () => {
+      if (status === undefined) {
+        finish(new GrpcCallError(httpStatus && httpStatus !== 200 ? Status.UNAVAILABLE : Status.INTERNAL, httpStatus && httpStatus !== 200 ? `HTTP status ${httpStatus} from ${this.o.endpoint}` : `the call to ${this.o.endpoint} ended without a gRPC status`));
         return;
       }
-      const headers: http2.OutgoingHttpHeaders = {
-        ":method": "POST",
-        ":path": path,
-        "content-type": "application/grpc",
-        te: "trailers",
-        "grpc-timeout": `${Math.max(1, Math.ceil(remaining))}m`,
-        "user-agent": this.o.userAgent ?? "hsm-signer-client",
-        ...opts.metadata,
-      };
-      const req = session.request(headers);
-      timer = setTimeout(() => {
-        req.close(http2.constants.NGHTTP2_CANCEL);
-        finish(new GrpcCallError(Status.DEADLINE_EXCEEDED, `no answer within ${Math.ceil(remaining)} ms`));
-      }, remaining);
-      const chunks: Buffer[] = [];
-      let httpStatus = 0;
-      let status: number | undefined;
-      let message = "";
-      let retryAfterMs: number | undefined;
-      const readStatus = (h: http2.IncomingHttpHeaders): void => {
-        if (h["grpc-status"] !== undefined) {
-          status = Number(h["grpc-status"]);
-          const raw = String(h["grpc-message"] ?? "");
-          try {
-            message = decodeURIComponent(raw);
-          } catch {
-            message = raw; // not percent-encoded after all (a proxy's text): show it as it came
-          }
-          const ra = h["retry-after-ms"];
-          if (ra !== undefined) retryAfterMs = Number(ra);
-        }
-      };
-      req.on("response", (h) => {
-        httpStatus = Number(h[":status"]);
-        readStatus(h);
-      });
-      req.on("trailers", readStatus);
-      req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("error", (e: NodeJS.ErrnoException) => {
-        if (CLIENT_CERT_REFUSED.test(e.message)) {
-          finish(new GrpcCallError(Status.UNAUTHENTICATED, `${this.o.endpoint} refused the TLS client certificate (${this.o.cert ? "not accepted by the server's client CA" : "none was sent; set client_cert_file and client_key_file"}): ${e.message.trim()}`, undefined, true));
-          return;
-        }
-        const permanent = TLS_PERMANENT.test(`${e.code ?? ""} ${e.message}`);
-        finish(new GrpcCallError(Status.UNAVAILABLE, permanent ? `TLS connection to ${this.o.endpoint} failed: ${e.message}` : `cannot reach ${this.o.endpoint}: ${e.message}`, undefined, permanent));
-      });
-      req.on("close", () => {
-        if (status === undefined) {
-          finish(new GrpcCallError(httpStatus && httpStatus !== 200 ? Status.UNAVAILABLE : Status.INTERNAL, httpStatus && httpStatus !== 200 ? `HTTP status ${httpStatus} from ${this.o.endpoint}` : `the call to ${this.o.endpoint} ended without a gRPC status`));
-          return;
-        }
-        if (status !== Status.OK) {
-          finish(new GrpcCallError(status, message, retryAfterMs));
-          return;
-        }
-        const data = Buffer.concat(chunks);
-        if (data.length < 5) return finish(new GrpcCallError(Status.INTERNAL, "empty gRPC response"));
-        if (data[0] !== 0) return finish(new GrpcCallError(Status.INTERNAL, "compressed gRPC responses are not supported"));
-        const len = data.readUInt32BE(1);
-        finish(undefined, data.subarray(5, 5 + len));
-      });
-      const frame = Buffer.alloc(5 + body.length);
-      frame.writeUInt32BE(body.length, 1);
-      body.copy(frame, 5);
-      req.end(frame);
+      if (status !== Status.OK) {
+        finish(new GrpcCallError(status, message, retryAfterMs));
+        return;
+      }
+      const data = Buffer.concat(chunks);
+      if (data.length < 5) return finish(new GrpcCallError(Status.INTERNAL, "empty gRPC response"));
+      if (data[0] !== 0) return finish(new GrpcCallError(Status.INTERNAL, "compressed gRPC responses are not supported"));
+      const len = data.readUInt32BE(1);
+      finish(undefined, data.subarray(5, 5 + len));
     });
+    const frame = Buffer.alloc(5 + body.length);
+    frame.writeUInt32BE(body.length, 1);
+    body.copy(frame, 5);
+    req.end(frame);
   }
 
   close(): void {

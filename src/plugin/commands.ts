@@ -40,6 +40,9 @@ export async function describeKey(raw: Record<string, unknown>): Promise<Record<
   checkContract(raw);
   const keyId = requireString(raw, "keyId");
   const settings = parsePluginConfig(pluginConfigOf(raw));
+  // A configured key_spec saves one TLS connection per signature; generate-signature still sends
+  // it to the service, which refuses a key of another spec, so a stale value cannot sign.
+  if (settings.keySpec) return { keyId, keySpec: settings.keySpec };
   const { RemoteSigner } = await import("./remote-signer.js");
   const info = await new RemoteSigner(settings).describeKey(keyId);
   if (!isKeySpec(info.keySpec)) throw new PluginError("ERROR", `the service described key "${keyId}" with an unknown key spec "${info.keySpec}"`);

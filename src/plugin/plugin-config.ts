@@ -1,8 +1,9 @@
 import { readFileSync } from "node:fs";
+import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { PluginError } from "./contract.js";
 
 /** pluginConfig keys (README, "notation plugin configuration"). Values are paths and names, never secrets. */
-export const CONFIG_KEYS = ["endpoint", "ca_file", "client_cert_file", "client_key_file", "server_name", "timeout", "token_file", "token_env"] as const;
+export const CONFIG_KEYS = ["endpoint", "ca_file", "client_cert_file", "client_key_file", "server_name", "timeout", "token_file", "token_env", "key_spec"] as const;
 export const DEFAULT_TIMEOUT_MS = 30_000;
 const SECRET_LIKE = /token$|pin|password|secret|private_key$|^key$/i;
 
@@ -15,6 +16,8 @@ export interface PluginSettings {
   timeoutMs: number;
   /** Bearer token read from token_file or token_env; never from pluginConfig itself. */
   token: string | undefined;
+  /** The key's spec, when configured: describe-key then answers without a network call. */
+  keySpec: KeySpec | undefined;
 }
 
 /** "30", "30s", "1500ms", "2m" → milliseconds. */
@@ -70,6 +73,8 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
     token = env[tokenEnv]?.trim();
     if (!token) throw new PluginError("VALIDATION_ERROR", `pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
   }
+  const keySpec = get("key_spec");
+  if (keySpec !== undefined && !isKeySpec(keySpec)) throw new PluginError("VALIDATION_ERROR", `pluginConfig key_spec "${keySpec}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
   const caFile = get("ca_file");
   return {
     endpoint,
@@ -79,5 +84,6 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
     serverName: get("server_name"),
     timeoutMs,
     token: token || undefined,
+    keySpec,
   };
 }

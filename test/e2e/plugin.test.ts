@@ -236,6 +236,27 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     });
   }
 
+  describe("pluginConfig key_spec", () => {
+    it("describe-key answers from key_spec without calling the service", async () => {
+      const endpoint = `127.0.0.1:${await closedPort()}`;
+      const out = success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", { endpoint, ca_file: f.tls.caFile, key_spec: "EC-384" }))));
+      assert.deepEqual(out, { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
+    });
+
+    it("a key_spec that is not the key's makes generate-signature fail at the service, not sign", async () => {
+      const c = { ...cfg, key_spec: "RSA-2048" };
+      const d = success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "RSA-2048", c))));
+      assert.equal(d.keySpec, "RSA-2048");
+      // notation then asks for an RSA-2048 signature (SHA-256) from what is really an EC-256 key.
+      const r = await runPlugin("generate-signature", json(requestFor("generate-signature-jws", keyIdOf("EC-256"), "RSA-2048", c)));
+      failure(r, "VALIDATION_ERROR", keyIdOf("EC-256"), "EC-256");
+    });
+
+    it("an unknown key_spec → VALIDATION_ERROR", async () => {
+      failure(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, key_spec: "RSA-1024" }))), "VALIDATION_ERROR", "key_spec");
+    });
+  });
+
   describe("mTLS", () => {
     it("signs with client_cert_file and client_key_file", async () => {
       const c = { endpoint: `127.0.0.1:${mtlsServer.port}`, ca_file: f.tls.caFile, client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile };

@@ -85,8 +85,13 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
     });
 
     it("a minimal config gets the defaults", () => {
-      assert.deepEqual(parse(EP), { endpoint: EP.endpoint, ca: undefined, cert: undefined, key: undefined, serverName: undefined, timeoutMs: DEFAULT_TIMEOUT_MS, token: undefined });
+      assert.deepEqual(parse(EP), { endpoint: EP.endpoint, ca: undefined, cert: undefined, key: undefined, serverName: undefined, timeoutMs: DEFAULT_TIMEOUT_MS, token: undefined, keySpec: undefined });
       assert.equal(DEFAULT_TIMEOUT_MS, 30_000);
+    });
+
+    it("key_spec is checked and passed on", () => {
+      assert.equal(parse({ ...EP, key_spec: "EC-384" }).keySpec, "EC-384");
+      assert.throws(() => parse({ ...EP, key_spec: "EC-192" }), /key_spec "EC-192"/);
     });
 
     it("server_name is passed on", () => {

@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { checkServerCertificate, parseCaBundle } from "../../src/client/server-certificate.js";
+
+/** Certificates made by openssl, independent of the code under test. */
+class Pki {
+  constructor(readonly dir: string) {}
+
+  private path(n: string): string {
+    return join(this.dir, n);
+  }
+
+  ca(name: string, opts: { issuer?: string; ext?: string } = {}): void {
+    const ext = opts.ext ?? "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash";
+    this.issue(name, `/CN=${name}`, ext, opts.issuer);
+  }
+
+  /** issuer undefined: self-signed. */
+  issue(name: string, subject: string, ext: string, issuer?: string): void {
+    execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", this.path(`${name}.key`), "-out", this.path(`${name}.csr`), "-subj", subject], { stdio: "ignore" });
+    writeFileSync(this.path(`${name}.ext`), ext);
+    const signer = issuer ?? name;
+    const args = ["x509", "-req", "-in", this.path(`${name}.csr`), "-out", this.path(`${name}.pem`), "-sha256", "-extfile", this.path(`${name}.ext`), "-set_serial", String(Date.now() % 1e9 + Math.floor(Math.random() * 1000))];
+    if (issuer) args.push("-CA", this.path(`${signer}.pem`), "-CAkey", this.path(`${signer}.key`));
+    else args.push("-key", this.path(`${name}.key`));
+    args.push("-days", issuer ? "30" : "365");
+    execFileSync("openssl", args, { stdio: "ignore" });
+  }
+
+  cert(name: string): X509Certificate {
+    return new X509Certificate(readFileSync(this.path(`${name}.pem`)));
+  }
+}
+
+const SERVER_EXT = "subjectAltName=DNS:signer.example.com,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature";
+
+describe("checkServerCertificate (ca_file verification done in the plugin)", function () {
+  this.timeout(60_000);
+  let dir: string;
+  let pki: Pki;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "server-cert-"));
+    pki = new Pki(dir);
+    pki.ca("root");
+    pki.ca("inter", { issuer: "root" });
+    pki.ca("other-root");
+    pki.issue("leaf", "/CN=signer", SERVER_EXT, "root");
+    pki.issue("leaf-via-inter", "/CN=signer", SERVER_EXT, "inter");
+    pki.issue("leaf-other", "/CN=signer", SERVER_EXT, "other-root");
+    pki.issue("leaf-client-only", "/CN=signer", "subjectAltName=DNS:signer.example.com\nextendedKeyUsage=clientAuth", "root");
+    pki.issue("not-a-ca", "/CN=not-a-ca", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature", "root");
+    pki.issue("leaf-under-not-a-ca", "/CN=signer", SERVER_EXT, "not-a-ca");
+  });
+
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const anchors = (): X509Certificate[] => [pki.cert("root")];
+
+  it("accepts a server certificate issued by a CA from ca_file, by DNS name and by IP", () => {
+    assert.equal(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], anchors(), "signer.example.com"), undefined);
+    assert.equal(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], anchors(), "127.0.0.1"), undefined);
+  });
+
+  it("accepts a chain through an intermediate the server presents, and refuses it when the server does not", () => {
+    const leaf = pki.cert("leaf-via-inter");
+    assert.equal(checkServerCertificate(leaf, [leaf, pki.cert("inter")], anchors(), "signer.example.com"), undefined);
+    assert.match(checkServerCertificate(leaf, [leaf], anchors(), "signer.example.com") ?? "", /not issued by a CA in ca_file/);
+  });
+
+  it("refuses a certificate from another CA, a wrong host, an expired certificate, a client-only EKU", () => {
+    assert.match(checkServerCertificate(pki.cert("leaf-other"), [pki.cert("leaf-other")], anchors(), "signer.example.com") ?? "", /not issued by a CA in ca_file/);
+    assert.match(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], anchors(), "evil.example.com") ?? "", /does not name evil\.example\.com/);
+    assert.match(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], anchors(), "127.0.0.2") ?? "", /does not name/);
+    const in60Days = Date.now() + 60 * 86400_000; // the leaf is valid for 30 days
+    assert.match(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], anchors(), "signer.example.com", in60Days) ?? "", /not valid now/);
+    assert.match(checkServerCertificate(pki.cert("leaf-client-only"), [pki.cert("leaf-client-only")], anchors(), "signer.example.com") ?? "", /serverAuth/);
+  });
+
+  it("refuses a chain through a presented certificate that is not a CA", () => {
+    const leaf = pki.cert("leaf-under-not-a-ca");
+    assert.match(checkServerCertificate(leaf, [leaf, pki.cert("not-a-ca")], anchors(), "signer.example.com") ?? "", /not issued by a CA in ca_file/);
+  });
+
+  it("accepts a server certificate pinned in ca_file itself", () => {
+    assert.equal(checkServerCertificate(pki.cert("leaf-other"), [pki.cert("leaf-other")], [pki.cert("leaf-other")], "signer.example.com"), undefined);
+  });
+
+  it("reads every certificate of a PEM bundle, and a DER file", () => {
+    const bundle = Buffer.concat([readFileSync(join(dir, "other-root.pem")), readFileSync(join(dir, "root.pem"))]);
+    const parsed = parseCaBundle(bundle);
+    assert.equal(parsed.length, 2);
+    assert.equal(checkServerCertificate(pki.cert("leaf"), [pki.cert("leaf")], parsed, "signer.example.com"), undefined);
+    assert.equal(parseCaBundle(pki.cert("root").raw).length, 1);
+  });
+});
