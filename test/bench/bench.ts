@@ -10,13 +10,14 @@
 // BENCH_PLUGIN_RUNS (20).
 import { randomBytes } from "node:crypto";
 import { availableParallelism } from "node:os";
-import { join, resolve } from "node:path";
+import { performance, type EventLoopUtilization } from "node:perf_hooks";
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-import { PROTO_DIR, type RunningServer } from "../../src/server/signer-server.js";
+import type { RunningServer } from "../../src/server/signer-server.js";
 import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
 import { closeFixture, getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { callSigner, loadSignerClientClass, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { MachineNoise, percentile, runLoad, runProcess, type LoadOptions, type LoadResult } from "./load.js";
 
@@ -33,6 +34,8 @@ const DURATION_MS = intEnv("BENCH_DURATION_MS", 4000);
 const PLUGIN_RUNS = intEnv("BENCH_PLUGIN_RUNS", 20);
 const PLUGIN_WARMUP_RUNS = 2;
 const CALL_TIMEOUT_MS = 10_000;
+/** Time for the load-client process to start and connect before its warm-up begins. */
+const CLIENT_START_MS = 400;
 /** The whole benchmark gives up (exit 2) after this long. */
 const WATCHDOG_MS = 10 * 60_000;
 
@@ -43,38 +46,7 @@ const PLUGIN = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer");
 // ---------------------------------------------------------------------------------------------
 // gRPC client and echo server
 
-interface SignResponseMsg {
-  keyId: string;
-  signature: Buffer;
-  signingAlgorithm: string;
-  keySpec: string;
-  certificateChain: Buffer[];
-  keyVersion: number;
-  requestId: string;
-}
-
-interface SignerClient extends grpc.Client {
-  Sign(req: Record<string, unknown>, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: SignResponseMsg) => void): grpc.ClientUnaryCall;
-}
-
-function loadSignerService(): grpc.ServiceClientConstructor {
-  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1/signer.proto"), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
-  const pkg = grpc.loadPackageDefinition(def);
-  const v1 = (pkg.hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return v1.Signer as grpc.ServiceClientConstructor;
-}
-
-/**
- * The server certificate names both localhost and 127.0.0.1; verifying it as "localhost" keeps
- * grpc-js from setting an IP address as the TLS server name (DEP0123 warning). Same handshake.
- */
-const CHANNEL_OPTIONS: grpc.ChannelOptions = { "grpc.ssl_target_name_override": "localhost", "grpc.default_authority": "localhost" };
-
-function signCall(client: SignerClient, req: Record<string, unknown>): Promise<SignResponseMsg> {
-  return new Promise((res, rej) => {
-    client.Sign(req, { deadline: Date.now() + CALL_TIMEOUT_MS }, (err, r) => (err ? rej(err) : r ? res(r) : rej(new Error("Sign returned no response"))));
-  });
-}
+const signCall = (client: grpc.Client, req: Record<string, unknown>): Promise<SignResponse> => callSigner<SignResponse>(client, "Sign", req, Date.now() + CALL_TIMEOUT_MS);
 
 /** A bare grpc-js unary server with the fixture's TLS material: Sign answers `fixed` without touching the HSM. */
 async function startEchoServer(f: Fixture, Signer: grpc.ServiceClientConstructor, fixed: Record<string, unknown>): Promise<{ port: number; server: grpc.Server }> {
@@ -91,6 +63,40 @@ async function startEchoServer(f: Fixture, Signer: grpc.ServiceClientConstructor
   return { port, server };
 }
 
+/**
+ * Runs the closed-loop client in its own process (test/bench/load-client.ts) against a server
+ * in this process, and measures this process (the server) over the client's window.
+ */
+async function remoteLoad(port: number, caFile: string, req: Record<string, unknown>, signatureLength: number, o: LoadOptions): Promise<LoadResult> {
+  const wire = { ...req, digest: Buffer.isBuffer(req.digest) ? req.digest.toString("base64") : undefined };
+  const args = JSON.stringify({ port, caFile, req: wire, signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, durationMs: o.durationMs });
+  // The child needs about CLIENT_START_MS to start and connect; the server is measured from then on.
+  const window = { from: CLIENT_START_MS + o.warmupMs, to: CLIENT_START_MS + o.warmupMs + o.durationMs };
+  let elu0: EventLoopUtilization | undefined;
+  let cpu0: NodeJS.CpuUsage | undefined;
+  let server = { elu: Number.NaN, cpuMs: Number.NaN };
+  const t1 = setTimeout(() => {
+    elu0 = performance.eventLoopUtilization();
+    cpu0 = process.cpuUsage();
+  }, window.from);
+  const t2 = setTimeout(() => {
+    if (elu0 && cpu0) {
+      const c = process.cpuUsage(cpu0);
+      server = { elu: performance.eventLoopUtilization(elu0).utilization, cpuMs: (c.user + c.system) / 1000 };
+    }
+  }, window.to);
+  const p = await runProcess(process.execPath, [join(PROJECT_ROOT, "dist/test/bench/load-client.js"), args], undefined, process.env, o.warmupMs + o.durationMs + 30_000).finally(() => {
+    clearTimeout(t1);
+    clearTimeout(t2);
+  });
+  if (p.code !== 0) throw new Error(`load client failed (${p.code ?? p.signal}): ${p.stderr.slice(0, 800)}`);
+  const client = JSON.parse(p.stdout) as LoadResult;
+  // Reported: the client's rate and latencies; the server process's loop and CPU.
+  const serverCores = server.cpuMs / (window.to - window.from);
+  // The client measured "other" CPU as everything but itself: this server included.
+  return { ...client, elu: server.elu, cores: serverCores, cpuMsPerCall: server.cpuMs / Math.max(1, client.rate * ((window.to - window.from) / 1000)), otherCores: Math.max(0, client.otherCores - serverCores), clientCores: client.cores };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report
 
@@ -104,8 +110,8 @@ interface Row {
 }
 
 function printLoadTable(rows: Row[]): void {
-  const head = ["", "calls/s", "p50 ms", "p99 ms", "calls", "loop busy", "CPU cores", "CPU ms/call", "others", "ratio"];
-  const cells = rows.map((x) => [x.name, fmt(x.r.rate, 0), fmt(x.r.p50, 2), fmt(x.r.p99, 2), String(x.r.ops), pct(x.r.elu), fmt(x.r.cores, 2), fmt(x.r.cpuMsPerCall, 3), fmt(x.r.otherCores, 2), x.ratio ?? ""]);
+  const head = ["", "calls/s", "p50 ms", "p99 ms", "calls", "loop busy", "CPU cores", "CPU ms/call", "client", "others", "ratio"];
+  const cells = rows.map((x) => [x.name, fmt(x.r.rate, 0), fmt(x.r.p50, 2), fmt(x.r.p99, 2), String(x.r.ops), pct(x.r.elu), fmt(x.r.cores, 2), fmt(x.r.cpuMsPerCall, 3), fmt(x.r.clientCores ?? Number.NaN, 2), fmt(x.r.otherCores, 2), x.ratio ?? ""]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
   const line = (c: string[]): string => c.map((v, i) => (i === 0 || i === head.length - 1 ? v.padEnd(widths[i] as number) : v.padStart(widths[i] as number))).join("  ");
   console.log(line(head));
@@ -168,11 +174,11 @@ async function main(): Promise<boolean> {
     }
 
     // b) Sign through the real gRPC server with TLS
-    const Signer = loadSignerService();
+    const Signer = loadSignerClientClass();
     server = await startTestServer(f);
-    const client = new Signer(`127.0.0.1:${server.port}`, grpc.credentials.createSsl(f.tls.ca), CHANNEL_OPTIONS) as unknown as SignerClient;
+    const client = signerClient(f.tls.ca, server.port);
     clients.push(client);
-    let ecResponse: SignResponseMsg | undefined;
+    let ecResponse: SignResponse | undefined;
     for (const spec of KEYS) {
       const keyId = keyIdOf(spec);
       const info = keySpecInfo(spec);
@@ -182,33 +188,30 @@ async function main(): Promise<boolean> {
       if (!verifyNotarySignature(payload, check.signature, check.certificateChain[0] as Buffer, spec)) throw new Error(`gRPC ${spec}: the signature does not verify`);
       const req = { keyId, digest: hashBytes(info.hash, randomBytes(64)), hashAlgorithm: info.hash, keySpec: spec };
       if (spec === "EC-256") ecResponse = await signCall(client, req);
-      log(`b) gRPC+TLS Sign ${spec}...`);
-      const r = await runLoad(async () => {
-        const res = await signCall(client, req);
-        if (res.signature.length !== info.signatureLength) throw new Error(`gRPC ${spec}: ${res.signature.length}-byte signature`);
-      }, LOAD);
+      log(`b) gRPC+TLS Sign ${spec} (client in its own process)...`);
+      const r = await remoteLoad(server.port, f.tls.caFile, req, info.signatureLength, LOAD);
       svc.set(spec, r);
       rows.push({ name: `b) gRPC+TLS Sign ${spec}`, r, ratio: `${pct(r.rate / raw.get(spec)!.rate)} of raw` });
     }
     const ecReq = { keyId: keyIdOf("EC-256"), digest: hashBytes("SHA-256", randomBytes(64)), hashAlgorithm: "SHA-256", keySpec: "EC-256" };
     log("b) gRPC+TLS Sign EC-256, 1 in flight...");
-    svcEc1 = await runLoad(() => signCall(client, ecReq), { ...LOAD, concurrency: 1, durationMs: Math.min(DURATION_MS, 2000) });
+    svcEc1 = await remoteLoad(server.port, f.tls.caFile, ecReq, 64, { ...LOAD, concurrency: 1, durationMs: Math.min(DURATION_MS, 2000) });
 
     // c) the transport ceiling: same TLS, same response message (a real EC-256 answer), no HSM
     if (!ecResponse) throw new Error("no EC-256 response to echo");
     const fixed = { ...ecResponse };
     const e = await startEchoServer(f, Signer, fixed);
     echoServer = e.server;
-    const echoClient = new Signer(`127.0.0.1:${e.port}`, grpc.credentials.createSsl(f.tls.ca), CHANNEL_OPTIONS) as unknown as SignerClient;
+    const echoClient = signerClient(f.tls.ca, e.port);
     clients.push(echoClient);
     const echoCheck = await signCall(echoClient, ecReq);
     if (!echoCheck.signature.equals(ecResponse.signature)) throw new Error("echo server answered something else");
-    log("c) gRPC+TLS echo...");
-    echo = await runLoad(() => signCall(echoClient, ecReq), LOAD);
+    log("c) gRPC+TLS echo (client in its own process)...");
+    echo = await remoteLoad(e.port, f.tls.caFile, ecReq, 64, LOAD);
     const ecSvc = svc.get("EC-256")!;
     rows.push({ name: "c) gRPC+TLS echo (same messages, no HSM)", r: echo, ratio: `EC-256 service = ${pct(ecSvc.rate / echo.rate)} of it` });
     log("c) gRPC+TLS echo, 1 in flight...");
-    echo1 = await runLoad(() => signCall(echoClient, ecReq), { ...LOAD, concurrency: 1, durationMs: Math.min(DURATION_MS, 2000) });
+    echo1 = await remoteLoad(e.port, f.tls.caFile, ecReq, 64, { ...LOAD, concurrency: 1, durationMs: Math.min(DURATION_MS, 2000) });
     echoClient.close();
     await new Promise<void>((res) => e.server.tryShutdown(() => res()));
     echoServer = undefined;
@@ -239,6 +242,15 @@ async function main(): Promise<boolean> {
         file: PLUGIN,
         args: ["describe-key"],
         input: describeReq,
+        check: (out) => {
+          if ((JSON.parse(out) as { keySpec?: string }).keySpec !== "EC-256") throw new Error(`describe-key answered ${out}`);
+        },
+      },
+      {
+        name: "describe-key, pluginConfig key_spec",
+        file: PLUGIN,
+        args: ["describe-key"],
+        input: JSON.stringify(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...pluginConfig, key_spec: "EC-256" })),
         check: (out) => {
           if ((JSON.parse(out) as { keySpec?: string }).keySpec !== "EC-256") throw new Error(`describe-key answered ${out}`);
         },
@@ -278,21 +290,22 @@ async function main(): Promise<boolean> {
   // ------------------------------------------------------------------------------- report
   const rsaRatio = svc.get("RSA-3072")!.rate / raw.get("RSA-3072")!.rate;
   const ecEchoRatio = svc.get("EC-256")!.rate / echo.rate;
-  const [base, meta, desc, gen] = plugin as [ProcStats, ProcStats, ProcStats, ProcStats];
+  const [base, meta, desc, descLocal, gen] = plugin as [ProcStats, ProcStats, ProcStats, ProcStats, ProcStats];
   const metaRatio = meta.median / base.median;
   const sum3 = meta.median + desc.median + gen.median;
+  const sum3Local = meta.median + descLocal.median + gen.median;
 
   console.log("");
   console.log(`hsm-signer benchmark: node ${process.version}, ${availableParallelism()} CPUs, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? "4 (default)"}, HSM session pool ${f.hsm.pool.size}`);
-  console.log(`closed loop, ${CONCURRENCY} calls in flight, ${WARMUP_MS / 1000} s warm-up + ${DURATION_MS / 1000} s measured per row; client and server in this one process`);
+  console.log(`closed loop, ${CONCURRENCY} calls in flight, ${WARMUP_MS / 1000} s warm-up + ${DURATION_MS / 1000} s measured per row; a) in this process; b) and c): the client in its own process, loop busy and CPU are the server's`);
   console.log("");
   printLoadTable([
     ...rows,
     { name: "   gRPC+TLS Sign EC-256, 1 in flight", r: svcEc1 },
     { name: "   gRPC+TLS echo, 1 in flight", r: echo1 },
   ]);
-  console.log("loop busy = event-loop utilization of this process's main thread (gRPC client and server JS, C_SignInit);");
-  console.log("CPU = this whole process incl. the libuv threads in C_Sign; others = CPU of unrelated processes meanwhile (cores)");
+  console.log("loop busy = event-loop utilization of the main thread of this process (the server; in a) also the caller);");
+  console.log("CPU = this whole process incl. the HSM signing threads; client = the load client process (b, c); others = unrelated processes (cores)");
   console.log("");
   console.log(`d) plugin wall time per command as a process, ${PLUGIN_RUNS} runs each after ${PLUGIN_WARMUP_RUNS} warm-up runs;`);
   console.log("   NODE_EXTRA_CA_CERTS UNSET in the child environment (it adds ~70 ms to every Node start)");
@@ -302,12 +315,14 @@ async function main(): Promise<boolean> {
   console.log(`${"-".repeat(pw)}  ${"-".repeat(9)}  ${"-".repeat(7)}  ${"-".repeat(6)}  ${"-".repeat(6)}  ${"-".repeat(6)}`);
   for (const p of plugin) console.log(`${p.name.padEnd(pw)}  ${fmt(p.median).padStart(9)}  ${fmt(p.p90).padStart(7)}  ${fmt(p.min).padStart(6)}  ${fmt(p.max).padStart(6)}  ${fmt(p.otherCores, 2).padStart(6)}`);
   console.log(`${"one notation signature (sum of 3 medians)".padEnd(pw)}  ${fmt(sum3).padStart(9)}`);
+  console.log(`${"  the same with pluginConfig key_spec".padEnd(pw)}  ${fmt(sum3Local).padStart(9)}`);
 
   const targets = [
     { name: "RSA-3072 service >= 85% of raw PKCS#11", value: pct(rsaRatio), pass: rsaRatio >= 0.85 },
     { name: "EC-256 service >= 80% of gRPC echo", value: pct(ecEchoRatio), pass: ecEchoRatio >= 0.8 },
     { name: "get-plugin-metadata <= 1.5x node -e 0", value: `${fmt(metaRatio, 2)}x (${fmt(meta.median)} / ${fmt(base.median)} ms)`, pass: metaRatio <= 1.5 },
     { name: "three plugin commands < 200 ms", value: `${fmt(sum3)} ms`, pass: sum3 < 200 },
+    { name: "three plugin commands < 200 ms, with key_spec", value: `${fmt(sum3Local)} ms`, pass: sum3Local < 200 },
   ];
   const allLoads: [string, LoadResult][] = [...rows.map((x): [string, LoadResult] => [x.name.trim(), x.r]), ["EC-256 1 in flight", svcEc1], ["echo 1 in flight", echo1]];
   const noisy = [
@@ -344,6 +359,7 @@ async function main(): Promise<boolean> {
       runs: PLUGIN_RUNS,
       commands: Object.fromEntries(plugin.map((p) => [p.name, { medianMs: round(p.median), p90Ms: round(p.p90), otherCores: round(p.otherCores, 2) }])),
       sumOfThreeMediansMs: round(sum3),
+      sumOfThreeMediansWithKeySpecMs: round(sum3Local),
     },
     targets: targets.map((t) => ({ name: t.name, value: t.value, pass: t.pass })),
     noisy,

@@ -29,6 +29,8 @@ export interface LoadResult {
   cores: number;
   /** CPU used by other processes on the machine during the window, in cores (NaN when unknown). */
   otherCores: number;
+  /** With the client in its own process: that process's CPU, in cores. */
+  clientCores?: number;
 }
 
 /** Busy CPU time of the whole machine so far, in ms (Linux /proc/stat), or NaN. */
