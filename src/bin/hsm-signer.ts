@@ -64,11 +64,13 @@ async function serve(configFile: string): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info("shutting down", { signal });
-    void server.close().then(() => {
-      hsm.close();
-      finalizeModule(config.hsm.module);
-      logger.info("stopped");
-    });
+    void server
+      .close()
+      .then(() => hsm.close())
+      .then(() => {
+        finalizeModule(config.hsm.module);
+        logger.info("stopped");
+      });
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
@@ -112,7 +114,7 @@ async function testChain(args: string[]): Promise<void> {
     console.log(`key "${keyId}" (${keySpec}): chain of ${r.chain.length} certificates on the token; ${made.length ? `created ${made.join(", ")}` : "nothing to create, all present"}`);
     if (values["root-out"]) console.log(`root certificate written to ${values["root-out"]} (for: notation cert add --type ca --store <name> ${values["root-out"]})`);
   } finally {
-    hsm.close();
+    await hsm.close();
   }
 }
 

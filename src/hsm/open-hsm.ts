@@ -1,6 +1,7 @@
 import { findSlot, loadModule, type TokenSelector } from "./hsm-token.js";
 import { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { SessionPool } from "./session-pool.js";
+import { SignThreads } from "./sign-threads.js";
 
 export interface HsmOptions extends TokenSelector {
   modulePath: string;
@@ -13,7 +14,8 @@ export interface HsmOptions extends TokenSelector {
 export interface Hsm {
   pool: SessionPool;
   keys: Pkcs11KeyStore;
-  close(): void;
+  /** Stops the signing threads and closes the sessions; C_Finalize only after it resolves. */
+  close(): Promise<void>;
 }
 
 /** Loads the module, finds the token, logs in with a pool of sessions and scans the keys. */
@@ -22,19 +24,18 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
   const slot = findSlot(mod, o);
   const pool = new SessionPool(slot, o.pin, { size: o.poolSize, maxWaiters: o.maxWaiters });
   pool.start();
-  const keys = new Pkcs11KeyStore(pool, { refreshIntervalMs: o.keyRefreshMs });
+  const threads = new SignThreads(o.modulePath, pool.size);
+  const keys = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs });
+  const close = async (): Promise<void> => {
+    keys.stop();
+    await threads.close();
+    pool.close();
+  };
   try {
     await keys.start();
   } catch (e) {
-    pool.close();
+    await close();
     throw e;
   }
-  return {
-    pool,
-    keys,
-    close() {
-      keys.stop();
-      pool.close();
-    },
-  };
+  return { pool, keys, close };
 }

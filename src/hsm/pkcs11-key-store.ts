@@ -1,6 +1,5 @@
 import { createPublicKey } from "node:crypto";
 import { ObjectClass, KeyType, type Session } from "graphene-pk11";
-import type pkcs11js from "pkcs11js";
 import { SignerError } from "../errors/index.js";
 import { keySpecFor, keySpecInfo, type HashAlgorithm, type KeySpec } from "../signing/key-spec.js";
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
@@ -8,6 +7,7 @@ import { buildChain, keySpecOfCertificate, spkiOfCertificate, summarize } from "
 import { curveOfEcParams, digestSigningMechanism } from "./mechanisms.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
+import type { SignThreads } from "./sign-threads.js";
 
 export const DEFAULT_KEY_REFRESH_MS = 30_000;
 /** A lookup of an unknown key rescans the token at most this often. */
@@ -28,24 +28,6 @@ interface RawCert {
   id: Buffer;
   label: string;
   der: Buffer;
-}
-
-/** Signs a digest on a pooled session with the asynchronous C_Sign, so the event loop stays free. */
-function signAsync(session: Session, mech: pkcs11js.Mechanism, key: Buffer, data: Buffer, outLength: number): Promise<Buffer> {
-  const lib = session.lib;
-  const h = session.handle;
-  lib.C_SignInit(h, mech, key);
-  const out = Buffer.alloc(outLength);
-  // pkcs11js does not pin the buffers of an asynchronous C_Sign (pkcs11js#121): the callback
-  // holds them until the worker thread is done with them.
-  const pinned: Buffer[] = [data, out];
-  return new Promise<Buffer>((resolve, reject) => {
-    lib.C_Sign(h, data, out, (err, sig) => {
-      pinned.length = 0;
-      if (err) reject(err);
-      else resolve(Buffer.from(sig));
-    });
-  });
 }
 
 function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buffer | undefined {
@@ -86,6 +68,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   constructor(
     private readonly pool: SessionPool,
+    private readonly threads: SignThreads,
     private readonly options: Pkcs11KeyStoreOptions = {},
   ) {}
 
@@ -148,7 +131,7 @@ export class Pkcs11KeyStore implements KeyStore {
     const session = await this.pool.acquire(deadline);
     let failed = false;
     try {
-      return await signAsync(session, mech, e.handle, digest, key.info.signatureLength + 16);
+      return await this.threads.sign(session.handle, e.handle, mech, digest, key.info.signatureLength + 16);
     } catch (err) {
       failed = true;
       throw translatePkcs11Error(err, `signing with key "${key.keyId}"`);

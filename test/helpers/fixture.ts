@@ -46,7 +46,7 @@ export async function closeFixture(): Promise<void> {
   if (!shared) return;
   const f = await shared;
   shared = undefined;
-  f.hsm.close();
+  await f.hsm.close();
   finalizeModule(f.token.module);
   f.token.cleanup();
 }

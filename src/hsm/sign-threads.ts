@@ -1,0 +1,87 @@
+import { Worker } from "node:worker_threads";
+import type pkcs11js from "pkcs11js";
+import { SignerError } from "../errors/index.js";
+import type { SignJob, SignReply } from "./sign-worker.js";
+
+const WORKER_URL = new URL("./sign-worker.js", import.meta.url);
+
+interface Pending {
+  resolve: (sig: Buffer) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A PKCS#11 error as it came out of a worker: same message and CKR_ code, so translation is unchanged. */
+class WorkerPkcs11Error extends Error {
+  constructor(
+    message: string,
+    readonly code: number | undefined,
+  ) {
+    super(message);
+    this.name = "Pkcs11Error";
+  }
+}
+
+/**
+ * Signing threads, one per pooled session: a job never waits for a thread, because the session
+ * pool already bounds the jobs in flight to the number of sessions.
+ */
+export class SignThreads {
+  private readonly idle: Worker[] = [];
+  private readonly all = new Set<Worker>();
+  /** The job each busy thread is working on. */
+  private readonly busy = new Map<Worker, { id: number } & Pending>();
+  private nextId = 1;
+  private closing = false;
+
+  constructor(
+    private readonly modulePath: string,
+    count: number,
+  ) {
+    for (let i = 0; i < count; i++) this.spawn();
+  }
+
+  private spawn(): void {
+    const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath } });
+    w.unref();
+    w.on("message", (r: SignReply) => {
+      const job = this.busy.get(w);
+      this.busy.delete(w);
+      this.idle.push(w);
+      if (!job || job.id !== r.id) return;
+      if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
+      else job.resolve(Buffer.from(r.signature.buffer, r.signature.byteOffset, r.signature.byteLength));
+    });
+    // A thread that dies fails its own job and is replaced, so capacity stays equal to the pool's.
+    const lost = (e: unknown): void => {
+      if (!this.all.delete(w)) return;
+      const i = this.idle.indexOf(w);
+      if (i >= 0) this.idle.splice(i, 1);
+      this.busy.get(w)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
+      this.busy.delete(w);
+      if (!this.closing) this.spawn();
+    };
+    w.on("error", lost);
+    w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
+    this.idle.push(w);
+    this.all.add(w);
+  }
+
+  /** C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. */
+  sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number): Promise<Buffer> {
+    const w = this.idle.pop();
+    if (!w) return Promise.reject(new SignerError("INTERNAL", "no HSM signing thread is free"));
+    const id = this.nextId++;
+    return new Promise<Buffer>((resolve, reject) => {
+      this.busy.set(w, { id, resolve, reject });
+      // Copies: a Buffer is often a slice of Node's 8 KiB pool, which postMessage would clone whole.
+      const job: SignJob = { id, session: new Uint8Array(session), key: new Uint8Array(key), mechanism, data: new Uint8Array(data), outLength };
+      w.postMessage(job);
+    });
+  }
+
+  /** Stops the threads; call before C_Finalize (notes, trap 6). */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all([...this.all].map((w) => w.terminate()));
+  }
+}
