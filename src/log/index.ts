@@ -4,6 +4,8 @@ const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 
 const SECRET_KEYS = /pin|password|secret|token|private_?key|authorization/i;
 
 export interface Logger {
+  /** Whether a level is written, so a hot path can skip building its fields. */
+  enabled(level: LogLevel): boolean;
   debug(msg: string, fields?: Record<string, unknown>): void;
   info(msg: string, fields?: Record<string, unknown>): void;
   warn(msg: string, fields?: Record<string, unknown>): void;
@@ -27,6 +29,7 @@ export function createLogger(level: LogLevel = "info", write: (line: string) => 
     write(`${JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...(fields ? redact(fields) : {}) })}\n`);
   };
   return {
+    enabled: (lvl) => ORDER[lvl] >= min,
     debug: (m, f) => emit("debug", m, f),
     info: (m, f) => emit("info", m, f),
     warn: (m, f) => emit("warn", m, f),
@@ -34,4 +37,4 @@ export function createLogger(level: LogLevel = "info", write: (line: string) => 
   };
 }
 
-export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+export const silentLogger: Logger = { enabled: () => false, debug() {}, info() {}, warn() {}, error() {} };

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -71,8 +72,12 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
   };
 }
 
+/** Request ids: a random per-process prefix and a counter; unique across replicas without a syscall per request. */
+const REQUEST_ID_PREFIX = randomBytes(4).toString("hex");
+let requestCounter = 0;
 function newRequestId(): string {
-  return randomBytes(8).toString("hex");
+  requestCounter = (requestCounter + 1) % 0x100000000;
+  return REQUEST_ID_PREFIX + requestCounter.toString(16).padStart(8, "0");
 }
 
 interface SignRequestMsg {
@@ -104,7 +109,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   const unary = <Req, Res>(method: string, fn: (req: Req, ctx: { requestId: string; deadline: number }) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       const requestId = newRequestId();
-      const started = process.hrtime.bigint();
+      const started = performance.now();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
       const fail = (err: unknown): void => {
         const e = toSignerError(err);
@@ -121,7 +126,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
           fail(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready"));
           return;
         }
-        o.logger.debug("request", { requestId, method, result: "OK", ms: Number(process.hrtime.bigint() - started) / 1e6 });
+        if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
         callback(null, res);
       }, fail);
     };
