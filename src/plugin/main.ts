@@ -1,4 +1,4 @@
-import { fstatSync, readFileSync } from "node:fs";
+import { fstatSync, readFileSync, writeSync } from "node:fs";
 import { PluginError } from "./contract.js";
 import { describeKey, generateSignature, getPluginMetadata } from "./commands.js";
 
@@ -25,6 +25,24 @@ function readStdin(): string {
   return data.toString("utf8");
 }
 
+/**
+ * Writes the whole text to fd 1 or 2 synchronously, so the process may exit right after: no
+ * process.stdout stream (which would load the net machinery for a pipe), no pending write.
+ */
+export function writeAll(fd: 1 | 2, text: string): void {
+  const data = Buffer.from(text, "utf8");
+  let off = 0;
+  while (off < data.length) {
+    try {
+      off += writeSync(fd, data, off, data.length - off);
+    } catch (e) {
+      // A non-blocking pipe whose reader is behind: wait for it rather than lose the answer.
+      if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+  }
+}
+
 function parseRequest(text: string, command: string): Record<string, unknown> {
   if (text.trim() === "") {
     if (command === "get-plugin-metadata") return {};
@@ -42,7 +60,8 @@ function parseRequest(text: string, command: string): Record<string, unknown> {
 
 /**
  * The plugin process: one command, one JSON response on stdout and exit 0, or one error object
- * on stderr and exit 1; nothing else is ever written to either stream (§1.5).
+ * on stderr and exit 1; nothing else is ever written to either stream (§1.5). Both are written
+ * synchronously before this resolves.
  */
 export async function main(argv: string[]): Promise<number> {
   let out: Record<string, unknown>;
@@ -57,9 +76,9 @@ export async function main(argv: string[]): Promise<number> {
     else out = await generateSignature(req);
   } catch (e) {
     const err = e instanceof PluginError ? e : new PluginError("ERROR", `unexpected failure: ${(e as Error).message}`);
-    process.stderr.write(JSON.stringify({ errorCode: err.errorCode, errorMessage: err.message }));
+    writeAll(2, JSON.stringify({ errorCode: err.errorCode, errorMessage: err.message }));
     return 1;
   }
-  process.stdout.write(JSON.stringify(out));
+  writeAll(1, JSON.stringify(out));
   return 0;
 }
