@@ -22,14 +22,16 @@ class WorkerPkcs11Error extends Error {
 }
 
 /**
- * Signing threads, one per pooled session: a job never waits for a thread, because the session
- * pool already bounds the jobs in flight to the number of sessions.
+ * Signing threads, one per pooled session, so a job normally finds a free thread at once; while
+ * a thread that died is being replaced, jobs wait in order (the session pool bounds them).
  */
 export class SignThreads {
   private readonly idle: Worker[] = [];
   private readonly all = new Set<Worker>();
   /** The job each busy thread is working on. */
   private readonly busy = new Map<Worker, { id: number } & Pending>();
+  /** Jobs waiting for a thread (there may be fewer threads than sessions). */
+  private readonly queue: { job: SignJob; pending: Pending }[] = [];
   private nextId = 1;
   private closing = false;
 
@@ -46,7 +48,7 @@ export class SignThreads {
     w.on("message", (r: SignReply) => {
       const job = this.busy.get(w);
       this.busy.delete(w);
-      this.idle.push(w);
+      this.release(w);
       if (!job || job.id !== r.id) return;
       if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
       else job.resolve(Buffer.from(r.signature.buffer, r.signature.byteOffset, r.signature.byteLength));
@@ -62,19 +64,33 @@ export class SignThreads {
     };
     w.on("error", lost);
     w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
-    this.idle.push(w);
     this.all.add(w);
+    this.release(w);
+  }
+
+  /** Gives a free thread the next queued job, or marks it idle. */
+  private release(w: Worker): void {
+    const next = this.queue.shift();
+    if (!next) {
+      this.idle.push(w);
+      return;
+    }
+    this.busy.set(w, { id: next.job.id, ...next.pending });
+    w.postMessage(next.job);
   }
 
   /** C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. */
   sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number): Promise<Buffer> {
-    const w = this.idle.pop();
-    if (!w) return Promise.reject(new SignerError("INTERNAL", "no HSM signing thread is free"));
     const id = this.nextId++;
+    // Copies: a Buffer is often a slice of Node's 8 KiB pool, which postMessage would clone whole.
+    const job: SignJob = { id, session: new Uint8Array(session), key: new Uint8Array(key), mechanism, data: new Uint8Array(data), outLength };
     return new Promise<Buffer>((resolve, reject) => {
+      const w = this.idle.pop();
+      if (!w) {
+        this.queue.push({ job, pending: { resolve, reject } });
+        return;
+      }
       this.busy.set(w, { id, resolve, reject });
-      // Copies: a Buffer is often a slice of Node's 8 KiB pool, which postMessage would clone whole.
-      const job: SignJob = { id, session: new Uint8Array(session), key: new Uint8Array(key), mechanism, data: new Uint8Array(data), outLength };
       w.postMessage(job);
     });
   }
@@ -82,6 +98,7 @@ export class SignThreads {
   /** Stops the threads; call before C_Finalize (notes, trap 6). */
   async close(): Promise<void> {
     this.closing = true;
+    for (const q of this.queue.splice(0)) q.pending.reject(new SignerError("HSM_UNAVAILABLE", "the HSM signing threads are stopping"));
     await Promise.all([...this.all].map((w) => w.terminate()));
   }
 }

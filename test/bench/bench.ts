@@ -34,6 +34,8 @@ const DURATION_MS = intEnv("BENCH_DURATION_MS", 4000);
 const PLUGIN_RUNS = intEnv("BENCH_PLUGIN_RUNS", 20);
 const PLUGIN_WARMUP_RUNS = 2;
 const CALL_TIMEOUT_MS = 10_000;
+/** The gRPC client of the load process: grpc-js, or the project's own http2 client (BENCH_CLIENT=http2). */
+const LOAD_CLIENT = process.env.BENCH_CLIENT === "http2" ? "http2" : "grpc-js";
 /** Time for the load-client process to start and connect before its warm-up begins. */
 const CLIENT_START_MS = 400;
 /** The whole benchmark gives up (exit 2) after this long. */
@@ -69,7 +71,7 @@ async function startEchoServer(f: Fixture, Signer: grpc.ServiceClientConstructor
  */
 async function remoteLoad(port: number, caFile: string, req: Record<string, unknown>, signatureLength: number, o: LoadOptions): Promise<LoadResult> {
   const wire = { ...req, digest: Buffer.isBuffer(req.digest) ? req.digest.toString("base64") : undefined };
-  const args = JSON.stringify({ port, caFile, req: wire, signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, durationMs: o.durationMs });
+  const args = JSON.stringify({ port, caFile, req: wire, signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, durationMs: o.durationMs, client: LOAD_CLIENT });
   // The child needs about CLIENT_START_MS to start and connect; the server is measured from then on.
   const window = { from: CLIENT_START_MS + o.warmupMs, to: CLIENT_START_MS + o.warmupMs + o.durationMs };
   let elu0: EventLoopUtilization | undefined;

@@ -6,6 +6,8 @@
  */
 import { readFileSync } from "node:fs";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
+import { GrpcHttp2Channel } from "../../src/client/grpc-http2-client.js";
+import { decodeSignResponse, encodeSignRequest, SIGNER_SERVICE, type SignRequest } from "../../src/client/messages.js";
 import { runLoad } from "./load.js";
 
 interface Args {
@@ -16,17 +18,33 @@ interface Args {
   concurrency: number;
   warmupMs: number;
   durationMs: number;
+  /** "grpc-js" (default) or "http2" (src/client's GrpcHttp2Channel). */
+  client?: "grpc-js" | "http2";
 }
 
 const a = JSON.parse(process.argv[2] ?? "{}") as Args;
 const req = { ...a.req, digest: a.req.digest === undefined ? undefined : Buffer.from(a.req.digest, "base64") };
-const client = signerClient(readFileSync(a.caFile), a.port);
-try {
-  const r = await runLoad(async () => {
-    const res = await callSigner<SignResponse>(client, "Sign", req);
-    if (res.signature.length !== a.signatureLength) throw new Error(`${res.signature.length}-byte signature, expected ${a.signatureLength}`);
-  }, { concurrency: a.concurrency, warmupMs: a.warmupMs, durationMs: a.durationMs });
-  process.stdout.write(`${JSON.stringify(r)}\n`);
-} finally {
-  client.close();
+const ca = readFileSync(a.caFile);
+const load = { concurrency: a.concurrency, warmupMs: a.warmupMs, durationMs: a.durationMs };
+const check = (signature: Buffer): void => {
+  if (signature.length !== a.signatureLength) throw new Error(`${signature.length}-byte signature, expected ${a.signatureLength}`);
+};
+if (a.client === "http2") {
+  // The project's own lightweight client (src/client): one HTTP/2 session, calls multiplexed.
+  const channel = new GrpcHttp2Channel({ endpoint: `127.0.0.1:${a.port}`, ca, serverName: "localhost" });
+  const body = encodeSignRequest(req as SignRequest);
+  try {
+    const r = await runLoad(async () => check(decodeSignResponse(await channel.unary(`${SIGNER_SERVICE}Sign`, body, { deadline: Date.now() + 10_000 })).signature), load);
+    process.stdout.write(`${JSON.stringify(r)}\n`);
+  } finally {
+    channel.close();
+  }
+} else {
+  const client = signerClient(ca, a.port);
+  try {
+    const r = await runLoad(async () => check((await callSigner<SignResponse>(client, "Sign", req)).signature), load);
+    process.stdout.write(`${JSON.stringify(r)}\n`);
+  } finally {
+    client.close();
+  }
 }
