@@ -15,7 +15,22 @@ export interface Config {
   hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number };
   limits: { maxPayloadBytes: number; maxDeadlineMs: number };
   log: { level: LogLevel };
+  auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
+  policy: { file: string };
+  audit: { dir: string; maxFileBytes: number; fsync: boolean };
 }
+
+export interface JwtIssuerConfig {
+  issuer: string;
+  audience: string;
+  jwksFile?: string;
+  jwksUrl?: string;
+  jwksCaFile?: string;
+  algorithms: string[];
+  clockSkewSeconds?: number;
+}
+
+export const DEFAULT_AUDIT_MAX_FILE_BYTES = 64 * 1024 * 1024;
 
 type Obj = Record<string, unknown>;
 
@@ -104,7 +119,48 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const maxDeadlineMs = int(limits, "maxDeadlineSeconds", "limits", DEFAULT_MAX_DEADLINE_MS / 1000, 1, 3600) * 1000;
   const level = (env.HSM_SIGNER_LOG_LEVEL ?? log.level ?? "info") as LogLevel;
   if (!["debug", "info", "warn", "error"].includes(level)) problems.push(`log.level: "${String(level)}" is not debug, info, warn or error`);
-  const known = new Set(["listen", "tls", "hsm", "limits", "log"]);
+  const auth = section("auth");
+  const policySection = section("policy");
+  const auditSection = section("audit");
+  const from = (auth.mtlsIdentityFrom ?? ["uri", "dns", "cn"]) as unknown;
+  const mtlsIdentityFrom: ("uri" | "dns" | "cn")[] = [];
+  if (!Array.isArray(from) || from.length === 0 || from.some((x) => x !== "uri" && x !== "dns" && x !== "cn")) problems.push("auth.mtlsIdentityFrom: a non-empty list of uri, dns, cn");
+  else mtlsIdentityFrom.push(...(from as ("uri" | "dns" | "cn")[]));
+  const jwt: JwtIssuerConfig[] = [];
+  const jwtRaw = auth.jwt ?? [];
+  if (!Array.isArray(jwtRaw)) problems.push("auth.jwt: must be a list of issuers");
+  else
+    jwtRaw.forEach((j: unknown, i: number) => {
+      const w = `auth.jwt[${i}]`;
+      if (typeof j !== "object" || j === null) {
+        problems.push(`${w}: must be a mapping`);
+        return;
+      }
+      const o = j as Obj;
+      const issuer = str(o, "issuer", w);
+      const audience = str(o, "audience", w);
+      const jwksFile = path(o, "jwksFile", w);
+      const jwksUrl = str(o, "jwksUrl", w);
+      const jwksCaFile = path(o, "jwksCaFile", w);
+      if (!issuer) problems.push(`${w}.issuer: required`);
+      if (!audience) problems.push(`${w}.audience: required`);
+      if (!jwksFile === !jwksUrl) problems.push(`${w}: exactly one of jwksFile or jwksUrl`);
+      if (jwksUrl && !jwksUrl.startsWith("https://")) problems.push(`${w}.jwksUrl: must be https`);
+      const algs = o.algorithms ?? ["RS256", "ES256"];
+      if (!Array.isArray(algs) || algs.length === 0 || algs.some((a) => typeof a !== "string")) problems.push(`${w}.algorithms: a non-empty list`);
+      else if (algs.some((a) => a === "none" || /^HS/i.test(a as string))) problems.push(`${w}.algorithms: "none" and HMAC (HS*) are not allowed`);
+      const skew = o.clockSkewSeconds;
+      if (skew !== undefined && (typeof skew !== "number" || skew < 0 || skew > 300)) problems.push(`${w}.clockSkewSeconds: 0 to 300`);
+      if (issuer && audience) jwt.push({ issuer, audience, jwksFile, jwksUrl, jwksCaFile, algorithms: algs as string[], clockSkewSeconds: skew as number | undefined });
+    });
+  const policyFile = path(policySection, "file", "policy", "HSM_SIGNER_POLICY_FILE");
+  if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
+  const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
+  if (!auditDir) problems.push("audit.dir: required (every request is audited)");
+  const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
+  if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
+  const fsync = auditSection.fsync !== false;
+  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit"]);
   for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
@@ -115,6 +171,9 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     hsm: { module: module as string, tokenLabel, tokenSerial, pinFile, pinEnv, sessions, keyRefreshMs },
     limits: { maxPayloadBytes, maxDeadlineMs },
     log: { level },
+    auth: { mtlsIdentityFrom, jwt },
+    policy: { file: policyFile as string },
+    audit: { dir: auditDir as string, maxFileBytes, fsync },
   });
 }
 

@@ -1,6 +1,10 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { auditFilesIn, AuditLog, searchAudit, verifyAuditFiles } from "../audit/index.js";
+import { Authenticator, PolicyStore, RateLimiter } from "../auth/index.js";
+import { parseCaBundle } from "../client/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
+import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, initToken, listTokens, loadModule, openHsm } from "../hsm/index.js";
 import { createLogger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
@@ -18,6 +22,10 @@ commands:
              [--org O] [--state ST] [--country C] [--days N] [--root-out FILE]
                                       create (or reuse) a root CA key and a signing key in the HSM
                                       with a code-signing chain on the token; write the root as PEM
+  audit verify (--dir DIR | FILE...)  check the audit hash chain; names the first bad record
+  audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key ID] [--identity ID]
+               [--from TIME] [--to TIME] [--json]
+                                      find audit records ("who signed sha256:...?")
   token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]
                                       initialize a token (SoftHSM, development); PINs from files
   version
@@ -51,12 +59,20 @@ async function openFromConfig(config: Config) {
 async function serve(configFile: string): Promise<void> {
   const config = loadConfig(configFile);
   const logger = createLogger(config.log.level);
+  const audit = await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync });
+  const policy = await PolicyStore.open(config.policy.file, logger);
+  policy.watch();
+  const authenticator = await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger);
   const hsm = await openFromConfig(config);
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
+  const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
+  // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
+  const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
+  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
   const tls = config.tls.insecure
     ? { insecure: true as const }
-    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa: config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined };
-  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs });
+    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
+  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs, access, audit });
   const keys = await hsm.keys.listKeys();
   logger.info("hsm-signer listening", { listen: config.listen, port: server.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
   let stopping = false;
@@ -64,9 +80,15 @@ async function serve(configFile: string): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info("shutting down", { signal });
+    // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
     void server
       .close()
-      .then(() => hsm.close())
+      .then(() => audit.close())
+      .then(() => {
+        policy.close();
+        authenticator.close();
+        return hsm.close();
+      })
       .then(() => {
         finalizeModule(config.hsm.module);
         logger.info("stopped");
@@ -118,6 +140,46 @@ async function testChain(args: string[]): Promise<void> {
   }
 }
 
+async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { dir: { type: "string" }, artifact: { type: "string" }, key: { type: "string" }, identity: { type: "string" }, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" } },
+  });
+  const files = values.dir ? auditFilesIn(values.dir) : positionals;
+  if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
+  if (sub === "verify") {
+    const r = await verifyAuditFiles(files);
+    if (r.ok) {
+      console.log(`OK: ${r.lines} records in ${files.length} file(s), hash chain intact`);
+      return 0;
+    }
+    console.log(`FAILED at ${r.firstBad?.file}:${r.firstBad?.line}: ${r.firstBad?.reason}`);
+    return 1;
+  }
+  if (sub === "search") {
+    const date = (v: string | undefined, flag: string): Date | undefined => {
+      if (v === undefined) return undefined;
+      const d = new Date(v);
+      if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
+      return d;
+    };
+    const q = { artifactDigest: values.artifact, keyId: values.key, identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to") };
+    let n = 0;
+    for await (const r of searchAudit(files, q)) {
+      n++;
+      if (values.json) console.log(JSON.stringify(r));
+      else {
+        const a = r.artifact as { digest?: string } | undefined;
+        console.log([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId ?? "-", r.result, a?.digest ?? r.payloadDigest ?? "-"].join("  "));
+      }
+    }
+    if (!values.json) console.log(`${n} record(s)`);
+    return 0;
+  }
+  throw new UsageError("usage: hsm-signer audit verify|search ...");
+}
+
 function tokenInit(args: string[]): void {
   const { values } = parseArgs({ args, options: { module: { type: "string" }, label: { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" }, "if-missing": { type: "boolean" } } });
   const read = (f: string): string => readFileSync(f, "utf8").replace(/\r?\n$/, "");
@@ -149,6 +211,8 @@ export async function run(argv: string[]): Promise<number> {
       case "test-chain":
         await testChain(argv.slice(1));
         return 0;
+      case "audit":
+        return await auditCommand(sub, rest);
       case "token":
         if (sub !== "init") throw new UsageError("usage: hsm-signer token init ...");
         tokenInit(rest);

@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 
 const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
+const CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 const ANY_EKU = "2.5.29.37.0";
 const MAX_DEPTH = 8;
 
@@ -34,11 +35,21 @@ function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
  * The TLS handshake still proves the server holds the certificate's private key.
  */
 export function checkServerCertificate(leaf: X509Certificate, presented: X509Certificate[], anchors: X509Certificate[], host: string, now = Date.now()): string | undefined {
-  if (!validAt(leaf, now)) return `the server certificate "${leaf.subject.replace(/\n/g, ", ")}" is not valid now (${leaf.validFrom} to ${leaf.validTo})`;
   const named = isIP(host) ? leaf.checkIP(host) : leaf.checkHost(host);
-  if (!named) return `the server certificate does not name ${host} (set server_name if the service has another name)`;
+  if (validAt(leaf, now) && !named) return `the server certificate does not name ${host} (set server_name if the service has another name)`;
+  return checkPeerChain(leaf, presented, anchors, "server", now);
+}
+
+/**
+ * The chain checks shared by both ends: validity, EKU for the purpose, issuer name and
+ * signature up to a CA among `anchors`. The server edge uses it for client certificates when
+ * they are optional (TLS then only requests them).
+ */
+export function checkPeerChain(leaf: X509Certificate, presented: X509Certificate[], anchors: X509Certificate[], purpose: "server" | "client", now = Date.now()): string | undefined {
+  if (!validAt(leaf, now)) return `the ${purpose} certificate "${leaf.subject.replace(/\n/g, ", ")}" is not valid now (${leaf.validFrom} to ${leaf.validTo})`;
   const eku = leaf.keyUsage;
-  if (eku && eku.length > 0 && !eku.includes(SERVER_AUTH) && !eku.includes(ANY_EKU)) return "the server certificate is not for TLS servers (no serverAuth extended key usage)";
+  const wanted = purpose === "server" ? SERVER_AUTH : CLIENT_AUTH;
+  if (eku && eku.length > 0 && !eku.includes(wanted) && !eku.includes(ANY_EKU)) return `the ${purpose} certificate is not for TLS ${purpose}s (no ${purpose}Auth extended key usage)`;
   let current = leaf;
   const used = new Set<string>([leaf.fingerprint256]);
   for (let depth = 0; depth < MAX_DEPTH; depth++) {
@@ -47,11 +58,11 @@ export function checkServerCertificate(leaf: X509Certificate, presented: X509Cer
     const anchor = anchors.find((a) => a.ca && validAt(a, now) && issuedBy(cur, a));
     if (anchor) return undefined;
     const next = presented.find((p) => !used.has(p.fingerprint256) && p.ca && validAt(p, now) && issuedBy(cur, p));
-    if (!next) return `the server certificate is not issued by a CA in ca_file (stopped at "${cur.issuer.replace(/\n/g, ", ")}")`;
+    if (!next) return `the ${purpose} certificate is not issued by a CA in ${purpose === "server" ? "ca_file" : "the client CA file"} (stopped at "${cur.issuer.replace(/\n/g, ", ")}")`;
     used.add(next.fingerprint256);
     current = next;
   }
-  return "the server's certificate chain is too long";
+  return `the ${purpose}'s certificate chain is too long`;
 }
 
 /** The certificates a TLS peer presented, leaf first. */

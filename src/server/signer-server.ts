@@ -1,13 +1,18 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
+import { experimental } from "@grpc/grpc-js";
+import { parseNotaryPayload, type AuditLog, type AuditRecordInput } from "../audit/index.js";
+import type { CallerIdentity } from "../auth/index.js";
+import type { AccessControl } from "./access-control.js";
+import { StaticCertificateProvider } from "./static-certificate-provider.js";
 import * as protoLoader from "@grpc/proto-loader";
 import { SignerError, toSignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
-import type { SigningService } from "../signing/signing-service.js";
+import { validateKeyId, type SigningService } from "../signing/signing-service.js";
 import { grpcStatusOf } from "./status.js";
 
 export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto");
@@ -17,7 +22,14 @@ export const DEFAULT_MAX_DEADLINE_MS = 60_000;
 const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
 
 export type TlsOptions =
-  | { insecure: false; cert: Buffer; key: Buffer; clientCa?: Buffer | undefined }
+  | {
+      insecure: false;
+      cert: Buffer;
+      key: Buffer;
+      clientCa?: Buffer | undefined;
+      /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
+      requireClientCertificate?: boolean;
+    }
   | { insecure: true };
 
 export interface SignerServerOptions {
@@ -27,6 +39,10 @@ export interface SignerServerOptions {
   signing: SigningService;
   logger: Logger;
   maxDeadlineMs?: number;
+  /** Who is calling and what they may do: every call is authenticated and authorized. */
+  access: AccessControl;
+  /** Every call is recorded here before its answer leaves. */
+  audit: AuditLog;
 }
 
 export interface RunningServer {
@@ -75,6 +91,42 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
 /** Request ids: a random per-process prefix and a counter; unique across replicas without a syscall per request. */
 const REQUEST_ID_PREFIX = randomBytes(4).toString("hex");
 let requestCounter = 0;
+const round = (ms: number): number => Math.round(ms * 1000) / 1000;
+
+export interface CallContext {
+  requestId: string;
+  deadline: number;
+  caller: CallerIdentity;
+  /** The audit record of this call; handlers add what they learn (key, payload, decision). */
+  record: AuditRecordInput;
+}
+
+/** What the audit records of a Sign payload: its digest and, for a Notary signing input, the artifact. */
+function describePayload(record: AuditRecordInput, payload: Buffer | undefined, digest: Buffer | undefined, hash: string | undefined): void {
+  if (payload) {
+    record.payloadDigest = `sha256:${createHash("sha256").update(payload).digest("hex")}`;
+    const p = parseNotaryPayload(payload);
+    record.payloadKind = p.kind;
+    if (p.artifact) record.artifact = p.artifact;
+  } else if (digest) {
+    record.payloadDigest = `${(hash ?? "unknown").toLowerCase().replace("-", "")}:${digest.toString("hex")}`;
+    record.payloadKind = "digest";
+  }
+}
+
+/**
+ * TLS with an optional client CA. When client certificates are optional (bearer tokens are
+ * accepted too), TLS only requests one and access-control.ts verifies it against the CA.
+ */
+function serverCredentials(tls: TlsOptions): grpc.ServerCredentials {
+  if (tls.insecure) return grpc.ServerCredentials.createInsecure();
+  const pair = [{ private_key: tls.key, cert_chain: tls.cert }];
+  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, pair, false);
+  if (tls.requireClientCertificate !== false) return grpc.ServerCredentials.createSsl(tls.clientCa, pair, true);
+  const provider = new StaticCertificateProvider(tls.cert, tls.key, tls.clientCa);
+  return experimental.createCertificateProviderServerCredentials(provider, provider, false);
+}
+
 function newRequestId(): string {
   requestCounter = (requestCounter + 1) % 0x100000000;
   return REQUEST_ID_PREFIX + requestCounter.toString(16).padStart(8, "0");
@@ -105,34 +157,54 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
     return Math.min(Number.isFinite(t) ? t : Infinity, Date.now() + maxDeadline);
   };
 
-  /** Wraps a handler: request id, deadline, error mapping (once, here), logging. */
-  const unary = <Req, Res>(method: string, fn: (req: Req, ctx: { requestId: string; deadline: number }) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+  const loopbackListener = isLoopbackAddress(o.listen);
+
+  /**
+   * Wraps a handler: request id, deadline, caller identity, the audit record (written, and
+   * fsynced, before any answer leaves), error mapping (once, here), logging.
+   */
+  const unary = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       const requestId = newRequestId();
       const started = performance.now();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
-      const fail = (err: unknown): void => {
-        const e = toSignerError(err);
+      const record: AuditRecordInput = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
+      const fail = async (err: unknown): Promise<void> => {
+        let e = toSignerError(err);
+        record.result = e.code;
+        record.latencyMs = round(performance.now() - started);
+        try {
+          await o.audit.append(record);
+        } catch (auditError) {
+          e = toSignerError(auditError);
+        }
         const code = grpcStatusOf(e.code);
-        if (e.code === "INTERNAL") o.logger.error("request failed", { requestId, method, error: e.cause ?? e });
-        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message });
+        if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
+        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
         const md = new grpc.Metadata();
         md.set("request-id", requestId);
         if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
         callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
       };
-      fn(call.request, { requestId, deadline }).then((res) => {
-        if (Date.now() > deadline) {
-          fail(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready"));
-          return;
-        }
+      const run = async (): Promise<void> => {
+        const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
+        record.identity = caller.id;
+        const res = await fn(call.request, { requestId, deadline, caller, record });
+        if (Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
+        record.result = "OK";
+        record.latencyMs = round(performance.now() - started);
+        const receipt = await o.audit.append(record);
+        if ("signature" in res) Object.assign(res, { receipt });
         if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
         callback(null, res);
-      }, fail);
+      };
+      run().catch(fail).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
     };
 
   server.addService(serviceOf(pkg, "Signer"), {
-    Sign: unary<SignRequestMsg, unknown>("Sign", async (req, ctx) => {
+    Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
+      ctx.record.keyId = req.keyId;
+      if (req.keyVersion) ctx.record.keyVersion = req.keyVersion;
       const input = {
         keyId: req.keyId,
         payload: req.input === "payload" ? req.payload : undefined,
@@ -142,7 +214,12 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         keyVersion: req.keyVersion || undefined,
         deadline: ctx.deadline,
       };
-      const r = await o.signing.sign(input);
+      // Shape first (INVALID_ARGUMENT says what is wrong), then the policy, then the key.
+      o.signing.validate(input);
+      describePayload(ctx.record, input.payload, input.digest, input.hashAlgorithm);
+      o.access.authorize(ctx, "Sign", req.keyId);
+      const r = await o.signing.signWith(await o.signing.resolve(input), input);
+      ctx.record.keyVersion = r.key.version;
       return {
         keyId: r.key.keyId,
         signature: r.signature,
@@ -153,24 +230,28 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         requestId: ctx.requestId,
       };
     }),
-    GetCertificateChain: unary<{ keyId: string; keyVersion: number }, unknown>("GetCertificateChain", async (req) => {
+    GetCertificateChain: unary<{ keyId: string; keyVersion: number }, object>("GetCertificateChain", async (req, ctx) => {
+      ctx.record.keyId = req.keyId;
+      o.access.authorize(ctx, "GetCertificateChain", validateKeyId(req.keyId));
       const k = await o.signing.chain(req.keyId, req.keyVersion || undefined);
       return { keyId: k.keyId, certificateChain: k.chain, keyVersion: k.version };
     }),
-    DescribeKey: unary<{ keyId: string; keyVersion: number }, unknown>("DescribeKey", async (req) => {
+    DescribeKey: unary<{ keyId: string; keyVersion: number }, object>("DescribeKey", async (req, ctx) => {
+      ctx.record.keyId = req.keyId;
+      o.access.authorize(ctx, "DescribeKey", validateKeyId(req.keyId));
       const k = await o.signing.describe(req.keyId, req.keyVersion || undefined);
       return { key: keyInfo(k) };
     }),
-    ListKeys: unary<unknown, unknown>("ListKeys", async () => {
+    ListKeys: unary<unknown, object>("ListKeys", async (_req, ctx) => {
+      o.access.authorize(ctx, "ListKeys", undefined);
       const keys = await o.signing.list();
-      // Only keys that can sign: CA keys and keys without a complete chain are not offered.
-      return { keys: keys.filter((k) => !k.unusableReason).map(keyInfo) };
+      // Only keys that can sign (CA keys and keys without a complete chain are not offered),
+      // and only those the caller may use.
+      return { keys: keys.filter((k) => !k.unusableReason && o.access.mayUseKey(ctx.caller, k.keyId)).map(keyInfo) };
     }),
   });
 
-  const creds = o.tls.insecure
-    ? grpc.ServerCredentials.createInsecure()
-    : grpc.ServerCredentials.createSsl(o.tls.clientCa ?? null, [{ private_key: o.tls.key, cert_chain: o.tls.cert }], o.tls.clientCa !== undefined);
+  const creds = serverCredentials(o.tls);
   const port = await new Promise<number>((res, rej) => {
     server.bindAsync(o.listen, creds, (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${o.listen}: ${err.message}`, { cause: err })) : res(p)));
   });

@@ -1,9 +1,14 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createTestChain, finalizeModule, openHsm, type Hsm } from "../../src/hsm/index.js";
 import { silentLogger } from "../../src/log/index.js";
 import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import { SigningService } from "../../src/signing/signing-service.js";
 import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
+import { AccessControl } from "../../src/server/access-control.js";
+import { AuditLog } from "../../src/audit/index.js";
+import { Authenticator, PolicyStore, RateLimiter, type JwtIssuerOptions } from "../../src/auth/index.js";
+import { parseCaBundle } from "../../src/client/peer-certificate.js";
 import { createSoftHsmToken, type SoftHsmToken } from "./softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "./tls.js";
 
@@ -51,18 +56,79 @@ export async function closeFixture(): Promise<void> {
   f.token.cleanup();
 }
 
+/** The test policy unless a test brings its own: anonymous callers on loopback may use every key. */
+export const OPEN_LOOPBACK_POLICY = `allowAnonymousOnLoopback: true
+rules:
+  - name: local-tests
+    match: { anonymous: true }
+    keys: ["*"]
+  - name: test-client-certificate
+    match: { mtls: "*" }
+    keys: ["*"]
+`;
+
 export interface ServerOptions {
   mtls?: boolean;
+  /** With mtls: false makes the client certificate optional (verified by AccessControl). */
+  requireClientCertificate?: boolean;
   maxDeadlineMs?: number;
+  /** Policy YAML (default OPEN_LOOPBACK_POLICY). */
+  policy?: string;
+  jwt?: JwtIssuerOptions[];
+  /** An audit log to use (default: a fresh one in a temporary directory). */
+  audit?: AuditLog;
+  /** Plaintext (loopback only) instead of TLS. */
+  insecure?: boolean;
+  /** Default 127.0.0.1:0. */
+  listen?: string;
 }
 
-/** The real gRPC server with TLS (and optionally mTLS) on 127.0.0.1, on a free port. */
-export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promise<RunningServer> {
-  return startSignerServer({
-    listen: "127.0.0.1:0",
-    tls: { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined },
+export interface TestServer extends RunningServer {
+  audit: AuditLog;
+  auditDir: string;
+  policyFile: string;
+  policy: PolicyStore;
+}
+
+/** The real gRPC server with TLS (and optionally mTLS) on 127.0.0.1, on a free port, with policy and audit. */
+export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promise<TestServer> {
+  const dir = mkdtempSync(join(f.token.dir, "server-"));
+  const policyFile = join(dir, "policy.yaml");
+  writeFileSync(policyFile, o.policy ?? OPEN_LOOPBACK_POLICY);
+  const auditDir = join(dir, "audit");
+  const audit = o.audit ?? (await AuditLog.open({ dir: auditDir }));
+  const policy = await PolicyStore.open(policyFile, silentLogger);
+  const authenticator = await Authenticator.create({ jwt: o.jwt ?? [] }, silentLogger);
+  const optional = o.mtls === true && o.requireClientCertificate === false;
+  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optional ? parseCaBundle(f.tls.ca) : undefined });
+  let server: RunningServer;
+  try {
+    server = await startSignerServer({
+    listen: o.listen ?? "127.0.0.1:0",
+    tls: o.insecure ? { insecure: true } : { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined, requireClientCertificate: !optional },
     signing: f.signing,
     logger: silentLogger,
     maxDeadlineMs: o.maxDeadlineMs,
-  });
+    access,
+    audit,
+    });
+  } catch (e) {
+    policy.close();
+    authenticator.close();
+    if (!o.audit) await audit.close();
+    throw e;
+  }
+  return {
+    ...server,
+    audit,
+    auditDir,
+    policyFile,
+    policy,
+    async close(graceMs?: number) {
+      await server.close(graceMs);
+      policy.close();
+      authenticator.close();
+      if (!o.audit) await audit.close();
+    },
+  };
 }

@@ -5,8 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import { silentLogger } from "../../src/log/index.js";
-import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
+import type { RunningServer } from "../../src/server/signer-server.js";
 import { checkCodeSigningChain } from "../helpers/chain-checker.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
@@ -306,13 +305,13 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
 
     it("plaintext (tls.insecure) is refused on non-loopback addresses and allowed on 127.0.0.1", async () => {
       for (const listen of ["0.0.0.0:0", "[::]:0", "localhost.example.com:0"]) {
-        await assert.rejects(startSignerServer({ listen, tls: { insecure: true }, signing: f.signing, logger: silentLogger }), (e: Error & { code?: string }) => {
+        await assert.rejects(startTestServer(f, { listen, insecure: true }), (e: Error & { code?: string }) => {
           assert.equal(e.code, "CONFIG_INVALID", listen);
           assert.match(e.message, /loopback/);
           return true;
         });
       }
-      const plain = await startSignerServer({ listen: "127.0.0.1:0", tls: { insecure: true }, signing: f.signing, logger: silentLogger });
+      const plain = await startTestServer(f, { insecure: true });
       const c = new (loadSignerClientClass())(`127.0.0.1:${plain.port}`, grpc.credentials.createInsecure());
       try {
         const { key } = await call<{ key: KeyInfo }>(c, "DescribeKey", { keyId: keyIdOf("EC-384") });
