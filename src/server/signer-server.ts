@@ -4,7 +4,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { experimental } from "@grpc/grpc-js";
-import { parseNotaryPayload, type AuditLog, type AuditRecordInput } from "../audit/index.js";
+import { parseNotaryPayload, type AuditReceipt, type AuditRecordInput } from "../audit/index.js";
 import type { CallerIdentity } from "../auth/index.js";
 import type { AccessControl } from "./access-control.js";
 import { StaticCertificateProvider } from "./static-certificate-provider.js";
@@ -20,6 +20,11 @@ export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../..
 export const DEFAULT_MAX_DEADLINE_MS = 60_000;
 /** gRPC's own receive limit sits above the payload limit so that an oversized payload gets a clear INVALID_ARGUMENT. */
 const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
+
+/** What the server needs of the audit: a durable append that yields a receipt. */
+export interface AuditSink {
+  append(record: AuditRecordInput): Promise<AuditReceipt>;
+}
 
 export type TlsOptions =
   | {
@@ -41,8 +46,8 @@ export interface SignerServerOptions {
   maxDeadlineMs?: number;
   /** Who is calling and what they may do: every call is authenticated and authorized. */
   access: AccessControl;
-  /** Every call is recorded here before its answer leaves. */
-  audit: AuditLog;
+  /** Every call is recorded here before its answer leaves (an AuditLog). */
+  audit: AuditSink;
 }
 
 export interface RunningServer {

@@ -4,7 +4,7 @@ import { createTestChain, finalizeModule, openHsm, type Hsm } from "../../src/hs
 import { silentLogger } from "../../src/log/index.js";
 import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import { SigningService } from "../../src/signing/signing-service.js";
-import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
+import { startSignerServer, type AuditSink, type RunningServer } from "../../src/server/signer-server.js";
 import { AccessControl } from "../../src/server/access-control.js";
 import { AuditLog } from "../../src/audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter, type JwtIssuerOptions } from "../../src/auth/index.js";
@@ -76,7 +76,7 @@ export interface ServerOptions {
   policy?: string;
   jwt?: JwtIssuerOptions[];
   /** An audit log to use (default: a fresh one in a temporary directory). */
-  audit?: AuditLog;
+  audit?: AuditSink;
   /** Plaintext (loopback only) instead of TLS. */
   insecure?: boolean;
   /** Default 127.0.0.1:0. */
@@ -84,7 +84,7 @@ export interface ServerOptions {
 }
 
 export interface TestServer extends RunningServer {
-  audit: AuditLog;
+  audit: AuditSink;
   auditDir: string;
   policyFile: string;
   policy: PolicyStore;
@@ -115,7 +115,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
   } catch (e) {
     policy.close();
     authenticator.close();
-    if (!o.audit) await audit.close();
+    if (!o.audit) await (audit as AuditLog).close();
     throw e;
   }
   return {
@@ -128,7 +128,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
       await server.close(graceMs);
       policy.close();
       authenticator.close();
-      if (!o.audit) await audit.close();
+      if (!o.audit) await (audit as AuditLog).close();
     },
   };
 }
