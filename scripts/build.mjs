@@ -1,11 +1,12 @@
 // Builds dist/: the TypeScript (tsc), the hsm-signer launcher, and the self-contained plugin
 // executable dist/plugin/notation-hsm-signer (esbuild bundle, no node_modules needed).
 import { execFileSync } from "node:child_process";
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const root = new URL("..", import.meta.url).pathname;
 const pkg = JSON.parse(readFileSync(`${root}package.json`, "utf8"));
+rmSync(`${root}dist`, { recursive: true, force: true });
 execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, "-p", `${root}tsconfig.json`], { stdio: "inherit" });
 
 writeFileSync(`${root}dist/hsm-signer`, '#!/usr/bin/env node\nimport "./src/bin/hsm-signer.js";\n');
