@@ -18,6 +18,8 @@ export interface Config {
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
   audit: { dir: string; maxFileBytes: number; fsync: boolean };
+  /** The HTTP listener for /metrics, /healthz and /readyz; none when unset. */
+  metrics: { listen: string | undefined };
 }
 
 export interface JwtIssuerConfig {
@@ -160,7 +162,10 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
   if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
   const fsync = auditSection.fsync !== false;
-  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit"]);
+  const metricsSection = section("metrics");
+  const metricsListen = str(metricsSection, "listen", "metrics", "HSM_SIGNER_METRICS_LISTEN");
+  if (metricsListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(metricsListen)) problems.push(`metrics.listen: "${metricsListen}" is not host:port`);
+  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics"]);
   for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
@@ -174,6 +179,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     auth: { mtlsIdentityFrom, jwt },
     policy: { file: policyFile as string },
     audit: { dir: auditDir as string, maxFileBytes, fsync },
+    metrics: { listen: metricsListen },
   });
 }
 

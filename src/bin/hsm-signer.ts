@@ -72,7 +72,8 @@ async function serve(configFile: string): Promise<void> {
   const tls = config.tls.insecure
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
-  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs, access, audit });
+  const ready = (): boolean => hsm.pool.healthy && audit.healthy;
+  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs, access, audit, ready });
   const keys = await hsm.keys.listKeys();
   logger.info("hsm-signer listening", { listen: config.listen, port: server.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
   let stopping = false;

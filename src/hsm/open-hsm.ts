@@ -9,6 +9,7 @@ export interface HsmOptions extends TokenSelector {
   poolSize?: number;
   maxWaiters?: number;
   keyRefreshMs?: number;
+  onSign?: (keySpec: string, seconds: number) => void;
 }
 
 export interface Hsm {
@@ -25,7 +26,7 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
   const pool = new SessionPool(slot, o.pin, { size: o.poolSize, maxWaiters: o.maxWaiters });
   pool.start();
   const threads = new SignThreads(o.modulePath, pool.size);
-  const keys = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs });
+  const keys = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign });
   const close = async (): Promise<void> => {
     keys.stop();
     await threads.close();

@@ -1,4 +1,5 @@
 import { createPublicKey } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import { ObjectClass, KeyType, type Session } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
 import { keySpecFor, keySpecInfo, type HashAlgorithm, type KeySpec } from "../signing/key-spec.js";
@@ -15,6 +16,8 @@ const MISS_RESCAN_MS = 1_000;
 
 export interface Pkcs11KeyStoreOptions {
   refreshIntervalMs?: number;
+  /** Called after each HSM signature with its duration (metrics). */
+  onSign?: (keySpec: string, seconds: number) => void;
 }
 
 interface Entry {
@@ -130,8 +133,11 @@ export class Pkcs11KeyStore implements KeyStore {
     const mech = digestSigningMechanism(key.info, hash, digest.length);
     const session = await this.pool.acquire(deadline);
     let failed = false;
+    const started = performance.now();
     try {
-      return await this.threads.sign(session.handle, e.handle, mech, digest, key.info.signatureLength + 16);
+      const signature = await this.threads.sign(session.handle, e.handle, mech, digest, key.info.signatureLength + 16);
+      this.options.onSign?.(key.spec, (performance.now() - started) / 1000);
+      return signature;
     } catch (err) {
       failed = true;
       throw translatePkcs11Error(err, `signing with key "${key.keyId}"`);

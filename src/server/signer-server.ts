@@ -48,7 +48,14 @@ export interface SignerServerOptions {
   access: AccessControl;
   /** Every call is recorded here before its answer leaves (an AuditLog). */
   audit: AuditSink;
+  /** Readiness for grpc.health.v1 (HSM logged in, audit writable); default: always serving. */
+  ready?: () => boolean;
+  /** Called once per answered call, for metrics. */
+  onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
 }
+
+/** How often a grpc.health.v1 Watch stream looks for a change of status. */
+const HEALTH_WATCH_INTERVAL_MS = 1000;
 
 export interface RunningServer {
   port: number;
@@ -132,6 +139,32 @@ function serverCredentials(tls: TlsOptions): grpc.ServerCredentials {
   return experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }
 
+/** grpc.health.v1: "" and hsm_signer.v1.Signer are SERVING while ready() says so. */
+function addHealthService(server: grpc.Server, ready: () => boolean): void {
+  const def = protoLoader.loadSync(resolve(PROTO_DIR, "grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+  const health = ((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  const known = new Set(["", "hsm_signer.v1.Signer"]);
+  const statusOf = (service: string): string => (!known.has(service) ? "SERVICE_UNKNOWN" : ready() ? "SERVING" : "NOT_SERVING");
+  server.addService((health.Health as grpc.ServiceClientConstructor).service, {
+    Check: ((call: grpc.ServerUnaryCall<{ service: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      if (!known.has(call.request.service)) cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${call.request.service}"` });
+      else cb(null, { status: statusOf(call.request.service) });
+    }) as grpc.handleUnaryCall<unknown, unknown>,
+    Watch: ((call: grpc.ServerWritableStream<{ service: string }, unknown>) => {
+      let last = "";
+      const send = (): void => {
+        const now = statusOf(call.request.service);
+        if (now !== last) call.write({ status: now });
+        last = now;
+      };
+      send();
+      const timer = setInterval(send, HEALTH_WATCH_INTERVAL_MS);
+      call.on("cancelled", () => clearInterval(timer));
+      call.on("close", () => clearInterval(timer));
+    }) as grpc.handleServerStreamingCall<unknown, unknown>,
+  });
+}
+
 function newRequestId(): string {
   requestCounter = (requestCounter + 1) % 0x100000000;
   return REQUEST_ID_PREFIX + requestCounter.toString(16).padStart(8, "0");
@@ -184,6 +217,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
           e = toSignerError(auditError);
         }
         const code = grpcStatusOf(e.code);
+        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, record.keyId);
         if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
         else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
         const md = new grpc.Metadata();
@@ -201,6 +235,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         const receipt = await o.audit.append(record);
         if ("signature" in res) Object.assign(res, { receipt });
         if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
+        o.onRequest?.(method, "OK", (performance.now() - started) / 1000, record.keyId);
         callback(null, res);
       };
       run().catch(fail).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
@@ -255,6 +290,8 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
       return { keys: keys.filter((k) => !k.unusableReason && o.access.mayUseKey(ctx.caller, k.keyId)).map(keyInfo) };
     }),
   });
+
+  addHealthService(server, o.ready ?? (() => true));
 
   const creds = serverCredentials(o.tls);
   const port = await new Promise<number>((res, rej) => {

@@ -81,6 +81,7 @@ export interface ServerOptions {
   insecure?: boolean;
   /** Default 127.0.0.1:0. */
   listen?: string;
+  ready?: () => boolean;
 }
 
 export interface TestServer extends RunningServer {
@@ -111,6 +112,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
     maxDeadlineMs: o.maxDeadlineMs,
     access,
     audit,
+    ready: o.ready,
     });
   } catch (e) {
     policy.close();

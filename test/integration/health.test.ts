@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { getFixture, startTestServer, type TestServer } from "../helpers/fixture.js";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
+
+type HealthClient = grpc.Client & {
+  Check(req: { service: string }, cb: (e: grpc.ServiceError | null, r: { status: string }) => void): void;
+  Watch(req: { service: string }): grpc.ClientReadableStream<{ status: string }>;
+};
+
+describe("grpc.health.v1 on the Signer listener", function () {
+  this.timeout(30_000);
+  let server: TestServer;
+  let client: HealthClient;
+  let ready = true;
+
+  before(async () => {
+    const f = await getFixture();
+    server = await startTestServer(f, { ready: () => ready });
+    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
+    client = new Health(`127.0.0.1:${server.port}`, grpc.credentials.createSsl(f.tls.ca), { "grpc.ssl_target_name_override": "localhost" }) as unknown as HealthClient;
+  });
+
+  after(async () => {
+    client.close();
+    await server.close(1000);
+  });
+
+  const check = (service: string): Promise<string> => new Promise((res, rej) => client.Check({ service }, (e, r) => (e ? rej(e) : res(r.status))));
+
+  it("Check follows readiness for the server and the Signer service; an unknown service is NOT_FOUND", async () => {
+    assert.equal(await check(""), "SERVING");
+    assert.equal(await check("hsm_signer.v1.Signer"), "SERVING");
+    ready = false;
+    assert.equal(await check(""), "NOT_SERVING");
+    ready = true;
+    await assert.rejects(check("nope.Service"), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+  });
+
+  it("Watch sends the status, then its changes", async () => {
+    const seen: string[] = [];
+    const stream = client.Watch({ service: "" });
+    await new Promise<void>((resolve, reject) => {
+      stream.on("data", (m: { status: string }) => {
+        seen.push(m.status);
+        if (seen.length === 1) ready = false;
+        if (seen.length === 2) resolve();
+      });
+      stream.on("error", (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : reject(e)));
+    });
+    stream.cancel();
+    ready = true;
+    assert.deepEqual(seen, ["SERVING", "NOT_SERVING"]);
+  });
+});
