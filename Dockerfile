@@ -30,7 +30,7 @@ COPY --from=build /src/dist/hsm-signer ./dist/hsm-signer
 # The notation plugin package, for copying out of the image: docker cp / an init container.
 COPY --from=build /src/dist/notation-hsm-signer_*.tar.gz* /opt/notation-plugin/
 USER 10001:10001
-EXPOSE 8443
+EXPOSE 8443 9464
 ENTRYPOINT ["node", "/app/dist/src/bin/hsm-signer.js"]
 CMD ["serve", "--config", "/etc/hsm-signer/config.yaml"]
 
