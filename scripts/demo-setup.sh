@@ -53,6 +53,8 @@ policy:
   file: policy.yaml
 audit:
   dir: audit
+metrics:
+  listen: "${HSM_SIGNER_METRICS_LISTEN:-127.0.0.1:9464}"
 YAML
 
 "${BIN[@]}" test-chain --config "$DATA/config.yaml" --key-id "$KEY_ID" --key-spec "$KEY_SPEC" --root-out "$DATA/$KEY_ID-root.pem" >&2

@@ -4,6 +4,7 @@ import { auditFilesIn, AuditLog, searchAudit, verifyAuditFiles } from "../audit/
 import { Authenticator, PolicyStore, RateLimiter } from "../auth/index.js";
 import { parseCaBundle } from "../client/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
+import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, initToken, listTokens, loadModule, openHsm } from "../hsm/index.js";
 import { createLogger } from "../log/index.js";
@@ -34,6 +35,9 @@ The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEn
 
 class UsageError extends Error {}
 
+/** How often the key list and certificate expiry metrics follow the token. */
+const KEY_METRICS_REFRESH_MS = 60_000;
+
 function need(v: string | undefined, flag: string): string {
   if (!v) throw new UsageError(`${flag} is required`);
   return v;
@@ -45,8 +49,9 @@ function spec(v: string | undefined, flag: string): KeySpec | undefined {
   return v;
 }
 
-async function openFromConfig(config: Config) {
+async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds: number) => void) {
   return openHsm({
+    onSign,
     modulePath: config.hsm.module,
     tokenLabel: config.hsm.tokenLabel,
     tokenSerial: config.hsm.tokenSerial,
@@ -59,11 +64,13 @@ async function openFromConfig(config: Config) {
 async function serve(configFile: string): Promise<void> {
   const config = loadConfig(configFile);
   const logger = createLogger(config.log.level);
-  const audit = await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync });
+  const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+  const metrics = new SignerMetrics({ version });
+  const audit = await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync, onFsync: metrics.onAuditFsync });
   const policy = await PolicyStore.open(config.policy.file, logger);
   policy.watch();
   const authenticator = await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger);
-  const hsm = await openFromConfig(config);
+  const hsm = await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds));
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
@@ -73,17 +80,43 @@ async function serve(configFile: string): Promise<void> {
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
   const ready = (): boolean => hsm.pool.healthy && audit.healthy;
-  const server = await startSignerServer({ listen: config.listen, tls, signing, logger, maxDeadlineMs: config.limits.maxDeadlineMs, access, audit, ready });
+  const server = await startSignerServer({
+    listen: config.listen,
+    tls,
+    signing,
+    logger,
+    maxDeadlineMs: config.limits.maxDeadlineMs,
+    access,
+    audit,
+    ready,
+    onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+  });
+  metrics.bindSessionPool(() => hsm.pool.stats);
+  metrics.bindAudit(() => audit.stats);
+  metrics.bindHsmUp(() => hsm.pool.healthy);
+  const refreshKeyMetrics = async (): Promise<void> => {
+    const keys = await hsm.keys.listKeys();
+    metrics.setKnownKeys(keys.map((k) => k.keyId));
+    metrics.setCertificateExpiries(keys.flatMap((k) => (k.certificate ? [{ keyId: k.keyId, notAfter: k.certificate.notAfter }] : [])));
+  };
+  await refreshKeyMetrics();
+  const keyMetricsTimer = setInterval(() => void refreshKeyMetrics().catch(() => undefined), KEY_METRICS_REFRESH_MS);
+  keyMetricsTimer.unref();
+  const ops = config.metrics.listen
+    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
+    : undefined;
   const keys = await hsm.keys.listKeys();
-  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
+  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     logger.info("shutting down", { signal });
     // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
+    clearInterval(keyMetricsTimer);
     void server
       .close()
+      .then(() => ops?.close())
       .then(() => audit.close())
       .then(() => {
         policy.close();

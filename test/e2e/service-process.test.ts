@@ -67,11 +67,13 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
   this.timeout(120_000);
   let data: string;
   let port: number;
+  let metricsPort: number;
   let child: ChildProcess | undefined;
 
   before(async () => {
     data = mkdtempSync(join(tmpdir(), "hsm-signer-demo-"));
     port = await freePort();
+    metricsPort = await freePort();
   });
 
   after(() => {
@@ -92,7 +94,7 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
   });
 
   it("serves, signs a notation request through the plugin, and stops cleanly on SIGTERM", async () => {
-    const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf") };
+    const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
     child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, stdio: ["ignore", "pipe", "pipe"] });
     const ready = await waitForLog(child, "hsm-signer listening");
     assert.equal(ready.port, port);
@@ -107,10 +109,22 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     const out = JSON.parse(s.stdout) as { signature: string; certificateChain: string[] };
     const leaf = Buffer.from(out.certificateChain[0] as string, "base64");
     assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature, "base64"), leaf, "EC-384"));
+    // Operators see the traffic, and the service as ready, on the metrics listener.
+    const scrape = await fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text());
+    assert.match(scrape, /^hsm_signer_requests_total\{method="Sign",result="OK"\} 1$/m);
+    assert.match(scrape, /^hsm_signer_requests_total\{method="DescribeKey",result="OK"\} 1$/m);
+    assert.match(scrape, /^hsm_signer_sign_requests_total\{key="demo-key",result="OK"\} 1$/m);
+    assert.match(scrape, /^hsm_signer_certificate_expiry_seconds\{key="demo-key"\} \d/m);
+    assert.match(scrape, /^hsm_signer_audit_healthy 1$/m);
+    const readyz = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+    assert.equal(readyz.status, 200);
     const exited = new Promise<number | null>((resolve) => child?.on("exit", (code) => resolve(code)));
     child.kill("SIGTERM");
     assert.equal(await exited, 0);
     child = undefined;
+    // Both answered calls are in the audit, whose chain verifies.
+    const v = await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")]);
+    assert.match(v.stdout, /^OK: 2 records/);
   });
 
   it("config check lists every problem at once and exits 1", async () => {

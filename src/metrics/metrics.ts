@@ -1,0 +1,270 @@
+/**
+ * Prometheus metrics of the signing service (prom-client), on a registry of their own: never the
+ * global one, so that several instances (tests, embedding) never collide.
+ *
+ * Every label value is bounded: RPC names come from a fixed list, results from the error catalog,
+ * key ids only when the service knows the key (a caller's string becomes "other"), key specs from
+ * the Notation list. Gauges that describe live state (session pool, audit, HSM) are computed at
+ * scrape time from callbacks, so they are never stale.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { ERROR_CODES } from "../errors/index.js";
+import { KEY_SPECS } from "../signing/key-spec.js";
+
+/** The RPCs of hsm_signer.v1.Signer; any other method name is counted as "other". */
+export const RPC_METHODS = ["Sign", "GetCertificateChain", "DescribeKey", "ListKeys"] as const;
+
+/** Label value for anything outside a label's bounded set. */
+export const OTHER = "other";
+
+/** Request latency: 0.5 ms to 10 s. */
+export const REQUEST_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** One fsync of the audit log: 0.1 ms to 5 s. */
+export const FSYNC_DURATION_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+/** Audit lines made durable by one fsync (group commit). */
+export const LINES_PER_FSYNC_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+export interface SessionPoolGauges {
+  inUse: number;
+  idle: number;
+  waiting: number;
+}
+
+export interface AuditGauges {
+  queueDepth: number;
+  healthy: boolean;
+}
+
+export interface CertificateExpiry {
+  keyId: string;
+  notAfter: Date;
+}
+
+export interface SignerMetricsOptions {
+  /** The service's version, for hsm_signer_build_info. */
+  version: string;
+}
+
+const METHODS: ReadonlySet<string> = new Set(RPC_METHODS);
+const RESULTS: ReadonlySet<string> = new Set<string>(["OK", ...ERROR_CODES]);
+const SPECS: ReadonlySet<string> = new Set<string>(KEY_SPECS);
+
+const bounded = (value: string | undefined, allowed: ReadonlySet<string>): string =>
+  value !== undefined && allowed.has(value) ? value : OTHER;
+
+/** A scrape must never fail because a callback did: a throwing callback reads as "unknown". */
+function safely<T>(fn: (() => T) | undefined): T | undefined {
+  if (!fn) return undefined;
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}
+
+export class SignerMetrics {
+  private readonly reg = new Registry();
+  private knownKeys: ReadonlySet<string> = new Set();
+  private expiries = new Map<string, number>();
+  private sessionPool: (() => SessionPoolGauges) | undefined;
+  private audit: (() => AuditGauges) | undefined;
+  private hsmUp: (() => boolean) | undefined;
+
+  private readonly requests: Counter<"method" | "result">;
+  private readonly signRequests: Counter<"key" | "result">;
+  private readonly requestDuration: Histogram<"method">;
+  private readonly hsmSignDuration: Histogram<"key_spec">;
+  private readonly authFailures: Counter<"reason">;
+  private readonly rateLimited: Counter;
+  private readonly auditFsyncDuration: Histogram;
+  private readonly auditLinesPerFsync: Histogram;
+
+  constructor(o: SignerMetricsOptions) {
+    const registers = [this.reg];
+    collectDefaultMetrics({ register: this.reg });
+
+    const buildInfo = new Gauge({
+      name: "hsm_signer_build_info",
+      help: "Build information of the running hsm-signer; always 1.",
+      labelNames: ["version", "node"] as const,
+      registers,
+    });
+    buildInfo.set({ version: o.version, node: process.version }, 1);
+
+    this.requests = new Counter({
+      name: "hsm_signer_requests_total",
+      help: "Answered gRPC calls by method and result (OK or an error catalog code).",
+      labelNames: ["method", "result"] as const,
+      registers,
+    });
+    this.signRequests = new Counter({
+      name: "hsm_signer_sign_requests_total",
+      help: 'Answered Sign calls by key (a key the service knows, else "other") and result.',
+      labelNames: ["key", "result"] as const,
+      registers,
+    });
+    this.requestDuration = new Histogram({
+      name: "hsm_signer_request_duration_seconds",
+      help: "Latency of answered gRPC calls, from arrival to answer, including the audit write.",
+      labelNames: ["method"] as const,
+      buckets: REQUEST_DURATION_BUCKETS,
+      registers,
+    });
+    this.hsmSignDuration = new Histogram({
+      name: "hsm_signer_hsm_sign_duration_seconds",
+      help: "Duration of one signature in the HSM, by key spec.",
+      labelNames: ["key_spec"] as const,
+      buckets: REQUEST_DURATION_BUCKETS,
+      registers,
+    });
+    this.authFailures = new Counter({
+      name: "hsm_signer_auth_failures_total",
+      help: "Calls refused because the caller was not authenticated or not authorized.",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+    // Both reasons exist from the start, so that rate() and alerts see a 0 rather than no series.
+    this.authFailures.inc({ reason: "unauthenticated" }, 0);
+    this.authFailures.inc({ reason: "permission_denied" }, 0);
+    this.rateLimited = new Counter({
+      name: "hsm_signer_rate_limited_total",
+      help: "Calls refused by the rate limiter.",
+      registers,
+    });
+    this.auditFsyncDuration = new Histogram({
+      name: "hsm_signer_audit_fsync_duration_seconds",
+      help: "Duration of one write and fsync of the audit log.",
+      buckets: FSYNC_DURATION_BUCKETS,
+      registers,
+    });
+    this.auditLinesPerFsync = new Histogram({
+      name: "hsm_signer_audit_lines_per_fsync",
+      help: "Audit records made durable by one fsync.",
+      buckets: LINES_PER_FSYNC_BUCKETS,
+      registers,
+    });
+
+    // Scrape-time gauges: prom-client calls collect() before reading each metric.
+    const poolSessions: Gauge<"state"> = new Gauge({
+      name: "hsm_signer_session_pool_sessions",
+      help: "HSM sessions of the pool by state (in_use, idle).",
+      labelNames: ["state"] as const,
+      registers,
+      collect: () => {
+        const s = safely(this.sessionPool);
+        if (!s) return poolSessions.reset();
+        poolSessions.set({ state: "in_use" }, s.inUse);
+        poolSessions.set({ state: "idle" }, s.idle);
+      },
+    });
+    const poolWaiting: Gauge = new Gauge({
+      name: "hsm_signer_session_pool_waiting",
+      help: "Requests waiting for an HSM session.",
+      registers,
+      collect: () => poolWaiting.set(safely(this.sessionPool)?.waiting ?? 0),
+    });
+    const auditQueueDepth: Gauge = new Gauge({
+      name: "hsm_signer_audit_queue_depth",
+      help: "Audit records accepted and not yet durable.",
+      registers,
+      collect: () => auditQueueDepth.set(safely(this.audit)?.queueDepth ?? 0),
+    });
+    const auditHealthy: Gauge = new Gauge({
+      name: "hsm_signer_audit_healthy",
+      help: "1 while the audit log can be written, else 0.",
+      registers,
+      collect: () => auditHealthy.set(safely(this.audit)?.healthy === true ? 1 : 0),
+    });
+    const hsmUp: Gauge = new Gauge({
+      name: "hsm_signer_hsm_up",
+      help: "1 while the HSM token is reachable and logged in, else 0.",
+      registers,
+      collect: () => hsmUp.set(safely(this.hsmUp) === true ? 1 : 0),
+    });
+    const certificateExpiry: Gauge<"key"> = new Gauge({
+      name: "hsm_signer_certificate_expiry_seconds",
+      help: "Seconds until the leaf certificate of each known key expires (negative once expired).",
+      labelNames: ["key"] as const,
+      registers,
+      collect: () => {
+        certificateExpiry.reset();
+        const now = Date.now();
+        for (const [key, notAfterMs] of this.expiries) certificateExpiry.set({ key }, (notAfterMs - now) / 1000);
+      },
+    });
+  }
+
+  get registry(): Registry {
+    return this.reg;
+  }
+
+  /** The Content-Type of metricsText() (Prometheus text format 0.0.4). */
+  get contentType(): string {
+    return this.reg.contentType;
+  }
+
+  metricsText(): Promise<string> {
+    return this.reg.metrics();
+  }
+
+  /**
+   * One answered call (SignerServerOptions.onRequest). `result` is "OK" or an error catalog code;
+   * `keyId` is the key the caller named, counted under its own name only if the service knows it.
+   */
+  observeRequest(method: string, result: string, seconds: number, keyId?: string): void {
+    const m = bounded(method, METHODS);
+    const r = bounded(result, RESULTS);
+    this.requests.inc({ method: m, result: r });
+    if (Number.isFinite(seconds) && seconds >= 0) this.requestDuration.observe({ method: m }, seconds);
+    if (m === "Sign") this.signRequests.inc({ key: bounded(keyId, this.knownKeys), result: r });
+    if (r === "UNAUTHENTICATED") this.authFailures.inc({ reason: "unauthenticated" });
+    else if (r === "PERMISSION_DENIED") this.authFailures.inc({ reason: "permission_denied" });
+    else if (r === "RATE_LIMITED") this.rateLimited.inc();
+  }
+
+  /** One signature in the HSM (Pkcs11KeyStoreOptions.onSign). */
+  observeHsmSign(keySpec: string, seconds: number): void {
+    if (Number.isFinite(seconds) && seconds >= 0) this.hsmSignDuration.observe({ key_spec: bounded(keySpec, SPECS) }, seconds);
+  }
+
+  /** One audit fsync (AuditLogOptions.onFsync); bound, so it can be passed as is. */
+  readonly onAuditFsync = (seconds: number, lines: number): void => {
+    if (Number.isFinite(seconds) && seconds >= 0) this.auditFsyncDuration.observe(seconds);
+    if (Number.isFinite(lines) && lines >= 0) this.auditLinesPerFsync.observe(lines);
+  };
+
+  /** The key ids that may appear as a `key` label; replaces the previous set. */
+  setKnownKeys(ids: readonly string[]): void {
+    this.knownKeys = new Set(ids);
+  }
+
+  /**
+   * The leaf certificate expiry of each known key; replaces the whole set, so a key that is gone
+   * loses its series. When a key id appears more than once (several versions), the latest notAfter
+   * counts: the key can sign until then.
+   */
+  setCertificateExpiries(list: readonly CertificateExpiry[]): void {
+    const next = new Map<string, number>();
+    for (const { keyId, notAfter } of list) {
+      const ms = notAfter.getTime();
+      if (!Number.isFinite(ms)) continue;
+      next.set(keyId, Math.max(ms, next.get(keyId) ?? -Infinity));
+    }
+    this.expiries = next;
+  }
+
+  /** Session pool state, read at each scrape (e.g. `() => pool.stats`). Unbound: no series / 0. */
+  bindSessionPool(fn: () => SessionPoolGauges): void {
+    this.sessionPool = fn;
+  }
+
+  /** Audit state, read at each scrape (e.g. `() => audit.stats`). Unbound: depth 0, unhealthy. */
+  bindAudit(fn: () => AuditGauges): void {
+    this.audit = fn;
+  }
+
+  /** Whether the HSM is up, read at each scrape. Unbound or throwing: 0. */
+  bindHsmUp(fn: () => boolean): void {
+    this.hsmUp = fn;
+  }
+}
