@@ -334,10 +334,15 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
       assert.equal(log.healthy, true);
 
       // Two appends in the failing batch, and more that arrive while its write is in flight.
-      const pending = [log.append(record(1)), log.append(record(2))];
+      // Each rejection is observed at once (allSettled below reads them), so none is "unhandled".
+      const observed = <T>(p: Promise<T>): Promise<T> => {
+        p.catch(() => undefined);
+        return p;
+      };
+      const pending = [observed(log.append(record(1))), observed(log.append(record(2)))];
       for (let i = 3; i <= 6; i++) {
         await new Promise((r) => setImmediate(r));
-        pending.push(log.append(record(i)));
+        pending.push(observed(log.append(record(i))));
       }
       const batch = await Promise.allSettled(pending);
       const errors = batch.map((r) => (r.status === "rejected" ? (r.reason as unknown) : assert.fail("an append succeeded on /dev/full")));
