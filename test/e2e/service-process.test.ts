@@ -127,6 +127,21 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.match(v.stdout, /^OK: 2 records/);
   });
 
+  it("a wrong PIN stops the start with a clear message, without retrying", async () => {
+    const cfg = readFileSync(join(data, "config.yaml"), "utf8").replace("pinFile: pin", "pinFile: wrong-pin");
+    writeFileSync(join(data, "wrong-pin"), "not-the-pin\n");
+    writeFileSync(join(data, "wrong-pin.yaml"), cfg);
+    const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
+    const r = await run(HSM_SIGNER, ["serve", "--config", join(data, "wrong-pin.yaml")], { env, timeout: 30_000 }).then(
+      () => assert.fail("serve started with a wrong PIN"),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /CKR_PIN_INCORRECT/);
+    assert.match(r.stderr, /not retrying/);
+    assert.ok(!r.stderr.includes("not-the-pin"), "the PIN is never printed");
+  });
+
   it("config check lists every problem at once and exits 1", async () => {
     const bad = join(data, "bad.yaml");
     writeFileSync(bad, "listen: nowhere\ntls:\n  insecure: false\nhsm:\n  pin: '1234'\n  sessions: 0\nbogus: 1\n");
