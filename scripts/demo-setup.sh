@@ -67,7 +67,8 @@ In another terminal, sign with notation:
 
   notation plugin install --file $PKG --sha256sum $(cut -d' ' -f1 "$PKG.sha256" 2>/dev/null || echo "<see $PKG.sha256>")
   notation key add --plugin hsm-signer --id $KEY_ID \\
-      --plugin-config endpoint=$LISTEN --plugin-config ca_file=$DATA/tls/ca.pem demo
+      --plugin-config endpoint=$LISTEN --plugin-config ca_file=$DATA/tls/ca.pem \\
+      --plugin-config key_spec=$KEY_SPEC demo
   notation cert add --type ca --store hsm-demo $DATA/$KEY_ID-root.pem
   notation sign --key demo <registry>/<repository>@sha256:<digest>
 
