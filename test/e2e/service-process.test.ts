@@ -5,8 +5,9 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { X509Certificate } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 const run = promisify(execFile);
@@ -125,6 +126,44 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     // Both answered calls are in the audit, whose chain verifies.
     const v = await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")]);
     assert.match(v.stdout, /^OK: 2 records/);
+  });
+
+  it("SIGTERM during a burst: in-flight calls finish, every answered call is in the audit, then exit 0", async () => {
+    const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
+    child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, stdio: ["ignore", "pipe", "pipe"] });
+    await waitForLog(child, "hsm-signer listening");
+    const auditBefore = (await run(HSM_SIGNER, ["audit", "search", "--dir", join(data, "audit"), "--json"])).stdout.trim().split("\n").filter(Boolean).length;
+    const client = signerClient(readFileSync(join(data, "tls/ca.pem")), port);
+    const answered: string[] = [];
+    let refused = 0;
+    let stopped = false;
+    const exited = new Promise<number | null>((resolve) => child?.on("exit", (code) => resolve(code)));
+    // Four callers sign back to back; SIGTERM lands while calls are in flight.
+    const callers = Array.from({ length: 4 }, async () => {
+      while (!stopped) {
+        try {
+          const r = await callSigner<SignResponse>(client, "Sign", { keyId: "demo-key", payload: randomBytes(64) }, Date.now() + 10_000);
+          answered.push(r.requestId);
+        } catch {
+          refused++;
+          return;
+        }
+      }
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill("SIGTERM");
+    const code = await exited;
+    stopped = true;
+    await Promise.all(callers);
+    client.close();
+    child = undefined;
+    assert.equal(code, 0);
+    assert.ok(answered.length > 0, "some calls were answered before the shutdown");
+    assert.ok(refused > 0, "calls after the shutdown began were refused, not answered");
+    const records = (await run(HSM_SIGNER, ["audit", "search", "--dir", join(data, "audit"), "--json"])).stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as { requestId: string; method: string; result: string });
+    const okSigns = new Set(records.slice(auditBefore).filter((r) => r.method === "Sign" && r.result === "OK").map((r) => r.requestId));
+    for (const id of answered) assert.ok(okSigns.has(id), `answered request ${id} is in the audit`);
+    assert.match((await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")])).stdout, /^OK: /);
   });
 
   it("a wrong PIN stops the start with a clear message, without retrying", async () => {
