@@ -10,19 +10,11 @@ import protobuf from "protobufjs";
 import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import type { RunningServer } from "../../src/server/signer-server.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
-import { NOTATION_FIXTURES, requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { NOTATION_FIXTURES, requestFor, verifyNotarySignature, NOTARY_KEY_SPECS } from "../helpers/notation.js";
 import { PLUGIN_PATH, runPlugin, type PluginResult } from "../helpers/plugin-process.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
-/** §3: what notation expects for each key spec, written out here rather than taken from src/. */
-const EXPECTED: Record<KeySpec, { hash: string; signingAlgorithm: string; sigLen: number; kty: "rsa" | "ec"; size: number | string }> = {
-  "RSA-2048": { hash: "SHA-256", signingAlgorithm: "RSASSA-PSS-SHA-256", sigLen: 256, kty: "rsa", size: 2048 },
-  "RSA-3072": { hash: "SHA-384", signingAlgorithm: "RSASSA-PSS-SHA-384", sigLen: 384, kty: "rsa", size: 3072 },
-  "RSA-4096": { hash: "SHA-512", signingAlgorithm: "RSASSA-PSS-SHA-512", sigLen: 512, kty: "rsa", size: 4096 },
-  "EC-256": { hash: "SHA-256", signingAlgorithm: "ECDSA-SHA-256", sigLen: 64, kty: "ec", size: "prime256v1" },
-  "EC-384": { hash: "SHA-384", signingAlgorithm: "ECDSA-SHA-384", sigLen: 96, kty: "ec", size: "secp384r1" },
-  "EC-521": { hash: "SHA-512", signingAlgorithm: "ECDSA-SHA-512", sigLen: 132, kty: "ec", size: "secp521r1" },
-};
+const EXPECTED = NOTARY_KEY_SPECS;
 
 const ERROR_CODES = ["VALIDATION_ERROR", "UNSUPPORTED_CONTRACT_VERSION", "ACCESS_DENIED", "TIMEOUT", "THROTTLED", "ERROR"];
 /** Padded standard base64 (Go's StdEncoding, which notation decodes strictly). */

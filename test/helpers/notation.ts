@@ -10,7 +10,19 @@ export function notationRequest(name: "describe-key" | "generate-signature-jws" 
   return JSON.parse(readFileSync(join(NOTATION_FIXTURES, `${name}.json`), "utf8")) as Record<string, unknown>;
 }
 
-const HASH_OF: Record<string, string> = { "RSA-2048": "SHA-256", "RSA-3072": "SHA-384", "RSA-4096": "SHA-512", "EC-256": "SHA-256", "EC-384": "SHA-384", "EC-521": "SHA-512" };
+export type NotarySpec = "RSA-2048" | "RSA-3072" | "RSA-4096" | "EC-256" | "EC-384" | "EC-521";
+
+/** notation-plugin-protocol.md §3: what notation expects of each key spec, written out here rather than taken from src/. */
+export const NOTARY_KEY_SPECS: Record<NotarySpec, { hash: string; signingAlgorithm: string; sigLen: number; kty: "rsa" | "ec"; size: number | string }> = {
+  "RSA-2048": { hash: "SHA-256", signingAlgorithm: "RSASSA-PSS-SHA-256", sigLen: 256, kty: "rsa", size: 2048 },
+  "RSA-3072": { hash: "SHA-384", signingAlgorithm: "RSASSA-PSS-SHA-384", sigLen: 384, kty: "rsa", size: 3072 },
+  "RSA-4096": { hash: "SHA-512", signingAlgorithm: "RSASSA-PSS-SHA-512", sigLen: 512, kty: "rsa", size: 4096 },
+  "EC-256": { hash: "SHA-256", signingAlgorithm: "ECDSA-SHA-256", sigLen: 64, kty: "ec", size: "prime256v1" },
+  "EC-384": { hash: "SHA-384", signingAlgorithm: "ECDSA-SHA-384", sigLen: 96, kty: "ec", size: "secp384r1" },
+  "EC-521": { hash: "SHA-512", signingAlgorithm: "ECDSA-SHA-512", sigLen: 132, kty: "ec", size: "secp521r1" },
+};
+
+const HASH_OF: Record<string, string> = Object.fromEntries(Object.entries(NOTARY_KEY_SPECS).map(([k, v]) => [k, v.hash]));
 
 /**
  * A notation request re-aimed at one of our keys: the fixture's payload bytes (a JWS signing

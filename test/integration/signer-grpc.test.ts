@@ -8,19 +8,12 @@ import * as grpc from "@grpc/grpc-js";
 import type { RunningServer } from "../../src/server/signer-server.js";
 import { checkCodeSigningChain } from "../helpers/chain-checker.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
-import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { requestFor, verifyNotarySignature, NOTARY_KEY_SPECS, type NotarySpec } from "../helpers/notation.js";
 import { callSigner, loadSignerClientClass, signerClient, type KeyInfo, type SignResponse } from "../helpers/signer-client.js";
 
 // --- What the spec (notation-plugin-protocol.md §3) says each key spec means; not taken from src/. ---
-type Spec = "RSA-2048" | "RSA-3072" | "RSA-4096" | "EC-256" | "EC-384" | "EC-521";
-const SPECS: Record<Spec, { hash: string; alg: string; sigLen: number; kty: string; size: number | string }> = {
-  "RSA-2048": { hash: "SHA-256", alg: "RSASSA-PSS-SHA-256", sigLen: 256, kty: "rsa", size: 2048 },
-  "RSA-3072": { hash: "SHA-384", alg: "RSASSA-PSS-SHA-384", sigLen: 384, kty: "rsa", size: 3072 },
-  "RSA-4096": { hash: "SHA-512", alg: "RSASSA-PSS-SHA-512", sigLen: 512, kty: "rsa", size: 4096 },
-  "EC-256": { hash: "SHA-256", alg: "ECDSA-SHA-256", sigLen: 64, kty: "ec", size: "prime256v1" },
-  "EC-384": { hash: "SHA-384", alg: "ECDSA-SHA-384", sigLen: 96, kty: "ec", size: "secp384r1" },
-  "EC-521": { hash: "SHA-512", alg: "ECDSA-SHA-512", sigLen: 132, kty: "ec", size: "secp521r1" },
-};
+type Spec = NotarySpec;
+const SPECS = NOTARY_KEY_SPECS;
 const ALL_SPECS = Object.keys(SPECS) as Spec[];
 
 const nodeHash = (h: string): string => h.replace("-", "").toLowerCase();
@@ -94,7 +87,7 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
           const r = await call<SignResponse>(client, "Sign", { keyId, payload, hashAlgorithm: s.hash, keySpec: spec });
           assert.equal(r.keyId, keyId);
           assert.equal(r.keySpec, spec);
-          assert.equal(r.signingAlgorithm, s.alg);
+          assert.equal(r.signingAlgorithm, s.signingAlgorithm);
           assert.equal(r.keyVersion, 1);
           assert.match(r.requestId, /^[0-9a-f]{16}$/);
           assert.equal(r.certificateChain.length, 2);
@@ -112,7 +105,7 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         const payload = notationPayload("cose", spec);
         const digest = createHash(nodeHash(s.hash)).update(payload).digest();
         const r = await call<SignResponse>(client, "Sign", { keyId, digest, hashAlgorithm: s.hash });
-        assert.equal(r.signingAlgorithm, s.alg);
+        assert.equal(r.signingAlgorithm, s.signingAlgorithm);
         assert.equal(r.keySpec, spec);
         assert.equal(r.certificateChain.length, 2);
         assert.ok(verifyNotarySignature(payload, r.signature, r.certificateChain[0] as Buffer, spec), "digest signature verifies over the payload");
@@ -150,7 +143,7 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         const leaf = new X509Certificate(chain[0] as Buffer);
         assert.equal(key.keyId, keyId);
         assert.equal(key.keySpec, spec);
-        assert.equal(key.signingAlgorithm, SPECS[spec].alg);
+        assert.equal(key.signingAlgorithm, SPECS[spec].signingAlgorithm);
         assert.equal(key.hashAlgorithm, SPECS[spec].hash);
         assert.equal(key.keyVersion, 1);
         for (const part of ["C=US", "ST=WA", "O=hsm-signer test", `CN=${keyId}`]) assert.ok(key.certificateSubject.includes(part), `subject "${key.certificateSubject}" has ${part}`);
@@ -173,7 +166,7 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         const k = byId.get(keyIdOf(spec));
         assert.ok(k, `${keyIdOf(spec)} is listed`);
         assert.equal(k.keySpec, spec);
-        assert.equal(k.signingAlgorithm, SPECS[spec].alg);
+        assert.equal(k.signingAlgorithm, SPECS[spec].signingAlgorithm);
         const { key } = await call<{ key: KeyInfo }>(client, "DescribeKey", { keyId: k.keyId });
         assert.deepEqual(k, key);
       }
