@@ -1,4 +1,4 @@
-import { createPublicKey } from "node:crypto";
+import { createHash, createPublicKey } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { ObjectClass, KeyType, type Session } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
@@ -6,11 +6,13 @@ import { keySpecFor, keySpecInfo, type HashAlgorithm, type KeySpec } from "../si
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
 import { buildChain, keySpecOfCertificate, spkiOfCertificate, summarize } from "../signing/certificates.js";
 import { curveOfEcParams, digestSigningMechanism } from "./mechanisms.js";
+import { markSigned, readTokenState, type Disabled, type KeyState, type TokenState, type VersionState } from "./key-state.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
 import type { SignThreads } from "./sign-threads.js";
 
-export const DEFAULT_KEY_REFRESH_MS = 30_000;
+/** How often the token is checked for keys, certificates and states that custodians changed. */
+export const DEFAULT_KEY_REFRESH_MS = 2_000;
 /** A lookup of an unknown key rescans the token at most this often. */
 const MISS_RESCAN_MS = 1_000;
 
@@ -20,17 +22,41 @@ export interface Pkcs11KeyStoreOptions {
   onSign?: (keySpec: string, seconds: number) => void;
 }
 
-interface Entry {
+/** One version of a key as the token holds it. */
+export interface VersionView {
   record: KeyRecord;
-  handle: Buffer;
+  /** Private key handle; undefined once the version's key pair is destroyed. */
+  handle: Buffer | undefined;
   /** DER SubjectPublicKeyInfo from the token's public key object, when there is one. */
   spki: Buffer | undefined;
+  /** CKA_ID, lowercase hex. */
+  idHex: string;
+  state: "enabled" | "disabled" | "destroyed";
+  created: string | undefined;
+  disabled: Disabled | undefined;
+  hasSigned: boolean;
+}
+
+/** A key id with all its versions (ascending), its custodian state and its current version. */
+export interface KeyView {
+  keyId: string;
+  /** The state object on the token; undefined for keys hsm-signer has not managed yet. */
+  state: KeyState | undefined;
+  disabled: Disabled | undefined;
+  versions: VersionView[];
+  current: VersionView | undefined;
 }
 
 interface RawCert {
   id: Buffer;
   label: string;
   der: Buffer;
+}
+
+interface RawPrivateKey {
+  handle: Buffer;
+  id: Buffer;
+  spec: KeySpec | undefined;
 }
 
 function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buffer | undefined {
@@ -62,9 +88,17 @@ function unwrapEcPoint(p: Buffer): Buffer {
  * A KeyStore over one PKCS#11 token. Keys are private key objects found by CKA_LABEL (the key
  * id); each key's certificate is the CKO_CERTIFICATE with the same CKA_ID, and its chain is
  * completed from the other certificates on the token. Keys made by other tools work the same.
+ *
+ * A key id may have several versions: key pairs with the same label and different CKA_IDs, in
+ * the order kept by the key's state object (key-state.ts). Without a state object a single key
+ * pair is version 1. The token is polled for changes (custodians on any replica) and rescanned
+ * when something changed.
  */
 export class Pkcs11KeyStore implements KeyStore {
-  private entries = new Map<string, Entry>();
+  private views = new Map<string, KeyView>();
+  private signed = new Set<string>();
+  private marking = new Map<string, Promise<void>>();
+  private fingerprint = "";
   private lastScan = 0;
   private scanning: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -80,7 +114,7 @@ export class Pkcs11KeyStore implements KeyStore {
     const every = this.options.refreshIntervalMs ?? DEFAULT_KEY_REFRESH_MS;
     if (every > 0) {
       this.timer = setInterval(() => {
-        this.refresh().catch(() => undefined); // a failed background rescan keeps the last view
+        this.refreshIfChanged().catch(() => undefined); // a failed poll keeps the last view
       }, every);
       this.timer.unref();
     }
@@ -90,12 +124,14 @@ export class Pkcs11KeyStore implements KeyStore {
     if (this.timer) clearInterval(this.timer);
   }
 
-  /** Rescans the token for keys and certificates; concurrent callers share one scan. */
+  /** Rescans the token for keys, certificates and states; concurrent callers share one scan. */
   refresh(): Promise<void> {
     this.scanning ??= this.pool
       .use((s) => this.scan(s))
-      .then((entries) => {
-        this.entries = entries;
+      .then(({ views, signed, fingerprint }) => {
+        this.views = views;
+        this.signed = signed;
+        this.fingerprint = fingerprint;
         this.lastScan = Date.now();
       })
       .finally(() => {
@@ -104,38 +140,97 @@ export class Pkcs11KeyStore implements KeyStore {
     return this.scanning;
   }
 
+  /** A cheap look at the token (object handles and state objects); a full rescan only when it changed. */
+  async refreshIfChanged(): Promise<void> {
+    const now = await this.pool.use((s) => tokenFingerprint(s, readTokenState(s)));
+    if (now !== this.fingerprint) await this.refresh();
+  }
+
   async getKey(keyId: string, version?: number): Promise<KeyRecord> {
-    let e = this.entries.get(keyId);
-    if (!e && Date.now() - this.lastScan > MISS_RESCAN_MS) {
+    const view = await this.view(keyId);
+    if (!version) return (view.current ?? view.versions[view.versions.length - 1])?.record as KeyRecord;
+    const v = view.versions.find((x) => x.record.version === version);
+    if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
+    return v.record;
+  }
+
+  /** The key with every version; KEY_NOT_FOUND when the token has no such key id. */
+  async view(keyId: string): Promise<KeyView> {
+    let view = this.views.get(keyId);
+    if (!view && Date.now() - this.lastScan > MISS_RESCAN_MS) {
       await this.refresh();
-      e = this.entries.get(keyId);
+      view = this.views.get(keyId);
     }
-    if (!e) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" was not found on the token`);
-    if (version !== undefined && version !== 0 && version !== e.record.version) {
-      throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
-    }
-    return e.record;
+    if (!view || view.versions.length === 0) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" was not found on the token`);
+    return view;
   }
 
+  /** The current version of each key (or its newest, when none can sign), by key id. */
   listKeys(): Promise<KeyRecord[]> {
-    return Promise.resolve([...this.entries.values()].map((e) => e.record).sort((a, b) => a.keyId.localeCompare(b.keyId)));
+    const records = [...this.views.values()].flatMap((v) => {
+      const shown = v.current ?? v.versions[v.versions.length - 1];
+      return shown ? [shown.record] : [];
+    });
+    return Promise.resolve(records.sort((a, b) => a.keyId.localeCompare(b.keyId)));
   }
 
-  /** The token's public key of a key, as DER SubjectPublicKeyInfo (from its public key object or certificate). */
-  publicKeySpki(keyId: string): Buffer | undefined {
-    const e = this.entries.get(keyId);
-    return e?.spki ?? (e?.record.chain[0] ? spkiOfCertificate(e.record.chain[0]) : undefined);
+  /** Every key with all its versions, for custodians. */
+  inventory(): KeyView[] {
+    return [...this.views.values()].sort((a, b) => a.keyId.localeCompare(b.keyId));
   }
 
+  /** The token's public key of a key version, as DER SubjectPublicKeyInfo (from its public key object or certificate). */
+  publicKeySpki(keyId: string, version?: number): Buffer | undefined {
+    const v = this.versionOf(keyId, version);
+    return v?.spki ?? (v?.record.chain[0] ? spkiOfCertificate(v.record.chain[0]) : undefined);
+  }
+
+  /** Signs an artifact digest; the version's first signature is recorded on the token before it is made. */
   async signDigest(key: KeyRecord, hash: HashAlgorithm, digest: Buffer, deadline?: number): Promise<Buffer> {
-    const e = this.entries.get(key.keyId);
-    if (!e || e.record.spec !== key.spec || e.record.version !== key.version) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" is no longer on the token`);
+    const v = this.signable(key);
+    if (!this.signed.has(v.idHex)) await this.markSigned(v, deadline);
+    return this.signWithHandle(key, v.handle as Buffer, hash, digest, deadline);
+  }
+
+  /** Signs for the service itself (a CSR's self-signature): not an artifact signature, so not marked. */
+  signInternal(key: KeyRecord, hash: HashAlgorithm, digest: Buffer): Promise<Buffer> {
+    return this.signWithHandle(key, this.signable(key).handle as Buffer, hash, digest, undefined);
+  }
+
+  private versionOf(keyId: string, version: number | undefined): VersionView | undefined {
+    const view = this.views.get(keyId);
+    if (!view) return undefined;
+    return version ? view.versions.find((x) => x.record.version === version) : (view.current ?? view.versions[view.versions.length - 1]);
+  }
+
+  private signable(key: KeyRecord): VersionView {
+    const v = this.versionOf(key.keyId, key.version);
+    if (!v || !v.handle || v.record.spec !== key.spec) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" version ${key.version} is no longer on the token`);
+    return v;
+  }
+
+  private markSigned(v: VersionView, deadline: number | undefined): Promise<void> {
+    let p = this.marking.get(v.idHex);
+    if (!p) {
+      p = this.pool
+        .use((s) => markSigned(s, v.idHex, v.record.keyId, v.record.version), deadline)
+        .then(() => {
+          this.signed.add(v.idHex);
+          v.hasSigned = true;
+        })
+        .finally(() => this.marking.delete(v.idHex));
+      this.marking.set(v.idHex, p);
+    }
+    return p;
+  }
+
+  private async signWithHandle(key: KeyRecord, handle: Buffer, hash: HashAlgorithm, digest: Buffer, deadline: number | undefined): Promise<Buffer> {
     const mech = digestSigningMechanism(key.info, hash, digest.length);
     const session = await this.pool.acquire(deadline);
     let failed = false;
     const started = performance.now();
     try {
-      const signature = await this.threads.sign(session.handle, e.handle, mech, digest, key.info.signatureLength + 16);
+      const signature = await this.threads.sign(session.handle, handle, mech, digest, key.info.signatureLength + 16);
       this.options.onSign?.(key.spec, (performance.now() - started) / 1000);
       return signature;
     } catch (err) {
@@ -147,61 +242,55 @@ export class Pkcs11KeyStore implements KeyStore {
     }
   }
 
-  private scan(session: Session): Map<string, Entry> {
-    const certs: RawCert[] = [];
-    const certObjs = session.find({ class: ObjectClass.CERTIFICATE });
-    for (let i = 0; i < certObjs.length; i++) {
-      const a = certObjs.items(i).getAttribute({ id: null, label: null, value: null }) as { id?: Buffer; label?: string; value?: Buffer };
-      if (a.value && a.value.length > 0) certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value });
+  private scan(session: Session): { views: Map<string, KeyView>; signed: Set<string>; fingerprint: string } {
+    const tokenState = readTokenState(session);
+    const certs = readCertificates(session);
+    const publics = readPublicKeys(session);
+    const byLabel = readPrivateKeys(session);
+    const views = new Map<string, KeyView>();
+    for (const keyId of new Set([...byLabel.keys(), ...tokenState.keys.keys()])) {
+      const view = this.viewOf(keyId, tokenState.keys.get(keyId), byLabel.get(keyId) ?? [], publics, certs, tokenState.signed);
+      if (view.versions.length > 0) views.set(keyId, view);
     }
-    const publics = new Map<string, Buffer>();
-    const pubObjs = session.find({ class: ObjectClass.PUBLIC_KEY });
-    for (let i = 0; i < pubObjs.length; i++) {
-      const o = pubObjs.items(i);
-      const t = o.getAttribute({ id: null, keyType: null }) as { id?: Buffer; keyType?: number };
-      if (!t.id || t.keyType === undefined) continue;
-      const more = t.keyType === KeyType.RSA ? o.getAttribute({ modulus: null, publicExponent: null }) : t.keyType === KeyType.EC ? o.getAttribute({ paramsECDSA: null, pointEC: null }) : {};
-      const spki = spkiFromPublicObject(t.keyType, more as Record<string, unknown>);
-      if (spki) publics.set(t.id.toString("hex"), spki);
-    }
-    const byLabel = new Map<string, { handle: Buffer; id: Buffer; spec: KeySpec | undefined; detail: string }[]>();
-    const privs = session.find({ class: ObjectClass.PRIVATE_KEY });
-    for (let i = 0; i < privs.length; i++) {
-      const o = privs.items(i);
-      const a = o.getAttribute({ label: null, id: null, keyType: null }) as { label?: string; id?: Buffer; keyType?: number };
-      if (!a.label) continue;
-      let spec: KeySpec | undefined;
-      let detail = "unsupported key type";
-      if (a.keyType === KeyType.RSA) {
-        const { modulus } = o.getAttribute({ modulus: null }) as { modulus?: Buffer };
-        const bits = modulus ? bitLength(modulus) : 0;
-        spec = keySpecFor("RSA", bits);
-        detail = `RSA ${bits} bits`;
-      } else if (a.keyType === KeyType.EC) {
-        // graphene reads CKA_EC_PARAMS back under the name paramsECDSA.
-        const { paramsECDSA } = o.getAttribute({ paramsECDSA: null }) as { paramsECDSA?: Buffer };
-        const curve = paramsECDSA ? curveOfEcParams(paramsECDSA) : undefined;
-        spec = curve ? keySpecFor("EC", curve) : undefined;
-        detail = curve ? `EC ${curve}` : "EC on an unsupported curve";
-      }
-      const list = byLabel.get(a.label) ?? [];
-      list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, detail });
-      byLabel.set(a.label, list);
-    }
-    const entries = new Map<string, Entry>();
-    for (const [label, list] of byLabel) {
-      const k = list[0];
-      if (!k || !k.spec) continue; // not a Notation key spec: not offered at all
-      const spki = publics.get(k.id.toString("hex"));
-      const record = this.recordFor(label, k.spec, k.id, spki, certs);
-      if (list.length > 1) record.unusableReason = `${list.length} private keys on the token carry the label "${label}"; give each key a unique label`;
-      entries.set(label, { record, handle: k.handle, spki });
-    }
-    return entries;
+    return { views, signed: tokenState.signed, fingerprint: tokenFingerprint(session, tokenState) };
   }
 
-  private recordFor(keyId: string, spec: KeySpec, id: Buffer, spki: Buffer | undefined, certs: RawCert[]): KeyRecord {
-    const record: KeyRecord = { keyId, version: 1, spec, info: keySpecInfo(spec), chain: [], certificate: undefined, unusableReason: undefined };
+  private viewOf(keyId: string, state: KeyState | undefined, privs: RawPrivateKey[], publics: Map<string, Buffer>, certs: RawCert[], signed: Set<string>): KeyView {
+    const slots: { version: number; id: Buffer; priv: RawPrivateKey | undefined; vs: VersionState | undefined; problem?: string }[] = [];
+    if (state) {
+      for (const vs of state.versions) slots.push({ version: vs.version, id: Buffer.from(vs.id, "hex"), priv: privs.find((p) => p.id.toString("hex") === vs.id), vs });
+      let n = Math.max(0, ...state.versions.map((v) => v.version));
+      for (const p of privs.filter((p) => !state.versions.some((v) => v.id === p.id.toString("hex")))) {
+        slots.push({ version: ++n, id: p.id, priv: p, vs: undefined, problem: `a private key labelled "${keyId}" (CKA_ID ${p.id.toString("hex")}) is not a version hsm-signer made; remove it or give it another label` });
+      }
+    } else {
+      const dup = privs.length > 1 ? `${privs.length} private keys on the token carry the label "${keyId}"; give each key a unique label` : undefined;
+      privs.forEach((p, i) => slots.push({ version: i + 1, id: p.id, priv: p, vs: undefined, problem: dup }));
+    }
+    const versions: VersionView[] = [];
+    for (const s of slots) {
+      const idHex = s.id.toString("hex");
+      const spki = publics.get(idHex);
+      const ownCert = certs.find((c) => c.id.equals(s.id));
+      const spec = s.priv?.spec ?? (ownCert ? keySpecOfCertificate(ownCert.der) : undefined);
+      if (!spec) continue; // not a Notation key spec: not offered at all
+      const record = this.recordFor(keyId, s.version, spec, s.id, spki, certs);
+      const destroyed = !s.priv;
+      if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
+      else if (s.problem) record.unusableReason = s.problem;
+      const disabled = s.vs?.disabled;
+      if (state?.disabled) record.disabledReason = `key "${keyId}" is disabled by a custodian${state.disabled.reason ? `: ${state.disabled.reason}` : ""}`;
+      else if (disabled) record.disabledReason = `version ${s.version} of key "${keyId}" is disabled by a custodian${disabled.reason ? `: ${disabled.reason}` : ""}`;
+      versions.push({ record, handle: s.priv?.handle, spki, idHex, state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled", created: s.vs?.created, disabled, hasSigned: signed.has(idHex) });
+    }
+    versions.sort((a, b) => a.record.version - b.record.version);
+    const current = [...versions].reverse().find((v) => !v.record.unusableReason && !v.record.disabledReason);
+    if (current) current.record.current = true;
+    return { keyId, state, disabled: state?.disabled, versions, current };
+  }
+
+  private recordFor(keyId: string, version: number, spec: KeySpec, id: Buffer, spki: Buffer | undefined, certs: RawCert[]): KeyRecord {
+    const record: KeyRecord = { keyId, version, spec, info: keySpecInfo(spec), chain: [], certificate: undefined, unusableReason: undefined, disabledReason: undefined, current: false };
     const own = id.length > 0 ? certs.filter((c) => c.id.equals(id)) : [];
     // Prefer a non-CA certificate with the latest notAfter when a key has several.
     const candidates = own
@@ -227,6 +316,67 @@ export class Pkcs11KeyStore implements KeyStore {
     else if (problem) record.unusableReason = `the certificate chain of key "${keyId}" is incomplete: ${problem}`;
     return record;
   }
+}
+
+function readCertificates(session: Session): RawCert[] {
+  const certs: RawCert[] = [];
+  const found = session.find({ class: ObjectClass.CERTIFICATE });
+  for (let i = 0; i < found.length; i++) {
+    const a = found.items(i).getAttribute({ id: null, label: null, value: null }) as { id?: Buffer; label?: string; value?: Buffer };
+    if (a.value && a.value.length > 0) certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value });
+  }
+  return certs;
+}
+
+/** DER SubjectPublicKeyInfo of each public key object, by CKA_ID hex. */
+function readPublicKeys(session: Session): Map<string, Buffer> {
+  const publics = new Map<string, Buffer>();
+  const found = session.find({ class: ObjectClass.PUBLIC_KEY });
+  for (let i = 0; i < found.length; i++) {
+    const o = found.items(i);
+    const t = o.getAttribute({ id: null, keyType: null }) as { id?: Buffer; keyType?: number };
+    if (!t.id || t.keyType === undefined) continue;
+    const more = t.keyType === KeyType.RSA ? o.getAttribute({ modulus: null, publicExponent: null }) : t.keyType === KeyType.EC ? o.getAttribute({ paramsECDSA: null, pointEC: null }) : {};
+    const spki = spkiFromPublicObject(t.keyType, more as Record<string, unknown>);
+    if (spki) publics.set(t.id.toString("hex"), spki);
+  }
+  return publics;
+}
+
+/** Private keys by CKA_LABEL, with their key spec (undefined when Notation does not allow the key). */
+function readPrivateKeys(session: Session): Map<string, RawPrivateKey[]> {
+  const byLabel = new Map<string, RawPrivateKey[]>();
+  const found = session.find({ class: ObjectClass.PRIVATE_KEY });
+  for (let i = 0; i < found.length; i++) {
+    const o = found.items(i);
+    const a = o.getAttribute({ label: null, id: null, keyType: null }) as { label?: string; id?: Buffer; keyType?: number };
+    if (!a.label) continue;
+    let spec: KeySpec | undefined;
+    if (a.keyType === KeyType.RSA) {
+      const { modulus } = o.getAttribute({ modulus: null }) as { modulus?: Buffer };
+      spec = keySpecFor("RSA", modulus ? bitLength(modulus) : 0);
+    } else if (a.keyType === KeyType.EC) {
+      // graphene reads CKA_EC_PARAMS back under the name paramsECDSA.
+      const { paramsECDSA } = o.getAttribute({ paramsECDSA: null }) as { paramsECDSA?: Buffer };
+      const curve = paramsECDSA ? curveOfEcParams(paramsECDSA) : undefined;
+      spec = curve ? keySpecFor("EC", curve) : undefined;
+    }
+    const list = byLabel.get(a.label) ?? [];
+    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec });
+    byLabel.set(a.label, list);
+  }
+  return byLabel;
+}
+
+/** Changes when any key, certificate or state object is added, removed or replaced. */
+function tokenFingerprint(session: Session, state: TokenState): string {
+  const h = createHash("sha256").update(state.fingerprint);
+  for (const cls of [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE]) {
+    const found = session.find({ class: cls });
+    for (let i = 0; i < found.length; i++) h.update(found.items(i).handle);
+    h.update("|");
+  }
+  return h.digest("hex");
 }
 
 function bitLength(n: Buffer): number {

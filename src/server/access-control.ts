@@ -1,6 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
-import type { Authenticator, CallerIdentity, PolicyStore, RateLimiter } from "../auth/index.js";
+import type { Authenticator, CallerIdentity, PolicyDecision, PolicyStore, RateLimiter } from "../auth/index.js";
 import { checkPeerChain } from "../client/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
 import type { CallContext } from "./signer-server.js";
@@ -41,7 +41,7 @@ export class AccessControl {
   }
 
   /** Checks the policy (deny by default) and the rate limits; records the decision. */
-  authorize(ctx: CallContext, method: string, keyId: string | undefined): void {
+  authorize(ctx: CallContext, method: string, keyId: string | undefined): PolicyDecision {
     const policy = this.o.policy.current;
     const d = policy.decide(ctx.caller, method, keyId);
     ctx.record.decision = d.allow ? "allow" : "deny";
@@ -55,6 +55,7 @@ export class AccessControl {
       ctx.record.decision = "deny";
       throw new SignerError("RATE_LIMITED", `${ctx.caller.id} is over its rate limit${keyId ? ` for key "${keyId}"` : ""}; retry in ${r.retryAfterMs} ms`, { retryAfterMs: r.retryAfterMs });
     }
+    return d;
   }
 
   mayUseKey(caller: CallerIdentity, keyId: string): boolean {

@@ -257,8 +257,12 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
       // Shape first (INVALID_ARGUMENT says what is wrong), then the policy, then the key.
       o.signing.validate(input);
       describePayload(ctx.record, input.payload, input.digest, input.hashAlgorithm);
-      o.access.authorize(ctx, "Sign", req.keyId);
-      const r = await o.signing.signWith(await o.signing.resolve(input), input);
+      const decision = o.access.authorize(ctx, "Sign", req.keyId);
+      const key = await o.signing.resolve(input);
+      if (!key.current && !decision.allowOldVersions) {
+        throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may sign only with the current version of key "${key.keyId}", not version ${key.version} (the policy rule must set allowOldVersions)`);
+      }
+      const r = await o.signing.signWith(key, input);
       ctx.record.keyVersion = r.key.version;
       return {
         keyId: r.key.keyId,
@@ -287,7 +291,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
       const keys = await o.signing.list();
       // Only keys that can sign (CA keys and keys without a complete chain are not offered),
       // and only those the caller may use.
-      return { keys: keys.filter((k) => !k.unusableReason && o.access.mayUseKey(ctx.caller, k.keyId)).map(keyInfo) };
+      return { keys: keys.filter((k) => !k.unusableReason && !k.disabledReason && o.access.mayUseKey(ctx.caller, k.keyId)).map(keyInfo) };
     }),
   });
 

@@ -6,14 +6,19 @@ export function grpcStatusOf(code: ErrorCode): status {
   switch (code) {
     case "INVALID_ARGUMENT":
     case "PAYLOAD_TOO_LARGE":
+    case "CHAIN_INVALID":
       return status.INVALID_ARGUMENT;
     case "KEY_NOT_FOUND":
       return status.NOT_FOUND;
     case "KEY_UNUSABLE":
+    case "FAILED_PRECONDITION":
       return status.FAILED_PRECONDITION;
+    case "ALREADY_EXISTS":
+      return status.ALREADY_EXISTS;
     case "UNAUTHENTICATED":
       return status.UNAUTHENTICATED;
     case "PERMISSION_DENIED":
+    case "KEY_DISABLED":
       return status.PERMISSION_DENIED;
     case "RATE_LIMITED":
     case "POOL_EXHAUSTED":

@@ -21,6 +21,10 @@ export interface KeyRecord {
   certificate: CertificateSummary | undefined;
   /** Why this key cannot sign artifacts (no certificate, incomplete chain, CA key...), if it cannot. */
   unusableReason: string | undefined;
+  /** Set when a custodian disabled the key or this version: signing is refused with this message. */
+  disabledReason: string | undefined;
+  /** True for the version that signs when the caller names none (the newest enabled, usable one). */
+  current: boolean;
 }
 
 /** The port the signing core needs from a key store (the HSM adapter provides one). */

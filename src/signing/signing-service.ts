@@ -71,6 +71,7 @@ export class SigningService {
     if (input.hashAlgorithm && input.hashAlgorithm !== key.info.hash) {
       throw new SignerError("INVALID_ARGUMENT", `hash_algorithm ${input.hashAlgorithm} does not fit key "${key.keyId}" (${key.spec} signs ${key.info.hash} digests)`);
     }
+    if (key.disabledReason) throw new SignerError("KEY_DISABLED", key.disabledReason);
     if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
     return key;
   }

@@ -1,0 +1,113 @@
+import { createHash } from "node:crypto";
+import { ObjectClass, type Session } from "graphene-pk11";
+import { translatePkcs11Error } from "./pkcs11-errors.js";
+
+/**
+ * Key versions and custodian state live on the token, beside the keys, so that every replica on
+ * the same token (and every restart) sees the same thing. Each key that hsm-signer manages has
+ * one private CKO_DATA object (CKA_APPLICATION "hsm-signer", CKA_LABEL "hsm-signer:key:<key id>")
+ * whose CKA_VALUE is a KeyState as JSON. An update creates the next generation and then destroys
+ * the older ones, so a reader always finds a complete state (the highest generation wins).
+ *
+ * "This version has signed" is a separate marker object per version (label
+ * "hsm-signer:signed:<CKA_ID hex>"), written once before the version's first signature, so that
+ * signers never rewrite the state object a custodian may be changing at the same moment.
+ */
+export const STATE_APPLICATION = "hsm-signer";
+const STATE_PREFIX = "hsm-signer:key:";
+const SIGNED_PREFIX = "hsm-signer:signed:";
+
+export interface Disabled {
+  at: string;
+  reason: string;
+}
+
+export interface VersionState {
+  version: number;
+  /** CKA_ID of the version's key pair and certificate, lowercase hex. */
+  id: string;
+  created?: string;
+  disabled?: Disabled;
+  /** Set when the key pair was destroyed (certificates may remain). */
+  destroyed?: string;
+}
+
+export interface KeyState {
+  schema: 1;
+  keyId: string;
+  generation: number;
+  disabled?: Disabled;
+  versions: VersionState[];
+}
+
+export interface TokenState {
+  keys: Map<string, KeyState>;
+  /** CKA_IDs (hex) of versions that have signed. */
+  signed: Set<string>;
+  /** Changes whenever any state or marker object changes (for change detection). */
+  fingerprint: string;
+}
+
+function dataObjects(session: Session): { handle: Buffer; label: string; value: Buffer }[] {
+  const found = session.find({ class: ObjectClass.DATA, application: STATE_APPLICATION });
+  const out: { handle: Buffer; label: string; value: Buffer }[] = [];
+  for (let i = 0; i < found.length; i++) {
+    const o = found.items(i);
+    const a = o.getAttribute({ label: null, value: null }) as { label?: string; value?: Buffer };
+    out.push({ handle: o.handle, label: a.label ?? "", value: a.value ?? Buffer.alloc(0) });
+  }
+  return out;
+}
+
+function parseState(value: Buffer): KeyState | undefined {
+  try {
+    const s = JSON.parse(value.toString("utf8")) as KeyState;
+    return s.schema === 1 && typeof s.keyId === "string" && Number.isInteger(s.generation) && Array.isArray(s.versions) ? s : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The newest state of each key; among equal generations the larger value wins, so every reader agrees. */
+export function readTokenState(session: Session): TokenState {
+  const keys = new Map<string, KeyState>();
+  const signed = new Set<string>();
+  const h = createHash("sha256");
+  for (const o of dataObjects(session)) {
+    h.update(o.label).update(o.value);
+    if (o.label.startsWith(SIGNED_PREFIX)) signed.add(o.label.slice(SIGNED_PREFIX.length));
+    if (!o.label.startsWith(STATE_PREFIX)) continue;
+    const s = parseState(o.value);
+    if (!s) continue;
+    const had = keys.get(s.keyId);
+    if (!had || s.generation > had.generation || (s.generation === had.generation && JSON.stringify(s) > JSON.stringify(had))) keys.set(s.keyId, s);
+  }
+  return { keys, signed, fingerprint: h.digest("hex") };
+}
+
+/** Writes the next generation of a key's state, then removes the older generations. */
+export function writeKeyState(session: Session, next: Omit<KeyState, "generation" | "schema">): KeyState {
+  const label = STATE_PREFIX + next.keyId;
+  const old = dataObjects(session).filter((o) => o.label === label);
+  const generation = Math.max(0, ...old.map((o) => parseState(o.value)?.generation ?? 0)) + 1;
+  const state: KeyState = { schema: 1, keyId: next.keyId, generation, ...(next.disabled ? { disabled: next.disabled } : {}), versions: next.versions };
+  try {
+    session.create({ class: ObjectClass.DATA, token: true, private: true, modifiable: false, application: STATE_APPLICATION, label, value: Buffer.from(JSON.stringify(state)) });
+    for (const o of old) session.getObject(o.handle)?.destroy();
+  } catch (e) {
+    throw translatePkcs11Error(e, `saving the state of key "${next.keyId}" on the token`);
+  }
+  return state;
+}
+
+/** Records on the token that a version (by CKA_ID) has signed; idempotent. */
+export function markSigned(session: Session, idHex: string, keyId: string, version: number): void {
+  const label = SIGNED_PREFIX + idHex;
+  if (session.find({ class: ObjectClass.DATA, application: STATE_APPLICATION, label }).length > 0) return;
+  try {
+    const value = Buffer.from(JSON.stringify({ keyId, version, first: new Date().toISOString() }));
+    session.create({ class: ObjectClass.DATA, token: true, private: true, modifiable: false, application: STATE_APPLICATION, label, value });
+  } catch (e) {
+    throw translatePkcs11Error(e, `recording the first signature of key "${keyId}" version ${version}`);
+  }
+}
