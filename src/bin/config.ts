@@ -20,6 +20,8 @@ export interface Config {
   audit: { dir: string; maxFileBytes: number; fsync: boolean };
   /** The HTTP listener for /metrics, /healthz and /readyz; none when unset. */
   metrics: { listen: string | undefined };
+  /** The KeyAdmin listener (mTLS only); none when unset. */
+  admin: { listen: string | undefined; certFile?: string; keyFile?: string; clientCaFile?: string };
 }
 
 export interface JwtIssuerConfig {
@@ -165,7 +167,20 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const metricsSection = section("metrics");
   const metricsListen = str(metricsSection, "listen", "metrics", "HSM_SIGNER_METRICS_LISTEN");
   if (metricsListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(metricsListen)) problems.push(`metrics.listen: "${metricsListen}" is not host:port`);
-  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics"]);
+  const adminSection = section("admin");
+  const adminListen = str(adminSection, "listen", "admin", "HSM_SIGNER_ADMIN_LISTEN");
+  const adminCertFile = path(adminSection, "certFile", "admin") ?? certFile;
+  const adminKeyFile = path(adminSection, "keyFile", "admin") ?? keyFile;
+  const adminClientCaFile = path(adminSection, "clientCaFile", "admin") ?? clientCaFile;
+  if (adminListen !== undefined) {
+    if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(adminListen)) problems.push(`admin.listen: "${adminListen}" is not host:port`);
+    if (!adminCertFile || !adminKeyFile) problems.push("admin.certFile and admin.keyFile (or tls.certFile and tls.keyFile): required, KeyAdmin is TLS only");
+    if (!adminClientCaFile) problems.push("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
+    for (const [k, p] of [["admin.certFile", adminCertFile], ["admin.keyFile", adminKeyFile], ["admin.clientCaFile", adminClientCaFile]] as const) {
+      if (p && !canRead(p)) problems.push(`${k}: cannot read ${p}`);
+    }
+  }
+  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics", "admin"]);
   for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
@@ -180,7 +195,17 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     policy: { file: policyFile as string },
     audit: { dir: auditDir as string, maxFileBytes, fsync },
     metrics: { listen: metricsListen },
+    admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },
   });
+}
+
+function canRead(p: string): boolean {
+  try {
+    readFileSync(p);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The user PIN, from hsm.pinFile or the environment variable hsm.pinEnv; never from argv. */

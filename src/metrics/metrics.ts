@@ -11,8 +11,14 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom
 import { ERROR_CODES } from "../errors/index.js";
 import { KEY_SPECS } from "../signing/key-spec.js";
 
-/** The RPCs of hsm_signer.v1.Signer; any other method name is counted as "other". */
-export const RPC_METHODS = ["Sign", "GetCertificateChain", "DescribeKey", "ListKeys"] as const;
+/** The RPCs of hsm_signer.v1.Signer and KeyAdmin; any other method name is counted as "other". */
+export const RPC_METHODS = [
+  "Sign",
+  "GetCertificateChain",
+  "DescribeKey",
+  "ListKeys",
+  ...["ListSlots", "GenerateKey", "RotateKey", "CreateCsr", "ImportCertificateChain", "CreateTestChain", "SetKeyState", "DestroyKeyVersion", "GetInventory", "GetCertificateChain"].map((m) => `KeyAdmin.${m}`),
+] as const;
 
 /** Label value for anything outside a label's bounded set. */
 export const OTHER = "other";

@@ -3,7 +3,7 @@ import type * as grpc from "@grpc/grpc-js";
 import type { Authenticator, CallerIdentity, PolicyDecision, PolicyStore, RateLimiter } from "../auth/index.js";
 import { checkPeerChain } from "../client/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
-import type { CallContext } from "./signer-server.js";
+import type { CallContext } from "./grpc-common.js";
 
 export interface AccessControlOptions {
   authenticator: Authenticator;
@@ -56,6 +56,13 @@ export class AccessControl {
       throw new SignerError("RATE_LIMITED", `${ctx.caller.id} is over its rate limit${keyId ? ` for key "${keyId}"` : ""}; retry in ${r.retryAfterMs} ms`, { retryAfterMs: r.retryAfterMs });
     }
     return d;
+  }
+
+  /** KeyAdmin: only a custodian of the policy, identified by its client certificate (never a token). */
+  authorizeCustodian(ctx: CallContext, method: string): void {
+    const allowed = ctx.caller.kind === "mtls" && this.o.policy.current.isCustodian(ctx.caller);
+    ctx.record.decision = allowed ? "allow" : "deny";
+    if (!allowed) throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may not call KeyAdmin.${method}: only custodians named in the policy, identified by their client certificate, may administer keys`);
   }
 
   mayUseKey(caller: CallerIdentity, keyId: string): boolean {

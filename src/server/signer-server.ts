@@ -1,41 +1,21 @@
-import { createHash, randomBytes } from "node:crypto";
-import { performance } from "node:perf_hooks";
+import { createHash } from "node:crypto";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { experimental } from "@grpc/grpc-js";
-import { parseNotaryPayload, type AuditReceipt, type AuditRecordInput } from "../audit/index.js";
-import type { CallerIdentity } from "../auth/index.js";
-import type { AccessControl } from "./access-control.js";
-import { StaticCertificateProvider } from "./static-certificate-provider.js";
 import * as protoLoader from "@grpc/proto-loader";
-import { SignerError, toSignerError } from "../errors/index.js";
+import { parseNotaryPayload, type AuditRecordInput } from "../audit/index.js";
+import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
 import { validateKeyId, type SigningService } from "../signing/signing-service.js";
-import { grpcStatusOf } from "./status.js";
+import type { AccessControl } from "./access-control.js";
+import { bindServer, isLoopbackAddress, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+
+export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
 export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto");
-/** Longest a request may take when the caller sets no deadline (or a longer one). */
-export const DEFAULT_MAX_DEADLINE_MS = 60_000;
 /** gRPC's own receive limit sits above the payload limit so that an oversized payload gets a clear INVALID_ARGUMENT. */
 const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
-
-/** What the server needs of the audit: a durable append that yields a receipt. */
-export interface AuditSink {
-  append(record: AuditRecordInput): Promise<AuditReceipt>;
-}
-
-export type TlsOptions =
-  | {
-      insecure: false;
-      cert: Buffer;
-      key: Buffer;
-      clientCa?: Buffer | undefined;
-      /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
-      requireClientCertificate?: boolean;
-    }
-  | { insecure: true };
 
 export interface SignerServerOptions {
   /** host:port; port 0 picks a free port. */
@@ -57,18 +37,6 @@ export interface SignerServerOptions {
 /** How often a grpc.health.v1 Watch stream looks for a change of status. */
 const HEALTH_WATCH_INTERVAL_MS = 1000;
 
-export interface RunningServer {
-  port: number;
-  server: grpc.Server;
-  /** Stops accepting, waits for in-flight calls up to graceMs, then cancels the rest. */
-  close(graceMs?: number): Promise<void>;
-}
-
-export function isLoopbackAddress(listen: string): boolean {
-  const host = listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
-  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
-
 export function loadSignerProto(): grpc.GrpcObject {
   const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1/signer.proto"), {
     keepCase: false,
@@ -80,7 +48,7 @@ export function loadSignerProto(): grpc.GrpcObject {
   return grpc.loadPackageDefinition(def);
 }
 
-function serviceOf(pkg: grpc.GrpcObject, name: string): grpc.ServiceDefinition {
+export function serviceOf(pkg: grpc.GrpcObject, name: string): grpc.ServiceDefinition {
   const v1 = (pkg.hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
   return (v1[name] as grpc.ServiceClientConstructor).service;
 }
@@ -100,19 +68,6 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
   };
 }
 
-/** Request ids: a random per-process prefix and a counter; unique across replicas without a syscall per request. */
-const REQUEST_ID_PREFIX = randomBytes(4).toString("hex");
-let requestCounter = 0;
-const round = (ms: number): number => Math.round(ms * 1000) / 1000;
-
-export interface CallContext {
-  requestId: string;
-  deadline: number;
-  caller: CallerIdentity;
-  /** The audit record of this call; handlers add what they learn (key, payload, decision). */
-  record: AuditRecordInput;
-}
-
 /** What the audit records of a Sign payload: its digest and, for a Notary signing input, the artifact. */
 function describePayload(record: AuditRecordInput, payload: Buffer | undefined, digest: Buffer | undefined, hash: string | undefined): void {
   if (payload) {
@@ -126,21 +81,8 @@ function describePayload(record: AuditRecordInput, payload: Buffer | undefined, 
   }
 }
 
-/**
- * TLS with an optional client CA. When client certificates are optional (bearer tokens are
- * accepted too), TLS only requests one and access-control.ts verifies it against the CA.
- */
-function serverCredentials(tls: TlsOptions): grpc.ServerCredentials {
-  if (tls.insecure) return grpc.ServerCredentials.createInsecure();
-  const pair = [{ private_key: tls.key, cert_chain: tls.cert }];
-  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, pair, false);
-  if (tls.requireClientCertificate !== false) return grpc.ServerCredentials.createSsl(tls.clientCa, pair, true);
-  const provider = new StaticCertificateProvider(tls.cert, tls.key, tls.clientCa);
-  return experimental.createCertificateProviderServerCredentials(provider, provider, false);
-}
-
 /** grpc.health.v1: "" and hsm_signer.v1.Signer are SERVING while ready() says so. */
-function addHealthService(server: grpc.Server, ready: () => boolean): void {
+export function addHealthService(server: grpc.Server, ready: () => boolean): void {
   const def = protoLoader.loadSync(resolve(PROTO_DIR, "grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
   const health = ((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject;
   const known = new Set(["", "hsm_signer.v1.Signer"]);
@@ -165,11 +107,6 @@ function addHealthService(server: grpc.Server, ready: () => boolean): void {
   });
 }
 
-function newRequestId(): string {
-  requestCounter = (requestCounter + 1) % 0x100000000;
-  return REQUEST_ID_PREFIX + requestCounter.toString(16).padStart(8, "0");
-}
-
 interface SignRequestMsg {
   keyId: string;
   payload?: Buffer;
@@ -185,62 +122,9 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   if (o.tls.insecure && !isLoopbackAddress(o.listen)) {
     throw new SignerError("CONFIG_INVALID", `plaintext (tls.insecure) is only allowed on a loopback address, not ${o.listen}`);
   }
-  const maxDeadline = o.maxDeadlineMs ?? DEFAULT_MAX_DEADLINE_MS;
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
   const pkg = loadSignerProto();
-
-  const deadlineOf = (call: grpc.ServerUnaryCall<unknown, unknown>): number => {
-    const d = call.getDeadline();
-    const t = d instanceof Date ? d.getTime() : d;
-    return Math.min(Number.isFinite(t) ? t : Infinity, Date.now() + maxDeadline);
-  };
-
-  const loopbackListener = isLoopbackAddress(o.listen);
-
-  /**
-   * Wraps a handler: request id, deadline, caller identity, the audit record (written, and
-   * fsynced, before any answer leaves), error mapping (once, here), logging.
-   */
-  const unary = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
-    (call, callback) => {
-      const requestId = newRequestId();
-      const started = performance.now();
-      const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
-      const record: AuditRecordInput = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
-      const fail = async (err: unknown): Promise<void> => {
-        let e = toSignerError(err);
-        record.result = e.code;
-        record.latencyMs = round(performance.now() - started);
-        try {
-          await o.audit.append(record);
-        } catch (auditError) {
-          e = toSignerError(auditError);
-        }
-        const code = grpcStatusOf(e.code);
-        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, record.keyId);
-        if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
-        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
-        const md = new grpc.Metadata();
-        md.set("request-id", requestId);
-        if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
-        callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
-      };
-      const run = async (): Promise<void> => {
-        const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
-        record.identity = caller.id;
-        const res = await fn(call.request, { requestId, deadline, caller, record });
-        if (Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
-        record.result = "OK";
-        record.latencyMs = round(performance.now() - started);
-        const receipt = await o.audit.append(record);
-        if ("signature" in res) Object.assign(res, { receipt });
-        if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
-        o.onRequest?.(method, "OK", (performance.now() - started) / 1000, record.keyId);
-        callback(null, res);
-      };
-      run().catch(fail).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
-    };
-
+  const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
   server.addService(serviceOf(pkg, "Signer"), {
     Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
       ctx.record.keyId = req.keyId;
@@ -296,25 +180,5 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   });
 
   addHealthService(server, o.ready ?? (() => true));
-
-  const creds = serverCredentials(o.tls);
-  const port = await new Promise<number>((res, rej) => {
-    server.bindAsync(o.listen, creds, (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${o.listen}: ${err.message}`, { cause: err })) : res(p)));
-  });
-  return {
-    port,
-    server,
-    close(graceMs = 10_000) {
-      return new Promise<void>((res) => {
-        const timer = setTimeout(() => {
-          server.forceShutdown();
-          res();
-        }, graceMs);
-        server.tryShutdown(() => {
-          clearTimeout(timer);
-          res();
-        });
-      });
-    },
-  };
+  return bindServer(server, o.listen, o.tls);
 }

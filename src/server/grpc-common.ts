@@ -1,0 +1,165 @@
+import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
+import * as grpc from "@grpc/grpc-js";
+import { experimental } from "@grpc/grpc-js";
+import type { AuditReceipt, AuditRecordInput } from "../audit/index.js";
+import type { CallerIdentity } from "../auth/index.js";
+import { SignerError, toSignerError } from "../errors/index.js";
+import type { Logger } from "../log/index.js";
+import type { AccessControl } from "./access-control.js";
+import { StaticCertificateProvider } from "./static-certificate-provider.js";
+import { grpcStatusOf } from "./status.js";
+
+/** Longest a request may take when the caller sets no deadline (or a longer one). */
+export const DEFAULT_MAX_DEADLINE_MS = 60_000;
+
+/** What the server needs of the audit: a durable append that yields a receipt. */
+export interface AuditSink {
+  append(record: AuditRecordInput): Promise<AuditReceipt>;
+}
+
+export type TlsOptions =
+  | {
+      insecure: false;
+      cert: Buffer;
+      key: Buffer;
+      clientCa?: Buffer | undefined;
+      /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
+      requireClientCertificate?: boolean;
+    }
+  | { insecure: true };
+
+export interface RunningServer {
+  port: number;
+  server: grpc.Server;
+  /** Stops accepting, waits for in-flight calls up to graceMs, then cancels the rest. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export function isLoopbackAddress(listen: string): boolean {
+  const host = listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** Request ids: a random per-process prefix and a counter; unique across replicas without a syscall per request. */
+const REQUEST_ID_PREFIX = randomBytes(4).toString("hex");
+let requestCounter = 0;
+const round = (ms: number): number => Math.round(ms * 1000) / 1000;
+
+export interface CallContext {
+  requestId: string;
+  deadline: number;
+  caller: CallerIdentity;
+  /** The audit record of this call; handlers add what they learn (key, payload, decision). */
+  record: AuditRecordInput;
+}
+
+/**
+ * TLS with an optional client CA. When client certificates are optional (bearer tokens are
+ * accepted too), TLS only requests one and access-control.ts verifies it against the CA.
+ */
+function serverCredentials(tls: TlsOptions): grpc.ServerCredentials {
+  if (tls.insecure) return grpc.ServerCredentials.createInsecure();
+  const pair = [{ private_key: tls.key, cert_chain: tls.cert }];
+  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, pair, false);
+  if (tls.requireClientCertificate !== false) return grpc.ServerCredentials.createSsl(tls.clientCa, pair, true);
+  const provider = new StaticCertificateProvider(tls.cert, tls.key, tls.clientCa);
+  return experimental.createCertificateProviderServerCredentials(provider, provider, false);
+}
+
+function newRequestId(): string {
+  requestCounter = (requestCounter + 1) % 0x100000000;
+  return REQUEST_ID_PREFIX + requestCounter.toString(16).padStart(8, "0");
+}
+
+export interface UnaryOptions {
+  logger: Logger;
+  access: AccessControl;
+  audit: AuditSink;
+  /** host:port of the listener (anonymous callers are possible only on loopback). */
+  listen: string;
+  maxDeadlineMs?: number;
+  /** Called once per answered call, for metrics. */
+  onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
+  /** Whether the policy may let anonymous loopback callers in on this listener (default true; never for KeyAdmin). */
+  allowAnonymous?: boolean;
+}
+
+export type UnaryHandler = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
+
+/**
+ * The one wrapper every RPC goes through: request id, deadline, caller identity, the audit record
+ * (written, and fsynced, before any answer leaves), error mapping (once, here), logging.
+ */
+export function unaryHandler(o: UnaryOptions): UnaryHandler {
+  const maxDeadline = o.maxDeadlineMs ?? DEFAULT_MAX_DEADLINE_MS;
+  const loopbackListener = o.allowAnonymous !== false && isLoopbackAddress(o.listen);
+  const deadlineOf = (call: grpc.ServerUnaryCall<unknown, unknown>): number => {
+    const d = call.getDeadline();
+    const t = d instanceof Date ? d.getTime() : d;
+    return Math.min(Number.isFinite(t) ? t : Infinity, Date.now() + maxDeadline);
+  };
+  return <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) => {
+      const requestId = newRequestId();
+      const started = performance.now();
+      const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
+      const record: AuditRecordInput = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
+      const fail = async (err: unknown): Promise<void> => {
+        let e = toSignerError(err);
+        record.result = e.code;
+        record.latencyMs = round(performance.now() - started);
+        try {
+          await o.audit.append(record);
+        } catch (auditError) {
+          e = toSignerError(auditError);
+        }
+        const code = grpcStatusOf(e.code);
+        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, record.keyId);
+        if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
+        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
+        const md = new grpc.Metadata();
+        md.set("request-id", requestId);
+        if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
+        callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
+      };
+      const run = async (): Promise<void> => {
+        const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
+        record.identity = caller.id;
+        const res = await fn(call.request, { requestId, deadline, caller, record });
+        if (Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
+        record.result = "OK";
+        record.latencyMs = round(performance.now() - started);
+        const receipt = await o.audit.append(record);
+        if ("signature" in res) Object.assign(res, { receipt });
+        if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
+        o.onRequest?.(method, "OK", (performance.now() - started) / 1000, record.keyId);
+        callback(null, res);
+      };
+      run().catch(fail).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
+    };
+}
+
+/** Binds a server to host:port with the given TLS; close() stops accepting, waits up to graceMs, then cancels. */
+export async function bindServer(server: grpc.Server, listen: string, tls: TlsOptions): Promise<RunningServer> {
+  const creds = serverCredentials(tls);
+  const port = await new Promise<number>((res, rej) => {
+    server.bindAsync(listen, creds, (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p)));
+  });
+  return {
+    port,
+    server,
+    close(graceMs = 10_000) {
+      return new Promise<void>((res) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          res();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          res();
+        });
+      });
+    },
+  };
+}
