@@ -6,7 +6,8 @@ import { parseCaBundle } from "../client/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
 import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
-import { createTestChain, finalizeModule, initToken, listTokens, loadModule, openHsm } from "../hsm/index.js";
+import { createTestChain, finalizeModule, initToken, KeyCustody, listTokens, loadModule, openHsm } from "../hsm/index.js";
+import { startKeyAdminServer } from "../admin/key-admin-server.js";
 import { createLogger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
@@ -102,11 +103,25 @@ async function serve(configFile: string): Promise<void> {
   await refreshKeyMetrics();
   const keyMetricsTimer = setInterval(() => void refreshKeyMetrics().catch(() => undefined), KEY_METRICS_REFRESH_MS);
   keyMetricsTimer.unref();
+  const admin = config.admin.listen
+    ? await startKeyAdminServer({
+        listen: config.admin.listen,
+        tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
+        custody: new KeyCustody(hsm.pool, hsm.keys, hsm.slot),
+        keys: hsm.keys,
+        pool: hsm.pool,
+        access,
+        audit,
+        logger,
+        maxDeadlineMs: config.limits.maxDeadlineMs,
+        onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+      })
+    : undefined;
   const ops = config.metrics.listen
     ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
     : undefined;
   const keys = await hsm.keys.listKeys();
-  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
+  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, adminPort: admin?.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -114,8 +129,7 @@ async function serve(configFile: string): Promise<void> {
     logger.info("shutting down", { signal });
     // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
     clearInterval(keyMetricsTimer);
-    void server
-      .close()
+    void Promise.all([server.close(), admin?.close()])
       .then(() => ops?.close())
       .then(() => audit.close())
       .then(() => {

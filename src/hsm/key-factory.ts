@@ -18,10 +18,11 @@ export function privateKeyExists(session: Session, label: string): boolean {
 
 /**
  * Generates a key pair on the token. The private key is CKA_SENSITIVE and not CKA_EXTRACTABLE,
- * so it can never leave the HSM; it may only sign. A label that already exists is refused.
+ * so it can never leave the HSM; it may only sign. A label that already exists is refused unless
+ * the caller makes a new version of that key (key-custody.ts).
  */
-export function generateKeyPair(session: Session, label: string, spec: KeySpec): GeneratedKey {
-  if (privateKeyExists(session, label)) throw new SignerError("INVALID_ARGUMENT", `a key labelled "${label}" already exists on the token`);
+export function generateKeyPair(session: Session, label: string, spec: KeySpec, o: { allowExistingLabel?: boolean } = {}): GeneratedKey {
+  if (!o.allowExistingLabel && privateKeyExists(session, label)) throw new SignerError("ALREADY_EXISTS", `a key labelled "${label}" already exists on the token`);
   const info = keySpecInfo(spec);
   const id = randomBytes(16);
   const common = { token: true, label, id };

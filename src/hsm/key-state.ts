@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { ObjectClass, type Session } from "graphene-pk11";
+import type { KeySpec } from "../signing/key-spec.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 
 /**
@@ -26,6 +27,8 @@ export interface VersionState {
   version: number;
   /** CKA_ID of the version's key pair and certificate, lowercase hex. */
   id: string;
+  /** Kept so that a destroyed version whose certificate is gone still shows its key spec. */
+  spec?: KeySpec;
   created?: string;
   disabled?: Disabled;
   /** Set when the key pair was destroyed (certificates may remain). */

@@ -1,3 +1,4 @@
+import type { Slot } from "graphene-pk11";
 import { findSlot, loadModule, type TokenSelector } from "./hsm-token.js";
 import { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { SessionPool } from "./session-pool.js";
@@ -13,6 +14,8 @@ export interface HsmOptions extends TokenSelector {
 }
 
 export interface Hsm {
+  /** The slot of the token this service is logged in to. */
+  slot: Slot;
   pool: SessionPool;
   keys: Pkcs11KeyStore;
   /** Stops the signing threads and closes the sessions; C_Finalize only after it resolves. */
@@ -38,5 +41,5 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
     await close();
     throw e;
   }
-  return { pool, keys, close };
+  return { slot, pool, keys, close };
 }

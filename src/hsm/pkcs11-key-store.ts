@@ -272,16 +272,16 @@ export class Pkcs11KeyStore implements KeyStore {
       const idHex = s.id.toString("hex");
       const spki = publics.get(idHex);
       const ownCert = certs.find((c) => c.id.equals(s.id));
-      const spec = s.priv?.spec ?? (ownCert ? keySpecOfCertificate(ownCert.der) : undefined);
+      const spec = s.priv?.spec ?? s.vs?.spec ?? (ownCert ? keySpecOfCertificate(ownCert.der) : undefined);
       if (!spec) continue; // not a Notation key spec: not offered at all
       const record = this.recordFor(keyId, s.version, spec, s.id, spki, certs);
-      const destroyed = !s.priv;
+      const destroyed = !s.priv || s.vs?.destroyed !== undefined;
       if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
       else if (s.problem) record.unusableReason = s.problem;
       const disabled = s.vs?.disabled;
       if (state?.disabled) record.disabledReason = `key "${keyId}" is disabled by a custodian${state.disabled.reason ? `: ${state.disabled.reason}` : ""}`;
       else if (disabled) record.disabledReason = `version ${s.version} of key "${keyId}" is disabled by a custodian${disabled.reason ? `: ${disabled.reason}` : ""}`;
-      versions.push({ record, handle: s.priv?.handle, spki, idHex, state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled", created: s.vs?.created, disabled, hasSigned: signed.has(idHex) });
+      versions.push({ record, handle: destroyed ? undefined : s.priv?.handle, spki, idHex, state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled", created: s.vs?.created, disabled, hasSigned: signed.has(idHex) });
     }
     versions.sort((a, b) => a.record.version - b.record.version);
     const current = [...versions].reverse().find((v) => !v.record.unusableReason && !v.record.disabledReason);

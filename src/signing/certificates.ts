@@ -72,6 +72,19 @@ export function buildChain(leafDer: Buffer, pool: Buffer[]): { chain: Buffer[]; 
   return { chain, problem: "the certificate chain is longer than 10 certificates" };
 }
 
+/**
+ * The leaf subject as Go's pkix.Name.String() prints it (RDNs in reverse order, RFC 2253
+ * escaping): what notation compares with `x509.subject:` trusted identities.
+ */
+export function goSubjectString(der: Buffer): string {
+  const escape = (v: string): string => v.replace(/([,+"\\<>;])/g, "\\$1").replace(/^([ #])/, "\\$1").replace(/ $/, "\\ ");
+  const rdns = parseCertificate(der).subjectName.toJSON();
+  return rdns
+    .reverse()
+    .map((rdn) => Object.entries(rdn).flatMap(([type, values]) => values.map((v) => `${type}=${escape(v)}`)).join("+"))
+    .join(",");
+}
+
 function oneLine(dn: string): string {
   return dn.split("\n").join(", ");
 }

@@ -133,6 +133,39 @@ export async function createLeafCertificate(p: LeafParams): Promise<Buffer> {
   return Buffer.from(cert.rawData);
 }
 
+export interface CsrParams {
+  subject: string;
+  key: DigestSigningKey;
+}
+
+/**
+ * A PKCS#10 request signed by the HSM key, asking for what a code-signing CA should issue
+ * (notation-plugin-protocol.md §5.3): critical keyUsage digitalSignature, EKU codeSigning,
+ * critical basicConstraints CA:false.
+ */
+export async function createCsr(p: CsrParams): Promise<string> {
+  const crypto = remoteCrypto();
+  const info = keySpecInfo(p.key.spec);
+  const importAlg = info.kty === "EC" ? { name: "ECDSA", namedCurve: info.curve } : { name: "RSA-PSS", hash: info.hash };
+  const publicKey = await webcrypto.subtle.importKey("spki", p.key.spki, importAlg, true, ["verify"]);
+  const { signingKey, signingAlgorithm } = signingParams(p.key);
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create(
+    {
+      name: p.subject,
+      keys: { publicKey, privateKey: signingKey },
+      signingAlgorithm: signingAlgorithm as unknown as x509.Pkcs10CertificateRequestCreateParams["signingAlgorithm"],
+      extensions: [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.codeSigning], false),
+        await x509.SubjectKeyIdentifierExtension.create(publicKey, false, crypto),
+      ],
+    },
+    crypto,
+  );
+  return csr.toString("pem") + "\n";
+}
+
 export function toPem(der: Buffer): string {
   const b64 = der.toString("base64").replace(/(.{64})/g, "$1\n").replace(/\n$/, "");
   return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;

@@ -1,0 +1,168 @@
+import { resolve } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { SignerError } from "../errors/index.js";
+import { createTestChain, type KeyCustody, type KeyView, type Pkcs11KeyStore, type SessionPool, type VersionView } from "../hsm/index.js";
+import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
+import { validateKeyId } from "../signing/signing-service.js";
+import type { AccessControl } from "../server/access-control.js";
+import { bindServer, unaryHandler, type AuditSink, type CallContext, type RunningServer } from "../server/grpc-common.js";
+import { PROTO_DIR } from "../server/signer-server.js";
+import type { Logger } from "../log/index.js";
+import { goSubjectString, sha256Hex } from "../signing/certificates.js";
+
+export interface KeyAdminServerOptions {
+  /** host:port; port 0 picks a free port. */
+  listen: string;
+  /** mTLS only: every caller presents a certificate issued by clientCa. */
+  tls: { cert: Buffer; key: Buffer; clientCa: Buffer };
+  custody: KeyCustody;
+  keys: Pkcs11KeyStore;
+  pool: SessionPool;
+  access: AccessControl;
+  audit: AuditSink;
+  logger: Logger;
+  maxDeadlineMs?: number;
+  onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
+}
+
+export const DEFAULT_EXPIRY_WARNING_DAYS = 30;
+const DAY_MS = 86_400_000;
+
+function loadKeyAdminService(): grpc.ServiceDefinition {
+  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1/key_admin.proto"), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
+  const v1 = ((grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject).KeyAdmin as grpc.ServiceClientConstructor;
+  return v1.service;
+}
+
+function keySpec(v: string, field: string, optional = false): KeySpec | undefined {
+  if (!v && optional) return undefined;
+  if (!isKeySpec(v)) throw new SignerError("INVALID_ARGUMENT", `${field} "${v}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
+  return v;
+}
+
+function versionInfo(v: VersionView, warnDays: number, at: number): Record<string, unknown> {
+  const c = v.record.certificate;
+  const days = c ? Math.floor((c.notAfter.getTime() - at) / DAY_MS) : 0;
+  return {
+    version: v.record.version,
+    state: v.state,
+    keySpec: v.record.spec,
+    current: v.record.current,
+    objectId: v.idHex,
+    certificateSubject: c?.subject ?? "",
+    certificateIssuer: c?.issuer ?? "",
+    notBefore: c?.notBefore.toISOString() ?? "",
+    notAfter: c?.notAfter.toISOString() ?? "",
+    daysUntilExpiry: days,
+    expiringSoon: c !== undefined && c.notAfter.getTime() > at && days < warnDays,
+    expired: c !== undefined && c.notAfter.getTime() <= at,
+    chainLength: v.record.chain.length,
+    problem: v.record.unusableReason ?? "",
+    hasSigned: v.hasSigned,
+    created: v.created ?? "",
+    role: c ? (c.isCa ? "ca" : "signing") : "",
+    disabledReason: v.disabled?.reason ?? "",
+  };
+}
+
+export function inventoryKey(view: KeyView, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): Record<string, unknown> {
+  return {
+    keyId: view.keyId,
+    state: view.disabled ? "disabled" : "enabled",
+    currentVersion: view.current?.record.version ?? 0,
+    versions: view.versions.map((v) => versionInfo(v, warnDays, at)),
+    disabledReason: view.disabled?.reason ?? "",
+  };
+}
+
+/**
+ * hsm_signer.v1.KeyAdmin on its own mTLS listener. Only callers whose client certificate names a
+ * custodian of the policy get in; every call, allowed or not, is audited like a signing request.
+ */
+export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
+  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
+  const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    unary<Req, Res>(`KeyAdmin.${method}`, async (req, ctx) => {
+      const keyId = (req as { keyId?: unknown }).keyId;
+      if (typeof keyId === "string" && keyId) ctx.record.keyId = keyId;
+      const version = (req as { keyVersion?: unknown }).keyVersion;
+      if (typeof version === "number" && version) ctx.record.keyVersion = version;
+      o.access.authorizeCustodian(ctx, method);
+      return fn(req, ctx);
+    });
+  type KeyReq = { keyId: string; keyVersion: number };
+
+  server.addService(loadKeyAdminService(), {
+    ListSlots: admin("ListSlots", () => Promise.resolve({ slots: o.custody.listSlots() })),
+    GenerateKey: admin<{ tokenLabel: string; keyId: string; keySpec: string }, object>("GenerateKey", async (req, ctx) => {
+      const view = await o.custody.generateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec") as KeySpec, req.tokenLabel || undefined);
+      ctx.record.keyVersion = 1;
+      ctx.record.admin = { keySpec: req.keySpec };
+      return { key: inventoryKey(view), keyVersion: 1 };
+    }),
+    RotateKey: admin<{ keyId: string; keySpec: string }, object>("RotateKey", async (req, ctx) => {
+      const r = await o.custody.rotateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec", true));
+      ctx.record.keyVersion = r.version;
+      return { key: inventoryKey(r.view), keyVersion: r.version };
+    }),
+    CreateCsr: admin<KeyReq & { subject: string }, object>("CreateCsr", async (req, ctx) => {
+      if (!req.subject) throw new SignerError("INVALID_ARGUMENT", "subject is required, e.g. \"CN=release, O=Example, ST=WA, C=US\"");
+      const r = await o.custody.createCsr(validateKeyId(req.keyId), req.keyVersion, req.subject);
+      ctx.record.keyVersion = r.version;
+      ctx.record.admin = { subject: req.subject };
+      return { csrPem: r.pem, keyVersion: r.version };
+    }),
+    ImportCertificateChain: admin<KeyReq & { certificates: Buffer[]; strictOrder: boolean }, object>("ImportCertificateChain", async (req, ctx) => {
+      if (req.certificates.length === 0) throw new SignerError("INVALID_ARGUMENT", "certificates is empty: give the chain as PEM or DER");
+      const r = await o.custody.importChain(validateKeyId(req.keyId), req.keyVersion, req.certificates, req.strictOrder);
+      ctx.record.keyVersion = r.version;
+      ctx.record.admin = { chainSha256: r.chain.map((c) => sha256Hex(c)), stored: r.stored };
+      return { keyId: req.keyId, keyVersion: r.version, certificateChain: r.chain, stored: r.stored };
+    }),
+    CreateTestChain: admin<{ keyId: string; keySpec: string; rootKeyId: string; rootKeySpec: string; organization: string; state: string; country: string; validityDays: number }, object>("CreateTestChain", async (req, ctx) => {
+      const days = req.validityDays || undefined;
+      if (days !== undefined && days > 3650) throw new SignerError("INVALID_ARGUMENT", "validity_days must be at most 3650");
+      const r = await createTestChain(o.pool, o.keys, {
+        keyId: validateKeyId(req.keyId),
+        keySpec: keySpec(req.keySpec, "key_spec") as KeySpec,
+        rootKeyId: req.rootKeyId ? validateKeyId(req.rootKeyId) : undefined,
+        rootKeySpec: keySpec(req.rootKeySpec, "root_key_spec", true),
+        organization: req.organization || undefined,
+        state: req.state || undefined,
+        country: req.country || undefined,
+        validityDays: days,
+      });
+      const key = await o.keys.getKey(req.keyId);
+      ctx.record.keyVersion = key.version;
+      const created = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
+      ctx.record.admin = { created };
+      return { certificateChain: r.chain, created, keyVersion: key.version };
+    }),
+    SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>("SetKeyState", async (req, ctx) => {
+      const view = await o.custody.setState(validateKeyId(req.keyId), req.keyVersion, req.enabled, req.reason);
+      ctx.record.admin = { enabled: req.enabled, reason: req.reason };
+      return { key: inventoryKey(view), keyVersion: req.keyVersion };
+    }),
+    DestroyKeyVersion: admin<KeyReq & { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }, object>("DestroyKeyVersion", async (req, ctx) => {
+      if (!req.keyVersion) throw new SignerError("INVALID_ARGUMENT", "key_version is required: versions are destroyed one at a time");
+      const r = await o.custody.destroyVersion(validateKeyId(req.keyId), req.keyVersion, { confirm: req.confirm, destroyCertificate: req.destroyCertificate, acknowledgeSigned: req.acknowledgeSigned });
+      ctx.record.admin = { destroyed: r.destroyed, acknowledgeSigned: req.acknowledgeSigned };
+      return { key: inventoryKey(r.view), destroyed: r.destroyed };
+    }),
+    GetInventory: admin<{ keyId: string; expiryWarningDays: number }, object>("GetInventory", async (req) => {
+      if (req.keyId) await o.keys.refreshIfChanged();
+      const views = req.keyId ? [await o.keys.view(validateKeyId(req.keyId))] : o.keys.inventory();
+      const warn = req.expiryWarningDays || DEFAULT_EXPIRY_WARNING_DAYS;
+      return { keys: views.map((v) => inventoryKey(v, warn)) };
+    }),
+    GetCertificateChain: admin<KeyReq, object>("GetCertificateChain", async (req, ctx) => {
+      const key = await o.keys.getKey(validateKeyId(req.keyId), req.keyVersion || undefined);
+      if (key.chain.length === 0) throw new SignerError("KEY_UNUSABLE", key.unusableReason ?? `key "${req.keyId}" has no certificate`);
+      ctx.record.keyVersion = key.version;
+      return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
+    }),
+  });
+  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true });
+}

@@ -1,0 +1,319 @@
+import { ObjectClass, type Module, type Session, type Slot } from "graphene-pk11";
+import { SignerError } from "../errors/index.js";
+import { checkCodeSigningChain, formatChainProblems, orderChain, parseCertificateBundle } from "../signing/chain-rules.js";
+import { spkiOfCertificate } from "../signing/certificates.js";
+import type { KeySpec } from "../signing/key-spec.js";
+import { createCsr, type DigestSigningKey } from "../signing/x509-builder.js";
+import { generateKeyPair, storeCertificate } from "./key-factory.js";
+import { writeKeyState, type KeyState, type VersionState } from "./key-state.js";
+import type { KeyView, Pkcs11KeyStore, VersionView } from "./pkcs11-key-store.js";
+import { translatePkcs11Error } from "./pkcs11-errors.js";
+import type { SessionPool } from "./session-pool.js";
+
+export interface TokenDetails {
+  label: string;
+  serialNumber: string;
+  manufacturer: string;
+  model: string;
+  flags: string[];
+  mechanisms: string[];
+  freePublicMemory: number;
+  totalPublicMemory: number;
+  freePrivateMemory: number;
+  totalPrivateMemory: number;
+  managed: boolean;
+}
+
+export interface SlotDetails {
+  slotId: string;
+  description: string;
+  manufacturer: string;
+  tokenPresent: boolean;
+  token: TokenDetails | undefined;
+}
+
+const TOKEN_FLAGS: [number, string][] = [
+  [0x1, "RNG"],
+  [0x2, "WRITE_PROTECTED"],
+  [0x4, "LOGIN_REQUIRED"],
+  [0x8, "USER_PIN_INITIALIZED"],
+  [0x20, "RESTORE_KEY_NOT_NEEDED"],
+  [0x40, "CLOCK_ON_TOKEN"],
+  [0x100, "PROTECTED_AUTHENTICATION_PATH"],
+  [0x200, "DUAL_CRYPTO_OPERATIONS"],
+  [0x400, "TOKEN_INITIALIZED"],
+  [0x10000, "USER_PIN_COUNT_LOW"],
+  [0x20000, "USER_PIN_FINAL_TRY"],
+  [0x40000, "USER_PIN_LOCKED"],
+  [0x80000, "USER_PIN_TO_BE_CHANGED"],
+  [0x1000000, "ERROR_STATE"],
+];
+
+/** The mechanisms hsm-signer uses to generate keys and sign. */
+const RELEVANT_MECHANISMS = new Set(["RSA_PKCS_KEY_PAIR_GEN", "EC_KEY_PAIR_GEN", "RSA_PKCS_PSS", "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS", "ECDSA", "ECDSA_SHA256", "ECDSA_SHA384", "ECDSA_SHA512"]);
+
+/** CK_UNAVAILABLE_INFORMATION and CK_EFFECTIVELY_INFINITE come through as huge or negative numbers. */
+const memory = (n: number): number => (Number.isSafeInteger(n) && n >= 0 ? n : -1);
+
+const now = (): string => new Date().toISOString();
+
+/** DN attributes a code-signing leaf needs so that notation trust policies can name it (protocol §5.4). */
+function checkSubject(subject: string): void {
+  const types = subject.split(/(?<!\\),/).map((p) => p.trim().split("=")[0]?.trim().toUpperCase() ?? "");
+  const missing = ["C", "ST", "O"].filter((t) => !types.includes(t) && !(t === "ST" && types.includes("S")));
+  if (missing.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" lacks ${missing.join(", ")}: notation trust policies need C, ST and O in the leaf subject`);
+}
+
+/**
+ * What key custodians do to the token: generate and rotate key pairs, disable, enable and
+ * destroy versions, make CSRs and store certificate chains. Changes are serialized within the
+ * process; state objects carry generations, so replicas on the same token converge (key-state.ts).
+ * Every change rescans the key store, so this replica sees it at once and others within a poll.
+ */
+export class KeyCustody {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly pool: SessionPool,
+    private readonly keys: Pkcs11KeyStore,
+    private readonly slot: Slot,
+  ) {}
+
+  /** Runs one change at a time; the key store is rescanned after each (failed ones too). */
+  private change<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn).finally(() => this.keys.refresh());
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The key as the token holds it right after a change. */
+  private async fresh(keyId: string): Promise<KeyView> {
+    await this.keys.refresh();
+    return this.keys.view(keyId);
+  }
+
+  listSlots(): SlotDetails[] {
+    const mod: Module = this.slot.module;
+    const slots = mod.getSlots(false);
+    const managedId = this.slot.handle.toString("hex");
+    const out: SlotDetails[] = [];
+    for (let i = 0; i < slots.length; i++) {
+      const s = slots.items(i);
+      const present = (s.flags & 0x1) !== 0;
+      out.push({ slotId: s.handle.readBigUInt64LE(0).toString(), description: s.slotDescription.trim(), manufacturer: s.manufacturerID.trim(), tokenPresent: present, token: present ? this.tokenDetails(s, s.handle.toString("hex") === managedId) : undefined });
+    }
+    return out;
+  }
+
+  private tokenDetails(s: Slot, managed: boolean): TokenDetails {
+    const t = s.getToken();
+    const mechs = s.getMechanisms();
+    const mechanisms: string[] = [];
+    for (let i = 0; i < mechs.length; i++) {
+      const name = mechs.items(i).name;
+      if (RELEVANT_MECHANISMS.has(name)) mechanisms.push(name);
+    }
+    return {
+      label: t.label.trim(),
+      serialNumber: t.serialNumber.trim(),
+      manufacturer: t.manufacturerID.trim(),
+      model: t.model.trim(),
+      flags: TOKEN_FLAGS.filter(([bit]) => (t.flags & bit) !== 0).map(([, name]) => name),
+      mechanisms: mechanisms.sort(),
+      freePublicMemory: memory(t.freePublicMemory),
+      totalPublicMemory: memory(t.totalPublicMemory),
+      freePrivateMemory: memory(t.freePrivateMemory),
+      totalPrivateMemory: memory(t.totalPrivateMemory),
+      managed,
+    };
+  }
+
+  private managedLabel(): string {
+    return this.slot.getToken().label.trim();
+  }
+
+  /** A new key id with version 1. */
+  generateKey(keyId: string, spec: KeySpec, tokenLabel?: string): Promise<KeyView> {
+    if (tokenLabel && tokenLabel !== this.managedLabel()) {
+      throw new SignerError("FAILED_PRECONDITION", `this service is logged in to token "${this.managedLabel()}" only; run a service for token "${tokenLabel}" to manage its keys`);
+    }
+    return this.change(async () => {
+      if (await this.existing(keyId)) throw new SignerError("ALREADY_EXISTS", `key "${keyId}" already exists on the token; rotate it to make a new version, or choose another key id`);
+      await this.pool.use((s) => this.newVersion(s, keyId, spec, { keyId, versions: [] }));
+      return this.fresh(keyId);
+    });
+  }
+
+  /** A new version under an existing key id; signing moves to it once it has a usable chain. */
+  rotateKey(keyId: string, spec?: KeySpec): Promise<{ view: KeyView; version: number }> {
+    return this.change(async () => {
+      const view = await this.keys.view(keyId);
+      const base = stateOf(view);
+      const newest = view.versions[view.versions.length - 1];
+      const version = await this.pool.use((s) => this.newVersion(s, keyId, spec ?? (newest?.record.spec as KeySpec), base));
+      return { view: await this.fresh(keyId), version };
+    });
+  }
+
+  /** Generates the key pair and records it as the next version; the key pair is removed again if the state cannot be saved. */
+  private newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">): number {
+    const version = Math.max(0, ...base.versions.map((v) => v.version)) + 1;
+    const generated = generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
+    const entry: VersionState = { version, id: generated.id.toString("hex"), spec, created: now() };
+    try {
+      writeKeyState(s, { ...base, versions: [...base.versions, entry] });
+    } catch (e) {
+      destroyObjects(s, generated.id, [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
+      throw e;
+    }
+    return version;
+  }
+
+  private async existing(keyId: string): Promise<KeyView | undefined> {
+    try {
+      return await this.keys.view(keyId);
+    } catch (e) {
+      if ((e as SignerError).code === "KEY_NOT_FOUND") return undefined;
+      throw e;
+    }
+  }
+
+  /** Disables or enables the whole key (version 0) or one version. */
+  setState(keyId: string, version: number, enabled: boolean, reason: string): Promise<KeyView> {
+    return this.change(async () => {
+      const view = await this.keys.view(keyId);
+      const state = stateOf(view);
+      const disabled = enabled ? undefined : { at: now(), reason };
+      if (version === 0) {
+        state.disabled = disabled;
+      } else {
+        const v = state.versions.find((x) => x.version === version);
+        if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
+        if (v.destroyed) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" was destroyed`);
+        v.disabled = disabled;
+      }
+      await this.pool.use((s) => writeKeyState(s, state));
+      return this.fresh(keyId);
+    });
+  }
+
+  /** Destroys a disabled version's key pair (and, when asked, its leaf certificate). */
+  destroyVersion(keyId: string, version: number, o: { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }): Promise<{ view: KeyView; destroyed: string[] }> {
+    const expected = `${keyId}@v${version}`;
+    if (o.confirm !== expected) throw new SignerError("INVALID_ARGUMENT", `destroying a key version cannot be undone: confirm with exactly "${expected}"`);
+    return this.change(async () => {
+      const view = await this.keys.view(keyId);
+      const v = view.versions.find((x) => x.record.version === version);
+      if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
+      if (v.state === "enabled" && !view.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
+      if (v.state === "destroyed" && !o.destroyCertificate) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
+      if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
+        throw new SignerError(
+          "FAILED_PRECONDITION",
+          `version ${version} of key "${keyId}" has signed; its certificate is the last record on the token that verifies those signatures. Keep the certificate (omit destroy_certificate), or acknowledge with acknowledge_signed`,
+        );
+      }
+      const state = stateOf(view);
+      const entry = state.versions.find((x) => x.version === version) as VersionState;
+      entry.destroyed ??= now();
+      const id = Buffer.from(v.idHex, "hex");
+      const destroyed = await this.pool.use((s) => {
+        writeKeyState(s, state);
+        return destroyObjects(s, id, o.destroyCertificate ? [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE] : [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
+      });
+      return { view: await this.fresh(keyId), destroyed };
+    });
+  }
+
+  /** A PKCS#10 request signed by the version's HSM key (default: the newest version). */
+  async createCsr(keyId: string, version: number, subject: string): Promise<{ pem: string; version: number }> {
+    checkSubject(subject);
+    const v = pick(await this.keys.view(keyId), version);
+    if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${keyId}" was destroyed`);
+    const pem = await createCsr({ subject, key: this.digestSigner(v) });
+    return { pem, version: v.record.version };
+  }
+
+  private digestSigner(v: VersionView): DigestSigningKey {
+    const spki = this.keys.publicKeySpki(v.record.keyId, v.record.version);
+    if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${v.record.keyId}" version ${v.record.version} has no public key on the token`);
+    return { spec: v.record.spec, spki, signDigest: (hash, digest) => this.keys.signInternal(v.record, hash, digest) };
+  }
+
+  /**
+   * Checks a chain for a key version and stores it: the leaf must hold the version's public key,
+   * the chain must pass every rule of notation-plugin-protocol.md §5; certificates already on the
+   * token are not stored twice.
+   */
+  importChain(keyId: string, version: number, inputs: Buffer[], strictOrder: boolean): Promise<{ version: number; chain: Buffer[]; stored: number }> {
+    return this.change(async () => {
+      const view = await this.keys.view(keyId);
+      const certs = parseCertificateBundle(inputs);
+      const publicKey = (v: VersionView): Buffer | undefined => this.keys.publicKeySpki(keyId, v.record.version);
+      const candidates = version ? [pick(view, version)] : view.versions.filter((v) => v.handle);
+      const target = candidates.find((v) => {
+        const spki = publicKey(v);
+        return spki !== undefined && certs.some((c) => spkiOfCertificate(c).equals(spki));
+      });
+      const which = version ? `key "${keyId}" version ${version}` : `any version of key "${keyId}"`;
+      if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\nno certificate holds the public key of ${which} (rule leaf-key-mismatch)`);
+      const spki = publicKey(target) as Buffer;
+      const ordered = strictOrder ? { chain: certs, problems: [] } : orderChain(certs, spki);
+      const problems = ordered.problems.length > 0 ? ordered.problems : checkCodeSigningChain(ordered.chain);
+      if (strictOrder && !spkiOfCertificate(certs[0] as Buffer).equals(spki)) {
+        problems.unshift({ index: 0, subject: "", rule: "leaf-key-mismatch", message: `certificate 0 does not hold the public key of ${which}: with strict order the leaf comes first` });
+      }
+      if (problems.length > 0) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(problems)}`);
+      const id = Buffer.from(target.idHex, "hex");
+      const stored = await this.pool.use((s) => storeChain(s, keyId, id, ordered.chain));
+      return { version: target.record.version, chain: ordered.chain, stored };
+    });
+  }
+}
+
+/** The key's state object, or the state it implicitly has (version 1 = its single key pair) before hsm-signer managed it. */
+function stateOf(view: KeyView): Omit<KeyState, "generation" | "schema"> {
+  if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });
+  return { keyId: view.keyId, versions: view.versions.map((v) => ({ version: v.record.version, id: v.idHex, spec: v.record.spec })) };
+}
+
+function pick(view: KeyView, version: number): VersionView {
+  const v = version ? view.versions.find((x) => x.record.version === version) : view.versions[view.versions.length - 1];
+  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${view.keyId}" has no version ${version}`);
+  return v;
+}
+
+/** Stores the leaf under the key's CKA_ID and each CA certificate not yet on the token under its own label. */
+function storeChain(s: Session, keyId: string, id: Buffer, chain: Buffer[]): number {
+  const present = new Set<string>();
+  const found = s.find({ class: ObjectClass.CERTIFICATE });
+  for (let i = 0; i < found.length; i++) {
+    const { value } = found.items(i).getAttribute({ value: null }) as { value?: Buffer };
+    if (value) present.add(value.toString("base64"));
+  }
+  let stored = 0;
+  chain.forEach((der, i) => {
+    if (present.has(der.toString("base64"))) return;
+    storeCertificate(s, i === 0 ? keyId : `${keyId}-ca-${i}`, i === 0 ? id : Buffer.alloc(0), der);
+    stored++;
+  });
+  return stored;
+}
+
+/** Destroys the objects of the given classes that carry this CKA_ID; returns what was destroyed. */
+function destroyObjects(s: Session, id: Buffer, classes: ObjectClass[]): string[] {
+  const names: Record<number, string> = { [ObjectClass.PRIVATE_KEY]: "private key", [ObjectClass.PUBLIC_KEY]: "public key", [ObjectClass.CERTIFICATE]: "certificate" };
+  const destroyed: string[] = [];
+  try {
+    for (const cls of classes) {
+      const found = s.find({ class: cls, id });
+      for (let i = 0; i < found.length; i++) {
+        found.items(i).destroy();
+        destroyed.push(names[cls] ?? "object");
+      }
+    }
+  } catch (e) {
+    throw translatePkcs11Error(e, "destroying key objects");
+  }
+  return destroyed;
+}
