@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Development TLS material: a CA, a server certificate for localhost/127.0.0.1 and a client
-# certificate (for mTLS), all EC P-256. Usage: dev-tls.sh DIR [CLIENT_NAME]
+# certificate (for mTLS), all EC P-256. Usage: dev-tls.sh DIR [CLIENT_NAME [MORE_CLIENT_NAME...]]
+# The first client is client.pem/client-key.pem; each further one NAME.pem/NAME-key.pem
+# (for example a key custodian). Client identities are URI SANs spiffe://hsm-signer.dev/NAME.
 set -euo pipefail
-DIR=$1; CLIENT=${2:-dev-client}
+DIR=$1; CLIENT=${2:-dev-client}; shift $(( $# > 1 ? 2 : 1 ))
 mkdir -p "$DIR"; chmod 700 "$DIR"; cd "$DIR"
 umask 077
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca-key.pem -out ca.pem -days 825 \
@@ -19,4 +21,10 @@ keyUsage=critical,digitalSignature"
 issue client "/CN=$CLIENT" "subjectAltName=URI:spiffe://hsm-signer.dev/$CLIENT
 extendedKeyUsage=clientAuth
 keyUsage=critical,digitalSignature"
+for name in "$@"; do
+  issue "$name" "/CN=$name" "subjectAltName=URI:spiffe://hsm-signer.dev/$name
+extendedKeyUsage=clientAuth
+keyUsage=critical,digitalSignature"
+  chmod 644 "$name.pem"
+done
 chmod 644 ca.pem server.pem client.pem

@@ -108,11 +108,11 @@ export class OpensslCa {
     return new OpensslCa(caDir);
   }
 
-  /** A DER certificate for the key of a PEM CSR (e.g. one the HSM made). Default extensions: CODE_SIGNING_LEAF_EXT. */
+  /** A DER certificate for the key of a PEM CSR (e.g. one the HSM made), with the CSR's subject unless o.subject is given. Default extensions: CODE_SIGNING_LEAF_EXT. */
   signCsr(csrPem: string, o: Partial<CertOptions> = {}): Buffer {
     const csr = this.file("csr");
     writeFileSync(csr, csrPem);
-    return this.signToDer(csr, o);
+    return this.signToDer(csr, o, true);
   }
 
   /**
@@ -162,14 +162,14 @@ export class OpensslCa {
     return csr;
   }
 
-  private signToDer(csr: string, o: Partial<CertOptions>): Buffer {
+  private signToDer(csr: string, o: Partial<CertOptions>, keepCsrSubject = false): Buffer {
     const pem = this.file("pem");
-    this.sign(csr, pem, { extensions: CODE_SIGNING_LEAF_EXT, ...o });
+    this.sign(csr, pem, { extensions: CODE_SIGNING_LEAF_EXT, ...o }, keepCsrSubject);
     return Buffer.from(new X509Certificate(readFileSync(pem)).raw);
   }
 
-  private sign(csr: string, out: string, o: Partial<CertOptions>): void {
-    issue(this.dir, { csr, out, signKey: this.keyFile, caCert: this.certFile }, o);
+  private sign(csr: string, out: string, o: Partial<CertOptions>, keepCsrSubject = false): void {
+    issue(this.dir, { csr, out, signKey: this.keyFile, caCert: this.certFile, keepCsrSubject }, o);
   }
 }
 
@@ -190,6 +190,7 @@ interface IssueFiles {
   signKey: string;
   caCert?: string;
   selfSign?: boolean;
+  keepCsrSubject?: boolean;
 }
 
 /** One `openssl ca` issuance with explicit dates, subject, digest and extensions. */
@@ -200,8 +201,10 @@ function issue(caDir: string, f: IssueFiles, o: Partial<CertOptions>): void {
   writeFileSync(extFile, `[ext]\n${o.extensions ?? ""}\n`);
   // A fresh random serial per issuance, rather than openssl's sequential ones.
   writeFileSync(join(caDir, "serial"), `${positiveSerial()}\n`);
+  // Without a subject the CSR's own is kept (a CSR made by the HSM names its key's subject).
+  const subject = o.subject ?? (f.keepCsrSubject ? undefined : "/CN=unnamed");
   const args = ["ca", "-batch", "-notext", "-config", join(caDir, "ca.cnf"), "-in", f.csr, "-out", f.out, "-keyfile", f.signKey,
-    "-subj", o.subject ?? "/CN=unnamed", "-preserveDN", "-md", o.md ?? "sha256", "-extfile", extFile, "-extensions", "ext",
+    ...(subject ? ["-subj", subject] : []), "-preserveDN", "-md", o.md ?? "sha256", "-extfile", extFile, "-extensions", "ext",
     "-startdate", asn1Time(notBefore), "-enddate", asn1Time(notAfter)];
   args.push(...(f.selfSign ? ["-selfsign"] : ["-cert", f.caCert ?? ""]));
   openssl(args);

@@ -13,12 +13,15 @@ export interface TlsMaterial {
   clientKeyFile: string;
   clientCert: Buffer;
   clientKey: Buffer;
+  /** Further client certificates by name (identity spiffe://hsm-signer.dev/NAME). */
+  extra: Record<string, { certFile: string; keyFile: string; cert: Buffer; key: Buffer }>;
 }
 
 /** Real TLS material made by scripts/dev-tls.sh (openssl), as the quick start makes it. */
-export function createTlsMaterial(dir: string, clientName = "test-client"): TlsMaterial {
-  execFileSync("bash", [join(PROJECT_ROOT, "scripts/dev-tls.sh"), dir, clientName], { stdio: "ignore" });
+export function createTlsMaterial(dir: string, clientName = "test-client", extraClients: string[] = []): TlsMaterial {
+  execFileSync("bash", [join(PROJECT_ROOT, "scripts/dev-tls.sh"), dir, clientName, ...extraClients], { stdio: "ignore" });
   const f = (n: string): string => join(dir, n);
+  const extra = Object.fromEntries(extraClients.map((n) => [n, { certFile: f(`${n}.pem`), keyFile: f(`${n}-key.pem`), cert: readFileSync(f(`${n}.pem`)), key: readFileSync(f(`${n}-key.pem`)) }]));
   return {
     dir,
     caFile: f("ca.pem"),
@@ -29,5 +32,6 @@ export function createTlsMaterial(dir: string, clientName = "test-client"): TlsM
     clientKeyFile: f("client-key.pem"),
     clientCert: readFileSync(f("client.pem")),
     clientKey: readFileSync(f("client-key.pem")),
+    extra,
   };
 }

@@ -1,0 +1,319 @@
+import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import { randomBytes, X509Certificate } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import type * as grpc from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
+import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js";
+import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
+import { CA_EXT, CODE_SIGNING_LEAF_EXT, OpensslCa } from "../helpers/openssl-ca.js";
+import { runPlugin } from "../helpers/plugin-process.js";
+import { adminClient, callAdmin, HSM_SIGNER, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
+import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
+import { softHsmModule, type SoftHsmToken } from "../helpers/softhsm.js";
+import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
+
+const run = promisify(execFile);
+
+const POLICY = `rules:
+  - name: builders
+    match: { mtls: "spiffe://hsm-signer.dev/builder" }
+    keys: ["*"]
+  - name: release-auditor
+    match: { mtls: "spiffe://hsm-signer.dev/auditor" }
+    keys: ["*"]
+    allowOldVersions: true
+custodians:
+  - { mtls: "spiffe://hsm-signer.dev/custodian" }
+`;
+
+/** A SoftHSM token of its own, made by `hsm-signer token init` in a child process (this process keeps the shared fixture's token). */
+function isolatedToken(dir: string, label: string): SoftHsmToken {
+  mkdirSync(join(dir, "tokens"), { recursive: true });
+  const conf = join(dir, "softhsm2.conf");
+  writeFileSync(conf, `directories.tokendir = ${dir}/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  const pin = randomBytes(8).toString("hex");
+  const pinFile = join(dir, "pin");
+  const soPinFile = join(dir, "so-pin");
+  writeFileSync(pinFile, `${pin}\n`, { mode: 0o600 });
+  writeFileSync(soPinFile, `${randomBytes(8).toString("hex")}\n`, { mode: 0o600 });
+  const module = softHsmModule();
+  execFileSync(HSM_SIGNER, ["token", "init", "--module", module, "--label", label, "--so-pin-file", soPinFile, "--pin-file", pinFile], { env: { ...process.env, SOFTHSM2_CONF: conf }, stdio: "ignore" });
+  return { dir, conf, module, label, pin, pinFile, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+interface KeyVersionInfo {
+  version: number;
+  state: string;
+  keySpec: string;
+  current: boolean;
+  certificateSubject: string;
+  daysUntilExpiry: number;
+  expiringSoon: boolean;
+  hasSigned: boolean;
+  problem: string;
+  role: string;
+}
+interface InventoryKey {
+  keyId: string;
+  state: string;
+  currentVersion: number;
+  versions: KeyVersionInfo[];
+}
+
+async function rejected(p: Promise<unknown>): Promise<grpc.ServiceError> {
+  return p.then(
+    () => assert.fail("the call succeeded"),
+    (e: grpc.ServiceError) => e,
+  );
+}
+
+describe("KeyAdmin: key custodians manage keys and certificates end to end (SoftHSM, two service processes)", function () {
+  this.timeout(180_000);
+  let dir: string;
+  let token: SoftHsmToken;
+  let tls: TlsMaterial;
+  let svc: ServiceProcess;
+  let admin: grpc.Client;
+  let builder: grpc.Client;
+  /** Admin calls made by this file, to compare with the audit. */
+  let adminCalls = 0;
+  let outsideCa: OpensslCa;
+
+  const call = <T>(method: string, req: object, client = admin): Promise<T> => {
+    adminCalls++;
+    return callAdmin<T>(client, method, req);
+  };
+  const sign = (keyId: string, keyVersion = 0, client = builder): Promise<SignResponse> => callSigner<SignResponse>(client, "Sign", { keyId, payload: randomBytes(32), keyVersion });
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-key-admin-"));
+    token = isolatedToken(join(dir, "hsm"), "key-admin-test");
+    tls = createTlsMaterial(join(dir, "tls"), "builder", ["custodian", "auditor"]);
+    svc = await startServiceProcess({ name: "a", dir, token, tls, policy: POLICY });
+    admin = adminClient(tls.ca, svc.adminPort, clientCertificate(tls, "custodian"));
+    builder = signerClient(tls.ca, svc.port, { key: tls.clientKey, cert: tls.clientCert });
+    outsideCa = OpensslCa.root(join(dir, "outside-ca"), { subject: "/C=US/ST=WA/O=Outside CA Inc/CN=Outside Root CA", key: "ec-384" });
+  });
+
+  after(async () => {
+    admin?.close();
+    builder?.close();
+    await svc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("lists the module's slots with the managed token, its flags and signing mechanisms", async () => {
+    const r = await call<{ slots: { tokenPresent: boolean; token: { label: string; managed: boolean; flags: string[]; mechanisms: string[] } | null }[] }>("ListSlots", {});
+    const managed = r.slots.filter((s) => s.token?.managed);
+    assert.equal(managed.length, 1);
+    assert.equal(managed[0]?.token?.label, "key-admin-test");
+    assert.ok(managed[0]?.token?.flags.includes("TOKEN_INITIALIZED"));
+    for (const m of ["ECDSA", "RSA_PKCS_PSS", "EC_KEY_PAIR_GEN", "RSA_PKCS_KEY_PAIR_GEN"]) assert.ok(managed[0]?.token?.mechanisms.includes(m), `mechanism ${m}`);
+  });
+
+  it("refuses callers that are not custodians, and keys that exist or specs that do not", async () => {
+    const notCustodian = adminClient(tls.ca, svc.adminPort, { key: tls.clientKey, cert: tls.clientCert });
+    try {
+      const e = await rejected(call("GetInventory", {}, notCustodian));
+      assert.equal(e.code, status.PERMISSION_DENIED);
+      assert.match(e.details, /spiffe:\/\/hsm-signer.dev\/builder may not call KeyAdmin.GetInventory/);
+    } finally {
+      notCustodian.close();
+    }
+    await call("GenerateKey", { keyId: "dup", keySpec: "EC-256" });
+    const exists = await rejected(call("GenerateKey", { keyId: "dup", keySpec: "EC-256" }));
+    assert.equal(exists.code, status.ALREADY_EXISTS);
+    const spec = await rejected(call("GenerateKey", { keyId: "x", keySpec: "RSA-1024" }));
+    assert.equal(spec.code, status.INVALID_ARGUMENT);
+    const other = await rejected(call("GenerateKey", { keyId: "y", keySpec: "EC-256", tokenLabel: "another-token" }));
+    assert.equal(other.code, status.FAILED_PRECONDITION);
+    assert.match(other.details, /logged in to token "key-admin-test" only/);
+  });
+
+  it("generate, CSR, chain from an outside openssl CA, import: the key signs through the plugin and the signature verifies", async () => {
+    const g = await call<{ key: InventoryKey; keyVersion: number }>("GenerateKey", { keyId: "release", keySpec: "EC-256" });
+    assert.equal(g.keyVersion, 1);
+    assert.equal(g.key.versions[0]?.problem.includes("no certificate"), true, "a new key has no certificate yet");
+    const csr = await call<{ csrPem: string; keyVersion: number }>("CreateCsr", { keyId: "release", subject: "CN=release, O=Example Corp, ST=WA, C=US" });
+    assert.match(csr.csrPem, /^-----BEGIN CERTIFICATE REQUEST-----/);
+    const leaf = outsideCa.signCsr(csr.csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 });
+    // Root first and PEM, leaf as DER: any order and format is accepted and stored leaf first.
+    const imported = await call<{ keyVersion: number; certificateChain: Buffer[]; stored: number }>("ImportCertificateChain", { keyId: "release", certificates: [Buffer.from(outsideCa.certPem), leaf] });
+    assert.equal(imported.keyVersion, 1);
+    assert.equal(imported.stored, 2);
+    assert.deepEqual(imported.certificateChain[0], leaf);
+    assert.deepEqual(checkChain(imported.certificateChain, new Date()), []);
+    const cfg = { endpoint: `127.0.0.1:${svc.port}`, ca_file: tls.caFile, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile };
+    const req = requestFor("generate-signature-jws", "release", "EC-256", cfg);
+    const r = await runPlugin("generate-signature", JSON.stringify(req));
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { signature: string; certificateChain: string[] };
+    assert.equal(out.certificateChain.length, 2);
+    const leafDer = Buffer.from(out.certificateChain[0] as string, "base64");
+    assert.equal(new X509Certificate(leafDer).issuer, new X509Certificate(outsideCa.certDer).subject);
+    assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature, "base64"), leafDer, "EC-256"));
+  });
+
+  describe("a bad chain is rejected with its own reason", () => {
+    let csrPem: string;
+    before(async () => {
+      await call("GenerateKey", { keyId: "strict", keySpec: "EC-256" });
+      csrPem = (await call<{ csrPem: string }>("CreateCsr", { keyId: "strict", subject: "CN=strict, O=Example Corp, ST=WA, C=US" })).csrPem;
+    });
+
+    const cases: { name: string; rule: string; chain: () => Buffer[]; strictOrder?: boolean }[] = [
+      { name: "the leaf holds another key", rule: "leaf-key-mismatch", chain: () => [outsideCa.leaf({ subject: "/C=US/ST=WA/O=Example Corp/CN=other", extensions: CODE_SIGNING_LEAF_EXT }).der, outsideCa.certDer] },
+      { name: "keyUsage missing", rule: "leaf-key-usage-missing", chain: () => [outsideCa.signCsr(csrPem, { extensions: "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=codeSigning" }), outsideCa.certDer] },
+      { name: "keyUsage not critical", rule: "leaf-key-usage-not-critical", chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=digitalSignature\nextendedKeyUsage=codeSigning" }), outsideCa.certDer] },
+      { name: "serverAuth EKU", rule: "leaf-eku-forbidden", chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth" }), outsideCa.certDer] },
+      {
+        name: "a CA without basicConstraints",
+        rule: "ca-basic-constraints-missing",
+        chain: () => {
+          const mid = outsideCa.intermediate({ subject: "/C=US/ST=WA/O=Outside CA Inc/CN=No BC Intermediate", extensions: "keyUsage=critical,keyCertSign,cRLSign" });
+          return [mid.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT }), mid.certDer, outsideCa.certDer];
+        },
+      },
+      { name: "SHA-1 signed", rule: "weak-signature-hash", chain: () => [outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, md: "sha1" }), outsideCa.certDer] },
+      { name: "expired", rule: "expired", chain: () => [outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, notBefore: new Date("2020-01-01T00:00:00Z"), notAfter: new Date("2021-01-01T00:00:00Z") }), outsideCa.certDer] },
+      {
+        name: "root missing",
+        rule: "root-missing",
+        chain: () => {
+          const mid = outsideCa.intermediate({ subject: "/C=US/ST=WA/O=Outside CA Inc/CN=Issuing CA", extensions: CA_EXT });
+          return [mid.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT }), mid.certDer];
+        },
+      },
+      { name: "wrong order (strict order asked)", rule: "wrong-order", strictOrder: true, chain: () => [outsideCa.certDer, outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT })] },
+    ];
+    for (const c of cases) {
+      it(c.name, async () => {
+        const e = await rejected(call("ImportCertificateChain", { keyId: "strict", certificates: c.chain(), strictOrder: c.strictOrder ?? false }));
+        assert.equal(e.code, status.INVALID_ARGUMENT, e.details);
+        assert.match(e.details, new RegExp(`\\b${c.rule}\\b`), e.details);
+        const inv = await call<{ keys: InventoryKey[] }>("GetInventory", { keyId: "strict" });
+        assert.equal(inv.keys[0]?.versions[0]?.problem.includes("no certificate"), true, "nothing was stored");
+      });
+    }
+  });
+
+  it("rotation: new signatures move to version 2, version 1 stays listed, retrievable and verifiable; old versions only by policy", async () => {
+    const before = await sign("release");
+    assert.equal(before.keyVersion, 1);
+    const rotated = await call<{ key: InventoryKey; keyVersion: number }>("RotateKey", { keyId: "release" });
+    assert.equal(rotated.keyVersion, 2);
+    assert.equal(rotated.key.currentVersion, 1, "version 2 has no chain yet, so version 1 still signs");
+    assert.equal((await sign("release")).keyVersion, 1);
+    const csr = await call<{ csrPem: string; keyVersion: number }>("CreateCsr", { keyId: "release", keyVersion: 2, subject: "CN=release, O=Example Corp, ST=WA, C=US" });
+    assert.equal(csr.keyVersion, 2);
+    const imported = await call<{ keyVersion: number }>("ImportCertificateChain", { keyId: "release", certificates: [outsideCa.signCsr(csr.csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 }), outsideCa.certDer] });
+    assert.equal(imported.keyVersion, 2, "the chain went to the version whose key the leaf holds");
+    const after = await sign("release");
+    assert.equal(after.keyVersion, 2);
+    assert.notDeepEqual(after.certificateChain[0], before.certificateChain[0]);
+    // Version 1's chain is still served, and the old signature still verifies against it.
+    const v1 = await call<{ certificateChain: Buffer[]; keyVersion: number }>("GetCertificateChain", { keyId: "release", keyVersion: 1 });
+    assert.deepEqual(v1.certificateChain[0], before.certificateChain[0]);
+    const inv = await call<{ keys: InventoryKey[] }>("GetInventory", { keyId: "release" });
+    assert.deepEqual(inv.keys[0]?.versions.map((v) => [v.version, v.state, v.current]), [[1, "enabled", false], [2, "enabled", true]]);
+    // Signing with version 1 needs a rule with allowOldVersions.
+    const denied = await rejected(sign("release", 1));
+    assert.equal(denied.code, status.PERMISSION_DENIED);
+    assert.match(denied.details, /only with the current version/);
+    const auditor = signerClient(tls.ca, svc.port, clientCertificate(tls, "auditor"));
+    try {
+      assert.equal((await sign("release", 1, auditor)).keyVersion, 1);
+    } finally {
+      auditor.close();
+    }
+  });
+
+  it("disable: a second, separately started service on the same token refuses the key (plugin: ACCESS_DENIED); enable restores it", async () => {
+    const second = await startServiceProcess({ name: "b", dir, token, tls, policy: POLICY });
+    const client2 = signerClient(tls.ca, second.port, { key: tls.clientKey, cert: tls.clientCert });
+    try {
+      assert.equal((await sign("release", 0, client2)).keyVersion, 2);
+      await call("SetKeyState", { keyId: "release", enabled: false, reason: "suspected compromise, ticket SEC-1" });
+      const e = await eventually(() => rejected(sign("release", 0, client2)), (x) => x.code === status.PERMISSION_DENIED);
+      assert.match(e.details, /key "release" is disabled by a custodian: suspected compromise, ticket SEC-1/);
+      const cfg = { endpoint: `127.0.0.1:${second.port}`, ca_file: tls.caFile, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile };
+      const r = await runPlugin("generate-signature", JSON.stringify(requestFor("generate-signature-jws", "release", "EC-256", cfg)));
+      assert.equal(r.code, 1);
+      const err = JSON.parse(r.stderr) as { errorCode: string; errorMessage: string };
+      assert.equal(err.errorCode, "ACCESS_DENIED");
+      assert.match(err.errorMessage, /disabled/);
+      await call("SetKeyState", { keyId: "release", enabled: true });
+      await eventually(() => sign("release", 0, client2).then((x) => x.keyVersion), (v) => v === 2);
+    } finally {
+      client2.close();
+      await second.stop();
+    }
+  });
+
+  it("destroy: only a disabled version, only with the exact confirmation; its certificate stays unless acknowledged", async () => {
+    const enabled = await rejected(call("DestroyKeyVersion", { keyId: "release", keyVersion: 1, confirm: "release@v1" }));
+    assert.equal(enabled.code, status.FAILED_PRECONDITION);
+    assert.match(enabled.details, /enabled; disable it first/);
+    await call("SetKeyState", { keyId: "release", keyVersion: 1, enabled: false, reason: "rotated" });
+    const unconfirmed = await rejected(call("DestroyKeyVersion", { keyId: "release", keyVersion: 1, confirm: "release" }));
+    assert.equal(unconfirmed.code, status.INVALID_ARGUMENT);
+    assert.match(unconfirmed.details, /confirm with exactly "release@v1"/);
+    const d = await call<{ key: InventoryKey; destroyed: string[] }>("DestroyKeyVersion", { keyId: "release", keyVersion: 1, confirm: "release@v1" });
+    assert.deepEqual(d.destroyed.sort(), ["private key", "public key"]);
+    const v1 = d.key.versions.find((v) => v.version === 1);
+    assert.equal(v1?.state, "destroyed");
+    assert.equal(v1?.hasSigned, true);
+    // The certificate is still there: old signatures stay verifiable.
+    assert.equal((await call<{ certificateChain: Buffer[] }>("GetCertificateChain", { keyId: "release", keyVersion: 1 })).certificateChain.length, 2);
+    const unacknowledged = await rejected(call("DestroyKeyVersion", { keyId: "release", keyVersion: 1, confirm: "release@v1", destroyCertificate: true }));
+    assert.equal(unacknowledged.code, status.FAILED_PRECONDITION);
+    assert.match(unacknowledged.details, /has signed; its certificate is the last record/);
+    const gone = await call<{ destroyed: string[] }>("DestroyKeyVersion", { keyId: "release", keyVersion: 1, confirm: "release@v1", destroyCertificate: true, acknowledgeSigned: true });
+    assert.deepEqual(gone.destroyed, ["certificate"]);
+    assert.equal((await sign("release")).keyVersion, 2, "the current version still signs");
+  });
+
+  it("test chain through KeyAdmin, and an inventory that flags certificates near expiry", async () => {
+    const t = await call<{ certificateChain: Buffer[]; created: string[] }>("CreateTestChain", { keyId: "short-lived", keySpec: "RSA-2048", validityDays: 10 });
+    assert.deepEqual(t.created, ["rootKey", "rootCertificate", "key", "leafCertificate"]);
+    assert.deepEqual(checkChain(t.certificateChain, new Date()), []);
+    const inv = await call<{ keys: InventoryKey[] }>("GetInventory", {});
+    const byId = new Map(inv.keys.map((k) => [k.keyId, k]));
+    const v = byId.get("short-lived")?.versions[0];
+    assert.equal(v?.expiringSoon, true);
+    assert.ok(v && v.daysUntilExpiry >= 9 && v.daysUntilExpiry <= 10, String(v?.daysUntilExpiry));
+    assert.equal(v?.role, "signing");
+    assert.equal(byId.get("short-lived-root-ca")?.versions[0]?.role, "ca");
+    assert.equal(byId.get("release")?.versions[1]?.expiringSoon, false);
+  });
+
+  it("every KeyAdmin call, allowed or refused, is in the audit, and the audit chain verifies", async () => {
+    const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--json"]);
+    const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });
+    const adminRecords = records.filter((x) => x.method.startsWith("KeyAdmin."));
+    assert.equal(adminRecords.length, adminCalls);
+    assert.ok(adminRecords.some((x) => x.decision === "deny" && x.identity === "spiffe://hsm-signer.dev/builder"));
+    assert.match((await run(HSM_SIGNER, ["audit", "verify", "--dir", svc.auditDir])).stdout, /^OK: /);
+  });
+});
+
+function clientCertificate(tls: TlsMaterial, name: string): { key: Buffer; cert: Buffer } {
+  const c = tls.extra[name];
+  if (!c) throw new Error(`no client certificate ${name}`);
+  return { key: c.key, cert: c.cert };
+}
+
+/** Retries `fn` until `ok` holds (a bounded wait for another replica to notice a change). */
+async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch((e: unknown) => e as T);
+    if (ok(v)) return v;
+    if (Date.now() > until) assert.fail(`not within ${ms} ms: ${String((v as { details?: string }).details ?? JSON.stringify(v))}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}

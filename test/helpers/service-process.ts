@@ -1,0 +1,119 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import type { SoftHsmToken } from "./softhsm.js";
+import { PROJECT_ROOT } from "./softhsm.js";
+import type { TlsMaterial } from "./tls.js";
+
+export const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/** Waits for a JSON log line with this msg on the child's stdout. */
+export function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}`)), ms);
+    child.stdout?.on("data", (d: Buffer) => {
+      buf += d.toString();
+      for (const line of buf.split("\n")) {
+        try {
+          const o = JSON.parse(line) as Record<string, unknown>;
+          if (o.msg === msg) {
+            clearTimeout(t);
+            resolve(o);
+          }
+        } catch {
+          // not a complete JSON line yet
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}`)));
+  });
+}
+
+export interface ServiceProcess {
+  port: number;
+  adminPort: number;
+  auditDir: string;
+  configFile: string;
+  child: ChildProcess;
+  /** SIGTERM and wait for the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/**
+ * Runs the built `hsm-signer serve` as its own process on a SoftHSM token: mTLS with the test
+ * CA, a KeyAdmin listener, the given policy, and a short key refresh interval.
+ */
+export async function startServiceProcess(o: { name: string; dir: string; token: SoftHsmToken; tls: TlsMaterial; policy: string; keyRefreshSeconds?: number }): Promise<ServiceProcess> {
+  const dir = join(o.dir, o.name);
+  mkdirSync(dir, { recursive: true });
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const auditDir = join(dir, "audit");
+  const policyFile = join(dir, "policy.yaml");
+  writeFileSync(policyFile, o.policy);
+  const configFile = join(dir, "config.yaml");
+  writeFileSync(
+    configFile,
+    [
+      `listen: 127.0.0.1:${port}`,
+      "tls:",
+      `  certFile: ${join(o.tls.dir, "server.pem")}`,
+      `  keyFile: ${join(o.tls.dir, "server-key.pem")}`,
+      `  clientCaFile: ${o.tls.caFile}`,
+      "hsm:",
+      `  module: ${o.token.module}`,
+      `  tokenLabel: ${o.token.label}`,
+      `  pinFile: ${o.token.pinFile}`,
+      "  sessions: 2",
+      `  keyRefreshSeconds: ${o.keyRefreshSeconds ?? 1}`,
+      `policy: { file: ${policyFile} }`,
+      `audit: { dir: ${auditDir} }`,
+      `admin: { listen: 127.0.0.1:${adminPort} }`,
+      "",
+    ].join("\n"),
+  );
+  const child = spawn(HSM_SIGNER, ["serve", "--config", configFile], { env: { ...process.env, SOFTHSM2_CONF: o.token.conf }, stdio: ["ignore", "pipe", "pipe"] });
+  await waitForLog(child, "hsm-signer listening");
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return {
+    port,
+    adminPort,
+    auditDir,
+    configFile,
+    child,
+    stop: () => {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      return exited;
+    },
+  };
+}
+
+let adminClass: grpc.ServiceClientConstructor | undefined;
+
+/** A KeyAdmin client built from the .proto with grpc-js; mTLS with the given client certificate. */
+export function adminClient(ca: Buffer, port: number, client: { key: Buffer; cert: Buffer }): grpc.Client {
+  if (!adminClass) {
+    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/hsm_signer/v1/key_admin.proto"), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
+    adminClass = (grpc.loadPackageDefinition(def) as unknown as { hsm_signer: { v1: { KeyAdmin: grpc.ServiceClientConstructor } } }).hsm_signer.v1.KeyAdmin;
+  }
+  return new adminClass(`127.0.0.1:${port}`, grpc.credentials.createSsl(ca, client.key, client.cert), { "grpc.ssl_target_name_override": "localhost" });
+}
+
+export function callAdmin<T>(client: grpc.Client, method: string, req: object): Promise<T> {
+  const fn = (client as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: T) => void) => void>)[method];
+  if (!fn) throw new Error(`no KeyAdmin method ${method}`);
+  return new Promise<T>((resolve, reject) => fn.call(client, req, { deadline: Date.now() + 60_000 }, (err, res) => (err ? reject(err) : resolve(res))));
+}
