@@ -30,7 +30,7 @@ COPY --from=build /src/dist/hsm-signer ./dist/hsm-signer
 # The notation plugin package, for copying out of the image: docker cp / an init container.
 COPY --from=build /src/dist/notation-hsm-signer_*.tar.gz* /opt/notation-plugin/
 USER 10001:10001
-EXPOSE 8443 9464
+EXPOSE 8443 9443 9464
 ENTRYPOINT ["node", "/app/dist/src/bin/hsm-signer.js"]
 CMD ["serve", "--config", "/etc/hsm-signer/config.yaml"]
 
@@ -42,7 +42,7 @@ RUN apt-get update \
  && mkdir -p /data && chown 10001:10001 /data
 COPY --from=build /src/scripts ./scripts
 USER 10001:10001
-ENV HSM_SIGNER_DATA=/data HSM_SIGNER_LISTEN=0.0.0.0:8443
+ENV HSM_SIGNER_DATA=/data HSM_SIGNER_LISTEN=0.0.0.0:8443 HSM_SIGNER_ADMIN_LISTEN=0.0.0.0:9443 HSM_SIGNER_METRICS_LISTEN=0.0.0.0:9464
 # Plaintext is refused off loopback, so the try-out keeps TLS (dev CA in /data/tls).
 ENTRYPOINT ["bash", "/app/scripts/demo-setup.sh"]
 CMD []

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DATA=${HSM_SIGNER_DATA:-$ROOT/.data}
 LISTEN=${HSM_SIGNER_LISTEN:-127.0.0.1:8443}
+ADMIN_LISTEN=${HSM_SIGNER_ADMIN_LISTEN:-127.0.0.1:9443}
 KEY_ID=${DEMO_KEY_ID:-demo-key}
 KEY_SPEC=${DEMO_KEY_SPEC:-EC-256}
 TOKEN=${DEMO_TOKEN_LABEL:-hsm-signer-demo}
@@ -21,9 +22,9 @@ export SOFTHSM2_CONF="$DATA/softhsm2.conf"
 MODULE=$(bash scripts/find-softhsm.sh)
 "${BIN[@]}" token init --if-missing --module "$MODULE" --label "$TOKEN" --so-pin-file "$DATA/so-pin" --pin-file "$DATA/pin"
 
-if [ ! -s "$DATA/tls/server.pem" ]; then
-  say "creating a development TLS CA and server certificate in $DATA/tls"
-  bash scripts/dev-tls.sh "$DATA/tls"
+if [ ! -s "$DATA/tls/custodian.pem" ]; then
+  say "creating development TLS material in $DATA/tls (CA, server, client, custodian)"
+  bash scripts/dev-tls.sh "$DATA/tls" dev-client custodian
 fi
 
 if [ ! -f "$DATA/policy.yaml" ]; then
@@ -35,6 +36,9 @@ rules:
   - name: local-demo
     match: { anonymous: true }
     keys: ["*"]
+# Key custodians (KeyAdmin, mTLS only): the demo's custodian client certificate.
+custodians:
+  - { mtls: "spiffe://hsm-signer.dev/custodian" }
 YAML
 fi
 
@@ -55,6 +59,9 @@ audit:
   dir: audit
 metrics:
   listen: "${HSM_SIGNER_METRICS_LISTEN:-127.0.0.1:9464}"
+admin:
+  listen: "$ADMIN_LISTEN"
+  clientCaFile: tls/ca.pem
 YAML
 
 "${BIN[@]}" test-chain --config "$DATA/config.yaml" --key-id "$KEY_ID" --key-spec "$KEY_SPEC" --root-out "$DATA/$KEY_ID-root.pem" >&2
@@ -71,6 +78,13 @@ In another terminal, sign with notation:
       --plugin-config key_spec=$KEY_SPEC demo
   notation cert add --type ca --store hsm-demo $DATA/$KEY_ID-root.pem
   notation sign --key demo <registry>/<repository>@sha256:<digest>
+
+Key custodians manage keys through KeyAdmin on $ADMIN_LISTEN (mTLS), for example:
+
+  export HSM_SIGNER_ADMIN_ENDPOINT=$ADMIN_LISTEN HSM_SIGNER_ADMIN_CA=$DATA/tls/ca.pem \\
+         HSM_SIGNER_ADMIN_CERT=$DATA/tls/custodian.pem HSM_SIGNER_ADMIN_KEY=$DATA/tls/custodian-key.pem
+  ./dist/hsm-signer keys list
+  ./dist/hsm-signer keys generate --key-id release --key-spec EC-384
 
 Stop with Ctrl-C.
 TXT

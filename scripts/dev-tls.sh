@@ -7,9 +7,11 @@ set -euo pipefail
 DIR=$1; CLIENT=${2:-dev-client}; shift $(( $# > 1 ? 2 : 1 ))
 mkdir -p "$DIR"; chmod 700 "$DIR"; cd "$DIR"
 umask 077
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca-key.pem -out ca.pem -days 825 \
+# What exists is kept (run it again to add a client); only missing files are made.
+[ -s ca.pem ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca-key.pem -out ca.pem -days 825 \
   -subj "/CN=hsm-signer development CA" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 issue() { # name subject ext
+  [ -s "$1.pem" ] && return 0
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1-key.pem" -out "$1.csr" -subj "$2" 2>/dev/null
   printf '%s\n' "$3" > "$1.ext"
   openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -out "$1.pem" -days 825 -sha256 -extfile "$1.ext" 2>/dev/null

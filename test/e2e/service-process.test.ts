@@ -69,12 +69,14 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
   let data: string;
   let port: number;
   let metricsPort: number;
+  let adminPort: number;
   let child: ChildProcess | undefined;
 
   before(async () => {
     data = mkdtempSync(join(tmpdir(), "hsm-signer-demo-"));
     port = await freePort();
     metricsPort = await freePort();
+    adminPort = await freePort();
   });
 
   after(() => {
@@ -83,7 +85,7 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
   });
 
   it("sets up a token, TLS, a demo key and its chain, and a second run changes nothing", async () => {
-    const env = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, DEMO_KEY_SPEC: "EC-384" };
+    const env = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, DEMO_KEY_SPEC: "EC-384" };
     const first = await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env });
     assert.match(first.stderr, /created rootKey, rootCertificate, key, leafCertificate/);
     const root = readFileSync(join(data, "demo-key-root.pem"));
