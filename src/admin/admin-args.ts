@@ -81,7 +81,9 @@ type OptionSpec = NonNullable<ParseArgsConfig["options"]>;
 
 interface CommandSpec {
   path: string;
-  usage: string;
+  /** Lines of the command's synopsis and of what it does, laid out by usageOf(). */
+  synopsis: string[];
+  about: string[];
   options: OptionSpec;
   positionals?: boolean;
   /** notation-setup uses --endpoint for the plugin; KeyAdmin's address then comes from --admin-endpoint. */
@@ -144,49 +146,50 @@ export function isEndpoint(x: string): boolean {
 const COMMANDS: CommandSpec[] = [
   {
     path: "slots",
-    usage: "slots                                  slots and tokens of the HSM: label, serial, model, flags, mechanisms, free memory",
+    synopsis: ["slots"],
+    about: ["slots and tokens of the HSM: label, serial, model, flags,", "mechanisms, free memory, the token this service manages"],
     options: {},
     build: () => ({ kind: "slots" }),
   },
   {
     path: "keys list",
-    usage: `keys list [--key-id ID] [--warn-days N]  every key and version: state, spec, role, certificate, days to expiry;
-                                         certificates expiring within N days (default ${DEFAULT_WARN_DAYS}) are flagged`,
+    synopsis: ["keys list [--key-id ID] [--warn-days N]"],
+    about: ["every key and version: state, spec, role, certificate, days", `to expiry; flags certificates expiring within N days (default ${DEFAULT_WARN_DAYS})`],
     options: { "key-id": str, "warn-days": str },
     build: (v, _p, u) => ({ kind: "keys-list", keyId: s(v, "key-id") || undefined, warnDays: integer(s(v, "warn-days"), "--warn-days", 1, MAX_VALIDITY_DAYS, u) }),
   },
   {
     path: "keys generate",
-    usage: `keys generate --key-id ID --key-spec SPEC [--token LABEL]
-                                         a new key (version 1) on the token; SPEC: ${SPEC_LIST}`,
+    synopsis: ["keys generate --key-id ID --key-spec SPEC [--token LABEL]"],
+    about: ["a new key (version 1) on the token;", `SPEC: ${SPEC_LIST}`],
     options: { "key-id": str, "key-spec": str, token: str },
     build: (v, _p, u) => ({ kind: "keys-generate", keyId: need(v, "key-id", u), keySpec: keySpec(need(v, "key-spec", u), "--key-spec", u) as KeySpec, tokenLabel: s(v, "token") || undefined }),
   },
   {
     path: "keys rotate",
-    usage: `keys rotate --key-id ID [--key-spec SPEC]
-                                         a new version of the key; signing moves to it once it has a chain`,
+    synopsis: ["keys rotate --key-id ID [--key-spec SPEC]"],
+    about: ["a new version of the key; signing moves to it once it has a chain"],
     options: { "key-id": str, "key-spec": str },
     build: (v, _p, u) => ({ kind: "keys-rotate", keyId: need(v, "key-id", u), keySpec: keySpec(s(v, "key-spec"), "--key-spec", u) }),
   },
   {
     path: "keys disable",
-    usage: `keys disable --key-id ID [--version N] [--reason TEXT]
-                                         refuse signing with the key (or one version)`,
+    synopsis: ["keys disable --key-id ID [--version N] [--reason TEXT]"],
+    about: ["refuse signing with the key (or with one version)"],
     options: { "key-id": str, version: str, reason: str },
     build: (v, _p, u) => ({ kind: "keys-set-state", keyId: need(v, "key-id", u), version: version(v, u), enabled: false, reason: s(v, "reason") || undefined }),
   },
   {
     path: "keys enable",
-    usage: "keys enable --key-id ID [--version N]  allow signing again",
+    synopsis: ["keys enable --key-id ID [--version N]"],
+    about: ["allow signing again"],
     options: { "key-id": str, version: str },
     build: (v, _p, u) => ({ kind: "keys-set-state", keyId: need(v, "key-id", u), version: version(v, u), enabled: true, reason: undefined }),
   },
   {
     path: "keys destroy",
-    usage: `keys destroy --key-id ID --version N --confirm ID@vN [--destroy-certificate] [--acknowledge-signed]
-                                         destroy the key pair of a disabled version (certificates kept unless
-                                         --destroy-certificate; a version that signed also needs --acknowledge-signed)`,
+    synopsis: ["keys destroy --key-id ID --version N --confirm ID@vN", "[--destroy-certificate] [--acknowledge-signed]"],
+    about: ["destroy the key pair of a disabled version; its certificate is kept", "unless --destroy-certificate (with --acknowledge-signed if it signed)"],
     options: { "key-id": str, version: str, confirm: str, "destroy-certificate": bool, "acknowledge-signed": bool },
     build: (v, _p, u) => {
       const keyId = need(v, "key-id", u);
@@ -200,10 +203,8 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     path: "keys test-chain",
-    usage: `keys test-chain --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]
-                [--org O] [--state ST] [--country C] [--days N] [--root-out FILE]
-                                         a test root CA key and a signing key with a chain on the token
-                                         (like notation cert generate-test); --root-out writes the root PEM`,
+    synopsis: ["keys test-chain --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]", "[--org O] [--state ST] [--country C] [--days N] [--root-out FILE]"],
+    about: ["a test root CA key and a signing key with a chain on the token", "(like notation cert generate-test); --root-out writes the root as PEM"],
     options: { "key-id": str, "key-spec": str, "root-key-id": str, "root-key-spec": str, org: str, state: str, country: str, days: str, "root-out": str },
     build: (v, _p, u) => ({
       kind: "keys-test-chain",
@@ -220,14 +221,17 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     path: "keys notation-setup",
-    usage: `keys notation-setup --key-id ID --store NAME --endpoint HOST:PORT [--notation-dir DIR]
-                [--ca-file FILE] [--client-cert-file FILE --client-key-file FILE] [--key-name NAME]
-                [--admin-endpoint HOST:PORT]
-                                         write the key's root certificate into notation's trust store
-                                         (DIR/truststore/x509/ca/NAME/ID-root.crt; DIR defaults to notation's
-                                         config dir) and print the notation key add, cert add and trust policy;
-                                         here --endpoint, --ca-file and --client-*-file are the signing service
-                                         settings for the plugin, and KeyAdmin is --admin-endpoint`,
+    synopsis: [
+      "keys notation-setup --key-id ID --store NAME --endpoint HOST:PORT [--notation-dir DIR]",
+      "[--ca-file FILE] [--client-cert-file FILE --client-key-file FILE] [--key-name NAME]",
+      "[--admin-endpoint HOST:PORT]",
+    ],
+    about: [
+      "write the key's root certificate to DIR/truststore/x509/ca/NAME/ID-root.crt",
+      "(DIR: notation's config dir) and print notation key add, cert add and a",
+      "trust policy; --endpoint, --ca-file, --client-*-file are what the plugin",
+      "uses to reach the signing service; KeyAdmin is --admin-endpoint here",
+    ],
     options: { "key-id": str, store: str, "notation-dir": str, "ca-file": str, "client-cert-file": str, "client-key-file": str, "key-name": str },
     endpointIsPlugin: true,
     build: (v, _p, u) => {
@@ -254,17 +258,15 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     path: "certs csr",
-    usage: `certs csr --key-id ID [--version N] --subject DN [--out FILE]
-                                         a PKCS#10 request signed by the HSM key (PEM); DN needs C, ST and O,
-                                         e.g. "CN=release, O=Example, ST=WA, C=US"`,
+    synopsis: ["certs csr --key-id ID [--version N] --subject DN [--out FILE]"],
+    about: ["a PKCS#10 request signed by the HSM key, as PEM; DN needs C, ST, O:", '"CN=release, O=Example, ST=WA, C=US"'],
     options: { "key-id": str, version: str, subject: str, out: str },
     build: (v, _p, u) => ({ kind: "certs-csr", keyId: need(v, "key-id", u), version: version(v, u), subject: need(v, "subject", u), out: s(v, "out") || undefined }),
   },
   {
     path: "certs import",
-    usage: `certs import --key-id ID [--version N] [--strict-order] FILE...
-                                         check a chain (PEM or DER files, any order) against the key and the
-                                         Notary Project rules, then store it on the token`,
+    synopsis: ["certs import --key-id ID [--version N] [--strict-order] FILE..."],
+    about: ["check a chain (PEM or DER files, any order) against the key and the", "Notary Project rules, then store it on the token"],
     options: { "key-id": str, version: str, "strict-order": bool },
     positionals: true,
     build: (v, p, u) => {
@@ -274,16 +276,16 @@ const COMMANDS: CommandSpec[] = [
   },
   {
     path: "certs chain",
-    usage: `certs chain --key-id ID [--version N] [--out FILE]
-                                         the stored chain, leaf first, as PEM`,
+    synopsis: ["certs chain --key-id ID [--version N] [--out FILE]"],
+    about: ["the stored chain, leaf first, as PEM"],
     options: { "key-id": str, version: str, out: str },
     build: (v, _p, u) => ({ kind: "certs-chain", keyId: need(v, "key-id", u), version: version(v, u), out: s(v, "out") || undefined }),
   },
 ];
 
-const CONNECTION_USAGE = `connection options (every command above; flags win over the environment):
+const CONNECTION_USAGE = `connection options of these commands (flags win over the environment):
   --endpoint HOST:PORT     KeyAdmin address (${ADMIN_ENV.endpoint}; default ${DEFAULT_ADMIN_ENDPOINT});
-                           --admin-endpoint is the same and wins (notation-setup's --endpoint is the plugin's)
+                           --admin-endpoint is the same (in notation-setup, --endpoint is the plugin's)
   --ca FILE                PEM CA bundle for KeyAdmin's certificate (${ADMIN_ENV.ca}; default: system roots)
   --cert FILE --key FILE   client certificate and private key (PEM files) for mTLS, required
                            (${ADMIN_ENV.cert}, ${ADMIN_ENV.key})
@@ -291,14 +293,28 @@ const CONNECTION_USAGE = `connection options (every command above; flags win ove
   --timeout SECONDS        deadline of each call (default ${DEFAULT_ADMIN_TIMEOUT_SECONDS})
   --json                   print the response as JSON (certificates as PEM, other bytes as base64)`;
 
+/** Column of the descriptions, as in the main usage of src/bin/hsm-signer.ts. */
+const ABOUT_COLUMN = 38;
+
+/** "  synopsis   about" when the synopsis fits before the column, else the about lines below it. */
+function usageOf(spec: CommandSpec): string {
+  const pad = " ".repeat(ABOUT_COLUMN);
+  const [first = "", ...more] = spec.synopsis;
+  const lines = [`  ${first}`, ...more.map((l) => `             ${l}`)];
+  const about = [...spec.about];
+  const last = lines.length - 1;
+  if (lines.length === 1 && (lines[last] as string).length + 2 <= ABOUT_COLUMN) lines[last] = `${(lines[last] as string).padEnd(ABOUT_COLUMN)}${about.shift() ?? ""}`;
+  return [...lines, ...about.map((a) => `${pad}${a}`)].join("\n");
+}
+
 /** Usage of the key custodian commands, to append to the main usage. */
 export const ADMIN_USAGE = `key custodian commands (a client of the KeyAdmin service):
-${COMMANDS.map((c) => `  ${c.usage}`).join("\n")}
+${COMMANDS.map(usageOf).join("\n")}
 
 ${CONNECTION_USAGE}`;
 
 function commandUsage(spec: CommandSpec): string {
-  return `usage: hsm-signer ${spec.usage}\n\n${CONNECTION_USAGE}`;
+  return `usage: hsm-signer ${usageOf(spec).trimStart()}\n\n${CONNECTION_USAGE}`;
 }
 
 /** Splits argv into the command's spec and its arguments: "slots ...", "keys list ...". */
@@ -309,7 +325,7 @@ function findCommand(argv: string[]): { spec: CommandSpec; args: string[] } {
   const two = COMMANDS.find((c) => c.path === `${first} ${second}`);
   if (two) return { spec: two, args: argv.slice(2) };
   const family = COMMANDS.filter((c) => c.path.startsWith(`${first} `));
-  const usage = family.length ? `usage:\n${family.map((c) => `  hsm-signer ${c.usage}`).join("\n")}\n\n${CONNECTION_USAGE}` : ADMIN_USAGE;
+  const usage = family.length ? `usage:\n${family.map(usageOf).join("\n")}\n\n${CONNECTION_USAGE}` : ADMIN_USAGE;
   if (second === undefined || second === "--help" || second === "help") throw new AdminUsageError(`${first ?? "a command"} needs a subcommand`, usage);
   throw new AdminUsageError(`unknown command "${argv.slice(0, 2).join(" ")}"`, usage);
 }
