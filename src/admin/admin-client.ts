@@ -188,7 +188,8 @@ const CHANNEL_FAILURE = /No connection established|Name resolution failed|Connec
 
 /** Turns a grpc-js error into what a custodian reads: the server's message as-is, the endpoint when the channel failed. */
 export function describeCallError(e: grpc.ServiceError, endpoint: string, timeoutMs: number): KeyAdminCallError {
-  const details = e.details || e.message;
+  // grpc-js ends channel failures with an often empty "Resolution note: ".
+  const details = (e.details || e.message).replace(/\.?\s*Resolution note:\s*$/, "");
   if (e.code === grpc.status.UNAVAILABLE && CHANNEL_FAILURE.test(details)) {
     return new KeyAdminCallError(e.code, `cannot reach KeyAdmin at ${endpoint}: ${details}`, { cause: e });
   }
