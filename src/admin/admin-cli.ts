@@ -46,8 +46,23 @@ function line(write: (s: string) => boolean): (text: string) => void {
   };
 }
 
+/**
+ * grpc-js passes the endpoint's host as the TLS servername even when it is an IP address, and
+ * Node then warns (DEP0123) on stderr: noise for a custodian using 127.0.0.1:9443. Only that
+ * warning is dropped; the IP is still checked against the certificate's subjectAltName.
+ */
+function muteIpServerNameWarning(): void {
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((...args: unknown[]) => {
+    const [, typeOrOptions, code] = args;
+    const c = typeof typeOrOptions === "object" && typeOrOptions !== null ? (typeOrOptions as { code?: unknown }).code : code;
+    if (c !== "DEP0123") emit(...args);
+  }) as typeof process.emitWarning;
+}
+
 /** Handles `hsm-signer slots|keys|certs ...`; argv starts at the command word ("slots", "keys", "certs"). Returns the exit code (0 ok, 1 failure reported, 2 usage). */
 export async function runAdminCommand(argv: string[]): Promise<number> {
+  muteIpServerNameWarning();
   return runAdmin(argv, {
     env: process.env,
     out: line((s) => process.stdout.write(s)),
