@@ -1,6 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { basename, dirname, resolve } from "node:path";
 import { assertNever } from "../errors/index.js";
 import { toPem } from "../signing/x509-builder.js";
 import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
@@ -318,7 +318,8 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
       clientKeyFile: abs(cmd.clientKeyFile),
       keySpec,
     }),
-    certAdd: notationCertAddCommand(cmd.store, rootFile),
+    // For another machine: notation cert add copies FILE into the store and refuses an existing name.
+    certAdd: notationCertAddCommand(cmd.store, basename(rootFile)),
   };
   const trustPolicy = trustPolicyFor(cmd.keyId, cmd.store, chain.leafSubject);
   if (json) {
@@ -336,7 +337,7 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
       `2. Add the signing key${keySpec ? ` (update key_spec if the key is rotated to another spec)` : ""}:`,
       `  ${commands.keyAdd}`,
       "",
-      `3. Trust the root: done above for this notation directory. On another machine, copy the file and run:`,
+      `3. Trust the root: done above for this notation directory. Elsewhere, copy ${basename(rootFile)} there and run:`,
       `  ${commands.certAdd}`,
       "",
       `4. Trust policy: replace "*" in registryScopes with your repositories (e.g. registry.example.com/team/app),`,

@@ -3,7 +3,7 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
-/** proto/ at the project root: src/admin/ and dist/src/admin/ both sit three levels below it. */
+/** proto/ at the project root, three levels above dist/src/admin/ (as PROTO_DIR in server/signer-server.ts). */
 const KEY_ADMIN_PROTO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto/hsm_signer/v1/key_admin.proto");
 
 // Messages of hsm_signer.v1.KeyAdmin as @grpc/proto-loader hands them over (keepCase false,
