@@ -317,6 +317,12 @@ function commandUsage(spec: CommandSpec): string {
   return `usage: hsm-signer ${usageOf(spec).trimStart()}\n\n${CONNECTION_USAGE}`;
 }
 
+/** Usage of every "keys ..." (or "certs ...") command; all of them for anything else. */
+function familyUsage(first: string | undefined): string {
+  const family = COMMANDS.filter((c) => c.path.startsWith(`${first} `));
+  return family.length ? `usage:\n${family.map(usageOf).join("\n")}\n\n${CONNECTION_USAGE}` : ADMIN_USAGE;
+}
+
 /** Splits argv into the command's spec and its arguments: "slots ...", "keys list ...". */
 function findCommand(argv: string[]): { spec: CommandSpec; args: string[] } {
   const [first, second] = argv;
@@ -324,9 +330,8 @@ function findCommand(argv: string[]): { spec: CommandSpec; args: string[] } {
   if (one) return { spec: one, args: argv.slice(1) };
   const two = COMMANDS.find((c) => c.path === `${first} ${second}`);
   if (two) return { spec: two, args: argv.slice(2) };
-  const family = COMMANDS.filter((c) => c.path.startsWith(`${first} `));
-  const usage = family.length ? `usage:\n${family.map(usageOf).join("\n")}\n\n${CONNECTION_USAGE}` : ADMIN_USAGE;
-  if (second === undefined || second === "--help" || second === "help") throw new AdminUsageError(`${first ?? "a command"} needs a subcommand`, usage);
+  const usage = familyUsage(first);
+  if (second === undefined) throw new AdminUsageError(`${first ?? "a command"} needs a subcommand`, usage);
   throw new AdminUsageError(`unknown command "${argv.slice(0, 2).join(" ")}"`, usage);
 }
 
@@ -354,6 +359,7 @@ function connectionOf(v: Values, env: NodeJS.ProcessEnv, spec: CommandSpec, usag
  * argument, and nothing is read or connected. Throws AdminUsageError.
  */
 export function parseAdminArgs(argv: string[], env: NodeJS.ProcessEnv): ParsedAdminArgs {
+  if (argv[1] === "--help" || argv[1] === "help") return { help: true, usage: familyUsage(argv[0]) };
   const { spec, args } = findCommand(argv);
   const usage = commandUsage(spec);
   let parsed: { values: Values; positionals: string[] };

@@ -206,6 +206,10 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
     assert.match(e.usage, /keys list/);
     assert.doesNotMatch(e.usage, /certs csr/);
     usageError(["keys"], ENV, "subcommand");
+    const family = parseAdminArgs(["certs", "--help"], {});
+    assert.equal(family.help, true);
+    assert.match((family as { usage: string }).usage, /certs csr[\s\S]*certs import[\s\S]*certs chain/);
+    assert.doesNotMatch((family as { usage: string }).usage, /keys list/);
   });
 
   it("ADMIN_USAGE lists every command and the connection options", () => {
