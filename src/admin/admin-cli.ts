@@ -1,0 +1,348 @@
+import { X509Certificate } from "node:crypto";
+import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
+import { assertNever } from "../errors/index.js";
+import { toPem } from "../signing/x509-builder.js";
+import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
+import { KeyAdminCallError, KeyAdminClient, type AdminClientOptions, type InventoryKey } from "./admin-client.js";
+import { chainToPem, DEFAULT_WARN_DAYS, describeChain, formatInventory, formatJson, formatSlots } from "./admin-format.js";
+import { defaultNotationDir, notationCertAddCommand, notationKeyAddCommand, shellQuote, subjectIdentityProblems, trustPolicyFor, trustStoreRootPath } from "./notation-setup.js";
+
+export { ADMIN_USAGE };
+
+/** What the commands need of KeyAdmin (KeyAdminClient; tests may pass a stand-in). */
+export type KeyAdminApi = Pick<
+  KeyAdminClient,
+  | "endpoint"
+  | "close"
+  | "listSlots"
+  | "generateKey"
+  | "rotateKey"
+  | "createCsr"
+  | "importCertificateChain"
+  | "createTestChain"
+  | "setKeyState"
+  | "destroyKeyVersion"
+  | "getInventory"
+  | "getCertificateChain"
+>;
+
+export interface AdminIo {
+  env: NodeJS.ProcessEnv;
+  /** Writes to stdout; a newline is added when the text has none. */
+  out(text: string): void;
+  err(text: string): void;
+  connect(options: AdminClientOptions): KeyAdminApi;
+}
+
+/** A failure on this side (a file that cannot be read or written): exit 1 with the message. */
+export class AdminFailure extends Error {
+  override name = "AdminFailure";
+}
+
+function line(write: (s: string) => boolean): (text: string) => void {
+  return (text) => {
+    write(text.endsWith("\n") ? text : `${text}\n`);
+  };
+}
+
+/**
+ * grpc-js passes the endpoint's host as the TLS servername even when it is an IP address, and
+ * Node then warns (DEP0123) on stderr: noise for a custodian using 127.0.0.1:9443. Only that
+ * warning is dropped; the IP is still checked against the certificate's subjectAltName.
+ */
+function muteIpServerNameWarning(): void {
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((...args: unknown[]) => {
+    const [, typeOrOptions, code] = args;
+    const c = typeof typeOrOptions === "object" && typeOrOptions !== null ? (typeOrOptions as { code?: unknown }).code : code;
+    if (c !== "DEP0123") emit(...args);
+  }) as typeof process.emitWarning;
+}
+
+/** Handles `hsm-signer slots|keys|certs ...`; argv starts at the command word ("slots", "keys", "certs"). Returns the exit code (0 ok, 1 failure reported, 2 usage). */
+export async function runAdminCommand(argv: string[]): Promise<number> {
+  muteIpServerNameWarning();
+  return runAdmin(argv, {
+    env: process.env,
+    out: line((s) => process.stdout.write(s)),
+    err: line((s) => process.stderr.write(s)),
+    connect: (o) => new KeyAdminClient(o),
+  });
+}
+
+/** runAdminCommand with its environment, output and connection given (for tests). */
+export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
+  let client: KeyAdminApi | undefined;
+  try {
+    const parsed = parseAdminArgs(argv, io.env);
+    if (parsed.help) {
+      io.out(parsed.usage);
+      return 0;
+    }
+    client = io.connect(clientOptions(parsed.connection));
+    await execute(parsed.command, client, io, parsed.json);
+    return 0;
+  } catch (e) {
+    if (e instanceof AdminUsageError) {
+      io.err(`hsm-signer: ${e.message}\n\n${e.usage}`);
+      return 2;
+    }
+    if (e instanceof KeyAdminCallError || e instanceof AdminFailure) {
+      io.err(`hsm-signer: ${e.message}`);
+      return 1;
+    }
+    io.err(`hsm-signer: unexpected failure: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    client?.close();
+  }
+}
+
+function readFile(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new AdminFailure(`cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+function writeFile(path: string, data: string, what: string): void {
+  try {
+    writeFileSync(path, data);
+  } catch (e) {
+    throw new AdminFailure(`cannot write ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+function clientOptions(c: ConnectionOptions): AdminClientOptions {
+  return {
+    endpoint: c.endpoint,
+    ca: c.caFile ? readFile(c.caFile, "--ca") : undefined,
+    cert: readFile(c.certFile, "--cert"),
+    key: readFile(c.keyFile, "--key"),
+    serverName: c.serverName,
+    timeoutMs: c.timeoutMs,
+  };
+}
+
+const ref = (keyId: string, version: number): string => `${keyId}@v${version}`;
+
+function keyTable(key: InventoryKey | null): string[] {
+  return key ? ["", formatInventory([key])] : [];
+}
+
+async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json: boolean): Promise<void> {
+  const print = (response: unknown, text: () => string): void => io.out(json ? formatJson(response) : text());
+  switch (cmd.kind) {
+    case "slots": {
+      const r = await client.listSlots();
+      print(r, () => formatSlots(r.slots));
+      return;
+    }
+    case "keys-list": {
+      const r = await client.getInventory({ keyId: cmd.keyId ?? "", expiryWarningDays: cmd.warnDays ?? 0 });
+      print(r, () => formatInventory(r.keys, cmd.warnDays ?? DEFAULT_WARN_DAYS));
+      return;
+    }
+    case "keys-generate": {
+      const r = await client.generateKey({ keyId: cmd.keyId, keySpec: cmd.keySpec, tokenLabel: cmd.tokenLabel ?? "" });
+      print(r, () =>
+        [
+          `generated key "${cmd.keyId}" version ${r.keyVersion} (${cmd.keySpec})`,
+          ...keyTable(r.key),
+          "",
+          `next: hsm-signer certs csr --key-id ${shellQuote(cmd.keyId)} --subject "CN=..., O=..., ST=..., C=..." and import the issued chain`,
+          `      with hsm-signer certs import, or make a test chain with hsm-signer keys test-chain`,
+        ].join("\n"),
+      );
+      return;
+    }
+    case "keys-rotate": {
+      const r = await client.rotateKey({ keyId: cmd.keyId, keySpec: cmd.keySpec ?? "" });
+      print(r, () =>
+        [
+          `key "${cmd.keyId}" has a new version ${r.keyVersion}; signing moves to it once it has a certificate chain`,
+          ...keyTable(r.key),
+          "",
+          `next: hsm-signer certs csr --key-id ${shellQuote(cmd.keyId)} --version ${r.keyVersion} --subject "CN=..., O=..., ST=..., C=..."`,
+        ].join("\n"),
+      );
+      return;
+    }
+    case "keys-set-state": {
+      const r = await client.setKeyState({ keyId: cmd.keyId, keyVersion: cmd.version, enabled: cmd.enabled, reason: cmd.reason ?? "" });
+      const what = cmd.version ? ref(cmd.keyId, cmd.version) : `key "${cmd.keyId}" (every version)`;
+      print(r, () => [`${cmd.enabled ? "enabled" : "disabled"} ${what}`, ...keyTable(r.key)].join("\n"));
+      return;
+    }
+    case "keys-destroy": {
+      const r = await client.destroyKeyVersion({
+        keyId: cmd.keyId,
+        keyVersion: cmd.version,
+        confirm: cmd.confirm,
+        destroyCertificate: cmd.destroyCertificate,
+        acknowledgeSigned: cmd.acknowledgeSigned,
+      });
+      print(r, () => [`destroyed ${ref(cmd.keyId, cmd.version)}: ${r.destroyed.join(", ") || "nothing"}`, ...keyTable(r.key)].join("\n"));
+      return;
+    }
+    case "keys-test-chain": {
+      const r = await client.createTestChain({
+        keyId: cmd.keyId,
+        keySpec: cmd.keySpec,
+        rootKeyId: cmd.rootKeyId ?? "",
+        rootKeySpec: cmd.rootKeySpec ?? "",
+        organization: cmd.organization ?? "",
+        state: cmd.state ?? "",
+        country: cmd.country ?? "",
+        validityDays: cmd.validityDays ?? 0,
+      });
+      const root = r.certificateChain[r.certificateChain.length - 1];
+      if (cmd.rootOut) {
+        if (!root) throw new AdminFailure(`KeyAdmin returned no certificates for "${cmd.keyId}"; nothing written to ${cmd.rootOut}`);
+        writeFile(cmd.rootOut, toPem(root), "--root-out");
+      }
+      print(r, () => {
+        const lines = [
+          `key "${cmd.keyId}" (${cmd.keySpec}) version ${r.keyVersion}: chain of ${r.certificateChain.length} certificates on the token; ${r.created.length ? `created ${r.created.join(", ")}` : "nothing to create, all present"}`,
+          ...describeChain(r.certificateChain),
+        ];
+        if (cmd.rootOut) lines.push(`root certificate written to ${cmd.rootOut} (for: notation cert add --type ca --store <name> ${shellQuote(cmd.rootOut)})`);
+        return lines.join("\n");
+      });
+      return;
+    }
+    case "certs-csr": {
+      const r = await client.createCsr({ keyId: cmd.keyId, keyVersion: cmd.version, subject: cmd.subject });
+      if (cmd.out) writeFile(cmd.out, r.csrPem, "--out");
+      if (json) io.out(formatJson(r));
+      else io.out(cmd.out ? `CSR for ${ref(cmd.keyId, r.keyVersion)} written to ${cmd.out}` : r.csrPem);
+      return;
+    }
+    case "certs-import": {
+      const certificates = cmd.files.map((f) => readFile(f, "certificate file"));
+      const r = await client.importCertificateChain({ keyId: cmd.keyId, keyVersion: cmd.version, certificates, strictOrder: cmd.strictOrder });
+      print(r, () =>
+        [
+          `stored a chain of ${r.certificateChain.length} certificates for ${ref(r.keyId || cmd.keyId, r.keyVersion)} (${r.stored} written, the others were already on the token):`,
+          ...describeChain(r.certificateChain),
+        ].join("\n"),
+      );
+      return;
+    }
+    case "certs-chain": {
+      const r = await client.getCertificateChain({ keyId: cmd.keyId, keyVersion: cmd.version });
+      if (cmd.out) writeFile(cmd.out, chainToPem(r.certificateChain), "--out");
+      if (json) io.out(formatJson(r));
+      else io.out(cmd.out ? `chain of ${r.certificateChain.length} certificates for ${ref(r.keyId || cmd.keyId, r.keyVersion)} written to ${cmd.out}` : chainToPem(r.certificateChain));
+      return;
+    }
+    case "keys-notation-setup":
+      await notationSetup(cmd, client, io, json);
+      return;
+    default:
+      assertNever(cmd);
+  }
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+  } catch {
+    return "<version>";
+  }
+}
+
+/** Parses a trust store file notation would load (PEM or DER); undefined when it is neither. */
+function certificateIn(data: Buffer): X509Certificate | undefined {
+  try {
+    return new X509Certificate(data);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes the root into notation's trust store once; the same root already there is fine, another is refused. */
+function installRoot(path: string, root: Buffer): boolean {
+  const storeDir = dirname(path);
+  if (existsSync(storeDir) && lstatSync(storeDir).isSymbolicLink()) {
+    throw new AdminFailure(`${storeDir} is a symbolic link, which notation refuses as a trust store (notation-plugin-protocol.md §6.1)`);
+  }
+  if (existsSync(path)) {
+    const existing = certificateIn(readFile(path, "trust store file"));
+    if (existing && existing.raw.equals(root)) return false;
+    throw new AdminFailure(
+      `refusing to overwrite ${path}: it holds ${existing ? `another certificate (${existing.subject.split("\n").join(", ")}, SHA-256 ${existing.fingerprint256})` : "something that is not a certificate"}; remove it first if it should be replaced`,
+    );
+  }
+  try {
+    mkdirSync(storeDir, { recursive: true });
+    // "wx": never replace a file that appeared since the check above.
+    writeFileSync(path, toPem(root), { flag: "wx" });
+  } catch (e) {
+    throw new AdminFailure(`cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return true;
+}
+
+async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-setup" }>, client: KeyAdminApi, io: AdminIo, json: boolean): Promise<void> {
+  const chain = await client.getCertificateChain({ keyId: cmd.keyId, keyVersion: 0 });
+  const root = chain.certificateChain[chain.certificateChain.length - 1];
+  if (!root) throw new AdminFailure(`key "${cmd.keyId}" has no certificate chain yet (hsm-signer certs import, or hsm-signer keys test-chain)`);
+  const problems = subjectIdentityProblems(chain.leafSubject);
+  if (problems.length) {
+    throw new AdminFailure(
+      `the leaf subject "${chain.leafSubject}" of ${ref(cmd.keyId, chain.keyVersion)} cannot be a notation x509.subject identity: ${problems.join("; ")} (notation-plugin-protocol.md §5.4); issue a leaf with C, ST and O`,
+    );
+  }
+  // key_spec lets the plugin answer describe-key without a call (src/plugin/plugin-config.ts).
+  const inventory = await client.getInventory({ keyId: cmd.keyId, expiryWarningDays: 0 });
+  const keySpec = inventory.keys.find((k) => k.keyId === cmd.keyId)?.versions.find((v) => v.version === chain.keyVersion)?.keySpec || undefined;
+
+  const notationDir = resolve(cmd.notationDir ?? defaultNotationDir(io.env));
+  const rootFile = trustStoreRootPath(notationDir, cmd.store, cmd.keyId);
+  const written = installRoot(rootFile, root);
+  const rootCert = certificateIn(root);
+
+  const pkg = `notation-hsm-signer_${packageVersion()}.tar.gz`;
+  const abs = (f: string | undefined): string | undefined => (f ? resolve(f) : undefined);
+  const commands = {
+    pluginInstall: `notation plugin install --file ${pkg} --sha256sum "$(cut -d' ' -f1 ${pkg}.sha256)"`,
+    keyAdd: notationKeyAddCommand({
+      keyName: cmd.keyName,
+      keyId: cmd.keyId,
+      endpoint: cmd.pluginEndpoint,
+      caFile: abs(cmd.caFile),
+      clientCertFile: abs(cmd.clientCertFile),
+      clientKeyFile: abs(cmd.clientKeyFile),
+      keySpec,
+    }),
+    // For another machine: notation cert add copies FILE into the store and refuses an existing name.
+    certAdd: notationCertAddCommand(cmd.store, basename(rootFile)),
+  };
+  const trustPolicy = trustPolicyFor(cmd.keyId, cmd.store, chain.leafSubject);
+  if (json) {
+    io.out(formatJson({ keyId: cmd.keyId, keyVersion: chain.keyVersion, leafSubject: chain.leafSubject, keySpec: keySpec ?? "", rootFile, written, rootCertificate: toPem(root), commands, trustPolicy }));
+    return;
+  }
+  io.out(
+    [
+      `root certificate of ${ref(cmd.keyId, chain.keyVersion)}: ${rootCert ? `${rootCert.subject.split("\n").join(", ")}, SHA-256 ${rootCert.fingerprint256}` : "(unparsable)"}`,
+      written ? `written to ${rootFile}` : `already in ${rootFile} (unchanged)`,
+      "",
+      `1. Install the plugin (the package npm run package-plugin builds in dist/):`,
+      `  ${commands.pluginInstall}`,
+      "",
+      `2. Add the signing key${keySpec ? ` (update key_spec if the key is rotated to another spec)` : ""}:`,
+      `  ${commands.keyAdd}`,
+      "",
+      `3. Trust the root: done above for this notation directory. Elsewhere, copy ${basename(rootFile)} there and run:`,
+      `  ${commands.certAdd}`,
+      "",
+      `4. Trust policy: replace "*" in registryScopes with your repositories (e.g. registry.example.com/team/app),`,
+      `   save it as trustpolicy.json and run: notation policy import trustpolicy.json`,
+      JSON.stringify(trustPolicy, null, 2),
+    ].join("\n"),
+  );
+}
