@@ -7,6 +7,7 @@ import { SignerError } from "../errors/index.js";
 import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, initToken, KeyCustody, listTokens, loadModule, openHsm } from "../hsm/index.js";
+import { ADMIN_USAGE, runAdminCommand } from "../admin/index.js";
 import { startKeyAdminServer } from "../admin/key-admin-server.js";
 import { createLogger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
@@ -32,7 +33,9 @@ commands:
                                       initialize a token (SoftHSM, development); PINs from files
   version
 
-The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).`;
+The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).
+
+${ADMIN_USAGE}`;
 
 class UsageError extends Error {}
 
@@ -265,6 +268,10 @@ export async function run(argv: string[]): Promise<number> {
         if (sub !== "init") throw new UsageError("usage: hsm-signer token init ...");
         tokenInit(rest);
         return 0;
+      case "slots":
+      case "keys":
+      case "certs":
+        return await runAdminCommand(argv);
       case "version":
       case "--version":
         console.log(JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")).version);
