@@ -1,6 +1,6 @@
 import type { Session, Slot } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
-import { silentLogger, type Logger } from "../log/index.js";
+import { silentLogger, withoutLogContext, type Logger } from "../log/index.js";
 import { login, openSession, probeToken, sessionLoggedIn } from "./hsm-token.js";
 import { ckrName, isSuspectFailure, translatePkcs11Error } from "./pkcs11-errors.js";
 
@@ -391,7 +391,8 @@ export class SessionPool {
   private schedule(ms: number): void {
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.nextAttemptAt = Date.now() + ms;
-    this.recoveryTimer = setTimeout(() => void this.recover(), ms);
+    // Reconnecting is the pool's business, not that of the request that noticed the fault: its lines carry no request id.
+    this.recoveryTimer = withoutLogContext(() => setTimeout(() => void this.recover(), ms));
     this.recoveryTimer.unref();
   }
 
