@@ -9,7 +9,7 @@ import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, initToken, KeyCustody, listTokens, loadModule, openHsm } from "../hsm/index.js";
 import { ADMIN_USAGE, runAdminCommand } from "../admin/index.js";
 import { startKeyAdminServer } from "../admin/key-admin-server.js";
-import { createLogger } from "../log/index.js";
+import { createLogger, type Logger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
 import { toPem } from "../signing/x509-builder.js";
@@ -53,9 +53,10 @@ function spec(v: string | undefined, flag: string): KeySpec | undefined {
   return v;
 }
 
-async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds: number) => void) {
+async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds: number) => void, logger?: Logger) {
   return openHsm({
     onSign,
+    logger,
     modulePath: config.hsm.module,
     tokenLabel: config.hsm.tokenLabel,
     tokenSerial: config.hsm.tokenSerial,
@@ -74,7 +75,7 @@ async function serve(configFile: string): Promise<void> {
   const policy = await PolicyStore.open(config.policy.file, logger);
   policy.watch();
   const authenticator = await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger);
-  const hsm = await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds));
+  const hsm = await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds), logger);
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
@@ -110,7 +111,7 @@ async function serve(configFile: string): Promise<void> {
     ? await startKeyAdminServer({
         listen: config.admin.listen,
         tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
-        custody: new KeyCustody(hsm.pool, hsm.keys, hsm.slot),
+        custody: new KeyCustody(hsm.pool, hsm.keys),
         keys: hsm.keys,
         pool: hsm.pool,
         access,

@@ -41,6 +41,30 @@ export function loadModule(libraryPath: string): Module {
   return mod;
 }
 
+/**
+ * C_Finalize then C_Initialize of an already loaded module: the one remedy that works when a
+ * token went away and came back (SoftHSM 2.6 keeps answering CKR_GENERAL_ERROR from
+ * C_GetTokenInfo for a token whose directory was moved, until the library is re-initialized).
+ * Every session and object handle of the whole process becomes invalid: call it only while no
+ * session of the module is in use. Throws (translated) when C_Initialize fails; the module stays
+ * loaded, so a later call can try again.
+ */
+export function reinitializeModule(libraryPath: string): Module {
+  const mod = modules.get(libraryPath);
+  if (!mod) return loadModule(libraryPath);
+  try {
+    mod.finalize();
+  } catch {
+    // CKR_CRYPTOKI_NOT_INITIALIZED after a failed attempt: nothing to finalize
+  }
+  try {
+    mod.initialize({ flags: CKF_OS_LOCKING_OK });
+  } catch (e) {
+    if (!isCkr(e, CKR.CRYPTOKI_ALREADY_INITIALIZED)) throw translatePkcs11Error(e, `C_Initialize of ${libraryPath}`);
+  }
+  return mod;
+}
+
 /** C_Finalize; call only when nothing uses the module any more. */
 export function finalizeModule(libraryPath: string): void {
   const mod = modules.get(libraryPath);
@@ -86,6 +110,19 @@ export function findSlot(mod: Module, sel: TokenSelector): Slot {
   }
   const wanted = sel.tokenLabel !== undefined ? `label "${sel.tokenLabel}"` : `serial "${sel.tokenSerial ?? ""}"`;
   throw new SignerError("HSM_UNAVAILABLE", `no initialized token with ${wanted} (tokens present: ${seen.map((s) => `"${s}"`).join(", ") || "none"})`);
+}
+
+/** C_GetTokenInfo as a liveness probe of the token (about 0.1 ms on SoftHSM); throws the raw PKCS#11 error. */
+export function probeToken(slot: Slot): void {
+  slot.lib.C_GetTokenInfo(slot.handle);
+}
+
+/** CKS_RO_USER_FUNCTIONS and CKS_RW_USER_FUNCTIONS (PKCS#11 v2.40 §5.6.1): the session sees private objects. */
+const LOGGED_IN_STATES = new Set([1, 3]);
+
+/** C_GetSessionInfo: whether the user is logged in; throws the raw error when the handle is no longer valid. */
+export function sessionLoggedIn(session: Session): boolean {
+  return LOGGED_IN_STATES.has(session.lib.C_GetSessionInfo(session.handle).state);
 }
 
 export function openSession(slot: Slot): Session {

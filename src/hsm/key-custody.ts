@@ -76,8 +76,11 @@ export class KeyCustody {
   constructor(
     private readonly pool: SessionPool,
     private readonly keys: Pkcs11KeyStore,
-    private readonly slot: Slot,
   ) {}
+
+  private get slot(): Slot {
+    return this.pool.slot;
+  }
 
   /** Runs one change at a time; the key store is rescanned after each (failed ones too). */
   private change<T>(fn: () => Promise<T>): Promise<T> {

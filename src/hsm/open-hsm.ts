@@ -1,5 +1,5 @@
-import type { Slot } from "graphene-pk11";
-import { findSlot, loadModule, type TokenSelector } from "./hsm-token.js";
+import type { Logger } from "../log/index.js";
+import { findSlot, loadModule, reinitializeModule, type TokenSelector } from "./hsm-token.js";
 import { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { SessionPool } from "./session-pool.js";
 import { SignThreads } from "./sign-threads.js";
@@ -11,11 +11,15 @@ export interface HsmOptions extends TokenSelector {
   maxWaiters?: number;
   keyRefreshMs?: number;
   onSign?: (keySpec: string, seconds: number) => void;
+  /** Where HSM faults and recoveries are logged (default: nowhere). */
+  logger?: Logger;
+  /** Background check of the token and sessions (ms, 0 = off); see SessionPoolOptions. */
+  healthCheckIntervalMs?: number;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
 }
 
 export interface Hsm {
-  /** The slot of the token this service is logged in to. */
-  slot: Slot;
   pool: SessionPool;
   keys: Pkcs11KeyStore;
   /** Stops the signing threads and closes the sessions; C_Finalize only after it resolves. */
@@ -26,20 +30,34 @@ export interface Hsm {
 export async function openHsm(o: HsmOptions): Promise<Hsm> {
   const mod = loadModule(o.modulePath);
   const slot = findSlot(mod, o);
-  const pool = new SessionPool(slot, o.pin, { size: o.poolSize, maxWaiters: o.maxWaiters });
+  // The pool and the key store need each other: the store takes sessions, the pool rescans it after a recovery.
+  const late: { keys?: Pkcs11KeyStore } = {};
+  const pool = new SessionPool(slot, o.pin, {
+    size: o.poolSize,
+    maxWaiters: o.maxWaiters,
+    logger: o.logger,
+    healthCheckIntervalMs: o.healthCheckIntervalMs,
+    reconnectMinMs: o.reconnectMinMs,
+    reconnectMaxMs: o.reconnectMaxMs,
+    // A token that went away comes back only through C_Finalize + C_Initialize; its slot id may change.
+    reconnect: () => findSlot(reinitializeModule(o.modulePath), o),
+    // Key handles do not survive a logout or a re-initialization: rescan before signing again.
+    onRecovered: () => late.keys?.refresh() ?? Promise.resolve(),
+  });
   pool.start();
-  const threads = new SignThreads(o.modulePath, pool.size);
-  const keys = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign });
+  const threads = new SignThreads(o.modulePath, pool.size, { onError: (e) => pool.diagnose(e) });
+  const store = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign });
+  late.keys = store;
   const close = async (): Promise<void> => {
-    keys.stop();
+    store.stop();
     await threads.close();
     pool.close();
   };
   try {
-    await keys.start();
+    await store.start();
   } catch (e) {
     await close();
     throw e;
   }
-  return { slot, pool, keys, close };
+  return { pool, keys: store, close };
 }

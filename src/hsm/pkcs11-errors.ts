@@ -36,6 +36,14 @@ const SESSION_LOST = new Set<number>([
   CKR.CRYPTOKI_NOT_INITIALIZED,
 ]);
 
+/**
+ * Return values that can also mean the token, the login or the session is gone, not the request:
+ * SoftHSM 2.6 answers CKR_OBJECT_HANDLE_INVALID for a key once its token directory was moved
+ * away or the user was logged out, and CKR_GENERAL_ERROR from C_GetTokenInfo for that token.
+ * After one of these the session pool checks the token and its sessions before blaming the key.
+ */
+const SUSPECT = new Set<number>([...SESSION_LOST, CKR.GENERAL_ERROR, CKR.DEVICE_MEMORY, CKR.KEY_HANDLE_INVALID, CKR.OBJECT_HANDLE_INVALID]);
+
 /** The CKR_ value carried by a pkcs11js/graphene error, if any. */
 export function ckrOf(e: unknown): number | undefined {
   if (e && typeof e === "object" && "code" in e && typeof (e as { code: unknown }).code === "number") {
@@ -50,11 +58,18 @@ export function isSessionLost(e: unknown): boolean {
   return c !== undefined && SESSION_LOST.has(c);
 }
 
+/** True for a failure after which the token, the login and the sessions are worth checking. */
+export function isSuspectFailure(e: unknown): boolean {
+  const c = ckrOf(e);
+  return c !== undefined && SUSPECT.has(c);
+}
+
 export function isCkr(e: unknown, ckr: number): boolean {
   return ckrOf(e) === ckr;
 }
 
-function ckrName(e: unknown): string {
+/** "CKR_..." from a PKCS#11 error's message, for logs and safe messages. */
+export function ckrName(e: unknown): string {
   const m = e instanceof Error ? /CKR_\w+/.exec(e.message) : null;
   return m?.[0] ?? "unknown PKCS#11 error";
 }

@@ -129,6 +129,8 @@ export class Pkcs11KeyStore implements KeyStore {
     this.scanning ??= this.pool
       .use((s) => this.scan(s))
       .then(({ views, signed, fingerprint }) => {
+        // A token that went away can look empty before the pool notices: keep the last view then.
+        if (views.size < this.views.size && !this.pool.check()) return;
         this.views = views;
         this.signed = signed;
         this.fingerprint = fingerprint;
@@ -142,6 +144,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   /** A cheap look at the token (object handles and state objects); a full rescan only when it changed. */
   async refreshIfChanged(): Promise<void> {
+    if (!this.pool.healthy) return; // the pool reloads the keys itself when it recovers
     const now = await this.pool.use((s) => tokenFingerprint(s, readTokenState(s)));
     if (now !== this.fingerprint) await this.refresh();
   }

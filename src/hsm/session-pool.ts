@@ -1,15 +1,59 @@
 import type { Session, Slot } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
-import { login, openSession } from "./hsm-token.js";
-import { isSessionLost, translatePkcs11Error } from "./pkcs11-errors.js";
+import { silentLogger, withoutLogContext, type Logger } from "../log/index.js";
+import { login, openSession, probeToken, sessionLoggedIn } from "./hsm-token.js";
+import { ckrName, isSuspectFailure, translatePkcs11Error } from "./pkcs11-errors.js";
 
 export const DEFAULT_POOL_SIZE = 4;
 export const DEFAULT_MAX_WAITERS = 256;
+/** How often the pool checks the token and its idle sessions, so that readiness follows an HSM nobody is using. */
+export const DEFAULT_HEALTH_CHECK_MS = 5_000;
+/** Reconnection attempts after a fault start this far apart and double up to DEFAULT_RECONNECT_MAX_MS. */
+export const DEFAULT_RECONNECT_MIN_MS = 250;
+export const DEFAULT_RECONNECT_MAX_MS = 5_000;
+/** While sessions of the lost generation are still in use, the next attempt looks again this soon. */
+const DRAIN_POLL_MS = 50;
+/** The smallest retry-after-ms a caller is told while the HSM is down. */
+const MIN_RETRY_AFTER_MS = 100;
 
 export interface SessionPoolOptions {
   size?: number;
   /** Waiters beyond this many get POOL_EXHAUSTED instead of queueing. */
   maxWaiters?: number;
+  /**
+   * Re-initializes the module and finds the token again (C_Finalize + C_Initialize), for faults
+   * that outlive the sessions: the token went away (CKR_TOKEN_NOT_PRESENT, CKR_DEVICE_ERROR, or
+   * SoftHSM's CKR_GENERAL_ERROR for a moved token directory). Without it the pool only reopens
+   * sessions and logs in again on the same slot.
+   */
+  reconnect?: () => Slot;
+  /**
+   * Runs once sessions and login are back, before anyone else gets a session (the key store
+   * rescans: object handles do not survive a logout or a re-initialization). Its acquire() calls
+   * must start synchronously; a rejection counts as a failed attempt.
+   */
+  onRecovered?: () => Promise<void>;
+  /** Period of the background check of the token and idle sessions; 0 turns it off. */
+  healthCheckIntervalMs?: number;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  logger?: Logger;
+}
+
+/** Counters since the pool was made, for metrics. */
+export interface SessionPoolCounters {
+  /** Times the pool found the HSM unavailable and stopped handing out sessions. */
+  faults: number;
+  /** Times it came back by itself. */
+  recoveries: number;
+  /** Sessions dropped because the HSM reported them lost or an operation on them failed. */
+  sessionsReplaced: number;
+  /** C_Login calls that left the session logged in (CKR_USER_ALREADY_LOGGED_IN included). */
+  logins: number;
+  /** C_Login calls refused with CKR_PIN_INCORRECT or CKR_PIN_LOCKED: at most one, then the pool stops. */
+  loginsPinIncorrect: number;
+  /** C_Login calls that failed otherwise (the token went away during a login). */
+  loginsFailed: number;
 }
 
 export interface SessionPoolStats {
@@ -17,6 +61,8 @@ export interface SessionPoolStats {
   inUse: number;
   idle: number;
   waiting: number;
+  up: boolean;
+  counters: SessionPoolCounters;
 }
 
 interface Waiter {
@@ -26,76 +72,134 @@ interface Waiter {
 }
 
 /**
- * A bounded pool of logged-in R/W sessions on one token. Sessions that the HSM reports lost
- * (CKR_SESSION_HANDLE_INVALID, CKR_DEVICE_ERROR, ...) are dropped and reopened, with a new
- * C_Login, the next time one is needed; a wrong PIN is never retried.
+ * up: sessions are handed out. down: the HSM, the login or the sessions were lost; callers get
+ * HSM_UNAVAILABLE at once while reconnection attempts run with backoff. recovering: sessions
+ * and login are back and onRecovered() runs. fatal: the PIN was refused; nothing is retried,
+ * since retrying a wrong PIN would lock the token. closed: close() was called.
+ */
+type PoolState = "up" | "down" | "recovering" | "fatal" | "closed";
+
+function closeQuietly(s: Session): void {
+  try {
+    s.close();
+  } catch {
+    // a lost session may already be gone
+  }
+}
+
+/**
+ * A bounded pool of logged-in R/W sessions on one token. A failure that could mean the HSM is at
+ * fault makes the pool check the token (C_GetTokenInfo) and its sessions (C_GetSessionInfo): a
+ * lost session is replaced; a lost login or token takes the pool down, and it reconnects by
+ * itself (reopen, C_Login, optionally re-initialize the module) with exponential backoff. A wrong
+ * PIN is never retried.
  */
 export class SessionPool {
   readonly size: number;
   private readonly maxWaiters: number;
   private readonly idle: Session[] = [];
+  /** Sessions of the current generation, idle or in use: a session not in here is never pooled again. */
+  private readonly owned = new Set<Session>();
   private readonly waiters: Waiter[] = [];
-  private open = 0;
-  private closed = false;
-  private fatal: SignerError | undefined;
+  private state: PoolState = "up";
+  /** Why the pool is down (HSM_UNAVAILABLE) or fatal (HSM_PIN_INCORRECT). */
+  private fault: SignerError | undefined;
+  private reconnectNeeded = false;
+  private delayMs: number;
+  private nextAttemptAt = 0;
+  private downSince = 0;
+  private attempts = 0;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  private healthTimer: NodeJS.Timeout | undefined;
+  /** True only while onRecovered() starts, so that its acquire() calls get a session before the pool is up. */
+  private admitting = false;
+  private readonly logger: Logger;
+  private readonly counters: SessionPoolCounters = { faults: 0, recoveries: 0, sessionsReplaced: 0, logins: 0, loginsPinIncorrect: 0, loginsFailed: 0 };
 
   constructor(
-    private readonly slot: Slot,
+    private currentSlot: Slot,
     private readonly pin: string,
-    options: SessionPoolOptions = {},
+    private readonly options: SessionPoolOptions = {},
   ) {
     this.size = options.size ?? DEFAULT_POOL_SIZE;
     this.maxWaiters = options.maxWaiters ?? DEFAULT_MAX_WAITERS;
+    this.logger = options.logger ?? silentLogger;
+    this.delayMs = this.minDelay;
     if (!Number.isInteger(this.size) || this.size < 1) throw new SignerError("CONFIG_INVALID", "session pool size must be a positive integer");
   }
 
-  /** Opens every session now, so a bad PIN or a missing token fails at start-up. */
+  private get minDelay(): number {
+    return this.options.reconnectMinMs ?? DEFAULT_RECONNECT_MIN_MS;
+  }
+
+  /** Opens every session now, so a bad PIN or a missing token fails at start-up; then starts the background check. */
   start(): void {
-    while (this.open < this.size) this.idle.push(this.openOne());
+    while (this.owned.size < this.size) this.idle.push(this.openOne());
+    const every = this.options.healthCheckIntervalMs ?? DEFAULT_HEALTH_CHECK_MS;
+    if (every > 0 && !this.healthTimer) {
+      this.healthTimer = setInterval(() => this.check(), every);
+      this.healthTimer.unref();
+    }
+  }
+
+  /** The token's slot (it may change when the pool reconnects after the token went away). */
+  get slot(): Slot {
+    return this.currentSlot;
   }
 
   get stats(): SessionPoolStats {
-    return { size: this.size, inUse: this.open - this.idle.length, idle: this.idle.length, waiting: this.waiters.length };
+    return { size: this.size, inUse: this.owned.size - this.idle.length, idle: this.idle.length, waiting: this.waiters.length, up: this.state === "up", counters: { ...this.counters } };
   }
 
-  /** True when at least one session could be used or opened at the last attempt. */
+  /** True while sessions are handed out: false while the HSM is down or reconnecting, after a wrong PIN, and once closed. */
   get healthy(): boolean {
-    return !this.closed && this.fatal === undefined && this.open > 0;
+    return this.state === "up";
   }
 
   private openOne(): Session {
-    if (this.fatal) throw this.fatal;
+    if (this.state === "fatal" && this.fault) throw this.fault;
     let session: Session;
     try {
-      session = openSession(this.slot);
+      session = openSession(this.currentSlot);
     } catch (e) {
       throw translatePkcs11Error(e, "C_OpenSession");
     }
     try {
       login(session, this.pin);
+      this.counters.logins++;
     } catch (e) {
-      try {
-        session.close();
-      } catch {
-        // the session is useless either way
+      closeQuietly(session);
+      if (e instanceof SignerError && e.code === "HSM_PIN_INCORRECT") {
+        this.counters.loginsPinIncorrect++;
+        this.goFatal(e);
+      } else {
+        this.counters.loginsFailed++;
       }
-      if (e instanceof SignerError && e.code === "HSM_PIN_INCORRECT") this.fatal = e;
       throw e;
     }
-    this.open++;
+    this.owned.add(session);
     return session;
   }
 
-  /** Waits for a session until `deadline` (ms since epoch); fails fast when the pool is saturated. */
+  /** The error a caller gets while no session can be handed out. */
+  private unavailable(cause?: unknown): SignerError {
+    if (this.state === "fatal" && this.fault) return this.fault;
+    if (this.state === "closed") return new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closed", { cause });
+    const wait = Math.max(0, this.nextAttemptAt - Date.now());
+    const what = this.fault?.message ?? "the HSM is unavailable";
+    return new SignerError("HSM_UNAVAILABLE", `${what}; reconnecting, next attempt in ${wait} ms`, { cause: cause ?? this.fault?.cause, retryAfterMs: Math.max(MIN_RETRY_AFTER_MS, wait) });
+  }
+
+  /** Waits for a session until `deadline` (ms since epoch); fails fast when the pool is saturated or the HSM is down. */
   acquire(deadline?: number): Promise<Session> {
-    if (this.closed) return Promise.reject(new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closed"));
+    if (this.state !== "up" && !(this.state === "recovering" && this.admitting)) return Promise.reject(this.unavailable());
     const s = this.idle.pop();
     if (s) return Promise.resolve(s);
-    if (this.open < this.size) {
+    if (this.owned.size < this.size) {
       try {
         return Promise.resolve(this.openOne());
       } catch (e) {
-        return Promise.reject(e);
+        return Promise.reject(this.diagnose(e));
       }
     }
     if (this.waiters.length >= this.maxWaiters) {
@@ -119,27 +223,27 @@ export class SessionPool {
     });
   }
 
+  /** Returns a session; `lost` (any failed operation on it) closes it instead, and a new one is opened when needed. */
   release(session: Session, lost = false): void {
-    if (lost || this.closed) {
-      this.open--;
-      try {
-        session.close();
-      } catch {
-        // a lost session may already be gone
-      }
-      if (this.closed) return;
+    // A session from before a reconnection: its handle may since name another session, so it is not even closed.
+    if (!this.owned.has(session)) return;
+    if (lost || (this.state !== "up" && this.state !== "recovering")) {
+      this.owned.delete(session);
+      closeQuietly(session);
+      if (lost) this.counters.sessionsReplaced++;
+      if (this.state !== "up") return;
       const w = this.waiters.shift();
       if (w) {
         if (w.timer) clearTimeout(w.timer);
         try {
           w.resolve(this.openOne());
         } catch (e) {
-          w.reject(e);
+          w.reject(this.diagnose(e));
         }
       }
       return;
     }
-    const w = this.waiters.shift();
+    const w = this.state === "up" ? this.waiters.shift() : undefined;
     if (w) {
       if (w.timer) clearTimeout(w.timer);
       w.resolve(session);
@@ -148,33 +252,230 @@ export class SessionPool {
     }
   }
 
-  /** Runs `fn` with a session; a session the HSM reports lost is replaced, not returned to the pool. */
+  /** Runs `fn` with a session; a failed session is replaced, not returned to the pool. */
   async use<T>(fn: (s: Session) => T | Promise<T>, deadline?: number): Promise<T> {
     const session = await this.acquire(deadline);
-    let lost = false;
+    let failed = false;
     try {
       return await fn(session);
     } catch (e) {
-      lost = isSessionLost(e);
-      throw e;
+      failed = true;
+      throw this.diagnose(e);
     } finally {
-      this.release(session, lost);
+      this.release(session, failed);
     }
   }
 
+  /**
+   * For a failed operation on one of the pool's sessions: when the failure could mean the HSM is
+   * at fault, checks it now, and returns what the caller should see (HSM_UNAVAILABLE once the
+   * pool is down, the original error otherwise, e.g. a key that really was deleted).
+   */
+  diagnose(e: unknown): unknown {
+    const suspect = isSuspectFailure(e) || (e instanceof SignerError && e.code === "HSM_UNAVAILABLE");
+    if (this.state === "up" && !suspect) return e;
+    if (this.check()) return e;
+    return this.unavailable(e);
+  }
+
+  /**
+   * Checks the token (C_GetTokenInfo) and the idle sessions (C_GetSessionInfo) now, drops lost
+   * sessions, and takes the pool down when the token or the login is gone. Returns whether the
+   * pool is up. Cheap: about 0.1 ms plus a few microseconds per idle session on SoftHSM.
+   */
+  check(): boolean {
+    if (this.state !== "up") return false;
+    try {
+      probeToken(this.currentSlot);
+    } catch (e) {
+      this.markDown(`C_GetTokenInfo failed with ${ckrName(e)}`, e, true);
+      return false;
+    }
+    let loggedIn = false;
+    for (const s of [...this.idle]) {
+      let ok: boolean;
+      try {
+        ok = sessionLoggedIn(s);
+      } catch (e) {
+        // CKR_SESSION_HANDLE_INVALID / CKR_SESSION_CLOSED: this session is gone, the others may be fine.
+        this.idle.splice(this.idle.indexOf(s), 1);
+        this.owned.delete(s);
+        closeQuietly(s);
+        this.counters.sessionsReplaced++;
+        this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(e) });
+        continue;
+      }
+      if (!ok) {
+        this.markDown("the HSM user is no longer logged in", undefined, false);
+        return false;
+      }
+      loggedIn = true;
+    }
+    if (loggedIn) return true;
+    // No idle session vouched for the login. A fresh session tells: login state is per process and token.
+    let s: Session;
+    try {
+      s = openSession(this.currentSlot);
+    } catch (e) {
+      this.markDown(`C_OpenSession failed with ${ckrName(e)}`, e, true);
+      return false;
+    }
+    let ok = false;
+    try {
+      ok = sessionLoggedIn(s);
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      closeQuietly(s);
+      this.markDown("the HSM user is no longer logged in", undefined, false);
+      return false;
+    }
+    if (this.owned.size < this.size) {
+      this.owned.add(s);
+      this.idle.push(s);
+      this.handToWaiter();
+    } else {
+      closeQuietly(s);
+    }
+    return true;
+  }
+
+  private handToWaiter(): void {
+    const w = this.waiters.length > 0 ? this.waiters.shift() : undefined;
+    if (!w) return;
+    if (w.timer) clearTimeout(w.timer);
+    const s = this.idle.pop();
+    if (s) w.resolve(s);
+    else this.waiters.unshift(w);
+  }
+
+  private markDown(reason: string, cause: unknown, reconnect: boolean): void {
+    if (reconnect) this.reconnectNeeded = true;
+    if (this.state !== "up" && this.state !== "recovering") return;
+    const wasUp = this.state === "up";
+    this.state = "down";
+    this.fault = new SignerError("HSM_UNAVAILABLE", `the HSM is unavailable (${reason})`, { cause });
+    if (wasUp) {
+      this.counters.faults++;
+      this.downSince = Date.now();
+      this.attempts = 0;
+      this.delayMs = this.minDelay;
+      this.logger.warn("HSM unavailable; reconnecting", { reason, sessionsInUse: this.owned.size - this.idle.length });
+    }
+    for (const w of this.waiters.splice(0)) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(this.unavailable());
+    }
+    for (const s of this.idle.splice(0)) {
+      this.owned.delete(s);
+      closeQuietly(s);
+    }
+    // A lost login is repaired at once; a lost token is given a moment.
+    this.schedule(wasUp && !this.reconnectNeeded ? 0 : this.delayMs);
+  }
+
+  private goFatal(e: SignerError): void {
+    if (this.state === "closed") return;
+    const wasRunning = this.state !== "fatal";
+    this.state = "fatal";
+    this.fault = e;
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = undefined;
+    for (const w of this.waiters.splice(0)) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(e);
+    }
+    for (const s of this.idle.splice(0)) {
+      this.owned.delete(s);
+      closeQuietly(s);
+    }
+    if (wasRunning) this.logger.error("HSM login refused; not retrying, to avoid locking the token. Fix the PIN and restart.", { error: e.message });
+  }
+
+  private schedule(ms: number): void {
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.nextAttemptAt = Date.now() + ms;
+    // Reconnecting is the pool's business, not that of the request that noticed the fault: its lines carry no request id.
+    this.recoveryTimer = withoutLogContext(() => setTimeout(() => void this.recover(), ms));
+    this.recoveryTimer.unref();
+  }
+
+  private async recover(): Promise<void> {
+    this.recoveryTimer = undefined;
+    if (this.state !== "down") return;
+    // Calls on sessions of the lost generation finish first (they fail fast): C_Finalize must not
+    // run under a signing thread (notes, trap 6), and a reused handle must not reach an old caller.
+    if (this.owned.size > 0) return this.schedule(DRAIN_POLL_MS);
+    this.attempts++;
+    try {
+      if (this.reconnectNeeded && this.options.reconnect) this.currentSlot = this.options.reconnect();
+      try {
+        probeToken(this.currentSlot);
+      } catch (e) {
+        throw translatePkcs11Error(e, "C_GetTokenInfo");
+      }
+      while (this.owned.size < this.size) this.idle.push(this.openOne());
+    } catch (e) {
+      if (this.state !== "down") return; // fatal (wrong PIN) or closed: no further attempt
+      return this.attemptFailed(e);
+    }
+    this.reconnectNeeded = false;
+    this.state = "recovering";
+    let refreshed: Promise<void> = Promise.resolve();
+    if (this.options.onRecovered) {
+      this.admitting = true;
+      try {
+        refreshed = this.options.onRecovered();
+      } catch (e) {
+        refreshed = Promise.reject(e);
+      } finally {
+        this.admitting = false;
+      }
+    }
+    try {
+      await refreshed;
+    } catch (e) {
+      if (this.state === "recovering") this.state = "down";
+      if (this.state !== "down") return;
+      return this.attemptFailed(e);
+    }
+    if (this.state !== "recovering") return;
+    this.state = "up";
+    this.fault = undefined;
+    this.counters.recoveries++;
+    this.logger.info("HSM available again", { downMs: Date.now() - this.downSince, attempts: this.attempts });
+    this.delayMs = this.minDelay;
+  }
+
+  private attemptFailed(e: unknown): void {
+    for (const s of this.idle.splice(0)) {
+      this.owned.delete(s);
+      closeQuietly(s);
+    }
+    // Whatever failed, the next attempt starts from a re-initialized module when it can.
+    this.reconnectNeeded = true;
+    const reason = e instanceof SignerError ? e.message : ckrName(e);
+    this.fault = new SignerError("HSM_UNAVAILABLE", this.fault?.message ?? "the HSM is unavailable", { cause: e });
+    const delay = this.delayMs;
+    this.delayMs = Math.min(this.options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS, this.delayMs * 2);
+    this.logger.warn("HSM reconnection attempt failed", { attempt: this.attempts, reason, nextAttemptMs: delay });
+    this.schedule(delay);
+  }
+
   close(): void {
-    this.closed = true;
+    this.state = "closed";
+    if (this.healthTimer) clearInterval(this.healthTimer);
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.healthTimer = undefined;
+    this.recoveryTimer = undefined;
     for (const w of this.waiters.splice(0)) {
       if (w.timer) clearTimeout(w.timer);
       w.reject(new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closing"));
     }
     for (const s of this.idle.splice(0)) {
-      this.open--;
-      try {
-        s.close();
-      } catch {
-        // closing anyway
-      }
+      this.owned.delete(s);
+      closeQuietly(s);
     }
   }
 }

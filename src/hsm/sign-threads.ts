@@ -21,6 +21,15 @@ class WorkerPkcs11Error extends Error {
   }
 }
 
+export interface SignThreadsOptions {
+  /**
+   * Maps the error of a failed job to the one its caller gets (the session pool's diagnose():
+   * HSM_UNAVAILABLE when the failure meant the HSM is gone). It runs in the caller's async
+   * context, so its log lines carry the caller's request id.
+   */
+  onError?: (e: unknown) => unknown;
+}
+
 /**
  * Signing threads, one per pooled session, so a job normally finds a free thread at once; while
  * a thread that died is being replaced, jobs wait in order (the session pool bounds them).
@@ -38,6 +47,7 @@ export class SignThreads {
   constructor(
     private readonly modulePath: string,
     count: number,
+    private readonly options: SignThreadsOptions = {},
   ) {
     for (let i = 0; i < count; i++) this.spawn();
   }
@@ -84,7 +94,7 @@ export class SignThreads {
     const id = this.nextId++;
     // Copies: a Buffer is often a slice of Node's 8 KiB pool, which postMessage would clone whole.
     const job: SignJob = { id, session: new Uint8Array(session), key: new Uint8Array(key), mechanism, data: new Uint8Array(data), outLength };
-    return new Promise<Buffer>((resolve, reject) => {
+    const p = new Promise<Buffer>((resolve, reject) => {
       const w = this.idle.pop();
       if (!w) {
         this.queue.push({ job, pending: { resolve, reject } });
@@ -93,6 +103,13 @@ export class SignThreads {
       this.busy.set(w, { id, resolve, reject });
       w.postMessage(job);
     });
+    const onError = this.options.onError;
+    // Attached here, not in the "message" listener, so that it runs in the caller's async context.
+    return onError
+      ? p.catch((e: unknown) => {
+          throw onError(e);
+        })
+      : p;
   }
 
   /** Stops the threads; call before C_Finalize (notes, trap 6). */

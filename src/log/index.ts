@@ -1,4 +1,6 @@
 /** Structured JSON logs, one object a line. Callers pass fields, never secrets; known secret keys are redacted anyway. */
+import { AsyncLocalStorage } from "node:async_hooks";
+
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 const SECRET_KEYS = /pin|password|secret|token|private_?key|authorization/i;
@@ -22,11 +24,36 @@ function redact(fields: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+/** Fields of the request being handled (its request id), carried through every await that follows. */
+const context = new AsyncLocalStorage<Readonly<Record<string, unknown>>>();
+
+/**
+ * Runs `fn` with `fields` (e.g. { requestId }) added to every line that any logger writes while
+ * `fn`, and everything it awaits or schedules, runs: code deep in the HSM or the audit log
+ * need not know which request it serves. Fields given at the call site win over these.
+ */
+export function withLogContext<T>(fields: Record<string, unknown>, fn: () => T): T {
+  const outer = context.getStore();
+  return context.run(outer ? { ...outer, ...fields } : fields, fn);
+}
+
+/** Runs `fn` outside any request's log context: for timers that outlive the request that set them up. */
+export function withoutLogContext<T>(fn: () => T): T {
+  return context.exit(fn);
+}
+
+/** The fields withLogContext() set for the code running now, if any. */
+export function logContext(): Readonly<Record<string, unknown>> | undefined {
+  return context.getStore();
+}
+
 export function createLogger(level: LogLevel = "info", write: (line: string) => void = (l) => process.stdout.write(l)): Logger {
   const min = ORDER[level];
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (ORDER[lvl] < min) return;
-    write(`${JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...(fields ? redact(fields) : {}) })}\n`);
+    const ctx = context.getStore();
+    const all = ctx ? { ...ctx, ...fields } : fields;
+    write(`${JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...(all ? redact(all) : {}) })}\n`);
   };
   return {
     enabled: (lvl) => ORDER[lvl] >= min,

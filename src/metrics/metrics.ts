@@ -34,6 +34,15 @@ export interface SessionPoolGauges {
   inUse: number;
   idle: number;
   waiting: number;
+  /** HSM fault and recovery counters of the pool since start (SessionPoolCounters), when it has them. */
+  counters?: {
+    faults: number;
+    recoveries: number;
+    sessionsReplaced: number;
+    logins: number;
+    loginsPinIncorrect: number;
+    loginsFailed: number;
+  };
 }
 
 export interface AuditGauges {
@@ -168,6 +177,36 @@ export class SignerMetrics {
       help: "Requests waiting for an HSM session.",
       registers,
       collect: () => poolWaiting.set(safely(this.sessionPool)?.waiting ?? 0),
+    });
+    // Counters kept by the session pool, read at scrape time like the gauges above.
+    const poolCounter = (name: string, help: string, read: (c: NonNullable<SessionPoolGauges["counters"]>) => number): void => {
+      const c: Counter = new Counter({
+        name,
+        help,
+        registers,
+        collect: () => {
+          const v = safely(this.sessionPool)?.counters;
+          c.reset();
+          if (v) c.inc(read(v));
+        },
+      });
+    };
+    poolCounter("hsm_signer_hsm_faults_total", "Times the HSM (token, login or sessions) was found unavailable and signing stopped.", (c) => c.faults);
+    poolCounter("hsm_signer_hsm_recoveries_total", "Times the service reconnected to the HSM by itself after a fault.", (c) => c.recoveries);
+    poolCounter("hsm_signer_hsm_sessions_replaced_total", "HSM sessions dropped and replaced after a failure on them.", (c) => c.sessionsReplaced);
+    const logins: Counter<"result"> = new Counter({
+      name: "hsm_signer_hsm_logins_total",
+      help: 'C_Login calls by result: ok, pin_incorrect (never retried), error.',
+      labelNames: ["result"] as const,
+      registers,
+      collect: () => {
+        const v = safely(this.sessionPool)?.counters;
+        logins.reset();
+        if (!v) return;
+        logins.inc({ result: "ok" }, v.logins);
+        logins.inc({ result: "pin_incorrect" }, v.loginsPinIncorrect);
+        logins.inc({ result: "error" }, v.loginsFailed);
+      },
     });
     const auditQueueDepth: Gauge = new Gauge({
       name: "hsm_signer_audit_queue_depth",

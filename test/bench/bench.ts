@@ -5,9 +5,11 @@
 //   b) Sign through the real gRPC server with TLS (grpc-js client), same keys, same N
 //   c) the transport ceiling: a bare grpc-js unary server with the same TLS and a fixed response
 //   d) the notation plugin as a process, per command (NODE_EXTRA_CA_CERTS unset)
+//   e) soak: minutes of mixed load against the service as a process, memory at start and end (soak.ts)
 //
 // Knobs (environment): BENCH_CONCURRENCY (16), BENCH_WARMUP_MS (500), BENCH_DURATION_MS (4000),
-// BENCH_PLUGIN_RUNS (20).
+// BENCH_PLUGIN_RUNS (20), BENCH_SOAK_MS (180000), BENCH_SOAK_CONCURRENCY (8).
+// Only the soak: node dist/test/bench/bench.js --only soak (or BENCH_ONLY=soak); without it: --skip soak.
 import { randomBytes } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { performance, type EventLoopUtilization } from "node:perf_hooks";
@@ -20,6 +22,7 @@ import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, loadSignerClientClass, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { MachineNoise, percentile, runLoad, runProcess, type LoadOptions, type LoadResult } from "./load.js";
+import { printSoak, runSoak } from "./soak.js";
 
 const intEnv = (name: string, dflt: number): number => {
   const v = process.env[name];
@@ -38,8 +41,17 @@ const CALL_TIMEOUT_MS = 10_000;
 const LOAD_CLIENT = process.env.BENCH_CLIENT === "http2" ? "http2" : "grpc-js";
 /** Time for the load-client process to start and connect before its warm-up begins. */
 const CLIENT_START_MS = 400;
+const argAfter = (flag: string): string | undefined => {
+  const i = process.argv.indexOf(flag);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+};
+const ONLY = argAfter("--only") ?? process.env.BENCH_ONLY;
+if (ONLY !== undefined && ONLY !== "soak") throw new Error(`--only takes "soak", not "${ONLY}"`);
+const SOAK = argAfter("--skip") !== "soak";
+const SOAK_MS = intEnv("BENCH_SOAK_MS", 180_000);
+const SOAK_CONCURRENCY = intEnv("BENCH_SOAK_CONCURRENCY", 8);
 /** The whole benchmark gives up (exit 2) after this long. */
-const WATCHDOG_MS = 10 * 60_000;
+const WATCHDOG_MS = 10 * 60_000 + (SOAK ? SOAK_MS : 0);
 
 const LOAD: LoadOptions = { concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATION_MS };
 const KEYS: KeySpec[] = ["RSA-3072", "EC-256"];
@@ -395,7 +407,16 @@ const watchdog = setTimeout(() => {
 }, WATCHDOG_MS);
 watchdog.unref();
 
-main().then(
+/** e) the soak, printed after the rest; its verdict is a finding like the targets above. */
+async function soak(): Promise<boolean> {
+  const r = await runSoak({ durationMs: SOAK_MS, concurrency: SOAK_CONCURRENCY, log: (s) => void process.stderr.write(`[bench] ${s}\n`) });
+  printSoak(r);
+  console.log("");
+  console.log(`BENCH_SOAK_JSON ${JSON.stringify({ ...r, memory: { ...r.memory, samples: r.memory.samples.length } })}`);
+  return r.pass;
+}
+
+(ONLY === "soak" ? soak() : main().then(async (ok) => (SOAK ? (await soak()) && ok : ok))).then(
   () => {
     // A missed target is a finding, not an error: exit 0.
     process.exitCode = 0;
