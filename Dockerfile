@@ -42,7 +42,8 @@ RUN apt-get update \
  && mkdir -p /data && chown 10001:10001 /data
 COPY --from=build /src/scripts ./scripts
 USER 10001:10001
-ENV HSM_SIGNER_DATA=/data HSM_SIGNER_LISTEN=0.0.0.0:8443 HSM_SIGNER_ADMIN_LISTEN=0.0.0.0:9443 HSM_SIGNER_METRICS_LISTEN=0.0.0.0:9464
-# Plaintext is refused off loopback, so the try-out keeps TLS (dev CA in /data/tls).
+ENV HSM_SIGNER_DATA=/data HSM_SIGNER_LISTEN=0.0.0.0:8443 HSM_SIGNER_ADMIN_LISTEN=0.0.0.0:9443 HSM_SIGNER_METRICS_LISTEN=0.0.0.0:9464 DEMO_MTLS=1
+# Plaintext is refused off loopback, so the try-out keeps TLS (dev CA in /data/tls), and callers
+# from outside the container present the dev client certificate (DEMO_MTLS=1).
 ENTRYPOINT ["bash", "/app/scripts/demo-setup.sh"]
 CMD []

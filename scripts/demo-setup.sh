@@ -12,6 +12,9 @@ ADMIN_LISTEN=${HSM_SIGNER_ADMIN_LISTEN:-127.0.0.1:9443}
 KEY_ID=${DEMO_KEY_ID:-demo-key}
 KEY_SPEC=${DEMO_KEY_SPEC:-EC-256}
 TOKEN=${DEMO_TOKEN_LABEL:-hsm-signer-demo}
+# DEMO_MTLS=1 (the container try-out): callers present the dev client certificate, since calls
+# from outside a container never come from loopback.
+MTLS=${DEMO_MTLS:-0}
 BIN=(node "$ROOT/dist/src/bin/hsm-signer.js")
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -36,6 +39,9 @@ rules:
   - name: local-demo
     match: { anonymous: true }
     keys: ["*"]
+  - name: demo-client-certificate
+    match: { mtls: "spiffe://hsm-signer.dev/dev-client" }
+    keys: ["*"]
 # Key custodians (KeyAdmin, mTLS only): the demo's custodian client certificate.
 custodians:
   - { mtls: "spiffe://hsm-signer.dev/custodian" }
@@ -48,6 +54,7 @@ listen: "$LISTEN"
 tls:
   certFile: tls/server.pem
   keyFile: tls/server-key.pem
+$([ "$MTLS" = 1 ] && echo "  clientCaFile: tls/ca.pem")
 hsm:
   module: $MODULE
   tokenLabel: $TOKEN
@@ -67,6 +74,8 @@ YAML
 "${BIN[@]}" test-chain --config "$DATA/config.yaml" --key-id "$KEY_ID" --key-spec "$KEY_SPEC" --root-out "$DATA/$KEY_ID-root.pem" >&2
 
 PKG=${HSM_SIGNER_PLUGIN_PACKAGE:-$ROOT/dist/notation-hsm-signer_<version>.tar.gz}
+CLIENT_CFG=""
+[ "$MTLS" = 1 ] && CLIENT_CFG=" --plugin-config client_cert_file=$DATA/tls/client.pem --plugin-config client_key_file=$DATA/tls/client-key.pem"
 cat >&2 <<TXT
 
 hsm-signer is starting on $LISTEN with key "$KEY_ID" ($KEY_SPEC) on SoftHSM token "$TOKEN".
@@ -75,7 +84,7 @@ In another terminal, sign with notation:
   notation plugin install --file $PKG --sha256sum $(cut -d' ' -f1 "$PKG.sha256" 2>/dev/null || echo "<see $PKG.sha256>")
   notation key add --plugin hsm-signer --id $KEY_ID \\
       --plugin-config endpoint=$LISTEN --plugin-config ca_file=$DATA/tls/ca.pem \\
-      --plugin-config key_spec=$KEY_SPEC demo
+      --plugin-config key_spec=$KEY_SPEC$CLIENT_CFG demo
   notation cert add --type ca --store hsm-demo $DATA/$KEY_ID-root.pem
   notation sign --key demo <registry>/<repository>@sha256:<digest>
 

@@ -168,6 +168,29 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.match((await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")])).stdout, /^OK: /);
   });
 
+  it("the container try-out (DEMO_MTLS=1): callers from off loopback sign with the dev client certificate, none without", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hsm-signer-demo-mtls-"));
+    const [p, m, a] = [await freePort(), await freePort(), await freePort()];
+    const env = { ...process.env, HSM_SIGNER_DATA: dir, HSM_SIGNER_LISTEN: `127.0.0.1:${p}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${m}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${a}`, DEMO_MTLS: "1" };
+    const setup = await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env });
+    assert.match(setup.stderr, /client_cert_file=.*client\.pem --plugin-config client_key_file=/);
+    const mtls = spawn(HSM_SIGNER, ["serve", "--config", join(dir, "config.yaml")], { env: { ...env, SOFTHSM2_CONF: join(dir, "softhsm2.conf") }, stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      assert.equal((await waitForLog(mtls, "hsm-signer listening")).mtls, true);
+      const cfg = { endpoint: `127.0.0.1:${p}`, ca_file: join(dir, "tls/ca.pem"), client_cert_file: join(dir, "tls/client.pem"), client_key_file: join(dir, "tls/client-key.pem") };
+      const s = await plugin("generate-signature", requestFor("generate-signature-jws", "demo-key", "EC-256", cfg));
+      assert.equal(s.code, 0, s.stderr);
+      const without = await plugin("generate-signature", requestFor("generate-signature-jws", "demo-key", "EC-256", { endpoint: cfg.endpoint, ca_file: cfg.ca_file }));
+      assert.equal(without.code, 1);
+      const refused = JSON.parse(without.stderr) as { errorCode: string; errorMessage: string };
+      assert.equal(refused.errorCode, "ACCESS_DENIED");
+      assert.match(refused.errorMessage, /set client_cert_file and client_key_file/);
+    } finally {
+      mtls.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("a wrong PIN stops the start with a clear message, without retrying", async () => {
     const cfg = readFileSync(join(data, "config.yaml"), "utf8").replace("pinFile: pin", "pinFile: wrong-pin");
     writeFileSync(join(data, "wrong-pin"), "not-the-pin\n");
