@@ -18,8 +18,8 @@ export interface Config {
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
   audit: { dir: string; maxFileBytes: number; fsync: boolean };
-  /** The HTTP listener for /metrics, /healthz and /readyz; none when unset. */
-  metrics: { listen: string | undefined };
+  /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
+  metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
   /** The KeyAdmin listener (mTLS only); none when unset. */
   admin: { listen: string | undefined; certFile?: string; keyFile?: string; clientCaFile?: string };
 }
@@ -167,6 +167,8 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const metricsSection = section("metrics");
   const metricsListen = str(metricsSection, "listen", "metrics", "HSM_SIGNER_METRICS_LISTEN");
   if (metricsListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(metricsListen)) problems.push(`metrics.listen: "${metricsListen}" is not host:port`);
+  const grpcHealthListen = str(metricsSection, "grpcHealthListen", "metrics", "HSM_SIGNER_GRPC_HEALTH_LISTEN");
+  if (grpcHealthListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(grpcHealthListen)) problems.push(`metrics.grpcHealthListen: "${grpcHealthListen}" is not host:port`);
   const adminSection = section("admin");
   const adminListen = str(adminSection, "listen", "admin", "HSM_SIGNER_ADMIN_LISTEN");
   const adminCertFile = path(adminSection, "certFile", "admin") ?? certFile;
@@ -194,7 +196,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     auth: { mtlsIdentityFrom, jwt },
     policy: { file: policyFile as string },
     audit: { dir: auditDir as string, maxFileBytes, fsync },
-    metrics: { listen: metricsListen },
+    metrics: { listen: metricsListen, grpcHealthListen },
     admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },
   });
 }

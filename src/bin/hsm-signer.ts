@@ -13,7 +13,7 @@ import { createLogger, type Logger } from "../log/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
 import { toPem } from "../signing/x509-builder.js";
-import { startSignerServer } from "../server/signer-server.js";
+import { startHealthServer, startSignerServer } from "../server/signer-server.js";
 import { loadConfig, readPin, type Config } from "./config.js";
 
 const USAGE = `usage: hsm-signer <command> [options]
@@ -121,6 +121,7 @@ async function serve(configFile: string): Promise<void> {
         onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
       })
     : undefined;
+  const healthServer = config.metrics.grpcHealthListen ? await startHealthServer(config.metrics.grpcHealthListen, ready) : undefined;
   const ops = config.metrics.listen
     ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
     : undefined;
@@ -133,7 +134,7 @@ async function serve(configFile: string): Promise<void> {
     logger.info("shutting down", { signal });
     // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
     clearInterval(keyMetricsTimer);
-    void Promise.all([server.close(), admin?.close()])
+    void Promise.all([server.close(), admin?.close(), healthServer?.close(1000)])
       .then(() => ops?.close())
       .then(() => audit.close())
       .then(() => {

@@ -81,6 +81,16 @@ function describePayload(record: AuditRecordInput, payload: Buffer | undefined, 
   }
 }
 
+/**
+ * A plaintext listener that serves only grpc.health.v1, for kubelet gRPC probes (which cannot
+ * speak TLS). It reveals nothing but SERVING / NOT_SERVING.
+ */
+export async function startHealthServer(listen: string, ready: () => boolean): Promise<RunningServer> {
+  const server = new grpc.Server();
+  addHealthService(server, ready);
+  return bindServer(server, listen, { insecure: true });
+}
+
 /** grpc.health.v1: "" and hsm_signer.v1.Signer are SERVING while ready() says so. */
 export function addHealthService(server: grpc.Server, ready: () => boolean): void {
   const def = protoLoader.loadSync(resolve(PROTO_DIR, "grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });

@@ -3,6 +3,8 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { getFixture, startTestServer, type TestServer } from "../helpers/fixture.js";
+import { startHealthServer } from "../../src/server/signer-server.js";
+import { callSigner, loadSignerClientClass } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 type HealthClient = grpc.Client & {
@@ -54,5 +56,33 @@ describe("grpc.health.v1 on the Signer listener", function () {
     stream.cancel();
     ready = true;
     assert.deepEqual(seen, ["SERVING", "NOT_SERVING"]);
+  });
+});
+
+describe("grpc.health.v1 alone on a plaintext listener (kubelet gRPC probes)", function () {
+  this.timeout(30_000);
+
+  it("answers Check in plaintext, follows readiness, and serves nothing else", async () => {
+    let ready = true;
+    const health = await startHealthServer("127.0.0.1:0", () => ready);
+    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
+    const client = new Health(`127.0.0.1:${health.port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
+    const signer = new (loadSignerClientClass())(`127.0.0.1:${health.port}`, grpc.credentials.createInsecure());
+    try {
+      const check = (): Promise<string> => new Promise((res, rej) => client.Check({ service: "" }, (e, r) => (e ? rej(e) : res(r.status))));
+      assert.equal(await check(), "SERVING");
+      ready = false;
+      assert.equal(await check(), "NOT_SERVING");
+      const e = await callSigner(signer, "ListKeys", {}).then(
+        () => assert.fail("the health listener answered a Signer call"),
+        (err: grpc.ServiceError) => err,
+      );
+      assert.equal(e.code, grpc.status.UNIMPLEMENTED);
+    } finally {
+      client.close();
+      signer.close();
+      await health.close(1000);
+    }
   });
 });
