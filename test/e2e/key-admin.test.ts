@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { randomBytes, X509Certificate } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -11,9 +11,9 @@ import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { CA_EXT, CODE_SIGNING_LEAF_EXT, OpensslCa } from "../helpers/openssl-ca.js";
 import { runPlugin } from "../helpers/plugin-process.js";
-import { adminClient, callAdmin, HSM_SIGNER, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
+import { adminClient, callAdmin, HSM_SIGNER, isolatedToken, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { softHsmModule, type SoftHsmToken } from "../helpers/softhsm.js";
+import type { SoftHsmToken } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
 
 const run = promisify(execFile);
@@ -29,21 +29,6 @@ const POLICY = `rules:
 custodians:
   - { mtls: "spiffe://hsm-signer.dev/custodian" }
 `;
-
-/** A SoftHSM token of its own, made by `hsm-signer token init` in a child process (this process keeps the shared fixture's token). */
-function isolatedToken(dir: string, label: string): SoftHsmToken {
-  mkdirSync(join(dir, "tokens"), { recursive: true });
-  const conf = join(dir, "softhsm2.conf");
-  writeFileSync(conf, `directories.tokendir = ${dir}/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  const pin = randomBytes(8).toString("hex");
-  const pinFile = join(dir, "pin");
-  const soPinFile = join(dir, "so-pin");
-  writeFileSync(pinFile, `${pin}\n`, { mode: 0o600 });
-  writeFileSync(soPinFile, `${randomBytes(8).toString("hex")}\n`, { mode: 0o600 });
-  const module = softHsmModule();
-  execFileSync(HSM_SIGNER, ["token", "init", "--module", module, "--label", label, "--so-pin-file", soPinFile, "--pin-file", pinFile], { env: { ...process.env, SOFTHSM2_CONF: conf }, stdio: "ignore" });
-  return { dir, conf, module, label, pin, pinFile, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
-}
 
 interface KeyVersionInfo {
   version: number;

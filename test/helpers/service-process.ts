@@ -1,14 +1,30 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { SoftHsmToken } from "./softhsm.js";
-import { PROJECT_ROOT } from "./softhsm.js";
+import { PROJECT_ROOT, softHsmModule } from "./softhsm.js";
 import type { TlsMaterial } from "./tls.js";
 
 export const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
+
+/** A SoftHSM token of its own, made by `hsm-signer token init` in a child process (this process keeps the shared fixture's token). */
+export function isolatedToken(dir: string, label: string): SoftHsmToken {
+  mkdirSync(join(dir, "tokens"), { recursive: true });
+  const conf = join(dir, "softhsm2.conf");
+  writeFileSync(conf, `directories.tokendir = ${dir}/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  const pin = randomBytes(8).toString("hex");
+  const pinFile = join(dir, "pin");
+  const soPinFile = join(dir, "so-pin");
+  writeFileSync(pinFile, `${pin}\n`, { mode: 0o600 });
+  writeFileSync(soPinFile, `${randomBytes(8).toString("hex")}\n`, { mode: 0o600 });
+  const module = softHsmModule();
+  execFileSync(HSM_SIGNER, ["token", "init", "--module", module, "--label", label, "--so-pin-file", soPinFile, "--pin-file", pinFile], { env: { ...process.env, SOFTHSM2_CONF: conf }, stdio: "ignore" });
+  return { dir, conf, module, label, pin, pinFile, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
 
 export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
