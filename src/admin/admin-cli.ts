@@ -2,7 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import { assertNever } from "../errors/index.js";
-import { toPem } from "../signing/x509-builder.js";
+import { toPem } from "../signing/pem.js";
 import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
 import { KeyAdminCallError, KeyAdminClient, type AdminClientOptions, type InventoryKey } from "./admin-client.js";
 import { chainToPem, DEFAULT_WARN_DAYS, describeChain, formatInventory, formatJson, formatSlots } from "./admin-format.js";

@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { toPem } from "../signing/x509-builder.js";
+import { toPem } from "../signing/pem.js";
 import type { InventoryKey, KeyVersionInfo, SlotInfo } from "./admin-client.js";
 
 /** Expiry warning window the server applies when the request says 0 (key_admin.proto). */

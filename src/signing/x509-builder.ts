@@ -166,7 +166,4 @@ export async function createCsr(p: CsrParams): Promise<string> {
   return csr.toString("pem") + "\n";
 }
 
-export function toPem(der: Buffer): string {
-  const b64 = der.toString("base64").replace(/(.{64})/g, "$1\n").replace(/\n$/, "");
-  return `-----BEGIN CERTIFICATE-----\n${b64}\n-----END CERTIFICATE-----\n`;
-}
+export { toPem } from "./pem.js";

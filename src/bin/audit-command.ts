@@ -1,0 +1,43 @@
+import { parseArgs } from "node:util";
+import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
+import { UsageError } from "./cli-args.js";
+
+export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { dir: { type: "string" }, artifact: { type: "string" }, key: { type: "string" }, identity: { type: "string" }, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" } },
+  });
+  const files = values.dir ? auditFilesIn(values.dir) : positionals;
+  if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
+  if (sub === "verify") {
+    const r = await verifyAuditFiles(files);
+    if (r.ok) {
+      console.log(`OK: ${r.lines} records in ${files.length} file(s), hash chain intact`);
+      return 0;
+    }
+    console.log(`FAILED at ${r.firstBad?.file}:${r.firstBad?.line}: ${r.firstBad?.reason}`);
+    return 1;
+  }
+  if (sub === "search") {
+    const date = (v: string | undefined, flag: string): Date | undefined => {
+      if (v === undefined) return undefined;
+      const d = new Date(v);
+      if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
+      return d;
+    };
+    const q = { artifactDigest: values.artifact, keyId: values.key, identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to") };
+    let n = 0;
+    for await (const r of searchAudit(files, q)) {
+      n++;
+      if (values.json) console.log(JSON.stringify(r));
+      else {
+        const a = r.artifact as { digest?: string } | undefined;
+        console.log([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId ?? "-", r.result, a?.digest ?? r.payloadDigest ?? "-"].join("  "));
+      }
+    }
+    if (!values.json) console.log(`${n} record(s)`);
+    return 0;
+  }
+  throw new UsageError("usage: hsm-signer audit verify|search ...");
+}

@@ -1,0 +1,158 @@
+import { readFileSync, writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { AuditLog } from "../audit/index.js";
+import { Authenticator, PolicyStore, RateLimiter } from "../auth/index.js";
+import { parseCaBundle } from "../client/peer-certificate.js";
+import { SignerMetrics, startOpsServer } from "../metrics/index.js";
+import { AccessControl } from "../server/access-control.js";
+import { createTestChain, finalizeModule, KeyCustody, openHsm } from "../hsm/index.js";
+import { startKeyAdminServer } from "../admin/key-admin-server.js";
+import { createLogger, type Logger } from "../log/index.js";
+import type { KeySpec } from "../signing/key-spec.js";
+import { SigningService } from "../signing/signing-service.js";
+import { toPem } from "../signing/pem.js";
+import { startHealthServer, startSignerServer } from "../server/signer-server.js";
+import { need, spec, UsageError } from "./cli-args.js";
+import { loadConfig, readPin, type Config } from "./config.js";
+
+const KEY_METRICS_REFRESH_MS = 60_000;
+
+async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds: number) => void, logger?: Logger) {
+  return openHsm({
+    onSign,
+    logger,
+    modulePath: config.hsm.module,
+    tokenLabel: config.hsm.tokenLabel,
+    tokenSerial: config.hsm.tokenSerial,
+    pin: readPin(config.hsm),
+    poolSize: config.hsm.sessions,
+    keyRefreshMs: config.hsm.keyRefreshMs,
+  });
+}
+
+export async function serve(configFile: string): Promise<void> {
+  const config = loadConfig(configFile);
+  const logger = createLogger(config.log.level);
+  const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+  const metrics = new SignerMetrics({ version });
+  const audit = await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync, onFsync: metrics.onAuditFsync });
+  const policy = await PolicyStore.open(config.policy.file, logger);
+  policy.watch();
+  const authenticator = await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger);
+  const hsm = await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds), logger);
+  const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
+  const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
+  // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
+  const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
+  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
+  const tls = config.tls.insecure
+    ? { insecure: true as const }
+    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
+  const ready = (): boolean => hsm.pool.healthy && audit.healthy;
+  const server = await startSignerServer({
+    listen: config.listen,
+    tls,
+    signing,
+    logger,
+    maxDeadlineMs: config.limits.maxDeadlineMs,
+    access,
+    audit,
+    ready,
+    onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+  });
+  metrics.bindSessionPool(() => hsm.pool.stats);
+  metrics.bindAudit(() => audit.stats);
+  metrics.bindHsmUp(() => hsm.pool.healthy);
+  const refreshKeyMetrics = async (): Promise<void> => {
+    const keys = await hsm.keys.listKeys();
+    metrics.setKnownKeys(keys.map((k) => k.keyId));
+    metrics.setCertificateExpiries(keys.flatMap((k) => (k.certificate ? [{ keyId: k.keyId, notAfter: k.certificate.notAfter }] : [])));
+  };
+  await refreshKeyMetrics();
+  const keyMetricsTimer = setInterval(() => void refreshKeyMetrics().catch(() => undefined), KEY_METRICS_REFRESH_MS);
+  keyMetricsTimer.unref();
+  const admin = config.admin.listen
+    ? await startKeyAdminServer({
+        listen: config.admin.listen,
+        tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
+        custody: new KeyCustody(hsm.pool, hsm.keys),
+        keys: hsm.keys,
+        pool: hsm.pool,
+        access,
+        audit,
+        logger,
+        maxDeadlineMs: config.limits.maxDeadlineMs,
+        onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+      })
+    : undefined;
+  const healthServer = config.metrics.grpcHealthListen ? await startHealthServer(config.metrics.grpcHealthListen, ready) : undefined;
+  const ops = config.metrics.listen
+    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
+    : undefined;
+  const keys = await hsm.keys.listKeys();
+  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, adminPort: admin?.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info("shutting down", { signal });
+    // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
+    clearInterval(keyMetricsTimer);
+    void Promise.all([server.close(), admin?.close(), healthServer?.close(1000)])
+      .then(() => ops?.close())
+      .then(() => audit.close())
+      .then(() => {
+        policy.close();
+        authenticator.close();
+        return hsm.close();
+      })
+      .then(() => {
+        finalizeModule(config.hsm.module);
+        logger.info("stopped");
+      });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
+
+export async function testChain(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: "string" },
+      "key-id": { type: "string" },
+      "key-spec": { type: "string" },
+      "root-key-id": { type: "string" },
+      "root-key-spec": { type: "string" },
+      org: { type: "string" },
+      state: { type: "string" },
+      country: { type: "string" },
+      days: { type: "string" },
+      "root-out": { type: "string" },
+    },
+  });
+  const config = loadConfig(need(values.config, "--config"));
+  const keyId = need(values["key-id"], "--key-id");
+  const keySpec = spec(need(values["key-spec"], "--key-spec"), "--key-spec") as KeySpec;
+  const days = values.days === undefined ? undefined : Number(values.days);
+  if (days !== undefined && (!Number.isInteger(days) || days < 1 || days > 3650)) throw new UsageError("--days must be an integer from 1 to 3650");
+  const hsm = await openFromConfig(config);
+  try {
+    const r = await createTestChain(hsm.pool, hsm.keys, {
+      keyId,
+      keySpec,
+      rootKeyId: values["root-key-id"],
+      rootKeySpec: spec(values["root-key-spec"], "--root-key-spec"),
+      organization: values.org,
+      state: values.state,
+      country: values.country,
+      validityDays: days,
+    });
+    if (values["root-out"]) writeFileSync(values["root-out"], toPem(r.root));
+    const made = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
+    console.log(`key "${keyId}" (${keySpec}): chain of ${r.chain.length} certificates on the token; ${made.length ? `created ${made.join(", ")}` : "nothing to create, all present"}`);
+    if (values["root-out"]) console.log(`root certificate written to ${values["root-out"]} (for: notation cert add --type ca --store <name> ${values["root-out"]})`);
+  } finally {
+    await hsm.close();
+  }
+}
