@@ -121,7 +121,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         const md = new grpc.Metadata();
         md.set("request-id", requestId);
         if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
-        callback({ code, details: `${e.message} [request ${requestId}]`, metadata: md });
+        callback({ code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md });
       };
       const run = async (): Promise<void> => {
         const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
