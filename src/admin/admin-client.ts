@@ -2,6 +2,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import type { TokenDetails } from "../hsm/key-custody.js";
 
 /** proto/ at the project root, three levels above dist/src/admin/ (as PROTO_DIR in server/signer-server.ts). */
 const KEY_ADMIN_PROTO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto/hsm_signer/v1/key_admin.proto");
@@ -9,20 +10,8 @@ const KEY_ADMIN_PROTO = resolve(dirname(fileURLToPath(import.meta.url)), "../../
 // Messages of hsm_signer.v1.KeyAdmin as @grpc/proto-loader hands them over (keepCase false,
 // longs Number, enums String, defaults true): camelCase fields, bytes as Buffer, unset messages null.
 
-export interface TokenDetails {
-  label: string;
-  serialNumber: string;
-  manufacturer: string;
-  model: string;
-  flags: string[];
-  mechanisms: string[];
-  /** Bytes; -1 when the token does not say. */
-  freePublicMemory: number;
-  totalPublicMemory: number;
-  freePrivateMemory: number;
-  totalPrivateMemory: number;
-  managed: boolean;
-}
+/** The token of a slot, as the service describes it (the same shape on both sides). */
+export type { TokenDetails };
 
 export interface SlotInfo {
   slotId: number;

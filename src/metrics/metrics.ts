@@ -7,6 +7,7 @@
  * the Notation list. Gauges that describe live state (session pool, audit, HSM) are computed at
  * scrape time from callbacks, so they are never stale.
  */
+import type { SessionPoolCounters } from "../hsm/session-pool.js";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ERROR_CODES } from "../errors/index.js";
 import { KEY_SPECS } from "../signing/key-spec.js";
@@ -35,14 +36,7 @@ export interface SessionPoolGauges {
   idle: number;
   waiting: number;
   /** HSM fault and recovery counters of the pool since start (SessionPoolCounters), when it has them. */
-  counters?: {
-    faults: number;
-    recoveries: number;
-    sessionsReplaced: number;
-    logins: number;
-    loginsPinIncorrect: number;
-    loginsFailed: number;
-  };
+  counters?: SessionPoolCounters;
 }
 
 export interface AuditGauges {

@@ -13,7 +13,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -21,6 +20,7 @@ import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { digest as hashBytes } from "../../src/signing/key-spec.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
+import { freePort } from "../helpers/service-process.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { percentile } from "./load.js";
@@ -62,15 +62,6 @@ export interface SoakResult {
   pass: boolean;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
-    });
-  });
-}
 
 function waitForListening(child: ChildProcess, ms: number): Promise<void> {
   return new Promise((resolve, reject) => {

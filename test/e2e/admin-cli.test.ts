@@ -10,6 +10,7 @@ import { spawnCollect } from "../helpers/process.js";
 import { HSM_SIGNER, isolatedToken, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
 import type { SoftHsmToken } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
+import type { InventoryKey } from "../../src/admin/admin-client.js";
 
 const POLICY = `rules:
   - name: builders
@@ -28,24 +29,6 @@ interface CliResult {
   code: number | null;
   stdout: string;
   stderr: string;
-}
-
-interface InventoryVersion {
-  version: number;
-  state: string;
-  keySpec: string;
-  current: boolean;
-  certificateSubject: string;
-  daysUntilExpiry: number;
-  expiringSoon: boolean;
-  problem: string;
-  role: string;
-}
-interface InventoryKey {
-  keyId: string;
-  state: string;
-  currentVersion: number;
-  versions: InventoryVersion[];
 }
 
 /** The environment without any HSM_SIGNER_ADMIN_* of the developer's shell. */

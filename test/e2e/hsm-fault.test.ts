@@ -19,7 +19,6 @@ import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -27,10 +26,10 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
+import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
 
 const run = promisify(execFile);
-const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
 const ACTOR = join(PROJECT_ROOT, "dist/test/helpers/pkcs11-actor.js");
 const TOKEN_LABEL = "hsm-signer-fault";
 const KEY = "fault-key";
@@ -39,37 +38,7 @@ const FAST_MS = 500;
 /** The service must be signing again this long after the token is back (reconnect backoff tops out at 5 s). */
 const RECOVERY_BOUND_MS = 12_000;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
-    });
-  });
-}
 
-function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}`)), ms);
-    child.stdout?.on("data", (d: Buffer) => {
-      buf += d.toString();
-      for (const line of buf.split("\n")) {
-        try {
-          const o = JSON.parse(line) as Record<string, unknown>;
-          if (o.msg === msg) {
-            clearTimeout(t);
-            resolve(o);
-          }
-        } catch {
-          // not a complete JSON line yet
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}`)));
-  });
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

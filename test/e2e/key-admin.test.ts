@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type * as grpc from "@grpc/grpc-js";
+import type { InventoryKey } from "../../src/admin/admin-client.js";
 import { status } from "@grpc/grpc-js";
 import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
@@ -29,25 +30,6 @@ const POLICY = `rules:
 custodians:
   - { mtls: "spiffe://hsm-signer.dev/custodian" }
 `;
-
-interface KeyVersionInfo {
-  version: number;
-  state: string;
-  keySpec: string;
-  current: boolean;
-  certificateSubject: string;
-  daysUntilExpiry: number;
-  expiringSoon: boolean;
-  hasSigned: boolean;
-  problem: string;
-  role: string;
-}
-interface InventoryKey {
-  keyId: string;
-  state: string;
-  currentVersion: number;
-  versions: KeyVersionInfo[];
-}
 
 async function rejected(p: Promise<unknown>): Promise<grpc.ServiceError> {
   return p.then(

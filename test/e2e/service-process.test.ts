@@ -1,28 +1,18 @@
 import assert from "node:assert/strict";
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { randomBytes, X509Certificate } from "node:crypto";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
+import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 const run = promisify(execFile);
-const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
 const PLUGIN = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer");
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
-    });
-  });
-}
 
 function plugin(command: string, request: unknown): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
@@ -42,27 +32,6 @@ function plugin(command: string, request: unknown): Promise<{ code: number | nul
 }
 
 /** Waits for a JSON log line with this msg on the child's stdout. */
-function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}`)), ms);
-    child.stdout?.on("data", (d: Buffer) => {
-      buf += d.toString();
-      for (const line of buf.split("\n")) {
-        try {
-          const o = JSON.parse(line) as Record<string, unknown>;
-          if (o.msg === msg) {
-            clearTimeout(t);
-            resolve(o);
-          }
-        } catch {
-          // not a complete JSON line yet
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}`)));
-  });
-}
 
 describe("hsm-signer as a process: quick-start set-up, serve, sign through the plugin, SIGTERM", function () {
   this.timeout(120_000);
