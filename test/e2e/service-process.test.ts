@@ -90,16 +90,21 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.match(scrape, /^hsm_signer_audit_healthy 1$/m);
     const readyz = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
     assert.equal(readyz.status, 200);
+    // The custodian commands the quick start prints work against its KeyAdmin listener.
+    const adminEnv = { ...process.env, HSM_SIGNER_ADMIN_ENDPOINT: `127.0.0.1:${adminPort}`, HSM_SIGNER_ADMIN_CA: join(data, "tls/ca.pem"), HSM_SIGNER_ADMIN_CERT: join(data, "tls/custodian.pem"), HSM_SIGNER_ADMIN_KEY: join(data, "tls/custodian-key.pem") };
+    const inventory = JSON.parse((await run(HSM_SIGNER, ["keys", "list", "--json"], { env: adminEnv })).stdout) as { keys: { keyId: string; currentVersion: number }[] };
+    assert.deepEqual(inventory.keys.map((k) => [k.keyId, k.currentVersion]), [["demo-key", 1], ["demo-key-root-ca", 0]]); // a CA key never signs artifacts
     const exited = new Promise<number | null>((resolve) => child?.on("exit", (code) => resolve(code)));
     child.kill("SIGTERM");
     assert.equal(await exited, 0);
     child = undefined;
     // Both answered calls are in the audit, whose chain verifies.
     const v = await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")]);
-    assert.match(v.stdout, /^OK: 2 records/);
+    assert.match(v.stdout, /^OK: 3 records/);
   });
 
   it("SIGTERM during a burst: in-flight calls finish, every answered call is in the audit, then exit 0", async () => {
+    child?.kill("SIGKILL"); // a service left over by a failed test would hold the ports
     const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}` };
     child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, stdio: ["ignore", "pipe", "pipe"] });
     await waitForLog(child, "hsm-signer listening");
