@@ -27,6 +27,8 @@ export interface KeyAdminServerOptions {
 }
 
 export const DEFAULT_EXPIRY_WARNING_DAYS = 30;
+const MAX_REASON_LENGTH = 256;
+const MAX_SUBJECT_LENGTH = 1024;
 const DAY_MS = 86_400_000;
 
 function loadKeyAdminService(): grpc.ServiceDefinition {
@@ -109,6 +111,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
     }),
     CreateCsr: admin<KeyReq & { subject: string }, object>("CreateCsr", async (req, ctx) => {
       if (!req.subject) throw new SignerError("INVALID_ARGUMENT", "subject is required, e.g. \"CN=release, O=Example, ST=WA, C=US\"");
+      if (req.subject.length > MAX_SUBJECT_LENGTH) throw new SignerError("INVALID_ARGUMENT", `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
       const r = await o.custody.createCsr(validateKeyId(req.keyId), req.keyVersion, req.subject);
       ctx.record.keyVersion = r.version;
       ctx.record.admin = { subject: req.subject };
@@ -141,6 +144,9 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       return { certificateChain: r.chain, created, keyVersion: key.version };
     }),
     SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>("SetKeyState", async (req, ctx) => {
+      if (req.reason.length > MAX_REASON_LENGTH || /[\x00-\x1f\x7f]/.test(req.reason)) {
+        throw new SignerError("INVALID_ARGUMENT", `reason must be at most ${MAX_REASON_LENGTH} characters on one line (it is shown to refused callers and kept on the token)`);
+      }
       const view = await o.custody.setState(validateKeyId(req.keyId), req.keyVersion, req.enabled, req.reason);
       ctx.record.admin = { enabled: req.enabled, reason: req.reason };
       return { key: inventoryKey(view), keyVersion: req.keyVersion };

@@ -204,6 +204,8 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     const client2 = signerClient(tls.ca, second.port, { key: tls.clientKey, cert: tls.clientCert });
     try {
       assert.equal((await sign("release", 0, client2)).keyVersion, 2);
+      const longReason = await rejected(call("SetKeyState", { keyId: "release", enabled: false, reason: "x".repeat(257) }));
+      assert.equal(longReason.code, status.INVALID_ARGUMENT);
       await call("SetKeyState", { keyId: "release", enabled: false, reason: "suspected compromise, ticket SEC-1" });
       const e = await eventually(() => rejected(sign("release", 0, client2)), (x) => x.code === status.PERMISSION_DENIED);
       assert.match(e.details, /key "release" is disabled by a custodian: suspected compromise, ticket SEC-1/);
