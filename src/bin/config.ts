@@ -20,6 +20,8 @@ export interface Config {
   audit: { dir: string; maxFileBytes: number; fsync: boolean };
   /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
   metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
+  /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
+  shutdown: { graceMs: number };
   /** The KeyAdmin listener (mTLS only); none when unset. */
   admin: { listen: string | undefined; certFile?: string; keyFile?: string; clientCaFile?: string };
 }
@@ -182,7 +184,10 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
       if (p && !canRead(p)) problems.push(`${k}: cannot read ${p}`);
     }
   }
-  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics", "admin"]);
+  const shutdownSection = section("shutdown");
+  const graceEnv = env.HSM_SIGNER_SHUTDOWN_GRACE_SECONDS;
+  const graceMs = int(graceEnv !== undefined && graceEnv !== "" ? { graceSeconds: Number(graceEnv) } : shutdownSection, "graceSeconds", "shutdown", 10, 0, 3600) * 1000;
+  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics", "admin", "shutdown"]);
   for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
@@ -197,6 +202,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     policy: { file: policyFile as string },
     audit: { dir: auditDir as string, maxFileBytes, fsync },
     metrics: { listen: metricsListen, grpcHealthListen },
+    shutdown: { graceMs },
     admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },
   });
 }

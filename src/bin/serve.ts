@@ -98,7 +98,8 @@ export async function serve(configFile: string): Promise<void> {
     logger.info("shutting down", { signal });
     // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
     clearInterval(keyMetricsTimer);
-    void Promise.all([server.close(), admin?.close(), healthServer?.close(1000)])
+    const grace = config.shutdown.graceMs;
+    void Promise.all([server.close(grace), admin?.close(grace), healthServer?.close(Math.min(grace, 1000))])
       .then(() => ops?.close())
       .then(() => audit.close())
       .then(() => {
