@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "../../src/bin/config.js";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 describe("configuration: file, environment overrides, every problem at once", () => {
   let dir: string;
@@ -49,5 +50,18 @@ describe("configuration: file, environment overrides, every problem at once", ()
         return true;
       },
     );
+  });
+});
+
+describe("the shipped configurations", () => {
+  it("deploy/base/config.yaml has no problem but files that only exist in the cluster", () => {
+    let problems: string[] = [];
+    try {
+      loadConfig(join(PROJECT_ROOT, "deploy/base/config.yaml"), {});
+    } catch (e) {
+      problems = (e as Error).message.split("\n").slice(1).map((l) => l.trim().replace(/^- /, ""));
+    }
+    const elsewhere = problems.filter((p) => !/cannot read \/etc\/hsm-signer\//.test(p));
+    assert.deepEqual(elsewhere, []);
   });
 });
