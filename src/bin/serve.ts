@@ -154,6 +154,9 @@ export async function testChain(args: string[]): Promise<void> {
     console.log(`key "${keyId}" (${keySpec}): chain of ${r.chain.length} certificates on the token; ${made.length ? `created ${made.join(", ")}` : "nothing to create, all present"}`);
     if (values["root-out"]) console.log(`root certificate written to ${values["root-out"]} (for: notation cert add --type ca --store <name> ${values["root-out"]})`);
   } finally {
+    // Threads stopped and sessions closed first, then C_Finalize on this thread, as serve does:
+    // leaving the module to process exit raced with the signing threads' teardown (a rare SIGSEGV).
     await hsm.close();
+    finalizeModule(config.hsm.module);
   }
 }

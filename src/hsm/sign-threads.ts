@@ -4,6 +4,8 @@ import { SignerError } from "../errors/index.js";
 import type { SignJob, SignReply } from "./sign-worker.js";
 
 const WORKER_URL = new URL("./sign-worker.js", import.meta.url);
+/** Pause before replacing a thread that died while starting (e.g. the module failed to load). */
+const RESTART_PAUSE_MS = 1000;
 
 interface Pending {
   resolve: (sig: Buffer) => void;
@@ -44,38 +46,66 @@ export class SignThreads {
   private nextId = 1;
   private closing = false;
 
+  /** Threads start one after another (see spawnNext). */
+  private spawning: Promise<void> = Promise.resolve();
+
   constructor(
     private readonly modulePath: string,
     count: number,
     private readonly options: SignThreadsOptions = {},
   ) {
-    for (let i = 0; i < count; i++) this.spawn();
+    for (let i = 0; i < count; i++) this.spawnNext(0);
   }
 
-  private spawn(): void {
-    const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath } });
-    w.unref();
-    w.on("message", (r: SignReply) => {
-      const job = this.busy.get(w);
-      this.busy.delete(w);
-      this.release(w);
-      if (!job || job.id !== r.id) return;
-      if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
-      else job.resolve(Buffer.from(r.signature.buffer, r.signature.byteOffset, r.signature.byteLength));
+  /**
+   * Starts one more thread once the previous one is ready. pkcs11js's addon initialization is not
+   * safe in several threads at once (a rare SIGSEGV in napi_create_reference while four threads
+   * loaded it together); jobs wait in the queue meanwhile. A thread that died before it was ready
+   * is replaced after a pause, never in a tight loop.
+   */
+  private spawnNext(delayMs: number): void {
+    this.spawning = this.spawning
+      .then(() => (delayMs > 0 ? new Promise<void>((r) => setTimeout(r, delayMs).unref()) : undefined))
+      .then(() => (this.closing ? undefined : this.spawn()));
+  }
+
+  private spawn(): Promise<void> {
+    return new Promise<void>((started) => {
+      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath } });
+      w.unref();
+      let ready = false;
+      w.on("message", (r: SignReply | { ready: true }) => {
+        if ("ready" in r) {
+          ready = true;
+          this.release(w);
+          started();
+          return;
+        }
+        this.onReply(w, r);
+      });
+      // A thread that dies fails its own job and is replaced, so capacity stays equal to the pool's.
+      const lost = (e: unknown): void => {
+        started();
+        if (!this.all.delete(w)) return;
+        const i = this.idle.indexOf(w);
+        if (i >= 0) this.idle.splice(i, 1);
+        this.busy.get(w)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
+        this.busy.delete(w);
+        if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
+      };
+      w.on("error", lost);
+      w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
+      this.all.add(w);
     });
-    // A thread that dies fails its own job and is replaced, so capacity stays equal to the pool's.
-    const lost = (e: unknown): void => {
-      if (!this.all.delete(w)) return;
-      const i = this.idle.indexOf(w);
-      if (i >= 0) this.idle.splice(i, 1);
-      this.busy.get(w)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
-      this.busy.delete(w);
-      if (!this.closing) this.spawn();
-    };
-    w.on("error", lost);
-    w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
-    this.all.add(w);
+  }
+
+  private onReply(w: Worker, r: SignReply): void {
+    const job = this.busy.get(w);
+    this.busy.delete(w);
     this.release(w);
+    if (!job || job.id !== r.id) return;
+    if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
+    else job.resolve(Buffer.from(r.signature.buffer, r.signature.byteOffset, r.signature.byteLength));
   }
 
   /** Gives a free thread the next queued job, or marks it idle. */

@@ -30,6 +30,9 @@ try {
   if ((e as { code?: number }).code !== CKR_CRYPTOKI_ALREADY_INITIALIZED) throw e;
 }
 
+// Ready: the next thread may now load the addon (sign-threads.ts starts them one at a time).
+parentPort?.postMessage({ ready: true });
+
 const buf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
 parentPort?.on("message", (job: SignJob) => {
