@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { AuditLog } from "../audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter } from "../auth/index.js";
-import { parseCaBundle } from "../client/peer-certificate.js";
+import { parseCaBundle } from "../tls/peer-certificate.js";
 import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, KeyCustody, openHsm } from "../hsm/index.js";

@@ -1,7 +1,7 @@
 import http2 from "node:http2";
 import { isIP } from "node:net";
 import tls from "node:tls";
-import { checkServerCertificate, parseCaBundle, presentedChain } from "./peer-certificate.js";
+import { checkServerCertificate, parseCaBundle, presentedChain } from "../tls/peer-certificate.js";
 
 /** gRPC status codes (grpc/doc/statuscodes.md), as this client decodes them. */
 export const Status = {
@@ -109,7 +109,7 @@ export class GrpcHttp2Channel {
     const anchors = parseCaBundle(this.o.ca);
     return new Promise((resolve, reject) => {
       // `ca: []` keeps Node from loading its bundled roots; the chain is checked against ca_file
-      // below, before any request byte is sent (peer-certificate.ts says why).
+      // below, before any request byte is sent (tls/peer-certificate.ts says why).
       const socket = tls.connect({ host, port: Number(port), servername, ALPNProtocols: ["h2"], ca: [], rejectUnauthorized: false, cert: this.o.cert, key: this.o.key });
       socket.setNoDelay(true);
       const fail = (e: Error): void => {

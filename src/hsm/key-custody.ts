@@ -2,6 +2,7 @@ import { ObjectClass, type Module, type Session, type Slot } from "graphene-pk11
 import { SignerError } from "../errors/index.js";
 import { checkCodeSigningChain, formatChainProblems, orderChain, parseCertificateBundle } from "../signing/chain-rules.js";
 import { spkiOfCertificate } from "../signing/certificates.js";
+import { subjectIdentityProblems } from "../signing/distinguished-name.js";
 import type { KeySpec } from "../signing/key-spec.js";
 import { createCsr, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, storeCertificate } from "./key-factory.js";
@@ -57,11 +58,10 @@ const memory = (n: number): number => (Number.isSafeInteger(n) && n >= 0 ? n : -
 
 const now = (): string => new Date().toISOString();
 
-/** DN attributes a code-signing leaf needs so that notation trust policies can name it (protocol §5.4). */
+/** A CSR's subject must be one notation trust policies can name (protocol §5.4). */
 function checkSubject(subject: string): void {
-  const types = subject.split(/(?<!\\),/).map((p) => p.trim().split("=")[0]?.trim().toUpperCase() ?? "");
-  const missing = ["C", "ST", "O"].filter((t) => !types.includes(t) && !(t === "ST" && types.includes("S")));
-  if (missing.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" lacks ${missing.join(", ")}: notation trust policies need C, ST and O in the leaf subject`);
+  const problems = subjectIdentityProblems(subject);
+  if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
 }
 
 /**

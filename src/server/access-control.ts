@@ -1,7 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
 import type { Authenticator, CallerIdentity, PolicyDecision, PolicyStore, RateLimiter } from "../auth/index.js";
-import { checkPeerChain } from "../client/peer-certificate.js";
+import { checkPeerChain } from "../tls/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
 import type { CallContext } from "./grpc-common.js";
 

@@ -8,7 +8,7 @@ import { startSignerServer, type AuditSink, type RunningServer } from "../../src
 import { AccessControl } from "../../src/server/access-control.js";
 import { AuditLog } from "../../src/audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter, type JwtIssuerOptions } from "../../src/auth/index.js";
-import { parseCaBundle } from "../../src/client/peer-certificate.js";
+import { parseCaBundle } from "../../src/tls/peer-certificate.js";
 import { createSoftHsmToken, type SoftHsmToken } from "./softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "./tls.js";
 

@@ -4,7 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { checkServerCertificate, parseCaBundle } from "../../src/client/peer-certificate.js";
+import { checkServerCertificate, parseCaBundle } from "../../src/tls/peer-certificate.js";
 
 /** Certificates made by openssl, independent of the code under test. */
 class Pki {
