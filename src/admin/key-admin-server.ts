@@ -1,13 +1,11 @@
-import { resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import { SignerError } from "../errors/index.js";
 import { createTestChain, type KeyCustody, type KeyView, type Pkcs11KeyStore, type SessionPool, type VersionView } from "../hsm/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "../server/access-control.js";
 import { bindServer, unaryHandler, type AuditSink, type CallContext, type RunningServer } from "../server/grpc-common.js";
-import { PROTO_DIR } from "../server/signer-server.js";
+import { loadService } from "../server/signer-server.js";
 import type { Logger } from "../log/index.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 
@@ -30,12 +28,6 @@ export const DEFAULT_EXPIRY_WARNING_DAYS = 30;
 const MAX_REASON_LENGTH = 256;
 const MAX_SUBJECT_LENGTH = 1024;
 const DAY_MS = 86_400_000;
-
-function loadKeyAdminService(): grpc.ServiceDefinition {
-  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1/key_admin.proto"), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
-  const v1 = ((grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject).KeyAdmin as grpc.ServiceClientConstructor;
-  return v1.service;
-}
 
 function keySpec(v: string, field: string, optional = false): KeySpec | undefined {
   if (!v && optional) return undefined;
@@ -71,10 +63,10 @@ function versionInfo(v: VersionView, warnDays: number, at: number): Record<strin
 export function inventoryKey(view: KeyView, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): Record<string, unknown> {
   return {
     keyId: view.keyId,
-    state: view.disabled ? "disabled" : "enabled",
+    state: view.state?.disabled ? "disabled" : "enabled",
     currentVersion: view.current?.record.version ?? 0,
     versions: view.versions.map((v) => versionInfo(v, warnDays, at)),
-    disabledReason: view.disabled?.reason ?? "",
+    disabledReason: view.state?.disabled?.reason ?? "",
   };
 }
 
@@ -96,7 +88,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
     });
   type KeyReq = { keyId: string; keyVersion: number };
 
-  server.addService(loadKeyAdminService(), {
+  server.addService(loadService("key_admin.proto", "KeyAdmin"), {
     ListSlots: admin("ListSlots", () => Promise.resolve({ slots: o.custody.listSlots() })),
     GenerateKey: admin<{ tokenLabel: string; keyId: string; keySpec: string }, object>("GenerateKey", async (req, ctx) => {
       const view = await o.custody.generateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec") as KeySpec, req.tokenLabel || undefined);

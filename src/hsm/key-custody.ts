@@ -82,9 +82,15 @@ export class KeyCustody {
     return this.pool.slot;
   }
 
-  /** Runs one change at a time; the key store is rescanned after each (failed ones too). */
+  /**
+   * Runs one change at a time. A change rescans the key store when it is done (fresh()); one that
+   * failed half-way is rescanned here, so the store never shows a stale token.
+   */
   private change<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn).finally(() => this.keys.refresh());
+    const run = this.queue.then(fn).catch(async (e: unknown) => {
+      await this.keys.refresh().catch(() => undefined);
+      throw e;
+    });
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -208,7 +214,7 @@ export class KeyCustody {
       const view = await this.keys.view(keyId);
       const v = view.versions.find((x) => x.record.version === version);
       if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
-      if (v.state === "enabled" && !view.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
+      if (v.state === "enabled" && !view.state?.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
       if (v.state === "destroyed" && !o.destroyCertificate) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
       if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
         throw new SignerError(
@@ -269,6 +275,7 @@ export class KeyCustody {
       if (problems.length > 0) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(problems)}`);
       const id = Buffer.from(target.idHex, "hex");
       const stored = await this.pool.use((s) => storeChain(s, keyId, id, ordered.chain));
+      await this.keys.refresh();
       return { version: target.record.version, chain: ordered.chain, stored };
     });
   }

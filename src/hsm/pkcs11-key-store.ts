@@ -42,7 +42,6 @@ export interface KeyView {
   keyId: string;
   /** The state object on the token; undefined for keys hsm-signer has not managed yet. */
   state: KeyState | undefined;
-  disabled: Disabled | undefined;
   versions: VersionView[];
   current: VersionView | undefined;
 }
@@ -150,9 +149,7 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async getKey(keyId: string, version?: number): Promise<KeyRecord> {
-    const view = await this.view(keyId);
-    if (!version) return (view.current ?? view.versions[view.versions.length - 1])?.record as KeyRecord;
-    const v = view.versions.find((x) => x.record.version === version);
+    const v = versionOf(await this.view(keyId), version);
     if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
     return v.record;
   }
@@ -170,10 +167,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   /** The current version of each key (or its newest, when none can sign), by key id. */
   listKeys(): Promise<KeyRecord[]> {
-    const records = [...this.views.values()].flatMap((v) => {
-      const shown = v.current ?? v.versions[v.versions.length - 1];
-      return shown ? [shown.record] : [];
-    });
+    const records = [...this.views.values()].flatMap((view) => versionOf(view)?.record ?? []);
     return Promise.resolve(records.sort((a, b) => a.keyId.localeCompare(b.keyId)));
   }
 
@@ -184,7 +178,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   /** The token's public key of a key version, as DER SubjectPublicKeyInfo (from its public key object or certificate). */
   publicKeySpki(keyId: string, version?: number): Buffer | undefined {
-    const v = this.versionOf(keyId, version);
+    const v = versionOf(this.views.get(keyId), version);
     return v?.spki ?? (v?.record.chain[0] ? spkiOfCertificate(v.record.chain[0]) : undefined);
   }
 
@@ -200,14 +194,8 @@ export class Pkcs11KeyStore implements KeyStore {
     return this.signWithHandle(key, this.signable(key).handle as Buffer, hash, digest, undefined);
   }
 
-  private versionOf(keyId: string, version: number | undefined): VersionView | undefined {
-    const view = this.views.get(keyId);
-    if (!view) return undefined;
-    return version ? view.versions.find((x) => x.record.version === version) : (view.current ?? view.versions[view.versions.length - 1]);
-  }
-
   private signable(key: KeyRecord): VersionView {
-    const v = this.versionOf(key.keyId, key.version);
+    const v = versionOf(this.views.get(key.keyId), key.version);
     if (!v || !v.handle || v.record.spec !== key.spec) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" version ${key.version} is no longer on the token`);
     return v;
   }
@@ -282,14 +270,14 @@ export class Pkcs11KeyStore implements KeyStore {
       if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
       else if (s.problem) record.unusableReason = s.problem;
       const disabled = s.vs?.disabled;
-      if (state?.disabled) record.disabledReason = `key "${keyId}" is disabled by a custodian${state.disabled.reason ? `: ${state.disabled.reason}` : ""}`;
-      else if (disabled) record.disabledReason = `version ${s.version} of key "${keyId}" is disabled by a custodian${disabled.reason ? `: ${disabled.reason}` : ""}`;
+      if (state?.disabled) record.disabledReason = disabledMessage(`key "${keyId}"`, state.disabled);
+      else if (disabled) record.disabledReason = disabledMessage(`version ${s.version} of key "${keyId}"`, disabled);
       versions.push({ record, handle: destroyed ? undefined : s.priv?.handle, spki, idHex, state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled", created: s.vs?.created, disabled, hasSigned: signed.has(idHex) });
     }
     versions.sort((a, b) => a.record.version - b.record.version);
     const current = [...versions].reverse().find((v) => !v.record.unusableReason && !v.record.disabledReason);
     if (current) current.record.current = true;
-    return { keyId, state, disabled: state?.disabled, versions, current };
+    return { keyId, state, versions, current };
   }
 
   private recordFor(keyId: string, version: number, spec: KeySpec, id: Buffer, spki: Buffer | undefined, certs: RawCert[]): KeyRecord {
@@ -319,6 +307,16 @@ export class Pkcs11KeyStore implements KeyStore {
     else if (problem) record.unusableReason = `the certificate chain of key "${keyId}" is incomplete: ${problem}`;
     return record;
   }
+}
+
+function disabledMessage(what: string, d: Disabled): string {
+  return `${what} is disabled by a custodian${d.reason ? `: ${d.reason}` : ""}`;
+}
+
+/** A named version, or by default the current one (the newest when none can sign). */
+function versionOf(view: KeyView | undefined, version?: number): VersionView | undefined {
+  if (!view) return undefined;
+  return version ? view.versions.find((x) => x.record.version === version) : (view.current ?? view.versions[view.versions.length - 1]);
 }
 
 function readCertificates(session: Session): RawCert[] {

@@ -37,20 +37,11 @@ export interface SignerServerOptions {
 /** How often a grpc.health.v1 Watch stream looks for a change of status. */
 const HEALTH_WATCH_INTERVAL_MS = 1000;
 
-export function loadSignerProto(): grpc.GrpcObject {
-  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1/signer.proto"), {
-    keepCase: false,
-    longs: Number,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  return grpc.loadPackageDefinition(def);
-}
-
-export function serviceOf(pkg: grpc.GrpcObject, name: string): grpc.ServiceDefinition {
-  const v1 = (pkg.hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return (v1[name] as grpc.ServiceClientConstructor).service;
+/** A service of package hsm_signer.v1 from proto/, with the loader options every edge uses. */
+export function loadService(protoFile: "signer.proto" | "key_admin.proto", service: "Signer" | "KeyAdmin"): grpc.ServiceDefinition {
+  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1", protoFile), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
+  const v1 = (grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  return (v1[service] as grpc.ServiceClientConstructor).service;
 }
 
 function keyInfo(k: KeyRecord): Record<string, unknown> {
@@ -133,9 +124,8 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
     throw new SignerError("CONFIG_INVALID", `plaintext (tls.insecure) is only allowed on a loopback address, not ${o.listen}`);
   }
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
-  const pkg = loadSignerProto();
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
-  server.addService(serviceOf(pkg, "Signer"), {
+  server.addService(loadService("signer.proto", "Signer"), {
     Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
       ctx.record.keyId = req.keyId;
       if (req.keyVersion) ctx.record.keyVersion = req.keyVersion;
