@@ -1,6 +1,7 @@
-import http2 from "node:http2";
 import { isIP } from "node:net";
 import tls from "node:tls";
+import { H2Session, H2StreamError, H2Code, type H2Response } from "./h2-session.js";
+import type { HeaderList } from "./hpack.js";
 import { checkServerCertificate, parseCaBundle, presentedChain } from "../tls/peer-certificate.js";
 
 /** gRPC status codes (grpc/doc/statuscodes.md), as this client decodes them. */
@@ -86,56 +87,111 @@ function splitEndpoint(endpoint: string): { host: string; port: string } {
   return { host: m[1], port: m[2] };
 }
 
+/** gRPC's mapping of an HTTP/2 reset code to a status (grpc/doc/PROTOCOL-HTTP2.md). */
+function statusOfReset(code: number | undefined): number {
+  if (code === H2Code.REFUSED_STREAM) return Status.UNAVAILABLE;
+  if (code === H2Code.CANCEL) return Status.CANCELLED;
+  if (code === H2Code.ENHANCE_YOUR_CALM) return Status.RESOURCE_EXHAUSTED;
+  if (code === H2Code.INADEQUATE_SECURITY) return Status.PERMISSION_DENIED;
+  return Status.INTERNAL;
+}
+
+function callErrorOf(e: unknown, endpoint: string, sentCert: boolean): GrpcCallError {
+  if (!(e instanceof H2StreamError)) return connectError(e, endpoint, sentCert);
+  // A socket error (a TLS alert such as "certificate required" included) reads as it always did.
+  if (e.kind === "connection" && e.cause instanceof Error) return connectError(e.cause, endpoint, sentCert);
+  switch (e.kind) {
+    case "refused":
+    case "connection":
+      return new GrpcCallError(Status.UNAVAILABLE, `${endpoint}: ${e.message}`);
+    case "reset":
+      return new GrpcCallError(statusOfReset(e.h2Code), `${endpoint}: ${e.message}`);
+    case "too-large":
+      return new GrpcCallError(Status.RESOURCE_EXHAUSTED, `${endpoint}: ${e.message}`);
+    default:
+      return new GrpcCallError(Status.INTERNAL, `${endpoint}: ${e.message}`);
+  }
+}
+
+const header = (list: HeaderList | undefined, name: string): string | undefined => list?.find(([n]) => n === name)?.[1];
+
+/** Metadata that carries credentials: sent "never indexed" (hpack.ts). */
+const SENSITIVE = new Set(["authorization"]);
+
 /**
- * A gRPC unary client over Node's own http2 and TLS, a few hundred microseconds to load where
- * @grpc/grpc-js takes tens of milliseconds: the plugin starts three times per signature.
+ * A gRPC unary client over TLS and the project's own HTTP/2 (h2-session.ts), which loads in well
+ * under a millisecond where node:http2 costs 15-20 ms and @grpc/grpc-js tens of milliseconds:
+ * the plugin starts three times per signature.
  */
 export class GrpcHttp2Channel {
-  private session: http2.ClientHttp2Session | undefined;
+  private session: Promise<H2Session> | undefined;
+  /** The session once connected, so close() can end it synchronously (the plugin exits next). */
+  private live: H2Session | undefined;
 
   constructor(private readonly o: ChannelOptions) {
     splitEndpoint(o.endpoint);
   }
 
-  private connect(): Promise<http2.ClientHttp2Session> {
-    if (this.session && !this.session.closed && !this.session.destroyed) return Promise.resolve(this.session);
-    const { host, port } = splitEndpoint(this.o.endpoint);
-    const authority = host.includes(":") ? `https://[${host}]:${port}` : `https://${host}:${port}`;
-    const servername = this.o.serverName ?? (isIP(host) ? undefined : host);
-    if (!this.o.ca) {
-      // System roots: OpenSSL verifies.
-      return Promise.resolve(this.adopt(http2.connect(authority, { cert: this.o.cert, key: this.o.key, servername })));
+  /** One session at a time, shared by concurrent calls; a new one once it is no longer usable. */
+  private connect(): Promise<H2Session> {
+    const current = this.session;
+    if (current) {
+      return current.then(
+        (s) => (s.usable ? s : this.open()),
+        () => this.open(),
+      );
     }
-    const anchors = parseCaBundle(this.o.ca);
+    return this.open();
+  }
+
+  private open(): Promise<H2Session> {
+    const p = this.openSession();
+    this.session = p;
+    return p;
+  }
+
+  private openSession(): Promise<H2Session> {
+    const { host, port } = splitEndpoint(this.o.endpoint);
+    const servername = this.o.serverName ?? (isIP(host) ? undefined : host);
     return new Promise((resolve, reject) => {
-      // `ca: []` keeps Node from loading its bundled roots; the chain is checked against ca_file
-      // below, before any request byte is sent (tls/peer-certificate.ts says why).
-      const socket = tls.connect({ host, port: Number(port), servername, ALPNProtocols: ["h2"], ca: [], rejectUnauthorized: false, cert: this.o.cert, key: this.o.key });
+      // With ca_file, `ca: []` keeps Node from loading its bundled roots; the chain is checked
+      // against ca_file below, before any request byte is sent (tls/peer-certificate.ts says why).
+      // Without it, OpenSSL verifies against the system roots.
+      const socket = this.o.ca
+        ? tls.connect({ host, port: Number(port), servername, ALPNProtocols: ["h2"], ca: [], rejectUnauthorized: false, cert: this.o.cert, key: this.o.key })
+        : tls.connect({ host, port: Number(port), servername, ALPNProtocols: ["h2"], cert: this.o.cert, key: this.o.key });
       socket.setNoDelay(true);
-      const fail = (e: Error): void => {
+      // The session writes the HTTP/2 preface and SETTINGS at once: constant bytes, no secret, so
+      // they may go out as soon as the handshake ends. Setting up the session and reading the CA
+      // bundle while the handshake is under way saves a few ms of each plugin start. Requests
+      // (headers with tokens, payloads) are only sent once the session is handed out below.
+      const session = new H2Session(socket);
+      const fail = (e: unknown): void => {
         socket.destroy();
         reject(e);
       };
+      let anchors: ReturnType<typeof parseCaBundle> | undefined;
+      try {
+        anchors = this.o.ca ? parseCaBundle(this.o.ca) : undefined;
+      } catch (e) {
+        fail(e);
+        return;
+      }
       socket.once("error", fail);
       socket.once("secureConnect", () => {
         socket.off("error", fail);
-        const { leaf, all } = presentedChain(socket);
-        const problem = leaf ? checkServerCertificate(leaf, all, anchors, this.o.serverName ?? host) : "the server sent no certificate";
-        if (problem) {
-          socket.destroy();
-          reject(new GrpcCallError(Status.UNAVAILABLE, `TLS connection to ${this.o.endpoint} failed: ${problem}`, undefined, true));
-          return;
+        const refuse = (problem: string): void => fail(new GrpcCallError(Status.UNAVAILABLE, `TLS connection to ${this.o.endpoint} failed: ${problem}`, undefined, true));
+        if (anchors) {
+          const { leaf, all } = presentedChain(socket);
+          const problem = leaf ? checkServerCertificate(leaf, all, anchors, this.o.serverName ?? host) : "the server sent no certificate";
+          if (problem) return refuse(problem);
         }
-        resolve(this.adopt(http2.connect(authority, { createConnection: () => socket })));
+        if (socket.alpnProtocol !== "h2") return refuse(`the server did not agree to HTTP/2 (ALPN ${socket.alpnProtocol || "none"}); is this a gRPC endpoint?`);
+        socket.unref();
+        this.live = session;
+        resolve(session);
       });
     });
-  }
-
-  private adopt(s: http2.ClientHttp2Session): http2.ClientHttp2Session {
-    s.on("error", () => undefined); // surfaced through the stream's error
-    s.unref();
-    this.session = s;
-    return s;
   }
 
   unary(path: string, body: Buffer, opts: CallOptions): Promise<Buffer> {
@@ -146,93 +202,102 @@ export class GrpcHttp2Channel {
         return;
       }
       let settled = false;
+      let cancel: ((e: Error) => void) | undefined;
       const finish = (err: GrpcCallError | undefined, value?: Buffer): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        if (err) reject(err);
-        else resolve(value as Buffer);
+        if (err) {
+          cancel?.(err);
+          reject(err);
+        } else {
+          resolve(value as Buffer);
+        }
       };
       const timer = setTimeout(() => finish(new GrpcCallError(Status.DEADLINE_EXCEEDED, `no answer within ${Math.ceil(remaining)} ms`)), remaining);
+      const sentCert = this.o.cert !== undefined;
       this.connect().then(
         (session) => {
-          if (!settled) this.send(session, path, body, opts, finish);
+          if (settled) return;
+          const call = session.request(this.headers(path, opts), frameMessage(body), SENSITIVE);
+          cancel = call.cancel;
+          call.response.then(
+            (r) => finish(...this.result(r)),
+            (e: unknown) => finish(callErrorOf(e, this.o.endpoint, sentCert)),
+          );
         },
-        (e: unknown) => finish(connectError(e, this.o.endpoint, this.o.cert !== undefined)),
+        (e: unknown) => finish(connectError(e, this.o.endpoint, sentCert)),
       );
     });
   }
 
-  private send(session: http2.ClientHttp2Session, path: string, body: Buffer, opts: CallOptions, finish: (err: GrpcCallError | undefined, value?: Buffer) => void): void {
-    const remaining = Math.max(1, opts.deadline - Date.now());
-    const headers: http2.OutgoingHttpHeaders = {
-      ":method": "POST",
-      ":path": path,
-      "content-type": "application/grpc",
-      te: "trailers",
-      "grpc-timeout": `${Math.max(1, Math.ceil(remaining))}m`,
-      "user-agent": this.o.userAgent ?? "hsm-signer-client",
-      ...opts.metadata,
-    };
-    let req: http2.ClientHttp2Stream;
-    try {
-      req = session.request(headers);
-    } catch (e) {
-      finish(connectError(e, this.o.endpoint, this.o.cert !== undefined));
-      return;
+  private headers(path: string, opts: CallOptions): HeaderList {
+    const { host, port } = splitEndpoint(this.o.endpoint);
+    const remaining = Math.max(1, Math.ceil(opts.deadline - Date.now()));
+    const list: HeaderList = [
+      [":method", "POST"],
+      [":scheme", "https"],
+      [":path", path],
+      [":authority", host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`],
+      ["content-type", "application/grpc"],
+      ["te", "trailers"],
+      ["grpc-timeout", `${remaining}m`],
+      ["user-agent", this.o.userAgent ?? "hsm-signer-client"],
+    ];
+    for (const [k, v] of Object.entries(opts.metadata ?? {})) list.push([k.toLowerCase(), v]);
+    return list;
+  }
+
+  /** The call's outcome from the response: the message, or the gRPC status as an error. */
+  private result(r: H2Response): [GrpcCallError | undefined, Buffer?] {
+    // A trailers-only answer carries the status in its one header block.
+    const statusBlock = r.trailers ?? r.headers;
+    const httpStatus = Number(header(r.headers, ":status") ?? 0);
+    const grpcStatus = header(statusBlock, "grpc-status");
+    if (grpcStatus === undefined) {
+      return httpStatus !== 200
+        ? [new GrpcCallError(Status.UNAVAILABLE, `HTTP status ${httpStatus || "missing"} from ${this.o.endpoint}`)]
+        : [new GrpcCallError(Status.INTERNAL, `the call to ${this.o.endpoint} ended without a gRPC status`)];
     }
-    const cancel = setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), remaining);
-    req.on("close", () => clearTimeout(cancel));
-    const chunks: Buffer[] = [];
-    let httpStatus = 0;
-    let status: number | undefined;
-    let message = "";
-    let retryAfterMs: number | undefined;
-    const readStatus = (h: http2.IncomingHttpHeaders): void => {
-      if (h["grpc-status"] !== undefined) {
-        status = Number(h["grpc-status"]);
-        const raw = String(h["grpc-message"] ?? "");
-        try {
-          message = decodeURIComponent(raw);
-        } catch {
-          message = raw; // not percent-encoded after all (a proxy's text): show it as it came
-        }
-        const ra = h["retry-after-ms"];
-        if (ra !== undefined) retryAfterMs = Number(ra);
+    const status = Number(grpcStatus);
+    if (status !== Status.OK) {
+      const raw = header(statusBlock, "grpc-message") ?? "";
+      let message: string;
+      try {
+        message = decodeURIComponent(raw);
+      } catch {
+        message = raw; // not percent-encoded after all (a proxy's text): show it as it came
       }
-    };
-    req.on("response", (h) => {
-      httpStatus = Number(h[":status"]);
-      readStatus(h);
-    });
-    req.on("trailers", readStatus);
-    req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("error", (e) => finish(connectError(e, this.o.endpoint, this.o.cert !== undefined)));
-    req.on("close", () => {
-      if (status === undefined) {
-        finish(new GrpcCallError(httpStatus && httpStatus !== 200 ? Status.UNAVAILABLE : Status.INTERNAL, httpStatus && httpStatus !== 200 ? `HTTP status ${httpStatus} from ${this.o.endpoint}` : `the call to ${this.o.endpoint} ended without a gRPC status`));
-        return;
-      }
-      if (status !== Status.OK) {
-        finish(new GrpcCallError(status, message, retryAfterMs));
-        return;
-      }
-      const data = Buffer.concat(chunks);
-      if (data.length < 5) return finish(new GrpcCallError(Status.INTERNAL, "empty gRPC response"));
-      if (data[0] !== 0) return finish(new GrpcCallError(Status.INTERNAL, "compressed gRPC responses are not supported"));
-      const len = data.readUInt32BE(1);
-      finish(undefined, data.subarray(5, 5 + len));
-    });
-    const frame = Buffer.alloc(5 + body.length);
-    frame.writeUInt32BE(body.length, 1);
-    body.copy(frame, 5);
-    req.end(frame);
+      const ra = header(statusBlock, "retry-after-ms");
+      return [new GrpcCallError(status, message, ra === undefined ? undefined : Number(ra))];
+    }
+    const data = r.data;
+    if (data.length < 5) return [new GrpcCallError(Status.INTERNAL, "empty gRPC response")];
+    if (data[0] !== 0) return [new GrpcCallError(Status.INTERNAL, "compressed gRPC responses are not supported")];
+    const len = data.readUInt32BE(1);
+    if (data.length < 5 + len) return [new GrpcCallError(Status.INTERNAL, "truncated gRPC response")];
+    return [undefined, data.subarray(5, 5 + len)];
   }
 
   close(): void {
-    this.session?.close();
+    const s = this.session;
     this.session = undefined;
+    this.live?.close();
+    this.live = undefined;
+    // A session still connecting is closed once it is there.
+    s?.then(
+      (x) => x.close(),
+      () => undefined,
+    );
   }
+}
+
+/** The gRPC length-prefixed message: no compression flag, 4-byte length, the bytes. */
+function frameMessage(body: Buffer): Buffer {
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  return frame;
 }
 
 export interface RetryOptions {
