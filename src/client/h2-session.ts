@@ -127,6 +127,12 @@ export class H2Session {
   private peerInitialWindow = DEFAULT_WINDOW;
   private peerMaxFrame = DEFAULT_MAX_FRAME;
   private peerMaxStreams = Infinity;
+  /**
+   * Until the server's first SETTINGS, one stream at a time: its stream limit is not known yet
+   * (RFC 9113 lets a client assume none, and a server with a low one would refuse the rest).
+   * A plugin's one call goes out at once; further ones wait about a round trip at most.
+   */
+  private peerSettingsSeen = false;
   private connUnacked = 0;
   /** A header block being continued: its stream, flags and fragments so far. */
   private continuing: { streamId: number; flags: number; fragments: Buffer[] } | undefined;
@@ -193,7 +199,7 @@ export class H2Session {
         this.socket.uncork();
       };
       if (this.ended) return reject(this.ended);
-      if (this.streams.size < this.peerMaxStreams) start();
+      if (this.canOpen()) start();
       else this.waiting.push({ start, reject });
     });
     const cancel = (reason: Error): void => {
@@ -265,8 +271,12 @@ export class H2Session {
     this.socket.uncork();
   }
 
+  private canOpen(): boolean {
+    return this.streams.size < (this.peerSettingsSeen ? this.peerMaxStreams : 1);
+  }
+
   private startWaiting(): void {
-    while (this.waiting.length > 0 && this.streams.size < this.peerMaxStreams && !this.ended) this.waiting.shift()!.start();
+    while (this.waiting.length > 0 && this.canOpen() && !this.ended) this.waiting.shift()!.start();
   }
 
   private onData(d: Buffer): void {
@@ -410,6 +420,7 @@ export class H2Session {
       }
       // HEADER_TABLE_SIZE bounds the encoder's table; this encoder keeps none. Others: ignored.
     }
+    this.peerSettingsSeen = true;
     this.writeFrame(FrameType.SETTINGS, ACK, 0, Buffer.alloc(0));
     this.flushAll();
     this.startWaiting();

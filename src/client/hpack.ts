@@ -155,7 +155,8 @@ export class HpackDecoder {
         const b = block[pos++]!;
         v += (b & 0x7f) * 2 ** m;
         m += 7;
-        if (v > 0xffffffff) throw new HpackError("integer too large");
+        // Also bounds the number of continuation bytes (zero ones add nothing): at most 5.
+        if (v > 0xffffffff || m > 35) throw new HpackError("integer too large");
         if ((b & 0x80) === 0) return v;
       }
     };
