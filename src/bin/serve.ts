@@ -32,14 +32,34 @@ async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds
 
 export async function serve(configFile: string): Promise<void> {
   const config = loadConfig(configFile);
+  // What a failed start (a port in use, a bad certificate file...) must close again, newest
+  // first: otherwise the listeners, the HSM threads and the watchers already started would keep
+  // the process alive, reporting nothing, instead of exiting with the error.
+  const undo: (() => unknown)[] = [];
+  try {
+    await start(config, undo);
+  } catch (e) {
+    for (const close of undo) await Promise.resolve().then(close).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise<void> {
+  const opened = <T>(value: T, close: (v: T) => unknown): T => {
+    undo.unshift(() => close(value));
+    return value;
+  };
   const logger = createLogger(config.log.level);
   const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   const metrics = new SignerMetrics({ version });
-  const audit = await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync, onFsync: metrics.onAuditFsync });
-  const policy = await PolicyStore.open(config.policy.file, logger);
+  const audit = opened(await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync, onFsync: metrics.onAuditFsync }), (a) => a.close());
+  const policy = opened(await PolicyStore.open(config.policy.file, logger), (p) => p.close());
   policy.watch();
-  const authenticator = await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger);
-  const hsm = await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds), logger);
+  const authenticator = opened(await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger), (a) => a.close());
+  const hsm = opened(await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds), logger), async (h) => {
+    await h.close();
+    finalizeModule(config.hsm.module);
+  });
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
@@ -49,7 +69,7 @@ export async function serve(configFile: string): Promise<void> {
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
   const ready = (): boolean => hsm.pool.healthy && audit.healthy;
-  const server = await startSignerServer({
+  const server = opened(await startSignerServer({
     listen: config.listen,
     tls,
     signing,
@@ -59,7 +79,7 @@ export async function serve(configFile: string): Promise<void> {
     audit,
     ready,
     onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
-  });
+  }), (x) => x.close(0));
   metrics.bindSessionPool(() => hsm.pool.stats);
   metrics.bindAudit(() => audit.stats);
   metrics.bindHsmUp(() => hsm.pool.healthy);
@@ -71,6 +91,7 @@ export async function serve(configFile: string): Promise<void> {
   await refreshKeyMetrics();
   const keyMetricsTimer = setInterval(() => void refreshKeyMetrics().catch(() => undefined), KEY_METRICS_REFRESH_MS);
   keyMetricsTimer.unref();
+  undo.unshift(() => clearInterval(keyMetricsTimer));
   const admin = config.admin.listen
     ? await startKeyAdminServer({
         listen: config.admin.listen,
@@ -85,10 +106,12 @@ export async function serve(configFile: string): Promise<void> {
         onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
       })
     : undefined;
-  const healthServer = config.metrics.grpcHealthListen ? await startHealthServer(config.metrics.grpcHealthListen, ready) : undefined;
+  if (admin) opened(admin, (a) => a.close(0));
+  const healthServer = config.metrics.grpcHealthListen ? opened(await startHealthServer(config.metrics.grpcHealthListen, ready), (h) => h.close(0)) : undefined;
   const ops = config.metrics.listen
     ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
     : undefined;
+  if (ops) opened(ops, (o) => o.close());
   const keys = await hsm.keys.listKeys();
   logger.info("hsm-signer listening", { listen: config.listen, port: server.port, adminPort: admin?.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
   let stopping = false;

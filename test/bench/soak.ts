@@ -197,7 +197,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   let client: grpc.Client | undefined;
   try {
     o.log(`soak: setting up a token with ${EC_KEY} (EC-256) and ${RSA_KEY} (RSA-2048) in ${data}...`);
-    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, DEMO_KEY_ID: EC_KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: "hsm-signer-soak" };
+    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, DEMO_KEY_ID: EC_KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: "hsm-signer-soak" };
     await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 120_000 });
     const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf") };
     await run(HSM_SIGNER, ["test-chain", "--config", join(data, "config.yaml"), "--key-id", RSA_KEY, "--key-spec", "RSA-2048"], { env, timeout: 120_000 });

@@ -103,7 +103,8 @@ describe("HSM faults made real against the service process, and recovery without
     data = mkdtempSync(join(tmpdir(), "hsm-signer-fault-"));
     port = await freePort();
     metricsPort = await freePort();
-    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, DEMO_KEY_ID: KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: TOKEN_LABEL };
+    // Every listener on a port of its own: a quick-start service on the defaults may be running.
+    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, DEMO_KEY_ID: KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: TOKEN_LABEL };
     await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 60_000 });
     pin = readFileSync(join(data, "pin"), "utf8").trim();
     child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env: env(), stdio: ["ignore", "pipe", "pipe"] });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -178,6 +179,29 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.match(r.stderr, /CKR_PIN_INCORRECT/);
     assert.match(r.stderr, /not retrying/);
     assert.ok(!r.stderr.includes("not-the-pin"), "the PIN is never printed");
+  });
+
+  // Started listeners, HSM threads and file watchers used to keep a failed start alive, silent.
+  it("a port already in use (here the admin listener's) stops the start: exit 1 naming the address, nothing left running", async () => {
+    const holder = await new Promise<ReturnType<typeof createServer>>((resolve) => {
+      const srv = createServer();
+      srv.listen(0, "127.0.0.1", () => resolve(srv));
+    });
+    const taken = (holder.address() as AddressInfo).port;
+    try {
+      const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${taken}` };
+      const started = Date.now();
+      const r = await run(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, timeout: 30_000 }).then(
+        () => assert.fail("serve started on a port in use"),
+        (e: { code: number | null; stderr: string; killed?: boolean }) => e,
+      );
+      assert.equal(r.killed ?? false, false, `serve hung until killed: ${r.stderr}`);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${taken}`));
+      assert.ok(Date.now() - started < 20_000, `took ${Date.now() - started} ms to give up`);
+    } finally {
+      holder.close();
+    }
   });
 
   it("config check lists every problem at once and exits 1", async () => {
