@@ -1,7 +1,7 @@
 import { Worker } from "node:worker_threads";
 import type pkcs11js from "pkcs11js";
 import { SignerError } from "../errors/index.js";
-import type { SignJob, SignReply } from "./sign-worker.js";
+import { Mailbox, type MailboxJob } from "./sign-mailbox.js";
 
 const WORKER_URL = new URL("./sign-worker.js", import.meta.url);
 /** Pause before replacing a thread that died while starting (e.g. the module failed to load). */
@@ -10,6 +10,12 @@ const RESTART_PAUSE_MS = 1000;
 interface Pending {
   resolve: (sig: Buffer) => void;
   reject: (e: unknown) => void;
+}
+
+/** A signing thread and the shared memory it takes its jobs from (sign-mailbox.ts). */
+interface Thread {
+  worker: Worker;
+  box: Mailbox;
 }
 
 /** A PKCS#11 error as it came out of a worker: same message and CKR_ code, so translation is unchanged. */
@@ -37,12 +43,12 @@ export interface SignThreadsOptions {
  * a thread that died is being replaced, jobs wait in order (the session pool bounds them).
  */
 export class SignThreads {
-  private readonly idle: Worker[] = [];
-  private readonly all = new Set<Worker>();
+  private readonly idle: Thread[] = [];
+  private readonly all = new Set<Thread>();
   /** The job each busy thread is working on. */
-  private readonly busy = new Map<Worker, { id: number } & Pending>();
+  private readonly busy = new Map<Thread, { id: number } & Pending>();
   /** Jobs waiting for a thread (there may be fewer threads than sessions). */
-  private readonly queue: { job: SignJob; pending: Pending }[] = [];
+  private readonly queue: { id: number; job: MailboxJob; pending: Pending }[] = [];
   private nextId = 1;
   private closing = false;
 
@@ -71,67 +77,83 @@ export class SignThreads {
 
   private spawn(): Promise<void> {
     return new Promise<void>((started) => {
-      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath } });
+      const mailbox = Mailbox.create();
+      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath, mailbox } });
+      // Unreferenced while idle; referenced while it has a job, since a pending Atomics.waitAsync
+      // alone would not keep the process alive.
       w.unref();
+      const t: Thread = { worker: w, box: new Mailbox(mailbox) };
       let ready = false;
-      w.on("message", (r: SignReply | { ready: true }) => {
-        if ("ready" in r) {
+      w.on("message", (r: { ready?: true }) => {
+        if (r.ready && !ready) {
           ready = true;
-          this.release(w);
+          this.release(t);
           started();
-          return;
         }
-        this.onReply(w, r);
       });
       // A thread that dies fails its own job and is replaced, so capacity stays equal to the pool's.
       const lost = (e: unknown): void => {
         started();
-        if (!this.all.delete(w)) return;
-        const i = this.idle.indexOf(w);
+        if (!this.all.delete(t)) return;
+        const i = this.idle.indexOf(t);
         if (i >= 0) this.idle.splice(i, 1);
-        this.busy.get(w)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
-        this.busy.delete(w);
+        this.busy.get(t)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
+        this.busy.delete(t);
         if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
       };
       w.on("error", lost);
       w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
-      this.all.add(w);
+      this.all.add(t);
     });
   }
 
-  private onReply(w: Worker, r: SignReply): void {
-    const job = this.busy.get(w);
-    this.busy.delete(w);
-    this.release(w);
-    if (!job || job.id !== r.id) return;
+  /** Posts a job to a free thread; its answer comes back through the mailbox. */
+  private start(t: Thread, id: number, job: MailboxJob, pending: Pending): void {
+    try {
+      t.box.post(job);
+    } catch (e) {
+      this.release(t);
+      pending.reject(new SignerError("INTERNAL", `cannot hand the signature to a signing thread: ${(e as Error).message}`, { cause: e }));
+      return;
+    }
+    this.busy.set(t, { id, ...pending });
+    t.worker.ref();
+    void t.box.answered().then(() => this.onAnswer(t, id));
+  }
+
+  private onAnswer(t: Thread, id: number): void {
+    const job = this.busy.get(t);
+    // The thread died meanwhile and its job was failed already.
+    if (!job || job.id !== id) return;
+    this.busy.delete(t);
+    t.worker.unref();
+    const r = t.box.answer();
+    this.release(t);
     if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
-    else job.resolve(Buffer.from(r.signature.buffer, r.signature.byteOffset, r.signature.byteLength));
+    else job.resolve(r.signature);
   }
 
   /** Gives a free thread the next queued job, or marks it idle. */
-  private release(w: Worker): void {
+  private release(t: Thread): void {
     const next = this.queue.shift();
     if (!next) {
-      this.idle.push(w);
+      this.idle.push(t);
       return;
     }
-    this.busy.set(w, { id: next.job.id, ...next.pending });
-    w.postMessage(next.job);
+    this.start(t, next.id, next.job, next.pending);
   }
 
   /** C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. */
   sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number): Promise<Buffer> {
     const id = this.nextId++;
-    // Copies: a Buffer is often a slice of Node's 8 KiB pool, which postMessage would clone whole.
-    const job: SignJob = { id, session: new Uint8Array(session), key: new Uint8Array(key), mechanism, data: new Uint8Array(data), outLength };
+    const job: MailboxJob = { session, key, mechanism, data, outLength };
     const p = new Promise<Buffer>((resolve, reject) => {
-      const w = this.idle.pop();
-      if (!w) {
-        this.queue.push({ job, pending: { resolve, reject } });
+      const t = this.idle.pop();
+      if (!t) {
+        this.queue.push({ id, job, pending: { resolve, reject } });
         return;
       }
-      this.busy.set(w, { id, resolve, reject });
-      w.postMessage(job);
+      this.start(t, id, job, { resolve, reject });
     });
     const onError = this.options.onError;
     // Attached here, not in the "message" listener, so that it runs in the caller's async context.
@@ -146,6 +168,7 @@ export class SignThreads {
   async close(): Promise<void> {
     this.closing = true;
     for (const q of this.queue.splice(0)) q.pending.reject(new SignerError("HSM_UNAVAILABLE", "the HSM signing threads are stopping"));
-    await Promise.all([...this.all].map((w) => w.terminate()));
+    for (const t of this.all) t.box.stop();
+    await Promise.all([...this.all].map((t) => t.worker.terminate()));
   }
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createHash, verify, X509Certificate } from "node:crypto";
+import { constants, createHash, verify, X509Certificate } from "node:crypto";
 import { ObjectClass } from "graphene-pk11";
 import pkcs11js from "pkcs11js";
 import { SignThreads } from "../../src/hsm/sign-threads.js";
@@ -32,6 +32,75 @@ describe("SignThreads: C_SignInit + C_Sign in worker threads on pooled sessions"
       });
     } finally {
       for (const s of sessions) f.hsm.pool.release(s, true);
+      await threads.close();
+    }
+  });
+
+  // Jobs and answers share one mailbox per thread: an answer read too early, or a job posted to a
+  // thread still busy, would hand a caller another job's signature or fail with
+  // CKR_OPERATION_ACTIVE (test/unit/sign-mailbox.test.ts covers an early wake-up exactly).
+  it("5,000 mixed EC-256 and RSA-2048 jobs over 4 threads: each answer is its own job's", async () => {
+    const f = await getFixture();
+    const specs = ["EC-256", "RSA-2048"] as const;
+    const keys = await Promise.all(specs.map((s) => f.hsm.keys.getKey(keyIdOf(s))));
+    const leaves = keys.map((k) => new X509Certificate(k.chain[0] as Buffer).publicKey);
+    const threads = new SignThreads(f.token.module, 4);
+    const sessions = await Promise.all([0, 1, 2, 3].map(() => f.hsm.pool.acquire()));
+    try {
+      const handles = specs.map((s) => sessions[0]!.find({ class: ObjectClass.PRIVATE_KEY, label: keyIdOf(s) }).items(0).handle);
+      let next = 0;
+      let checked = 0;
+      await Promise.all(
+        sessions.map(async (session) => {
+          while (next < 5000) {
+            const n = next++;
+            const which = n % 20 === 0 ? 1 : 0; // mostly EC, some RSA
+            const message = Buffer.from(`job ${n}`);
+            const digest = createHash("sha256").update(message).digest();
+            const mechanism = which === 0 ? { mechanism: pkcs11js.CKM_ECDSA } : { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } };
+            const sig = await threads.sign(session.handle, handles[which]!, mechanism, digest, 300);
+            const ok =
+              which === 0
+                ? verify("sha256", message, { key: leaves[0]!, dsaEncoding: "ieee-p1363" }, sig)
+                : verify("sha256", message, { key: leaves[1]!, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, sig);
+            assert.ok(ok, `job ${n} (${specs[which]}) got a signature that is not its own`);
+            checked++;
+          }
+        }),
+      );
+      assert.equal(checked, 5000);
+    } finally {
+      for (const s of sessions) f.hsm.pool.release(s, true);
+      await threads.close();
+    }
+  });
+
+  it("a thread that dies fails its job (or answered it first); a new thread takes its place", async () => {
+    const f = await getFixture();
+    const key = await f.hsm.keys.getKey(keyIdOf("RSA-4096"));
+    const leaf = new X509Certificate(key.chain[0] as Buffer).publicKey;
+    const threads = new SignThreads(f.token.module, 1);
+    const session = await f.hsm.pool.acquire();
+    const mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA512, mgf: pkcs11js.CKG_MGF1_SHA512, saltLen: 64 } };
+    const sign = (text: string): Promise<Buffer> => threads.sign(session.handle, handle, mechanism, createHash("sha512").update(text).digest(), 600);
+    const verifies = (text: string, sig: Buffer): boolean => verify("sha512", Buffer.from(text), { key: leaf, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 64 }, sig);
+    const handle = session.find({ class: ObjectClass.PRIVATE_KEY, label: keyIdOf("RSA-4096") }).items(0).handle;
+    try {
+      assert.ok(verifies("before", await sign("before")));
+      // The test reaches into the class for the one thing no API offers: killing a thread.
+      const [thread] = [...(threads as unknown as { all: Set<{ worker: { terminate(): Promise<number> } }> }).all];
+      const during = sign("during").then(
+        (sig) => ({ sig }),
+        (e: Error) => ({ e }),
+      );
+      await thread!.worker.terminate();
+      const outcome = await during;
+      if ("e" in outcome) assert.match(outcome.e.message, /signing thread stopped/);
+      else assert.ok(verifies("during", outcome.sig), "an answer that came before the end is a valid one");
+      // The replacement starts by itself; the next job waits for it.
+      assert.ok(verifies("after", await sign("after")));
+    } finally {
+      f.hsm.pool.release(session, true);
       await threads.close();
     }
   });
