@@ -223,10 +223,37 @@ export class SessionPool {
     });
   }
 
-  /** Returns a session; `lost` (any failed operation on it) closes it instead, and a new one is opened when needed. */
+  /**
+   * Returns a session; `lost` (any failed operation on it) closes it instead. A lost session is
+   * replaced at once, and the replacement is opened before the old one is closed: SoftHSM
+   * forgets every object handle of a token when its last session closes, so letting the pool
+   * run down to no session (four failed operations in a row) broke the key handles the key store
+   * holds until its next rescan.
+   */
   release(session: Session, lost = false): void {
     // A session from before a reconnection: its handle may since name another session, so it is not even closed.
     if (!this.owned.has(session)) return;
+    if (lost && this.state === "up") {
+      let replacement: Session | undefined;
+      let openError: unknown;
+      try {
+        replacement = this.openOne();
+      } catch (e) {
+        openError = e;
+      }
+      this.owned.delete(session);
+      closeQuietly(session);
+      this.counters.sessionsReplaced++;
+      const w = this.waiters.shift();
+      if (w?.timer) clearTimeout(w.timer);
+      if (replacement) {
+        if (w) w.resolve(replacement);
+        else this.idle.push(replacement);
+      } else if (w) {
+        w.reject(this.diagnose(openError));
+      }
+      return;
+    }
     if (lost || (this.state !== "up" && this.state !== "recovering")) {
       this.owned.delete(session);
       closeQuietly(session);

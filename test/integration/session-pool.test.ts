@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
+import { createHash, verify, X509Certificate } from "node:crypto";
 import { findSlot, loadModule, SessionPool } from "../../src/hsm/index.js";
 import type { SignerError } from "../../src/errors/index.js";
-import { getFixture } from "../helpers/fixture.js";
+import { getFixture, keyIdOf } from "../helpers/fixture.js";
 
 describe("SessionPool on SoftHSM: a full pool under deadlines", function () {
   this.timeout(30_000);
@@ -28,6 +29,21 @@ describe("SessionPool on SoftHSM: a full pool under deadlines", function () {
       pool.close();
     }
   });
+  // SoftHSM drops every object handle of a token when the process's last session on it closes;
+  // a pool that closed its sessions one failed operation at a time left the key store's handles
+  // dead (CKR_OBJECT_HANDLE_INVALID) until the next rescan.
+  it("every session released as lost, one after another: replaced at once, and cached key handles still sign", async () => {
+    const f = await getFixture();
+    const key = await f.hsm.keys.getKey(keyIdOf("EC-256"));
+    const size = f.hsm.pool.stats.size;
+    const all = await Promise.all(Array.from({ length: size }, () => f.hsm.pool.acquire()));
+    for (const s of all) f.hsm.pool.release(s, true);
+    assert.equal(f.hsm.pool.stats.idle, size, "each lost session was replaced");
+    const digest = createHash("sha256").update("after").digest();
+    const sig = await f.hsm.keys.signDigest(key, "SHA-256", digest);
+    assert.ok(verify("sha256", Buffer.from("after"), { key: new X509Certificate(key.chain[0] as Buffer).publicKey, dsaEncoding: "ieee-p1363" }, sig));
+  });
+
   // A wrong PIN is tested in test/e2e/service-process.test.ts, in a process of its own: login state
   // is per process, so here the fixture's login would answer CKR_USER_ALREADY_LOGGED_IN.
 });
