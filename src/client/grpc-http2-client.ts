@@ -67,6 +67,9 @@ const TLS_PERMANENT = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|HOSTNAME|ALTNAM
 function connectError(e: unknown, endpoint: string, sentCert: boolean): GrpcCallError {
   if (e instanceof GrpcCallError) return e;
   const err = e as NodeJS.ErrnoException;
+  if (/no application protocol/i.test(err.message)) {
+    return new GrpcCallError(Status.UNAVAILABLE, `${endpoint} did not agree to HTTP/2 (the TLS server refused ALPN "h2"); is this a gRPC endpoint?`, undefined, true);
+  }
   if (CLIENT_CERT_REFUSED.test(err.message)) {
     const why = sentCert ? "not accepted by the server's client CA" : "none was sent; set client_cert_file and client_key_file";
     return new GrpcCallError(Status.UNAUTHENTICATED, `${endpoint} refused the TLS client certificate (${why}): ${err.message.trim()}`, undefined, true);

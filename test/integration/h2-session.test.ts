@@ -528,4 +528,29 @@ describe("H2Session against node:http2 (nghttp2) over TLS", function () {
       channel.close();
     }
   });
+
+  // A TLS endpoint that is not gRPC (an HTTP/1.1 proxy, a web server) must get a clear, final
+  // answer, not a hang or a retry loop.
+  for (const alpn of [["http/1.1"], undefined]) {
+    it(`GrpcHttp2Channel: a TLS server that does not agree to h2 (ALPN ${alpn ? alpn.join(",") : "none"}) is UNAVAILABLE, permanent, and says so`, async () => {
+      const server = tls.createServer({ key: material.serverKey, cert: material.serverCert, ...(alpn ? { ALPNProtocols: alpn } : {}) }, (socket) => socket.on("error", () => undefined));
+      server.listen(0, "127.0.0.1");
+      await once(server, "listening");
+      const port = (server.address() as { port: number }).port;
+      const channel = new GrpcHttp2Channel({ endpoint: `127.0.0.1:${port}`, ca: material.ca });
+      try {
+        const e = await channel.unary("/hsm_signer.v1.Signer/Sign", Buffer.from("request"), { deadline: Date.now() + 10_000 }).then(
+          () => assert.fail("the call succeeded"),
+          (err: unknown) => err,
+        );
+        assert.ok(e instanceof GrpcCallError, String(e));
+        assert.equal(e.code, 14);
+        assert.equal(e.permanent, true);
+        assert.match(e.details, /did not agree to HTTP\/2/);
+      } finally {
+        channel.close();
+        server.close();
+      }
+    });
+  }
 });
