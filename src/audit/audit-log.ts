@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readdir, stat, type FileHandle } from "node:fs/promises";
-import { readdirSync, type Stats } from "node:fs";
+import { readdirSync, writeSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { SignerError } from "../errors/index.js";
 import type { NotaryArtifact } from "./notary-payload.js";
@@ -280,7 +280,10 @@ export class AuditLog {
   private async writeSegment(segment: Pending[], bytes: number): Promise<void> {
     const handle = this.currentHandle();
     const data = segment.length === 1 ? segment[0]!.bytes : Buffer.concat(segment.map((p) => p.bytes), bytes);
-    await writeAll(handle, data);
+    // A synchronous write: it only copies a few KiB into the page cache, and saves a thread-pool
+    // round trip per batch (about 40 µs of CPU per line at 1,500 lines/s, in test/bench's
+    // terms); the fdatasync, which waits for the disk, stays off the event loop.
+    writeAllSync(handle.fd, data);
     this.size += data.length;
     if (this.fsync) {
       const started = process.hrtime.bigint();
@@ -443,11 +446,11 @@ async function readAt(fh: FileHandle, position: number, length: number): Promise
   return buf;
 }
 
-async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
+function writeAllSync(fd: number, data: Buffer): void {
   let off = 0;
   while (off < data.length) {
-    // The file is opened O_APPEND, so the position argument is ignored by the kernel.
-    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    // The file is opened O_APPEND: each write goes to the end.
+    const bytesWritten = writeSync(fd, data, off, data.length - off);
     if (bytesWritten === 0) throw Object.assign(new Error("short write"), { code: "EIO" });
     off += bytesWritten;
   }
