@@ -302,18 +302,22 @@ async function main(): Promise<boolean> {
         },
       },
     ];
-    for (const c of commands) {
-      log(`d) ${c.name} x ${PLUGIN_RUNS}...`);
-      const times: number[] = [];
-      const noise = new MachineNoise();
-      for (let i = 0; i < PLUGIN_WARMUP_RUNS + PLUGIN_RUNS; i++) {
+    // Rounds with the commands in turn, not each command's runs in a row: this machine's speed
+    // drifts over minutes (node -e 0 took 34 to 48 ms in one session), and a drift should move
+    // the baseline and the commands alike.
+    log(`d) ${commands.length} commands in turn, ${PLUGIN_WARMUP_RUNS} + ${PLUGIN_RUNS} rounds...`);
+    const times = commands.map((): number[] => []);
+    const noise = new MachineNoise();
+    for (let i = 0; i < PLUGIN_WARMUP_RUNS + PLUGIN_RUNS; i++) {
+      for (const [k, c] of commands.entries()) {
         const p = await runProcess(c.file, c.args, c.input, env);
         if (p.code !== 0) throw new Error(`${c.name} exited with ${p.code ?? p.signal}: ${p.stderr.slice(0, 500)}`);
         c.check(p.stdout);
-        if (i >= PLUGIN_WARMUP_RUNS) times.push(p.ms);
+        if (i >= PLUGIN_WARMUP_RUNS) times[k]!.push(p.ms);
       }
-      plugin.push(procStats(c.name, times, noise.otherCores()));
     }
+    const others = noise.otherCores();
+    commands.forEach((c, k) => plugin.push(procStats(c.name, times[k]!, others)));
   } finally {
     for (const c of clients) c.close();
     echoServer?.forceShutdown();
@@ -342,7 +346,7 @@ async function main(): Promise<boolean> {
   console.log("loop busy = event-loop utilization of the main thread of this process (the server; in a) also the caller);");
   console.log("CPU = this whole process incl. the HSM signing threads; client = the load client process (b, c); others = unrelated processes (cores)");
   console.log("");
-  console.log(`d) plugin wall time per command as a process, ${PLUGIN_RUNS} runs each after ${PLUGIN_WARMUP_RUNS} warm-up runs;`);
+  console.log(`d) plugin wall time per command as a process, ${PLUGIN_RUNS} rounds after ${PLUGIN_WARMUP_RUNS} warm-up rounds, the commands in turn;`);
   console.log("   NODE_EXTRA_CA_CERTS UNSET in the child environment (it adds ~70 ms to every Node start)");
   console.log("");
   const pw = Math.max(...plugin.map((p) => p.name.length), "one notation signature (sum of 3 medians)".length);
