@@ -4,7 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { TokenDetails } from "../hsm/key-custody.js";
 
-/** proto/ at the project root, three levels above dist/src/admin/ (as PROTO_DIR in server/signer-server.ts). */
+/** proto/ at the project root, three levels above dist/src/admin/ (as PROTO_DIR in server/grpc-common.ts). */
 const KEY_ADMIN_PROTO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto/hsm_signer/v1/key_admin.proto");
 
 // Messages of hsm_signer.v1.KeyAdmin as @grpc/proto-loader hands them over (keepCase false,

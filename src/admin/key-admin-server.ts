@@ -4,8 +4,7 @@ import { createTestChain, type KeyCustody, type KeyView, type Pkcs11KeyStore, ty
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "../server/access-control.js";
-import { bindServer, unaryHandler, type AuditSink, type CallContext, type RunningServer } from "../server/grpc-common.js";
-import { loadService } from "../server/signer-server.js";
+import { bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type RunningServer } from "../server/grpc-common.js";
 import type { Logger } from "../log/index.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 

@@ -131,8 +131,13 @@ export class GrpcHttp2Channel {
   /** The session once connected, so close() can end it synchronously (the plugin exits next). */
   private live: H2Session | undefined;
 
+  private readonly host: string;
+  private readonly port: string;
+  private readonly authority: string;
+
   constructor(private readonly o: ChannelOptions) {
-    splitEndpoint(o.endpoint);
+    ({ host: this.host, port: this.port } = splitEndpoint(o.endpoint));
+    this.authority = this.host.includes(":") ? `[${this.host}]:${this.port}` : `${this.host}:${this.port}`;
   }
 
   /** One session at a time, shared by concurrent calls; a new one once it is no longer usable. */
@@ -154,7 +159,7 @@ export class GrpcHttp2Channel {
   }
 
   private openSession(): Promise<H2Session> {
-    const { host, port } = splitEndpoint(this.o.endpoint);
+    const { host, port } = this;
     const servername = this.o.serverName ?? (isIP(host) ? undefined : host);
     return new Promise((resolve, reject) => {
       // With ca_file, `ca: []` keeps Node from loading its bundled roots; the chain is checked
@@ -235,13 +240,12 @@ export class GrpcHttp2Channel {
   }
 
   private headers(path: string, opts: CallOptions): HeaderList {
-    const { host, port } = splitEndpoint(this.o.endpoint);
     const remaining = Math.max(1, Math.ceil(opts.deadline - Date.now()));
     const list: HeaderList = [
       [":method", "POST"],
       [":scheme", "https"],
       [":path", path],
-      [":authority", host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`],
+      [":authority", this.authority],
       ["content-type", "application/grpc"],
       ["te", "trailers"],
       ["grpc-timeout", `${remaining}m`],

@@ -32,7 +32,7 @@ const STATIC_TABLE: readonly (readonly [string, string])[] = [
 
 /**
  * The bit length of each symbol's Huffman code (RFC 7541 Appendix B; 256 is EOS). The code is
- * canonical, so the codes themselves follow from the lengths (huffmanCodes below); the unit test
+ * canonical, so the codes themselves follow from the lengths (canonicalTable below); the unit test
  * checks the result against the RFC's examples and against what nghttp2 encodes.
  */
 const HUFFMAN_LENGTHS = [
@@ -48,21 +48,6 @@ const HUFFMAN_LENGTHS = [
 ] as const;
 
 const EOS = 256;
-
-/** Canonical Huffman codes from the lengths: shorter codes first, equal lengths in symbol order. */
-export function huffmanCodes(): { code: number; bits: number }[] {
-  const order = HUFFMAN_LENGTHS.map((bits, sym) => ({ sym, bits })).sort((a, b) => a.bits - b.bits || a.sym - b.sym);
-  const out: { code: number; bits: number }[] = new Array<{ code: number; bits: number }>(HUFFMAN_LENGTHS.length);
-  let code = 0;
-  let prevBits = order[0]!.bits;
-  for (const { sym, bits } of order) {
-    code *= 2 ** (bits - prevBits);
-    prevBits = bits;
-    out[sym] = { code, bits };
-    code += 1;
-  }
-  return out;
-}
 
 /**
  * Canonical decoding without a tree: for each code length, the first code of that length and where
@@ -96,6 +81,16 @@ function canonicalTable(): Canonical {
   }
   canonical = { first, count, offset, symbols };
   return canonical;
+}
+
+/** Each symbol's code and length, as RFC 7541 Appendix B lists them (for the tests). */
+export function huffmanCodes(): { code: number; bits: number }[] {
+  const { first, count, offset, symbols } = canonicalTable();
+  const out: { code: number; bits: number }[] = [];
+  for (let bits = 0; bits < first.length; bits++) {
+    for (let i = 0; i < count[bits]!; i++) out[symbols[offset[bits]! + i]!] = { code: first[bits]! + i, bits };
+  }
+  return out;
 }
 
 /** RFC 7541 §5.2: a Huffman string ends with at most 7 one-bits of EOS prefix, and never holds EOS. */

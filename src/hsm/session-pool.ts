@@ -254,20 +254,11 @@ export class SessionPool {
       }
       return;
     }
+    // The pool is not up here (recovering, down, closed): nothing is handed out or reopened.
     if (lost || (this.state !== "up" && this.state !== "recovering")) {
       this.owned.delete(session);
       closeQuietly(session);
       if (lost) this.counters.sessionsReplaced++;
-      if (this.state !== "up") return;
-      const w = this.waiters.shift();
-      if (w) {
-        if (w.timer) clearTimeout(w.timer);
-        try {
-          w.resolve(this.openOne());
-        } catch (e) {
-          w.reject(this.diagnose(e));
-        }
-      }
       return;
     }
     const w = this.state === "up" ? this.waiters.shift() : undefined;

@@ -1,7 +1,10 @@
 import { randomBytes } from "node:crypto";
+import { dirname, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { experimental } from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import type { AuditReceipt, AuditRecordInput } from "../audit/index.js";
 import type { CallerIdentity } from "../auth/index.js";
 import { SignerError, toSignerError } from "../errors/index.js";
@@ -9,6 +12,16 @@ import type { Logger } from "../log/index.js";
 import type { AccessControl } from "./access-control.js";
 import { StaticCertificateProvider } from "./static-certificate-provider.js";
 import { grpcStatusOf } from "./status.js";
+
+/** proto/ at the project root, three levels above dist/src/server/. */
+export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto");
+
+/** A service of package hsm_signer.v1 from proto/, with the loader options every edge uses. */
+export function loadService(protoFile: "signer.proto" | "key_admin.proto", service: "Signer" | "KeyAdmin"): grpc.ServiceDefinition {
+  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1", protoFile), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
+  const v1 = (grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  return (v1[service] as grpc.ServiceClientConstructor).service;
+}
 
 /** Longest a request may take when the caller sets no deadline (or a longer one). */
 export const DEFAULT_MAX_DEADLINE_MS = 60_000;

@@ -1,6 +1,5 @@
 import { createHash } from "node:crypto";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { parseNotaryPayload, type AuditRecordInput } from "../audit/index.js";
@@ -9,11 +8,10 @@ import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
 import { validateKeyId, type SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { bindServer, isLoopbackAddress, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+import { bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
-export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto");
 /** gRPC's own receive limit sits above the payload limit so that an oversized payload gets a clear INVALID_ARGUMENT. */
 const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
 
@@ -36,13 +34,6 @@ export interface SignerServerOptions {
 
 /** How often a grpc.health.v1 Watch stream looks for a change of status. */
 const HEALTH_WATCH_INTERVAL_MS = 1000;
-
-/** A service of package hsm_signer.v1 from proto/, with the loader options every edge uses. */
-export function loadService(protoFile: "signer.proto" | "key_admin.proto", service: "Signer" | "KeyAdmin"): grpc.ServiceDefinition {
-  const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1", protoFile), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
-  const v1 = (grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return (v1[service] as grpc.ServiceClientConstructor).service;
-}
 
 function keyInfo(k: KeyRecord): Record<string, unknown> {
   return {
