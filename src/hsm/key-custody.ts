@@ -165,9 +165,9 @@ export class KeyCustody {
   }
 
   /** Generates the key pair and records it as the next version; the key pair is removed again if the state cannot be saved. */
-  private newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">): number {
+  private async newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">): Promise<number> {
     const version = Math.max(0, ...base.versions.map((v) => v.version)) + 1;
-    const generated = generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
+    const generated = await generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
     const entry: VersionState = { version, id: generated.id.toString("hex"), spec, created: now() };
     try {
       writeKeyState(s, { ...base, versions: [...base.versions, entry] });

@@ -20,27 +20,27 @@ export function privateKeyExists(session: Session, label: string): boolean {
  * Generates a key pair on the token. The private key is CKA_SENSITIVE and not CKA_EXTRACTABLE,
  * so it can never leave the HSM; it may only sign. A label that already exists is refused unless
  * the caller makes a new version of that key (key-custody.ts).
+ *
+ * The HSM works on a libuv thread (C_GenerateKeyPair's callback form): RSA-4096 takes seconds,
+ * and a service generating on its event loop answered no Sign, health probe or metrics scrape
+ * meanwhile. pkcs11js copies the templates before it queues the call, so nothing here has to
+ * stay referenced; the session stays checked out of the pool until the callback runs, so
+ * neither a reconnection nor a shutdown finalizes the module under it.
  */
-export function generateKeyPair(session: Session, label: string, spec: KeySpec, o: { allowExistingLabel?: boolean } = {}): GeneratedKey {
+export async function generateKeyPair(session: Session, label: string, spec: KeySpec, o: { allowExistingLabel?: boolean } = {}): Promise<GeneratedKey> {
   if (!o.allowExistingLabel && privateKeyExists(session, label)) throw new SignerError("ALREADY_EXISTS", `a key labelled "${label}" already exists on the token`);
   const info = keySpecInfo(spec);
   const id = randomBytes(16);
   const common = { token: true, label, id };
   const privateTemplate = { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true, decrypt: false, unwrap: false, derive: false, modifiable: false };
+  const [mechanism, publicTemplate] =
+    info.kty === "RSA"
+      ? [KeyGenMechanism.RSA, { ...common, class: ObjectClass.PUBLIC_KEY, private: false, verify: true, encrypt: false, wrap: false, modulusBits: info.bits, publicExponent: Buffer.from([1, 0, 1]) }]
+      : [KeyGenMechanism.EC, { ...common, class: ObjectClass.PUBLIC_KEY, private: false, verify: true, paramsEC: EC_PARAMS[info.curve as "P-256"] }];
   try {
-    if (info.kty === "RSA") {
-      session.generateKeyPair(
-        KeyGenMechanism.RSA,
-        { ...common, class: ObjectClass.PUBLIC_KEY, private: false, verify: true, encrypt: false, wrap: false, modulusBits: info.bits, publicExponent: Buffer.from([1, 0, 1]) },
-        privateTemplate,
-      );
-    } else {
-      session.generateKeyPair(
-        KeyGenMechanism.EC,
-        { ...common, class: ObjectClass.PUBLIC_KEY, private: false, verify: true, paramsEC: EC_PARAMS[info.curve as "P-256"] },
-        privateTemplate,
-      );
-    }
+    await new Promise<void>((resolve, reject) => {
+      session.generateKeyPair(mechanism, publicTemplate, privateTemplate, (err) => (err ? reject(err) : resolve()));
+    });
   } catch (e) {
     throw translatePkcs11Error(e, `generating ${spec} key "${label}"`);
   }

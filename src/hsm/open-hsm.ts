@@ -51,7 +51,7 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
   const close = async (): Promise<void> => {
     store.stop();
     await threads.close();
-    pool.close();
+    await pool.close();
   };
   try {
     await store.start();

@@ -13,6 +13,8 @@ export const DEFAULT_RECONNECT_MIN_MS = 250;
 export const DEFAULT_RECONNECT_MAX_MS = 5_000;
 /** While sessions of the lost generation are still in use, the next attempt looks again this soon. */
 const DRAIN_POLL_MS = 50;
+/** How long close() waits for calls still inside the module (an RSA-4096 generation takes seconds). */
+const DEFAULT_CLOSE_DRAIN_MS = 15_000;
 /** The smallest retry-after-ms a caller is told while the HSM is down. */
 const MIN_RETRY_AFTER_MS = 100;
 
@@ -481,7 +483,12 @@ export class SessionPool {
     this.schedule(delay);
   }
 
-  close(): void {
+  /**
+   * Closes the idle sessions now and the others as their calls return. Resolves once none is
+   * checked out (a key generation on a libuv thread may take seconds), or after `drainMs`, so
+   * that C_Finalize does not run under a call still inside the module.
+   */
+  async close(drainMs = DEFAULT_CLOSE_DRAIN_MS): Promise<void> {
     this.state = "closed";
     if (this.healthTimer) clearInterval(this.healthTimer);
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
@@ -495,5 +502,8 @@ export class SessionPool {
       this.owned.delete(s);
       closeQuietly(s);
     }
+    const until = Date.now() + drainMs;
+    while (this.owned.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    if (this.owned.size > 0) this.logger.warn("closing with HSM calls still running", { sessionsInUse: this.owned.size });
   }
 }

@@ -40,13 +40,13 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   const rootKeyId = p.rootKeyId ?? `${p.keyId}-root-ca`;
   const d = { ...TEST_CHAIN_DEFAULTS, ...stripUndefined(p) };
   const created = { rootKey: false, rootCertificate: false, key: false, leafCertificate: false };
-  await pool.use((s) => {
+  await pool.use(async (s) => {
     if (!privateKeyExists(s, rootKeyId)) {
-      generateKeyPair(s, rootKeyId, d.rootKeySpec);
+      await generateKeyPair(s, rootKeyId, d.rootKeySpec);
       created.rootKey = true;
     }
     if (!privateKeyExists(s, p.keyId)) {
-      generateKeyPair(s, p.keyId, p.keySpec);
+      await generateKeyPair(s, p.keyId, p.keySpec);
       created.key = true;
     }
   });

@@ -260,6 +260,27 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.equal(byId.get("release")?.versions[1]?.expiringSoon, false);
   });
 
+  // RSA-4096 generation takes seconds on SoftHSM. Run on the event loop, it froze the whole
+  // service: no Sign, health probe or scrape was answered until the key pair was made.
+  it("an RSA-4096 generation runs beside signing: Sign calls keep completing while it is under way", async () => {
+    await call("CreateTestChain", { keyId: "while-generating", keySpec: "EC-256" });
+    let generating = true;
+    const generated = call<{ key: InventoryKey; keyVersion: number }>("GenerateKey", { keyId: "big-rsa", keySpec: "RSA-4096" }).finally(() => {
+      generating = false;
+    });
+    let during = 0;
+    while (generating) {
+      const r = await sign("while-generating");
+      assert.equal(r.keyId, "while-generating");
+      if (generating) during++;
+    }
+    const g = await generated;
+    assert.equal(g.keyVersion, 1);
+    assert.equal(g.key.versions[0]?.keySpec, "RSA-4096");
+    // Blocked, only the one or two calls made before the generation started would count.
+    assert.ok(during >= 10, `only ${during} Sign calls completed while the key pair was generated`);
+  });
+
   it("every KeyAdmin call, allowed or refused, is in the audit, and the audit chain verifies", async () => {
     const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--json"]);
     const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });

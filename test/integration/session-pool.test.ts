@@ -26,7 +26,7 @@ describe("SessionPool on SoftHSM: a full pool under deadlines", function () {
       pool.release(next);
       assert.deepEqual(counts(), { size: 1, inUse: 0, idle: 1, waiting: 0 });
     } finally {
-      pool.close();
+      await pool.close(0);
     }
   });
   // SoftHSM drops every object handle of a token when the process's last session on it closes;
