@@ -42,8 +42,11 @@ const DURATION_MS = intEnv("BENCH_DURATION_MS", 4000);
 const PLUGIN_RUNS = intEnv("BENCH_PLUGIN_RUNS", 20);
 const PLUGIN_WARMUP_RUNS = 2;
 const CALL_TIMEOUT_MS = 10_000;
-/** The gRPC client of the load process: grpc-js, or the project's own http2 client (BENCH_CLIENT=http2). */
-const LOAD_CLIENT = process.env.BENCH_CLIENT === "http2" ? "http2" : "grpc-js";
+type LoadClient = "grpc-js" | "http2";
+/** The gRPC client of the load process for the target rows: grpc-js, or the project's own http2 client (BENCH_CLIENT=http2). */
+const LOAD_CLIENT: LoadClient = process.env.BENCH_CLIENT === "http2" ? "http2" : "grpc-js";
+/** The other client, for rows e): the same servers under the other client. */
+const OTHER_CLIENT: LoadClient = LOAD_CLIENT === "http2" ? "grpc-js" : "http2";
 /** Time for the load-client process to start and connect before its warm-up begins. */
 const CLIENT_START_MS = 400;
 const argAfter = (flag: string): string | undefined => {
@@ -86,9 +89,9 @@ async function startEchoServer(f: Fixture, Signer: grpc.ServiceClientConstructor
  * Runs the closed-loop client in its own process (test/bench/load-client.ts) against a server
  * in this process, and measures this process (the server) over the client's window.
  */
-async function remoteLoad(port: number, caFile: string, req: Record<string, unknown>, signatureLength: number, o: LoadOptions): Promise<LoadResult> {
+async function remoteLoad(port: number, caFile: string, req: Record<string, unknown>, signatureLength: number, o: LoadOptions, client: LoadClient = LOAD_CLIENT): Promise<LoadResult> {
   const wire = { ...req, digest: Buffer.isBuffer(req.digest) ? req.digest.toString("base64") : undefined };
-  const args = JSON.stringify({ port, caFile, req: wire, signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, durationMs: o.durationMs, client: LOAD_CLIENT });
+  const args = JSON.stringify({ port, caFile, req: wire, signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, durationMs: o.durationMs, client });
   // The child needs about CLIENT_START_MS to start and connect; the server is measured from then on.
   const window = { from: CLIENT_START_MS + o.warmupMs, to: CLIENT_START_MS + o.warmupMs + o.durationMs };
   let elu0: EventLoopUtilization | undefined;
@@ -109,11 +112,11 @@ async function remoteLoad(port: number, caFile: string, req: Record<string, unkn
     clearTimeout(t2);
   });
   if (p.code !== 0) throw new Error(`load client failed (${p.code ?? p.signal}): ${p.stderr.slice(0, 800)}`);
-  const client = JSON.parse(p.stdout) as LoadResult;
+  const c = JSON.parse(p.stdout) as LoadResult;
   // Reported: the client's rate and latencies; the server process's loop and CPU.
   const serverCores = server.cpuMs / (window.to - window.from);
   // The client measured "other" CPU as everything but itself: this server included.
-  return { ...client, elu: server.elu, cores: serverCores, cpuMsPerCall: server.cpuMs / Math.max(1, client.rate * ((window.to - window.from) / 1000)), otherCores: Math.max(0, client.otherCores - serverCores), clientCores: client.cores };
+  return { ...c, elu: server.elu, cores: serverCores, cpuMsPerCall: server.cpuMs / Math.max(1, c.rate * ((window.to - window.from) / 1000)), otherCores: Math.max(0, c.otherCores - serverCores), clientCores: c.cores };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,6 +177,7 @@ async function main(): Promise<boolean> {
   let echo: LoadResult | undefined;
   let echo1: LoadResult | undefined;
   let svcEc1: LoadResult | undefined;
+  const otherRows: Row[] = [];
   let server: RunningServer | undefined;
   let echoServer: grpc.Server | undefined;
   const clients: grpc.Client[] = [];
@@ -246,6 +250,19 @@ async function main(): Promise<boolean> {
     rows.push({ name: "c) gRPC+TLS echo (same messages, no HSM)", r: echo, ratio: `EC-256 service = ${pct(ecSvc.rate / echo.rate)} of it` });
     log("c) gRPC+TLS echo, 1 in flight...");
     echo1 = await remoteLoad(e.port, f.tls.caFile, ecReq, 64, { ...LOAD, concurrency: 1, durationMs: Math.min(DURATION_MS, 2000) });
+    // e) the same servers under the other client. With grpc-js the load client saturates a core
+    // before the echo server does, so c) is the client's ceiling; the project's own client (the
+    // plugin's) needs about a third of the CPU per call, so there the echo row is the server's.
+    const other = `${OTHER_CLIENT} client`;
+    log(`e) echo and Sign again with the ${other}...`);
+    const echoOther = await remoteLoad(e.port, f.tls.caFile, ecReq, 64, LOAD, OTHER_CLIENT);
+    otherRows.push({ name: `e) gRPC+TLS echo, ${other}`, r: echoOther });
+    for (const spec of KEYS) {
+      const info = keySpecInfo(spec);
+      const req = { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)), hashAlgorithm: info.hash, keySpec: spec };
+      const r = await remoteLoad(server.port, f.tls.caFile, req, info.signatureLength, LOAD, OTHER_CLIENT);
+      otherRows.push({ name: `e) gRPC+TLS Sign ${spec}, ${other}`, r, ratio: spec === "EC-256" ? `${pct(r.rate / echoOther.rate)} of echo` : `${pct(r.rate / raw.get(spec)!.rate)} of raw` });
+    }
     echoClient.close();
     await new Promise<void>((res) => e.server.tryShutdown(() => res()));
     echoServer = undefined;
@@ -342,9 +359,10 @@ async function main(): Promise<boolean> {
     ...rows,
     { name: "   gRPC+TLS Sign EC-256, 1 in flight", r: svcEc1 },
     { name: "   gRPC+TLS echo, 1 in flight", r: echo1 },
+    ...otherRows,
   ]);
   console.log("loop busy = event-loop utilization of the main thread of this process (the server; in a) also the caller);");
-  console.log("CPU = this whole process incl. the HSM signing threads; client = the load client process (b, c); others = unrelated processes (cores)");
+  console.log("CPU = this whole process incl. the HSM signing threads; client = the load client process (b, c, e); others = unrelated processes (cores)");
   console.log("");
   console.log(`d) plugin wall time per command as a process, ${PLUGIN_RUNS} rounds after ${PLUGIN_WARMUP_RUNS} warm-up rounds, the commands in turn;`);
   console.log("   NODE_EXTRA_CA_CERTS UNSET in the child environment (it adds ~70 ms to every Node start)");
@@ -364,7 +382,7 @@ async function main(): Promise<boolean> {
     { name: "three plugin commands < 200 ms", value: `${fmt(sum3)} ms`, pass: sum3 < 200 },
     { name: "three plugin commands < 200 ms, with key_spec", value: `${fmt(sum3Local)} ms`, pass: sum3Local < 200 },
   ];
-  const allLoads: [string, LoadResult][] = [...rows.map((x): [string, LoadResult] => [x.name.trim(), x.r]), ["EC-256 1 in flight", svcEc1], ["echo 1 in flight", echo1]];
+  const allLoads: [string, LoadResult][] = [...rows.map((x): [string, LoadResult] => [x.name.trim(), x.r]), ["EC-256 1 in flight", svcEc1], ["echo 1 in flight", echo1], ...otherRows.map((x): [string, LoadResult] => [x.name, x.r])];
   const noisy = [
     ...allLoads.filter(([, r]) => r.otherCores > NOISE_LIMIT_CORES).map(([n, r]) => `${n} (${fmt(r.otherCores, 2)} cores)`),
     ...plugin.filter((p) => p.otherCores > NOISE_LIMIT_CORES).map((p) => `${p.name} (${fmt(p.otherCores, 2)} cores)`),
@@ -384,19 +402,41 @@ async function main(): Promise<boolean> {
   // signature s, server overhead o per call and client CPU c (cores), the service makes at most
   // (cpus - c) / (s + o) calls per second; raw makes about cpus / s.
   const rsaRaw = raw.get("RSA-3072")!;
-  const rsaSvc = svc.get("RSA-3072")!;
   const cpus = availableParallelism();
-  const clientCores = rsaSvc.clientCores ?? Number.NaN;
-  const rsaOverheadMs = rsaSvc.cpuMsPerCall - rsaRaw.cpuMsPerCall;
-  const zeroOverheadCeiling = ((cpus - clientCores) * 1000) / rsaRaw.cpuMsPerCall / rsaRaw.rate;
-  const overheadFor85 = ((cpus - clientCores) * 1000) / (0.85 * rsaRaw.rate) - rsaRaw.cpuMsPerCall;
-  console.log("");
-  console.log("RSA-3072, where the CPU goes (this run):");
-  console.log(`  raw: ${fmt(rsaRaw.cpuMsPerCall, 2)} ms of CPU per signature; through the service: ${fmt(rsaSvc.cpuMsPerCall, 2)} ms per call, so TLS, gRPC, policy and audit add ${fmt(rsaOverheadMs, 2)} ms`);
-  console.log(`  the load client takes ${fmt(clientCores, 2)} of the ${cpus} cores; a service adding nothing at all would reach ${pct(zeroOverheadCeiling)} of raw`);
-  console.log(`  85% of raw would allow ${fmt(overheadFor85, 2)} ms of server overhead per call; the bare grpc-js echo server alone spends ${fmt(echo.cpuMsPerCall, 2)} ms`);
-
+  const rsaAnalysis = (rsaSvc: LoadResult, client: LoadClient): Record<string, number> => {
+    const clientCores = rsaSvc.clientCores ?? Number.NaN;
+    const overhead = rsaSvc.cpuMsPerCall - rsaRaw.cpuMsPerCall;
+    const ceiling = ((cpus - clientCores) * 1000) / rsaRaw.cpuMsPerCall / rsaRaw.rate;
+    const allowed = ((cpus - clientCores) * 1000) / (0.85 * rsaRaw.rate) - rsaRaw.cpuMsPerCall;
+    console.log(`  ${client} client: through the service ${fmt(rsaSvc.cpuMsPerCall, 2)} ms of CPU per call, so TLS, gRPC, policy and audit add ${fmt(overhead, 2)} ms;`);
+    console.log(`    the client takes ${fmt(clientCores, 2)} of the ${cpus} cores, so a service adding nothing would reach ${pct(ceiling)} of raw, and 85% allows ${fmt(allowed, 2)} ms of overhead per call`);
+    return { serverOverheadMsPerCall: round(overhead, 3), clientCores: round(clientCores, 2), zeroOverheadCeilingOfRaw: round(ceiling, 3), overheadAllowedFor85PctMs: round(allowed, 3) };
+  };
   const round = (n: number, d = 1): number => Number(n.toFixed(d));
+  console.log("");
+  console.log(`RSA-3072, where the CPU goes (this run): raw signing costs ${fmt(rsaRaw.cpuMsPerCall, 2)} ms of CPU per signature`);
+  const rsaOther = otherRows.find((x) => x.name.startsWith("e) gRPC+TLS Sign RSA-3072"));
+  const rsa3072Analysis = { [LOAD_CLIENT]: rsaAnalysis(svc.get("RSA-3072")!, LOAD_CLIENT), ...(rsaOther ? { [OTHER_CLIENT]: rsaAnalysis(rsaOther.r, OTHER_CLIENT) } : {}) };
+  console.log(`  the bare grpc-js echo server spends ${fmt(echo.cpuMsPerCall, 2)} ms of CPU per call`);
+
+  // EC-256 against echo, per client: 80% of the echo rate leaves each call (cpus / rate) of CPU,
+  // less what the client spends on it. No service can spend less than the echo server's
+  // transport plus one raw signature through the signing threads.
+  const ecRaw = raw.get("EC-256")!;
+  const ecAnalysis = (svcRow: LoadResult, echoRow: LoadResult, client: LoadClient): Record<string, number> => {
+    const clientMs = ((svcRow.clientCores ?? Number.NaN) * 1000) / svcRow.rate;
+    const budget = (cpus * 1000) / (0.8 * echoRow.rate) - clientMs;
+    const floor = echoRow.cpuMsPerCall + ecRaw.cpuMsPerCall;
+    console.log(`  ${client} client: echo ${fmt(echoRow.rate, 0)}/s, so 80% leaves the server ${fmt(budget, 3)} ms of CPU per call (the client takes ${fmt(clientMs, 3)});`);
+    console.log(`    echo transport + one raw signature = ${fmt(floor, 3)} ms${floor > budget ? ", more than that: out of reach on these cores" : ""}; the service spends ${fmt(svcRow.cpuMsPerCall, 3)} ms`);
+    return { serverBudgetMsPerCall: round(budget, 3), floorMsPerCall: round(floor, 3), serviceMsPerCall: round(svcRow.cpuMsPerCall, 3) };
+  };
+  console.log("");
+  console.log("EC-256 against echo, where the CPU goes (this run):");
+  const ecOther = otherRows.find((x) => x.name.startsWith("e) gRPC+TLS Sign EC-256"));
+  const echoOther = otherRows.find((x) => x.name.startsWith("e) gRPC+TLS echo"));
+  const ec256Analysis = { [LOAD_CLIENT]: ecAnalysis(svc.get("EC-256")!, echo, LOAD_CLIENT), ...(ecOther && echoOther ? { [OTHER_CLIENT]: ecAnalysis(ecOther.r, echoOther.r, OTHER_CLIENT) } : {}) };
+
   const lr = (r: LoadResult): Record<string, number> => ({ perSec: round(r.rate), p50Ms: round(r.p50, 3), p99Ms: round(r.p99, 3), calls: r.ops, eventLoopBusy: round(r.elu, 3), cpuCores: round(r.cores, 2), cpuMsPerCall: round(r.cpuMsPerCall, 3) });
   Object.assign(results, {
     node: process.version,
@@ -411,6 +451,7 @@ async function main(): Promise<boolean> {
     serviceEc256OneInFlight: lr(svcEc1),
     echo: { ...lr(echo), ec256ServiceRatio: round(ecEchoRatio, 3) },
     echoOneInFlight: lr(echo1),
+    otherClient: { client: OTHER_CLIENT, rows: Object.fromEntries(otherRows.map((x) => [x.name, { ...lr(x.r), clientCores: round(x.r.clientCores ?? Number.NaN, 2), ratio: x.ratio ?? "" }])) },
     plugin: {
       nodeExtraCaCerts: "unset",
       runs: PLUGIN_RUNS,
@@ -418,7 +459,8 @@ async function main(): Promise<boolean> {
       sumOfThreeMediansMs: round(sum3),
       sumOfThreeMediansWithKeySpecMs: round(sum3Local),
     },
-    rsa3072Analysis: { serverOverheadMsPerCall: round(rsaOverheadMs, 3), clientCores: round(clientCores, 2), zeroOverheadCeilingOfRaw: round(zeroOverheadCeiling, 3), overheadAllowedFor85PctMs: round(overheadFor85, 3), echoServerCpuMsPerCall: round(echo.cpuMsPerCall, 3) },
+    rsa3072Analysis: { ...rsa3072Analysis, echoServerCpuMsPerCall: round(echo.cpuMsPerCall, 3) },
+    ec256Analysis,
     targets: targets.map((t) => ({ name: t.name, value: t.value, pass: t.pass })),
     noisy,
   });
