@@ -1,6 +1,6 @@
-import { createHash, createPublicKey } from "node:crypto";
+import { createHash, createPublicKey, X509Certificate } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import { ObjectClass, KeyType, type Session } from "graphene-pk11";
+import { CertificateType, ObjectClass, KeyType, type ITemplate, type Session } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
 import { keySpecFor, keySpecInfo, type HashAlgorithm, type KeySpec } from "../signing/key-spec.js";
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
@@ -319,12 +319,23 @@ function versionOf(view: KeyView | undefined, version?: number): VersionView | u
   return version ? view.versions.find((x) => x.record.version === version) : (view.current ?? view.versions[view.versions.length - 1]);
 }
 
+/**
+ * The X.509 certificate objects that parse. Another tool may store attribute or WTLS certificates,
+ * or bytes that are no certificate at all; one such object must not stop every key (the whole
+ * scan, the service's start, or each rescan after an HSM recovery), so it is left out.
+ */
 function readCertificates(session: Session): RawCert[] {
   const certs: RawCert[] = [];
   const found = session.find({ class: ObjectClass.CERTIFICATE });
   for (let i = 0; i < found.length; i++) {
-    const a = found.items(i).getAttribute({ id: null, label: null, value: null }) as { id?: Buffer; label?: string; value?: Buffer };
-    if (a.value && a.value.length > 0) certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value });
+    const a = found.items(i).getAttribute({ id: null, label: null, value: null, certType: null } as unknown as ITemplate) as { id?: Buffer; label?: string; value?: Buffer; certType?: number };
+    if (!a.value || a.value.length === 0 || (a.certType !== undefined && a.certType !== CertificateType.X_509)) continue;
+    try {
+      new X509Certificate(a.value);
+    } catch {
+      continue;
+    }
+    certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value });
   }
   return certs;
 }

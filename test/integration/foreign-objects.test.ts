@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { CertificateType, ObjectClass, type ITemplate } from "graphene-pk11";
+import { digest } from "../../src/signing/key-spec.js";
+import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
+import { verifyNotarySignature } from "../helpers/notation.js";
+
+/**
+ * Other tools share the token: what they store there that hsm-signer cannot read must not stop
+ * the keys it can. One unparseable certificate object used to fail every scan: the service did not
+ * start, every rescan failed, and after an HSM recovery the rescan failed for ever.
+ */
+describe("objects other tools leave on the token (SoftHSM)", function () {
+  this.timeout(60_000);
+  let f: Fixture;
+  const id = randomBytes(8);
+
+  before(async () => {
+    f = await getFixture();
+  });
+
+  after(async () => {
+    await f.hsm.pool.use((s) => {
+      const found = s.find({ class: ObjectClass.CERTIFICATE, id });
+      for (let i = 0; i < found.length; i++) found.items(i).destroy();
+    });
+    await f.hsm.keys.refresh();
+  });
+
+  it("certificate objects that are not X.509 certificates (not DER; DER of something else): skipped, every key still signs", async () => {
+    await f.hsm.pool.use((s) => {
+      const common = { class: ObjectClass.CERTIFICATE, token: true, private: false, id, subject: Buffer.from([0x30, 0x00]) };
+      s.create({ ...common, certType: CertificateType.X_509, label: "not-a-certificate", value: Buffer.from("this is not DER at all") } as ITemplate);
+      s.create({ ...common, certType: CertificateType.X_509, label: "der-but-no-certificate", value: Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]) } as ITemplate);
+    });
+    await f.hsm.keys.refresh();
+    for (const spec of ["EC-256", "RSA-2048"] as const) {
+      const key = await f.hsm.keys.getKey(keyIdOf(spec));
+      assert.ok(key.chain.length >= 2, `${spec}: the chain is still found`);
+      const payload = randomBytes(100);
+      const signature = await f.hsm.keys.signDigest(key, key.info.hash, digest(key.info.hash, payload));
+      assert.ok(verifyNotarySignature(payload, signature, key.chain[0] as Buffer, spec), `${spec}: the signature verifies`);
+    }
+    assert.ok(!f.hsm.keys.inventory().some((v) => v.keyId === "not-a-certificate" || v.keyId === "der-but-no-certificate"));
+  });
+});
