@@ -1,10 +1,10 @@
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
-import { createTestChain, type KeyCustody, type KeyView, type Pkcs11KeyStore, type SessionPool, type VersionView } from "../hsm/index.js";
+import { type KeyCustody, type KeyView, type Pkcs11KeyStore, type VersionView } from "../hsm/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "../server/access-control.js";
-import { bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type RunningServer } from "../server/grpc-common.js";
+import { auditKeyId, bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer } from "../server/grpc-common.js";
 import type { Logger } from "../log/index.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 
@@ -15,7 +15,6 @@ export interface KeyAdminServerOptions {
   tls: { cert: Buffer; key: Buffer; clientCa: Buffer };
   custody: KeyCustody;
   keys: Pkcs11KeyStore;
-  pool: SessionPool;
   access: AccessControl;
   audit: AuditSink;
   logger: Logger;
@@ -76,15 +75,16 @@ export function inventoryKey(view: KeyView, warnDays = DEFAULT_EXPIRY_WARNING_DA
 export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
-  const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+  const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
     unary<Req, Res>(`KeyAdmin.${method}`, async (req, ctx) => {
       const keyId = (req as { keyId?: unknown }).keyId;
-      if (typeof keyId === "string" && keyId) ctx.record.keyId = keyId;
+      if (typeof keyId === "string" && keyId) ctx.record.keyId = auditKeyId(keyId);
       const version = (req as { keyVersion?: unknown }).keyVersion;
       if (typeof version === "number" && version) ctx.record.keyVersion = version;
       o.access.authorizeCustodian(ctx, method);
       return fn(req, ctx);
-    });
+    }, m);
+  const mutates: MethodOptions = { mutates: true };
   type KeyReq = { keyId: string; keyVersion: number };
 
   server.addService(loadService("key_admin.proto", "KeyAdmin"), {
@@ -94,12 +94,12 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       ctx.record.keyVersion = 1;
       ctx.record.admin = { keySpec: req.keySpec };
       return { key: inventoryKey(view), keyVersion: 1 };
-    }),
+    }, mutates),
     RotateKey: admin<{ keyId: string; keySpec: string }, object>("RotateKey", async (req, ctx) => {
       const r = await o.custody.rotateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec", true));
       ctx.record.keyVersion = r.version;
       return { key: inventoryKey(r.view), keyVersion: r.version };
-    }),
+    }, mutates),
     CreateCsr: admin<KeyReq & { subject: string }, object>("CreateCsr", async (req, ctx) => {
       if (!req.subject) throw new SignerError("INVALID_ARGUMENT", "subject is required, e.g. \"CN=release, O=Example, ST=WA, C=US\"");
       if (req.subject.length > MAX_SUBJECT_LENGTH) throw new SignerError("INVALID_ARGUMENT", `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
@@ -114,11 +114,11 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       ctx.record.keyVersion = r.version;
       ctx.record.admin = { chainSha256: r.chain.map((c) => sha256Hex(c)), stored: r.stored };
       return { keyId: req.keyId, keyVersion: r.version, certificateChain: r.chain, stored: r.stored };
-    }),
+    }, mutates),
     CreateTestChain: admin<{ keyId: string; keySpec: string; rootKeyId: string; rootKeySpec: string; organization: string; state: string; country: string; validityDays: number }, object>("CreateTestChain", async (req, ctx) => {
       const days = req.validityDays || undefined;
       if (days !== undefined && days > 3650) throw new SignerError("INVALID_ARGUMENT", "validity_days must be at most 3650");
-      const r = await createTestChain(o.pool, o.keys, {
+      const r = await o.custody.createTestChain({
         keyId: validateKeyId(req.keyId),
         keySpec: keySpec(req.keySpec, "key_spec") as KeySpec,
         rootKeyId: req.rootKeyId ? validateKeyId(req.rootKeyId) : undefined,
@@ -133,7 +133,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       const created = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
       ctx.record.admin = { created };
       return { certificateChain: r.chain, created, keyVersion: key.version };
-    }),
+    }, mutates),
     SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>("SetKeyState", async (req, ctx) => {
       if (req.reason.length > MAX_REASON_LENGTH || /[\x00-\x1f\x7f]/.test(req.reason)) {
         throw new SignerError("INVALID_ARGUMENT", `reason must be at most ${MAX_REASON_LENGTH} characters on one line (it is shown to refused callers and kept on the token)`);
@@ -141,13 +141,13 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       const view = await o.custody.setState(validateKeyId(req.keyId), req.keyVersion, req.enabled, req.reason);
       ctx.record.admin = { enabled: req.enabled, reason: req.reason };
       return { key: inventoryKey(view), keyVersion: req.keyVersion };
-    }),
+    }, mutates),
     DestroyKeyVersion: admin<KeyReq & { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }, object>("DestroyKeyVersion", async (req, ctx) => {
       if (!req.keyVersion) throw new SignerError("INVALID_ARGUMENT", "key_version is required: versions are destroyed one at a time");
       const r = await o.custody.destroyVersion(validateKeyId(req.keyId), req.keyVersion, { confirm: req.confirm, destroyCertificate: req.destroyCertificate, acknowledgeSigned: req.acknowledgeSigned });
       ctx.record.admin = { destroyed: r.destroyed, acknowledgeSigned: req.acknowledgeSigned };
       return { key: inventoryKey(r.view), destroyed: r.destroyed };
-    }),
+    }, mutates),
     GetInventory: admin<{ keyId: string; expiryWarningDays: number }, object>("GetInventory", async (req) => {
       if (req.keyId) await o.keys.refreshIfChanged();
       const views = req.keyId ? [await o.keys.view(validateKeyId(req.keyId))] : o.keys.inventory();
@@ -161,5 +161,5 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
     }),
   });
-  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true });
+  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true }, unary.inFlight);
 }

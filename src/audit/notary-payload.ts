@@ -43,6 +43,11 @@ const COSE_ALGORITHMS: ReadonlyMap<number, string> = new Map([
   [-36, "ES512"],
 ]);
 /** OCI image-spec descriptor digest grammar: algorithm ":" encoded. */
+// What the audit copies from a payload stays small whatever the caller sends: longer values are
+// no Notary payload notation makes (an OCI media type has at most 255 characters, RFC 6838).
+const MAX_DIGEST_LENGTH = 200;
+const MAX_MEDIA_TYPE_LENGTH = 255;
+const MAX_ALG_LENGTH = 32;
 const OCI_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 const JWS_SIGNING_INPUT = /^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$/;
 /** Deeper nesting than this is not a Notary header; the bound keeps hostile input off the stack. */
@@ -68,7 +73,7 @@ function parseJws(payload: Buffer): ParsedNotaryPayload | undefined {
   const target = parseTargetArtifact(Buffer.from(m[2]!, "base64url"));
   if (!target) return undefined;
   const artifact: NotaryArtifact = { ...target };
-  if (typeof header.alg === "string" && header.alg !== "") artifact.signingAlgorithm = header.alg;
+  if (typeof header.alg === "string" && header.alg !== "" && header.alg.length <= MAX_ALG_LENGTH) artifact.signingAlgorithm = header.alg;
   const signingTime = header[SIGNING_TIME];
   if (typeof signingTime === "string" && !Number.isNaN(Date.parse(signingTime))) artifact.signingTime = signingTime;
   const expiry = header[EXPIRY];
@@ -100,8 +105,8 @@ function parseTargetArtifact(json: Buffer): Pick<NotaryArtifact, "digest" | "med
   const doc: unknown = JSON.parse(json.toString("utf8"));
   if (!isRecord(doc) || !isRecord(doc.targetArtifact)) return undefined;
   const { digest, mediaType, size } = doc.targetArtifact;
-  if (typeof digest !== "string" || !OCI_DIGEST.test(digest)) return undefined;
-  if (typeof mediaType !== "string" || mediaType === "") return undefined;
+  if (typeof digest !== "string" || digest.length > MAX_DIGEST_LENGTH || !OCI_DIGEST.test(digest)) return undefined;
+  if (typeof mediaType !== "string" || mediaType === "" || mediaType.length > MAX_MEDIA_TYPE_LENGTH) return undefined;
   if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) return undefined;
   return { digest, mediaType, size };
 }

@@ -98,7 +98,6 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
         tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
         custody: new KeyCustody(hsm.pool, hsm.keys),
         keys: hsm.keys,
-        pool: hsm.pool,
         access,
         audit,
         logger,

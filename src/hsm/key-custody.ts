@@ -10,6 +10,7 @@ import { writeKeyState, type KeyState, type VersionState } from "./key-state.js"
 import type { KeyView, Pkcs11KeyStore, VersionView } from "./pkcs11-key-store.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
+import { createTestChain, type TestChainParams, type TestChainResult } from "./test-chain.js";
 
 export interface TokenDetails {
   label: string;
@@ -151,6 +152,15 @@ export class KeyCustody {
       await this.pool.use((s) => this.newVersion(s, keyId, spec, { keyId, versions: [] }));
       return this.fresh(keyId);
     });
+  }
+
+  /**
+   * The test chain (test-chain.ts), one change among the others: it looks for its keys and makes
+   * the missing ones, so two at once (a retry after a client timeout, or a GenerateKey of the
+   * same id) would both make a key with the same label, and such a key can never sign.
+   */
+  createTestChain(p: TestChainParams): Promise<TestChainResult> {
+    return this.change(() => createTestChain(this.pool, this.keys, p));
   }
 
   /** A new version under an existing key id; signing moves to it once it has a usable chain. */

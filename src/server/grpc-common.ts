@@ -20,7 +20,46 @@ export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../..
 export function loadService(protoFile: "signer.proto" | "key_admin.proto", service: "Signer" | "KeyAdmin"): grpc.ServiceDefinition {
   const def = protoLoader.loadSync(resolve(PROTO_DIR, "hsm_signer/v1", protoFile), { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true });
   const v1 = (grpc.loadPackageDefinition(def).hsm_signer as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return (v1[service] as grpc.ServiceClientConstructor).service;
+  const methods = (v1[service] as grpc.ServiceClientConstructor).service;
+  // A body that is not the method's message would make grpc-js answer INTERNAL itself, before
+  // the handler, so without an audit line. It reaches the handler as a marker instead, and the
+  // handler refuses it like any other bad request (INVALID_ARGUMENT, audited).
+  return Object.fromEntries(
+    Object.entries(methods).map(([name, m]) => {
+      const deserialize = m.requestDeserialize;
+      return [
+        name,
+        {
+          ...m,
+          requestDeserialize: (bytes: Buffer): unknown => {
+            try {
+              return deserialize(bytes);
+            } catch (e) {
+              return { [MALFORMED]: `the request body is not a ${m.path.split("/")[2] ?? "valid"} request message: ${e instanceof Error ? e.message : String(e)}` };
+            }
+          },
+        },
+      ];
+    }),
+  ) as grpc.ServiceDefinition;
+}
+
+/** Longest caller-given key id the audit copies as given; longer ones are cut (the request is refused anyway). */
+const AUDIT_KEY_ID_MAX = 128;
+
+/**
+ * The key id as the audit records it. It is copied before the request is validated, so that a
+ * refused request names what it asked for; a caller cannot make an audit line large with it.
+ */
+export function auditKeyId(keyId: string): string {
+  return keyId.length <= AUDIT_KEY_ID_MAX ? keyId : `${keyId.slice(0, AUDIT_KEY_ID_MAX)}...(${keyId.length - AUDIT_KEY_ID_MAX} more characters)`;
+}
+
+/** Marks a request body that did not decode (see loadService). */
+const MALFORMED = Symbol("malformed request");
+
+function malformed(request: unknown): string | undefined {
+  return request !== null && typeof request === "object" && MALFORMED in request ? String((request as Record<symbol, unknown>)[MALFORMED]) : undefined;
 }
 
 /** Longest a request may take when the caller sets no deadline (or a longer one). */
@@ -98,27 +137,91 @@ export interface UnaryOptions {
   allowAnonymous?: boolean;
 }
 
-export type UnaryHandler = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
+export interface MethodOptions {
+  /**
+   * The method changes the token (KeyAdmin's generate, rotate, import, state and destroy calls).
+   * Such a call is never cut short at its deadline or by a cancellation: the change may already
+   * be on the token, so it runs to its end and the audit records what really happened.
+   */
+  mutates?: boolean;
+}
+
+export type UnaryHandler = (<Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions) => grpc.handleUnaryCall<Req, Res>) & {
+  /** The calls whose handlers are still running; bindServer's close() waits for them. */
+  readonly inFlight: InFlight;
+};
+
+/** Answers this long before the caller's deadline, so that the audited DEADLINE_EXCEEDED leaves before grpc-js's own. */
+const DEADLINE_MARGIN_MS = 25;
+
+/** Counts running handlers, so that a shutdown can wait for them before it closes the audit. */
+export class InFlight {
+  private count = 0;
+  private waiters: (() => void)[] = [];
+
+  enter(): void {
+    this.count++;
+  }
+
+  leave(): void {
+    this.count--;
+    if (this.count === 0) for (const w of this.waiters.splice(0)) w();
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  /** Resolves once no handler runs, or after `ms`; true when none runs. */
+  async idle(ms: number): Promise<boolean> {
+    if (this.count === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([
+      new Promise<boolean>((res) => this.waiters.push(() => res(true))),
+      new Promise<boolean>((res) => {
+        timer = setTimeout(() => res(false), ms);
+      }),
+    ]);
+    clearTimeout(timer);
+    return done;
+  }
+}
 
 /**
  * The one wrapper every RPC goes through: request id, deadline, caller identity, the audit record
  * (written, and fsynced, before any answer leaves), error mapping (once, here), logging.
+ *
+ * Each call gets exactly one audit line and one answer. grpc-js ends a call by itself at its
+ * deadline or when the client cancels; so a call that does not change the token is answered
+ * DEADLINE_EXCEEDED, audited, a moment before its deadline, and a cancelled one is audited as
+ * CANCELLED (or DEADLINE_EXCEEDED) at once. Whatever its handler produces afterwards (a
+ * signature) never leaves. A call that changes the token runs to its end instead (MethodOptions).
  */
 export function unaryHandler(o: UnaryOptions): UnaryHandler {
   const maxDeadline = o.maxDeadlineMs ?? DEFAULT_MAX_DEADLINE_MS;
   const loopbackListener = o.allowAnonymous !== false && isLoopbackAddress(o.listen);
+  const inFlight = new InFlight();
   const deadlineOf = (call: grpc.ServerUnaryCall<unknown, unknown>): number => {
     const d = call.getDeadline();
     const t = d instanceof Date ? d.getTime() : d;
     return Math.min(Number.isFinite(t) ? t : Infinity, Date.now() + maxDeadline);
   };
-  return <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+  const handler = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m: MethodOptions = {}): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       const requestId = newRequestId();
       const started = performance.now();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
       const record: AuditRecordInput = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
-      const fail = async (err: unknown): Promise<void> => {
+      let answered = false;
+      let timer: NodeJS.Timeout | undefined;
+      /** The first of: the handler's answer, its failure, the deadline, a cancellation. */
+      const claim = (): boolean => {
+        if (answered) return false;
+        answered = true;
+        if (timer) clearTimeout(timer);
+        return true;
+      };
+      const answerError = async (err: unknown): Promise<void> => {
         let e = toSignerError(err);
         record.result = e.code;
         record.latencyMs = round(performance.now() - started);
@@ -137,24 +240,60 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         callback({ code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md });
       };
       const run = async (): Promise<void> => {
+        const bad = malformed(call.request);
         const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
         record.identity = caller.id;
+        if (bad) throw new SignerError("INVALID_ARGUMENT", bad);
         const res = await fn(call.request, { requestId, deadline, caller, record });
-        if (Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
+        if (!m.mutates && Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
+        if (!claim()) return; // answered already (deadline, cancellation): this answer never leaves
         record.result = "OK";
         record.latencyMs = round(performance.now() - started);
-        const receipt = await o.audit.append(record);
+        let receipt: AuditReceipt;
+        try {
+          receipt = await o.audit.append(record);
+        } catch (e) {
+          return answerError(e);
+        }
         if ("signature" in res) Object.assign(res, { receipt });
         if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
         o.onRequest?.(method, "OK", (performance.now() - started) / 1000, record.keyId);
         callback(null, res);
       };
-      run().catch(fail).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
+      if (!m.mutates) {
+        timer = setTimeout(
+          () => {
+            if (claim()) void answerError(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready")).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
+          },
+          Math.max(0, deadline - Date.now() - DEADLINE_MARGIN_MS),
+        );
+        call.on("cancelled", () => {
+          if (!claim()) return;
+          // grpc-js has already ended the call (the client cancelled, or its deadline passed): only the audit line is left to write.
+          record.result = Date.now() >= deadline - DEADLINE_MARGIN_MS ? "DEADLINE_EXCEEDED" : "CANCELLED";
+          record.latencyMs = round(performance.now() - started);
+          o.onRequest?.(method, record.result, (performance.now() - started) / 1000, record.keyId);
+          o.audit.append(record).catch((e: unknown) => o.logger.error("the audit line of a cancelled call could not be written", { requestId, method, error: e }));
+        });
+      }
+      inFlight.enter();
+      run()
+        .catch((e: unknown) => (claim() ? answerError(e) : undefined))
+        .catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }))
+        .finally(() => inFlight.leave());
     };
+  return Object.assign(handler, { inFlight });
 }
 
-/** Binds a server to host:port with the given TLS; close() stops accepting, waits up to graceMs, then cancels. */
-export async function bindServer(server: grpc.Server, listen: string, tls: TlsOptions): Promise<RunningServer> {
+/** How long close() waits, after the grace period, for handlers still running (a key generation takes seconds). */
+const HANDLER_DRAIN_MS = 30_000;
+
+/**
+ * Binds a server to host:port with the given TLS; close() stops accepting, waits up to graceMs,
+ * then cancels the rest, and then waits (bounded) for the handlers of cancelled calls to finish,
+ * so that their audit lines are written before the caller closes the audit.
+ */
+export async function bindServer(server: grpc.Server, listen: string, tls: TlsOptions, inFlight?: InFlight): Promise<RunningServer> {
   const creds = serverCredentials(tls);
   const port = await new Promise<number>((res, rej) => {
     server.bindAsync(listen, creds, (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p)));
@@ -162,8 +301,8 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
   return {
     port,
     server,
-    close(graceMs = 10_000) {
-      return new Promise<void>((res) => {
+    async close(graceMs = 10_000) {
+      await new Promise<void>((res) => {
         const timer = setTimeout(() => {
           server.forceShutdown();
           res();
@@ -173,6 +312,7 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
           res();
         });
       });
+      if (inFlight) await inFlight.idle(HANDLER_DRAIN_MS);
     },
   };
 }

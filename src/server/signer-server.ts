@@ -8,7 +8,7 @@ import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
 import { validateKeyId, type SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+import { auditKeyId, bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -118,7 +118,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
   server.addService(loadService("signer.proto", "Signer"), {
     Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
-      ctx.record.keyId = req.keyId;
+      ctx.record.keyId = auditKeyId(req.keyId);
       if (req.keyVersion) ctx.record.keyVersion = req.keyVersion;
       const input = {
         keyId: req.keyId,
@@ -150,13 +150,13 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
       };
     }),
     GetCertificateChain: unary<{ keyId: string; keyVersion: number }, object>("GetCertificateChain", async (req, ctx) => {
-      ctx.record.keyId = req.keyId;
+      ctx.record.keyId = auditKeyId(req.keyId);
       o.access.authorize(ctx, "GetCertificateChain", validateKeyId(req.keyId));
       const k = await o.signing.chain(req.keyId, req.keyVersion || undefined);
       return { keyId: k.keyId, certificateChain: k.chain, keyVersion: k.version };
     }),
     DescribeKey: unary<{ keyId: string; keyVersion: number }, object>("DescribeKey", async (req, ctx) => {
-      ctx.record.keyId = req.keyId;
+      ctx.record.keyId = auditKeyId(req.keyId);
       o.access.authorize(ctx, "DescribeKey", validateKeyId(req.keyId));
       const k = await o.signing.describe(req.keyId, req.keyVersion || undefined);
       return { key: keyInfo(k) };
@@ -171,5 +171,5 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   });
 
   addHealthService(server, o.ready ?? (() => true));
-  return bindServer(server, o.listen, o.tls);
+  return bindServer(server, o.listen, o.tls, unary.inFlight);
 }

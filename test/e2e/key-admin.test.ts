@@ -281,6 +281,30 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.ok(during >= 10, `only ${during} Sign calls completed while the key pair was generated`);
   });
 
+  // A change may be on the token when the caller's deadline passes: the call runs to its end
+  // and the audit records what happened (OK), not the DEADLINE_EXCEEDED the caller saw.
+  it("a generation that outlives the caller's deadline completes, and the audit says OK", async () => {
+    adminCalls++;
+    const e = await new Promise<grpc.ServiceError | null>((resolve) => {
+      const fn = (admin as unknown as { generateKey: (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void) => void }).generateKey.bind(admin);
+      fn({ keyId: "late-rsa", keySpec: "RSA-4096" }, { deadline: Date.now() + 250 }, (err) => resolve(err));
+    });
+    // RSA-4096 generation on SoftHSM takes 0.3 to 10 s, so the caller almost always gives up first.
+    assert.ok(e === null || e.code === status.DEADLINE_EXCEEDED, String(e));
+    const inv = await eventually(
+      () => call<{ keys: InventoryKey[] }>("GetInventory", { keyId: "late-rsa" }),
+      (v) => (v as { keys?: InventoryKey[] }).keys?.[0]?.versions[0]?.keySpec === "RSA-4096",
+      30_000,
+    );
+    assert.equal(inv.keys.length, 1);
+    const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--key", "late-rsa", "--json"]);
+    const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; result: string });
+    assert.deepEqual(
+      records.filter((x) => x.method === "KeyAdmin.GenerateKey").map((x) => x.result),
+      ["OK"],
+    );
+  });
+
   it("every KeyAdmin call, allowed or refused, is in the audit, and the audit chain verifies", async () => {
     const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--json"]);
     const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });

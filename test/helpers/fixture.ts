@@ -82,6 +82,8 @@ export interface ServerOptions {
   /** Default 127.0.0.1:0. */
   listen?: string;
   ready?: () => boolean;
+  /** The signing service (default: the fixture's, on its HSM). */
+  signing?: SigningService;
 }
 
 export interface TestServer extends RunningServer {
@@ -107,7 +109,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
     server = await startSignerServer({
     listen: o.listen ?? "127.0.0.1:0",
     tls: o.insecure ? { insecure: true } : { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined, requireClientCertificate: !optional },
-    signing: f.signing,
+    signing: o.signing ?? f.signing,
     logger: silentLogger,
     maxDeadlineMs: o.maxDeadlineMs,
     access,
