@@ -17,6 +17,8 @@ const FILE_MODE = 0o600;
 /** The tail is read backwards in chunks of this size; an audit line is far smaller. */
 const TAIL_CHUNK_BYTES = 64 * 1024;
 const NEWLINE = 0x0a;
+/** A failure this soon after an automatic recovery counts as the same outage (retry backs off). */
+const RETRY_STABLE_MS = 60_000;
 /** Fields the log sets itself; a record that tried to set them would forge the chain. */
 const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
@@ -53,6 +55,12 @@ export interface AuditLogOptions {
   fsync?: boolean;
   /** Called after each fdatasync with its duration and the number of lines it made durable. */
   onFsync?: (seconds: number, lines: number) => void;
+  /**
+   * Recover by itself after a failure (space freed, the I/O error gone): recover() after minMs,
+   * then, while the disk stays unusable, after twice as long each time up to maxMs. Without it,
+   * the log stays failed until recover() is called.
+   */
+  retry?: { minMs: number; maxMs: number; onRecovered?: () => void; onFailed?: (e: SignerError, nextAttemptMs: number) => void };
 }
 
 export interface AuditLogStats {
@@ -138,12 +146,17 @@ export class AuditLog {
   private closed = false;
   private recovering: Promise<void> | undefined;
   private torn: TornLine | undefined;
+  private readonly retry: AuditLogOptions["retry"];
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelayMs = 0;
+  private lastRecoveryAt = 0;
 
   private constructor(o: AuditLogOptions) {
     this.dir = o.dir;
     this.maxFileBytes = o.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
     this.fsync = o.fsync ?? true;
     this.onFsync = o.onFsync;
+    this.retry = o.retry;
     if (!Number.isSafeInteger(this.maxFileBytes) || this.maxFileBytes < 1) {
       throw new SignerError("CONFIG_INVALID", "the audit maxFileBytes must be a positive integer");
     }
@@ -235,6 +248,8 @@ export class AuditLog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     while (this.flushing) await this.flushing;
     const handle = this.handle;
     this.handle = undefined;
@@ -320,6 +335,34 @@ export class AuditLog {
     this.failure = new SignerError("AUDIT_UNAVAILABLE", `the audit log cannot be written: ${errorCode(e)}`, { cause: e });
     for (const p of pending) p.reject(this.failure);
     for (const p of this.queue.splice(0, this.queue.length)) p.reject(this.failure);
+    if (this.retry) {
+      // recover() cannot tell a disk that is still full until the next write: a failure soon
+      // after a recovery means it is, and the next attempt waits longer.
+      const soon = Date.now() - this.lastRecoveryAt < RETRY_STABLE_MS;
+      this.scheduleRecovery(soon ? Math.min(this.retry.maxMs, this.retryDelayMs * 2) : this.retry.minMs);
+    }
+  }
+
+  private scheduleRecovery(ms: number): void {
+    const r = this.retry;
+    if (!r || this.closed || this.retryTimer) return;
+    this.retryDelayMs = ms;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.recover().then(
+        () => {
+          this.lastRecoveryAt = Date.now();
+          r.onRecovered?.();
+        },
+        (e: unknown) => {
+          if (this.closed) return;
+          const next = Math.min(r.maxMs, this.retryDelayMs * 2);
+          r.onFailed?.(asUnavailable(e, "recovered"), next);
+          this.scheduleRecovery(next);
+        },
+      );
+    }, ms);
+    this.retryTimer.unref();
   }
 
   private reportFsync(seconds: number, lines: number): void {

@@ -16,6 +16,9 @@ import { need, spec, UsageError } from "./cli-args.js";
 import { loadConfig, readPin, type Config } from "./config.js";
 
 const KEY_METRICS_REFRESH_MS = 60_000;
+/** Retries of a failed audit log (audit-log.ts, retry): soon at first, then at most this often. */
+const AUDIT_RETRY_MIN_MS = 1_000;
+const AUDIT_RETRY_MAX_MS = 30_000;
 
 async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds: number) => void, logger?: Logger) {
   return openHsm({
@@ -52,7 +55,23 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const logger = createLogger(config.log.level);
   const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   const metrics = new SignerMetrics({ version });
-  const audit = opened(await AuditLog.open({ dir: config.audit.dir, maxFileBytes: config.audit.maxFileBytes, fsync: config.audit.fsync, onFsync: metrics.onAuditFsync }), (a) => a.close());
+  const audit = opened(
+    await AuditLog.open({
+      dir: config.audit.dir,
+      maxFileBytes: config.audit.maxFileBytes,
+      fsync: config.audit.fsync,
+      onFsync: metrics.onAuditFsync,
+      // Requests fail (UNAVAILABLE) while the audit cannot be written; once it can again (space
+      // freed, the I/O error gone), signing resumes by itself, without a restart.
+      retry: {
+        minMs: AUDIT_RETRY_MIN_MS,
+        maxMs: AUDIT_RETRY_MAX_MS,
+        onRecovered: () => logger.info("audit log writable again; requests are accepted", { dir: config.audit.dir }),
+        onFailed: (e, nextAttemptMs) => logger.warn("audit log still cannot be written; requests fail until it can", { dir: config.audit.dir, error: e.message, nextAttemptMs }),
+      },
+    }),
+    (a) => a.close(),
+  );
   const policy = opened(await PolicyStore.open(config.policy.file, logger), (p) => p.close());
   policy.watch();
   const authenticator = opened(await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger), (a) => a.close());

@@ -401,6 +401,47 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
       assert.deepEqual(await verifyAuditFiles(await listAuditFiles(dir)), { ok: true, lines: 4 });
     });
 
+    it("with retry: recovers by itself once the disk can be written again, and the chain continues", async () => {
+      const dir = freshDir();
+      let log = await openLog({ dir });
+      for (let i = 1; i <= 2; i++) await log.append(record(i));
+      await log.close();
+      const size = statSync(join(dir, auditFileName(1))).size;
+      const events: string[] = [];
+      log = await openLog({
+        dir,
+        maxFileBytes: size + 10,
+        retry: { minMs: 50, maxMs: 200, onRecovered: () => events.push("recovered"), onFailed: (_e, next) => events.push(`failed, next in ${next} ms`) },
+      });
+      // The 3rd line goes to a new file, which is /dev/full.
+      const full = join(dir, auditFileName(3));
+      symlinkSync("/dev/full", full);
+      await assert.rejects(log.append(record(3)), isUnavailable);
+      assert.equal(log.healthy, false);
+      // recover() succeeds while the file is still /dev/full (it cannot tell before it writes): each
+      // new failure right after a recovery waits twice as long, up to maxMs.
+      const until = Date.now() + 10_000;
+      while (events.length < 3 && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 20));
+        if (log.healthy) await log.append(record(0)).catch(() => undefined);
+      }
+      assert.ok(events.length >= 3, events.join("; "));
+      unlinkSync(full);
+      for (;;) {
+        if (Date.now() > until) assert.fail(`not recovered: ${events.join("; ")}`);
+        if (log.healthy) {
+          const r = await log.append(record(4)).catch(() => undefined);
+          if (r) {
+            assert.equal(r.sequence, 3, "the chain continues from the last durable line");
+            break;
+          }
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.deepEqual(await verifyAuditFiles(await listAuditFiles(dir)), { ok: true, lines: 3 });
+      await log.close();
+    });
+
     it("a write cut short (file size limit): the rejected batch's lines, whole or torn, are gone after recover()", async () => {
       // A child process under `ulimit -f 4` (4 KiB): the kernel writes part of the batch, then EFBIG.
       const dir = freshDir();
