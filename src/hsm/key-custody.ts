@@ -149,7 +149,7 @@ export class KeyCustody {
     }
     return this.change(async () => {
       if (await this.existing(keyId)) throw new SignerError("ALREADY_EXISTS", `key "${keyId}" already exists on the token; rotate it to make a new version, or choose another key id`);
-      await this.pool.use((s) => this.newVersion(s, keyId, spec, { keyId, versions: [] }));
+      await this.pool.use((s) => this.newVersion(s, keyId, spec, { keyId, versions: [] }, 0));
       return this.fresh(keyId);
     });
   }
@@ -169,18 +169,18 @@ export class KeyCustody {
       const view = await this.keys.view(keyId);
       const base = stateOf(view);
       const newest = view.versions[view.versions.length - 1];
-      const version = await this.pool.use((s) => this.newVersion(s, keyId, spec ?? (newest?.record.spec as KeySpec), base));
+      const version = await this.pool.use((s) => this.newVersion(s, keyId, spec ?? (newest?.record.spec as KeySpec), base, generationOf(view)));
       return { view: await this.fresh(keyId), version };
     });
   }
 
   /** Generates the key pair and records it as the next version; the key pair is removed again if the state cannot be saved. */
-  private async newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">): Promise<number> {
+  private async newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">, basedOn: number): Promise<number> {
     const version = Math.max(0, ...base.versions.map((v) => v.version)) + 1;
     const generated = await generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
     const entry: VersionState = { version, id: generated.id.toString("hex"), spec, created: now() };
     try {
-      writeKeyState(s, { ...base, versions: [...base.versions, entry] });
+      writeKeyState(s, { ...base, versions: [...base.versions, entry] }, basedOn);
     } catch (e) {
       destroyObjects(s, generated.id, [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
       throw e;
@@ -211,7 +211,7 @@ export class KeyCustody {
         if (v.destroyed) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" was destroyed`);
         v.disabled = disabled;
       }
-      await this.pool.use((s) => writeKeyState(s, state));
+      await this.pool.use((s) => writeKeyState(s, state, generationOf(view)));
       return this.fresh(keyId);
     });
   }
@@ -225,7 +225,11 @@ export class KeyCustody {
       const v = view.versions.find((x) => x.record.version === version);
       if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
       if (v.state === "enabled" && !view.state?.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
-      if (v.state === "destroyed" && !o.destroyCertificate) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
+      const id = Buffer.from(v.idHex, "hex");
+      // A destroy that failed half-way (recorded as destroyed, but C_DestroyObject failed) may be retried while its key pair is there.
+      if (v.state === "destroyed" && !o.destroyCertificate && !(await this.pool.use((s) => keyPairLeft(s, id)))) {
+        throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
+      }
       if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
         throw new SignerError(
           "FAILED_PRECONDITION",
@@ -235,9 +239,8 @@ export class KeyCustody {
       const state = stateOf(view);
       const entry = state.versions.find((x) => x.version === version) as VersionState;
       entry.destroyed ??= now();
-      const id = Buffer.from(v.idHex, "hex");
       const destroyed = await this.pool.use((s) => {
-        writeKeyState(s, state);
+        writeKeyState(s, state, generationOf(view));
         return destroyObjects(s, id, o.destroyCertificate ? [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE] : [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
       });
       return { view: await this.fresh(keyId), destroyed };
@@ -292,6 +295,11 @@ export class KeyCustody {
 }
 
 /** The key's state object, or the state it implicitly has (version 1 = its single key pair) before hsm-signer managed it. */
+/** The generation of the state a change is made from (0: the key has none yet). */
+function generationOf(view: KeyView): number {
+  return view.state?.generation ?? 0;
+}
+
 function stateOf(view: KeyView): Omit<KeyState, "generation" | "schema"> {
   if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });
   return { keyId: view.keyId, versions: view.versions.map((v) => ({ version: v.record.version, id: v.idHex, spec: v.record.spec })) };
@@ -321,6 +329,10 @@ function storeChain(s: Session, keyId: string, id: Buffer, chain: Buffer[]): num
 }
 
 /** Destroys the objects of the given classes that carry this CKA_ID; returns what was destroyed. */
+function keyPairLeft(s: Session, id: Buffer): boolean {
+  return s.find({ class: ObjectClass.PRIVATE_KEY, id }).length > 0 || s.find({ class: ObjectClass.PUBLIC_KEY, id }).length > 0;
+}
+
 function destroyObjects(s: Session, id: Buffer, classes: ObjectClass[]): string[] {
   const names: Record<number, string> = { [ObjectClass.PRIVATE_KEY]: "private key", [ObjectClass.PUBLIC_KEY]: "public key", [ObjectClass.CERTIFICATE]: "certificate" };
   const destroyed: string[] = [];

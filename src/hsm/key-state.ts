@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { ObjectClass, type Session } from "graphene-pk11";
 import type { KeySpec } from "../signing/key-spec.js";
+import { SignerError } from "../errors/index.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 
 /**
@@ -88,11 +89,20 @@ export function readTokenState(session: Session): TokenState {
   return { keys, signed, fingerprint: h.digest("hex") };
 }
 
-/** Writes the next generation of a key's state, then removes the older generations. */
-export function writeKeyState(session: Session, next: Omit<KeyState, "generation" | "schema">): KeyState {
+/**
+ * Writes the next generation of a key's state, then removes the older generations. `basedOn` is
+ * the generation the change was made from (0: no state yet). When the token holds another one,
+ * another replica changed the key meanwhile, and writing would silently undo its change (a new
+ * version dropped, a disable lost): the write is refused, to be retried on the fresh state.
+ */
+export function writeKeyState(session: Session, next: Omit<KeyState, "generation" | "schema">, basedOn: number): KeyState {
   const label = STATE_PREFIX + next.keyId;
   const old = dataObjects(session).filter((o) => o.label === label);
-  const generation = Math.max(0, ...old.map((o) => parseState(o.value)?.generation ?? 0)) + 1;
+  const current = Math.max(0, ...old.map((o) => parseState(o.value)?.generation ?? 0));
+  if (current !== basedOn) {
+    throw new SignerError("FAILED_PRECONDITION", `key "${next.keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`);
+  }
+  const generation = current + 1;
   const state: KeyState = { schema: 1, keyId: next.keyId, generation, ...(next.disabled ? { disabled: next.disabled } : {}), versions: next.versions };
   try {
     session.create({ class: ObjectClass.DATA, token: true, private: true, modifiable: false, application: STATE_APPLICATION, label, value: Buffer.from(JSON.stringify(state)) });

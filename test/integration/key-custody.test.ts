@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { ObjectClass } from "graphene-pk11";
+import type { SignerError } from "../../src/errors/index.js";
+import { KeyCustody } from "../../src/hsm/index.js";
+import { writeKeyState } from "../../src/hsm/key-state.js";
+import { getFixture, type Fixture } from "../helpers/fixture.js";
+
+/**
+ * Custody changes against the real SoftHSM token when another replica changes the same key, or
+ * when a change stopped half-way. The fixture's key store does not refresh by itself, so its view
+ * stays as stale as that of a replica between two polls.
+ */
+describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", function () {
+  this.timeout(60_000);
+  const keyId = "custody-race";
+  let f: Fixture;
+  let custody: KeyCustody;
+
+  const privateKeys = (): Promise<number> => f.hsm.pool.use((s) => s.find({ class: ObjectClass.PRIVATE_KEY, label: keyId }).length);
+
+  before(async () => {
+    f = await getFixture();
+    custody = new KeyCustody(f.hsm.pool, f.hsm.keys);
+    await custody.generateKey(keyId, "EC-256");
+  });
+
+  it("a change made from a stale view is refused instead of undoing another replica's; retried, it keeps both", async () => {
+    const seen = await f.hsm.keys.view(keyId);
+    const generation = seen.state?.generation ?? 0;
+    // Another replica disables the key; this one has not rescanned yet.
+    await f.hsm.pool.use((s) => writeKeyState(s, { keyId, disabled: { at: new Date().toISOString(), reason: "other replica" }, versions: seen.state?.versions ?? [] }, generation));
+    await assert.rejects(custody.rotateKey(keyId), (e: SignerError) => e.code === "FAILED_PRECONDITION" && /was changed on the token meanwhile/.test(e.message));
+    assert.equal(await privateKeys(), 1, "the key pair made for the refused version was removed again");
+    const r = await custody.rotateKey(keyId);
+    assert.equal(r.version, 2);
+    assert.equal(r.view.state?.disabled?.reason, "other replica", "the other replica's change is kept");
+    assert.equal(await privateKeys(), 2);
+  });
+
+  it("a destroy that stopped between its record and the objects can be finished", async () => {
+    await custody.setState(keyId, 1, false, "retired");
+    const view = await f.hsm.keys.view(keyId);
+    const state = structuredClone(view.state!);
+    const v1 = state.versions.find((v) => v.version === 1)!;
+    v1.destroyed = new Date().toISOString();
+    // What destroyVersion writes first; the process stops before C_DestroyObject.
+    await f.hsm.pool.use((s) => writeKeyState(s, { keyId, disabled: state.disabled, versions: state.versions }, state.generation));
+    await f.hsm.keys.refresh();
+    assert.equal(await privateKeys(), 2, "the key pair of version 1 is still on the token");
+    const r = await custody.destroyVersion(keyId, 1, { confirm: `${keyId}@v1`, destroyCertificate: false, acknowledgeSigned: false });
+    assert.deepEqual(r.destroyed, ["private key", "public key"]);
+    assert.equal(await privateKeys(), 1);
+    await assert.rejects(custody.destroyVersion(keyId, 1, { confirm: `${keyId}@v1`, destroyCertificate: false, acknowledgeSigned: false }), (e: SignerError) => e.code === "FAILED_PRECONDITION" && /already destroyed/.test(e.message));
+  });
+});
