@@ -5,6 +5,9 @@ import { SignerError } from "../errors/index.js";
 import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
 import type { LogLevel } from "../log/index.js";
 import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
+
+/** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
+const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
@@ -12,7 +15,7 @@ export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 export interface Config {
   listen: string;
   tls: { insecure: boolean; certFile?: string; keyFile?: string; clientCaFile?: string };
-  hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number };
+  hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number; signStallMs: number };
   limits: { maxPayloadBytes: number; maxDeadlineMs: number };
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
@@ -121,6 +124,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const pinEnv = str(hsm, "pinEnv", "hsm") ?? DEFAULT_PIN_ENV;
   const sessions = int(hsm, "sessions", "hsm", DEFAULT_POOL_SIZE, 1, 256);
   const keyRefreshMs = int(hsm, "keyRefreshSeconds", "hsm", DEFAULT_KEY_REFRESH_MS / 1000, 0, 86400) * 1000;
+  const signStallMs = int(hsm, "signStallSeconds", "hsm", DEFAULT_SIGN_STALL_MS / 1000, 1, 3600) * 1000;
   const maxPayloadBytes = int(limits, "maxPayloadBytes", "limits", MAX_PAYLOAD_BYTES, 1, MAX_PAYLOAD_BYTES);
   const maxDeadlineMs = int(limits, "maxDeadlineSeconds", "limits", DEFAULT_MAX_DEADLINE_MS / 1000, 1, 3600) * 1000;
   const level = (env.HSM_SIGNER_LOG_LEVEL ?? log.level ?? "info") as LogLevel;
@@ -195,7 +199,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   return Object.freeze({
     listen,
     tls: { insecure, certFile, keyFile, clientCaFile },
-    hsm: { module: module as string, tokenLabel, tokenSerial, pinFile, pinEnv, sessions, keyRefreshMs },
+    hsm: { module: module as string, tokenLabel, tokenSerial, pinFile, pinEnv, sessions, keyRefreshMs, signStallMs },
     limits: { maxPayloadBytes, maxDeadlineMs },
     log: { level },
     auth: { mtlsIdentityFrom, jwt },

@@ -87,7 +87,10 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const tls = config.tls.insecure
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
-  const ready = (): boolean => hsm.pool.healthy && audit.healthy;
+  // A native call into a hung HSM cannot be interrupted: its callers get DEADLINE_EXCEEDED, and
+  // the replica reports itself not ready so that traffic goes elsewhere until the HSM answers.
+  const signingAnswers = (): boolean => hsm.longestSignMs() < config.hsm.signStallMs;
+  const ready = (): boolean => hsm.pool.healthy && audit.healthy && signingAnswers();
   const server = opened(await startSignerServer({
     listen: config.listen,
     tls,
@@ -102,6 +105,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   metrics.bindSessionPool(() => hsm.pool.stats);
   metrics.bindAudit(() => audit.stats);
   metrics.bindHsmUp(() => hsm.pool.healthy);
+  metrics.bindLongestSign(() => hsm.longestSignMs() / 1000);
   const refreshKeyMetrics = async (): Promise<void> => {
     const keys = await hsm.keys.listKeys();
     metrics.setKnownKeys(keys.map((k) => k.keyId));
@@ -127,7 +131,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   if (admin) opened(admin, (a) => a.close(0));
   const healthServer = config.metrics.grpcHealthListen ? opened(await startHealthServer(config.metrics.grpcHealthListen, ready), (h) => h.close(0)) : undefined;
   const ops = config.metrics.listen
-    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy } }) })
+    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy, signing: signingAnswers() } }) })
     : undefined;
   if (ops) opened(ops, (o) => o.close());
   const keys = await hsm.keys.listKeys();

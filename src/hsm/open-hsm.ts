@@ -22,6 +22,8 @@ export interface HsmOptions extends TokenSelector {
 export interface Hsm {
   pool: SessionPool;
   keys: Pkcs11KeyStore;
+  /** How long the oldest signature still inside the HSM has been running, in ms (0: none). */
+  longestSignMs(): number;
   /** Stops the signing threads and closes the sessions; C_Finalize only after it resolves. */
   close(): Promise<void>;
 }
@@ -59,5 +61,5 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
     await close();
     throw e;
   }
-  return { pool, keys: store, close };
+  return { pool, keys: store, longestSignMs: () => threads.longestRunningMs(), close };
 }

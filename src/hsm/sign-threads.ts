@@ -1,3 +1,4 @@
+import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import type pkcs11js from "pkcs11js";
 import { SignerError } from "../errors/index.js";
@@ -45,8 +46,8 @@ export interface SignThreadsOptions {
 export class SignThreads {
   private readonly idle: Thread[] = [];
   private readonly all = new Set<Thread>();
-  /** The job each busy thread is working on. */
-  private readonly busy = new Map<Thread, { id: number } & Pending>();
+  /** The job each busy thread is working on, and since when (performance.now()). */
+  private readonly busy = new Map<Thread, { id: number; since: number } & Pending>();
   /** Jobs waiting for a thread (there may be fewer threads than sessions). */
   private readonly queue: { id: number; job: MailboxJob; pending: Pending }[] = [];
   private nextId = 1;
@@ -116,7 +117,7 @@ export class SignThreads {
       pending.reject(new SignerError("INTERNAL", `cannot hand the signature to a signing thread: ${(e as Error).message}`, { cause: e }));
       return;
     }
-    this.busy.set(t, { id, ...pending });
+    this.busy.set(t, { id, since: performance.now(), ...pending });
     t.worker.ref();
     void t.box.answered().then(() => this.onAnswer(t, id));
   }
@@ -162,6 +163,17 @@ export class SignThreads {
           throw onError(e);
         })
       : p;
+  }
+
+  /**
+   * How long the oldest job still inside the HSM has been running (0: none). A signature takes
+   * milliseconds; one that has run for seconds means the HSM (or the network to it) hangs, and
+   * a native call cannot be interrupted, so the service reports it instead (serve: readiness).
+   */
+  longestRunningMs(): number {
+    let oldest = Infinity;
+    for (const j of this.busy.values()) oldest = Math.min(oldest, j.since);
+    return oldest === Infinity ? 0 : performance.now() - oldest;
   }
 
   /** Stops the threads; call before C_Finalize (notes, trap 6). */

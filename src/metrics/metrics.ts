@@ -78,6 +78,7 @@ export class SignerMetrics {
   private sessionPool: (() => SessionPoolGauges) | undefined;
   private audit: (() => AuditGauges) | undefined;
   private hsmUp: (() => boolean) | undefined;
+  private longestSign: (() => number) | undefined;
 
   private readonly requests: Counter<"method" | "result">;
   private readonly signRequests: Counter<"key" | "result">;
@@ -220,6 +221,12 @@ export class SignerMetrics {
       registers,
       collect: () => hsmUp.set(safely(this.hsmUp) === true ? 1 : 0),
     });
+    const longestSign: Gauge = new Gauge({
+      name: "hsm_signer_hsm_longest_running_sign_seconds",
+      help: "How long the oldest signature still inside the HSM has been running (0: none); seconds mean the HSM hangs.",
+      registers,
+      collect: () => longestSign.set(safely(this.longestSign) ?? 0),
+    });
     const certificateExpiry: Gauge<"key"> = new Gauge({
       name: "hsm_signer_certificate_expiry_seconds",
       help: "Seconds until the leaf certificate of each known key expires (negative once expired).",
@@ -303,6 +310,10 @@ export class SignerMetrics {
   }
 
   /** Whether the HSM is up, read at each scrape. Unbound or throwing: 0. */
+  bindLongestSign(fn: () => number): void {
+    this.longestSign = fn;
+  }
+
   bindHsmUp(fn: () => boolean): void {
     this.hsmUp = fn;
   }

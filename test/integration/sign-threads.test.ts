@@ -36,6 +36,31 @@ describe("SignThreads: C_SignInit + C_Sign in worker threads on pooled sessions"
     }
   });
 
+  // A hung HSM cannot be interrupted; the service sees it by this figure (readiness, a gauge).
+  it("reports how long the oldest job has been inside the HSM, and 0 when none is", async () => {
+    const f = await getFixture();
+    const threads = new SignThreads(f.token.module, 1);
+    const sessions = await Promise.all([f.hsm.pool.acquire(), f.hsm.pool.acquire(), f.hsm.pool.acquire()]);
+    try {
+      const handle = sessions[0]!.find({ class: ObjectClass.PRIVATE_KEY, label: keyIdOf("RSA-4096") }).items(0).handle;
+      const pss = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } };
+      assert.equal(threads.longestRunningMs(), 0);
+      let done = false;
+      const all = Promise.all(sessions.map((s) => threads.sign(s.handle, handle, pss, createHash("sha256").update("x").digest(), 512))).finally(() => (done = true));
+      let seen = 0;
+      while (!done) {
+        seen = Math.max(seen, threads.longestRunningMs());
+        await new Promise((r) => setImmediate(r));
+      }
+      assert.equal((await all).length, 3);
+      assert.ok(seen >= 1, `three RSA-4096 signatures, one thread: the longest running job was seen at ${seen} ms`);
+      assert.equal(threads.longestRunningMs(), 0);
+    } finally {
+      for (const s of sessions) f.hsm.pool.release(s, true);
+      await threads.close();
+    }
+  });
+
   // Jobs and answers share one mailbox per thread: an answer read too early, or a job posted to a
   // thread still busy, would hand a caller another job's signature or fail with
   // CKR_OPERATION_ACTIVE (test/unit/sign-mailbox.test.ts covers an early wake-up exactly).

@@ -19,10 +19,11 @@ describe("configuration: file, environment overrides, every problem at once", ()
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("defaults: 10 s shutdown grace, 2 s key refresh, no admin or health listeners; relative paths from the file", () => {
+  it("defaults: 10 s shutdown grace, 2 s key refresh, 15 s sign stall, no admin or health listeners; relative paths from the file", () => {
     const c = loadConfig(write(minimal), {});
     assert.equal(c.shutdown.graceMs, 10_000);
     assert.equal(c.hsm.keyRefreshMs, 2_000);
+    assert.equal(c.hsm.signStallMs, 15_000);
     assert.equal(c.admin.listen, undefined);
     assert.equal(c.metrics.grpcHealthListen, undefined);
     assert.equal(c.audit.dir, join(dir, "audit"));
@@ -42,11 +43,11 @@ describe("configuration: file, environment overrides, every problem at once", ()
   });
 
   it("KeyAdmin needs TLS material and a client CA; a bad grace and a bad health listener are reported with it", () => {
-    const f = write(`${minimal}shutdown: { graceSeconds: -1 }\nmetrics: { grpcHealthListen: nowhere }\nadmin: { listen: 127.0.0.1:9443 }\n`);
+    const f = write(`${minimal.replace("pinFile: pin }", "pinFile: pin, signStallSeconds: 0 }")}shutdown: { graceSeconds: -1 }\nmetrics: { grpcHealthListen: nowhere }\nadmin: { listen: 127.0.0.1:9443 }\n`);
     assert.throws(
       () => loadConfig(f, {}),
       (e: Error) => {
-        for (const want of ["shutdown.graceSeconds", "metrics.grpcHealthListen", "admin.certFile and admin.keyFile", "admin.clientCaFile"]) assert.ok(e.message.includes(want), `missing ${want} in: ${e.message}`);
+        for (const want of ["hsm.signStallSeconds", "shutdown.graceSeconds", "metrics.grpcHealthListen", "admin.certFile and admin.keyFile", "admin.clientCaFile"]) assert.ok(e.message.includes(want), `missing ${want} in: ${e.message}`);
         return true;
       },
     );
