@@ -121,7 +121,10 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
         tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
         custody: new KeyCustody(hsm.pool, hsm.keys),
         keys: hsm.keys,
-        access,
+        // KeyAdmin's TLS verifies client certificates against admin.clientCaFile itself; the
+        // Signer's check against tls.clientCaFile (bearer tokens on) would refuse custodians
+        // whose CA is another one.
+        access: new AccessControl({ authenticator, policy, limiter: new RateLimiter() }),
         audit,
         logger,
         maxDeadlineMs: config.limits.maxDeadlineMs,

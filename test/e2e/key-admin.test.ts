@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { randomBytes, X509Certificate } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type * as grpc from "@grpc/grpc-js";
+import { exportJWK, generateKeyPair } from "jose";
 import type { InventoryKey } from "../../src/admin/admin-client.js";
 import { status } from "@grpc/grpc-js";
 import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js";
@@ -331,3 +332,48 @@ async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 1
     await new Promise((r) => setTimeout(r, 250));
   }
 }
+
+// With bearer tokens on, the Signer listener only requests client certificates and checks them
+// itself against tls.clientCaFile. KeyAdmin has its own client CA, checked by its TLS: the
+// Signer's check, applied to KeyAdmin too, refused every custodian of another CA.
+describe("KeyAdmin with its own client CA while bearer tokens are on (service process)", function () {
+  this.timeout(120_000);
+  let dir: string;
+  let svc: ServiceProcess | undefined;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-admin-ca-"));
+  });
+  after(async () => {
+    await svc?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a custodian whose certificate comes from admin.clientCaFile gets in; one from the Signer's CA does not", async () => {
+    const token = isolatedToken(join(dir, "hsm"), "admin-ca-test");
+    const tls = createTlsMaterial(join(dir, "tls"), "builder");
+    const adminTls = createTlsMaterial(join(dir, "admin-tls"), "custodian");
+    const { publicKey } = await generateKeyPair("ES256", { extractable: true });
+    const jwksFile = join(dir, "jwks.json");
+    writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256", use: "sig" }] }));
+    svc = await startServiceProcess({
+      name: "a",
+      dir,
+      token,
+      tls,
+      policy: `rules: []\ncustodians:\n  - { mtls: "spiffe://hsm-signer.dev/custodian" }\n`,
+      adminClientCaFile: adminTls.caFile,
+      extraConfig: [`auth: { jwt: [{ issuer: "https://issuer.test", audience: hsm-signer, jwksFile: ${jwksFile}, algorithms: [ES256] }] }`],
+    });
+    const custodian = adminClient(readFileSync(tls.caFile), svc.adminPort, { key: adminTls.clientKey, cert: adminTls.clientCert });
+    const stranger = adminClient(readFileSync(tls.caFile), svc.adminPort, { key: tls.clientKey, cert: tls.clientCert });
+    try {
+      const r = await callAdmin<{ slots: unknown[] }>(custodian, "ListSlots", {});
+      assert.ok(r.slots.length > 0);
+      await assert.rejects(callAdmin(stranger, "ListSlots", {}), (e: grpc.ServiceError) => e.code === status.UNAVAILABLE || e.code === status.UNAUTHENTICATED || e.code === status.PERMISSION_DENIED);
+    } finally {
+      custodian.close();
+      stranger.close();
+    }
+  });
+});

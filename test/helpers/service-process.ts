@@ -73,7 +73,18 @@ export interface ServiceProcess {
  * Runs the built `hsm-signer serve` as its own process on a SoftHSM token: mTLS with the test
  * CA, a KeyAdmin listener, the given policy, and a short key refresh interval.
  */
-export async function startServiceProcess(o: { name: string; dir: string; token: SoftHsmToken; tls: TlsMaterial; policy: string; keyRefreshSeconds?: number }): Promise<ServiceProcess> {
+export async function startServiceProcess(o: {
+  name: string;
+  dir: string;
+  token: SoftHsmToken;
+  tls: TlsMaterial;
+  policy: string;
+  keyRefreshSeconds?: number;
+  /** KeyAdmin's client CA (default: the Signer's, tls.caFile). */
+  adminClientCaFile?: string;
+  /** More top-level configuration lines (YAML). */
+  extraConfig?: string[];
+}): Promise<ServiceProcess> {
   const dir = join(o.dir, o.name);
   mkdirSync(dir, { recursive: true });
   const [port, adminPort] = [await freePort(), await freePort()];
@@ -97,7 +108,8 @@ export async function startServiceProcess(o: { name: string; dir: string; token:
       `  keyRefreshSeconds: ${o.keyRefreshSeconds ?? 1}`,
       `policy: { file: ${policyFile} }`,
       `audit: { dir: ${auditDir} }`,
-      `admin: { listen: 127.0.0.1:${adminPort} }`,
+      `admin: { listen: 127.0.0.1:${adminPort}${o.adminClientCaFile ? `, clientCaFile: ${o.adminClientCaFile}` : ""} }`,
+      ...(o.extraConfig ?? []),
       "",
     ].join("\n"),
   );
