@@ -56,6 +56,8 @@ interface RawPrivateKey {
   handle: Buffer;
   id: Buffer;
   spec: KeySpec | undefined;
+  /** Why the key may have existed outside the HSM (it was extractable or not sensitive at some time). */
+  exposed: string | undefined;
 }
 
 function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buffer | undefined {
@@ -268,6 +270,7 @@ export class Pkcs11KeyStore implements KeyStore {
       const record = this.recordFor(keyId, s.version, spec, s.id, spki, certs);
       const destroyed = !s.priv || s.vs?.destroyed !== undefined;
       if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
+      else if (s.priv?.exposed) record.unusableReason = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
       else if (s.problem) record.unusableReason = s.problem;
       const disabled = s.vs?.disabled;
       if (state?.disabled) record.disabledReason = disabledMessage(`key "${keyId}"`, state.disabled);
@@ -374,10 +377,28 @@ function readPrivateKeys(session: Session): Map<string, RawPrivateKey[]> {
       spec = curve ? keySpecFor("EC", curve) : undefined;
     }
     const list = byLabel.get(a.label) ?? [];
-    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec });
+    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, exposed: exposure(o) });
     byLabel.set(a.label, list);
   }
   return byLabel;
+}
+
+/**
+ * A key made in the HSM as sensitive and not extractable has CKA_ALWAYS_SENSITIVE and
+ * CKA_NEVER_EXTRACTABLE set (hsm-signer's keys and pkcs11-tool --keypairgen's alike); a key that
+ * was imported, or could be exported at some time, has not. A module that cannot report these
+ * attributes is trusted.
+ */
+function exposure(o: { getAttribute(t: ITemplate): ITemplate }): string | undefined {
+  let a: { alwaysSensitive?: boolean; neverExtractable?: boolean };
+  try {
+    a = o.getAttribute({ alwaysSensitive: null, neverExtractable: null } as unknown as ITemplate) as typeof a;
+  } catch {
+    return undefined;
+  }
+  if (a.neverExtractable === false) return "was extractable at some time (CKA_NEVER_EXTRACTABLE is false)";
+  if (a.alwaysSensitive === false) return "was not sensitive at some time (CKA_ALWAYS_SENSITIVE is false)";
+  return undefined;
 }
 
 /** Changes when any key, certificate or state object is added, removed or replaced. */

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { CertificateType, ObjectClass, type ITemplate } from "graphene-pk11";
+import { CertificateType, KeyGenMechanism, ObjectClass, type ITemplate } from "graphene-pk11";
+import type { SignerError } from "../../src/errors/index.js";
+import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
 import { digest } from "../../src/signing/key-spec.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
@@ -21,8 +23,10 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
 
   after(async () => {
     await f.hsm.pool.use((s) => {
-      const found = s.find({ class: ObjectClass.CERTIFICATE, id });
-      for (let i = 0; i < found.length; i++) found.items(i).destroy();
+      for (const cls of [ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
+        const found = s.find({ class: cls, id });
+        for (let i = 0; i < found.length; i++) found.items(i).destroy();
+      }
     });
     await f.hsm.keys.refresh();
   });
@@ -42,5 +46,27 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
       assert.ok(verifyNotarySignature(payload, signature, key.chain[0] as Buffer, spec), `${spec}: the signature verifies`);
     }
     assert.ok(!f.hsm.keys.inventory().some((v) => v.keyId === "not-a-certificate" || v.keyId === "der-but-no-certificate"));
+  });
+
+  // Private keys never leave the HSM: a key that could have (imported, or extractable once) is not used.
+  it("a key pair another tool made extractable: listed as unusable, with the reason; it never signs", async () => {
+    await f.hsm.pool.use((s) => {
+      const common = { token: true, label: "exportable-key", id };
+      s.generateKeyPair(
+        KeyGenMechanism.EC,
+        { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+        { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: true, sign: true },
+      );
+    });
+    await f.hsm.keys.refresh();
+    const key = await f.hsm.keys.getKey("exportable-key");
+    assert.match(key.unusableReason ?? "", /extractable/);
+    await assert.rejects(f.signing.resolve({ keyId: "exportable-key", payload: randomBytes(10) }), (e: SignerError) => {
+      assert.equal(e.code, "KEY_UNUSABLE");
+      assert.match(e.message, /was extractable at some time \(CKA_NEVER_EXTRACTABLE is false\).*signs only with keys that never left it/);
+      return true;
+    });
+    // The keys hsm-signer made (sensitive, never extractable) are unaffected.
+    assert.equal((await f.hsm.keys.getKey(keyIdOf("EC-256"))).unusableReason, undefined);
   });
 });
