@@ -13,6 +13,22 @@ export const DEFAULT_RECONNECT_MIN_MS = 250;
 export const DEFAULT_RECONNECT_MAX_MS = 5_000;
 /** While sessions of the lost generation are still in use, the next attempt looks again this soon. */
 const DRAIN_POLL_MS = 50;
+/** Waits for `p`, or rejects with DEADLINE_EXCEEDED at `deadline` (ms since epoch). */
+async function untilDeadline(p: Promise<void>, deadline: number | undefined, message: string): Promise<void> {
+  if (deadline === undefined) return p;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new SignerError("DEADLINE_EXCEEDED", message)), Math.max(0, deadline - Date.now()));
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** How long close() waits for calls still inside the module (an RSA-4096 generation takes seconds). */
 const DEFAULT_CLOSE_DRAIN_MS = 15_000;
 /** The smallest retry-after-ms a caller is told while the HSM is down. */
@@ -103,6 +119,8 @@ export class SessionPool {
   /** Sessions of the current generation, idle or in use: a session not in here is never pooled again. */
   private readonly owned = new Set<Session>();
   private readonly waiters: Waiter[] = [];
+  /** The end of the last object operation (use()), which the next one waits for. */
+  private objectCalls: Promise<void> = Promise.resolve();
   private state: PoolState = "up";
   /** Why the pool is down (HSM_UNAVAILABLE) or fatal (HSM_PIN_INCORRECT). */
   private fault: SignerError | undefined;
@@ -272,17 +290,36 @@ export class SessionPool {
     }
   }
 
-  /** Runs `fn` with a session; a failed session is replaced, not returned to the pool. */
+  /**
+   * Runs `fn` with a session; a failed session is replaced, not returned to the pool.
+   *
+   * For calls that find, read, create or destroy objects (signatures take sessions with
+   * acquire() and never wait here): they run one at a time. SoftHSM is not safe with
+   * C_FindObjects on one session while C_GenerateKeyPair runs on another in a libuv thread: about
+   * 1 generation in 10 failed with CKR_GENERAL_ERROR, and finds with CKR_OBJECT_HANDLE_INVALID.
+   * Synchronous calls cannot overlap on the event loop anyway; a key generation holds the others
+   * back for its duration. Do not call use() inside `fn`.
+   */
   async use<T>(fn: (s: Session) => T | Promise<T>, deadline?: number): Promise<T> {
-    const session = await this.acquire(deadline);
-    let failed = false;
+    let done!: () => void;
+    const mine = new Promise<void>((r) => (done = r));
+    const before = this.objectCalls;
+    // The next caller waits for this one and, should this one give up waiting, still for the one before.
+    this.objectCalls = before.then(() => mine);
     try {
-      return await fn(session);
-    } catch (e) {
-      failed = true;
-      throw this.diagnose(e);
+      await untilDeadline(before, deadline, "the deadline passed while another HSM object operation (a key generation?) was running");
+      const session = await this.acquire(deadline);
+      let failed = false;
+      try {
+        return await fn(session);
+      } catch (e) {
+        failed = true;
+        throw this.diagnose(e);
+      } finally {
+        this.release(session, failed);
+      }
     } finally {
-      this.release(session, failed);
+      done();
     }
   }
 
