@@ -13,22 +13,6 @@ export const DEFAULT_RECONNECT_MIN_MS = 250;
 export const DEFAULT_RECONNECT_MAX_MS = 5_000;
 /** While sessions of the lost generation are still in use, the next attempt looks again this soon. */
 const DRAIN_POLL_MS = 50;
-/** Waits for `p`, or rejects with DEADLINE_EXCEEDED at `deadline` (ms since epoch). */
-async function untilDeadline(p: Promise<void>, deadline: number | undefined, message: string): Promise<void> {
-  if (deadline === undefined) return p;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new SignerError("DEADLINE_EXCEEDED", message)), Math.max(0, deadline - Date.now()));
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** How long close() waits for calls still inside the module (an RSA-4096 generation takes seconds). */
 const DEFAULT_CLOSE_DRAIN_MS = 15_000;
 /** The smallest retry-after-ms a caller is told while the HSM is down. */
@@ -119,8 +103,9 @@ export class SessionPool {
   /** Sessions of the current generation, idle or in use: a session not in here is never pooled again. */
   private readonly owned = new Set<Session>();
   private readonly waiters: Waiter[] = [];
-  /** The end of the last object operation (use()), which the next one waits for. */
-  private objectCalls: Promise<void> = Promise.resolve();
+  /** Whether an object operation (use()) runs; the next ones wait in order. */
+  private objectCallRunning = false;
+  private readonly objectCallWaiters: (() => void)[] = [];
   private state: PoolState = "up";
   /** Why the pool is down (HSM_UNAVAILABLE) or fatal (HSM_PIN_INCORRECT). */
   private fault: SignerError | undefined;
@@ -301,13 +286,11 @@ export class SessionPool {
    * back for its duration. Do not call use() inside `fn`.
    */
   async use<T>(fn: (s: Session) => T | Promise<T>, deadline?: number): Promise<T> {
-    let done!: () => void;
-    const mine = new Promise<void>((r) => (done = r));
-    const before = this.objectCalls;
-    // The next caller waits for this one and, should this one give up waiting, still for the one before.
-    this.objectCalls = before.then(() => mine);
+    // Free: taken at once, so acquire() runs in this very turn (the pool admits the recovery's
+    // rescan only while onRecovered() runs).
+    if (this.objectCallRunning) await this.waitForObjectCall(deadline);
+    else this.objectCallRunning = true;
     try {
-      await untilDeadline(before, deadline, "the deadline passed while another HSM object operation (a key generation?) was running");
       const session = await this.acquire(deadline);
       let failed = false;
       try {
@@ -319,8 +302,28 @@ export class SessionPool {
         this.release(session, failed);
       }
     } finally {
-      done();
+      const next = this.objectCallWaiters.shift();
+      if (next) next();
+      else this.objectCallRunning = false;
     }
+  }
+
+  /** Resolves when the running object operation hands over to this one; DEADLINE_EXCEEDED at `deadline`. */
+  private waitForObjectCall(deadline: number | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const turn = (): void => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+      this.objectCallWaiters.push(turn);
+      if (deadline === undefined) return;
+      timer = setTimeout(() => {
+        const i = this.objectCallWaiters.indexOf(turn);
+        if (i >= 0) this.objectCallWaiters.splice(i, 1);
+        reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
+      }, Math.max(0, deadline - Date.now()));
+    });
   }
 
   /**
