@@ -311,20 +311,23 @@ export class SessionPool {
   /** Resolves when the running object operation hands over to this one; DEADLINE_EXCEEDED at `deadline`. */
   private waitForObjectCall(deadline: number | undefined): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
       const turn = (): void => {
-        if (timer) clearTimeout(timer);
+        clearTimeout(timer);
         resolve();
       };
       this.objectCallWaiters.push(turn);
-      if (deadline === undefined) return;
-      timer = setTimeout(() => {
-        const i = this.objectCallWaiters.indexOf(turn);
-        if (i >= 0) this.objectCallWaiters.splice(i, 1);
-        reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
-      }, Math.max(0, deadline - Date.now()));
+      // Called only after this statement (turn runs in a later turn of the loop).
+      const timer =
+        deadline === undefined
+          ? undefined
+          : setTimeout(() => {
+              const i = this.objectCallWaiters.indexOf(turn);
+              if (i >= 0) this.objectCallWaiters.splice(i, 1);
+              reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
+            }, Math.max(0, deadline - Date.now()));
     });
   }
+
 
   /**
    * For a failed operation on one of the pool's sessions: when the failure could mean the HSM is

@@ -81,4 +81,23 @@ describe("SessionPool on SoftHSM: a full pool under deadlines", function () {
     }
     assert.ok(scans >= 20, `the rescans ran alongside (${scans})`);
   });
+
+  it("object operations wait in order for the running one; a waiter whose deadline passes gets DEADLINE_EXCEEDED and the others still run", async () => {
+    const f = await getFixture();
+    let release!: () => void;
+    const order: string[] = [];
+    const first = f.hsm.pool.use(async (s) => {
+      order.push("first");
+      await new Promise<void>((r) => (release = r));
+      return s.find({ class: ObjectClass.PRIVATE_KEY }).length;
+    });
+    const late = f.hsm.pool.use(() => order.push("late"), Date.now() + 100);
+    const second = f.hsm.pool.use(() => order.push("second"));
+    await assert.rejects(late, (e: SignerError) => e.code === "DEADLINE_EXCEEDED" && /another HSM object operation/.test(e.message));
+    assert.deepEqual(order, ["first"], "nothing ran beside the first");
+    release();
+    assert.ok((await first) > 0);
+    await second;
+    assert.deepEqual(order, ["first", "second"]);
+  });
 });
