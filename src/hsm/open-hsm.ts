@@ -44,7 +44,7 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
     // A token that went away comes back only through C_Finalize + C_Initialize; its slot id may change.
     reconnect: () => findSlot(reinitializeModule(o.modulePath), o),
     // Key handles do not survive a logout or a re-initialization: rescan before signing again.
-    onRecovered: () => late.keys?.refresh() ?? Promise.resolve(),
+    onRecovered: () => late.keys?.refresh({ afterRecovery: true }) ?? Promise.resolve(),
   });
   pool.start();
   const threads = new SignThreads(o.modulePath, pool.size, { onError: (e) => pool.diagnose(e) });

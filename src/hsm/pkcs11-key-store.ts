@@ -103,6 +103,7 @@ export class Pkcs11KeyStore implements KeyStore {
   private lastScan = 0;
   private scanning: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private polling: Promise<void> | undefined;
 
   constructor(
     private readonly pool: SessionPool,
@@ -115,7 +116,12 @@ export class Pkcs11KeyStore implements KeyStore {
     const every = this.options.refreshIntervalMs ?? DEFAULT_KEY_REFRESH_MS;
     if (every > 0) {
       this.timer = setInterval(() => {
-        this.refreshIfChanged().catch(() => undefined); // a failed poll keeps the last view
+        // One poll at a time: behind a long object operation (a key generation) polls would pile up.
+        this.polling ??= this.refreshIfChanged()
+          .catch(() => undefined) // a failed poll keeps the last view
+          .finally(() => {
+            this.polling = undefined;
+          });
       }, every);
       this.timer.unref();
     }
@@ -125,22 +131,29 @@ export class Pkcs11KeyStore implements KeyStore {
     if (this.timer) clearInterval(this.timer);
   }
 
-  /** Rescans the token for keys, certificates and states; concurrent callers share one scan. */
-  refresh(): Promise<void> {
+  /**
+   * Rescans the token for keys, certificates and states; concurrent callers share one scan.
+   * `afterRecovery`: the scan the pool makes once the HSM is back (onRecovered). It always
+   * replaces the view: handles from before a re-initialization may name other objects now, and
+   * the pool, still recovering, cannot vouch for a token that looks emptier than before.
+   */
+  refresh(o: { afterRecovery?: boolean } = {}): Promise<void> {
+    if (o.afterRecovery) this.scanning = undefined; // start now: the pool admits this scan only during onRecovered()
     this.scanning ??= this.pool
       .use((s) => this.scan(s))
       .then(({ views, signed, fingerprint }) => {
         // A token that went away can look empty before the pool notices: keep the last view then.
-        if (views.size < this.views.size && !this.pool.check()) return;
+        if (!o.afterRecovery && views.size < this.views.size && !this.pool.check()) return;
         this.views = views;
         this.signed = signed;
         this.fingerprint = fingerprint;
         this.lastScan = Date.now();
       })
       .finally(() => {
-        this.scanning = undefined;
+        if (this.scanning === scan) this.scanning = undefined;
       });
-    return this.scanning;
+    const scan = this.scanning;
+    return scan;
   }
 
   /** A cheap look at the token (object handles and state objects); a full rescan only when it changed. */
@@ -334,7 +347,10 @@ function readCertificates(session: Session): RawCert[] {
     const a = found.items(i).getAttribute({ id: null, label: null, value: null, certType: null } as unknown as ITemplate) as { id?: Buffer; label?: string; value?: Buffer; certType?: number };
     if (!a.value || a.value.length === 0 || (a.certType !== undefined && a.certType !== CertificateType.X_509)) continue;
     try {
-      new X509Certificate(a.value);
+      // Its public key too: a certificate for an algorithm OpenSSL does not know parses, but
+      // reading its key throws, and chain building and key matching read it.
+      void new X509Certificate(a.value).publicKey;
+      summarize(a.value);
     } catch {
       continue;
     }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { CertificateType, KeyGenMechanism, ObjectClass, type ITemplate } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
 import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
@@ -31,11 +31,20 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
     await f.hsm.keys.refresh();
   });
 
-  it("certificate objects that are not X.509 certificates (not DER; DER of something else): skipped, every key still signs", async () => {
+  it("certificate objects that are not usable X.509 certificates (not DER; DER of something else; an unknown key algorithm): skipped, every key still signs", async () => {
     await f.hsm.pool.use((s) => {
       const common = { class: ObjectClass.CERTIFICATE, token: true, private: false, id, subject: Buffer.from([0x30, 0x00]) };
       s.create({ ...common, certType: CertificateType.X_509, label: "not-a-certificate", value: Buffer.from("this is not DER at all") } as ITemplate);
       s.create({ ...common, certType: CertificateType.X_509, label: "der-but-no-certificate", value: Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]) } as ITemplate);
+      // A copy of a root with its key algorithm changed to one OpenSSL does not know: it parses,
+      // its subject is the issuer of a leaf, and reading its public key throws.
+      const root = Buffer.from(f.roots.get("EC-256") as Buffer);
+      const ecPublicKey = Buffer.from([0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]);
+      const at = root.indexOf(ecPublicKey);
+      assert.ok(at > 0);
+      root[at + ecPublicKey.length - 1] = 0x7f;
+      assert.throws(() => new X509Certificate(root).publicKey);
+      s.create({ ...common, certType: CertificateType.X_509, label: "unknown-key-algorithm", value: root } as ITemplate);
     });
     await f.hsm.keys.refresh();
     for (const spec of ["EC-256", "RSA-2048"] as const) {
