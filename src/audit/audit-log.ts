@@ -17,8 +17,6 @@ const FILE_MODE = 0o600;
 /** The tail is read backwards in chunks of this size; an audit line is far smaller. */
 const TAIL_CHUNK_BYTES = 64 * 1024;
 const NEWLINE = 0x0a;
-/** A failure this soon after an automatic recovery counts as the same outage (retry backs off). */
-const RETRY_STABLE_MS = 60_000;
 /** Fields the log sets itself; a record that tried to set them would forge the chain. */
 const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
@@ -57,8 +55,10 @@ export interface AuditLogOptions {
   onFsync?: (seconds: number, lines: number) => void;
   /**
    * Recover by itself after a failure (space freed, the I/O error gone): recover() after minMs,
-   * then, while the disk stays unusable, after twice as long each time up to maxMs. Without it,
-   * the log stays failed until recover() is called.
+   * then, while the disk stays unusable, after twice as long each time up to maxMs. An attempt
+   * counts only once a line saying so (method "AuditLog.Recovered") is durable, so a disk that is
+   * still full does not look healthy in between. Without it, the log stays failed until
+   * recover() is called.
    */
   retry?: { minMs: number; maxMs: number; onRecovered?: () => void; onFailed?: (e: SignerError, nextAttemptMs: number) => void };
 }
@@ -148,8 +148,10 @@ export class AuditLog {
   private torn: TornLine | undefined;
   private readonly retry: AuditLogOptions["retry"];
   private retryTimer: NodeJS.Timeout | undefined;
-  private retryDelayMs = 0;
-  private lastRecoveryAt = 0;
+  /** Failed automatic attempts since the last success (the backoff exponent). */
+  private retryAttempts = 0;
+  /** An automatic attempt runs: a failure of its own line must not schedule another. */
+  private retrying = false;
 
   private constructor(o: AuditLogOptions) {
     this.dir = o.dir;
@@ -230,7 +232,8 @@ export class AuditLog {
   }
 
   private async recoverOnce(): Promise<void> {
-    if (this.closed) throw new SignerError("AUDIT_UNAVAILABLE", "the audit log cannot be written: closed");
+    const closed = (): SignerError => new SignerError("AUDIT_UNAVAILABLE", "the audit log cannot be written: closed");
+    if (this.closed) throw closed();
     await this.flushing;
     if (!this.failure) return;
     await this.handle?.close().catch(() => undefined);
@@ -240,6 +243,12 @@ export class AuditLog {
       await this.resync();
     } catch (e) {
       throw asUnavailable(e, "recovered");
+    }
+    if (this.closed) {
+      // close() ran meanwhile: the file resync() opened is not used.
+      await (this.handle as FileHandle | undefined)?.close().catch(() => undefined);
+      this.handle = undefined;
+      throw closed();
     }
     this.failure = undefined;
   }
@@ -335,34 +344,40 @@ export class AuditLog {
     this.failure = new SignerError("AUDIT_UNAVAILABLE", `the audit log cannot be written: ${errorCode(e)}`, { cause: e });
     for (const p of pending) p.reject(this.failure);
     for (const p of this.queue.splice(0, this.queue.length)) p.reject(this.failure);
-    if (this.retry) {
-      // recover() cannot tell a disk that is still full until the next write: a failure soon
-      // after a recovery means it is, and the next attempt waits longer.
-      const soon = Date.now() - this.lastRecoveryAt < RETRY_STABLE_MS;
-      this.scheduleRecovery(soon ? Math.min(this.retry.maxMs, this.retryDelayMs * 2) : this.retry.minMs);
-    }
+    if (!this.retrying) this.scheduleRecovery();
   }
 
-  private scheduleRecovery(ms: number): void {
+  private scheduleRecovery(): void {
     const r = this.retry;
     if (!r || this.closed || this.retryTimer) return;
-    this.retryDelayMs = ms;
+    const ms = Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
-      this.recover().then(
-        () => {
-          this.lastRecoveryAt = Date.now();
-          r.onRecovered?.();
-        },
-        (e: unknown) => {
-          if (this.closed) return;
-          const next = Math.min(r.maxMs, this.retryDelayMs * 2);
-          r.onFailed?.(asUnavailable(e, "recovered"), next);
-          this.scheduleRecovery(next);
-        },
-      );
+      void this.retryOnce(r, ms);
     }, ms);
     this.retryTimer.unref();
+  }
+
+  /** One automatic attempt: recover(), then a durable line that records the outage. */
+  private async retryOnce(r: NonNullable<AuditLogOptions["retry"]>, waitedMs: number): Promise<void> {
+    const failure = this.failure;
+    if (!failure || this.closed) return; // recovered meanwhile by a call to recover(), or closed
+    this.retrying = true;
+    try {
+      await this.recover();
+      // Requests may append from here on; this line proves the disk takes writes again.
+      await this.append({ requestId: "-", peer: "-", identity: "hsm-signer", method: "AuditLog.Recovered", decision: "none", result: "OK", latencyMs: 0, error: failure.message, retriedAfterMs: waitedMs });
+      this.retryAttempts = 0;
+      if (!this.closed) r.onRecovered?.();
+    } catch (e) {
+      if (this.closed) return;
+      this.retryAttempts++;
+      r.onFailed?.(asUnavailable(e, "recovered"), Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts));
+      this.retrying = false;
+      this.scheduleRecovery();
+    } finally {
+      this.retrying = false;
+    }
   }
 
   private reportFsync(seconds: number, lines: number): void {

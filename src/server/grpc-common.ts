@@ -278,7 +278,12 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
       }
       inFlight.enter();
       run()
-        .catch((e: unknown) => (claim() ? answerError(e) : undefined))
+        .catch((e: unknown) => {
+          if (claim()) return answerError(e);
+          // Answered already (deadline, cancellation); a failure other than running late is still worth a line.
+          if (toSignerError(e).code !== "DEADLINE_EXCEEDED") o.logger.warn("request failed after it was answered", { requestId, method, error: e });
+          return undefined;
+        })
         .catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }))
         .finally(() => inFlight.leave());
     };
