@@ -6,7 +6,7 @@ import { subjectIdentityProblems } from "../signing/distinguished-name.js";
 import type { KeySpec } from "../signing/key-spec.js";
 import { createCsr, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, storeCertificate } from "./key-factory.js";
-import { writeKeyState, type KeyState, type VersionState } from "./key-state.js";
+import { assertKeyStateGeneration, writeKeyState, type KeyState, type VersionState } from "./key-state.js";
 import type { KeyView, Pkcs11KeyStore, VersionView } from "./pkcs11-key-store.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
@@ -177,6 +177,8 @@ export class KeyCustody {
   /** Generates the key pair and records it as the next version; the key pair is removed again if the state cannot be saved. */
   private async newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">, basedOn: number): Promise<number> {
     const version = Math.max(0, ...base.versions.map((v) => v.version)) + 1;
+    // Checked before the generation too, which may take seconds: a refused change costs nothing.
+    assertKeyStateGeneration(s, keyId, basedOn);
     const generated = await generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
     const entry: VersionState = { version, id: generated.id.toString("hex"), spec, created: now() };
     try {

@@ -98,11 +98,7 @@ export function readTokenState(session: Session): TokenState {
 export function writeKeyState(session: Session, next: Omit<KeyState, "generation" | "schema">, basedOn: number): KeyState {
   const label = STATE_PREFIX + next.keyId;
   const old = dataObjects(session).filter((o) => o.label === label);
-  const current = Math.max(0, ...old.map((o) => parseState(o.value)?.generation ?? 0));
-  if (current !== basedOn) {
-    throw new SignerError("FAILED_PRECONDITION", `key "${next.keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`);
-  }
-  const generation = current + 1;
+  const generation = checkGeneration(next.keyId, old, basedOn) + 1;
   const state: KeyState = { schema: 1, keyId: next.keyId, generation, ...(next.disabled ? { disabled: next.disabled } : {}), versions: next.versions };
   try {
     session.create({ class: ObjectClass.DATA, token: true, private: true, modifiable: false, application: STATE_APPLICATION, label, value: Buffer.from(JSON.stringify(state)) });
@@ -111,6 +107,19 @@ export function writeKeyState(session: Session, next: Omit<KeyState, "generation
     throw translatePkcs11Error(e, `saving the state of key "${next.keyId}" on the token`);
   }
   return state;
+}
+
+/** Refuses a change made from another generation than the token's (see writeKeyState); call it before costly work too. */
+export function assertKeyStateGeneration(session: Session, keyId: string, basedOn: number): void {
+  checkGeneration(keyId, dataObjects(session).filter((o) => o.label === STATE_PREFIX + keyId), basedOn);
+}
+
+function checkGeneration(keyId: string, objects: { value: Buffer }[], basedOn: number): number {
+  const current = Math.max(0, ...objects.map((o) => parseState(o.value)?.generation ?? 0));
+  if (current !== basedOn) {
+    throw new SignerError("FAILED_PRECONDITION", `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`);
+  }
+  return current;
 }
 
 /** Records on the token that a version (by CKA_ID) has signed; idempotent. */

@@ -30,7 +30,7 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     // Another replica disables the key; this one has not rescanned yet.
     await f.hsm.pool.use((s) => writeKeyState(s, { keyId, disabled: { at: new Date().toISOString(), reason: "other replica" }, versions: seen.state?.versions ?? [] }, generation));
     await assert.rejects(custody.rotateKey(keyId), (e: SignerError) => e.code === "FAILED_PRECONDITION" && /was changed on the token meanwhile/.test(e.message));
-    assert.equal(await privateKeys(), 1, "the key pair made for the refused version was removed again");
+    assert.equal(await privateKeys(), 1, "no key pair is left for the refused version");
     const r = await custody.rotateKey(keyId);
     assert.equal(r.version, 2);
     assert.equal(r.view.state?.disabled?.reason, "other replica", "the other replica's change is kept");
