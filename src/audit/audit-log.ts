@@ -350,7 +350,7 @@ export class AuditLog {
   private scheduleRecovery(): void {
     const r = this.retry;
     if (!r || this.closed || this.retryTimer) return;
-    const ms = Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts);
+    const ms = retryDelayMs(r, this.retryAttempts);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.retryOnce(r, ms);
@@ -372,8 +372,7 @@ export class AuditLog {
     } catch (e) {
       if (this.closed) return;
       this.retryAttempts++;
-      r.onFailed?.(asUnavailable(e, "recovered"), Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts));
-      this.retrying = false;
+      r.onFailed?.(asUnavailable(e, "recovered"), retryDelayMs(r, this.retryAttempts));
       this.scheduleRecovery();
     } finally {
       this.retrying = false;
@@ -555,6 +554,11 @@ async function exists(path: string): Promise<boolean> {
 function errorCode(e: unknown): string {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === "string" ? code : e instanceof Error ? e.message : "unknown error";
+}
+
+/** The wait before the next automatic attempt, after `attempts` failed ones. */
+function retryDelayMs(r: { minMs: number; maxMs: number }, attempts: number): number {
+  return Math.min(r.maxMs, r.minMs * 2 ** attempts);
 }
 
 function asUnavailable(e: unknown, what: "opened" | "recovered" | "closed"): SignerError {

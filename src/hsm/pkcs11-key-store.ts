@@ -3,7 +3,7 @@ import { performance } from "node:perf_hooks";
 import { CertificateType, ObjectClass, KeyType, type ITemplate, type Session } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
 import { keySpecFor, keySpecInfo, type HashAlgorithm, type KeySpec } from "../signing/key-spec.js";
-import type { KeyRecord, KeyStore } from "../signing/ports.js";
+import type { CertificateSummary, KeyRecord, KeyStore } from "../signing/ports.js";
 import { buildChain, keySpecOfCertificate, spkiOfCertificate, summarize } from "../signing/certificates.js";
 import { curveOfEcParams, digestSigningMechanism } from "./mechanisms.js";
 import { markSigned, readTokenState, type Disabled, type KeyState, type TokenState, type VersionState } from "./key-state.js";
@@ -50,6 +50,7 @@ interface RawCert {
   id: Buffer;
   label: string;
   der: Buffer;
+  summary: CertificateSummary;
 }
 
 interface RawPrivateKey {
@@ -138,8 +139,9 @@ export class Pkcs11KeyStore implements KeyStore {
    * the pool, still recovering, cannot vouch for a token that looks emptier than before.
    */
   refresh(o: { afterRecovery?: boolean } = {}): Promise<void> {
-    if (o.afterRecovery) this.scanning = undefined; // start now: the pool admits this scan only during onRecovered()
-    this.scanning ??= this.pool
+    // After a recovery, a new scan starts now: the pool admits it only while onRecovered() runs.
+    if (this.scanning && !o.afterRecovery) return this.scanning;
+    const scan: Promise<void> = this.pool
       .use((s) => this.scan(s))
       .then(({ views, signed, fingerprint }) => {
         // A token that went away can look empty before the pool notices: keep the last view then.
@@ -152,7 +154,7 @@ export class Pkcs11KeyStore implements KeyStore {
       .finally(() => {
         if (this.scanning === scan) this.scanning = undefined;
       });
-    const scan = this.scanning;
+    this.scanning = scan;
     return scan;
   }
 
@@ -301,7 +303,7 @@ export class Pkcs11KeyStore implements KeyStore {
     const own = id.length > 0 ? certs.filter((c) => c.id.equals(id)) : [];
     // Prefer a non-CA certificate with the latest notAfter when a key has several.
     const candidates = own
-      .map((c) => ({ c, s: summarize(c.der) }))
+      .map((c) => ({ c, s: c.summary }))
       .filter(({ c }) => !spki || spkiOfCertificate(c.der).equals(spki))
       .sort((x, y) => Number(x.s.isCa) - Number(y.s.isCa) || y.s.notAfter.getTime() - x.s.notAfter.getTime());
     const leaf = candidates[0];
@@ -346,15 +348,16 @@ function readCertificates(session: Session): RawCert[] {
   for (let i = 0; i < found.length; i++) {
     const a = found.items(i).getAttribute({ id: null, label: null, value: null, certType: null } as unknown as ITemplate) as { id?: Buffer; label?: string; value?: Buffer; certType?: number };
     if (!a.value || a.value.length === 0 || (a.certType !== undefined && a.certType !== CertificateType.X_509)) continue;
+    let summary: CertificateSummary;
     try {
       // Its public key too: a certificate for an algorithm OpenSSL does not know parses, but
       // reading its key throws, and chain building and key matching read it.
       void new X509Certificate(a.value).publicKey;
-      summarize(a.value);
+      summary = summarize(a.value);
     } catch {
       continue;
     }
-    certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value });
+    certs.push({ id: a.id ?? Buffer.alloc(0), label: a.label ?? "", der: a.value, summary });
   }
   return certs;
 }

@@ -168,22 +168,17 @@ export class InFlight {
     if (this.count === 0) for (const w of this.waiters.splice(0)) w();
   }
 
-  get size(): number {
-    return this.count;
-  }
-
-  /** Resolves once no handler runs, or after `ms`; true when none runs. */
-  async idle(ms: number): Promise<boolean> {
-    if (this.count === 0) return true;
+  /** Resolves once no handler runs, or after `ms`. */
+  async idle(ms: number): Promise<void> {
+    if (this.count === 0) return;
     let timer: NodeJS.Timeout | undefined;
-    const done = await Promise.race([
-      new Promise<boolean>((res) => this.waiters.push(() => res(true))),
-      new Promise<boolean>((res) => {
-        timer = setTimeout(() => res(false), ms);
+    await Promise.race([
+      new Promise<void>((res) => this.waiters.push(res)),
+      new Promise<void>((res) => {
+        timer = setTimeout(res, ms);
       }),
     ]);
     clearTimeout(timer);
-    return done;
   }
 }
 
@@ -239,6 +234,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
         callback({ code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md });
       };
+      const answerErrorSafely = (err: unknown): Promise<void> => answerError(err).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
       const run = async (): Promise<void> => {
         const bad = malformed(call.request);
         const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
@@ -253,7 +249,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         try {
           receipt = await o.audit.append(record);
         } catch (e) {
-          return answerError(e);
+          return answerErrorSafely(e);
         }
         if ("signature" in res) Object.assign(res, { receipt });
         if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
@@ -263,7 +259,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
       if (!m.mutates) {
         timer = setTimeout(
           () => {
-            if (claim()) void answerError(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready")).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
+            if (claim()) void answerErrorSafely(new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready"));
           },
           Math.max(0, deadline - Date.now() - DEADLINE_MARGIN_MS),
         );
@@ -279,12 +275,11 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
       inFlight.enter();
       run()
         .catch((e: unknown) => {
-          if (claim()) return answerError(e);
+          if (claim()) return answerErrorSafely(e);
           // Answered already (deadline, cancellation); a failure other than running late is still worth a line.
           if (toSignerError(e).code !== "DEADLINE_EXCEEDED") o.logger.warn("request failed after it was answered", { requestId, method, error: e });
           return undefined;
         })
-        .catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }))
         .finally(() => inFlight.leave());
     };
   return Object.assign(handler, { inFlight });
