@@ -3,8 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROJECT_ROOT } from "./softhsm.js";
 
-/** The requests notation 1.3.2 really sends (../shared/fixtures/notation-1.3.2-requests). */
-export const NOTATION_FIXTURES = join(PROJECT_ROOT, "../shared/fixtures/notation-1.3.2-requests");
+/** The requests notation 1.3.2 really sends, committed in the project (test/fixtures/notation-1.3.2-requests). */
+export const NOTATION_FIXTURES = join(PROJECT_ROOT, "test/fixtures/notation-1.3.2-requests");
 
 export function notationRequest(name: "describe-key" | "generate-signature-jws" | "generate-signature-cose" | "get-plugin-metadata" | "get-plugin-metadata-plugin-ls"): Record<string, unknown> {
   return JSON.parse(readFileSync(join(NOTATION_FIXTURES, `${name}.json`), "utf8")) as Record<string, unknown>;
