@@ -1,4 +1,5 @@
 import tseslint from "typescript-eslint";
+import { layerRules } from "./eslint.layers.js";
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", ".data/**"] },
@@ -19,4 +20,5 @@ export default tseslint.config(
     files: ["src/bin/**/*.ts", "src/admin/**/*.ts", "test/**/*.ts", "scripts/**"],
     rules: { "no-console": "off" },
   },
+  ...layerRules,
 );

@@ -1,6 +1,6 @@
 /**
  * An independent checker of the certificate-chain rules notation enforces on a RAW plugin's
- * output (/work/shared/docs/notation-plugin-protocol.md §5.2 and §5.3, plus the §5.4 subject
+ * output (the Notary Project plugin protocol, §5.2 and §5.3, plus the §5.4 subject
  * advice and the backdating advice). Written from the spec, with its own DER reader, so that it
  * shares no code (and no bugs) with src/. Node's X509Certificate is used only for signature
  * verification and public key details.
