@@ -10,7 +10,9 @@ bash scripts/install-system-deps.sh
 
 if [ -z "${npm_config_nodedir:-}" ] && [ -d /usr/include/node ]; then export npm_config_nodedir=/usr; fi
 if [ ! -d node_modules/graphene-pk11 ]; then say "installing npm dependencies"; npm ci --no-audit --no-fund; fi
-say "building"; npm run --silent build
+# Builds only when a source changed since the last build; the package is reproducible, so its
+# sha256 (printed below) stays the same from run to run until the plugin changes.
+say "building (skipped when nothing changed)"; node scripts/build.mjs --if-changed
 say "packaging the notation plugin"; node scripts/package-plugin.mjs >/dev/null
 
 PKG=$(ls dist/notation-hsm-signer_*.tar.gz | head -n1)
