@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
 # hsm-signer. The HSM vendor's PKCS#11 library is mounted at run time (hsm.module in the config).
+# The build context is what .dockerignore allows: the files COPYed below, never .data/ (the quick
+# start's PINs, token and keys), node_modules/, dist/ or .git/.
 #   docker build -t hsm-signer .                      # runtime image, non-root
 #   docker build --target softhsm -t hsm-signer:try . # with SoftHSM2 and the demo, for trying it out
 
@@ -29,6 +31,8 @@ COPY --from=build /src/dist/src ./dist/src
 COPY --from=build /src/dist/hsm-signer ./dist/hsm-signer
 # The notation plugin package, for copying out of the image: docker cp / an init container.
 COPY --from=build /src/dist/notation-hsm-signer_*.tar.gz* /opt/notation-plugin/
+# `hsm-signer` on PATH, as npm link makes it outside the image (docker exec ... hsm-signer keys list).
+RUN ln -s /app/dist/hsm-signer /usr/local/bin/hsm-signer
 USER 10001:10001
 EXPOSE 8443 9443 9464
 ENTRYPOINT ["node", "/app/dist/src/bin/hsm-signer.js"]

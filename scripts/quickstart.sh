@@ -10,8 +10,17 @@ bash scripts/install-system-deps.sh
 
 if [ -z "${npm_config_nodedir:-}" ] && [ -d /usr/include/node ]; then export npm_config_nodedir=/usr; fi
 if [ ! -d node_modules/graphene-pk11 ]; then say "installing npm dependencies"; npm ci --no-audit --no-fund; fi
-say "building"; npm run --silent build
+# Builds only when a source changed since the last build; the package is reproducible, so its
+# sha256 (printed below) stays the same from run to run until the plugin changes.
+say "building (skipped when nothing changed)"; node scripts/build.mjs --if-changed
 say "packaging the notation plugin"; node scripts/package-plugin.mjs >/dev/null
+# The README and the printed commands call `hsm-signer`: npm link puts it on PATH as a symlink to
+# dist/hsm-signer (a copy of that file would not find the project's node_modules).
+if [ "$(readlink -f "$(command -v hsm-signer 2>/dev/null || echo /nonexistent)")" != "$(pwd -P)/dist/hsm-signer" ]; then
+  say "putting hsm-signer on PATH (npm link)"
+  npm link --no-audit --no-fund --ignore-scripts >/dev/null \
+    || say "npm link failed: run it as root in $PWD, or give npm a prefix of your own (npm config set prefix ~/.local, with ~/.local/bin on PATH) and run npm link"
+fi
 
 PKG=$(ls dist/notation-hsm-signer_*.tar.gz | head -n1)
 export HSM_SIGNER_PLUGIN_PACKAGE="$PWD/$PKG"

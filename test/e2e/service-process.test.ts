@@ -218,3 +218,93 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.ok(!r.stderr.includes("1234"), "the PIN is never echoed");
   });
 });
+
+/**
+ * A new user follows the quick start's printed instructions in another terminal. They used to
+ * stop at `notation sign` (no trust store, trust policy or verify), and the service could not be
+ * started again as the README said: SoftHSM finds the demo token only through SOFTHSM2_CONF
+ * ("no initialized token with label ..."), and nothing put `hsm-signer` on PATH (a copy of
+ * dist/hsm-signer fails with ERR_MODULE_NOT_FOUND). The quick start runs `npm link`; here it
+ * links into a prefix of the test's own, not the machine's.
+ */
+describe("the quick start's printed instructions, followed as printed", function () {
+  this.timeout(180_000);
+  let data: string;
+  let prefix: string;
+  let port: number;
+  let printed: string;
+  let serve: ChildProcess | undefined;
+  /** The user's terminal: hsm-signer on PATH, no SOFTHSM2_CONF (the tests' own fixture sets one in this process). */
+  const userEnv = (): NodeJS.ProcessEnv => {
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${join(prefix, "bin")}:${process.env.PATH ?? ""}` };
+    delete env.SOFTHSM2_CONF;
+    return env;
+  };
+
+  before(async () => {
+    data = mkdtempSync(join(tmpdir(), "hsm-signer-printed-"));
+    prefix = mkdtempSync(join(tmpdir(), "hsm-signer-npm-prefix-"));
+    // What scripts/quickstart.sh does, with a prefix of our own and never the registry.
+    await run("npm", ["link", "--offline", "--no-audit", "--no-fund", "--ignore-scripts"], { cwd: PROJECT_ROOT, env: { ...process.env, npm_config_prefix: prefix }, timeout: 120_000 });
+    port = await freePort();
+    const env = { ...userEnv(), HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}` };
+    printed = (await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env, timeout: 120_000 })).stderr;
+  });
+
+  after(() => {
+    if (serve?.exitCode === null) serve.kill("SIGKILL");
+    rmSync(data, { recursive: true, force: true });
+    rmSync(prefix, { recursive: true, force: true });
+  });
+
+  it("npm link puts a working hsm-signer on PATH, for any folder", async () => {
+    const r = await run("hsm-signer", ["version"], { cwd: tmpdir(), env: userEnv(), timeout: 60_000 });
+    assert.equal(r.stdout.trim(), (JSON.parse(readFileSync(join(PROJECT_ROOT, "package.json"), "utf8")) as { version: string }).version);
+  });
+
+  it("prints the trust store, trust policy and verify steps, registry and OCI layout", () => {
+    const lines = printed.split("\n").map((l) => l.trim());
+    for (const want of [
+      `notation cert add --type ca --store hsm-demo ${data}/demo-key-root.pem`,
+      `notation policy import ${data}/notation-trustpolicy.json`,
+      "notation verify <registry>/<repository>@sha256:<digest>",
+      "notation sign --key demo --oci-layout <layout-folder>@sha256:<digest>",
+      "notation verify --oci-layout --scope local/hsm-demo <layout-folder>@sha256:<digest>",
+    ])
+      assert.ok(lines.includes(want), `"${want}" is not printed:\n${printed}`);
+    const policy = JSON.parse(readFileSync(join(data, "notation-trustpolicy.json"), "utf8")) as { version: string; trustPolicies: { registryScopes: string[]; trustStores: string[]; trustedIdentities: string[]; signatureVerification: { level: string } }[] };
+    assert.equal(policy.version, "1.0");
+    const [statement] = policy.trustPolicies;
+    assert.ok(statement);
+    assert.deepEqual(statement.registryScopes, ["local/hsm-demo"], "the OCI-layout verify's --scope is in the policy");
+    assert.deepEqual(statement.trustStores, ["ca:hsm-demo"], "the store the printed cert add fills");
+    assert.equal(statement.signatureVerification.level, "strict");
+    const [identity] = statement.trustedIdentities;
+    assert.ok(identity?.startsWith("x509.subject: "), String(identity));
+    assert.ok(printed.includes(`"trustedIdentities": ["${identity}"]`), "the policy is printed too");
+  });
+
+  it("its serve command, run as printed, serves the key whose leaf subject the policy names, and stops on SIGTERM", async () => {
+    const line = /^\s*(SOFTHSM2_CONF=\S+ hsm-signer serve --config \S+)\s*$/m.exec(printed)?.[1];
+    assert.ok(line, `no serve command printed:\n${printed}`);
+    assert.ok(line.startsWith(`SOFTHSM2_CONF=${data}/softhsm2.conf `));
+    serve = spawn("bash", ["-c", line], { cwd: tmpdir(), env: userEnv(), stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    serve.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    await waitForLog(serve, "hsm-signer listening", 90_000).catch((e: Error) => assert.fail(`${e.message}\n${stderr}`));
+    const client = signerClient(readFileSync(join(data, "tls/ca.pem")), port);
+    try {
+      const chain = await callSigner<{ certificateChain: Buffer[] }>(client, "GetCertificateChain", { keyId: "demo-key" });
+      const leaf = new X509Certificate(chain.certificateChain[0] as Buffer);
+      // Node lists the subject's attributes one per line, in the certificate's order.
+      const subject = leaf.subject.split("\n").join(", ");
+      const policy = JSON.parse(readFileSync(join(data, "notation-trustpolicy.json"), "utf8")) as { trustPolicies: { trustedIdentities: string[] }[] };
+      assert.deepEqual(policy.trustPolicies[0]?.trustedIdentities, [`x509.subject: ${subject}`]);
+    } finally {
+      client.close();
+    }
+    const exited = new Promise<number | null>((resolve) => serve?.on("exit", (code) => resolve(code)));
+    serve.kill("SIGTERM");
+    assert.equal(await exited, 0, stderr);
+  });
+});

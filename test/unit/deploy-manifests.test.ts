@@ -1,0 +1,235 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, posix } from "node:path";
+import { parse, parseAllDocuments } from "yaml";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
+
+type Labels = Record<string, string>;
+interface Selector {
+  matchLabels?: Labels;
+  matchExpressions?: unknown[];
+}
+interface Port {
+  name?: string;
+  containerPort?: number;
+  port?: number | string;
+  targetPort?: number | string;
+}
+interface Probe {
+  grpc?: { port: number };
+  httpGet?: { port: number | string };
+  tcpSocket?: { port: number | string };
+}
+interface Mount {
+  name: string;
+  mountPath: string;
+  readOnly?: boolean;
+  subPath?: string;
+}
+interface Volume {
+  name: string;
+  configMap?: { name: string };
+  secret?: { secretName: string };
+  persistentVolumeClaim?: { claimName: string };
+}
+interface Container {
+  args: string[];
+  ports: Port[];
+  volumeMounts: Mount[];
+  env?: { name: string; valueFrom?: { secretKeyRef?: { name: string }; configMapKeyRef?: { name: string } } }[];
+  readinessProbe?: Probe;
+  livenessProbe?: Probe;
+  startupProbe?: Probe;
+}
+interface PodTemplate {
+  metadata?: { labels?: Labels };
+  spec: { containers: Container[]; volumes: Volume[] };
+}
+/** The parts of the rendered objects these checks read (the Service's selector is plain labels). */
+interface Obj {
+  kind: string;
+  metadata: { name: string; labels?: Labels };
+  data?: Record<string, string>;
+  spec: {
+    selector?: Selector & Labels;
+    podSelector?: Selector;
+    template: PodTemplate;
+    ports: Port[];
+    ingress: { ports: Port[] }[];
+    endpoints: { port: string }[];
+  };
+}
+/** The service configuration's parts that name ports and files. */
+interface ServiceConfig {
+  listen?: string;
+  tls: { certFile?: string; keyFile?: string; clientCaFile?: string };
+  hsm: { module?: string; pinFile?: string };
+  policy: { file: string };
+  audit: { dir: string };
+  metrics?: { listen?: string; grpcHealthListen?: string };
+  admin?: { listen?: string; clientCaFile?: string };
+}
+
+const BASE = join(PROJECT_ROOT, "deploy/base");
+
+function kubectlAvailable(): boolean {
+  try {
+    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore", timeout: 30_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `kubectl kustomize DIR`, one object per YAML document. */
+function render(dir: string): Obj[] {
+  const out = execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8", timeout: 60_000 });
+  return parseAllDocuments(out).map((d) => d.toJS() as Obj);
+}
+
+/** A label selector (matchLabels only; matchExpressions would need more) against a pod's labels. */
+function selects(selector: Labels | undefined, labels: Labels): boolean {
+  return Object.entries(selector ?? {}).every(([k, v]) => labels[k] === v);
+}
+
+function one(objects: Obj[], kind: string): Obj {
+  const found = objects.filter((o) => o.kind === kind);
+  assert.equal(found.length, 1, `one ${kind} in the rendered base`);
+  return found[0] as Obj;
+}
+
+describe("deploy/base as kubectl kustomize renders it", function () {
+  this.timeout(120_000);
+  let objects: Obj[];
+  let deployment: Obj;
+  let pod: PodTemplate;
+  let container: Container;
+  let podLabels: Labels;
+  let readme: string;
+
+  before(function () {
+    if (!kubectlAvailable()) {
+      console.log("      (skipped: kubectl is not installed, so deploy/base cannot be rendered)");
+      this.skip();
+    }
+    objects = render(BASE);
+    deployment = one(objects, "Deployment");
+    pod = deployment.spec.template;
+    container = pod.spec.containers[0] as Container;
+    podLabels = pod.metadata?.labels ?? {};
+    readme = readFileSync(join(PROJECT_ROOT, "README.md"), "utf8");
+  });
+
+  it("every selector is non-empty and picks this app's pods only, not the namespace's other pods", () => {
+    assert.equal(podLabels["app.kubernetes.io/name"], "hsm-signer");
+    const service = one(objects, "Service");
+    const selectors: [string, Selector | undefined][] = [
+      ["Deployment spec.selector", deployment.spec.selector],
+      ["PodDisruptionBudget spec.selector", one(objects, "PodDisruptionBudget").spec.selector],
+      ["NetworkPolicy spec.podSelector", one(objects, "NetworkPolicy").spec.podSelector],
+    ];
+    const neighbours: Labels[] = [{}, { "app.kubernetes.io/name": "postgresql" }, { app: "hsm-signer" }];
+    for (const [where, sel] of [...selectors, ["Service spec.selector", { matchLabels: service.spec.selector }] as [string, Selector]]) {
+      assert.equal(sel?.matchExpressions, undefined, `${where}: matchExpressions are not expected`);
+      const matchLabels = sel?.matchLabels as Labels | undefined;
+      assert.ok(matchLabels && Object.keys(matchLabels).length > 0, `${where} is empty: it selects every pod in the namespace`);
+      assert.ok(selects(matchLabels, podLabels), `${where} does not select the Deployment's pods`);
+      for (const other of neighbours) assert.ok(!selects(matchLabels, other), `${where} also selects a pod labelled ${JSON.stringify(other)}`);
+    }
+    // The ServiceMonitor selects the Service (by its labels), and scrapes a port the Service has.
+    const monitor = one(objects, "ServiceMonitor");
+    const byService = monitor.spec.selector?.matchLabels ?? {};
+    assert.ok(Object.keys(byService).length > 0 && selects(byService, service.metadata.labels ?? {}), "the ServiceMonitor does not select the Service");
+    assert.ok(!selects(byService, { "app.kubernetes.io/name": "postgresql" }));
+    const servicePorts = service.spec.ports.map((p) => p.name);
+    for (const e of monitor.spec.endpoints) assert.ok(servicePorts.includes(e.port), `ServiceMonitor port ${e.port} is not a Service port`);
+  });
+
+  it("every volume, port, ConfigMap, Secret and claim it names exists, or the README says the operator provides it", () => {
+    const rendered = (kind: string): string[] => objects.filter((o) => o.kind === kind).map((o) => o.metadata.name);
+    const operatorProvided = (what: string, name: string): void => {
+      assert.ok(readme.includes(`\`${name}\``), `${what} "${name}" is neither in deploy/base nor named in the README as provided by the operator`);
+    };
+    const volumes = new Map<string, Volume>(pod.spec.volumes.map((v) => [v.name, v]));
+    for (const m of container.volumeMounts) assert.ok(volumes.has(m.name), `volumeMount ${m.name} has no volume`);
+    for (const v of volumes.values()) {
+      if (v.configMap && !rendered("ConfigMap").includes(v.configMap.name)) operatorProvided("ConfigMap", v.configMap.name);
+      if (v.secret && !rendered("Secret").includes(v.secret.secretName)) operatorProvided("Secret", v.secret.secretName);
+      if (v.persistentVolumeClaim) operatorProvided("PersistentVolumeClaim", v.persistentVolumeClaim.claimName);
+    }
+    for (const env of container.env ?? []) {
+      const ref = env.valueFrom?.secretKeyRef ?? env.valueFrom?.configMapKeyRef;
+      if (ref && !rendered("Secret").includes(ref.name) && !rendered("ConfigMap").includes(ref.name)) operatorProvided("env reference", ref.name);
+    }
+
+    const ports = container.ports;
+    const byName = new Map(ports.map((p) => [p.name, p.containerPort]));
+    const numbers = new Set(ports.map((p) => p.containerPort));
+    const portOf = (p: string | number | undefined, where: string): number => {
+      const n = typeof p === "number" ? p : byName.get(p);
+      assert.ok(p !== undefined, `${where}: no port`);
+      assert.ok(n !== undefined && numbers.has(n), `${where}: port ${p} is not a container port`);
+      return n;
+    };
+    for (const probe of [container.readinessProbe, container.livenessProbe, container.startupProbe].filter((x): x is Probe => x !== undefined))
+      portOf(probe.grpc?.port ?? probe.httpGet?.port ?? probe.tcpSocket?.port, "probe");
+    for (const p of one(objects, "Service").spec.ports) portOf(p.targetPort, `Service port ${p.name}`);
+    // Every port the container serves is let in by the NetworkPolicy, and nothing else.
+    const allowed = new Set(one(objects, "NetworkPolicy").spec.ingress.flatMap((r) => r.ports.map((p) => portOf(p.port, "NetworkPolicy"))));
+    assert.deepEqual([...allowed].sort(), [...numbers].sort());
+
+    // The configuration the container is started with: in a mounted ConfigMap, and what it
+    // listens on and reads is in the pod.
+    const mounted = (path: string): { mount: Mount; volume: Volume; key: string } => {
+      const mount = container.volumeMounts.find((m) => path === m.mountPath || path.startsWith(`${m.mountPath}/`));
+      assert.ok(mount, `${path} is on no mounted volume`);
+      return { mount, volume: volumes.get(mount.name) as Volume, key: posix.relative(mount.mountPath, path) };
+    };
+    const fromConfigMap = (path: string): string => {
+      const { volume, key } = mounted(path);
+      const cm = objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === volume.configMap?.name);
+      assert.ok(cm, `${path} is not on a ConfigMap of the base`);
+      const text = cm.data?.[key];
+      assert.ok(typeof text === "string", `ConfigMap ${cm.metadata.name} has no ${key}`);
+      return text;
+    };
+    const args = container.args;
+    const config = parse(fromConfigMap(args[args.indexOf("--config") + 1] as string)) as ServiceConfig;
+    for (const listen of [config.listen, config.admin?.listen, config.metrics?.listen, config.metrics?.grpcHealthListen].filter(Boolean) as string[])
+      portOf(Number(listen.split(":").pop()), `listen address ${listen}`);
+    for (const file of [config.tls.certFile, config.tls.keyFile, config.tls.clientCaFile, config.admin?.clientCaFile, config.hsm.module, config.hsm.pinFile, config.audit.dir].filter(Boolean) as string[]) mounted(file);
+    fromConfigMap(config.policy.file);
+    // The audit directory is writable; everything else is read-only.
+    const audit = mounted(config.audit.dir).mount;
+    assert.equal(audit.readOnly ?? false, false);
+    for (const m of container.volumeMounts) if (m !== audit) assert.equal(m.readOnly, true, `${m.mountPath} is writable`);
+  });
+
+  it("the policy ConfigMap keeps its name (updated in place, reloaded) while a config change rolls the pods", () => {
+    const config = parse(objects.find((o) => o.kind === "ConfigMap" && typeof o.data?.["config.yaml"] === "string")?.data?.["config.yaml"] ?? "") as ServiceConfig;
+    const policyMount = container.volumeMounts.find((m) => config.policy.file.startsWith(`${m.mountPath}/`)) as Mount;
+    assert.equal(policyMount.subPath, undefined, "a subPath mount never sees ConfigMap updates");
+    const policyVolume = pod.spec.volumes.find((v) => v.name === policyMount.name) as Volume;
+    assert.equal(policyVolume.configMap?.name, "hsm-signer-policy", "the policy ConfigMap's name has no content hash");
+    assert.match(readme, /hsm-signer-policy/);
+
+    // Render a copy of the base after editing each file: a policy edit leaves the pod template
+    // as it was (no rollout, the running pods reload it); a config edit changes it (a rollout).
+    const copy = mkdtempSync(join(tmpdir(), "hsm-signer-kustomize-"));
+    try {
+      cpSync(BASE, copy, { recursive: true });
+      const template = (): string => JSON.stringify(one(render(copy), "Deployment").spec.template);
+      const before = template();
+      writeFileSync(join(copy, "policy.yaml"), `${readFileSync(join(copy, "policy.yaml"), "utf8")}# edited\n`);
+      assert.equal(template(), before, "a policy change rolls the pods");
+      const policyCm = render(copy).find((o) => o.kind === "ConfigMap" && o.metadata.name === "hsm-signer-policy");
+      assert.match(policyCm?.data?.["policy.yaml"] ?? "", /# edited/);
+      writeFileSync(join(copy, "config.yaml"), `${readFileSync(join(copy, "config.yaml"), "utf8")}# edited\n`);
+      assert.notEqual(template(), before, "a config change (read only at start) does not roll the pods");
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
+  });
+});
