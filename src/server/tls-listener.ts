@@ -258,7 +258,7 @@ export class TlsListener {
         clearTimeout(timer);
         socket.destroy();
         if (problem === undefined) resolve();
-        else reject(new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check tls.certFile and tls.keyFile`));
+        else reject(new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`));
       };
       const timer = setTimeout(() => finish(`did not complete within ${SELF_CHECK_TIMEOUT_MS} ms`), SELF_CHECK_TIMEOUT_MS);
       // Only whether the handshake completes is checked here, not who the server is: no CA, no name.
@@ -270,7 +270,7 @@ export class TlsListener {
         setTimeout(() => this.selfChecks.delete(key), 2 * SELF_CHECK_TIMEOUT_MS).unref();
       });
       socket.once("secureConnect", () => finish(socket.alpnProtocol === "h2" ? undefined : `negotiated ${JSON.stringify(socket.alpnProtocol)} instead of ALPN "h2"`));
-      socket.once("error", (e: NodeJS.ErrnoException) => finish(`failed: ${e.code ? `${e.code}: ` : ""}${e.message}`));
+      socket.once("error", (e: NodeJS.ErrnoException) => finish(`failed: ${e.code ? `${e.code}: ` : ""}${e.message.trim()}`));
       socket.once("close", () => finish("was closed by the server before the handshake completed"));
     });
   }
