@@ -102,12 +102,18 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: m[1] ?? m[2] ?? "", port };
 }
 
-/** The address a loopback client reaches a listener bound to `address` at. */
-function selfCheckHost(address: string): string {
-  if (address === "0.0.0.0") return "127.0.0.1";
-  if (address === "::") return "::1";
-  return address;
+/**
+ * Where a local client reaches a listener bound to `address`, in order of preference. "::" is
+ * dual-stack in Node, and some hosts (containers with IPv6 turned off) have no ::1.
+ */
+function selfCheckHosts(address: string): string[] {
+  if (address === "0.0.0.0") return ["127.0.0.1"];
+  if (address === "::") return ["::1", "127.0.0.1"];
+  return [address];
 }
+
+/** The self-check could not connect at all (no such local address): another address may do. */
+class Unreachable extends Error {}
 
 /**
  * The gRPC listener's TLS, done here with node:tls rather than by grpc-js: each connection is
@@ -150,7 +156,7 @@ export class TlsListener {
       await l.bind(server);
       for (const s of l.servers) {
         const a = s.address();
-        if (a && typeof a === "object") await l.selfCheck(selfCheckHost(a.address), a.port);
+        if (a && typeof a === "object") await l.selfCheckAny(selfCheckHosts(a.address), a.port);
       }
     } catch (e) {
       l.destroy();
@@ -247,23 +253,39 @@ export class TlsListener {
     this.o.onHandshakeFailure?.({ peer, ...f });
   }
 
-  /** One loopback TLS handshake offering h2, without a client certificate; throws CONFIG_INVALID when it does not complete. */
+  private async selfCheckAny(hosts: string[], port: number): Promise<void> {
+    for (const [i, host] of hosts.entries()) {
+      try {
+        return await this.selfCheck(host, port);
+      } catch (e) {
+        if (!(e instanceof Unreachable) || i === hosts.length - 1) throw e instanceof Unreachable ? (e.cause as Error) : e;
+      }
+    }
+  }
+
+  /**
+   * One local TLS handshake offering h2, without a client certificate; throws CONFIG_INVALID when
+   * it does not complete (wrapped in Unreachable when the TCP connection itself failed).
+   */
   private selfCheck(host: string, port: number): Promise<void> {
     const where = hostPort(host, port);
     return new Promise<void>((resolve, reject) => {
       let done = false;
+      let connected = false;
       const finish = (problem?: string): void => {
         if (done) return;
         done = true;
         clearTimeout(timer);
         socket.destroy();
-        if (problem === undefined) resolve();
-        else reject(new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`));
+        if (problem === undefined) return resolve();
+        const e = new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`);
+        reject(connected ? e : new Unreachable(e.message, { cause: e }));
       };
       const timer = setTimeout(() => finish(`did not complete within ${SELF_CHECK_TIMEOUT_MS} ms`), SELF_CHECK_TIMEOUT_MS);
       // Only whether the handshake completes is checked here, not who the server is: no CA, no name.
       const socket = tlsConnect({ host, port, ALPNProtocols: ["h2"], rejectUnauthorized: false, servername: isIP(host) ? undefined : host });
       socket.once("connect", () => {
+        connected = true;
         const key = hostPort(socket.localAddress, socket.localPort);
         this.selfChecks.add(key);
         // Forgotten after a while, should the server have nothing to report (certificates optional).

@@ -57,13 +57,18 @@ async function waitFor(what: string, cond: () => boolean, ms = 20_000): Promise<
 
 /**
  * One TLS connection attempt to 127.0.0.1:port; resolves once the connection is closed (or
- * after 5 s), with whether the client saw its handshake complete.
+ * after 5 s), with whether the client saw its handshake complete. With TLS 1.3 the server judges
+ * the client's certificate after the client thinks the handshake is done, so the client stays
+ * until the server closes, unless `closeWhenSecure` (a handshake expected to be accepted).
  */
-function attempt(port: number, o: ConnectionOptions): Promise<{ secure: boolean; error?: string }> {
+function attempt(port: number, o: ConnectionOptions, closeWhenSecure = false): Promise<{ secure: boolean; error?: string }> {
   return new Promise((resolve) => {
     const s = tlsConnect({ host: "127.0.0.1", port, servername: "localhost", ALPNProtocols: ["h2"], ...o });
     const r: { secure: boolean; error?: string } = { secure: false };
-    s.on("secureConnect", () => (r.secure = true));
+    s.on("secureConnect", () => {
+      r.secure = true;
+      if (closeWhenSecure) s.end();
+    });
     s.on("error", (e) => (r.error = e.message));
     s.on("close", () => resolve(r));
     s.resume();
@@ -333,6 +338,14 @@ rules:
       log.close();
       const summaries = logLines.filter((l) => l.msg === "TLS handshakes refused (not logged one by one)");
       assert.deepEqual(summaries.map((l) => [l.reason, l.suppressed]).sort(), expected.map((r) => [r, 1]).sort());
+    });
+
+    it("listens on every address a host name resolves to (localhost), on one port, each checked by a handshake", async () => {
+      const l = await TlsListener.open(new grpc.Server(), "localhost:0", { cert: server.cert, key: server.key, requireClientCertificate: false });
+      closers.push(() => l.destroy());
+      assert.ok(l.port > 0);
+      assert.equal((await attempt(l.port, { ca: Buffer.from(root.certPem) }, true)).secure, true);
+      await assert.rejects(TlsListener.open(new grpc.Server(), "localhost", { cert: server.cert, key: server.key, requireClientCertificate: false }), /cannot listen on localhost: not host:port/);
     });
 
     it("start-up fails with a clear message when the listener cannot complete a TLS handshake (a DSA server certificate)", async () => {
