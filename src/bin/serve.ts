@@ -82,7 +82,8 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   });
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
-  // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
+  // With bearer tokens configured, a client certificate is optional; one that is presented must
+  // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
   const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
   // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).

@@ -89,9 +89,11 @@ export function classifyHandshakeFailure(err: NodeJS.ErrnoException | undefined,
   return { reason: "other", code: code || "unknown" };
 }
 
+/** "host:port" of a socket end; an IPv4 client of a dual-stack listener as plain IPv4. */
 function hostPort(address: string | undefined, port: number | undefined): string {
   if (address === undefined) return "unknown";
-  return `${address.includes(":") ? `[${address}]` : address}:${port ?? 0}`;
+  const a = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "");
+  return `${a.includes(":") ? `[${a}]` : a}:${port ?? 0}`;
 }
 
 /** "host:port" or "[v6]:port" into its parts; the host may be a name. */
