@@ -8,8 +8,18 @@ import { silentLogger, type Logger } from "../log/index.js";
 /** Who is calling, as the policy and the audit log see it. */
 export interface CallerIdentity {
   kind: "mtls" | "jwt" | "anonymous";
-  /** For display and audit. mtls: the chosen SAN or CN; jwt: "<iss>#<sub>". */
+  /**
+   * mtls: which certificate field named the caller. A policy pattern matches one kind only, so a
+   * CN or a DNS SAN that reads like a URI can never pass for a URI SAN (nor a CN for a DNS name).
+   */
+  source?: MtlsIdentitySource;
+  /**
+   * For display and audit. mtls: a URI SAN as it is, a DNS SAN as "dns:<name>", a CN as
+   * "cn:<value>"; jwt: "<iss>#<sub>". The audit's identityKind field (identityKind()) says the
+   * kind for certain, since a URI SAN could itself read "cn:...".
+   */
   id: string;
+  /** mtls: the certificate field's value as it is (what policy patterns match); jwt: the "sub" claim. */
   subject: string;
   issuer?: string;
   /** jwt: the verified claims (sub, repository, ref, workflow, ...), for the policy. */
@@ -17,6 +27,16 @@ export interface CallerIdentity {
 }
 
 export type MtlsIdentitySource = "uri" | "dns" | "cn";
+
+/** The kind of a caller for the audit record: mtls-uri, mtls-dns, mtls-cn, jwt or anonymous. */
+export function identityKind(c: CallerIdentity): string {
+  return c.kind === "mtls" ? `mtls-${c.source ?? "uri"}` : c.kind;
+}
+
+/** An mTLS identity of the given kind. */
+export function mtlsIdentity(source: MtlsIdentitySource, value: string): CallerIdentity {
+  return { kind: "mtls", source, id: source === "uri" ? value : `${source}:${value}`, subject: value };
+}
 
 export interface JwtIssuerOptions {
   /** Exactly the token's `iss`. */
@@ -509,7 +529,7 @@ export class Authenticator {
     const sans = parseSubjectAltName(cert.subjectaltname);
     for (const source of this.mtlsFrom) {
       const id = source === "cn" ? firstString(cert.subject?.CN) : sans.find((s) => s.type === SAN_TYPE[source] && s.value !== "")?.value;
-      if (id !== undefined) return { kind: "mtls", id, subject: id };
+      if (id !== undefined) return mtlsIdentity(source, id);
     }
     throw unauthenticated(`the client certificate has no ${this.mtlsFrom.map((s) => (s === "cn" ? "CN" : `${SAN_TYPE[s]} SAN`)).join(", ")} to identify the caller`);
   }

@@ -7,6 +7,8 @@ export {
   JWKS_REFRESH_INTERVAL_MS,
   JWKS_UNKNOWN_KID_COOLDOWN_MS,
   SUPPORTED_JWT_ALGORITHMS,
+  identityKind,
+  mtlsIdentity,
   parseSubjectAltName,
   type AuthenticatorOptions,
   type CallerIdentity,

@@ -4,7 +4,7 @@ import { basename, dirname, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
-import type { CallerIdentity } from "./identity.js";
+import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
 import type { TokenBucketSpec } from "./rate-limiter.js";
 
 /** The Signer methods a rule can name; a rule without `methods` gets all of them. */
@@ -58,9 +58,12 @@ class Glob {
   }
 }
 
-/** One identity pattern: a certificate identity, a JWT issuer with claims, or the anonymous caller. */
+/**
+ * One identity pattern: a certificate identity of one kind (URI SAN, DNS SAN or CN), a JWT issuer
+ * with claims, or the anonymous caller.
+ */
 type Matcher =
-  | { kind: "mtls"; id: Glob }
+  | { kind: "mtls"; source: MtlsIdentitySource; id: Glob }
   | { kind: "jwt"; issuer: Glob; claims: { name: string; patterns: Glob[] }[] }
   | { kind: "anonymous" };
 
@@ -75,7 +78,8 @@ function claimStrings(v: unknown): string[] {
 function matches(m: Matcher, caller: CallerIdentity): boolean {
   switch (m.kind) {
     case "mtls":
-      return caller.kind === "mtls" && m.id.matches(caller.id);
+      // The kinds never mix: a CN that reads "spiffe://..." is not a URI SAN.
+      return caller.kind === "mtls" && caller.source === m.source && m.id.matches(caller.subject);
     case "anonymous":
       return caller.kind === "anonymous";
     case "jwt":
@@ -110,6 +114,8 @@ interface PolicyData {
 }
 
 type Obj = Record<string, unknown>;
+
+const MTLS_SOURCES: readonly MtlsIdentitySource[] = ["uri", "dns", "cn"];
 
 /** Turns the parsed document into PolicyData, collecting every problem instead of stopping at the first. */
 class PolicyParser {
@@ -180,10 +186,7 @@ class PolicyParser {
       this.problems.push(`${where}: needs exactly one of mtls, jwt, anonymous${kinds.length > 1 ? ` (found ${kinds.join(", ")})` : ""}`);
       return undefined;
     }
-    if (o.mtls !== undefined) {
-      const id = this.string(o.mtls, `${where}.mtls`);
-      return id === undefined ? undefined : { kind: "mtls", id: new Glob(id) };
-    }
+    if (o.mtls !== undefined) return this.mtlsMatcher(o.mtls, `${where}.mtls`);
     if (o.anonymous !== undefined) {
       if (o.anonymous !== true) {
         this.problems.push(`${where}.anonymous: must be true`);
@@ -207,6 +210,43 @@ class PolicyParser {
       claims.push({ name, patterns });
     }
     return issuer === undefined ? undefined : { kind: "jwt", issuer: new Glob(issuer), claims };
+  }
+
+  /**
+   * `mtls: "<glob>"` matches URI SANs (what it always meant for them); `mtls: { uri | dns | cn:
+   * "<glob>" }` names the kind. A bare pattern that starts with "dns:", "cn:" or "uri:" is
+   * refused: it would match only a URI SAN of that form, never what its author meant.
+   */
+  private mtlsMatcher(raw: unknown, where: string): Matcher | undefined {
+    if (typeof raw === "string") {
+      const prefix = /^(dns|cn|uri):/i.exec(raw)?.[1]?.toLowerCase();
+      if (prefix === "uri") {
+        this.problems.push(`${where}: ${JSON.stringify(raw)} would match only a URI SAN that starts with "uri:"; a bare pattern already means a URI SAN, write mtls: ${JSON.stringify(raw.slice(4))}`);
+        return undefined;
+      }
+      if (prefix === "dns" || prefix === "cn") {
+        this.problems.push(`${where}: ${JSON.stringify(raw)} would match only a URI SAN that reads so; for a ${prefix === "dns" ? "DNS SAN" : "certificate CN"} write mtls: { ${prefix}: ${JSON.stringify(raw.slice(prefix.length + 1))} } (or mtls: { uri: ${JSON.stringify(raw)} } for such a URI SAN)`);
+        return undefined;
+      }
+    }
+    if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
+      const o = this.mapping(raw, where, ["uri", "dns", "cn"]);
+      if (!o) return undefined;
+      const kinds = MTLS_SOURCES.filter((k) => o[k] !== undefined);
+      if (kinds.length !== 1) {
+        this.problems.push(`${where}: needs exactly one of uri, dns, cn${kinds.length > 1 ? ` (found ${kinds.join(", ")})` : ""}`);
+        return undefined;
+      }
+      const source = kinds[0] as MtlsIdentitySource;
+      const id = this.string(o[source], `${where}.${source}`);
+      return id === undefined ? undefined : { kind: "mtls", source, id: new Glob(id) };
+    }
+    if (typeof raw !== "string") {
+      this.problems.push(`${where}: must be a URI SAN glob or a mapping with one of uri, dns, cn`);
+      return undefined;
+    }
+    const id = this.string(raw, where);
+    return id === undefined ? undefined : { kind: "mtls", source: "uri", id: new Glob(id) };
   }
 
   private rateLimit(raw: unknown, where: string): RateLimitSpec | undefined {
@@ -314,7 +354,7 @@ export class Policy {
       return { allow: true, rule: rule.name, reason: `allowed by rule ${rule.name}`, allowOldVersions: rule.allowOldVersions };
     }
     const what = keyId === undefined ? method : `${method} on key ${keyId}`;
-    return deny(callerMatched ? `no rule allows ${caller.id} ${what}` : `no rule matches caller ${caller.id} (${caller.kind}), so ${what} is denied`);
+    return deny(callerMatched ? `no rule allows ${caller.id} ${what}` : `no rule matches caller ${caller.id} (${describeKind(caller)}), so ${what} is denied`);
   }
 
   /** Whether ListKeys shows this key to the caller: keys are public, or a rule for the caller covers it (any method). */
@@ -337,12 +377,17 @@ export class Policy {
   rateLimitsFor(caller: CallerIdentity, keyId: string | undefined, rule?: string): TokenBucketSpec[] {
     const specs: TokenBucketSpec[] = [];
     const { perIdentity, perKey } = this.data;
-    if (perIdentity) specs.push({ key: JSON.stringify(["identity", caller.kind, caller.id]), ...perIdentity });
+    if (perIdentity) specs.push({ key: JSON.stringify(["identity", caller.kind, caller.source ?? "", caller.id]), ...perIdentity });
     if (perKey && keyId !== undefined) specs.push({ key: JSON.stringify(["key", keyId]), ...perKey });
     const r = rule === undefined ? undefined : this.rulesByName.get(rule);
-    if (r?.rateLimit) specs.push({ key: JSON.stringify(["rule", r.name, caller.kind, caller.id]), ...r.rateLimit });
+    if (r?.rateLimit) specs.push({ key: JSON.stringify(["rule", r.name, caller.kind, caller.source ?? "", caller.id]), ...r.rateLimit });
     return specs;
   }
+}
+
+function describeKind(caller: CallerIdentity): string {
+  if (caller.kind !== "mtls") return caller.kind;
+  return `mtls, ${caller.source === "cn" ? "certificate CN" : caller.source === "dns" ? "DNS SAN" : caller.source === "uri" ? "URI SAN" : "unknown field"}`;
 }
 
 function isSignerMethod(m: string): m is SignerMethod {

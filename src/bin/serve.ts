@@ -12,6 +12,7 @@ import type { KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
 import { toPem } from "../signing/pem.js";
 import { startHealthServer, startSignerServer } from "../server/signer-server.js";
+import { TlsHandshakeFailureLog } from "../server/tls-listener.js";
 import { need, spec, UsageError } from "./cli-args.js";
 import { loadConfig, readPin, type Config } from "./config.js";
 
@@ -81,12 +82,15 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   });
   const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
-  // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
+  // With bearer tokens configured, a client certificate is optional; one that is presented must
+  // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
   const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
+  // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).
+  const tlsFailures = opened(new TlsHandshakeFailureLog(logger, metrics.observeTlsHandshakeFailure), (l) => l.close());
   const tls = config.tls.insecure
     ? { insecure: true as const }
-    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
+    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts, onHandshakeFailure: tlsFailures.report };
   // A native call into a hung HSM cannot be interrupted: its callers get DEADLINE_EXCEEDED, and
   // the replica reports itself not ready so that traffic goes elsewhere until the HSM answers.
   const signingAnswers = (): boolean => hsm.longestSignMs() < config.hsm.signStallMs;
@@ -153,6 +157,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
       .then(() => {
         policy.close();
         authenticator.close();
+        tlsFailures.close();
         return hsm.close();
       })
       .then(() => {

@@ -11,6 +11,7 @@ import type { SessionPoolCounters } from "../hsm/session-pool.js";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ERROR_CODES } from "../errors/index.js";
 import { KEY_SPECS } from "../signing/key-spec.js";
+import { TLS_HANDSHAKE_FAILURE_REASONS } from "../server/tls-listener.js";
 
 /** The RPCs of hsm_signer.v1.Signer and KeyAdmin; any other method name is counted as "other". */
 export const RPC_METHODS = [
@@ -57,6 +58,7 @@ export interface SignerMetricsOptions {
 const METHODS: ReadonlySet<string> = new Set(RPC_METHODS);
 const RESULTS: ReadonlySet<string> = new Set<string>(["OK", ...ERROR_CODES]);
 const SPECS: ReadonlySet<string> = new Set<string>(KEY_SPECS);
+const TLS_FAILURE_REASONS: ReadonlySet<string> = new Set<string>(TLS_HANDSHAKE_FAILURE_REASONS);
 
 const bounded = (value: string | undefined, allowed: ReadonlySet<string>): string =>
   value !== undefined && allowed.has(value) ? value : OTHER;
@@ -88,6 +90,7 @@ export class SignerMetrics {
   private readonly rateLimited: Counter;
   private readonly auditFsyncDuration: Histogram;
   private readonly auditLinesPerFsync: Histogram;
+  private readonly tlsHandshakeFailures: Counter<"reason">;
 
   constructor(o: SignerMetricsOptions) {
     const registers = [this.reg];
@@ -153,6 +156,14 @@ export class SignerMetrics {
       buckets: LINES_PER_FSYNC_BUCKETS,
       registers,
     });
+
+    this.tlsHandshakeFailures = new Counter({
+      name: "hsm_signer_tls_handshake_failures_total",
+      help: "Connections refused during the TLS handshake, before any call (no audit line): no or untrusted client certificate, not TLS, no h2...",
+      labelNames: ["reason"] as const,
+      registers,
+    });
+    for (const reason of TLS_HANDSHAKE_FAILURE_REASONS) this.tlsHandshakeFailures.inc({ reason }, 0);
 
     // Scrape-time gauges: prom-client calls collect() before reading each metric.
     const poolSessions: Gauge<"state"> = new Gauge({
@@ -267,6 +278,11 @@ export class SignerMetrics {
     else if (r === "PERMISSION_DENIED") this.authFailures.inc({ reason: "permission_denied" });
     else if (r === "RATE_LIMITED") this.rateLimited.inc();
   }
+
+  /** One connection refused during its TLS handshake (TlsHandshakeFailureLog's count); bound. */
+  readonly observeTlsHandshakeFailure = (reason: string): void => {
+    this.tlsHandshakeFailures.inc({ reason: bounded(reason, TLS_FAILURE_REASONS) });
+  };
 
   /** One signature in the HSM (Pkcs11KeyStoreOptions.onSign). */
   observeHsmSign(keySpec: string, seconds: number): void {

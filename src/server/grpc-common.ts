@@ -3,15 +3,14 @@ import { dirname, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { experimental } from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { AuditReceipt, AuditRecordInput } from "../audit/index.js";
-import type { CallerIdentity } from "../auth/index.js";
+import { identityKind, type CallerIdentity } from "../auth/index.js";
 import { SignerError, toSignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { AccessControl } from "./access-control.js";
-import { StaticCertificateProvider } from "./static-certificate-provider.js";
 import { grpcStatusOf } from "./status.js";
+import { TlsListener, type TlsHandshakeFailure } from "./tls-listener.js";
 
 /** proto/ at the project root, three levels above dist/src/server/. */
 export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto");
@@ -78,6 +77,8 @@ export type TlsOptions =
       clientCa?: Buffer | undefined;
       /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
       requireClientCertificate?: boolean;
+      /** Each connection refused during its TLS handshake (TlsHandshakeFailureLog.report counts and logs them). */
+      onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
     }
   | { insecure: true };
 
@@ -104,19 +105,6 @@ export interface CallContext {
   caller: CallerIdentity;
   /** The audit record of this call; handlers add what they learn (key, payload, decision). */
   record: AuditRecordInput;
-}
-
-/**
- * TLS with an optional client CA. When client certificates are optional (bearer tokens are
- * accepted too), TLS only requests one and access-control.ts verifies it against the CA.
- */
-function serverCredentials(tls: TlsOptions): grpc.ServerCredentials {
-  if (tls.insecure) return grpc.ServerCredentials.createInsecure();
-  const pair = [{ private_key: tls.key, cert_chain: tls.cert }];
-  if (!tls.clientCa) return grpc.ServerCredentials.createSsl(null, pair, false);
-  if (tls.requireClientCertificate !== false) return grpc.ServerCredentials.createSsl(tls.clientCa, pair, true);
-  const provider = new StaticCertificateProvider(tls.cert, tls.key, tls.clientCa);
-  return experimental.createCertificateProviderServerCredentials(provider, provider, false);
 }
 
 function newRequestId(): string {
@@ -239,6 +227,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         const bad = malformed(call.request);
         const caller = await o.access.authenticate(call as grpc.ServerUnaryCall<unknown, unknown>, loopbackListener);
         record.identity = caller.id;
+        record.identityKind = identityKind(caller);
         if (bad) throw new SignerError("INVALID_ARGUMENT", bad);
         const res = await fn(call.request, { requestId, deadline, caller, record });
         if (!m.mutates && Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
@@ -294,14 +283,27 @@ const HANDLER_DRAIN_MS = 30_000;
  * so that their audit lines are written before the caller closes the audit.
  */
 export async function bindServer(server: grpc.Server, listen: string, tls: TlsOptions, inFlight?: InFlight): Promise<RunningServer> {
-  const creds = serverCredentials(tls);
-  const port = await new Promise<number>((res, rej) => {
-    server.bindAsync(listen, creds, (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p)));
-  });
+  let port: number;
+  let listener: TlsListener | undefined;
+  if (tls.insecure) {
+    port = await new Promise<number>((res, rej) => {
+      server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p)));
+    });
+  } else {
+    listener = await TlsListener.open(server, listen, {
+      cert: tls.cert,
+      key: tls.key,
+      clientCa: tls.clientCa,
+      requireClientCertificate: tls.requireClientCertificate !== false,
+      onHandshakeFailure: tls.onHandshakeFailure,
+    });
+    port = listener.port;
+  }
   return {
     port,
     server,
     async close(graceMs = 10_000) {
+      listener?.stopAccepting();
       await new Promise<void>((res) => {
         const timer = setTimeout(() => {
           server.forceShutdown();
@@ -312,6 +314,8 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
           res();
         });
       });
+      // Connections still in their TLS handshake never reached grpc-js: they end here.
+      listener?.destroy();
       if (inFlight) await inFlight.idle(HANDLER_DRAIN_MS);
     },
   };

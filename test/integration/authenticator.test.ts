@@ -355,18 +355,18 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
 
     it("takes the URI SAN, then the DNS SAN, then the CN", async () => {
       const both = cert({ subject: { CN: "cn-name" }, subjectaltname: "DNS:a, URI:spiffe://x/y" });
-      assert.deepEqual(await auth.authenticate({ peerCertificate: both }), { kind: "mtls", id: "spiffe://x/y", subject: "spiffe://x/y" });
-      assert.equal((await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name" }, subjectaltname: "IP Address:127.0.0.1, DNS:a" }) }))?.id, "a");
-      assert.equal((await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name", O: "corp" } }) }))?.id, "cn-name");
-      assert.equal((await auth.authenticate({ peerCertificate: cert({ subject: { CN: ["first", "second"] } }) }))?.id, "first");
+      assert.deepEqual(await auth.authenticate({ peerCertificate: both }), { kind: "mtls", source: "uri", id: "spiffe://x/y", subject: "spiffe://x/y" });
+      assert.deepEqual(await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name" }, subjectaltname: "IP Address:127.0.0.1, DNS:a" }) }), { kind: "mtls", source: "dns", id: "dns:a", subject: "a" });
+      assert.deepEqual(await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name", O: "corp" } }) }), { kind: "mtls", source: "cn", id: "cn:cn-name", subject: "cn-name" });
+      assert.equal((await auth.authenticate({ peerCertificate: cert({ subject: { CN: ["first", "second"] } }) }))?.id, "cn:first");
     });
 
     it("follows mtlsIdentityFrom", async () => {
       const a = await Authenticator.create({ mtlsIdentityFrom: ["dns", "cn"] });
       const c = cert({ subject: { CN: "cn-name" }, subjectaltname: "URI:spiffe://x/y, DNS:a" });
-      assert.equal((await a.authenticate({ peerCertificate: c }))?.id, "a");
+      assert.equal((await a.authenticate({ peerCertificate: c }))?.id, "dns:a");
       const cnOnly = await Authenticator.create({ mtlsIdentityFrom: ["cn"] });
-      assert.equal((await cnOnly.authenticate({ peerCertificate: c }))?.id, "cn-name");
+      assert.equal((await cnOnly.authenticate({ peerCertificate: c }))?.id, "cn:cn-name");
       await assert.rejects(
         a.authenticate({ peerCertificate: cert({ subject: { O: "corp" }, subjectaltname: "URI:spiffe://x/y" }) }),
         (e: unknown) => e instanceof SignerError && e.code === "UNAUTHENTICATED" && /no DNS SAN, CN/.test(e.message),
@@ -380,7 +380,7 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
 
     it("gives the identity of a real client certificate from a TLS handshake", async () => {
       const peer = await handshakePeerCertificate(tls);
-      assert.deepEqual(await auth.authenticate({ peerCertificate: peer }), { kind: "mtls", id: "spiffe://hsm-signer.dev/build-runner", subject: "spiffe://hsm-signer.dev/build-runner" });
+      assert.deepEqual(await auth.authenticate({ peerCertificate: peer }), { kind: "mtls", source: "uri", id: "spiffe://hsm-signer.dev/build-runner", subject: "spiffe://hsm-signer.dev/build-runner" });
     });
 
     it("without credentials: undefined", async () => {
@@ -416,7 +416,7 @@ describe("policy reload (PolicyStore)", function () {
   let file: string;
   let lines: string[];
   let store: PolicyStore | undefined;
-  const caller: CallerIdentity = { kind: "mtls", id: "spiffe://corp/build/a", subject: "spiffe://corp/build/a" };
+  const caller: CallerIdentity = { kind: "mtls", source: "uri", id: "spiffe://corp/build/a", subject: "spiffe://corp/build/a" };
   const policyFor = (keys: string): string => `rules:\n  - name: build\n    match: { mtls: "spiffe://corp/build/*" }\n    keys: ["${keys}"]\n`;
   const allowed = (keyId: string): boolean => store?.current.decide(caller, "Sign", keyId).allow ?? false;
   const logger = () => createLogger("debug", (l) => lines.push(l));

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import type { CallerIdentity } from "../../src/auth/identity.js";
+import { mtlsIdentity, type CallerIdentity } from "../../src/auth/identity.js";
 import { Policy, PolicyInvalidError, SIGNER_METHODS } from "../../src/auth/policy.js";
 import { SignerError } from "../../src/errors/index.js";
 
 const GH = "https://token.actions.githubusercontent.com";
 
-const mtls = (id: string): CallerIdentity => ({ kind: "mtls", id, subject: id });
+/** A caller named by a URI SAN (mtlsIdentity("dns" | "cn", ...) for the other kinds). */
+const mtls = (id: string): CallerIdentity => mtlsIdentity("uri", id);
 const jwt = (issuer: string, claims: Record<string, unknown>): CallerIdentity => {
   const sub = typeof claims.sub === "string" ? claims.sub : "someone";
   return { kind: "jwt", id: `${issuer}#${sub}`, subject: sub, issuer, claims: { iss: issuer, sub, ...claims } };
@@ -314,6 +315,91 @@ rules:
       // No key (ListKeys): no key bucket; a rule without rateLimit adds nothing.
       assert.equal(p.rateLimitsFor(other, undefined, "build-farm").length, 1);
       assert.deepEqual(Policy.parse("rules: []\n", "none").rateLimitsFor(other, "k"), []);
+    });
+  });
+  describe("mTLS identity kinds (URI SAN, DNS SAN, CN) never mix", () => {
+    const policy = `custodians:
+  - { mtls: { cn: "alice" } }
+  - { mtls: "spiffe://corp/custodian/*" }
+rateLimits:
+  perIdentity: { ratePerSecond: 1, burst: 1 }
+rules:
+  - name: spiffe-bare
+    match: { mtls: "spiffe://corp/build/*" }
+    keys: ["build-*"]
+  - name: spiffe-uri
+    match: { mtls: { uri: "spiffe://corp/release/*" } }
+    keys: ["release-*"]
+  - name: by-dns
+    match: { mtls: { dns: "runner-*.corp.example" } }
+    keys: ["dns-*"]
+  - name: by-cn
+    match: { mtls: { cn: "legacy-*" } }
+    keys: ["legacy-*"]
+`;
+    const p = Policy.parse(policy, "kinds.yaml");
+
+    it("a bare mtls pattern matches URI SANs only: a CN or DNS SAN spelling the same SPIFFE id is denied", () => {
+      const uri = mtlsIdentity("uri", "spiffe://corp/build/a");
+      const cn = mtlsIdentity("cn", "spiffe://corp/build/a");
+      const dns = mtlsIdentity("dns", "spiffe://corp/build/a");
+      assert.equal(p.decide(uri, "Sign", "build-1").rule, "spiffe-bare");
+      assert.equal(p.decide(cn, "Sign", "build-1").allow, false);
+      assert.equal(p.decide(dns, "Sign", "build-1").allow, false);
+      assert.match(p.decide(cn, "Sign", "build-1").reason, /no rule matches caller cn:spiffe:\/\/corp\/build\/a \(mtls, certificate CN\)/);
+      assert.equal(p.mayUseKey(cn, "build-1"), false);
+      // mtls: { uri: ... } is the same as the bare form.
+      assert.equal(p.decide(mtlsIdentity("uri", "spiffe://corp/release/x"), "Sign", "release-1").rule, "spiffe-uri");
+      assert.equal(p.decide(mtlsIdentity("cn", "spiffe://corp/release/x"), "Sign", "release-1").allow, false);
+      // "*" is any URI SAN, still not a CN.
+      const any = Policy.parse(`rules:\n  - name: all\n    match: { mtls: "*" }\n    keys: ["*"]\n`, "any");
+      assert.equal(any.decide(mtlsIdentity("uri", "urn:x"), "Sign", "k").allow, true);
+      assert.equal(any.decide(mtlsIdentity("cn", "urn:x"), "Sign", "k").allow, false);
+      assert.equal(any.decide(mtlsIdentity("dns", "x.example"), "Sign", "k").allow, false);
+    });
+
+    it("mtls: { dns } and { cn } match their own kind only", () => {
+      assert.equal(p.decide(mtlsIdentity("dns", "runner-1.corp.example"), "Sign", "dns-1").rule, "by-dns");
+      assert.equal(p.decide(mtlsIdentity("cn", "runner-1.corp.example"), "Sign", "dns-1").allow, false);
+      assert.equal(p.decide(mtlsIdentity("uri", "runner-1.corp.example"), "Sign", "dns-1").allow, false);
+      assert.equal(p.decide(mtlsIdentity("cn", "legacy-7"), "Sign", "legacy-1").rule, "by-cn");
+      assert.equal(p.decide(mtlsIdentity("dns", "legacy-7"), "Sign", "legacy-1").allow, false);
+      assert.equal(p.decide(mtlsIdentity("uri", "legacy-7"), "Sign", "legacy-1").allow, false);
+      // A URI SAN that reads "cn:legacy-7" is still a URI SAN.
+      assert.equal(p.decide(mtlsIdentity("uri", "cn:legacy-7"), "Sign", "legacy-1").allow, false);
+      assert.equal(p.isCustodian(mtlsIdentity("cn", "alice")), true);
+      assert.equal(p.isCustodian(mtlsIdentity("uri", "alice")), false);
+      assert.equal(p.isCustodian(mtlsIdentity("cn", "spiffe://corp/custodian/alice")), false);
+      assert.equal(p.isCustodian(mtlsIdentity("uri", "spiffe://corp/custodian/alice")), true);
+    });
+
+    it("identities of different kinds with the same value have their own rate-limit buckets", () => {
+      const [a] = p.rateLimitsFor(mtlsIdentity("uri", "cn:x"), undefined);
+      const [b] = p.rateLimitsFor(mtlsIdentity("cn", "x"), undefined);
+      assert.ok(a && b);
+      assert.notEqual(a.key, b.key);
+    });
+
+    it("refuses kind mistakes: a prefixed bare pattern, several or no kinds, unknown kinds", () => {
+      const bad = (match: string): string[] => {
+        try {
+          Policy.parse(`rules:\n  - name: n\n    match: ${match}\n    keys: ["*"]\n`, "bad");
+        } catch (e) {
+          assert.ok(e instanceof PolicyInvalidError, String(e));
+          return [...e.problems];
+        }
+        return assert.fail(`accepted ${match}`);
+      };
+      assert.match(bad(`{ mtls: "cn:build-runner" }`).join("\n"), /would match only a URI SAN .* mtls: \{ cn: "build-runner" \}/);
+      assert.match(bad(`{ mtls: "DNS:runner.corp" }`).join("\n"), /mtls: \{ dns: "runner.corp" \}/);
+      assert.match(bad(`{ mtls: "uri:spiffe://x/y" }`).join("\n"), /write mtls: "spiffe:\/\/x\/y"/);
+      assert.match(bad(`{ mtls: { cn: "a", dns: "b" } }`).join("\n"), /needs exactly one of uri, dns, cn \(found dns, cn\)/);
+      assert.match(bad(`{ mtls: {} }`).join("\n"), /needs exactly one of uri, dns, cn/);
+      assert.match(bad(`{ mtls: { email: "a@b" } }`).join("\n"), /mtls\.email: unknown setting/);
+      assert.match(bad(`{ mtls: { cn: "" } }`).join("\n"), /mtls\.cn: must be a non-empty string/);
+      assert.match(bad(`{ mtls: 5 }`).join("\n"), /must be a URI SAN glob or a mapping with one of uri, dns, cn/);
+      // A dns: URI SAN (RFC 4501) can still be named, explicitly.
+      assert.equal(Policy.parse(`rules:\n  - name: n\n    match: { mtls: { uri: "dns:x" } }\n    keys: ["*"]\n`, "ok").decide(mtlsIdentity("uri", "dns:x"), "Sign", "k").allow, true);
     });
   });
 });

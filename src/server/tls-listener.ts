@@ -1,0 +1,357 @@
+import { lookup } from "node:dns/promises";
+import { isIP, type Socket } from "node:net";
+import { connect as tlsConnect, createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
+import type * as grpc from "@grpc/grpc-js";
+import { ServerCredentials } from "@grpc/grpc-js";
+import { SignerError } from "../errors/index.js";
+import type { Logger } from "../log/index.js";
+
+/**
+ * Why a connection was refused before any gRPC call: a bounded set, for the metric's label.
+ * no_certificate: mTLS required and none presented; unknown_ca: not issued by a client CA
+ * (another CA, self-signed); certificate_expired / certificate_not_yet_valid: outside its
+ * validity; bad_certificate: any other verification failure (wrong purpose, bad signature...);
+ * client_alert: the client gave up, usually because it does not trust the server certificate;
+ * no_h2: TLS without ALPN "h2" (not a gRPC client); protocol: not TLS or no common TLS version or
+ * cipher; timeout: the handshake did not finish in time; closed: the client closed the connection
+ * before the handshake finished (a TCP probe, a port scan); other: anything else.
+ */
+export const TLS_HANDSHAKE_FAILURE_REASONS = [
+  "no_certificate",
+  "unknown_ca",
+  "certificate_expired",
+  "certificate_not_yet_valid",
+  "bad_certificate",
+  "client_alert",
+  "no_h2",
+  "protocol",
+  "timeout",
+  "closed",
+  "other",
+] as const;
+export type TlsHandshakeFailureReason = (typeof TLS_HANDSHAKE_FAILURE_REASONS)[number];
+
+export interface TlsHandshakeFailure {
+  reason: TlsHandshakeFailureReason;
+  /** host:port of the client. */
+  peer: string;
+  /** OpenSSL's verification code or Node's error code, e.g. CERT_HAS_EXPIRED. */
+  code: string;
+  /** Subject and issuer of a refused client certificate, when one was presented. */
+  subject?: string;
+  issuer?: string;
+}
+
+export interface TlsListenerOptions {
+  cert: Buffer;
+  key: Buffer;
+  /** Client CA(s); without it no client certificate is requested. */
+  clientCa?: Buffer | undefined;
+  /** true: a client certificate from clientCa is required; false: optional (bearer tokens), but one that is presented must verify. */
+  requireClientCertificate: boolean;
+  onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
+}
+
+/** How long the start-up self-check waits for its loopback handshake. */
+const SELF_CHECK_TIMEOUT_MS = 10_000;
+/** Longest certificate subject or issuer a log line carries (a client chooses them). */
+const NAME_MAX = 200;
+
+const CERTIFICATE_REASONS: Record<string, TlsHandshakeFailureReason> = {
+  CERT_HAS_EXPIRED: "certificate_expired",
+  CERT_NOT_YET_VALID: "certificate_not_yet_valid",
+  UNABLE_TO_GET_ISSUER_CERT: "unknown_ca",
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "unknown_ca",
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: "unknown_ca",
+  SELF_SIGNED_CERT_IN_CHAIN: "unknown_ca",
+  DEPTH_ZERO_SELF_SIGNED_CERT: "unknown_ca",
+  CERT_UNTRUSTED: "unknown_ca",
+};
+
+function bounded(s: string | undefined): string | undefined {
+  if (s === undefined) return undefined;
+  return s.length > NAME_MAX ? `${s.slice(0, NAME_MAX - 3)}...` : s;
+}
+
+/** The reason for a failed handshake, from Node's error and what the socket learned. */
+export function classifyHandshakeFailure(err: NodeJS.ErrnoException | undefined, socket: TLSSocket | undefined): { reason: TlsHandshakeFailureReason; code: string } {
+  const verify = socket?.authorizationError;
+  // Set when a presented certificate did not verify; Node then closes the socket ("socket hang up").
+  if (typeof verify === "string" && verify !== "") return { reason: CERTIFICATE_REASONS[verify] ?? "bad_certificate", code: verify };
+  const code = err?.code ?? "";
+  const message = err?.message ?? "";
+  if (code === "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE") return { reason: "no_certificate", code };
+  if (code === "ERR_TLS_HANDSHAKE_TIMEOUT") return { reason: "timeout", code };
+  if (/NO_APPLICATION_PROTOCOL/.test(code)) return { reason: "no_h2", code };
+  if (/^ERR_SSL_(SSLV3|TLSV1|TLSV13)_ALERT/.test(code)) return { reason: "client_alert", code };
+  if (code === "ECONNRESET" || code === "EPIPE" || message === "socket hang up") return { reason: "closed", code: code || "ECONNRESET" };
+  if (code.startsWith("ERR_SSL_")) return { reason: "protocol", code };
+  return { reason: "other", code: code || "unknown" };
+}
+
+/** "host:port" of a socket end; an IPv4 client of a dual-stack listener as plain IPv4. */
+function hostPort(address: string | undefined, port: number | undefined): string {
+  if (address === undefined) return "unknown";
+  const a = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, "");
+  return `${a.includes(":") ? `[${a}]` : a}:${port ?? 0}`;
+}
+
+/** "host:port" or "[v6]:port" into its parts; the host may be a name. */
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(listen);
+  const port = Number(m?.[3]);
+  if (!m || !Number.isInteger(port) || port > 65535) throw new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: not host:port`);
+  return { host: m[1] ?? m[2] ?? "", port };
+}
+
+/**
+ * Where a local client reaches a listener bound to `address`, in order of preference. "::" is
+ * dual-stack in Node, and some hosts (containers with IPv6 turned off) have no ::1.
+ */
+function selfCheckHosts(address: string): string[] {
+  if (address === "0.0.0.0") return ["127.0.0.1"];
+  if (address === "::") return ["::1", "127.0.0.1"];
+  return [address];
+}
+
+/** The self-check could not connect at all (no such local address): another address may do. */
+class Unreachable extends Error {}
+
+/**
+ * The gRPC listener's TLS, done here with node:tls rather than by grpc-js: each connection is
+ * handed to the grpc.Server (a connection injector) only once its handshake is done. This way:
+ * - an optional client certificate needs no grpc-js certificate provider (whose listeners,
+ *   called synchronously, left grpc-js without credentials: every connection was dropped);
+ * - a presented certificate that does not verify is refused even when certificates are
+ *   optional (grpc-js would treat it as no certificate at all);
+ * - every refused handshake is reported with its reason (grpc-js keeps them to itself).
+ * One node:tls server per address the host resolves to, all on the same port.
+ */
+export class TlsListener {
+  private readonly servers: TlsServer[] = [];
+  /** Client ends of the self-check connections, "host:port": their refusal is expected, not reported. */
+  private readonly selfChecks = new Set<string>();
+  /** Every open TCP connection, so that destroy() can end those still in their handshake. */
+  private readonly sockets = new Set<Socket>();
+  /** The client address of each connection, read when it arrives: a socket Node closed itself no longer knows it. */
+  private readonly peers = new WeakMap<Socket, string>();
+  private injector: grpc.ConnectionInjector | undefined;
+  private portNumber = 0;
+
+  private constructor(
+    private readonly listen: string,
+    private readonly o: TlsListenerOptions,
+  ) {}
+
+  get port(): number {
+    return this.portNumber;
+  }
+
+  /**
+   * Listens on `listen` for `server` and checks, with a loopback handshake to each bound address,
+   * that a client can complete a TLS handshake (ALPN h2): a listener that cannot is a failed
+   * start (CONFIG_INVALID naming what happened), never a silently dead port.
+   */
+  static async open(server: grpc.Server, listen: string, o: TlsListenerOptions): Promise<TlsListener> {
+    const l = new TlsListener(listen, o);
+    try {
+      await l.bind(server);
+      for (const s of l.servers) {
+        const a = s.address();
+        if (a && typeof a === "object") await l.selfCheckAny(selfCheckHosts(a.address), a.port);
+      }
+    } catch (e) {
+      l.destroy();
+      throw e;
+    }
+    return l;
+  }
+
+  /** Stops accepting connections; established ones are ended by the grpc.Server's shutdown. */
+  stopAccepting(): void {
+    for (const s of this.servers) if (s.listening) s.close();
+  }
+
+  /** Stops accepting and drops every connection at once, those still in their handshake included. */
+  destroy(): void {
+    this.stopAccepting();
+    for (const socket of this.sockets) socket.destroy();
+    this.sockets.clear();
+    this.injector?.destroy();
+  }
+
+  private async bind(server: grpc.Server): Promise<void> {
+    const { host, port } = parseListen(this.listen);
+    let addresses: string[];
+    if (host === "" || isIP(host) !== 0) addresses = [host === "" ? "0.0.0.0" : host];
+    else {
+      try {
+        addresses = [...new Set((await lookup(host, { all: true })).map((a) => a.address))];
+      } catch (e) {
+        throw new SignerError("CONFIG_INVALID", `cannot listen on ${this.listen}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    // TLS is done here; the injected sockets are already secure, so grpc-js adds none of its own.
+    this.injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+    const o = this.o;
+    const requestCert = o.clientCa !== undefined;
+    for (const address of addresses) {
+      const s = createTlsServer({
+        cert: o.cert,
+        key: o.key,
+        ca: o.clientCa,
+        requestCert,
+        // Required certificates: OpenSSL refuses a client without one (alert "certificate
+        // required", which the plugin explains) and Node closes on one that does not verify.
+        rejectUnauthorized: requestCert && o.requireClientCertificate,
+        ALPNProtocols: ["h2"],
+      });
+      s.on("connection", (raw: Socket) => {
+        this.sockets.add(raw);
+        this.peers.set(raw, hostPort(raw.remoteAddress, raw.remotePort));
+        raw.once("close", () => this.sockets.delete(raw));
+      });
+      s.on("secureConnection", (socket: TLSSocket) => this.accepted(socket));
+      s.on("tlsClientError", (err: NodeJS.ErrnoException, socket: TLSSocket) => this.refused(err, socket));
+      await new Promise<void>((resolve, reject) => {
+        s.once("error", (e) => reject(new SignerError("CONFIG_INVALID", `cannot listen on ${this.listen}: ${e.message}`, { cause: e })));
+        s.listen({ host: address, port: this.portNumber || port }, () => resolve());
+      });
+      // A listening server's later errors (none expected) must not crash the process.
+      s.on("error", () => undefined);
+      this.servers.push(s);
+      const a = s.address();
+      if (a && typeof a === "object") this.portNumber = a.port;
+    }
+  }
+
+  private accepted(socket: TLSSocket): void {
+    // Certificates optional: a presented one that does not verify is refused all the same.
+    if (this.o.clientCa !== undefined && !socket.authorized && socket.getPeerX509Certificate() !== undefined) {
+      this.refused(undefined, socket);
+      socket.destroy();
+      return;
+    }
+    if (socket.alpnProtocol !== "h2") this.report(socket, { reason: "no_h2", code: "NO_ALPN_H2" });
+    // node:http2 answers a client without h2 itself (a short explanation, then close).
+    this.injector?.injectConnection(socket);
+  }
+
+  private refused(err: NodeJS.ErrnoException | undefined, socket: TLSSocket): void {
+    const r = classifyHandshakeFailure(err, socket);
+    const cert = r.reason === "no_certificate" ? undefined : socket.getPeerX509Certificate?.();
+    this.report(socket, { ...r, subject: bounded(cert?.subject.replace(/\n/g, ", ")), issuer: bounded(cert?.issuer.replace(/\n/g, ", ")) });
+    // Node leaves a socket that failed its handshake to the 'tlsClientError' listener.
+    if (!socket.destroyed) socket.destroy();
+  }
+
+  private report(socket: TLSSocket, f: Omit<TlsHandshakeFailure, "peer">): void {
+    // A TLS socket's `_parent` is the TCP connection it wraps (Node sets it for sockets a
+    // tls.Server makes); a socket Node has destroyed, after a certificate that did not verify,
+    // no longer knows its remote address.
+    const raw = (socket as unknown as { _parent?: Socket | null })._parent;
+    const peer = socket.remoteAddress !== undefined ? hostPort(socket.remoteAddress, socket.remotePort) : ((raw ? this.peers.get(raw) : undefined) ?? "unknown");
+    if (this.selfChecks.delete(peer)) return;
+    this.o.onHandshakeFailure?.({ peer, ...f });
+  }
+
+  private async selfCheckAny(hosts: string[], port: number): Promise<void> {
+    for (const [i, host] of hosts.entries()) {
+      try {
+        return await this.selfCheck(host, port);
+      } catch (e) {
+        if (!(e instanceof Unreachable) || i === hosts.length - 1) throw e instanceof Unreachable ? (e.cause as Error) : e;
+      }
+    }
+  }
+
+  /**
+   * One local TLS handshake offering h2, without a client certificate; throws CONFIG_INVALID when
+   * it does not complete (wrapped in Unreachable when the TCP connection itself failed).
+   */
+  private selfCheck(host: string, port: number): Promise<void> {
+    const where = hostPort(host, port);
+    return new Promise<void>((resolve, reject) => {
+      let done = false;
+      let connected = false;
+      const finish = (problem?: string): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        socket.destroy();
+        if (problem === undefined) return resolve();
+        const e = new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`);
+        reject(connected ? e : new Unreachable(e.message, { cause: e }));
+      };
+      const timer = setTimeout(() => finish(`did not complete within ${SELF_CHECK_TIMEOUT_MS} ms`), SELF_CHECK_TIMEOUT_MS);
+      // Only whether the handshake completes is checked here, not who the server is: no CA, no name.
+      const socket = tlsConnect({ host, port, ALPNProtocols: ["h2"], rejectUnauthorized: false, servername: isIP(host) ? undefined : host });
+      socket.once("connect", () => {
+        connected = true;
+        const key = hostPort(socket.localAddress, socket.localPort);
+        this.selfChecks.add(key);
+        // Forgotten after a while, should the server have nothing to report (certificates optional).
+        setTimeout(() => this.selfChecks.delete(key), 2 * SELF_CHECK_TIMEOUT_MS).unref();
+      });
+      socket.once("secureConnect", () => finish(socket.alpnProtocol === "h2" ? undefined : `negotiated ${JSON.stringify(socket.alpnProtocol)} instead of ALPN "h2"`));
+      socket.once("error", (e: NodeJS.ErrnoException) => finish(`failed: ${e.code ? `${e.code}: ` : ""}${e.message.trim()}`));
+      socket.once("close", () => finish("was closed by the server before the handshake completed"));
+    });
+  }
+}
+
+/** Default for TlsHandshakeFailureLog: at most one line per reason per minute. */
+export const TLS_FAILURE_LOG_INTERVAL_MS = 60_000;
+
+/**
+ * Logs refused handshakes without letting a flood of them flood the log: the first of a reason is
+ * logged at once; later ones within `intervalMs` are only counted, and one line at the end of the
+ * interval says how many there were (the next interval starts then, so a steady flood gives one
+ * line per reason per interval). `count` is called for every one (the metric).
+ */
+export class TlsHandshakeFailureLog {
+  private readonly windows = new Map<TlsHandshakeFailureReason, { suppressed: number; timer: NodeJS.Timeout }>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly count: (reason: TlsHandshakeFailureReason) => void = () => undefined,
+    private readonly intervalMs = TLS_FAILURE_LOG_INTERVAL_MS,
+  ) {}
+
+  readonly report = (f: TlsHandshakeFailure): void => {
+    this.count(f.reason);
+    const w = this.windows.get(f.reason);
+    if (w) {
+      w.suppressed++;
+      return;
+    }
+    this.logger.warn("TLS handshake refused", { ...f });
+    this.open(f.reason);
+  };
+
+  /** Stops the timers (at shutdown); suppressed counts not yet logged are logged now. */
+  close(): void {
+    for (const [reason, w] of this.windows) {
+      clearTimeout(w.timer);
+      if (w.suppressed > 0) this.summary(reason, w.suppressed);
+    }
+    this.windows.clear();
+  }
+
+  private open(reason: TlsHandshakeFailureReason): void {
+    const timer = setTimeout(() => {
+      const w = this.windows.get(reason);
+      this.windows.delete(reason);
+      if (w && w.suppressed > 0) {
+        this.summary(reason, w.suppressed);
+        this.open(reason);
+      }
+    }, this.intervalMs);
+    timer.unref();
+    this.windows.set(reason, { suppressed: 0, timer });
+  }
+
+  private summary(reason: TlsHandshakeFailureReason, suppressed: number): void {
+    this.logger.warn("TLS handshakes refused (not logged one by one)", { reason, suppressed, seconds: this.intervalMs / 1000 });
+  }
+}
