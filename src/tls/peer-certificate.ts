@@ -65,9 +65,12 @@ export function checkPeerChain(leaf: X509Certificate, presented: X509Certificate
   return `the ${purpose}'s certificate chain is too long`;
 }
 
-/** The certificates a TLS peer presented, leaf first. */
+/**
+ * The certificates a TLS peer presented, leaf first. getPeerCertificate(true) must come first:
+ * once getPeerX509Certificate() has run, Node (20) answers it with {}, and the intermediates a
+ * server sends (every enterprise PKI's server certificates come from one) would be lost.
+ */
 export function presentedChain(socket: TLSSocket): { leaf: X509Certificate | undefined; all: X509Certificate[] } {
-  const leaf = socket.getPeerX509Certificate();
   const all: X509Certificate[] = [];
   let c = socket.getPeerCertificate(true);
   const seen = new Set<string>();
@@ -76,5 +79,5 @@ export function presentedChain(socket: TLSSocket): { leaf: X509Certificate | und
     all.push(new X509Certificate(c.raw));
     c = c.issuerCertificate;
   }
-  return { leaf, all };
+  return { leaf: all[0], all };
 }

@@ -3,6 +3,7 @@ import { execFileSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import http2 from "node:http2";
+import { builtinModules } from "node:module";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -145,7 +146,7 @@ describe("notation-hsm-signer plugin executable (e2e)", function () {
       assert.ok(r.ms < 5000, `took ${r.ms} ms`);
     });
 
-    it("loads no TLS for metadata, TLS but never node:http2 for describe-key", async () => {
+    it("loads no TLS or node:http2 for metadata and describe-key with key_spec; TLS and node:http2 but no gRPC library when it calls the service", async () => {
       // A --require preload records, at exit, which of Node's own modules were loaded
       // (process.moduleLoadList: it sees http2/tls however they are reached) and which ids went
       // through Module._load (the bundle is CommonJS and require()s Node's modules).
@@ -162,18 +163,24 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       };
       const meta = await run("get-plugin-metadata", "{}", join(tmp, "modules-metadata.json"));
       success(meta.r);
-      assert.ok(meta.native.includes("fs") && meta.native.length > 20, "the probe must see Node's modules");
-      for (const m of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
-        assert.ok(!meta.required.includes(m) && !meta.required.includes(`node:${m}`), `get-plugin-metadata required ${m}: ${meta.required.join(", ")}`);
+      const local = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, key_spec: "EC-256" })), join(tmp, "modules-local.json"));
+      success(local.r);
+      for (const [what, m] of [["get-plugin-metadata", meta], ["describe-key with key_spec", local]] as const) {
+        assert.ok(m.native.includes("fs") && m.native.length > 20, "the probe must see Node's modules");
+        for (const name of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
+          assert.ok(!m.required.includes(name) && !m.required.includes(`node:${name}`), `${what} required ${name}: ${m.required.join(", ")}`);
+        }
+        for (const name of ["http2", "tls", "internal/http2/core"]) assert.ok(!m.native.includes(name), `${what} loaded Node's ${name}`);
       }
-      for (const m of ["http2", "tls", "internal/http2/core"]) assert.ok(!meta.native.includes(m), `get-plugin-metadata loaded Node's ${m}`);
-      // Control: the same probe does see tls when the plugin really talks to the service.
+      // Control: the same probe sees tls and node:http2 when the plugin really talks to the service.
       const dk = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", cfg)), join(tmp, "modules-describe.json"));
       success(dk.r);
       assert.ok(dk.native.includes("tls"), "control: describe-key loads tls");
-      // The plugin speaks HTTP/2 itself (src/client/h2-session.ts): node:http2 costs 15-20 ms a start.
-      assert.ok(!dk.native.includes("http2") && !dk.native.includes("internal/http2/core"), `describe-key loaded node:http2: ${dk.native.filter((m) => m.includes("http2")).join(", ")}`);
+      assert.ok(dk.native.includes("http2"), "control: describe-key loads node:http2");
       assert.ok(!dk.required.some((m) => /grpc|protobufjs/.test(m)), `the plugin must not load @grpc/* or protobufjs: ${dk.required.join(", ")}`);
+      // Only Node's own modules: the bundle carries no native addon and no package.
+      const foreign = dk.required.filter((m) => m !== PLUGIN_PATH && !builtinModules.includes(m.replace(/^node:/, "")));
+      assert.deepEqual(foreign, [], "the plugin required something not built into Node");
     });
   });
 
