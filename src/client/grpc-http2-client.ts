@@ -111,9 +111,13 @@ const first = (v: string | string[] | undefined): string | undefined => (Array.i
 const SENSITIVE = ["authorization"];
 
 type Http2Module = typeof import("node:http2");
-let http2Module: Promise<Http2Module> | undefined;
-/** node:http2 is loaded by the first connection only: the plugin's commands without one never pay for it. */
-const loadHttp2 = (): Promise<Http2Module> => (http2Module ??= import("node:http2"));
+let http2Module: Http2Module | undefined;
+/**
+ * node:http2, loaded by the first connection only: the plugin's commands without one never pay
+ * for it. process.getBuiltinModule rather than import(): in the plugin's CommonJS bundle a
+ * dynamic import() would first load Node's whole ES module loader, several ms of each start.
+ */
+const loadHttp2 = (): Http2Module => (http2Module ??= process.getBuiltinModule("node:http2"));
 
 /** A session and what this channel learned about it. */
 interface Session {
@@ -181,7 +185,7 @@ export class GrpcHttp2Channel {
   private async openSession(): Promise<Session> {
     if (this.closed) throw new GrpcCallError(Status.CANCELLED, "the channel is closed", undefined, true);
     const socket = await this.secureSocket();
-    const http2 = await loadHttp2();
+    const http2 = loadHttp2();
     if (this.closed || socket.destroyed) {
       socket.destroy();
       throw new GrpcCallError(Status.CANCELLED, "the channel is closed", undefined, true);
@@ -243,16 +247,18 @@ export class GrpcHttp2Channel {
         reject(e);
       };
       socket.setNoDelay(true);
-      // Loading node:http2 and reading the CA bundle while the server works on the handshake
-      // saves a few ms of each plugin start.
-      void loadHttp2();
       let anchors: ReturnType<typeof parseCaBundle> | undefined;
-      try {
-        anchors = this.o.ca ? parseCaBundle(this.o.ca) : undefined;
-      } catch (e) {
-        fail(e);
-        return;
-      }
+      // Once TCP is up the ClientHello has gone out (tls.connect's own "connect" listener sends
+      // it): reading the CA bundle and loading node:http2 while the server works on its part of
+      // the handshake saves a few ms of each plugin start.
+      socket.once("connect", () => {
+        try {
+          anchors = this.o.ca ? parseCaBundle(this.o.ca) : undefined;
+          loadHttp2();
+        } catch (e) {
+          fail(e);
+        }
+      });
       const closed = (): void => fail(new Error("the connection closed during the TLS handshake"));
       socket.once("error", fail);
       socket.once("close", closed);
@@ -261,7 +267,12 @@ export class GrpcHttp2Channel {
         socket.off("error", fail);
         if (this.connecting === socket) this.connecting = undefined;
         const refuse = (problem: string): void => fail(new GrpcCallError(Status.UNAVAILABLE, `TLS connection to ${this.o.endpoint} failed: ${problem}`, undefined, true));
-        if (anchors) {
+        if (this.o.ca) {
+          try {
+            anchors ??= parseCaBundle(this.o.ca);
+          } catch (e) {
+            return fail(e);
+          }
           const { leaf, all } = presentedChain(socket);
           const problem = leaf ? checkServerCertificate(leaf, all, anchors, name) : "the server sent no certificate";
           if (problem) return refuse(problem);
