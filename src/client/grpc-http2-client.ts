@@ -364,6 +364,9 @@ export class GrpcHttp2Channel {
       } else if (session.h2.destroyed || session.h2.closed || (session.ended && rst === H2.REFUSED_STREAM)) {
         // The connection went (whatever code node:http2 closed the stream with), or the stream
         // was above a GOAWAY's last stream id (REFUSED_STREAM: never processed, safe to retry).
+        // In TLS 1.3 a server refuses a client certificate after the client's handshake is done:
+        // its alert arrives here, as the connection's error.
+        if (error && CLIENT_CERT_REFUSED.test(error.message)) return finish(connectError(error, this.o.endpoint, this.o.cert !== undefined));
         finish(new GrpcCallError(Status.UNAVAILABLE, `${this.o.endpoint}: the connection ended before an answer${error ? `: ${error.message}` : ""} (${h2Name(rst)})`));
       } else if (rst !== H2.NO_ERROR) {
         finish(new GrpcCallError(statusOfReset(rst), `${this.o.endpoint}: the server reset the stream (${h2Name(rst)})`));

@@ -361,6 +361,16 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     });
   }
 
+  it("an mTLS server refusing the call for want of a client certificate: UNAUTHENTICATED, permanent, naming client_cert_file", async () => {
+    const t = await startServer((stream) => answer(stream, Buffer.from("x")), { ca: material.ca, requestCert: true, rejectUnauthorized: true });
+    const e = await callError(call(channel(t.port), "/x"));
+    assert.equal(e.code, Status.UNAUTHENTICATED, e.message);
+    assert.equal(e.permanent, true);
+    assert.match(e.details, /client_cert_file/);
+    // Control: with the client certificate the same server answers.
+    assert.equal((await call(channel(t.port, { cert: material.clientCert, key: material.clientKey }), "/x")).toString(), "x");
+  });
+
   it("with ca_file, a server certificate from another CA is refused before the server receives a single byte after the handshake", async () => {
     const other = join(dir, "other");
     execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${other}-key.pem`, "-out", `${other}.pem`, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
