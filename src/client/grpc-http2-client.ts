@@ -117,7 +117,11 @@ let http2Module: Http2Module | undefined;
  * for it. process.getBuiltinModule rather than import(): in the plugin's CommonJS bundle a
  * dynamic import() would first load Node's whole ES module loader, several ms of each start.
  */
-const loadHttp2 = (): Http2Module => (http2Module ??= process.getBuiltinModule("node:http2"));
+async function loadHttp2(): Promise<Http2Module> {
+  // A Node before 20.16 has no getBuiltinModule: import() there.
+  http2Module ??= typeof process.getBuiltinModule === "function" ? process.getBuiltinModule("node:http2") : await import("node:http2");
+  return http2Module;
+}
 
 /** A session and what this channel learned about it. */
 interface Session {
@@ -185,7 +189,7 @@ export class GrpcHttp2Channel {
   private async openSession(): Promise<Session> {
     if (this.closed) throw new GrpcCallError(Status.CANCELLED, "the channel is closed", undefined, true);
     const socket = await this.secureSocket();
-    const http2 = loadHttp2();
+    const http2 = await loadHttp2();
     if (this.closed || socket.destroyed) {
       socket.destroy();
       throw new GrpcCallError(Status.CANCELLED, "the channel is closed", undefined, true);
@@ -254,7 +258,8 @@ export class GrpcHttp2Channel {
       socket.once("connect", () => {
         try {
           anchors = this.o.ca ? parseCaBundle(this.o.ca) : undefined;
-          loadHttp2();
+          // Synchronous where getBuiltinModule exists: the loading happens here and now.
+          loadHttp2().catch(() => undefined);
         } catch (e) {
           fail(e);
         }
