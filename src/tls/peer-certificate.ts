@@ -66,9 +66,11 @@ export function checkPeerChain(leaf: X509Certificate, presented: X509Certificate
 }
 
 /**
- * The certificates a TLS peer presented, leaf first. getPeerCertificate(true) must come first:
- * once getPeerX509Certificate() has run, Node (20) answers it with {}, and the intermediates a
- * server sends (every enterprise PKI's server certificates come from one) would be lost.
+ * The certificates a TLS peer presented, leaf first, from getPeerCertificate(true), which leaves
+ * the socket as it was. Not getPeerX509Certificate(): in Node 20 it consumes the peer's chain, so
+ * that a later getPeerCertificate(true) answers {} and a later getPeerX509Certificate()
+ * undefined; called before this, the intermediates a server sends (every enterprise PKI's server
+ * certificates come from one) were lost and the chain was refused.
  */
 export function presentedChain(socket: TLSSocket): { leaf: X509Certificate | undefined; all: X509Certificate[] } {
   const all: X509Certificate[] = [];

@@ -128,7 +128,14 @@ describe("presentedChain: the certificates a TLS server really sends", function 
     const socket = tls.connect({ host: "127.0.0.1", port: (server.address() as { port: number }).port, ca: [], rejectUnauthorized: false });
     try {
       await once(socket, "secureConnect");
-      return presentedChain(socket);
+      // It leaves the socket as it was: asked twice, the same answer.
+      const once1 = presentedChain(socket);
+      const twice = presentedChain(socket);
+      assert.deepEqual(
+        twice.all.map((c) => c.fingerprint256),
+        once1.all.map((c) => c.fingerprint256),
+      );
+      return twice;
     } finally {
       socket.destroy();
       server.close();
