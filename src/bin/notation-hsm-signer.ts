@@ -1,12 +1,25 @@
+// First: nothing but the one JSON object may reach stderr (see quiet-process.ts).
+import "../plugin/quiet-process.js";
+import { errorJson } from "../plugin/contract.js";
 import { main, writeAll } from "../plugin/main.js";
 
-// Last resort: whatever escapes still leaves exactly one JSON error on stderr (contract §1.5).
+// Last resort: whatever escapes still leaves exactly one JSON error on stderr (contract §1.5),
+// with no stack trace.
 let failed = false;
 const die = (e: unknown): void => {
   if (failed) return;
   failed = true;
-  writeAll(2, JSON.stringify({ errorCode: "ERROR", errorMessage: `unexpected failure: ${e instanceof Error ? e.message : String(e)}` }));
-  process.exit(1);
+  let what = "unknown";
+  try {
+    what = e instanceof Error ? e.message : String(e);
+  } catch {
+    // an object without a usable string form
+  }
+  try {
+    writeAll(2, errorJson("ERROR", `unexpected failure: ${what}`));
+  } finally {
+    process.exit(1);
+  }
 };
 process.on("uncaughtException", die);
 process.on("unhandledRejection", die);

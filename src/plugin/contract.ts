@@ -17,3 +17,23 @@ export class PluginError extends Error {
     this.name = "PluginError";
   }
 }
+
+/** The longest errorMessage the plugin writes; notation shows it to a person. */
+export const MAX_ERROR_MESSAGE_LENGTH = 1000;
+
+/** An errorMessage within MAX_ERROR_MESSAGE_LENGTH: a longer one is cut, saying how much was cut. */
+export function boundMessage(message: string): string {
+  if (message.length <= MAX_ERROR_MESSAGE_LENGTH) return message;
+  const note = ` ... (${message.length} characters, cut to ${MAX_ERROR_MESSAGE_LENGTH})`;
+  return message.slice(0, MAX_ERROR_MESSAGE_LENGTH - note.length) + note;
+}
+
+/** A request value as quoted in an error message: a long one is shortened. */
+export function shown(v: string, max = 64): string {
+  return v.length <= max ? v : `${v.slice(0, max)}... (${v.length} characters)`;
+}
+
+/** The one JSON error object of a failed command (protocol §4). */
+export function errorJson(errorCode: string, message: string): string {
+  return JSON.stringify({ errorCode, errorMessage: boundMessage(message) });
+}

@@ -1,5 +1,5 @@
-import { fstatSync, readFileSync, writeSync } from "node:fs";
-import { PluginError } from "./contract.js";
+import { fstatSync, readSync, writeSync } from "node:fs";
+import { errorJson, PluginError } from "./contract.js";
 import { describeKey, generateSignature, getPluginMetadata } from "./commands.js";
 
 const COMMANDS = ["get-plugin-metadata", "describe-key", "generate-signature"] as const;
@@ -13,16 +13,31 @@ const MAX_STDIN_BYTES = 64 * 1024 * 1024;
 function readStdin(): string {
   // A terminal (someone trying the plugin by hand) sends nothing; fstat avoids loading tty/net.
   if (fstatSync(0).isCharacterDevice()) return "";
-  let data: Buffer;
-  try {
-    data = readFileSync(0);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "EAGAIN" || code === "EOF") return "";
-    throw new PluginError("VALIDATION_ERROR", `cannot read the request on standard input: ${code ?? (e as Error).message}`);
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    const chunk = Buffer.allocUnsafe(64 * 1024);
+    let n: number;
+    try {
+      n = readSync(0, chunk, 0, chunk.length, null);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "EAGAIN" && total === 0) return "";
+      if (code === "EAGAIN") {
+        // A non-blocking pipe whose writer is behind: wait for it.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        continue;
+      }
+      if (code === "EOF") break;
+      throw new PluginError("VALIDATION_ERROR", `cannot read the request on standard input: ${code ?? (e as Error).message}`);
+    }
+    if (n === 0) break;
+    total += n;
+    // Checked as it comes: standard input could be endless.
+    if (total > MAX_STDIN_BYTES) throw new PluginError("VALIDATION_ERROR", "the request on standard input is larger than 64 MiB");
+    chunks.push(n === chunk.length ? chunk : chunk.subarray(0, n));
   }
-  if (data.length > MAX_STDIN_BYTES) throw new PluginError("VALIDATION_ERROR", "the request on standard input is larger than 64 MiB");
-  return data.toString("utf8");
+  return Buffer.concat(chunks, total).toString("utf8");
 }
 
 /**
@@ -75,8 +90,8 @@ export async function main(argv: string[]): Promise<number> {
     else if (command === "describe-key") out = await describeKey(req);
     else out = await generateSignature(req);
   } catch (e) {
-    const err = e instanceof PluginError ? e : new PluginError("ERROR", `unexpected failure: ${(e as Error).message}`);
-    writeAll(2, JSON.stringify({ errorCode: err.errorCode, errorMessage: err.message }));
+    const err = e instanceof PluginError ? e : new PluginError("ERROR", `unexpected failure: ${e instanceof Error ? e.message : String(e)}`);
+    writeAll(2, errorJson(err.errorCode, err.message));
     return 1;
   }
   writeAll(1, JSON.stringify(out));

@@ -42,7 +42,10 @@ export class RemoteSigner {
       if (e instanceof GrpcCallError) {
         const name = STATUS_NAMES[e.code] ?? String(e.code);
         const detail = e.code === Status.DEADLINE_EXCEEDED ? `no answer within the ${this.s.timeoutMs} ms timeout (pluginConfig timeout)` : e.details;
-        throw new PluginError(pluginCodeOf(e.code), `${what} at hsm-signer ${this.s.endpoint} failed (${name}): ${detail}`);
+        // RESOURCE_EXHAUSTED is a rate limit (THROTTLED) when the service says when to come back;
+        // without that it is a refusal that the same call meets again, such as gRPC's message size limit.
+        const code = e.code === Status.RESOURCE_EXHAUSTED && e.retryAfterMs === undefined ? "ERROR" : pluginCodeOf(e.code);
+        throw new PluginError(code, `${what} at hsm-signer ${this.s.endpoint} failed (${name}): ${detail}`);
       }
       throw new PluginError("ERROR", `${what} at hsm-signer ${this.s.endpoint} failed: ${(e as Error).message}`);
     } finally {

@@ -65,9 +65,14 @@ export function checkPeerChain(leaf: X509Certificate, presented: X509Certificate
   return `the ${purpose}'s certificate chain is too long`;
 }
 
-/** The certificates a TLS peer presented, leaf first. */
+/**
+ * The certificates a TLS peer presented, leaf first, from getPeerCertificate(true), which leaves
+ * the socket as it was. Not getPeerX509Certificate(): in Node 20 it consumes the peer's chain, so
+ * that a later getPeerCertificate(true) answers {} and a later getPeerX509Certificate()
+ * undefined; called before this, the intermediates a server sends (every enterprise PKI's server
+ * certificates come from one) were lost and the chain was refused.
+ */
 export function presentedChain(socket: TLSSocket): { leaf: X509Certificate | undefined; all: X509Certificate[] } {
-  const leaf = socket.getPeerX509Certificate();
   const all: X509Certificate[] = [];
   let c = socket.getPeerCertificate(true);
   const seen = new Set<string>();
@@ -76,5 +81,5 @@ export function presentedChain(socket: TLSSocket): { leaf: X509Certificate | und
     all.push(new X509Certificate(c.raw));
     c = c.issuerCertificate;
   }
-  return { leaf, all };
+  return { leaf: all[0], all };
 }

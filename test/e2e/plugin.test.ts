@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { createHash, X509Certificate } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import http2 from "node:http2";
+import { builtinModules } from "node:module";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,7 +12,9 @@ import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import type { RunningServer } from "../../src/server/signer-server.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { NOTATION_FIXTURES, requestFor, verifyNotarySignature, NOTARY_KEY_SPECS } from "../helpers/notation.js";
+import { OpensslCa } from "../helpers/openssl-ca.js";
 import { PLUGIN_PATH, runPlugin, type PluginResult } from "../helpers/plugin-process.js";
+import { startServiceProcess } from "../helpers/service-process.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 const EXPECTED = NOTARY_KEY_SPECS;
@@ -145,7 +148,7 @@ describe("notation-hsm-signer plugin executable (e2e)", function () {
       assert.ok(r.ms < 5000, `took ${r.ms} ms`);
     });
 
-    it("loads no TLS for metadata, TLS but never node:http2 for describe-key", async () => {
+    it("loads no TLS or node:http2 for metadata and describe-key with key_spec; TLS and node:http2 but no gRPC library when it calls the service", async () => {
       // A --require preload records, at exit, which of Node's own modules were loaded
       // (process.moduleLoadList: it sees http2/tls however they are reached) and which ids went
       // through Module._load (the bundle is CommonJS and require()s Node's modules).
@@ -162,18 +165,24 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       };
       const meta = await run("get-plugin-metadata", "{}", join(tmp, "modules-metadata.json"));
       success(meta.r);
-      assert.ok(meta.native.includes("fs") && meta.native.length > 20, "the probe must see Node's modules");
-      for (const m of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
-        assert.ok(!meta.required.includes(m) && !meta.required.includes(`node:${m}`), `get-plugin-metadata required ${m}: ${meta.required.join(", ")}`);
+      const local = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, key_spec: "EC-256" })), join(tmp, "modules-local.json"));
+      success(local.r);
+      for (const [what, m] of [["get-plugin-metadata", meta], ["describe-key with key_spec", local]] as const) {
+        assert.ok(m.native.includes("fs") && m.native.length > 20, "the probe must see Node's modules");
+        for (const name of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
+          assert.ok(!m.required.includes(name) && !m.required.includes(`node:${name}`), `${what} required ${name}: ${m.required.join(", ")}`);
+        }
+        for (const name of ["http2", "tls", "internal/http2/core"]) assert.ok(!m.native.includes(name), `${what} loaded Node's ${name}`);
       }
-      for (const m of ["http2", "tls", "internal/http2/core"]) assert.ok(!meta.native.includes(m), `get-plugin-metadata loaded Node's ${m}`);
-      // Control: the same probe does see tls when the plugin really talks to the service.
+      // Control: the same probe sees tls and node:http2 when the plugin really talks to the service.
       const dk = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", cfg)), join(tmp, "modules-describe.json"));
       success(dk.r);
       assert.ok(dk.native.includes("tls"), "control: describe-key loads tls");
-      // The plugin speaks HTTP/2 itself (src/client/h2-session.ts): node:http2 costs 15-20 ms a start.
-      assert.ok(!dk.native.includes("http2") && !dk.native.includes("internal/http2/core"), `describe-key loaded node:http2: ${dk.native.filter((m) => m.includes("http2")).join(", ")}`);
+      assert.ok(dk.native.includes("http2"), "control: describe-key loads node:http2");
       assert.ok(!dk.required.some((m) => /grpc|protobufjs/.test(m)), `the plugin must not load @grpc/* or protobufjs: ${dk.required.join(", ")}`);
+      // Only Node's own modules: the bundle carries no native addon and no package.
+      const foreign = dk.required.filter((m) => m !== PLUGIN_PATH && !builtinModules.includes(m.replace(/^node:/, "")));
+      assert.deepEqual(foreign, [], "the plugin required something not built into Node");
     });
   });
 
@@ -485,6 +494,31 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       assert.ok(calls.length > 1 && calls.length <= 4, `${calls.length} attempts`);
     });
 
+    // gRPC's own message-size refusal (grpc-js: "Received message larger than max") comes without
+    // retry-after-ms: it is not a rate limit, and the same call would meet it again.
+    it("RESOURCE_EXHAUSTED without retry-after-ms → ERROR, not retried", async () => {
+      reply = () => ({ status: 8, message: "Received message larger than max (5000130 vs. 4194304)" });
+      const r = await runPlugin("generate-signature", signReq());
+      failure(r, "ERROR", "larger than max");
+      assert.equal(calls.length, 1, "not retried");
+    });
+
+    it("a 5 MB keyId → VALIDATION_ERROR naming the limit, nothing sent, a short message", async () => {
+      reply = () => okSign();
+      const keyId = "k".repeat(5_000_000);
+      for (const [cmd, name] of [["describe-key", "describe-key"], ["generate-signature", "generate-signature-jws"]] as const) {
+        const m = failure(await runPlugin(cmd, json(requestFor(name, keyId, "EC-256", fakeCfg()))), "VALIDATION_ERROR", "keyId", "128");
+        assert.ok(m.length <= 1000, `${m.length} characters`);
+      }
+      assert.equal(calls.length, 0, "nothing goes to the service");
+    });
+
+    it("a long message from the service is cut to 1000 characters, saying so", async () => {
+      reply = () => ({ status: 3, message: `refused: ${"x".repeat(20_000)}` });
+      const m = failure(await runPlugin("generate-signature", signReq()), "VALIDATION_ERROR", "refused", /cut to 1000/);
+      assert.ok(m.length <= 1000, `${m.length} characters`);
+    });
+
     it("UNAVAILABLE is retried, then ERROR; a success on a retry is a success", async () => {
       reply = () => ({ status: 14, message: "hsm busy" });
       failure(await runPlugin("generate-signature", signReq()), "ERROR", "hsm busy");
@@ -521,6 +555,181 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     it("a grpc-message with a bare % still gives one JSON error", async () => {
       reply = () => ({ status: 13, message: "disk 100% full" });
       failure(await runPlugin("generate-signature", signReq()), "ERROR", "100");
+    });
+  });
+
+  describe("production configurations: intermediate CAs, odd settings, huge inputs (issue 11 §3)", () => {
+    /** stderr on failure is exactly one JSON object and nothing else, whatever the configuration. */
+    const oneJsonObject = (r: PluginResult): Record<string, unknown> => {
+      assert.equal(r.timedOut, false, "plugin was killed after 20 s");
+      assert.equal(r.code, 1, `exit ${r.code}; stderr: ${clip(r.stderr)}`);
+      const e = JSON.parse(r.stderr) as unknown;
+      assert.ok(typeof e === "object" && e !== null && !Array.isArray(e), `stderr: ${clip(r.stderr)}`);
+      return e as Record<string, unknown>;
+    };
+
+    describe("a service certificate from an intermediate CA, only the root in ca_file, the server sending the intermediates", () => {
+      let pkiDir: string;
+      let root: OpensslCa;
+      const servers: RunningServer[] = [];
+      const SERVER_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1";
+
+      before(() => {
+        pkiDir = join(tmp, "pki");
+        root = OpensslCa.root(pkiDir, { subject: "/O=Example Corp/CN=real-root" });
+      });
+      after(async () => {
+        for (const s of servers) await s.close(1000);
+      });
+
+      /** The real hsm-signer gRPC server, its certificate file holding the leaf and then `sent` intermediates. */
+      async function serverWithChain(intermediates: OpensslCa[], sent: OpensslCa[]): Promise<RunningServer> {
+        const issuer = intermediates[intermediates.length - 1] as OpensslCa;
+        const leaf = issuer.leaf({ subject: "/O=Example Corp/CN=localhost", extensions: SERVER_EXT });
+        const cert = Buffer.concat([Buffer.from(new X509Certificate(leaf.der).toString()), ...sent.map((c) => Buffer.from(c.certPem))]);
+        const s = await startTestServer({ ...f, tls: { ...f.tls, serverCert: cert, serverKey: Buffer.from(leaf.keyPem) } });
+        servers.push(s);
+        return s;
+      }
+
+      for (const depth of [1, 2]) {
+        it(`root → ${depth === 1 ? "intermediate" : "int1 → int2"} → server: describe-key and a verifiable signature`, async () => {
+          const chain: OpensslCa[] = [];
+          for (let i = 0; i < depth; i++) chain.push((chain[i - 1] ?? root).intermediate({ subject: `/O=Example Corp/CN=real-intermediate-${i + 1}` }));
+          const s = await serverWithChain(chain, [...chain].reverse());
+          const c = { endpoint: `127.0.0.1:${s.port}`, ca_file: root.certFile };
+          assert.deepEqual(success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", c)))), { keyId: keyIdOf("EC-256"), keySpec: "EC-256" });
+          const req = requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", { ...c, server_name: "localhost" });
+          const out = success(await runPlugin("generate-signature", json(req)));
+          const leaf = certsOf(out.certificateChain)[0] as X509Certificate;
+          assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature as string, "base64"), leaf.raw, "EC-256"));
+        });
+      }
+
+      it("control: the same server without its intermediate in the certificate file is refused, naming where the chain stopped", async () => {
+        const int = root.intermediate({ subject: "/O=Example Corp/CN=real-intermediate" });
+        const s = await serverWithChain([int], []);
+        const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { endpoint: `127.0.0.1:${s.port}`, ca_file: root.certFile })));
+        failure(r, "ERROR", "not issued by a CA in ca_file", "real-intermediate");
+      });
+
+      it("hsm-signer serve with tls.certFile holding leaf + intermediates sends them (the service as a process)", async function () {
+        this.timeout(120_000);
+        const int1 = root.intermediate({ subject: "/O=Example Corp/CN=svc-int-1" });
+        const int2 = int1.intermediate({ subject: "/O=Example Corp/CN=svc-int-2" });
+        const leaf = int2.leaf({ subject: "/O=Example Corp/CN=localhost", extensions: SERVER_EXT });
+        const tlsDir = join(tmp, "chain-tls");
+        mkdirSync(tlsDir, { recursive: true });
+        writeFileSync(join(tlsDir, "server.pem"), new X509Certificate(leaf.der).toString() + int2.certPem + int1.certPem);
+        writeFileSync(join(tlsDir, "server-key.pem"), leaf.keyPem, { mode: 0o600 });
+        const svc = await startServiceProcess({ name: "chain-svc", dir: tmp, token: f.token, tls: { ...f.tls, dir: tlsDir }, policy: "rules:\n  - name: tests\n    match: { mtls: \"*\" }\n    keys: [\"*\"]\n" });
+        try {
+          const c = { endpoint: `127.0.0.1:${svc.port}`, ca_file: root.certFile, client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile };
+          assert.deepEqual(success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", c)))), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
+        } finally {
+          await svc.stop();
+        }
+      });
+    });
+
+    describe("nothing but the one JSON object ever reaches stderr", () => {
+      it("server_name=127.0.0.1 (an IP address, with ca_file): signs, and stderr stays empty (no DEP0123)", async () => {
+        const req = requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", { ...cfg, server_name: "127.0.0.1" });
+        success(await runPlugin("generate-signature", json(req)));
+        success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, server_name: "127.0.0.1" }))));
+      });
+
+      it("server_name=127.0.0.1 under NODE_OPTIONS=--throw-deprecation --trace-warnings --pending-deprecation: still signs", async () => {
+        const env = { ...process.env, NODE_OPTIONS: "--throw-deprecation --trace-warnings --trace-deprecation --pending-deprecation" };
+        success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, server_name: "127.0.0.1" })), env));
+      });
+
+      it("odd configurations fail with exactly one JSON object on stderr", async () => {
+        const port = await closedPort();
+        const runs: [string, Record<string, string>, NodeJS.ProcessEnv?][] = [
+          ["server_name an IP the certificate lacks", { ...cfg, server_name: "127.0.0.2" }],
+          ["server_name an IP, no ca_file (system roots)", { endpoint: cfg.endpoint as string, server_name: "127.0.0.1" }],
+          ["server_name an IPv6 address", { ...cfg, server_name: "::1" }],
+          ["an IPv6 endpoint nobody listens on", { endpoint: `[::1]:${port}`, ca_file: f.tls.caFile, server_name: "::1" }],
+          ["NODE_TLS_REJECT_UNAUTHORIZED=0 without ca_file", { endpoint: cfg.endpoint as string }, { ...process.env, NODE_TLS_REJECT_UNAUTHORIZED: "0" }],
+          ["NODE_OPTIONS with warnings on", { ...cfg, server_name: "127.0.0.2" }, { ...process.env, NODE_OPTIONS: "--trace-warnings --trace-deprecation --pending-deprecation --trace-uncaught" }],
+          ["a ca_file that is not PEM", { ...cfg, ca_file: f.tls.clientKeyFile }],
+          ["a timeout of 1ms with server_name an IP", { ...cfg, server_name: "127.0.0.1", timeout: "1ms" }],
+        ];
+        for (const [what, c, env] of runs) {
+          const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", c)), env);
+          const e = oneJsonObject(r);
+          assert.ok(typeof e.errorMessage === "string" && e.errorMessage.length > 0, `${what}: ${r.stderr}`);
+          assert.equal(r.stdout, "", what);
+        }
+      });
+
+      it("NODE_TLS_REJECT_UNAUTHORIZED=0 does not turn off the service's certificate check", async () => {
+        const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { endpoint: cfg.endpoint as string })), { ...process.env, NODE_TLS_REJECT_UNAUTHORIZED: "0" });
+        failure(r, "ERROR", "TLS");
+      });
+    });
+
+    describe("pluginConfig files that are not regular files, or too large", () => {
+      const bad: Record<string, () => string> = {
+        "a FIFO": () => {
+          const p = join(tmp, `fifo-${Math.random().toString(16).slice(2)}`);
+          execFileSync("mkfifo", [p]);
+          return p;
+        },
+        "/dev/zero": () => "/dev/zero",
+        "/dev/urandom": () => "/dev/urandom",
+        "a 2 MiB file": () => {
+          const p = join(tmp, "big.pem");
+          writeFileSync(p, Buffer.alloc(2 * 1024 * 1024, 0x41));
+          return p;
+        },
+        "a directory": () => tmp,
+      };
+      for (const key of ["ca_file", "client_cert_file", "client_key_file", "token_file"]) {
+        it(`${key}: VALIDATION_ERROR naming ${key}, well within the timeout, for ${Object.keys(bad).join(", ")}`, async () => {
+          for (const [what, make] of Object.entries(bad)) {
+            const c: Record<string, string> = { ...cfg, timeout: "3s", client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile, [key]: make() };
+            const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", c)));
+            failure(r, "VALIDATION_ERROR", key, c[key] as string);
+            assert.ok(r.ms < 10_000, `${what}: took ${r.ms} ms`);
+          }
+        });
+      }
+    });
+
+    describe("huge inputs", () => {
+      it("a 4 MiB payload → VALIDATION_ERROR naming the limit (not a stack overflow)", async () => {
+        const req = requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", cfg);
+        for (const size of [4 * 1024 * 1024, 1024 * 1024 + 1]) {
+          const m = failure(await runPlugin("generate-signature", json({ ...req, payload: randomBytes(size).toString("base64") })), "VALIDATION_ERROR", "payload", "1048576");
+          assert.doesNotMatch(m, /call stack/);
+        }
+      });
+
+      it("a payload of exactly 1 MiB is signed", async function () {
+        const req = requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", cfg);
+        const payload = randomBytes(1024 * 1024);
+        const out = success(await runPlugin("generate-signature", json({ ...req, payload: payload.toString("base64") })));
+        const leaf = certsOf(out.certificateChain)[0] as X509Certificate;
+        assert.ok(verifyNotarySignature(payload, Buffer.from(out.signature as string, "base64"), leaf.raw, "EC-256"));
+      });
+
+      it("a 5 MB keyId against the real service → VALIDATION_ERROR at once (not THROTTLED and retried), a short message", async () => {
+        const r = await runPlugin("generate-signature", json(requestFor("generate-signature-jws", "k".repeat(5_000_000), "EC-256", cfg)));
+        const m = failure(r, "VALIDATION_ERROR", "keyId");
+        assert.ok(m.length <= 1000, `${m.length} characters`);
+      });
+
+      it("a 3 MB keySpec or hashAlgorithm → VALIDATION_ERROR of at most 1000 characters", async () => {
+        const req = requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", cfg);
+        for (const field of ["keySpec", "hashAlgorithm", "contractVersion"]) {
+          const r = await runPlugin("generate-signature", json({ ...req, [field]: "x".repeat(3_000_000) }));
+          const e = oneJsonObject(r);
+          assert.ok(String(e.errorMessage).length <= 1000, `${field}: ${String(e.errorMessage).length} characters`);
+          assert.match(String(e.errorMessage), field === "contractVersion" ? /contract version/ : new RegExp(field));
+        }
+      });
     });
   });
 

@@ -4,7 +4,9 @@ import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { checkServerCertificate, parseCaBundle } from "../../src/tls/peer-certificate.js";
+import { once } from "node:events";
+import tls from "node:tls";
+import { checkServerCertificate, parseCaBundle, presentedChain } from "../../src/tls/peer-certificate.js";
 
 /** Certificates made by openssl, independent of the code under test. */
 class Pki {
@@ -98,3 +100,59 @@ describe("checkServerCertificate (ca_file verification done in the plugin)", fun
     assert.equal(parseCaBundle(pki.cert("root").raw).length, 1);
   });
 });
+
+describe("presentedChain: the certificates a TLS server really sends", function () {
+  this.timeout(60_000);
+  let dir: string;
+  let pki: Pki;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "presented-chain-"));
+    pki = new Pki(dir);
+    pki.ca("root");
+    pki.ca("int1", { issuer: "root" });
+    pki.ca("int2", { issuer: "int1" });
+    pki.issue("leaf1", "/CN=signer", SERVER_EXT, "int1");
+    pki.issue("leaf2", "/CN=signer", SERVER_EXT, "int2");
+  });
+
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const pem = (n: string): Buffer => readFileSync(join(dir, `${n}.pem`));
+
+  /** A TLS server whose certificate file holds the leaf and then its intermediates; the client's view of it. */
+  async function handshake(leaf: string, intermediates: string[]): Promise<{ leaf: X509Certificate | undefined; all: X509Certificate[] }> {
+    const server = tls.createServer({ key: readFileSync(join(dir, `${leaf}.key`)), cert: Buffer.concat([pem(leaf), ...intermediates.map(pem)]) }, (s) => s.on("error", () => undefined).end());
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const socket = tls.connect({ host: "127.0.0.1", port: (server.address() as { port: number }).port, ca: [], rejectUnauthorized: false });
+    try {
+      await once(socket, "secureConnect");
+      // It leaves the socket as it was: asked twice, the same answer.
+      const once1 = presentedChain(socket);
+      const twice = presentedChain(socket);
+      assert.deepEqual(
+        twice.all.map((c) => c.fingerprint256),
+        once1.all.map((c) => c.fingerprint256),
+      );
+      return twice;
+    } finally {
+      socket.destroy();
+      server.close();
+    }
+  }
+
+  for (const [leaf, intermediates] of [["leaf1", ["int1"]], ["leaf2", ["int2", "int1"]]] as const) {
+    it(`root → ${[...intermediates].reverse().join(" → ")} → server: every certificate sent is seen, and the chain verifies with only the root as anchor`, async () => {
+      const got = await handshake(leaf, [...intermediates]);
+      assert.equal(got.leaf?.fingerprint256, pki.cert(leaf).fingerprint256);
+      assert.deepEqual(
+        got.all.map((c) => c.subject),
+        [pki.cert(leaf), ...intermediates.map((n) => pki.cert(n))].map((c) => c.subject),
+      );
+      assert.ok(got.leaf);
+      assert.equal(checkServerCertificate(got.leaf, got.all, [pki.cert("root")], "127.0.0.1"), undefined);
+    });
+  }
+});
+

@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { status as grpcStatus } from "@grpc/grpc-js";
 import { Status } from "../../src/client/grpc-http2-client.js";
 import { PluginError } from "../../src/plugin/contract.js";
-import { DEFAULT_TIMEOUT_MS, parsePluginConfig, type PluginSettings } from "../../src/plugin/plugin-config.js";
+import { DEFAULT_TIMEOUT_MS, MAX_CONFIG_FILE_BYTES, parsePluginConfig, type PluginSettings } from "../../src/plugin/plugin-config.js";
+import { isPaddedBase64 } from "../../src/plugin/commands.js";
+import { boundMessage, MAX_ERROR_MESSAGE_LENGTH } from "../../src/plugin/contract.js";
 import { pluginCodeOf } from "../../src/plugin/remote-signer.js";
 
 /** Asserts that fn throws a PluginError with this code whose message mentions every string given. */
@@ -114,6 +117,24 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
         chmodSync(locked, 0o000);
         rejects(() => parse({ ...EP, ca_file: locked }), "VALIDATION_ERROR", locked);
       }
+    });
+
+    it("only regular files of at most 1 MiB: a FIFO, /dev/zero, /dev/urandom, a larger file are refused at once, naming the setting", () => {
+      const fifo = join(dir, "fifo");
+      execFileSync("mkfifo", [fifo]);
+      const big = file("big.pem", "A".repeat(MAX_CONFIG_FILE_BYTES + 1));
+      const exact = file("exact.pem", "A".repeat(MAX_CONFIG_FILE_BYTES));
+      const cert = file("pair-cert.pem", "CERT");
+      const key = file("pair-key.pem", "KEY");
+      for (const k of ["ca_file", "client_cert_file", "client_key_file", "token_file"]) {
+        const cfg = (p: string): Record<string, string> => ({ ...EP, client_cert_file: cert, client_key_file: key, [k]: p });
+        rejects(() => parse(cfg(fifo)), "VALIDATION_ERROR", k, fifo, "FIFO");
+        rejects(() => parse(cfg("/dev/zero")), "VALIDATION_ERROR", k, "/dev/zero", "character device");
+        rejects(() => parse(cfg("/dev/urandom")), "VALIDATION_ERROR", k, "/dev/urandom", "not a regular file");
+        rejects(() => parse(cfg(big)), "VALIDATION_ERROR", k, big, "1 MiB");
+        assert.doesNotThrow(() => parse(cfg(exact)), `${k}: a file of exactly 1 MiB`);
+      }
+      assert.equal(parse({ ...EP, ca_file: exact }).ca?.length, MAX_CONFIG_FILE_BYTES);
     });
 
     it("client_cert_file and client_key_file go together", () => {
@@ -227,3 +248,21 @@ describe("gRPC status → notation error code (pluginCodeOf, protocol §4)", () 
     for (const n of [17, 99, -1]) assert.equal(pluginCodeOf(n), "ERROR");
   });
 });
+
+describe("plugin request checks", () => {
+  it("isPaddedBase64 agrees with padded standard base64, on 5 MiB as well (no regular-expression stack)", () => {
+    for (const n of [0, 1, 2, 3, 4, 5, 100]) assert.equal(isPaddedBase64(Buffer.alloc(n, 0xfb).toString("base64")), true, `${n} bytes`);
+    for (const bad of ["a", "ab=", "abc", "ab=c", "a===", "====", "ab-_", "YWJj ", "YW\nJj", Buffer.from([0xfb, 0xff]).toString("base64url")]) assert.equal(isPaddedBase64(bad), false, JSON.stringify(bad));
+    assert.equal(isPaddedBase64(Buffer.alloc(5 * 1024 * 1024, 7).toString("base64")), true);
+  });
+
+  it("boundMessage keeps short messages and cuts long ones to the limit, saying so", () => {
+    assert.equal(boundMessage("short"), "short");
+    const exact = "y".repeat(MAX_ERROR_MESSAGE_LENGTH);
+    assert.equal(boundMessage(exact), exact);
+    const cut = boundMessage("x".repeat(5_000_130));
+    assert.ok(cut.length <= MAX_ERROR_MESSAGE_LENGTH);
+    assert.match(cut, /5000130 characters, cut to 1000/);
+  });
+});
+
