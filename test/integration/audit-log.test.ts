@@ -195,12 +195,18 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
 
     log = await openLog({ dir });
     assert.equal(log.recovered, true);
-    assert.deepEqual(log.tornLine, { file, bytes: Buffer.byteLength(torn) });
-    assert.deepEqual(readFileSync(file), intact, "only the torn bytes are cut");
-    const r = await log.append(record(4));
-    assert.equal(r.sequence, 4);
-    assert.equal((JSON.parse(linesOf(file)[3]!) as { prev: string }).prev, sha256(linesOf(file)[2]!));
-    assert.deepEqual(await verifyAuditFiles([file]), { ok: true, lines: 4 });
+    assert.deepEqual(log.tornLine, { file, bytes: Buffer.byteLength(torn), sha256: sha256(torn), preview: torn });
+    // Only the torn bytes are cut, and the chain records the repair before anything else.
+    const lines = linesOf(file);
+    assert.deepEqual(Buffer.from(lines.slice(0, 3).join("\n") + "\n"), intact);
+    const repaired = JSON.parse(lines[3]!) as { seq: number; prev: string; method: string; repair: Record<string, unknown> };
+    assert.deepEqual([repaired.seq, repaired.prev, repaired.method], [4, sha256(lines[2]!), "AuditLog.Repaired"]);
+    assert.deepEqual(repaired.repair, { file: basename(file), cutBytes: Buffer.byteLength(torn), cutSha256: sha256(torn), cutPreview: torn, reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away" });
+    const r = await log.append(record(5));
+    assert.equal(r.sequence, 5);
+    assert.equal((JSON.parse(linesOf(file)[4]!) as { prev: string }).prev, sha256(linesOf(file)[3]!));
+    const verified = await verifyAuditFiles([file]);
+    assert.deepEqual(verified, { ok: true, lines: 5, repairs: [{ file, line: 4, seq: 4, cutBytes: Buffer.byteLength(torn), repairedFile: basename(file) }] });
   });
 
   it("a file that is only a torn line starts the chain at 1", async () => {
@@ -210,8 +216,9 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     const log = await openLog({ dir });
     assert.equal(log.recovered, true);
     const r = await log.append(record(1));
-    assert.equal(r.sequence, 1);
-    assert.equal((JSON.parse(linesOf(join(dir, auditFileName(1)))[0]!) as { prev: string }).prev, GENESIS_HASH);
+    assert.equal(r.sequence, 2, "1 is the line recording the repair");
+    const first = JSON.parse(linesOf(join(dir, auditFileName(1)))[0]!) as { prev: string; method: string };
+    assert.deepEqual([first.prev, first.method], [GENESIS_HASH, "AuditLog.Repaired"]);
   });
 
   it("refuses to open on a last line that is complete but not a record", async () => {
