@@ -167,6 +167,8 @@ export class AuditLog {
   private readonly lock: boolean;
 
   private worker: Worker;
+  /** Shared with the writer thread: the id of the request this thread stopped waiting for. */
+  private readonly abandoned = new Int32Array(new SharedArrayBuffer(4));
   private nextRequestId = 0;
   private readonly outstanding = new Map<number, Outstanding>();
   /** A request whose caller gave up waiting and the thread has not finished: the disk stalls. */
@@ -328,7 +330,7 @@ export class AuditLog {
   }
 
   private startWriter(): Worker {
-    const w = new Worker(WRITER_URL);
+    const w = new Worker(WRITER_URL, { workerData: { abandoned: this.abandoned.buffer } });
     // Referenced only while a request is outstanding (call()): an idle log keeps no process alive.
     w.unref();
     w.on("message", (a: WriterAnswer) => this.onAnswer(a));
@@ -365,13 +367,15 @@ export class AuditLog {
       const s = Math.round((performance.now() - this.stalled.since) / 1000);
       return Promise.reject(new Error(`the audit disk has not finished a ${this.stalled.op} started ${s} s ago`));
     }
-    const id = ++this.nextRequestId;
+    // Positive 31-bit ids: the shared slot is an Int32Array.
+    const id = (this.nextRequestId = (this.nextRequestId % 0x7fffffff) + 1);
     return new Promise<WriterResult>((resolve, reject) => {
       const since = performance.now();
       const timer = setTimeout(() => {
         const o = this.outstanding.get(id);
         if (!o) return;
         o.abandoned = true;
+        Atomics.store(this.abandoned, 0, id);
         this.stalled = { op: req.op, since };
         // The thread may stay blocked for ever; that must not keep a stopping process alive.
         this.worker.unref();
@@ -447,10 +451,10 @@ export class AuditLog {
     if (!this.retrying) this.scheduleRecovery();
   }
 
-  private scheduleRecovery(): void {
+  private scheduleRecovery(now = false): void {
     const r = this.retry;
     if (!r || this.closed || this.retryTimer) return;
-    const ms = retryDelayMs(r, this.retryAttempts);
+    const ms = now ? 0 : retryDelayMs(r, this.retryAttempts);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.retryOnce(r, ms);
@@ -458,13 +462,13 @@ export class AuditLog {
     this.retryTimer.unref();
   }
 
-  /** The disk answered again: the next automatic attempt comes after the shortest wait. */
+  /** The disk answered again: the next automatic attempt comes now, and backs off from the start. */
   private retrySoon(): void {
     if (!this.retry || !this.failure || this.closed || this.retrying) return;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.retryAttempts = 0;
-    this.scheduleRecovery();
+    this.scheduleRecovery(true);
   }
 
   /** One automatic attempt: recover(), then a durable line that records the outage. */

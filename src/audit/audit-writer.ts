@@ -24,7 +24,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { parentPort } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { acquireDirLock, prepareAuditDir, releaseDirLock, type DirLock } from "./audit-dir.js";
 import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 
@@ -40,6 +40,8 @@ let path = "";
 /** Bytes of the current file that are the chain's (written and answered for). */
 let size = 0;
 let dirLock: DirLock | undefined;
+/** The id of the request the main thread stopped waiting for (audit-log.ts, call()). */
+const abandoned = new Int32Array((workerData as { abandoned: SharedArrayBuffer }).abandoned);
 
 function handle(req: WriterRequest): WriterResult {
   switch (req.op) {
@@ -50,7 +52,7 @@ function handle(req: WriterRequest): WriterResult {
     case "resync":
       return resync(req.dir, req.fsync);
     case "write":
-      return write(req.data, req.fsync, req.rotateTo, req.dir);
+      return write(req.id, req.data, req.fsync, req.rotateTo, req.dir);
     case "drop":
       // `path`: the file this thread has open, which a rotation whose write failed may have changed.
       closeCurrent();
@@ -71,7 +73,7 @@ function handle(req: WriterRequest): WriterResult {
  * that made durable) before the failure is answered, so that no line of a call about to be
  * answered UNAVAILABLE stays in the file, even if the process is killed before any recovery.
  */
-function write(data: Uint8Array, fsync: boolean, rotateTo: string | undefined, dir: string): WriterResult {
+function write(id: number, data: Uint8Array, fsync: boolean, rotateTo: string | undefined, dir: string): WriterResult {
   if (rotateTo !== undefined) {
     closeCurrent();
     openCurrent(rotateTo, dir, fsync);
@@ -93,6 +95,9 @@ function write(data: Uint8Array, fsync: boolean, rotateTo: string | undefined, d
       fsyncSeconds = Number(process.hrtime.bigint() - started) / 1e9;
     }
     size = start + data.length;
+    // The main thread gave up on this write (it stalled) and answered its callers UNAVAILABLE:
+    // its lines go at once, not only at the next recovery, so a kill meanwhile cannot keep them.
+    if (Atomics.load(abandoned, 0) === id) return { op: "write", path, size: cutBack(start) ? start : size, fsyncSeconds };
     return { op: "write", path, size, fsyncSeconds };
   } catch (e) {
     throw withCutBack(e, cutBack(start));
