@@ -32,9 +32,10 @@ function statOrUndefined(p: string): Stats | undefined {
 /**
  * Why `dir` cannot be the audit directory, or undefined if it can (it exists, or its nearest
  * existing parent is a directory this process may create it in). Synchronous and bounded: it
- * only stats the path and its parents.
+ * only stats the path and its parents. `writable: false` leaves out whether this process may
+ * write there (a configuration checked on another machine or as another user than the service).
  */
-export function auditDirProblem(dir: string): string | undefined {
+export function auditDirProblem(dir: string, o: { writable?: boolean } = {}): string | undefined {
   if (!isAbsolute(dir)) return `${dir} is not an absolute path`;
   const target = resolve(dir);
   if (target.split(sep).length > MAX_DEPTH) return `${dir} is nested deeper than ${MAX_DEPTH} levels`;
@@ -55,6 +56,7 @@ export function auditDirProblem(dir: string): string | undefined {
     }
     const st = statSync(existing);
     if (!st.isDirectory()) return `${existing} is not a directory`;
+    if (o.writable === false) return undefined;
     try {
       accessSync(existing, constants.W_OK | constants.X_OK);
     } catch {

@@ -168,7 +168,8 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
   const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
   if (!auditDir) problems.push("audit.dir: required (every request is audited)");
-  const auditDirBad = auditDir ? auditDirProblem(auditDir) : undefined;
+  // Where it is, not who may write there: that is checked when serve opens it (another user here).
+  const auditDirBad = auditDir ? auditDirProblem(auditDir, { writable: false }) : undefined;
   if (auditDirBad) problems.push(`audit.dir: ${auditDirBad}`);
   const writeTimeoutMs = int(auditSection, "writeTimeoutSeconds", "audit", DEFAULT_WRITE_TIMEOUT_MS / 1000, 1, 600) * 1000;
   const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
@@ -520,6 +521,20 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
       const deep = join(root, "x", "y", "z");
       await openLog({ dir: deep });
       assert.equal(statSync(deep).mode & 0o777, 0o700);
+    });
+
+    it("a directory the service cannot write (a read-only mount): refused at open, naming it", async function () {
+      if (process.getuid?.() !== 0) this.skip(); // mounting needs root
+      const ro = join(root, "read-only");
+      mkdirSync(ro);
+      const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro]);
+      if (mounted.status !== 0) this.skip();
+      try {
+        await assert.rejects(AuditLog.open({ dir: join(ro, "audit") }), refused(/read-only\/audit does not exist and cannot be created: .*read-only is not writable by this process/));
+        await assert.rejects(AuditLog.open({ dir: ro }), refused(/read-only is not writable by this process/));
+      } finally {
+        spawnSync("umount", [ro]);
+      }
     });
 
     it("a second writer is refused, naming the holder; close() releases the directory", async () => {
