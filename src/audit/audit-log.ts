@@ -20,6 +20,14 @@ export const DEFAULT_WRITE_TIMEOUT_MS = 2_000;
 /** Opening, the tail read and the cut-back of a recovery may take longer than one write. */
 const MIN_OTHER_TIMEOUT_MS = 10_000;
 const WRITER_URL = new URL("./audit-writer.js", import.meta.url);
+/** What each writer request does, for messages. */
+const WHAT: Record<WriterRequest["op"], string> = {
+  open: "checking and locking the directory",
+  resync: "reading the end of the chain",
+  write: "a write and its fdatasync",
+  drop: "cutting back unanswered lines",
+  close: "closing the file",
+};
 /** Fields the log sets itself; a record that tried to set them would forge the chain. */
 const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
@@ -365,7 +373,7 @@ export class AuditLog {
   private call<Op extends WriterRequest["op"]>(req: Extract<WriterRequestBody, { op: Op }>, timeoutMs: number): Promise<Extract<WriterResult, { op: Op }>> {
     if (this.stalled) {
       const s = Math.round((performance.now() - this.stalled.since) / 1000);
-      return Promise.reject(new Error(`the audit disk has not finished a ${this.stalled.op} started ${s} s ago`));
+      return Promise.reject(new Error(`the audit disk has not finished ${WHAT[this.stalled.op]} started ${s} s ago`));
     }
     // Positive 31-bit ids: the shared slot is an Int32Array.
     const id = (this.nextRequestId = (this.nextRequestId % 0x7fffffff) + 1);
@@ -379,7 +387,7 @@ export class AuditLog {
         this.stalled = { op: req.op, since };
         // The thread may stay blocked for ever; that must not keep a stopping process alive.
         this.worker.unref();
-        reject(new Error(`the audit disk did not finish a ${req.op === "write" ? "write and fdatasync" : req.op} within ${timeoutMs} ms`));
+        reject(new Error(`the audit disk did not finish ${WHAT[req.op]} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.outstanding.set(id, { op: req.op, since, resolve, reject, timer, abandoned: false });
       this.worker.ref();
