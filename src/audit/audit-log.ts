@@ -1,22 +1,33 @@
 import { createHash } from "node:crypto";
-import { mkdir, open, readdir, stat, type FileHandle } from "node:fs/promises";
-import { readdirSync, writeSync, type Stats } from "node:fs";
+import { readdir } from "node:fs/promises";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
+import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 import type { NotaryArtifact } from "./notary-payload.js";
+
+export { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH };
 
 /** Files rotate before they would grow beyond this. */
 export const DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024;
-/** The `prev` of the first line ever written. */
-export const GENESIS_HASH = "0".repeat(64);
-/** audit-<16-digit first sequence>.jsonl: zero padding makes name order the sequence order. */
-export const AUDIT_FILE_PATTERN = /^audit-(\d{16})\.jsonl$/;
-
-const DIR_MODE = 0o700;
-const FILE_MODE = 0o600;
-/** The tail is read backwards in chunks of this size; an audit line is far smaller. */
-const TAIL_CHUNK_BYTES = 64 * 1024;
-const NEWLINE = 0x0a;
+/**
+ * A write and its fdatasync not done after this long: the disk stalls (a frozen file system, a
+ * hung NFS server, a dying device). The calls waiting for it fail (AUDIT_UNAVAILABLE) and the
+ * log fails closed until the disk answers again.
+ */
+export const DEFAULT_WRITE_TIMEOUT_MS = 2_000;
+/** Opening, the tail read and the cut-back of a recovery may take longer than one write. */
+const MIN_OTHER_TIMEOUT_MS = 10_000;
+const WRITER_URL = new URL("./audit-writer.js", import.meta.url);
+/** What each writer request does, for messages. */
+const WHAT: Record<WriterRequest["op"], string> = {
+  open: "checking and locking the directory",
+  resync: "reading the end of the chain",
+  write: "a write and its fdatasync",
+  drop: "cutting back unanswered lines",
+  close: "closing the file",
+};
 /** Fields the log sets itself; a record that tried to set them would forge the chain. */
 const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
@@ -54,11 +65,19 @@ export interface AuditLogOptions {
   /** Called after each fdatasync with its duration and the number of lines it made durable. */
   onFsync?: (seconds: number, lines: number) => void;
   /**
+   * How long a write and its fdatasync may take (default DEFAULT_WRITE_TIMEOUT_MS). A disk that
+   * takes longer fails the waiting appends (AUDIT_UNAVAILABLE) and the log, which recovers once
+   * the disk has answered.
+   */
+  writeTimeoutMs?: number;
+  /** Lock the directory against a second writer (default true; see audit-dir.ts). */
+  lock?: boolean;
+  /**
    * Recover by itself after a failure (space freed, the I/O error gone): recover() after minMs,
    * then, while the disk stays unusable, after twice as long each time up to maxMs. An attempt
    * counts only once a line saying so (method "AuditLog.Recovered") is durable, so a disk that is
    * still full does not look healthy in between. Without it, the log stays failed until
-   * recover() is called.
+   * recover() is called. A stalled write that finally completes brings the next attempt forward.
    */
   retry?: { minMs: number; maxMs: number; onRecovered?: () => void; onFailed?: (e: SignerError, nextAttemptMs: number) => void };
 }
@@ -71,10 +90,15 @@ export interface AuditLogStats {
   healthy: boolean;
 }
 
-/** A torn last line (a crash in the middle of a write) that open() or recover() cut away. */
+/**
+ * A torn last line (a crash in the middle of a write) that open() or recover() cut away: which
+ * file, how many bytes, their SHA-256 and the start of their text (audit lines hold no secrets).
+ */
 export interface TornLine {
   file: string;
   bytes: number;
+  sha256: string;
+  preview: string;
 }
 
 interface ChainTail {
@@ -95,9 +119,18 @@ interface Position {
   size: number;
 }
 
-export function auditFileName(firstSequence: number): string {
-  return `audit-${String(firstSequence).padStart(16, "0")}.jsonl`;
+/** A request to the writer thread that has not been answered yet. */
+interface Outstanding {
+  op: WriterRequest["op"];
+  since: number;
+  resolve: (r: WriterResult) => void;
+  reject: (e: unknown) => void;
+  timer: NodeJS.Timeout;
+  /** Its caller stopped waiting (the bound passed); the answer, when it comes, ends the stall. */
+  abandoned: boolean;
 }
+
+type WriterRequestBody = WriterRequest extends infer R ? (R extends { id: number } ? Omit<R, "id"> : never) : never;
 
 /** The audit files of a directory, full paths, in sequence order. */
 export async function listAuditFiles(dir: string): Promise<string[]> {
@@ -126,14 +159,29 @@ export function hashLine(line: string | Buffer): string {
  * flight are written together with one write and one fdatasync (group commit), so the cost of
  * durability is shared by all concurrent requests. When a write fails, the log fails closed:
  * every append rejects with AUDIT_UNAVAILABLE until recover() succeeds.
+ *
+ * Every call on the disk runs on the log's own thread (audit-writer.ts), never on the event loop
+ * or libuv's shared thread pool, and is waited for a bounded time: a disk that stalls costs the
+ * calls that need the audit (UNAVAILABLE after writeTimeoutMs), not the process. A failed write
+ * is cut back out of the file before its callers are answered, so an answer and its line agree.
  */
 export class AuditLog {
   private readonly dir: string;
   private readonly maxFileBytes: number;
   private readonly fsync: boolean;
   private readonly onFsync: ((seconds: number, lines: number) => void) | undefined;
+  private readonly writeTimeoutMs: number;
+  private readonly otherTimeoutMs: number;
+  private readonly lock: boolean;
 
-  private handle: FileHandle | undefined;
+  private worker: Worker;
+  /** Shared with the writer thread: the id of the request this thread stopped waiting for. */
+  private readonly abandoned = new Int32Array(new SharedArrayBuffer(4));
+  private nextRequestId = 0;
+  private readonly outstanding = new Map<number, Outstanding>();
+  /** A request whose caller gave up waiting and the thread has not finished: the disk stalls. */
+  private stalled: { op: WriterRequest["op"]; since: number } | undefined;
+
   private path = "";
   private size = 0;
   private committed: Position = { path: "", size: 0 };
@@ -159,19 +207,38 @@ export class AuditLog {
     this.fsync = o.fsync ?? true;
     this.onFsync = o.onFsync;
     this.retry = o.retry;
+    this.lock = o.lock ?? true;
+    this.writeTimeoutMs = o.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
+    this.otherTimeoutMs = Math.max(this.writeTimeoutMs, MIN_OTHER_TIMEOUT_MS);
     if (!Number.isSafeInteger(this.maxFileBytes) || this.maxFileBytes < 1) {
       throw new SignerError("CONFIG_INVALID", "the audit maxFileBytes must be a positive integer");
     }
+    if (!Number.isSafeInteger(this.writeTimeoutMs) || this.writeTimeoutMs < 1) {
+      throw new SignerError("CONFIG_INVALID", "the audit writeTimeoutMs must be a positive integer");
+    }
+    this.worker = this.startWriter();
   }
 
-  /** Opens (creating the directory if needed) and continues the chain of the newest file. */
+  /**
+   * Checks the directory (creating it if needed), locks it, cuts a torn last line away (and
+   * records that in the chain, method "AuditLog.Repaired") and continues the chain of the newest
+   * file.
+   */
   static async open(o: AuditLogOptions): Promise<AuditLog> {
     const log = new AuditLog(o);
     try {
-      await mkdir(log.dir, { recursive: true, mode: DIR_MODE });
+      await log.call({ op: "open", dir: log.dir, lock: log.lock }, log.otherTimeoutMs);
       await log.resync();
     } catch (e) {
-      await log.handle?.close().catch(() => undefined);
+      // Releases the lock if it was taken (not possible while the disk stalls: the next start finds it stale).
+      if (!log.stalled) await log.call({ op: "close" }, log.otherTimeoutMs).catch(() => undefined);
+      await log.stopWriter();
+      throw asUnavailable(e, "opened");
+    }
+    try {
+      await log.recordRepair();
+    } catch (e) {
+      await log.close().catch(() => undefined);
       throw asUnavailable(e, "opened");
     }
     return log;
@@ -182,7 +249,7 @@ export class AuditLog {
     return this.torn !== undefined;
   }
 
-  /** Which file lost how many bytes, when `recovered`: worth a line in the service log. */
+  /** What open() or the last recover() cut away, when `recovered`: worth a line in the service log. */
   get tornLine(): TornLine | undefined {
     return this.torn;
   }
@@ -221,7 +288,7 @@ export class AuditLog {
   /**
    * After a failure: drops what rejected appends may have left on disk, re-opens the current file
    * and resyncs the chain from the disk. Rejects (and the log stays failed) if the disk still
-   * cannot be used.
+   * cannot be used, or still has not finished a write it stalled in.
    */
   recover(): Promise<void> {
     // Two concurrent recoveries would each open the current file; the second one waits instead.
@@ -236,37 +303,113 @@ export class AuditLog {
     if (this.closed) throw closed();
     await this.flushing;
     if (!this.failure) return;
-    await this.handle?.close().catch(() => undefined);
-    this.handle = undefined;
     try {
-      await this.dropUncommitted();
+      await this.call({ op: "drop", committedPath: this.committed.path, committedSize: this.committed.size }, this.otherTimeoutMs);
       await this.resync();
     } catch (e) {
       throw asUnavailable(e, "recovered");
     }
-    if (this.closed) {
-      // close() ran meanwhile: the file resync() opened is not used.
-      await (this.handle as FileHandle | undefined)?.close().catch(() => undefined);
-      this.handle = undefined;
-      throw closed();
-    }
+    if (this.closed) throw closed();
     this.failure = undefined;
+    await this.recordRepair();
   }
 
-  /** Writes what is queued (those appends resolve), then closes the file. */
+  /** Writes what is queued (those appends resolve), then closes the file and releases the directory. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
+    // Bounded: each write is (writeTimeoutMs), and a failure rejects the rest of the queue.
     while (this.flushing) await this.flushing;
-    const handle = this.handle;
-    this.handle = undefined;
+    if (this.stalled) {
+      // The thread is blocked in the disk; it cannot close anything until the disk answers.
+      // What it may still write was answered UNAVAILABLE, and the next start cuts it back.
+      void this.stopWriter();
+      return;
+    }
     try {
-      await handle?.close();
+      await this.call({ op: "close" }, this.otherTimeoutMs);
     } catch (e) {
       throw asUnavailable(e, "closed");
+    } finally {
+      await this.stopWriter();
     }
+  }
+
+  private startWriter(): Worker {
+    const w = new Worker(WRITER_URL, { workerData: { abandoned: this.abandoned.buffer } });
+    // Referenced only while a request is outstanding (call()): an idle log keeps no process alive.
+    w.unref();
+    w.on("message", (a: WriterAnswer) => this.onAnswer(a));
+    const lost = (e: unknown): void => {
+      if (this.worker !== w) return;
+      // Never expected (every request is answered, errors included): fail what waits, and let
+      // the next request start a new thread. The file it had open is opened again by resync().
+      this.worker = this.closed ? w : this.startWriter();
+      this.stalled = undefined;
+      for (const [id, o] of this.outstanding) {
+        this.outstanding.delete(id);
+        clearTimeout(o.timer);
+        if (!o.abandoned) o.reject(new Error(`the audit writer thread stopped (${errorCode(e)})`));
+      }
+    };
+    w.on("error", lost);
+    w.on("exit", (code) => lost(new Error(`exit code ${code}`)));
+    return w;
+  }
+
+  private async stopWriter(): Promise<void> {
+    const w = this.worker;
+    w.removeAllListeners("exit");
+    w.removeAllListeners("error");
+    w.on("error", () => undefined);
+    // A thread blocked in a stalled disk cannot stop until the disk answers; never wait for it.
+    if (this.stalled) void w.terminate().catch(() => undefined);
+    else await w.terminate().catch(() => undefined);
+  }
+
+  /** One request to the writer thread, waited for at most timeoutMs. */
+  private call<Op extends WriterRequest["op"]>(req: Extract<WriterRequestBody, { op: Op }>, timeoutMs: number): Promise<Extract<WriterResult, { op: Op }>> {
+    if (this.stalled) {
+      const s = Math.round((performance.now() - this.stalled.since) / 1000);
+      return Promise.reject(new Error(`the audit disk has not finished ${WHAT[this.stalled.op]} started ${s} s ago`));
+    }
+    // Positive 31-bit ids: the shared slot is an Int32Array.
+    const id = (this.nextRequestId = (this.nextRequestId % 0x7fffffff) + 1);
+    return new Promise<WriterResult>((resolve, reject) => {
+      const since = performance.now();
+      const timer = setTimeout(() => {
+        const o = this.outstanding.get(id);
+        if (!o) return;
+        o.abandoned = true;
+        Atomics.store(this.abandoned, 0, id);
+        this.stalled = { op: req.op, since };
+        // The thread may stay blocked for ever; that must not keep a stopping process alive.
+        this.worker.unref();
+        reject(new Error(`the audit disk did not finish ${WHAT[req.op]} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.outstanding.set(id, { op: req.op, since, resolve, reject, timer, abandoned: false });
+      this.worker.ref();
+      this.worker.postMessage({ ...req, id });
+    }) as Promise<Extract<WriterResult, { op: Op }>>;
+  }
+
+  private onAnswer(a: WriterAnswer): void {
+    const o = this.outstanding.get(a.id);
+    if (!o) return;
+    this.outstanding.delete(a.id);
+    clearTimeout(o.timer);
+    if (this.outstanding.size === 0) this.worker.unref();
+    if (o.abandoned) {
+      // The stalled request finished after all. Its callers were answered UNAVAILABLE; what it may
+      // have written is cut back by the recovery, which need not wait for its backoff any more.
+      this.stalled = undefined;
+      this.retrySoon();
+      return;
+    }
+    if ("ok" in a) o.resolve(a.ok);
+    else o.reject(Object.assign(new Error(a.error.message), { code: a.error.code, cutBack: a.error.cutBack }));
   }
 
   private async flush(): Promise<void> {
@@ -288,56 +431,25 @@ export class AuditLog {
       const first = batch[i]!;
       let j = i + 1;
       let bytes = first.bytes.length;
+      const rotate = this.size > 0 && this.size + bytes > this.maxFileBytes;
+      const size = rotate ? 0 : this.size;
+      while (j < batch.length && size + bytes + batch[j]!.bytes.length <= this.maxFileBytes) bytes += batch[j++]!.bytes.length;
+      const segment = batch.slice(i, j);
+      const data = segment.length === 1 ? first.bytes : Buffer.concat(segment.map((p) => p.bytes), bytes);
       try {
-        if (this.size > 0 && this.size + bytes > this.maxFileBytes) await this.rotate(first.receipt.sequence);
-        while (j < batch.length && this.size + bytes + batch[j]!.bytes.length <= this.maxFileBytes) bytes += batch[j++]!.bytes.length;
-        await this.writeSegment(batch.slice(i, j), bytes);
+        const r = await this.call({ op: "write", data, fsync: this.fsync, rotateTo: rotate ? join(this.dir, auditFileName(first.receipt.sequence)) : undefined, dir: this.dir }, this.writeTimeoutMs);
+        this.path = r.path;
+        this.size = r.size;
+        this.committed = { path: this.path, size: this.size };
+        this.durableSequence = segment[segment.length - 1]!.receipt.sequence;
+        if (r.fsyncSeconds !== undefined) this.reportFsync(r.fsyncSeconds, segment.length);
       } catch (e) {
         this.fail(e, batch.slice(i));
         return;
       }
-      for (let k = i; k < j; k++) batch[k]!.resolve(batch[k]!.receipt);
+      for (const p of segment) p.resolve(p.receipt);
       i = j;
     }
-  }
-
-  private async writeSegment(segment: Pending[], bytes: number): Promise<void> {
-    const handle = this.currentHandle();
-    const data = segment.length === 1 ? segment[0]!.bytes : Buffer.concat(segment.map((p) => p.bytes), bytes);
-    // A synchronous write: it only copies a few KiB into the page cache, and saves a thread-pool
-    // round trip per batch (about 40 µs of CPU per line at 1,500 lines/s, in test/bench's
-    // terms); the fdatasync, which waits for the disk, stays off the event loop.
-    writeAllSync(handle.fd, data);
-    this.size += data.length;
-    if (this.fsync) {
-      const started = process.hrtime.bigint();
-      await handle.datasync();
-      this.reportFsync(Number(process.hrtime.bigint() - started) / 1e9, segment.length);
-    }
-    this.committed = { path: this.path, size: this.size };
-    this.durableSequence = segment[segment.length - 1]!.receipt.sequence;
-  }
-
-  /** Closes the full file and starts the one whose first line is `firstSequence`. */
-  private async rotate(firstSequence: number): Promise<void> {
-    const old = this.currentHandle();
-    this.handle = undefined;
-    await old.close();
-    await this.openCurrent(join(this.dir, auditFileName(firstSequence)));
-  }
-
-  private async openCurrent(path: string): Promise<void> {
-    const existed = await exists(path);
-    this.handle = await open(path, "a", FILE_MODE);
-    this.path = path;
-    this.size = (await this.handle.stat()).size;
-    // fdatasync of the file does not make its directory entry durable; a new file needs both.
-    if (!existed && this.fsync) await syncDirectory(this.dir);
-  }
-
-  private currentHandle(): FileHandle {
-    if (!this.handle) throw new Error("the audit file is not open");
-    return this.handle;
   }
 
   private fail(e: unknown, pending: Pending[]): void {
@@ -347,15 +459,24 @@ export class AuditLog {
     if (!this.retrying) this.scheduleRecovery();
   }
 
-  private scheduleRecovery(): void {
+  private scheduleRecovery(now = false): void {
     const r = this.retry;
     if (!r || this.closed || this.retryTimer) return;
-    const ms = retryDelayMs(r, this.retryAttempts);
+    const ms = now ? 0 : retryDelayMs(r, this.retryAttempts);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.retryOnce(r, ms);
     }, ms);
     this.retryTimer.unref();
+  }
+
+  /** The disk answered again: the next automatic attempt comes now, and backs off from the start. */
+  private retrySoon(): void {
+    if (!this.retry || !this.failure || this.closed || this.retrying) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.retryAttempts = 0;
+    this.scheduleRecovery(true);
   }
 
   /** One automatic attempt: recover(), then a durable line that records the outage. */
@@ -387,40 +508,34 @@ export class AuditLog {
     }
   }
 
-  /**
-   * Rejected appends may have reached the disk in part or in full. Their callers were told the
-   * request failed, so their lines go: the file is cut back to the last durable position, and a
-   * file started by a rotation whose first write failed is emptied.
-   */
-  private async dropUncommitted(): Promise<void> {
-    if (this.path !== "" && this.path !== this.committed.path) await truncateIfLonger(this.path, 0);
-    if (this.committed.path !== "") await truncateIfLonger(this.committed.path, this.committed.size);
-  }
-
   /** Finds the end of the chain on disk (cutting a torn last line away) and opens the newest file. */
   private async resync(): Promise<void> {
-    const files = await listAuditFiles(this.dir);
-    let tail: ChainTail = { sequence: 0, hash: GENESIS_HASH };
-    this.torn = undefined;
-    for (let i = files.length - 1; i >= 0; i--) {
-      const file = files[i]!;
-      const { line, torn } = await readLastLine(file);
-      if (torn > 0) this.torn = { file, bytes: torn };
-      if (line) {
-        tail = parseTail(line, file);
-        break;
-      }
-    }
-    const newest = files.at(-1);
-    if (newest !== undefined && (await stat(newest)).size === 0) {
-      // An empty newest file: a rotation that crashed before its first write. It must be the next one.
-      const first = Number(AUDIT_FILE_PATTERN.exec(newest.slice(newest.lastIndexOf("/") + 1))?.[1]);
-      if (first !== tail.sequence + 1) throw new Error(`${newest} is empty but the chain ends at sequence ${tail.sequence}`);
-    }
-    await this.openCurrent(newest ?? join(this.dir, auditFileName(tail.sequence + 1)));
+    const r = await this.call({ op: "resync", dir: this.dir, fsync: this.fsync }, this.otherTimeoutMs);
+    this.torn = r.torn;
+    this.path = r.path;
+    this.size = r.size;
     this.committed = { path: this.path, size: this.size };
-    this.assigned = tail;
-    this.durableSequence = tail.sequence;
+    this.assigned = r.tail;
+    this.durableSequence = r.tail.sequence;
+  }
+
+  /**
+   * A torn tail was cut away: the chain itself says so (method "AuditLog.Repaired", which
+   * `audit verify` lists), before any request is written after it.
+   */
+  private async recordRepair(): Promise<void> {
+    const t = this.torn;
+    if (!t) return;
+    await this.append({
+      requestId: "-",
+      peer: "-",
+      identity: "hsm-signer",
+      method: "AuditLog.Repaired",
+      decision: "none",
+      result: "OK",
+      latencyMs: 0,
+      repair: { file: t.file.slice(t.file.lastIndexOf("/") + 1), cutBytes: t.bytes, cutSha256: t.sha256, cutPreview: t.preview, reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away" },
+    });
   }
 }
 
@@ -434,121 +549,6 @@ function serialize(seq: number, prev: string, record: AuditRecordInput): string 
   // JSON.stringify escapes control characters and lone surrogates, so the line has no raw newline
   // and its UTF-8 bytes decode back to the same text (the hash of the text is the hash of the bytes).
   return JSON.stringify(line);
-}
-
-function parseTail(line: Buffer, file: string): ChainTail {
-  let seq: unknown;
-  try {
-    seq = (JSON.parse(line.toString("utf8")) as { seq?: unknown }).seq;
-  } catch {
-    seq = undefined;
-  }
-  if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) throw new Error(`the last line of ${file} is not an audit record`);
-  return { sequence: seq, hash: hashLine(line) };
-}
-
-/**
- * The last complete line of a file, read backwards from the end. Bytes after the last newline are
- * a torn write from a crash (the writer always ends a line with its newline): they are cut away
- * durably, and their count is returned as `torn`.
- */
-async function readLastLine(file: string): Promise<{ line: Buffer | undefined; torn: number }> {
-  const fh = await open(file, "r");
-  let found: { end: number; line: Buffer | undefined };
-  let size: number;
-  try {
-    size = (await fh.stat()).size;
-    found = await findLastLine(fh, size);
-  } finally {
-    await fh.close();
-  }
-  if (found.end < size) await truncateIfLonger(file, found.end);
-  return { line: found.line, torn: size - found.end };
-}
-
-/** `end`: the length up to and including the last newline (0 if none); `line`: the line before it. */
-async function findLastLine(fh: FileHandle, size: number): Promise<{ end: number; line: Buffer | undefined }> {
-  let pos = size;
-  let end = -1;
-  const kept: Buffer[] = [];
-  while (pos > 0) {
-    const n = Math.min(TAIL_CHUNK_BYTES, pos);
-    pos -= n;
-    const chunk = await readAt(fh, pos, n);
-    let upto = chunk.length;
-    if (end < 0) {
-      const nl = chunk.lastIndexOf(NEWLINE);
-      if (nl < 0) continue;
-      end = pos + nl + 1;
-      upto = nl;
-    }
-    const start = upto > 0 ? chunk.lastIndexOf(NEWLINE, upto - 1) : -1;
-    if (start >= 0) {
-      kept.push(chunk.subarray(start + 1, upto));
-      return { end, line: Buffer.concat(kept.reverse()) };
-    }
-    kept.push(chunk.subarray(0, upto));
-  }
-  return end < 0 ? { end: 0, line: undefined } : { end, line: Buffer.concat(kept.reverse()) };
-}
-
-async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
-  let off = 0;
-  while (off < length) {
-    const { bytesRead } = await fh.read(buf, off, length - off, position + off);
-    if (bytesRead === 0) throw new Error("the audit file shrank while it was read");
-    off += bytesRead;
-  }
-  return buf;
-}
-
-function writeAllSync(fd: number, data: Buffer): void {
-  let off = 0;
-  while (off < data.length) {
-    // The file is opened O_APPEND: each write goes to the end.
-    const bytesWritten = writeSync(fd, data, off, data.length - off);
-    if (bytesWritten === 0) throw Object.assign(new Error("short write"), { code: "EIO" });
-    off += bytesWritten;
-  }
-}
-
-/** Cuts a regular file back to `length` and makes that durable; anything else is left alone. */
-async function truncateIfLonger(file: string, length: number): Promise<void> {
-  let st: Stats;
-  try {
-    st = await stat(file);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw e;
-  }
-  if (!st.isFile() || st.size <= length) return;
-  const fh = await open(file, "r+");
-  try {
-    await fh.truncate(length);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const fh = await open(dir, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
-    throw e;
-  }
 }
 
 function errorCode(e: unknown): string {

@@ -1,6 +1,7 @@
 export {
   AuditLog,
   DEFAULT_MAX_FILE_BYTES,
+  DEFAULT_WRITE_TIMEOUT_MS,
   GENESIS_HASH,
   AUDIT_FILE_PATTERN,
   auditFileName,
@@ -14,4 +15,5 @@ export {
   type TornLine,
 } from "./audit-log.js";
 export { parseNotaryPayload, NOTARY_PAYLOAD_CONTENT_TYPE, type NotaryArtifact, type NotaryPayloadKind, type ParsedNotaryPayload } from "./notary-payload.js";
-export { verifyAuditFiles, searchAudit, type AuditVerifyResult, type AuditQuery } from "./verify.js";
+export { verifyAuditFiles, searchAudit, type AuditVerifyResult, type AuditRepair, type AuditQuery } from "./verify.js";
+export { auditDirProblem, LOCK_FILE_NAME } from "./audit-dir.js";

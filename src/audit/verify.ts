@@ -9,11 +9,28 @@ export interface AuditVerifyResult {
   lines: number;
   /** The first line that breaks the chain; `line` is 1-based within `file`. */
   firstBad?: { file: string; line: number; reason: string };
+  /**
+   * The repairs the writer recorded in the chain (lines with method "AuditLog.Repaired": a torn
+   * tail it cut away at start-up); present only when there are some. The chain is intact across
+   * them, but the cut bytes are gone: worth a look.
+   */
+  repairs?: AuditRepair[];
+}
+
+export interface AuditRepair {
+  /** The line that records the repair; `line` is 1-based within `file`. */
+  file: string;
+  line: number;
+  seq: number;
+  /** How many bytes were cut, and from which file (its name). */
+  cutBytes: number;
+  repairedFile: string;
 }
 
 export interface AuditQuery {
   /** The signed artifact's digest (Notary payloads), e.g. "sha256:d7fe…". */
   artifactDigest?: string;
+  /** Globs, as in the policy: `*` any run of characters (including "/"), `?` one character, the rest literal. */
   keyId?: string;
   identity?: string;
   /** Inclusive. */
@@ -48,6 +65,7 @@ interface ChainLink {
 export async function verifyAuditFiles(files: string[]): Promise<AuditVerifyResult> {
   let previous: ChainLink | undefined;
   let verified = 0;
+  const repairs: AuditRepair[] = [];
   for (const file of files) {
     const named = firstSequenceInName(file);
     let n = 0;
@@ -57,13 +75,14 @@ export async function verifyAuditFiles(files: string[]): Promise<AuditVerifyResu
       if (typeof checked === "string") return { ok: false, lines: verified, firstBad: { file, line: n, reason: checked } };
       previous = { seq: checked.seq, hash: hashLine(bytes), file, line: n };
       verified++;
+      if (checked.repair) repairs.push({ file, line: n, seq: checked.seq, cutBytes: checked.repair.cutBytes, repairedFile: checked.repair.file });
     }
   }
-  return { ok: true, lines: verified };
+  return repairs.length > 0 ? { ok: true, lines: verified, repairs } : { ok: true, lines: verified };
 }
 
 /** The line's seq and prev, or why it breaks the chain. */
-function checkLine(bytes: Buffer, terminated: boolean, previous: ChainLink | undefined, named: number | undefined): { seq: number } | string {
+function checkLine(bytes: Buffer, terminated: boolean, previous: ChainLink | undefined, named: number | undefined): { seq: number; repair?: { cutBytes: number; file: string } } | string {
   // The writer ends every line with a newline; a line without one was cut short.
   if (!terminated) return "the last line has no newline: a torn write or a truncated file";
   let record: unknown;
@@ -73,7 +92,7 @@ function checkLine(bytes: Buffer, terminated: boolean, previous: ChainLink | und
     return "not a JSON line";
   }
   if (typeof record !== "object" || record === null || Array.isArray(record)) return "not a JSON object";
-  const { seq, prev } = record as { seq?: unknown; prev?: unknown };
+  const { seq, prev, method, repair } = record as { seq?: unknown; prev?: unknown; method?: unknown; repair?: { cutBytes?: unknown; file?: unknown } };
   if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1) return "no valid seq";
   if (typeof prev !== "string" || !HEX_SHA256.test(prev)) return "no valid prev hash";
   if (previous === undefined) {
@@ -85,6 +104,9 @@ function checkLine(bytes: Buffer, terminated: boolean, previous: ChainLink | und
     }
   }
   if (named !== undefined && seq !== named) return `the file name says its first seq is ${named} but its first line has seq ${seq}`;
+  if (method === "AuditLog.Repaired") {
+    return { seq, repair: { cutBytes: typeof repair?.cutBytes === "number" ? repair.cutBytes : NaN, file: typeof repair?.file === "string" ? repair.file : "?" } };
+  }
   return { seq };
 }
 
@@ -96,6 +118,8 @@ export async function* searchAudit(files: string[], q: AuditQuery): AsyncGenerat
   const from = q.from?.getTime();
   const to = q.to?.getTime();
   const digest = q.artifactDigest?.toLowerCase();
+  const keyId = q.keyId === undefined ? undefined : globRegExp(q.keyId);
+  const identity = q.identity === undefined ? undefined : globRegExp(q.identity);
   for (const file of files) {
     const input = createReadStream(file, { encoding: "utf8" });
     const lines = createInterface({ input, crlfDelay: Infinity });
@@ -104,8 +128,8 @@ export async function* searchAudit(files: string[], q: AuditQuery): AsyncGenerat
         const r = parseObject(line);
         if (!r) continue;
         if (digest !== undefined && artifactDigestOf(r)?.toLowerCase() !== digest) continue;
-        if (q.keyId !== undefined && r.keyId !== q.keyId) continue;
-        if (q.identity !== undefined && r.identity !== q.identity) continue;
+        if (keyId && !(typeof r.keyId === "string" && keyId.test(r.keyId))) continue;
+        if (identity && !(typeof r.identity === "string" && identity.test(r.identity))) continue;
         if (from !== undefined || to !== undefined) {
           const t = typeof r.time === "string" ? Date.parse(r.time) : NaN;
           if (Number.isNaN(t) || (from !== undefined && t < from) || (to !== undefined && t >= to)) continue;
@@ -117,6 +141,17 @@ export async function* searchAudit(files: string[], q: AuditQuery): AsyncGenerat
       input.destroy();
     }
   }
+}
+
+/** The policy's globs (policy.ts): `*` any run of characters, `?` one, the rest literal, anchored. */
+export function globRegExp(pattern: string): RegExp {
+  let src = "";
+  for (const ch of pattern) {
+    if (ch === "*") src += "[\\s\\S]*";
+    else if (ch === "?") src += "[\\s\\S]";
+    else src += ch.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
+  }
+  return new RegExp(`^${src}$`, "u");
 }
 
 function parseObject(line: string): Record<string, unknown> | undefined {

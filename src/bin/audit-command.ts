@@ -6,14 +6,28 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { dir: { type: "string" }, artifact: { type: "string" }, key: { type: "string" }, identity: { type: "string" }, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" } },
+    options: {
+      dir: { type: "string" },
+      artifact: { type: "string" },
+      "key-id": { type: "string" },
+      // Elsewhere in the CLI --key is a private-key file (mTLS); here it is refused, never reinterpreted.
+      key: { type: "string" },
+      identity: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      json: { type: "boolean" },
+    },
   });
+  if (values.key !== undefined) throw new UsageError("audit search takes the key id as --key-id (--key is the TLS private-key file in other commands)");
   const files = values.dir ? auditFilesIn(values.dir) : positionals;
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {
     const r = await verifyAuditFiles(files);
     if (r.ok) {
       console.log(`OK: ${r.lines} records in ${files.length} file(s), hash chain intact`);
+      for (const p of r.repairs ?? []) {
+        console.log(`repaired: ${p.file}:${p.line} (seq ${p.seq}) records that the writer cut ${p.cutBytes} bytes (a torn last line) from ${p.repairedFile} at start-up`);
+      }
       return 0;
     }
     console.log(`FAILED at ${r.firstBad?.file}:${r.firstBad?.line}: ${r.firstBad?.reason}`);
@@ -26,7 +40,8 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
       if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
       return d;
     };
-    const q = { artifactDigest: values.artifact, keyId: values.key, identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to") };
+    // --key-id and --identity are globs, as in the policy: `*` any run of characters, `?` one.
+    const q = { artifactDigest: values.artifact, keyId: values["key-id"], identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to") };
     let n = 0;
     for await (const r of searchAudit(files, q)) {
       n++;

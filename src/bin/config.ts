@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
+import { auditDirProblem, DEFAULT_WRITE_TIMEOUT_MS } from "../audit/index.js";
 import { SignerError } from "../errors/index.js";
 import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
 import type { LogLevel } from "../log/index.js";
@@ -20,7 +21,7 @@ export interface Config {
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
-  audit: { dir: string; maxFileBytes: number; fsync: boolean };
+  audit: { dir: string; maxFileBytes: number; fsync: boolean; writeTimeoutMs: number };
   /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
   metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
   /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
@@ -167,6 +168,10 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
   const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
   if (!auditDir) problems.push("audit.dir: required (every request is audited)");
+  // Where it is, not who may write there: that is checked when serve opens it (another user here).
+  const auditDirBad = auditDir ? auditDirProblem(auditDir, { writable: false }) : undefined;
+  if (auditDirBad) problems.push(`audit.dir: ${auditDirBad}`);
+  const writeTimeoutMs = int(auditSection, "writeTimeoutSeconds", "audit", DEFAULT_WRITE_TIMEOUT_MS / 1000, 1, 600) * 1000;
   const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
   if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
   const fsync = auditSection.fsync !== false;
@@ -204,7 +209,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     log: { level },
     auth: { mtlsIdentityFrom, jwt },
     policy: { file: policyFile as string },
-    audit: { dir: auditDir as string, maxFileBytes, fsync },
+    audit: { dir: auditDir as string, maxFileBytes, fsync, writeTimeoutMs },
     metrics: { listen: metricsListen, grpcHealthListen },
     shutdown: { graceMs },
     admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },

@@ -17,7 +17,7 @@ commands:
                                       create (or reuse) a root CA key and a signing key in the HSM
                                       with a code-signing chain on the token; write the root as PEM
   audit verify (--dir DIR | FILE...)  check the audit hash chain; names the first bad record
-  audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key ID] [--identity ID]
+  audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key-id GLOB] [--identity GLOB]
                [--from TIME] [--to TIME] [--json]
                                       find audit records ("who signed sha256:...?")
   token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]

@@ -61,6 +61,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
       dir: config.audit.dir,
       maxFileBytes: config.audit.maxFileBytes,
       fsync: config.audit.fsync,
+      writeTimeoutMs: config.audit.writeTimeoutMs,
       onFsync: metrics.onAuditFsync,
       // Requests fail (UNAVAILABLE) while the audit cannot be written; once it can again (space
       // freed, the I/O error gone), signing resumes by itself, without a restart.
@@ -73,6 +74,12 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     }),
     (a) => a.close(),
   );
+  const torn = audit.tornLine;
+  if (torn) {
+    // A crash in the middle of a write: the chain records the cut too (AuditLog.Repaired).
+    logger.warn("audit log: a torn last line was cut away", { file: torn.file, bytes: torn.bytes, sha256: torn.sha256, preview: torn.preview });
+    metrics.auditTailRepaired(torn.bytes);
+  }
   const policy = opened(await PolicyStore.open(config.policy.file, logger), (p) => p.close());
   policy.watch();
   const authenticator = opened(await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger), (a) => a.close());

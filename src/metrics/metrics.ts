@@ -91,6 +91,8 @@ export class SignerMetrics {
   private readonly auditFsyncDuration: Histogram;
   private readonly auditLinesPerFsync: Histogram;
   private readonly tlsHandshakeFailures: Counter<"reason">;
+  private readonly auditTailRepairs: Counter;
+  private readonly auditRepairedBytes: Counter;
 
   constructor(o: SignerMetricsOptions) {
     const registers = [this.reg];
@@ -154,6 +156,16 @@ export class SignerMetrics {
       name: "hsm_signer_audit_lines_per_fsync",
       help: "Audit records made durable by one fsync.",
       buckets: LINES_PER_FSYNC_BUCKETS,
+      registers,
+    });
+    this.auditTailRepairs = new Counter({
+      name: "hsm_signer_audit_tail_repairs_total",
+      help: "Torn last lines of the audit log cut away when it was opened or recovered (each also an AuditLog.Repaired line).",
+      registers,
+    });
+    this.auditRepairedBytes = new Counter({
+      name: "hsm_signer_audit_repaired_bytes_total",
+      help: "Bytes of torn audit lines cut away when the log was opened or recovered.",
       registers,
     });
 
@@ -294,6 +306,12 @@ export class SignerMetrics {
     if (Number.isFinite(seconds) && seconds >= 0) this.auditFsyncDuration.observe(seconds);
     if (Number.isFinite(lines) && lines >= 0) this.auditLinesPerFsync.observe(lines);
   };
+
+  /** A torn audit tail of `bytes` bytes was cut away (AuditLog.tornLine). */
+  auditTailRepaired(bytes: number): void {
+    this.auditTailRepairs.inc();
+    if (Number.isFinite(bytes) && bytes > 0) this.auditRepairedBytes.inc(bytes);
+  }
 
   /** The key ids that may appear as a `key` label; replaces the previous set. */
   setKnownKeys(ids: readonly string[]): void {

@@ -301,7 +301,7 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       30_000,
     );
     assert.equal(inv.keys.length, 1);
-    const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--key", "late-rsa", "--json"]);
+    const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--key-id", "late-rsa", "--json"]);
     const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; result: string });
     assert.deepEqual(
       records.filter((x) => x.method === "KeyAdmin.GenerateKey").map((x) => x.result),

@@ -212,7 +212,7 @@ rules:
       await audit.close().catch(() => undefined);
     });
 
-    it("hsm-signer audit verify and search work on the service's files, and find a tampered line", async () => {
+    it("hsm-signer audit verify and search (globs, --key-id) work on the service's files, and find a tampered line", async () => {
       const s = await start({});
       const c = client(s.port);
       const payload = jwsPayload(keyIdOf("EC-384"), "EC-384");
@@ -226,6 +226,24 @@ rules:
       assert.equal(hits.length, 1);
       assert.equal(hits[0]?.keyId, keyIdOf("EC-384"));
       assert.equal(hits[0]?.identity, "anonymous");
+      // --identity and --key-id are globs, as the README's example and the policy have them.
+      const search = async (...args: string[]): Promise<Record<string, unknown>[]> =>
+        (await run(HSM_SIGNER, ["audit", "search", "--dir", s.auditDir, ...args, "--json"])).stdout
+          .trim()
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as Record<string, unknown>);
+      assert.deepEqual((await search("--identity", "anon*")).map((r) => r.method), ["Sign", "DescribeKey", "ListKeys"]);
+      assert.deepEqual((await search("--identity", "anonymou?", "--key-id", "test-ec-*")).map((r) => r.method), ["Sign", "DescribeKey"]);
+      assert.deepEqual(await search("--key-id", "test-ec"), [], "anchored: a glob matches the whole key id");
+      assert.match((await run(HSM_SIGNER, ["audit", "search", "--dir", s.auditDir, "--identity", "spiffe://corp/build/*"])).stdout, /^0 record\(s\)$/m);
+      // --key is a private-key file in the custodian commands: here it is refused, not reinterpreted.
+      const key = await run(HSM_SIGNER, ["audit", "search", "--dir", s.auditDir, "--key", "test-ec-384"]).then(
+        () => assert.fail("--key was accepted"),
+        (e: { code: number; stderr: string }) => e,
+      );
+      assert.equal(key.code, 2);
+      assert.match(key.stderr, /audit search takes the key id as --key-id \(--key is the TLS private-key file in other commands\)/);
       const file = auditFilesIn(s.auditDir)[0] as string;
       const lines = readFileSync(file, "utf8").split("\n");
       lines[0] = (lines[0] as string).replace('"identity":"anonymous"', '"identity":"someone-else"');

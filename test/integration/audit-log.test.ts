@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { SignerError } from "../../src/errors/index.js";
@@ -9,6 +10,7 @@ import { spawnCollect } from "../helpers/process.js";
 import {
   AuditLog,
   GENESIS_HASH,
+  LOCK_FILE_NAME,
   auditFileName,
   listAuditFiles,
   searchAudit,
@@ -195,12 +197,18 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
 
     log = await openLog({ dir });
     assert.equal(log.recovered, true);
-    assert.deepEqual(log.tornLine, { file, bytes: Buffer.byteLength(torn) });
-    assert.deepEqual(readFileSync(file), intact, "only the torn bytes are cut");
-    const r = await log.append(record(4));
-    assert.equal(r.sequence, 4);
-    assert.equal((JSON.parse(linesOf(file)[3]!) as { prev: string }).prev, sha256(linesOf(file)[2]!));
-    assert.deepEqual(await verifyAuditFiles([file]), { ok: true, lines: 4 });
+    assert.deepEqual(log.tornLine, { file, bytes: Buffer.byteLength(torn), sha256: sha256(torn), preview: torn });
+    // Only the torn bytes are cut, and the chain records the repair before anything else.
+    const lines = linesOf(file);
+    assert.deepEqual(Buffer.from(lines.slice(0, 3).join("\n") + "\n"), intact);
+    const repaired = JSON.parse(lines[3]!) as { seq: number; prev: string; method: string; repair: Record<string, unknown> };
+    assert.deepEqual([repaired.seq, repaired.prev, repaired.method], [4, sha256(lines[2]!), "AuditLog.Repaired"]);
+    assert.deepEqual(repaired.repair, { file: basename(file), cutBytes: Buffer.byteLength(torn), cutSha256: sha256(torn), cutPreview: torn, reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away" });
+    const r = await log.append(record(5));
+    assert.equal(r.sequence, 5);
+    assert.equal((JSON.parse(linesOf(file)[4]!) as { prev: string }).prev, sha256(linesOf(file)[3]!));
+    const verified = await verifyAuditFiles([file]);
+    assert.deepEqual(verified, { ok: true, lines: 5, repairs: [{ file, line: 4, seq: 4, cutBytes: Buffer.byteLength(torn), repairedFile: basename(file) }] });
   });
 
   it("a file that is only a torn line starts the chain at 1", async () => {
@@ -210,8 +218,9 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     const log = await openLog({ dir });
     assert.equal(log.recovered, true);
     const r = await log.append(record(1));
-    assert.equal(r.sequence, 1);
-    assert.equal((JSON.parse(linesOf(join(dir, auditFileName(1)))[0]!) as { prev: string }).prev, GENESIS_HASH);
+    assert.equal(r.sequence, 2, "1 is the line recording the repair");
+    const first = JSON.parse(linesOf(join(dir, auditFileName(1)))[0]!) as { prev: string; method: string };
+    assert.deepEqual([first.prev, first.method], [GENESIS_HASH, "AuditLog.Repaired"]);
   });
 
   it("refuses to open on a last line that is complete but not a record", async () => {
@@ -434,7 +443,7 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
       await log.close();
     });
 
-    it("a write cut short (file size limit): the rejected batch's lines, whole or torn, are gone after recover()", async () => {
+    it("a write cut short (file size limit): the rejected batch's lines, whole or torn, are cut back before the appends reject", async () => {
       // A child process under `ulimit -f 4` (4 KiB): the kernel writes part of the batch, then EFBIG.
       const dir = freshDir();
       const script = join(root, `partial-write-${n}.mjs`);
@@ -449,21 +458,26 @@ const durable = [];
 for (let i = 1; i <= 8; i++) durable.push(await log.append(rec(i)));
 const batch = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => log.append(rec(9 + i))));
 const failedHealthy = log.healthy;
+// What a SIGKILL right now would leave: the rejected batch must already be cut back.
+const { readdirSync, readFileSync } = await import("node:fs");
+const onDiskAtAnswer = readdirSync(process.argv[2]).filter((n) => n.endsWith(".jsonl")).map((n) => readFileSync(process.argv[2] + "/" + n, "utf8")).join("");
 await log.recover();
 const after = { healthy: log.healthy, stats: log.stats };
 await log.close();
-console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulfilled" ? "ok" : r.reason.code + " " + r.reason.message), failedHealthy, after }));
+console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulfilled" ? "ok" : r.reason.code + " " + r.reason.message), failedHealthy, after, onDiskAtAnswer }));
 `,
       );
       const r = await spawnCollect("bash", ["-c", `ulimit -f 4 && exec "${process.execPath}" "${script}" "${dir}"`], "", { timeoutMs: 15_000 });
       assert.equal(r.code, 0, r.stderr);
-      const out = JSON.parse(r.stdout) as { durable: AuditReceipt[]; batch: string[]; failedHealthy: boolean; after: { healthy: boolean; stats: unknown } };
+      const out = JSON.parse(r.stdout) as { durable: AuditReceipt[]; batch: string[]; failedHealthy: boolean; after: { healthy: boolean; stats: unknown }; onDiskAtAnswer: string };
       assert.equal(out.durable.length, 8);
       assert.deepEqual(out.batch, Array(12).fill("AUDIT_UNAVAILABLE the audit log cannot be written: EFBIG"));
       assert.equal(out.failedHealthy, false);
       assert.deepEqual(out.after, { healthy: true, stats: { sequence: 8, queueDepth: 0, healthy: true } });
-      // Only the 8 durable lines remain: none of the 12 rejected requests is on record as "OK".
+      // Only the 8 durable lines remain: none of the 12 rejected requests is on record as "OK",
+      // and that was so when they were answered, not only after recover() (a SIGKILL in between).
       const lines = await allLines(dir);
+      assert.equal(out.onDiskAtAnswer, lines.map((l) => `${l}\n`).join(""));
       assert.equal(lines.length, 8);
       assert.equal(sha256(lines[7]!), out.durable[7]!.lineHash);
       assert.deepEqual(await verifyAuditFiles(await listAuditFiles(dir)), { ok: true, lines: 8 });
@@ -483,6 +497,80 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
     });
   });
 
+  describe("the directory: checked, created one level at a time, locked by its writer", () => {
+    const refused = (re: RegExp) => (e: unknown): boolean => isUnavailable(e) && re.test((e as Error).message);
+
+    it("kernel file systems and paths that cannot be a directory are refused at once (Node's recursive mkdir spun for ever under /proc)", async () => {
+      const link = join(root, "to-proc");
+      symlinkSync("/proc/self", link);
+      const file = join(root, "a-file");
+      writeFileSync(file, "");
+      const cases: [string, RegExp][] = [
+        ["/proc/hsm-signer/audit", /\/proc\/hsm-signer\/audit is under \/proc, a kernel file system, not storage/],
+        ["/sys/hsm-signer", /is under \/sys/],
+        ["/dev/shm/hsm-signer", /is under \/dev/],
+        [join(link, "audit"), /is under \/proc/],
+        [join(file, "audit"), /a-file is not a directory/],
+        ["relative/audit", /is not an absolute path/],
+      ];
+      for (const [dir, re] of cases) {
+        const t0 = performance.now();
+        await assert.rejects(AuditLog.open({ dir }), refused(re), dir);
+        assert.ok(performance.now() - t0 < 5_000, `${dir}: refused in ${(performance.now() - t0).toFixed(0)} ms`);
+      }
+      const deep = join(root, "x", "y", "z");
+      await openLog({ dir: deep });
+      assert.equal(statSync(deep).mode & 0o777, 0o700);
+    });
+
+    it("a directory the service cannot write (a read-only mount): refused at open, naming it", async function () {
+      if (process.getuid?.() !== 0) this.skip(); // mounting needs root
+      const ro = join(root, "read-only");
+      mkdirSync(ro);
+      const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro]);
+      if (mounted.status !== 0) this.skip();
+      try {
+        await assert.rejects(AuditLog.open({ dir: join(ro, "audit") }), refused(/read-only\/audit does not exist and cannot be created: .*read-only is not writable by this process/));
+        await assert.rejects(AuditLog.open({ dir: ro }), refused(/read-only is not writable by this process/));
+      } finally {
+        spawnSync("umount", [ro]);
+      }
+    });
+
+    it("a second writer is refused, naming the holder; close() releases the directory", async () => {
+      const dir = freshDir();
+      const first = await openLog({ dir });
+      await first.append(record(1));
+      const lockFile = join(dir, LOCK_FILE_NAME);
+      assert.equal((JSON.parse(readFileSync(lockFile, "utf8")) as { pid: number }).pid, process.pid);
+      await assert.rejects(AuditLog.open({ dir }), refused(new RegExp(`in use by another writer: pid ${process.pid}, this process on host ${hostname()}, since .*\\(lock file ${lockFile}\\)`)));
+      assert.equal((await first.append(record(2))).sequence, 2, "the holder is undisturbed");
+      await first.close();
+      assert.throws(() => statSync(lockFile), /ENOENT/);
+      const second = await openLog({ dir });
+      assert.equal((await second.append(record(3))).sequence, 3);
+    });
+
+    it("a lock left by a process that is gone is taken over; one of another host is not", async () => {
+      const dir = freshDir();
+      mkdirSync(dir);
+      const lockFile = join(dir, LOCK_FILE_NAME);
+      const gone = await spawnCollect(process.execPath, ["-e", "console.log(process.pid)"], "", { timeoutMs: 10_000 });
+      const deadPid = Number(gone.stdout.trim());
+      writeFileSync(lockFile, JSON.stringify({ pid: deadPid, startTicks: "1", host: hostname(), since: "2026-01-01T00:00:00.000Z" }));
+      const log = await openLog({ dir });
+      assert.equal((JSON.parse(readFileSync(lockFile, "utf8")) as { pid: number }).pid, process.pid);
+      await log.close();
+
+      // A pid that runs, but is another program than the one that took the lock (pid reuse): stale too.
+      writeFileSync(lockFile, JSON.stringify({ pid: process.pid, startTicks: "1", host: hostname(), since: "2026-01-01T00:00:00.000Z" }));
+      await (await openLog({ dir })).close();
+
+      writeFileSync(lockFile, JSON.stringify({ pid: deadPid, host: "elsewhere.example", since: "2026-01-01T00:00:00.000Z" }));
+      await assert.rejects(AuditLog.open({ dir }), refused(/in use by another writer: pid \d+ on host elsewhere\.example/));
+    });
+  });
+
   it("close() writes what is queued, then refuses appends", async () => {
     const dir = freshDir();
     const log = await AuditLog.open({ dir });
@@ -495,7 +583,7 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
     assert.equal(log.healthy, false);
   });
 
-  it("search finds records by artifact digest, key, identity and time range, across files", async () => {
+  it("search finds records by artifact digest, key and identity (globs) and time range, across files", async () => {
     const dir = freshDir();
     const log = await openLog({ dir, maxFileBytes: 1500 });
     const art = (d: string) => ({ digest: d, mediaType: "application/vnd.oci.image.manifest.v1+json", size: 1 });
@@ -510,6 +598,9 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
     await sleep(15);
     const t2 = new Date();
     await log.append(record(5, { artifact: art(a), keyId: "k1", identity: "bob" }));
+    await sleep(15);
+    await log.append(record(6, { keyId: "release-2026", identity: "spiffe://corp/build/1" }));
+    await log.append(record(7, { keyId: "release-2026.1+x", identity: "spiffe://corp/build/runner/22" }));
     await log.close();
     const files = await listAuditFiles(dir);
     assert.ok(files.length >= 2, "the records span several files");
@@ -524,11 +615,17 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
     assert.deepEqual(await ids({ keyId: "k1" }), ["req-1", "req-4", "req-5"]);
     assert.deepEqual(await ids({ identity: "alice" }), ["req-1", "req-4"]);
     assert.deepEqual(await ids({ from: t1, to: t2 }), ["req-3", "req-4"]);
-    assert.deepEqual(await ids({ from: t1 }), ["req-3", "req-4", "req-5"]);
+    assert.deepEqual(await ids({ from: t1 }), ["req-3", "req-4", "req-5", "req-6", "req-7"]);
     assert.deepEqual(await ids({ to: t1 }), ["req-1", "req-2"]);
     assert.deepEqual(await ids({ artifactDigest: a, keyId: "k1", identity: "bob" }), ["req-5"]);
     assert.deepEqual(await ids({ artifactDigest: `sha256:${"c".repeat(64)}` }), []);
-    assert.equal((await ids({})).length, 5);
+    assert.equal((await ids({})).length, 7);
+    assert.deepEqual(await ids({ identity: "spiffe://corp/build/*" }), ["req-6", "req-7"], "globs as in the policy: * any run, / included");
+    assert.deepEqual(await ids({ identity: "spiffe://corp/build/?" }), ["req-6"]);
+    assert.deepEqual(await ids({ keyId: "k?" }), ["req-1", "req-2", "req-3", "req-4", "req-5"]);
+    assert.deepEqual(await ids({ keyId: "release-*" }), ["req-6", "req-7"]);
+    assert.deepEqual(await ids({ keyId: "release-2026.1+x" }), ["req-7"], "the other characters are literal");
+    assert.deepEqual(await ids({ keyId: "release-2026x1+x" }), []);
 
     // Stopping early releases the file (the generator's finally runs).
     for await (const r of searchAudit(files, {})) {
