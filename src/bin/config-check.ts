@@ -196,7 +196,7 @@ function checkAuditDir(dir: string): string[] {
       }
       return [];
     }
-    if (st !== "ENOENT") return [`audit.dir: cannot use ${at} (${st})`];
+    if (st !== "ENOENT" && st !== "ENOTDIR") return [`audit.dir: cannot use ${at} (${st})`];
     const up = dirname(at);
     if (up === at) return [`audit.dir: no existing parent of ${dir}`];
     at = up;
