@@ -103,7 +103,7 @@ const CONNECTION_OPTIONS: OptionSpec = {
   "server-name": str,
   timeout: str,
   json: bool,
-  help: bool,
+  help: { type: "boolean", short: "h" },
 };
 
 const SPEC_LIST = KEY_SPECS.join(", ");
@@ -259,7 +259,13 @@ const COMMANDS: CommandSpec[] = [
   {
     path: "certs csr",
     synopsis: ["certs csr --key-id ID [--version N] --subject DN [--out FILE]"],
-    about: ["a PKCS#10 request signed by the HSM key, as PEM; DN needs C, ST, O:", '"CN=release, O=Example, ST=WA, C=US"'],
+    about: [
+      "a PKCS#10 request signed by the HSM key, as PEM; DN needs C, ST and O,",
+      'e.g. "CN=release, O=Example, ST=WA, C=US" (any order: the request holds',
+      "them in the order C, ST, L, O, OU, CN, as test-chain leaves do, so that",
+      "openssl shows C=US, ST=WA, O=Example, CN=release and notation shows",
+      "CN=release, O=Example, ST=WA, C=US)",
+    ],
     options: { "key-id": str, version: str, subject: str, out: str },
     build: (v, _p, u) => ({ kind: "certs-csr", keyId: need(v, "key-id", u), version: version(v, u), subject: need(v, "subject", u), out: s(v, "out") || undefined }),
   },
@@ -290,7 +296,7 @@ const CONNECTION_USAGE = `connection options of these commands (flags win over t
   --cert FILE --key FILE   client certificate and private key (PEM files) for mTLS, required
                            (${ADMIN_ENV.cert}, ${ADMIN_ENV.key})
   --server-name NAME       TLS name to expect when it differs from the endpoint's host
-  --timeout SECONDS        deadline of each call (default ${DEFAULT_ADMIN_TIMEOUT_SECONDS})
+  --timeout SECONDS        deadline of the whole command, connecting included (default ${DEFAULT_ADMIN_TIMEOUT_SECONDS})
   --json                   print the response as JSON (certificates as PEM, other bytes as base64)`;
 
 /** Column of the descriptions, as in the main usage of src/bin/hsm-signer.ts. */
@@ -323,6 +329,13 @@ function familyUsage(first: string | undefined): string {
   return family.length ? `usage:\n${family.map(usageOf).join("\n")}\n\n${CONNECTION_USAGE}` : ADMIN_USAGE;
 }
 
+/** For a mistake: the synopses of the "keys ..." (or "certs ...") commands, without the descriptions and options. */
+function familySynopses(first: string | undefined): string {
+  const family = COMMANDS.filter((c) => c.path.startsWith(`${first} `));
+  if (!family.length) return ADMIN_USAGE;
+  return `usage:\n${family.map((c) => `  hsm-signer ${c.synopsis.join(" ")}`).join("\n")}\n\nhsm-signer ${first} <command> --help: one command's options`;
+}
+
 /** Splits argv into the command's spec and its arguments: "slots ...", "keys list ...". */
 function findCommand(argv: string[]): { spec: CommandSpec; args: string[] } {
   const [first, second] = argv;
@@ -330,7 +343,7 @@ function findCommand(argv: string[]): { spec: CommandSpec; args: string[] } {
   if (one) return { spec: one, args: argv.slice(1) };
   const two = COMMANDS.find((c) => c.path === `${first} ${second}`);
   if (two) return { spec: two, args: argv.slice(2) };
-  const usage = familyUsage(first);
+  const usage = familySynopses(first);
   if (second === undefined) throw new AdminUsageError(`${first ?? "a command"} needs a subcommand`, usage);
   throw new AdminUsageError(`unknown command "${argv.slice(0, 2).join(" ")}"`, usage);
 }
@@ -359,7 +372,8 @@ function connectionOf(v: Values, env: NodeJS.ProcessEnv, spec: CommandSpec, usag
  * argument, and nothing is read or connected. Throws AdminUsageError.
  */
 export function parseAdminArgs(argv: string[], env: NodeJS.ProcessEnv): ParsedAdminArgs {
-  if (argv[1] === "--help" || argv[1] === "help") return { help: true, usage: familyUsage(argv[0]) };
+  const familyHelp = argv[1] === "--help" || argv[1] === "-h" || argv[1] === "help";
+  if (familyHelp && !COMMANDS.some((c) => c.path === argv[0])) return { help: true, usage: familyUsage(argv[0]) };
   const { spec, args } = findCommand(argv);
   const usage = commandUsage(spec);
   let parsed: { values: Values; positionals: string[] };
@@ -367,6 +381,8 @@ export function parseAdminArgs(argv: string[], env: NodeJS.ProcessEnv): ParsedAd
     const options = { ...CONNECTION_OPTIONS, ...spec.options };
     parsed = parseArgs({ args, options, allowPositionals: spec.positionals === true, strict: true }) as { values: Values; positionals: string[] };
   } catch (e) {
+    // "--help" next to a mistake still answers with the usage.
+    if (args.some((a) => a === "--help" || a === "-h")) return { help: true, usage };
     throw new AdminUsageError((e as Error).message, usage);
   }
   const v = parsed.values;

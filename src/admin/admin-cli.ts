@@ -1,6 +1,8 @@
-import { X509Certificate } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
+import { createHash, X509Certificate } from "node:crypto";
+import { existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { status } from "@grpc/grpc-js";
 import { assertNever } from "../errors/index.js";
 import { toPem } from "../signing/pem.js";
 import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
@@ -33,7 +35,17 @@ export interface AdminIo {
   out(text: string): void;
   err(text: string): void;
   connect(options: AdminClientOptions): KeyAdminApi;
+  /** The directory paths are printed relative to (default: process.cwd()). */
+  cwd?: string;
+  /** Where the plugin package is (default: dist/ of this installation, where npm run package-plugin writes it). */
+  pluginPackageFile?: string;
 }
+
+/**
+ * What the command may take beyond --timeout: every KeyAdmin call shares the deadline, so this
+ * only catches what is not a call (the margin keeps a call's own deadline message first).
+ */
+const COMMAND_TIMEOUT_MARGIN_MS = 2_000;
 
 /** A failure on this side (a file that cannot be read or written): exit 1 with the message. */
 export class AdminFailure extends Error {
@@ -80,8 +92,9 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
       io.out(parsed.usage);
       return 0;
     }
-    client = io.connect(clientOptions(parsed.connection));
-    await execute(parsed.command, client, io, parsed.json);
+    const connection = parsed.connection;
+    client = io.connect(clientOptions(connection));
+    await withinBudget(execute(parsed.command, client, io, parsed.json), connection);
     return 0;
   } catch (e) {
     if (e instanceof AdminUsageError) {
@@ -96,6 +109,19 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
     return 1;
   } finally {
     client?.close();
+  }
+}
+
+/** The command's work, or a DEADLINE_EXCEEDED failure once --timeout (and a margin) has passed. */
+async function withinBudget<T>(work: Promise<T>, c: ConnectionOptions): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new KeyAdminCallError(status.DEADLINE_EXCEEDED, `the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)), c.timeoutMs + COMMAND_TIMEOUT_MARGIN_MS);
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -225,7 +251,7 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
       const r = await client.importCertificateChain({ keyId: cmd.keyId, keyVersion: cmd.version, certificates, strictOrder: cmd.strictOrder });
       print(r, () =>
         [
-          `stored a chain of ${r.certificateChain.length} certificates for ${ref(r.keyId || cmd.keyId, r.keyVersion)} (${r.stored} written, the others were already on the token):`,
+          `stored a chain of ${r.certificateChain.length} certificates for ${ref(r.keyId || cmd.keyId, r.keyVersion)} (${writtenSummary(r.stored, r.certificateChain.length)}):`,
           ...describeChain(r.certificateChain),
         ].join("\n"),
       );
@@ -246,12 +272,38 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
   }
 }
 
+/** "all 3 written", "1 written, 2 already on the token", "none written, all 2 already on the token". */
+export function writtenSummary(stored: number, total: number): string {
+  if (stored >= total) return total === 1 ? "written to the token" : `all ${total} written to the token`;
+  if (stored === 0) return total === 1 ? "already on the token, nothing written" : `all ${total} already on the token, nothing written`;
+  return `${stored} written, ${total - stored} already on the token`;
+}
+
 function packageVersion(): string {
   try {
     return (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   } catch {
     return "<version>";
   }
+}
+
+/**
+ * The plugin package as a path that works from the current directory (relative below it,
+ * absolute otherwise), and its SHA-256 when it is there (npm run build removes it).
+ */
+function pluginPackage(io: AdminIo): { file: string; shown: string; root: string; sha256: string | undefined } {
+  // dist/src/admin/ -> the installation's root, where package-plugin writes dist/notation-hsm-signer_<version>.tar.gz.
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
+  const file = resolve(io.pluginPackageFile ?? resolve(root, "dist", `notation-hsm-signer_${packageVersion()}.tar.gz`));
+  const rel = relative(io.cwd ?? process.cwd(), file);
+  const shown = rel && !rel.startsWith("..") && !isAbsolute(rel) ? rel : file;
+  let sha256: string | undefined;
+  try {
+    if (statSync(file).isFile()) sha256 = createHash("sha256").update(readFileSync(file)).digest("hex");
+  } catch {
+    sha256 = undefined;
+  }
+  return { file, shown, root, sha256 };
 }
 
 /** Parses a trust store file notation would load (PEM or DER); undefined when it is neither. */
@@ -305,10 +357,10 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
   const written = installRoot(rootFile, root);
   const rootCert = certificateIn(root);
 
-  const pkg = `notation-hsm-signer_${packageVersion()}.tar.gz`;
+  const pkg = pluginPackage(io);
   const abs = (f: string | undefined): string | undefined => (f ? resolve(f) : undefined);
   const commands = {
-    pluginInstall: `notation plugin install --file ${pkg} --sha256sum "$(cut -d' ' -f1 ${pkg}.sha256)"`,
+    pluginInstall: pkg.sha256 ? `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum ${pkg.sha256}` : `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum "$(cut -d' ' -f1 ${shellQuote(`${pkg.shown}.sha256`)})"`,
     keyAdd: notationKeyAddCommand({
       keyName: cmd.keyName,
       keyId: cmd.keyId,
@@ -323,7 +375,7 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
   };
   const trustPolicy = trustPolicyFor(cmd.keyId, cmd.store, chain.leafSubject);
   if (json) {
-    io.out(formatJson({ keyId: cmd.keyId, keyVersion: chain.keyVersion, leafSubject: chain.leafSubject, keySpec: keySpec ?? "", rootFile, written, rootCertificate: toPem(root), commands, trustPolicy }));
+    io.out(formatJson({ keyId: cmd.keyId, keyVersion: chain.keyVersion, leafSubject: chain.leafSubject, keySpec: keySpec ?? "", rootFile, written, rootCertificate: toPem(root), pluginPackage: pkg.file, pluginPackageBuilt: pkg.sha256 !== undefined, commands, trustPolicy }));
     return;
   }
   io.out(
@@ -331,7 +383,9 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
       `root certificate of ${ref(cmd.keyId, chain.keyVersion)}: ${rootCert ? `${rootCert.subject.split("\n").join(", ")}, SHA-256 ${rootCert.fingerprint256}` : "(unparsable)"}`,
       written ? `written to ${rootFile}` : `already in ${rootFile} (unchanged)`,
       "",
-      `1. Install the plugin (the package npm run package-plugin builds in dist/):`,
+      pkg.sha256
+        ? `1. Install the plugin (the package npm run package-plugin built in ${dirname(pkg.file)}):`
+        : `1. Install the plugin: ${pkg.file} is not built yet; build it with: (cd ${shellQuote(pkg.root)} && npm run package-plugin), then:`,
       `  ${commands.pluginInstall}`,
       "",
       `2. Add the signing key${keySpec ? ` (update key_spec if the key is rotated to another spec)` : ""}:`,

@@ -155,7 +155,7 @@ export interface AdminClientOptions {
   key: Buffer;
   /** TLS name to expect when it differs from the endpoint's host. */
   serverName: string | undefined;
-  /** Deadline of each call. */
+  /** Budget of the whole command: every call made through this client ends by construction time + timeoutMs. */
   timeoutMs: number;
 }
 
@@ -175,15 +175,30 @@ export class KeyAdminCallError extends Error {
 /** grpc-js's own words when no transport could be had (load-balancer-pick-first.js, resolver-dns.js). */
 const CHANNEL_FAILURE = /No connection established|Name resolution failed|Connection dropped|ECONNREFUSED|ECONNRESET|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT/;
 
-/** Turns a grpc-js error into what a custodian reads: the server's message as-is, the endpoint when the channel failed. */
-export function describeCallError(e: grpc.ServiceError, endpoint: string, timeoutMs: number): KeyAdminCallError {
+/** OpenSSL's words when KeyAdmin's certificate does not chain to a trusted CA. */
+const UNTRUSTED_SERVER = /self[- ]signed certificate|unable to verify the first certificate|unable to get local issuer certificate|unable to get issuer certificate/i;
+
+/** Where to give KeyAdmin's CA: the flag and the variable (admin-args.ts reads both). */
+const CA_HINT = "--ca FILE or HSM_SIGNER_ADMIN_CA";
+
+/**
+ * Turns a grpc-js error into what a custodian reads: the server's message as-is, the endpoint
+ * when the channel failed, and where to give the CA when KeyAdmin's certificate is not trusted.
+ */
+export function describeCallError(e: grpc.ServiceError, endpoint: string, timeoutMs: number, caGiven = true): KeyAdminCallError {
   // grpc-js ends channel failures with an often empty "Resolution note: ".
   const details = (e.details || e.message).replace(/\.?\s*Resolution note:\s*$/, "");
+  if (e.code === grpc.status.UNAVAILABLE && UNTRUSTED_SERVER.test(details)) {
+    const hint = caGiven
+      ? `the CA bundle given (${CA_HINT}) does not hold the CA that issued KeyAdmin's certificate, or the server does not send its intermediates`
+      : `KeyAdmin's certificate is checked against the system roots; give the CA that issued it with ${CA_HINT}`;
+    return new KeyAdminCallError(e.code, `cannot reach KeyAdmin at ${endpoint}: ${details} (${hint})`, { cause: e });
+  }
   if (e.code === grpc.status.UNAVAILABLE && CHANNEL_FAILURE.test(details)) {
     return new KeyAdminCallError(e.code, `cannot reach KeyAdmin at ${endpoint}: ${details}`, { cause: e });
   }
   if (e.code === grpc.status.DEADLINE_EXCEEDED) {
-    return new KeyAdminCallError(e.code, `KeyAdmin at ${endpoint} did not answer within ${timeoutMs / 1000}s (--timeout): ${details}`, { cause: e });
+    return new KeyAdminCallError(e.code, `KeyAdmin at ${endpoint} did not answer within ${timeoutMs / 1000}s (--timeout, the budget of the whole command): ${details}`, { cause: e });
   }
   if (e.code === grpc.status.UNAVAILABLE) {
     return new KeyAdminCallError(e.code, `KeyAdmin at ${endpoint} is unavailable: ${details}`, { cause: e });
@@ -207,8 +222,11 @@ function keyAdminConstructor(): grpc.ServiceClientConstructor {
 /** A client of hsm_signer.v1.KeyAdmin over mTLS; close() it when done so the process can exit. */
 export class KeyAdminClient {
   private readonly client: grpc.Client;
+  /** One deadline for every call: --timeout bounds the command, not each of its calls. */
+  private readonly deadline: number;
 
   constructor(private readonly options: AdminClientOptions) {
+    this.deadline = Date.now() + options.timeoutMs;
     const Ctor = keyAdminConstructor();
     const channelOptions: grpc.ChannelOptions = {};
     if (options.serverName) {
@@ -261,8 +279,8 @@ export class KeyAdminClient {
     const fn = (this.client as unknown as Record<string, UnaryMethod>)[method];
     if (!fn) return Promise.reject(new Error(`KeyAdmin has no method ${method}`));
     return new Promise<Res>((resolvePromise, reject) => {
-      fn.call(this.client, request, { deadline: Date.now() + this.options.timeoutMs }, (err, response) => {
-        if (err) reject(describeCallError(err, this.options.endpoint, this.options.timeoutMs));
+      fn.call(this.client, request, { deadline: this.deadline }, (err, response) => {
+        if (err) reject(describeCallError(err, this.options.endpoint, this.options.timeoutMs, this.options.ca !== undefined));
         else resolvePromise(response as Res);
       });
     });

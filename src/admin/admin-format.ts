@@ -111,7 +111,9 @@ export function formatInventory(keys: InventoryKey[], warnDays: number = DEFAULT
       if (v.problem) notes.push(`${k.keyId}@v${v.version}: ${v.problem}`);
       if (v.state === "disabled" && v.disabledReason) notes.push(`${k.keyId}@v${v.version}: disabled: ${v.disabledReason}`);
     }
-    if (k.currentVersion === 0 && k.versions.some((v) => v.state !== "destroyed")) notes.push(`${k.keyId}: no version can sign`);
+    // A CA key never signs artifacts: that it cannot is no problem.
+    const live = k.versions.filter((v) => v.state !== "destroyed");
+    if (k.currentVersion === 0 && live.length > 0 && !live.every((v) => v.role === "ca" && !v.problem)) notes.push(`${k.keyId}: no version can sign`);
   }
   const out = [renderTable(["KEY", "VER", "STATE", "CUR", "SPEC", "ROLE", "SUBJECT", "ISSUER", "EXPIRES"], rows)];
   if (notes.length) out.push("", "problems:", ...notes.map((n) => `  ${n}`));

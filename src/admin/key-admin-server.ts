@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import { type KeyCustody, type KeyView, type Pkcs11KeyStore, type VersionView } from "../hsm/index.js";
@@ -33,6 +34,27 @@ function keySpec(v: string, field: string, optional = false): KeySpec | undefine
   return v;
 }
 
+/**
+ * What a custodian should act on. A CA key is refused for signing (its record says so), but a
+ * CA whose chain ends at a self-signed root on the token is as it should be, not a problem.
+ */
+function problemOf(v: VersionView): string {
+  const reason = v.record.unusableReason ?? "";
+  const c = v.record.certificate;
+  if (!c?.isCa || v.state === "destroyed" || reason !== `key "${v.record.keyId}" is a CA key; CA keys do not sign artifacts`) return reason;
+  const top = v.record.chain[v.record.chain.length - 1];
+  return top && selfSigned(top) ? "" : `the certificate chain of CA key "${v.record.keyId}" does not reach a self-signed root on the token`;
+}
+
+function selfSigned(der: Buffer): boolean {
+  try {
+    const c = new X509Certificate(der);
+    return c.subject === c.issuer && c.verify(c.publicKey);
+  } catch {
+    return false;
+  }
+}
+
 function versionInfo(v: VersionView, warnDays: number, at: number): Record<string, unknown> {
   const c = v.record.certificate;
   const days = c ? Math.floor((c.notAfter.getTime() - at) / DAY_MS) : 0;
@@ -50,7 +72,7 @@ function versionInfo(v: VersionView, warnDays: number, at: number): Record<strin
     expiringSoon: c !== undefined && c.notAfter.getTime() > at && days < warnDays,
     expired: c !== undefined && c.notAfter.getTime() <= at,
     chainLength: v.record.chain.length,
-    problem: v.record.unusableReason ?? "",
+    problem: problemOf(v),
     hasSigned: v.hasSigned,
     created: v.created ?? "",
     role: c ? (c.isCa ? "ca" : "signing") : "",

@@ -42,13 +42,26 @@ export interface JwtIssuerConfig {
 
 export const DEFAULT_AUDIT_MAX_FILE_BYTES = 64 * 1024 * 1024;
 
+/** The files and settings serve opens, as the configuration names them (undefined: missing, already a problem); for `config check`. */
+export interface ConfigFiles {
+  tls: { insecure: boolean; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined };
+  hsm: { module: string | undefined; pinFile: string | undefined; pinEnv: string };
+  jwt: JwtIssuerConfig[];
+  policyFile: string | undefined;
+  auditDir: string | undefined;
+  admin: { listen: string | undefined; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined };
+}
+
+/** Opens what the configuration names and returns each problem (config-check.ts). */
+export type ConfigFilesCheck = (files: ConfigFiles, env: NodeJS.ProcessEnv) => string[];
+
 type Obj = Record<string, unknown>;
 
 /**
  * Reads the YAML (or JSON) configuration, applies HSM_SIGNER_* environment overrides and
  * validates everything, reporting every problem at once. Relative paths are relative to the file.
  */
-export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, checkFiles?: ConfigFilesCheck): Readonly<Config> {
   let raw: unknown;
   try {
     raw = parseYaml(readFileSync(file, "utf8"));
@@ -198,6 +211,11 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const graceMs = int(graceEnv !== undefined && graceEnv !== "" ? { graceSeconds: Number(graceEnv) } : shutdownSection, "graceSeconds", "shutdown", 10, 0, 3600) * 1000;
   const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics", "admin", "shutdown"]);
   for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
+  // `config check`: what serve would open (policy, PIN, module, TLS and JWKS files...), listed with the rest.
+  if (checkFiles) {
+    const admin = { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile };
+    problems.push(...checkFiles({ tls: { insecure, certFile, keyFile, clientCaFile }, hsm: { module, pinFile, pinEnv }, jwt, policyFile, auditDir, admin }, env));
+  }
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
   }

@@ -7,71 +7,145 @@ import { need, UsageError } from "./cli-args.js";
 // Each command loads only what it needs (dynamic imports), so that quick commands such as the
 // custodian ones start in a fraction of the time the service needs to load.
 
-const USAGE = `usage: hsm-signer <command> [options]
+interface LocalCommand {
+  /** "serve", "config check": the words that name the command. */
+  path: string;
+  synopsis: string[];
+  about: string[];
+}
+
+/** The service-side commands; the custodian ones (slots, keys, certs) live in admin/admin-args.ts. */
+const LOCAL_COMMANDS: LocalCommand[] = [
+  { path: "serve", synopsis: ["serve --config FILE"], about: ["run the signing service"] },
+  {
+    path: "config check",
+    synopsis: ["config check --config FILE"],
+    about: ["validate a configuration and what it names (policy, PIN, PKCS#11 module,", "TLS and JWKS files, audit directory) as serve would; every problem at once"],
+  },
+  {
+    path: "test-chain",
+    synopsis: ["test-chain --config FILE --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]", "[--org O] [--state ST] [--country C] [--days N] [--root-out FILE]"],
+    about: ["create (or reuse) a root CA key and a signing key in the HSM", "with a code-signing chain on the token; write the root as PEM"],
+  },
+  { path: "audit verify", synopsis: ["audit verify (--dir DIR | FILE...)"], about: ["check the audit hash chain; names the first bad record"] },
+  {
+    path: "audit search",
+    synopsis: ["audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key-id GLOB] [--identity GLOB]", "[--from TIME] [--to TIME] [--json]"],
+    about: ['find audit records ("who signed sha256:...?")'],
+  },
+  {
+    path: "token init",
+    synopsis: ["token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]"],
+    about: ["initialize a token (SoftHSM, development); PINs from files"],
+  },
+  { path: "version", synopsis: ["version"], about: ["print the version"] },
+];
+
+const ABOUT_COLUMN = 38;
+const PIN_NOTE = "The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).";
+
+function synopsisOf(c: LocalCommand): string {
+  const [first = "", ...more] = c.synopsis;
+  const lines = [`  ${first}`, ...more.map((l) => `             ${l}`)];
+  const about = [...c.about];
+  if (lines.length === 1 && first.length + 2 < ABOUT_COLUMN) lines[0] = `${(lines[0] as string).padEnd(ABOUT_COLUMN)}${about.shift() ?? ""}`;
+  return [...lines, ...about.map((a) => `${" ".repeat(ABOUT_COLUMN)}${a}`)].join("\n");
+}
+
+/** `hsm-signer --help`: every command. */
+const USAGE = `usage: hsm-signer <command> [options]   (hsm-signer <command> --help: one command)
 
 commands:
-  serve --config FILE                 run the signing service
-  config check --config FILE          validate a configuration and exit
-  test-chain --config FILE --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]
-             [--org O] [--state ST] [--country C] [--days N] [--root-out FILE]
-                                      create (or reuse) a root CA key and a signing key in the HSM
-                                      with a code-signing chain on the token; write the root as PEM
-  audit verify (--dir DIR | FILE...)  check the audit hash chain; names the first bad record
-  audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key-id GLOB] [--identity GLOB]
-               [--from TIME] [--to TIME] [--json]
-                                      find audit records ("who signed sha256:...?")
-  token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]
-                                      initialize a token (SoftHSM, development); PINs from files
-  version
+${LOCAL_COMMANDS.map(synopsisOf).join("\n")}
 
-The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).
+${PIN_NOTE}
 
 ${ADMIN_USAGE}`;
 
+/** What a command line that names no command gets (exit 2): the command names, not 70 lines of options. */
+const OVERVIEW = `usage: hsm-signer <command> [options]
+commands: serve, config check, test-chain, audit verify|search, token init, version,
+          slots, keys list|generate|rotate|disable|enable|destroy|test-chain|notation-setup,
+          certs csr|import|chain
+hsm-signer <command> --help prints one command's usage; hsm-signer --help prints them all.`;
+
+/** One command: its synopsis, then what it does. */
+function usageOf(c: LocalCommand): string {
+  const [first = "", ...more] = c.synopsis;
+  const pin = ["serve", "config check", "test-chain"].includes(c.path) ? `\n\n${PIN_NOTE}` : "";
+  return [`usage: hsm-signer ${first}`, ...more.map((l) => `         ${l}`), "", ...c.about].join("\n") + pin;
+}
+
+/** The usage of every "audit ..." (or "config ...", "token ...") command; undefined for a word that names none. */
+function familyUsage(cmd: string | undefined): string | undefined {
+  const family = LOCAL_COMMANDS.filter((c) => c.path.startsWith(`${cmd} `));
+  return family.length ? `usage:\n${family.map(synopsisOf).join("\n")}` : undefined;
+}
+
+function commandOf(cmd: string | undefined, sub: string | undefined): LocalCommand | undefined {
+  return LOCAL_COMMANDS.find((c) => c.path === cmd) ?? LOCAL_COMMANDS.find((c) => c.path === `${cmd} ${sub}`);
+}
+
+const isHelp = (a: string): boolean => a === "--help" || a === "-h";
+const ADMIN_FAMILIES = new Set(["slots", "keys", "certs"]);
+
+/** A usage error of one command: its message and that command's usage only. */
+class CommandUsageError extends Error {
+  constructor(
+    message: string,
+    readonly usage: string,
+  ) {
+    super(message);
+  }
+}
+
 export async function run(argv: string[]): Promise<number> {
   const [cmd, sub, ...rest] = argv;
-  try {
-    switch (cmd) {
-      case "serve": {
-        const { values } = parseArgs({ args: argv.slice(1), options: { config: { type: "string" } } });
-        await (await import("./serve.js")).serve(need(values.config, "--config"));
-        return -1; // keeps running
-      }
-      case "config": {
-        if (sub !== "check") throw new UsageError("usage: hsm-signer config check --config FILE");
-        const { values } = parseArgs({ args: rest, options: { config: { type: "string" } } });
-        (await import("./config.js")).loadConfig(need(values.config, "--config"));
-        console.log("configuration is valid");
-        return 0;
-      }
-      case "test-chain":
-        await (await import("./serve.js")).testChain(argv.slice(1));
-        return 0;
-      case "audit":
-        return await (await import("./audit-command.js")).auditCommand(sub, rest);
-      case "token":
-        if (sub !== "init") throw new UsageError("usage: hsm-signer token init ...");
-        (await import("./token-command.js")).tokenInit(rest);
-        return 0;
-      case "slots":
-      case "keys":
-      case "certs":
-        return await (await import("../admin/index.js")).runAdminCommand(argv);
-      case "version":
-      case "--version":
-        console.log(JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")).version);
-        return 0;
-      case undefined:
-      case "help":
-      case "--help":
-        console.log(USAGE);
-        return cmd === undefined ? 2 : 0;
-      default:
-        throw new UsageError(`unknown command "${cmd}"`);
+  if (cmd !== undefined && ADMIN_FAMILIES.has(cmd)) {
+    const code = await (await import("../admin/index.js")).runAdminCommand(argv);
+    // grpc-js keeps a connection attempt going after the channel is closed (a TLS handshake the
+    // endpoint never finishes, then reconnects, for minutes): the answer is out, so end here.
+    process.exit(code);
+  }
+  if (cmd === undefined) {
+    console.error(OVERVIEW);
+    return 2;
+  }
+  if (cmd === "help" || isHelp(cmd)) {
+    if (sub !== undefined && ADMIN_FAMILIES.has(sub)) return (await import("../admin/index.js")).runAdminCommand([...argv.slice(1), "--help"]);
+    const named = commandOf(sub, rest[0]);
+    const text = sub === undefined ? USAGE : named ? usageOf(named) : familyUsage(sub);
+    if (text === undefined) {
+      console.error(`hsm-signer: unknown command "${sub}"\n\n${OVERVIEW}`);
+      return 2;
     }
+    console.log(text);
+    return 0;
+  }
+  const command = commandOf(cmd === "--version" ? "version" : cmd, sub);
+  const usage = command ? usageOf(command) : familyUsage(cmd);
+  try {
+    if (!command) {
+      if (usage === undefined) throw new CommandUsageError(`unknown command "${cmd}"`, OVERVIEW);
+      if (sub !== undefined && isHelp(sub)) {
+        console.log(usage);
+        return 0;
+      }
+      throw new CommandUsageError(sub === undefined ? `"${cmd}" needs a subcommand` : `unknown command "${cmd} ${sub}"`, usage);
+    }
+    const args = argv.slice(command.path.split(" ").length);
+    if (args.some(isHelp)) {
+      console.log(usage);
+      return 0;
+    }
+    return await dispatch(command.path, args);
   } catch (e) {
-    if (e instanceof UsageError || (e as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
-      console.error(`hsm-signer: ${(e as Error).message}\n\n${USAGE}`);
+    if (e instanceof CommandUsageError) {
+      console.error(`hsm-signer: ${e.message}\n\n${e.usage}`);
+      return 2;
+    }
+    if (e instanceof UsageError || (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS_")) {
+      console.error(`hsm-signer: ${(e as Error).message}\n\n${usage ?? OVERVIEW}`);
       return 2;
     }
     if (e instanceof SignerError) {
@@ -80,6 +154,38 @@ export async function run(argv: string[]): Promise<number> {
     }
     console.error(`hsm-signer: unexpected failure: ${(e as Error).message}`);
     return 1;
+  }
+}
+
+async function dispatch(path: string, args: string[]): Promise<number> {
+  switch (path) {
+    case "serve": {
+      const { values } = parseArgs({ args, options: { config: { type: "string" } } });
+      await (await import("./serve.js")).serve(need(values.config, "--config"));
+      return -1; // keeps running
+    }
+    case "config check": {
+      const { values } = parseArgs({ args, options: { config: { type: "string" } } });
+      const file = need(values.config, "--config");
+      const checked = (await import("./config-check.js")).checkConfig(file);
+      console.log(`configuration is valid (checked: ${checked.join(", ")})`);
+      return 0;
+    }
+    case "test-chain":
+      await (await import("./serve.js")).testChain(args);
+      return 0;
+    case "audit verify":
+    case "audit search":
+      return await (await import("./audit-command.js")).auditCommand(path.slice("audit ".length), args);
+    case "token init":
+      (await import("./token-command.js")).tokenInit(args);
+      return 0;
+    case "version":
+      parseArgs({ args, options: {} });
+      console.log(JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")).version);
+      return 0;
+    default:
+      throw new UsageError(`unknown command "${path}"`);
   }
 }
 

@@ -1,6 +1,6 @@
 import { ObjectClass, type Module, type Session, type Slot } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
-import { checkCodeSigningChain, formatChainProblems, orderChain, parseCertificateBundle } from "../signing/chain-rules.js";
+import { checkCodeSigningChain, formatChainProblems, leafKeyMismatch, orderChain, parseCertificateBundle } from "../signing/chain-rules.js";
 import { spkiOfCertificate } from "../signing/certificates.js";
 import { subjectIdentityProblems } from "../signing/distinguished-name.js";
 import type { KeySpec } from "../signing/key-spec.js";
@@ -63,6 +63,52 @@ const now = (): string => new Date().toISOString();
 function checkSubject(subject: string): void {
   const problems = subjectIdentityProblems(subject);
   if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
+}
+
+/**
+ * Where each attribute goes in an encoded subject, as Go's pkix.Name and test-chain.ts order
+ * them (the most general first: C, ST, L, street, postal code, O, OU, CN, serial number).
+ */
+const RDN_ORDER = ["DC", "C", "ST", "S", "L", "STREET", "POSTALCODE", "O", "OU", "CN", "SERIALNUMBER"];
+
+/** The RDNs of a subject as typed, each with its text as-is (escapes and quotes kept) and its type. */
+function splitRdns(subject: string): { type: string; text: string }[] {
+  const out: { type: string; text: string }[] = [];
+  let start = 0;
+  let quoted = false;
+  const push = (end: number): void => {
+    const text = subject.slice(start, end).trim();
+    if (text) out.push({ type: text.slice(0, Math.max(0, text.indexOf("="))).trim().toUpperCase(), text });
+  };
+  for (let i = 0; i < subject.length; i++) {
+    const c = subject[i];
+    if (c === "\\") i++;
+    else if (c === '"') quoted = !quoted;
+    else if (!quoted && (c === "," || c === ";")) {
+      push(i);
+      start = i + 1;
+    }
+  }
+  push(subject.length);
+  return out;
+}
+
+/**
+ * The subject with its RDNs in the canonical order, whatever order they were typed in: a CSR
+ * for "CN=release, O=Example, ST=WA, C=US" then encodes C, ST, O, CN like a test-chain leaf, and
+ * notation (Go, printing the last RDN first) shows both as "CN=release, O=Example, ST=WA, C=US".
+ * Attributes outside RDN_ORDER follow, in the order typed.
+ */
+export function inCanonicalOrder(subject: string): string {
+  const rank = (type: string): number => {
+    const i = RDN_ORDER.indexOf(type);
+    return i < 0 ? RDN_ORDER.length : i;
+  };
+  return splitRdns(subject)
+    .map((r, i) => ({ ...r, i }))
+    .sort((a, b) => rank(a.type) - rank(b.type) || a.i - b.i)
+    .map((r) => r.text)
+    .join(", ");
 }
 
 /**
@@ -235,7 +281,7 @@ export class KeyCustody {
       if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
         throw new SignerError(
           "FAILED_PRECONDITION",
-          `version ${version} of key "${keyId}" has signed; its certificate is the last record on the token that verifies those signatures. Keep the certificate (omit destroy_certificate), or acknowledge with acknowledge_signed`,
+          `version ${version} of key "${keyId}" has signed; its certificate is the last record on the token that verifies those signatures. Keep the certificate (leave out --destroy-certificate), or confirm with --acknowledge-signed (destroy_certificate and acknowledge_signed in the KeyAdmin API)`,
         );
       }
       const state = stateOf(view);
@@ -254,7 +300,7 @@ export class KeyCustody {
     checkSubject(subject);
     const v = pick(await this.keys.view(keyId), version);
     if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${keyId}" was destroyed`);
-    const pem = await createCsr({ subject, key: this.digestSigner(v) });
+    const pem = await createCsr({ subject: inCanonicalOrder(subject), key: this.digestSigner(v) });
     return { pem, version: v.record.version };
   }
 
@@ -280,12 +326,12 @@ export class KeyCustody {
         return spki !== undefined && certs.some((c) => spkiOfCertificate(c).equals(spki));
       });
       const which = version ? `key "${keyId}" version ${version}` : `any version of key "${keyId}"`;
-      if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\nno certificate holds the public key of ${which} (rule leaf-key-mismatch)`);
+      if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(leafKeyMismatch(certs, which))}`);
       const spki = publicKey(target) as Buffer;
       const ordered = strictOrder ? { chain: certs, problems: [] } : orderChain(certs, spki);
       const problems = ordered.problems.length > 0 ? ordered.problems : checkCodeSigningChain(ordered.chain);
       if (strictOrder && !spkiOfCertificate(certs[0] as Buffer).equals(spki)) {
-        problems.unshift({ index: 0, subject: "", rule: "leaf-key-mismatch", message: `certificate 0 does not hold the public key of ${which}: with strict order the leaf comes first` });
+        problems.unshift(...leafKeyMismatch([certs[0] as Buffer], which, "with strict order the leaf comes first"));
       }
       if (problems.length > 0) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(problems)}`);
       const id = Buffer.from(target.idHex, "hex");

@@ -178,6 +178,21 @@ function findLeaf(all: Cert[], leafSpki: Buffer | undefined): { leaf: Cert } | {
   return { problem: chainProblem("loop", "every certificate issued another one (a loop), so there is no leaf") };
 }
 
+/**
+ * A chain none of whose certificates holds the key's public key: the would-be leaf (the
+ * certificate that issued none of the others) named as the other rules name certificates.
+ * `which` says whose key ('key "release" version 2'); `why` is added to the message.
+ */
+export function leafKeyMismatch(certs: Buffer[], which: string, why?: string): ChainProblem[] {
+  const all = certs.map((der, i) => parseOrThrow(der, `certificate ${i + 1} of ${certs.length}`));
+  const leaves = all.filter((c) => !all.some((other) => other !== c && issuedBy(other, c)));
+  const text = (c: Cert): string => `its public key (${describeKey(c)}) is not the one of ${which}${why ? `: ${why}` : ""}; the leaf must be issued for this key (from hsm-signer certs csr)`;
+  const [leaf, ...others] = leaves;
+  if (leaf && others.length === 0) return [problem(0, leaf, "leaf-key-mismatch", text(leaf))];
+  if (leaf) return leaves.map((c) => chainProblem("leaf-key-mismatch", `certificate (${label(c)}) ${text(c)}`, c));
+  return [chainProblem("leaf-key-mismatch", `no certificate holds the public key of ${which}; the leaf must be issued for this key (from hsm-signer certs csr)`)];
+}
+
 function walkToRoot(leaf: Cert, all: Cert[]): { path: Cert[]; problems: ChainProblem[] } {
   const path = [leaf];
   const problems: ChainProblem[] = [];

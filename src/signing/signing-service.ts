@@ -66,7 +66,11 @@ export class SigningService {
   async resolve(input: SignInput): Promise<KeyRecord> {
     const key = await this.keys.getKey(input.keyId, input.keyVersion);
     if (input.keySpec && input.keySpec !== key.spec) {
-      throw new SignerError("INVALID_ARGUMENT", `key "${key.keyId}" is ${key.spec}, not ${input.keySpec}`);
+      // With notation the request's key_spec is the key's pluginConfig key_spec, which goes stale when a key is rotated to another spec.
+      throw new SignerError(
+        "INVALID_ARGUMENT",
+        `key "${key.keyId}" is ${key.spec}, not ${input.keySpec} (the request's key_spec); with notation, update the key_spec plugin config: notation key delete NAME, then notation key add again with --plugin-config key_spec=${key.spec} (or without key_spec)`,
+      );
     }
     if (input.hashAlgorithm && input.hashAlgorithm !== key.info.hash) {
       throw new SignerError("INVALID_ARGUMENT", `hash_algorithm ${input.hashAlgorithm} does not fit key "${key.keyId}" (${key.spec} signs ${key.info.hash} digests)`);

@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { CODE_SIGNING_LEAF_EXT, OpensslCa } from "../helpers/openssl-ca.js";
 import { runPlugin } from "../helpers/plugin-process.js";
 import { spawnCollect } from "../helpers/process.js";
 import { HSM_SIGNER, isolatedToken, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
+import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import type { SoftHsmToken } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
 import type { InventoryKey } from "../../src/admin/admin-client.js";
@@ -41,6 +43,15 @@ async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResu
   const r = await spawnCollect(HSM_SIGNER, args, "", { env: { ...cleanEnv(), ...env }, timeoutMs: CLI_TIMEOUT_MS });
   assert.equal(r.timedOut, false, `hsm-signer ${args.join(" ")} did not finish within ${CLI_TIMEOUT_MS} ms`);
   return { code: r.code, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The same from another directory (paths printed relative to it). */
+function cliIn(cwd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(HSM_SIGNER, args, { cwd, env: { ...cleanEnv(), ...env }, timeout: CLI_TIMEOUT_MS }, (e, stdout, stderr) => {
+      resolve({ code: e ? (typeof e.code === "number" ? e.code : null) : 0, stdout, stderr });
+    });
+  });
 }
 
 /** Asserts exit 0 and an empty stderr, showing both streams otherwise. */
@@ -141,6 +152,15 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     }
   });
 
+  it("without --ca (KeyAdmin's certificate is from a private CA) the error says to give the CA with --ca or HSM_SIGNER_ADMIN_CA", async () => {
+    const custodian = tls.extra.custodian;
+    assert.ok(custodian);
+    const r = await cli(["slots", "--endpoint", `127.0.0.1:${svc.adminPort}`, "--cert", custodian.certFile, "--key", custodian.keyFile, "--timeout", "10"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^hsm-signer: cannot reach KeyAdmin at 127\\.0\\.0\\.1:${svc.adminPort}: .*(self-signed certificate|unable to verify the first certificate|unable to get local issuer certificate)`));
+    assert.match(r.stderr, /give the CA that issued it with --ca FILE or HSM_SIGNER_ADMIN_CA\)$/m);
+  });
+
   it("keys generate: a new key (table and next steps); an existing key id exits 1, a bad key spec exits 2", async () => {
     const r = ok(await admin(["keys", "generate", "--key-id", "release", "--key-spec", "EC-256"]));
     assert.match(r.stdout, /^generated key "release" version 1 \(EC-256\)$/m);
@@ -172,15 +192,18 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     const csrPem = readFileSync(csrFile, "utf8");
     assert.match(csrPem, /^-----BEGIN CERTIFICATE REQUEST-----\n/);
 
+    // Typed most specific first, encoded C, ST, O, CN as test-chain leaves are (openssl prints in encoded order).
+    assert.equal(execFileSyncText("openssl", ["req", "-in", csrFile, "-noout", "-subject", "-nameopt", "RFC2253"]), "subject=CN=release,O=Example Corp,ST=WA,C=US\n");
+    assert.equal(execFileSyncText("openssl", ["req", "-in", csrFile, "-noout", "-subject", "-nameopt", "oneline"]), "subject=C = US, ST = WA, O = Example Corp, CN = release\n");
     releaseV1Leaf = outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 });
     const leaf = new X509Certificate(releaseV1Leaf);
-    assert.equal(leaf.subject, "CN=release\nO=Example Corp\nST=WA\nC=US", "signCsr keeps the CSR's subject");
+    assert.equal(leaf.subject, "C=US\nST=WA\nO=Example Corp\nCN=release", "signCsr keeps the CSR's subject, in test-chain's order");
     writeFileSync(file("release-v1.der"), releaseV1Leaf);
     writeFileSync(file("outside-root.pem"), outsideCa.certPem);
 
     const imp = ok(await adminByEnv(["certs", "import", "--key-id", "release", file("outside-root.pem"), file("release-v1.der")]));
-    assert.match(imp.stdout, /^stored a chain of 2 certificates for release@v1 \(2 written/);
-    assert.match(imp.stdout, /^ {2}1\. leaf: CN=release, O=Example Corp, ST=WA, C=US \(issuer C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA;/m);
+    assert.match(imp.stdout, /^stored a chain of 2 certificates for release@v1 \(all 2 written to the token\):$/m);
+    assert.match(imp.stdout, /^ {2}1\. leaf: C=US, ST=WA, O=Example Corp, CN=release \(issuer C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA;/m);
     assert.match(imp.stdout, /^ {2}2\. root: C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA /m);
 
     const signed = await pluginSign("release", "EC-256");
@@ -205,6 +228,18 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.ok(ruleLines.some((l) => /keyUsage is not marked critical.* \[leaf-key-usage-not-critical\]$/.test(l)), r.stderr);
     assert.ok(ruleLines.some((l) => l.endsWith("[leaf-eku-forbidden]")), r.stderr);
     assert.match((await inventory("strict"))[0]?.versions[0]?.problem ?? "", /no certificate/, "nothing was stored");
+
+    // A chain whose leaf holds another key's public key: named, with its rule id, like the other rules.
+    const [anyVersion, strictOrder] = await Promise.all([
+      admin(["certs", "import", "--key-id", "strict", file("release-v1.der"), outsideCa.certFile]),
+      admin(["certs", "import", "--key-id", "strict", "--version", "1", "--strict-order", file("release-v1.der"), outsideCa.certFile]),
+    ]);
+    for (const [r, which] of [[anyVersion, 'any version of key "strict"'], [strictOrder, 'key "strict" version 1']] as const) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^hsm-signer: the chain for key "strict" was rejected:$/m);
+      const line = r.stderr.split("\n").find((l) => l.includes("[leaf-key-mismatch]")) ?? "";
+      assert.match(line, new RegExp(`^certificate 0 \\(CN=release, O=Example Corp\\): its public key \\(EC prime256v1\\) is not the one of ${which.replace(/"/g, '"')}.* \\[leaf-key-mismatch\\]( \\[request [0-9a-f]+\\])?$`), r.stderr);
+    }
   });
 
   it("keys test-chain --days 10 --root-out: keys list flags the short-lived chain in its table and in --json", async () => {
@@ -221,7 +256,7 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(table, /^KEY\s+VER\s+STATE\s+CUR\s+SPEC\s+ROLE\s+SUBJECT\s+ISSUER\s+EXPIRES$/m);
     assert.match(table, /^short-lived\s+1\s+enabled\s+\*\s+RSA-2048\s+signing\s+.*EXPIRES IN (9|10)d \(\d{4}-\d\d-\d\d\)$/m);
     assert.match(table, /^short-lived-root-ca\s+1\s+enabled\s+.*\bca\b/m);
-    assert.match(table, /^release\s+1\s+enabled\s+\*\s+EC-256\s+signing\s+CN=release, O=Example Corp, ST=WA, C=US\s+C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA\s+\d{4}-\d\d-\d\d \(36[345]d\)$/m);
+    assert.match(table, /^release\s+1\s+enabled\s+\*\s+EC-256\s+signing\s+C=US, ST=WA, O=Example Corp, CN=release\s+C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA\s+\d{4}-\d\d-\d\d \(36[345]d\)$/m);
     assert.match(table, /^ {2}strict@v1: .*no certificate/m);
     assert.match(table, /^4 key\(s\), 4 version\(s\); \d+ expiring within 30 days; \d+ with problems$/m);
 
@@ -231,6 +266,8 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.ok(v && v.daysUntilExpiry >= 9 && v.daysUntilExpiry <= 10, String(v?.daysUntilExpiry));
     assert.equal(v?.role, "signing");
     assert.equal(keys.get("short-lived-root-ca")?.versions[0]?.role, "ca");
+    assert.equal(keys.get("short-lived-root-ca")?.versions[0]?.problem, "", "a CA key with its self-signed root is not a problem");
+    assert.doesNotMatch(table, /^ {2}short-lived-root-ca/m, "nothing about the CA key under problems");
     assert.equal(keys.get("release")?.versions[0]?.expiringSoon, false);
     // The shorter --warn-days window no longer flags the 10-day chain.
     const narrow = JSON.parse(ok(narrowJson).stdout) as { keys: InventoryKey[] };
@@ -256,6 +293,12 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     const signed = await pluginSign("release", "EC-256");
     assert.equal(signed.code, 0, signed.stderr);
     assert.deepEqual(signed.chain[0], v2Leaf, "new signatures use version 2");
+    // A notation key whose key_spec plugin config is stale (EC-384 for this EC-256 key) says which setting to update, and how.
+    const cfg = { endpoint: `127.0.0.1:${svc.port}`, ca_file: tls.caFile, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile, key_spec: "EC-384" };
+    const stale = await signWithPluginConfig("release", "EC-384", cfg);
+    assert.equal(stale.code, 1);
+    const staleError = JSON.parse(stale.stderr) as { errorCode: string; errorMessage: string };
+    assert.match(staleError.errorMessage, /key "release" is EC-256, not EC-384 \(the request's key_spec\); with notation, update the key_spec plugin config: .*--plugin-config key_spec=EC-256/);
     const release = (await inventory("release"))[0];
     assert.deepEqual(release?.versions.map((v) => [v.version, v.state, v.current]), [[1, "enabled", false], [2, "enabled", true]]);
 
@@ -295,6 +338,10 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(enabled.stderr, /^hsm-signer: .*enabled; disable it first/);
 
     assert.match(ok(await admin(["keys", "disable", "--key-id", "release", "--version", "1", "--reason", "rotated"])).stdout, /^disabled release@v1$/m);
+    // Version 1 signed: taking its certificate too needs --acknowledge-signed, and the message says so in the CLI's words.
+    const unacknowledged = await admin(["keys", "destroy", "--key-id", "release", "--version", "1", "--confirm", "release@v1", "--destroy-certificate"]);
+    assert.equal(unacknowledged.code, 1, unacknowledged.stderr);
+    assert.match(unacknowledged.stderr, /has signed; .*Keep the certificate \(leave out --destroy-certificate\), or confirm with --acknowledge-signed/);
     const destroyed = ok(await adminByEnv(["keys", "destroy", "--key-id", "release", "--version", "1", "--confirm", "release@v1"]));
     assert.match(destroyed.stdout, /^destroyed release@v1: (private key, public key|public key, private key)$/m);
     assert.match(destroyed.stdout, /^release\s+1\s+destroyed\s/m);
@@ -317,6 +364,13 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.deepEqual(pemBlocks(readFileSync(rootFile, "utf8")), [chain[chain.length - 1]], "the trust store holds the chain's root");
     assert.match(out, new RegExp(`^written to ${rootFile}$`, "m"));
     assert.match(out, /^ {2}notation cert add --type ca --store hsm-root release-root\.crt$/m);
+    // The plugin package as a path that works from where the command ran (dist/ is where npm run package-plugin puts it).
+    const pkg = join(PROJECT_ROOT, "dist", "notation-hsm-signer_0.1.0.tar.gz");
+    const fileArg = (text: string): string => /notation plugin install --file (\S+)/.exec(text)?.[1] ?? "";
+    const [fromRoot, fromElsewhere] = await Promise.all([cliIn(PROJECT_ROOT, args, env), cliIn(dir, [...args.slice(0, 6), "--notation-dir", file("notation-2"), ...args.slice(8)], env)]);
+    assert.equal(fileArg(ok(fromRoot).stdout), relative(PROJECT_ROOT, pkg), fromRoot.stdout);
+    assert.equal(fileArg(ok(fromElsewhere).stdout), pkg, fromElsewhere.stdout);
+    assert.ok(existsSync(pkg) || /is not built yet; build it with: \(cd .* && npm run package-plugin\)/.test(fromRoot.stdout), fromRoot.stdout);
 
     // notation key add: its --plugin-config values are what the plugin needs to sign.
     const keyAdd = out.slice(out.indexOf("notation key add"), out.indexOf("\n\n", out.indexOf("notation key add")));
@@ -353,6 +407,10 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(byFlags, new RegExp(`^already in ${rootFile} \\(unchanged\\)$`, "m"));
   });
 });
+
+function execFileSyncText(file: string, args: string[]): string {
+  return execFileSync(file, args, { encoding: "utf8" });
+}
 
 /** Runs the built plugin's generate-signature with this pluginConfig and verifies a signature it returns. */
 async function signWithPluginConfig(keyId: string, keySpec: string, pluginConfig: Record<string, string>): Promise<{ code: number | null; stderr: string; chain: Buffer[] }> {

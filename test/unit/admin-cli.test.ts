@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { ADMIN_USAGE, AdminUsageError, DEFAULT_ADMIN_ENDPOINT, parseAdminArgs, type AdminCommand, type ParsedAdminArgs } from "../../src/admin/admin-args.js";
-import { runAdmin, type AdminIo, type KeyAdminApi } from "../../src/admin/admin-cli.js";
-import { KeyAdminCallError, type AdminClientOptions, type InventoryKey, type KeyVersionInfo, type SlotInfo } from "../../src/admin/admin-client.js";
+import { runAdmin, writtenSummary, type AdminIo, type KeyAdminApi } from "../../src/admin/admin-cli.js";
+import { describeCallError, KeyAdminCallError, type AdminClientOptions, type InventoryKey, type KeyVersionInfo, type SlotInfo } from "../../src/admin/admin-client.js";
+import { inCanonicalOrder } from "../../src/hsm/key-custody.js";
 import { formatBytes, formatExpiry, formatInventory, formatJson, formatSlots, renderTable } from "../../src/admin/admin-format.js";
 import {
   defaultNotationDir,
@@ -212,6 +214,31 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
     assert.doesNotMatch((family as { usage: string }).usage, /keys list/);
   });
 
+  it("-h is --help; a command's --help is its own usage, also next to a mistake, and slots --help is not every command's", () => {
+    for (const argv of [["keys", "generate", "-h"], ["keys", "generate", "--bogus", "--help"], ["keys", "generate", "--key-spec", "RSA-1", "-h"]]) {
+      const h = parseAdminArgs(argv, {});
+      assert.equal(h.help, true, argv.join(" "));
+      assert.match((h as { usage: string }).usage, /^usage: hsm-signer keys generate --key-id ID/);
+    }
+    for (const argv of [["slots", "--help"], ["slots", "-h"]]) {
+      const usage = (parseAdminArgs(argv, {}) as { usage: string }).usage;
+      assert.match(usage, /^usage: hsm-signer slots /);
+      assert.doesNotMatch(usage, /keys list|certs csr/);
+    }
+    const keys = parseAdminArgs(["keys", "-h"], {});
+    assert.match((keys as { usage: string }).usage, /keys list[\s\S]*keys notation-setup/);
+    // A mistake in the family: the synopses only, not every option of every command.
+    const e = usageError(["certs", "frobnicate"], ENV, 'unknown command "certs frobnicate"');
+    assert.ok(e.usage.split("\n").length < 10, e.usage);
+    assert.doesNotMatch(e.usage, /connection options/);
+  });
+
+  it("certs csr --help says in which order the subject's attributes are encoded", () => {
+    const usage = (parseAdminArgs(["certs", "csr", "--help"], {}) as { usage: string }).usage;
+    assert.match(usage, /any order/);
+    assert.match(usage, /C, ST, L, O, OU, CN/);
+  });
+
   it("ADMIN_USAGE lists every command and the connection options", () => {
     for (const c of ["slots", "keys list", "keys generate", "keys rotate", "keys disable", "keys enable", "keys destroy", "keys test-chain", "keys notation-setup", "certs csr", "certs import", "certs chain"]) {
       assert.ok(ADMIN_USAGE.includes(`  ${c} `) || ADMIN_USAGE.includes(`  ${c}\n`), `usage should list ${c}`);
@@ -309,6 +336,20 @@ describe("admin command line: rendering", () => {
     assert.match(text, /^ {2}k: no version can sign$/m);
   });
 
+  it("a CA key with a good chain is no problem: no note, not counted", () => {
+    const ca = version({ version: 1, role: "ca", certificateSubject: "C=US, ST=WA, O=Demo, CN=demo Root CA", certificateIssuer: "C=US, ST=WA, O=Demo, CN=demo Root CA" });
+    const text = formatInventory([
+      { keyId: "demo", state: "enabled", currentVersion: 1, disabledReason: "", versions: [version({ version: 1, current: true })] },
+      { keyId: "demo-root-ca", state: "enabled", currentVersion: 0, disabledReason: "", versions: [ca] },
+    ]);
+    assert.doesNotMatch(text, /problems/, text);
+    assert.match(text, /^2 key\(s\), 2 version\(s\)$/m);
+    // A CA whose chain is broken still is.
+    const broken = formatInventory([{ keyId: "ca", state: "enabled", currentVersion: 0, disabledReason: "", versions: [{ ...ca, problem: "the certificate chain of CA key \"ca\" does not reach a self-signed root on the token" }] }]);
+    assert.match(broken, /^ {2}ca@v1: the certificate chain of CA key/m);
+    assert.match(broken, /1 with problems$/);
+  });
+
   it("--json output carries certificate bytes as PEM and other bytes as base64", () => {
     const der = Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]);
     const parsed = JSON.parse(formatJson({ keyId: "k", certificateChain: [der], other: Buffer.from("hi"), nested: { n: 1, list: [{ certificates: [der] }] } })) as Record<string, unknown>;
@@ -380,6 +421,48 @@ describe("admin command line: notation setup helpers", () => {
   });
 });
 
+describe("admin command line: messages", () => {
+  it("import says how many certificates were written and how many were already there", () => {
+    assert.equal(writtenSummary(3, 3), "all 3 written to the token");
+    assert.equal(writtenSummary(1, 3), "1 written, 2 already on the token");
+    assert.equal(writtenSummary(0, 2), "all 2 already on the token, nothing written");
+  });
+
+  it("an untrusted KeyAdmin certificate names --ca and HSM_SIGNER_ADMIN_CA", () => {
+    const grpcError = (details: string): Parameters<typeof describeCallError>[0] => Object.assign(new Error(details), { code: status.UNAVAILABLE, details, metadata: undefined as never });
+    for (const openssl of ["self-signed certificate", "unable to verify the first certificate", "unable to get local issuer certificate"]) {
+      const noCa = describeCallError(grpcError(`No connection established. Last error: Error: ${openssl}`), "a:1", 30_000, false);
+      assert.match(noCa.message, new RegExp(`^cannot reach KeyAdmin at a:1: .*${openssl}.*system roots; give the CA that issued it with --ca FILE or HSM_SIGNER_ADMIN_CA`));
+      const withCa = describeCallError(grpcError(`No connection established. Last error: Error: ${openssl}`), "a:1", 30_000, true);
+      assert.match(withCa.message, /the CA bundle given \(--ca FILE or HSM_SIGNER_ADMIN_CA\) does not hold the CA/);
+    }
+    assert.doesNotMatch(describeCallError(grpcError("No connection established. Last error: connect ECONNREFUSED"), "a:1", 30_000, false).message, /--ca/);
+  });
+
+  it("a --timeout that ends no call still ends the command (DEADLINE_EXCEEDED, exit 1)", async () => {
+    let err = "";
+    const never: KeyAdminApi = Object.assign(fakeClient([], {}), { listSlots: () => new Promise<never>(() => undefined) });
+    const started = Date.now();
+    const files = mkdtempSync(join(tmpdir(), "hsm-signer-admin-timeout-"));
+    writeFileSync(join(files, "c.pem"), "cert");
+    writeFileSync(join(files, "k.pem"), "key");
+    const env = { HSM_SIGNER_ADMIN_CERT: join(files, "c.pem"), HSM_SIGNER_ADMIN_KEY: join(files, "k.pem") };
+    const code = await runAdmin(["slots", "--timeout", "0.2"], { env, out: () => undefined, err: (t) => (err += t), connect: () => never }).finally(() => rmSync(files, { recursive: true, force: true }));
+    assert.equal(code, 1);
+    assert.match(err, /did not finish within 0\.2s \(--timeout\)/);
+    assert.ok(Date.now() - started < 20_000);
+  });
+});
+
+describe("CSR subjects in canonical order", () => {
+  it("puts C, ST, L, O, OU, CN in that order whatever the order typed, keeping escapes and other attributes", () => {
+    assert.equal(inCanonicalOrder("CN=release, O=Example Corp, ST=WA, C=US"), "C=US, ST=WA, O=Example Corp, CN=release");
+    assert.equal(inCanonicalOrder("C=US,ST=WA,O=Example,CN=release"), "C=US, ST=WA, O=Example, CN=release");
+    assert.equal(inCanonicalOrder("cn=a; ou=Build; o=Acme\\, Inc; l=Seattle; st=WA; c=US"), "c=US, st=WA, l=Seattle, o=Acme\\, Inc, ou=Build, cn=a");
+    assert.equal(inCanonicalOrder('CN="x, y", O=Ex, ST=WA, C=US, emailAddress=a@b'), 'C=US, ST=WA, O=Ex, CN="x, y", emailAddress=a@b');
+  });
+});
+
 /** A stand-in KeyAdmin: each method answers from `answers` or throws what `fail` says. */
 function fakeClient(calls: { method: string; request: unknown }[], answers: Partial<Record<keyof KeyAdminApi, unknown>>, fail?: KeyAdminCallError): KeyAdminApi {
   const handler = (method: string) => async (request: unknown) => {
@@ -413,7 +496,7 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function run(argv: string[], client: KeyAdminApi, env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string; options: AdminClientOptions | undefined }> {
+  async function run(argv: string[], client: KeyAdminApi, env: NodeJS.ProcessEnv = {}, extra: Pick<AdminIo, "cwd" | "pluginPackageFile"> = {}): Promise<{ code: number; out: string; err: string; options: AdminClientOptions | undefined }> {
     let out = "";
     let err = "";
     let options: AdminClientOptions | undefined;
@@ -425,6 +508,7 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
         options = o;
         return client;
       },
+      ...extra,
     };
     const code = await runAdmin(argv, io);
     return { code, out, err, options };
@@ -445,7 +529,7 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.deepEqual(calls.map((c) => c.method), ["getCertificateChain", "getInventory", "close"]);
     assert.deepEqual(calls[0]?.request, { keyId: "release", keyVersion: 0 });
     assert.match(r.out, new RegExp(`written to ${rootFile}`));
-    assert.match(r.out, /notation plugin install --file notation-hsm-signer_[^ ]+\.tar\.gz/);
+    assert.match(r.out, /notation plugin install --file \S*notation-hsm-signer_[^ ]+\.tar\.gz/);
     assert.match(r.out, /notation key add --plugin hsm-signer --id release \\\n {4}--plugin-config endpoint=signer\.example\.com:8443 \\\n {4}--plugin-config ca_file=\/etc\/ca\.pem \\\n {4}--plugin-config key_spec=EC-384 \\\n {4}release/);
     assert.ok(r.out.includes("notation cert add --type ca --store hsm release-root.crt"), r.out);
     const policy = JSON.parse(r.out.slice(r.out.indexOf("{"))) as { trustPolicies: { trustedIdentities: string[]; trustStores: string[] }[] };
@@ -461,6 +545,31 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.equal(clash.code, 1);
     assert.match(clash.err, /^hsm-signer: refusing to overwrite .*release-root\.crt: it holds another certificate \(CN=other/);
     assert.equal(readFileSync(rootFile, "utf8"), otherPem);
+  });
+
+  it("keys notation-setup prints the plugin package as a path that works from the current directory, with its sha256, or how to build it", async () => {
+    const project = join(dir, "project");
+    mkdirSync(join(project, "dist"), { recursive: true });
+    const pkg = join(project, "dist", "notation-hsm-signer_0.1.0.tar.gz");
+    writeFileSync(pkg, "package bytes");
+    const sha = createHash("sha256").update("package bytes").digest("hex");
+    const argv = (n: string): string[] => ["keys", "notation-setup", "--key-id", "release", "--store", "hsm", "--notation-dir", join(dir, n), "--endpoint", "s:1"];
+    const answers = { getCertificateChain: chainAnswer(), getInventory: inventoryAnswer };
+
+    const inside = await run(argv("n1"), fakeClient([], answers), {}, { cwd: project, pluginPackageFile: pkg });
+    assert.equal(inside.code, 0, inside.err);
+    assert.match(inside.out, new RegExp(`^ {2}notation plugin install --file dist/notation-hsm-signer_0\\.1\\.0\\.tar\\.gz --sha256sum ${sha}$`, "m"));
+
+    const elsewhere = await run(argv("n2"), fakeClient([], answers), {}, { cwd: join(dir, "n1"), pluginPackageFile: pkg });
+    assert.ok(elsewhere.out.includes(`notation plugin install --file ${pkg} --sha256sum ${sha}\n`), elsewhere.out);
+
+    rmSync(pkg);
+    const missing = await run(argv("n3"), fakeClient([], answers), {}, { cwd: project, pluginPackageFile: pkg });
+    assert.equal(missing.code, 0, missing.err);
+    assert.match(missing.out, /is not built yet; build it with: \(cd .* && npm run package-plugin\)/);
+    assert.ok(missing.out.includes(`notation plugin install --file dist/notation-hsm-signer_0.1.0.tar.gz --sha256sum "$(cut -d' ' -f1 dist/notation-hsm-signer_0.1.0.tar.gz.sha256)"`), missing.out);
+    const json = JSON.parse((await run([...argv("n4"), "--json"], fakeClient([], answers), {}, { cwd: project, pluginPackageFile: pkg })).out) as { pluginPackage: string; pluginPackageBuilt: boolean };
+    assert.deepEqual([json.pluginPackage, json.pluginPackageBuilt], [pkg, false]);
   });
 
   it("keys notation-setup refuses a leaf subject notation cannot use, before writing anything", async () => {
@@ -489,7 +598,7 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.deepEqual(req.certificates, [Buffer.from(rootPem), Buffer.from(otherPem)]);
     assert.equal(req.keyVersion, 2);
     assert.equal(req.strictOrder, false);
-    assert.match(r.out, /stored a chain of 1 certificates for release@v2 \(1 written/);
+    assert.match(r.out, /stored a chain of 1 certificates for release@v2 \(written to the token\)/);
     assert.match(r.out, /1\. leaf: CN=root/);
   });
 

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { checkConfig } from "../../src/bin/config-check.js";
 import { loadConfig } from "../../src/bin/config.js";
-import { PROJECT_ROOT } from "../helpers/softhsm.js";
+import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
+import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
 
 describe("configuration: file, environment overrides, every problem at once", () => {
   let dir: string;
@@ -51,6 +53,92 @@ describe("configuration: file, environment overrides, every problem at once", ()
         return true;
       },
     );
+  });
+});
+
+describe("config check: what serve would open, every problem at once", () => {
+  let dir: string;
+  let tls: TlsMaterial;
+  let module: string;
+  const f = (name: string): string => join(dir, name);
+  const problemsOf = (fn: () => unknown): string[] => {
+    try {
+      fn();
+    } catch (e) {
+      return (e as Error).message.split("\n").slice(1).map((l) => l.trim().replace(/^- /, ""));
+    }
+    return [];
+  };
+  /** A configuration whose every file is good; `over` replaces lines by their first word. */
+  const config = (name: string, over: Record<string, string> = {}): string => {
+    const lines: Record<string, string> = {
+      listen: "listen: 127.0.0.1:8443",
+      tls: `tls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/server-key.pem, clientCaFile: ${tls.caFile} }`,
+      hsm: `hsm: { module: ${module}, tokenLabel: t, pinFile: pin }`,
+      policy: "policy: { file: policy.yaml }",
+      audit: "audit: { dir: audit }",
+      ...over,
+    };
+    writeFileSync(f(name), `${Object.values(lines).filter(Boolean).join("\n")}\n`);
+    return f(name);
+  };
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-config-check-"));
+    tls = createTlsMaterial(join(dir, "tls"));
+    module = softHsmModule();
+    writeFileSync(f("pin"), "1234\n");
+    writeFileSync(f("policy.yaml"), 'rules:\n  - name: builders\n    match: { mtls: "spiffe://x/builder" }\n    keys: ["*"]\n');
+    writeFileSync(f("bad-policy.yaml"), "rules:\n  - name: broken\n    keys: 5\n");
+    writeFileSync(f("jwks.json"), JSON.stringify({ keys: [{ kty: "EC", crv: "P-256", x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", kid: "k1" }] }));
+    writeFileSync(f("not-jwks.json"), "{}");
+    writeFileSync(f("a-file"), "");
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("a configuration whose files are all good is valid, and says what was checked", () => {
+    const checked = checkConfig(config("good.yaml"), {});
+    for (const what of ["policy", "PIN file", "PKCS#11 module", "TLS files", "audit directory"]) assert.ok(checked.includes(what), `${what} in ${checked.join(", ")}`);
+  });
+
+  it("an invalid policy, a missing PIN file and a missing PKCS#11 module are each reported, all at once", () => {
+    const file = config("three.yaml", { hsm: `hsm: { module: ${f("no-such-lib.so")}, tokenLabel: t, pinFile: no-pin }`, policy: "policy: { file: bad-policy.yaml }" });
+    // loadConfig alone (what it did before) finds nothing wrong.
+    assert.doesNotThrow(() => loadConfig(file, {}));
+    const problems = problemsOf(() => checkConfig(file, {}));
+    assert.ok(problems.some((p) => p.startsWith(`hsm.module: ${f("no-such-lib.so")} does not exist`)), problems.join("\n"));
+    assert.ok(problems.some((p) => p.startsWith(`hsm.pinFile: cannot read ${f("no-pin")} (ENOENT)`)), problems.join("\n"));
+    assert.ok(problems.some((p) => p.startsWith(`policy.file: ${f("bad-policy.yaml")}: `)), problems.join("\n"));
+  });
+
+  it("a module that is a directory, a PIN variable that is not set, TLS files that do not parse or do not match, a bad JWKS, an audit dir that is a file", () => {
+    writeFileSync(f("garbage.pem"), "not a certificate");
+    const file = config("many.yaml", {
+      hsm: `hsm: { module: ${dir}, tokenLabel: t, pinEnv: HSM_SIGNER_TEST_PIN_UNSET }`,
+      tls: `tls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/client-key.pem, clientCaFile: garbage.pem }`,
+      audit: "audit: { dir: a-file/audit }",
+      auth: "auth: { jwt: [ { issuer: i, audience: a, jwksFile: not-jwks.json }, { issuer: j, audience: a, jwksFile: jwks.json } ] }",
+    });
+    const problems = problemsOf(() => checkConfig(file, {}));
+    const want = [
+      `hsm.module: ${dir} is not a regular file`,
+      "hsm.pinEnv: the environment variable HSM_SIGNER_TEST_PIN_UNSET is not set",
+      `tls.keyFile: ${tls.dir}/client-key.pem is not the private key of the certificate in ${tls.dir}/server.pem`,
+      `tls.clientCaFile: ${f("garbage.pem")} holds no PEM certificate`,
+      `auth.jwt[0].jwksFile: ${f("not-jwks.json")} is not a JWKS`,
+      `audit.dir: ${f("a-file")} (on the way to ${f("a-file/audit")}) is not a directory`,
+    ];
+    for (const w of want) assert.ok(problems.some((p) => p.startsWith(w)), `missing "${w}" in:\n${problems.join("\n")}`);
+    assert.equal(problems.length, want.length, problems.join("\n"));
+    // The PIN from the environment is enough, and never shown.
+    const withPin = problemsOf(() => checkConfig(file, { HSM_SIGNER_TEST_PIN_UNSET: "s3cret-pin" }));
+    assert.equal(withPin.length, want.length - 1);
+    assert.ok(!withPin.join("\n").includes("s3cret-pin"));
+  });
+
+  it("an audit directory that does not exist yet is fine when it can be created", () => {
+    mkdirSync(f("var"), { recursive: true });
+    assert.doesNotThrow(() => checkConfig(config("audit-new.yaml", { audit: "audit: { dir: var/lib/audit }" }), {}));
   });
 });
 

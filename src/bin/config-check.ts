@@ -1,0 +1,204 @@
+import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
+import { accessSync, constants, readFileSync, statSync, type Stats } from "node:fs";
+import { dirname } from "node:path";
+import { createLocalJWKSet, type JSONWebKeySet } from "jose";
+import { Policy, PolicyInvalidError } from "../auth/policy.js";
+import { parseCaBundle } from "../tls/peer-certificate.js";
+import { loadConfig, type ConfigFiles } from "./config.js";
+
+/**
+ * `hsm-signer config check`: the configuration (loadConfig) and what serve opens at start-up
+ * from it, so that a configuration said to be valid does not then fail to serve. Throws
+ * CONFIG_INVALID listing every problem at once; returns what was checked.
+ */
+export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env): string[] {
+  const checked: string[] = [];
+  loadConfig(file, env, (files, e) => {
+    const problems = checkFiles(files, e);
+    checked.push(...whatIsChecked(files));
+    return problems;
+  });
+  return checked;
+}
+
+function whatIsChecked(f: ConfigFiles): string[] {
+  const out = ["settings", "policy", f.hsm.pinFile ? "PIN file" : `PIN variable ${f.hsm.pinEnv}`, "PKCS#11 module"];
+  if (f.tls.certFile || f.tls.keyFile || f.tls.clientCaFile || f.admin.listen) out.push("TLS files");
+  if (f.jwt.some((j) => j.jwksFile || j.jwksCaFile)) out.push("JWKS files");
+  out.push("audit directory");
+  return out;
+}
+
+/** Every problem serve would meet opening these; files loadConfig could not read are already reported there. */
+export function checkFiles(f: ConfigFiles, env: NodeJS.ProcessEnv): string[] {
+  const problems: string[] = [];
+  problems.push(...checkModule(f.hsm.module));
+  problems.push(...checkPin(f.hsm, env));
+  if (f.policyFile) problems.push(...checkPolicy(f.policyFile));
+  problems.push(...checkTls(f));
+  f.jwt.forEach((j, i) => {
+    if (j.jwksFile) problems.push(...checkJwks(`auth.jwt[${i}].jwksFile`, j.jwksFile));
+    if (j.jwksCaFile) {
+      const r = readRegular(`auth.jwt[${i}].jwksCaFile`, j.jwksCaFile);
+      if (typeof r === "string") problems.push(r);
+      else if (certificates(r).length === 0) problems.push(`auth.jwt[${i}].jwksCaFile: ${j.jwksCaFile} holds no PEM certificate`);
+    }
+  });
+  if (f.auditDir) problems.push(...checkAuditDir(f.auditDir));
+  return problems;
+}
+
+const errno = (e: unknown): string => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+
+function statOf(path: string): Stats | string {
+  try {
+    return statSync(path);
+  } catch (e) {
+    return errno(e);
+  }
+}
+
+/** The file's bytes, or the problem; only regular files (a FIFO or a device would hang or never end). */
+function readRegular(setting: string, path: string): Buffer | string {
+  const st = statOf(path);
+  if (typeof st === "string") return `${setting}: cannot read ${path} (${st})`;
+  if (!st.isFile()) return `${setting}: ${path} is not a regular file`;
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    return `${setting}: cannot read ${path} (${errno(e)})`;
+  }
+}
+
+function checkModule(module: string | undefined): string[] {
+  if (!module) return [];
+  const st = statOf(module);
+  if (typeof st === "string") return [`hsm.module: ${module} ${st === "ENOENT" ? "does not exist" : `cannot be read (${st})`} (the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so)`];
+  if (!st.isFile()) return [`hsm.module: ${module} is not a regular file (the PKCS#11 library itself, e.g. /usr/lib/softhsm/libsofthsm2.so)`];
+  try {
+    accessSync(module, constants.R_OK);
+  } catch (e) {
+    return [`hsm.module: ${module} cannot be read (${errno(e)})`];
+  }
+  return [];
+}
+
+/** As readPin (config.ts) reads it at start-up; the PIN itself is never shown. */
+function checkPin(hsm: ConfigFiles["hsm"], env: NodeJS.ProcessEnv): string[] {
+  if (hsm.pinFile) {
+    const r = readRegular("hsm.pinFile", hsm.pinFile);
+    if (typeof r === "string") return [r];
+    if (r.toString("utf8").replace(/\r?\n$/, "") === "") return [`hsm.pinFile: ${hsm.pinFile} is empty`];
+    return [];
+  }
+  if (!env[hsm.pinEnv]) return [`hsm.pinEnv: the environment variable ${hsm.pinEnv} is not set (and there is no hsm.pinFile): serve would have no HSM PIN`];
+  return [];
+}
+
+function checkPolicy(file: string): string[] {
+  const r = readRegular("policy.file", file);
+  if (typeof r === "string") return [r];
+  try {
+    Policy.parse(r.toString("utf8"), file);
+    return [];
+  } catch (e) {
+    if (e instanceof PolicyInvalidError) return e.problems.map((p) => `policy.file: ${file}: ${p}`);
+    return [`policy.file: ${file}: ${(e as Error).message}`];
+  }
+}
+
+function certificates(pem: Buffer): X509Certificate[] {
+  try {
+    return parseCaBundle(pem);
+  } catch {
+    return [];
+  }
+}
+
+/** Files loadConfig could not read were reported there; here: what they hold. */
+function readable(path: string | undefined): Buffer | undefined {
+  if (!path) return undefined;
+  try {
+    return statSync(path).isFile() ? readFileSync(path) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** TLS certificates, keys and CA bundles parse, each key fits its certificate; each file is reported once (admin falls back to tls). */
+function checkTls(f: ConfigFiles): string[] {
+  const problems: string[] = [];
+  const reported = new Set<string>();
+  const once = (path: string, problem: string): void => {
+    if (!reported.has(path)) problems.push(problem);
+    reported.add(path);
+  };
+  const leafOf = (setting: string, path: string | undefined): X509Certificate | undefined => {
+    const pem = readable(path);
+    if (!path || !pem) return undefined;
+    const leaf = certificates(pem)[0];
+    if (!leaf) once(path, `${setting}: ${path} holds no PEM certificate`);
+    else if (Date.parse(leaf.validTo) < Date.now()) once(path, `${setting}: the certificate in ${path} expired on ${new Date(leaf.validTo).toISOString()}`);
+    return leaf;
+  };
+  const keyIn = (setting: string, path: string | undefined): KeyObject | undefined => {
+    const pem = readable(path);
+    if (!path || !pem) return undefined;
+    try {
+      return createPrivateKey(pem);
+    } catch (e) {
+      once(path, `${setting}: ${path} is not a PEM private key (${(e as Error).message})`);
+      return undefined;
+    }
+  };
+  const pair = (section: string, certFile: string | undefined, keyFile: string | undefined, caFile: string | undefined): void => {
+    const leaf = leafOf(`${section}.certFile`, certFile);
+    const key = keyIn(`${section}.keyFile`, keyFile);
+    if (leaf && key && keyFile && !leaf.checkPrivateKey(key)) once(`${certFile}\0${keyFile}`, `${section}.keyFile: ${keyFile} is not the private key of the certificate in ${certFile}`);
+    const caPem = readable(caFile);
+    if (caFile && caPem && certificates(caPem).length === 0) once(caFile, `${section}.clientCaFile: ${caFile} holds no PEM certificate`);
+  };
+  pair("tls", f.tls.certFile, f.tls.keyFile, f.tls.clientCaFile);
+  if (f.admin.listen !== undefined) pair("admin", f.admin.certFile, f.admin.keyFile, f.admin.clientCaFile);
+  return problems;
+}
+
+function checkJwks(setting: string, file: string): string[] {
+  const r = readRegular(setting, file);
+  if (typeof r === "string") return [r];
+  let jwks: unknown;
+  try {
+    jwks = JSON.parse(r.toString("utf8"));
+  } catch {
+    return [`${setting}: ${file} is not valid JSON`];
+  }
+  const keys = (jwks as { keys?: unknown } | null)?.keys;
+  if (!Array.isArray(keys) || keys.length === 0) return [`${setting}: ${file} is not a JWKS (a JSON object with a non-empty "keys" list)`];
+  try {
+    createLocalJWKSet(jwks as JSONWebKeySet);
+  } catch (e) {
+    return [`${setting}: ${file}: ${(e as Error).message}`];
+  }
+  return [];
+}
+
+/** The audit directory, or where serve would create it: a directory it can write. */
+function checkAuditDir(dir: string): string[] {
+  let at = dir;
+  for (;;) {
+    const st = statOf(at);
+    if (typeof st !== "string") {
+      if (!st.isDirectory()) return [`audit.dir: ${at} ${at === dir ? "is" : `(on the way to ${dir}) is`} not a directory`];
+      try {
+        accessSync(at, constants.W_OK | constants.X_OK);
+      } catch (e) {
+        return [`audit.dir: ${at === dir ? dir : `${dir} cannot be created: ${at}`} is not writable (${errno(e)})`];
+      }
+      return [];
+    }
+    if (st !== "ENOENT" && st !== "ENOTDIR") return [`audit.dir: cannot use ${at} (${st})`];
+    const up = dirname(at);
+    if (up === at) return [`audit.dir: no existing parent of ${dir}`];
+    at = up;
+  }
+}

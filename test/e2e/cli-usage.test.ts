@@ -1,0 +1,171 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { spawnCollect } from "../helpers/process.js";
+import { HSM_SIGNER } from "../helpers/service-process.js";
+import { softHsmModule } from "../helpers/softhsm.js";
+import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
+
+/** Each run is killed after this long: a hang fails the test, not the suite. */
+const CLI_TIMEOUT_MS = 30_000;
+
+async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HSM_SIGNER_")));
+  const r = await spawnCollect(HSM_SIGNER, args, "", { env: { ...clean, ...env }, timeoutMs: CLI_TIMEOUT_MS });
+  assert.equal(r.timedOut, false, `hsm-signer ${args.join(" ")} did not finish within ${CLI_TIMEOUT_MS} ms`);
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr, ms: r.ms };
+}
+
+/** Every command, by the words that name it. */
+const LOCAL = ["serve", "config check", "test-chain", "audit verify", "audit search", "token init", "version"];
+const ADMIN = ["slots", "keys list", "keys generate", "keys rotate", "keys disable", "keys enable", "keys destroy", "keys test-chain", "keys notation-setup", "certs csr", "certs import", "certs chain"];
+
+/** The other commands' names as they would appear at the start of a usage line. */
+function otherCommands(path: string): RegExp[] {
+  return [...LOCAL, ...ADMIN].filter((c) => c !== path && !(path === "test-chain" && c === "keys test-chain") && !(path === "keys test-chain" && c === "test-chain")).map((c) => new RegExp(`^(usage: )?\\s*(hsm-signer )?${c} `, "m"));
+}
+
+describe("hsm-signer: every command answers --help and -h with its own usage; a usage error prints only that command's", function () {
+  this.timeout(120_000);
+
+  it("--help and -h: exit 0, the command's own usage on stdout, nothing on stderr", async () => {
+    const runs = [...LOCAL, ...ADMIN].flatMap((path) => ["--help", "-h"].map((flag) => ({ path, flag })));
+    // Several at a time: each start costs a few hundred ms on a loaded machine.
+    for (let i = 0; i < runs.length; i += 6) {
+      const batch = runs.slice(i, i + 6);
+      const results = await Promise.all(batch.map(({ path, flag }) => cli([...path.split(" "), flag])));
+      results.forEach((r, n) => {
+        const { path, flag } = batch[n] as { path: string; flag: string };
+        const what = `hsm-signer ${path} ${flag}`;
+        assert.equal(r.code, 0, `${what}: exit ${r.code}\n${r.stderr}`);
+        assert.equal(r.stderr, "", what);
+        assert.ok(r.stdout.startsWith(`usage: hsm-signer ${path}`), `${what}:\n${r.stdout}`);
+        for (const other of otherCommands(path)) assert.doesNotMatch(r.stdout, other, `${what} shows only its own usage`);
+      });
+    }
+  });
+
+  it("families and the whole: audit --help, keys -h, help test-chain, --help (everything)", async () => {
+    const [audit, keys, helpCmd, all] = await Promise.all([cli(["audit", "--help"]), cli(["keys", "-h"]), cli(["help", "test-chain"]), cli(["--help"])]);
+    for (const r of [audit, keys, helpCmd, all]) assert.equal(r.code, 0, r.stderr);
+    assert.match(audit.stdout, /audit verify[\s\S]*audit search/);
+    assert.doesNotMatch(audit.stdout, /token init|serve/);
+    assert.match(keys.stdout, /keys list[\s\S]*keys notation-setup/);
+    assert.match(helpCmd.stdout, /^usage: hsm-signer test-chain --config FILE/);
+    for (const c of [...LOCAL, ...ADMIN]) assert.ok(all.stdout.includes(` ${c}`), `--help lists ${c}`);
+  });
+
+  it("usage errors: exit 2, the problem named, then only that command's usage", async () => {
+    const cases: { args: string[]; says: RegExp; usage: string }[] = [
+      { args: ["test-chain", "--bogus"], says: /Unknown option '--bogus'/, usage: "test-chain" },
+      { args: ["test-chain", "stray"], says: /Unexpected argument 'stray'/, usage: "test-chain" },
+      { args: ["serve"], says: /--config is required/, usage: "serve" },
+      { args: ["serve", "--config"], says: /--config/, usage: "serve" },
+      { args: ["config", "check", "--bogus"], says: /Unknown option '--bogus'/, usage: "config check" },
+      { args: ["token", "init", "--label", "x"], says: /--module is required/, usage: "token init" },
+      { args: ["audit", "verify"], says: /give audit files, or --dir DIR/, usage: "audit verify" },
+      { args: ["audit", "search", "audit-0001.log", "--from", "yesterday"], says: /--from must be a date/, usage: "audit search" },
+      { args: ["keys", "generate", "--key-id", "k"], says: /--key-spec is required/, usage: "keys generate" },
+      { args: ["certs", "csr", "--nope"], says: /Unknown option '--nope'/, usage: "certs csr" },
+    ];
+    const results = await Promise.all(cases.map((c) => cli(c.args)));
+    results.forEach((r, i) => {
+      const c = cases[i] as (typeof cases)[number];
+      const what = `hsm-signer ${c.args.join(" ")}`;
+      assert.equal(r.code, 2, `${what}: exit ${r.code}\n${r.stderr}`);
+      assert.equal(r.stdout, "", what);
+      const [first = "", ...rest] = r.stderr.split("\n");
+      assert.match(first, /^hsm-signer: /, what);
+      assert.match(first, c.says, `${what}: ${first}`);
+      const usage = rest.join("\n");
+      assert.match(usage, new RegExp(`usage: hsm-signer ${c.usage} `), `${what}:\n${r.stderr}`);
+      for (const other of otherCommands(c.usage)) assert.doesNotMatch(usage, other, `${what} prints only its own usage:\n${r.stderr}`);
+    });
+  });
+
+  it("no command, an unknown one, a family without its subcommand: a short list of commands, exit 2", async () => {
+    const [none, unknown, audit, keys] = await Promise.all([cli([]), cli(["frobnicate"]), cli(["audit"]), cli(["keys", "frobnicate"])]);
+    for (const r of [none, unknown, audit, keys]) {
+      assert.equal(r.code, 2, r.stderr);
+      assert.ok(r.stderr.split("\n").length < 20, `short:\n${r.stderr}`);
+    }
+    assert.match(unknown.stderr, /^hsm-signer: unknown command "frobnicate"/);
+    assert.match(audit.stderr, /^hsm-signer: "audit" needs a subcommand\n[\s\S]*audit verify[\s\S]*audit search/);
+    assert.match(keys.stderr, /^hsm-signer: unknown command "keys frobnicate"\n[\s\S]*keys list/);
+  });
+});
+
+describe("hsm-signer config check: what serve would open (the built CLI)", function () {
+  this.timeout(60_000);
+  let dir: string;
+  let tls: TlsMaterial;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-config-check-e2e-"));
+    tls = createTlsMaterial(join(dir, "tls"));
+    writeFileSync(join(dir, "pin"), "1234\n");
+    writeFileSync(join(dir, "policy.yaml"), 'rules:\n  - name: b\n    match: { mtls: "spiffe://x/b" }\n    keys: ["*"]\n');
+    writeFileSync(join(dir, "bad-policy.yaml"), "rules: [ { name: 5 } ]\n");
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const write = (name: string, module: string, pinFile: string, policy: string): string => {
+    const file = join(dir, name);
+    writeFileSync(file, `listen: 127.0.0.1:8443\ntls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/server-key.pem, clientCaFile: ${tls.caFile} }\nhsm: { module: ${module}, tokenLabel: t, pinFile: ${pinFile} }\npolicy: { file: ${policy} }\naudit: { dir: audit }\n`);
+    return file;
+  };
+
+  it("an invalid policy, a missing PIN file and a missing module: exit 1 with the three problems; a good configuration is valid", async () => {
+    const [bad, good] = await Promise.all([
+      cli(["config", "check", "--config", write("bad.yaml", join(dir, "libnothing.so"), "no-pin", "bad-policy.yaml")]),
+      cli(["config", "check", "--config", write("good.yaml", softHsmModule(), "pin", "policy.yaml")]),
+    ]);
+    assert.equal(bad.code, 1, bad.stdout);
+    assert.equal(bad.stdout, "");
+    assert.match(bad.stderr, /^hsm-signer: configuration .*bad\.yaml has \d+ problem\(s\):/);
+    assert.match(bad.stderr, /^ {2}- hsm\.module: .*libnothing\.so does not exist/m);
+    assert.match(bad.stderr, /^ {2}- hsm\.pinFile: cannot read .*no-pin \(ENOENT\)/m);
+    assert.match(bad.stderr, /^ {2}- policy\.file: .*bad-policy\.yaml: /m);
+    assert.equal(good.code, 0, good.stderr);
+    assert.match(good.stdout, /^configuration is valid \(checked: settings, policy, PIN file, PKCS#11 module, TLS files, audit directory\)$/m);
+  });
+});
+
+describe("hsm-signer custodian commands against an endpoint that accepts TCP and never speaks TLS", function () {
+  this.timeout(60_000);
+  let server: Server;
+  let port: number;
+  let dir: string;
+  let tls: TlsMaterial;
+  const sockets: Socket[] = [];
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-admin-silent-"));
+    tls = createTlsMaterial(join(dir, "tls"), "custodian");
+    // Accepts every connection and never writes a byte: the TLS handshake never completes.
+    server = createServer((s) => sockets.push(s));
+    port = await new Promise<number>((ok) => server.listen(0, "127.0.0.1", () => ok((server.address() as { port: number }).port)));
+  });
+  after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((ok) => server.close(() => ok()));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("--timeout 2 bounds the whole command: exit 1 with the deadline message, well before the test's own limit", async () => {
+    const flags = ["--endpoint", `127.0.0.1:${port}`, "--ca", tls.caFile, "--cert", tls.clientCertFile, "--key", tls.clientKeyFile, "--timeout", "2"];
+    // notation-setup makes two calls: the budget is still the whole command's.
+    const [slots, setup] = await Promise.all([
+      cli(["slots", ...flags]),
+      cli(["keys", "notation-setup", "--key-id", "k", "--store", "s", "--endpoint", "127.0.0.1:1", "--notation-dir", join(dir, "n"), "--admin-endpoint", `127.0.0.1:${port}`, ...flags.slice(2)]),
+    ]);
+    for (const r of [slots, setup]) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`^hsm-signer: KeyAdmin at 127\\.0\\.0\\.1:${port} did not answer within 2s \\(--timeout`));
+      // 2 s plus a process start; the old CLI stayed for minutes after printing the message.
+      assert.ok(r.ms < 15_000, `took ${Math.round(r.ms)} ms`);
+    }
+  });
+});
