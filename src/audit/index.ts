@@ -13,5 +13,4 @@ export {
   type AuditReceipt,
   type TornLine,
 } from "./audit-log.js";
-export { parseNotaryPayload, NOTARY_PAYLOAD_CONTENT_TYPE, type NotaryArtifact, type NotaryPayloadKind, type ParsedNotaryPayload } from "./notary-payload.js";
 export { verifyAuditFiles, searchAudit, type AuditVerifyResult, type AuditQuery } from "./verify.js";

@@ -79,11 +79,11 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     await h.close();
     finalizeModule(config.hsm.module);
   });
-  const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
   const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
+  const signing = new SigningService({ keys: hsm.keys, authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
   const tls = config.tls.insecure
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts };
