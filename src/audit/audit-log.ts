@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
 import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
-import type { NotaryArtifact } from "./notary-payload.js";
+import type { AuditEvent, AuditReceipt } from "../signing/ports.js";
 
 export { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH };
 
@@ -31,31 +31,9 @@ const WHAT: Record<WriterRequest["op"], string> = {
 /** Fields the log sets itself; a record that tried to set them would forge the chain. */
 const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
-/** One request as the audit sees it. Never put payload bytes, tokens or PINs here. */
-export interface AuditRecordInput {
-  requestId: string;
-  peer: string;
-  identity: string;
-  method: string;
-  keyId?: string;
-  keyVersion?: number;
-  /** "sha256:<hex>" of the signed bytes, or of the digest that was signed. */
-  payloadDigest?: string;
-  artifact?: NotaryArtifact;
-  payloadKind?: "notary-jws" | "notary-cose" | "other" | "digest";
-  decision: "allow" | "deny" | "none";
-  /** "OK" or an error code. */
-  result: string;
-  latencyMs: number;
-  [k: string]: unknown;
-}
-
-/** Proof handed to the caller: which line records its request, and that line's hash. */
-export interface AuditReceipt {
-  sequence: number;
-  /** Lowercase hex SHA-256 of the line's UTF-8 text without the trailing newline. */
-  lineHash: string;
-}
+/** One request as the audit sees it: the audit event of the signing core's ports. */
+export type AuditRecordInput = AuditEvent;
+export type { AuditReceipt };
 
 export interface AuditLogOptions {
   dir: string;

@@ -14,6 +14,5 @@ export {
   type AuditReceipt,
   type TornLine,
 } from "./audit-log.js";
-export { parseNotaryPayload, NOTARY_PAYLOAD_CONTENT_TYPE, type NotaryArtifact, type NotaryPayloadKind, type ParsedNotaryPayload } from "./notary-payload.js";
 export { verifyAuditFiles, searchAudit, type AuditVerifyResult, type AuditRepair, type AuditQuery } from "./verify.js";
 export { auditDirProblem, LOCK_FILE_NAME } from "./audit-dir.js";

@@ -87,7 +87,6 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     await h.close();
     finalizeModule(config.hsm.module);
   });
-  const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional; one that is presented must
   // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
@@ -95,6 +94,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
   // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).
   const tlsFailures = opened(new TlsHandshakeFailureLog(logger, metrics.observeTlsHandshakeFailure), (l) => l.close());
+  const signing = new SigningService({ keys: hsm.keys, authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
   const tls = config.tls.insecure
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts, onHandshakeFailure: tlsFailures.report };

@@ -1,8 +1,9 @@
 import { X509Certificate } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
-import type { Authenticator, CallerIdentity, PolicyDecision, PolicyStore, RateLimiter } from "../auth/index.js";
+import type { Authenticator, CallerIdentity, PolicyStore, RateLimiter } from "../auth/index.js";
 import { checkPeerChain } from "../tls/peer-certificate.js";
 import { SignerError } from "../errors/index.js";
+import type { Authorization, Authorizer, SignerMethod } from "../signing/ports.js";
 import type { CallContext } from "./grpc-common.js";
 
 export interface AccessControlOptions {
@@ -23,8 +24,8 @@ function isLoopbackPeer(peer: string): boolean {
   return host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-/** The server edge's view of identity and policy: from a gRPC call to a caller and a decision. */
-export class AccessControl {
+/** The server edge's view of identity and policy: from a gRPC call to a caller, and the core's Authorizer. */
+export class AccessControl implements Authorizer<CallerIdentity> {
   constructor(private readonly o: AccessControlOptions) {}
 
   async authenticate(call: grpc.ServerUnaryCall<unknown, unknown>, loopbackListener: boolean): Promise<CallerIdentity> {
@@ -40,22 +41,23 @@ export class AccessControl {
     throw new SignerError("UNAUTHENTICATED", "no client certificate or bearer token: present a client certificate or an Authorization: Bearer token");
   }
 
-  /** Checks the policy (deny by default) and the rate limits; records the decision. */
-  authorize(ctx: CallContext, method: string, keyId: string | undefined): PolicyDecision {
+  /**
+   * The signing core's Authorizer: the policy (deny by default), then the rate limits. A refusal
+   * comes back as the error to answer with, beside the decision and rule the audit records.
+   */
+  authorize(caller: CallerIdentity, method: SignerMethod, keyId: string | undefined): Authorization {
     const policy = this.o.policy.current;
-    const d = policy.decide(ctx.caller, method, keyId);
-    ctx.record.decision = d.allow ? "allow" : "deny";
-    if (d.rule) ctx.record.rule = d.rule;
+    const d = policy.decide(caller, method, keyId);
     if (!d.allow) {
       const what = keyId === undefined ? method : `${method} with key "${keyId}"`;
-      throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may not call ${what}: ${d.reason}`);
+      return { decision: "deny", rule: d.rule, allowOldVersions: false, refusal: new SignerError("PERMISSION_DENIED", `${caller.id} may not call ${what}: ${d.reason}`) };
     }
-    const r = this.o.limiter.take(policy.rateLimitsFor(ctx.caller, keyId, d.rule));
+    const r = this.o.limiter.take(policy.rateLimitsFor(caller, keyId, d.rule));
     if (!r.ok) {
-      ctx.record.decision = "deny";
-      throw new SignerError("RATE_LIMITED", `${ctx.caller.id} is over its rate limit${keyId ? ` for key "${keyId}"` : ""}; retry in ${r.retryAfterMs} ms`, { retryAfterMs: r.retryAfterMs });
+      const refusal = new SignerError("RATE_LIMITED", `${caller.id} is over its rate limit${keyId ? ` for key "${keyId}"` : ""}; retry in ${r.retryAfterMs} ms`, { retryAfterMs: r.retryAfterMs });
+      return { decision: "deny", rule: d.rule, allowOldVersions: false, refusal };
     }
-    return d;
+    return { decision: "allow", rule: d.rule, allowOldVersions: d.allowOldVersions === true };
   }
 
   /** KeyAdmin: only a custodian of the policy, identified by its client certificate (never a token). */

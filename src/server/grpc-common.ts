@@ -4,10 +4,10 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import type { AuditReceipt, AuditRecordInput } from "../audit/index.js";
 import { identityKind, type CallerIdentity } from "../auth/index.js";
 import { SignerError, toSignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
+import type { AuditEvent, AuditFacts, AuditReceipt, AuditSink } from "../signing/ports.js";
 import type { AccessControl } from "./access-control.js";
 import { grpcStatusOf } from "./status.js";
 import { TlsListener, type TlsHandshakeFailure } from "./tls-listener.js";
@@ -43,16 +43,9 @@ export function loadService(protoFile: "signer.proto" | "key_admin.proto", servi
   ) as grpc.ServiceDefinition;
 }
 
-/** Longest caller-given key id the audit copies as given; longer ones are cut (the request is refused anyway). */
-const AUDIT_KEY_ID_MAX = 128;
-
-/**
- * The key id as the audit records it. It is copied before the request is validated, so that a
- * refused request names what it asked for; a caller cannot make an audit line large with it.
- */
-export function auditKeyId(keyId: string): string {
-  return keyId.length <= AUDIT_KEY_ID_MAX ? keyId : `${keyId.slice(0, AUDIT_KEY_ID_MAX)}...(${keyId.length - AUDIT_KEY_ID_MAX} more characters)`;
-}
+// KeyAdmin records the key id as the Signer's core does (until it moves beside the Signer, issue 12 §2).
+export { auditKeyId } from "../signing/signing-service.js";
+export type { AuditSink } from "../signing/ports.js";
 
 /** Marks a request body that did not decode (see loadService). */
 const MALFORMED = Symbol("malformed request");
@@ -63,11 +56,6 @@ function malformed(request: unknown): string | undefined {
 
 /** Longest a request may take when the caller sets no deadline (or a longer one). */
 export const DEFAULT_MAX_DEADLINE_MS = 60_000;
-
-/** What the server needs of the audit: a durable append that yields a receipt. */
-export interface AuditSink {
-  append(record: AuditRecordInput): Promise<AuditReceipt>;
-}
 
 export type TlsOptions =
   | {
@@ -103,8 +91,16 @@ export interface CallContext {
   requestId: string;
   deadline: number;
   caller: CallerIdentity;
-  /** The audit record of this call; handlers add what they learn (key, payload, decision). */
-  record: AuditRecordInput;
+  /** The audit facts of this call: the signing core fills them, the handler passes them on. */
+  facts: AuditFacts;
+  /** KeyAdmin's handlers add what they learn here (until KeyAdmin moves beside the Signer, issue 12 §2). */
+  record: AuditEvent;
+}
+
+/** The one audit event of a call: what the edge knows (request, caller, result) and the facts the core learned. */
+function auditEvent(record: AuditEvent, facts: AuditFacts): AuditEvent {
+  const { decision, ...rest } = facts;
+  return decision ? { ...record, ...rest, decision } : { ...record, ...rest };
 }
 
 function newRequestId(): string {
@@ -194,7 +190,8 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
       const requestId = newRequestId();
       const started = performance.now();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);
-      const record: AuditRecordInput = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
+      const record: AuditEvent = { requestId, peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
+      const facts: AuditFacts = {};
       let answered = false;
       let timer: NodeJS.Timeout | undefined;
       /** The first of: the handler's answer, its failure, the deadline, a cancellation. */
@@ -209,12 +206,12 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         record.result = e.code;
         record.latencyMs = round(performance.now() - started);
         try {
-          await o.audit.append(record);
+          await o.audit.append(auditEvent(record, facts));
         } catch (auditError) {
           e = toSignerError(auditError);
         }
         const code = grpcStatusOf(e.code);
-        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, record.keyId);
+        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, facts.keyId ?? record.keyId);
         if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
         else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
         const md = new grpc.Metadata();
@@ -229,20 +226,20 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         record.identity = caller.id;
         record.identityKind = identityKind(caller);
         if (bad) throw new SignerError("INVALID_ARGUMENT", bad);
-        const res = await fn(call.request, { requestId, deadline, caller, record });
+        const res = await fn(call.request, { requestId, deadline, caller, facts, record });
         if (!m.mutates && Date.now() > deadline) throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the answer was ready");
         if (!claim()) return; // answered already (deadline, cancellation): this answer never leaves
         record.result = "OK";
         record.latencyMs = round(performance.now() - started);
         let receipt: AuditReceipt;
         try {
-          receipt = await o.audit.append(record);
+          receipt = await o.audit.append(auditEvent(record, facts));
         } catch (e) {
           return answerErrorSafely(e);
         }
         if ("signature" in res) Object.assign(res, { receipt });
         if (o.logger.enabled("debug")) o.logger.debug("request", { requestId, method, result: "OK", ms: performance.now() - started });
-        o.onRequest?.(method, "OK", (performance.now() - started) / 1000, record.keyId);
+        o.onRequest?.(method, "OK", (performance.now() - started) / 1000, facts.keyId ?? record.keyId);
         callback(null, res);
       };
       if (!m.mutates) {
@@ -257,8 +254,8 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
           // grpc-js has already ended the call (the client cancelled, or its deadline passed): only the audit line is left to write.
           record.result = Date.now() >= deadline - DEADLINE_MARGIN_MS ? "DEADLINE_EXCEEDED" : "CANCELLED";
           record.latencyMs = round(performance.now() - started);
-          o.onRequest?.(method, record.result, (performance.now() - started) / 1000, record.keyId);
-          o.audit.append(record).catch((e: unknown) => o.logger.error("the audit line of a cancelled call could not be written", { requestId, method, error: e }));
+          o.onRequest?.(method, record.result, (performance.now() - started) / 1000, facts.keyId ?? record.keyId);
+          o.audit.append(auditEvent(record, facts)).catch((e: unknown) => o.logger.error("the audit line of a cancelled call could not be written", { requestId, method, error: e }));
         });
       }
       inFlight.enter();

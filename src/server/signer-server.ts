@@ -1,14 +1,13 @@
-import { createHash } from "node:crypto";
 import { resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import { parseNotaryPayload, type AuditRecordInput } from "../audit/index.js";
+import type { CallerIdentity } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
-import { validateKeyId, type SigningService } from "../signing/signing-service.js";
+import type { SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { auditKeyId, bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+import { bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -19,10 +18,11 @@ export interface SignerServerOptions {
   /** host:port; port 0 picks a free port. */
   listen: string;
   tls: TlsOptions;
-  signing: SigningService;
+  /** The signing core: it authorizes (through the same AccessControl), looks keys up and signs. */
+  signing: SigningService<CallerIdentity>;
   logger: Logger;
   maxDeadlineMs?: number;
-  /** Who is calling and what they may do: every call is authenticated and authorized. */
+  /** Who is calling: every call is authenticated here, and authorized by the signing core. */
   access: AccessControl;
   /** Every call is recorded here before its answer leaves (an AuditLog). */
   audit: AuditSink;
@@ -48,19 +48,6 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
     keyVersion: k.version,
     certificateSha256: k.certificate?.sha256 ?? "",
   };
-}
-
-/** What the audit records of a Sign payload: its digest and, for a Notary signing input, the artifact. */
-function describePayload(record: AuditRecordInput, payload: Buffer | undefined, digest: Buffer | undefined, hash: string | undefined): void {
-  if (payload) {
-    record.payloadDigest = `sha256:${createHash("sha256").update(payload).digest("hex")}`;
-    const p = parseNotaryPayload(payload);
-    record.payloadKind = p.kind;
-    if (p.artifact) record.artifact = p.artifact;
-  } else if (digest) {
-    record.payloadDigest = `${(hash ?? "unknown").toLowerCase().replace("-", "")}:${digest.toString("hex")}`;
-    record.payloadKind = "digest";
-  }
 }
 
 /**
@@ -109,6 +96,11 @@ interface SignRequestMsg {
   keyVersion: number;
 }
 
+interface KeyRequestMsg {
+  keyId: string;
+  keyVersion: number;
+}
+
 /** Builds the gRPC server for hsm_signer.v1.Signer. */
 export async function startSignerServer(o: SignerServerOptions): Promise<RunningServer> {
   if (o.tls.insecure && !isLoopbackAddress(o.listen)) {
@@ -117,10 +109,10 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
   server.addService(loadService("signer.proto", "Signer"), {
+    // Each handler decodes, lets the core run the call (it fills ctx.facts, which the shared
+    // unary handler copies into the call's one audit line), and encodes the answer.
     Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
-      ctx.record.keyId = auditKeyId(req.keyId);
-      if (req.keyVersion) ctx.record.keyVersion = req.keyVersion;
-      const input = {
+      const request = {
         keyId: req.keyId,
         payload: req.input === "payload" ? req.payload : undefined,
         digest: req.input === "digest" ? req.digest : undefined,
@@ -129,16 +121,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         keyVersion: req.keyVersion || undefined,
         deadline: ctx.deadline,
       };
-      // Shape first (INVALID_ARGUMENT says what is wrong), then the policy, then the key.
-      o.signing.validate(input);
-      describePayload(ctx.record, input.payload, input.digest, input.hashAlgorithm);
-      const decision = o.access.authorize(ctx, "Sign", req.keyId);
-      const key = await o.signing.resolve(input);
-      if (!key.current && !decision.allowOldVersions) {
-        throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may sign only with the current version of key "${key.keyId}", not version ${key.version} (the policy rule must set allowOldVersions)`);
-      }
-      const r = await o.signing.signWith(key, input);
-      ctx.record.keyVersion = r.key.version;
+      const r = await o.signing.sign(request, ctx.caller, ctx.facts);
       return {
         keyId: r.key.keyId,
         signature: r.signature,
@@ -149,25 +132,15 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         requestId: ctx.requestId,
       };
     }),
-    GetCertificateChain: unary<{ keyId: string; keyVersion: number }, object>("GetCertificateChain", async (req, ctx) => {
-      ctx.record.keyId = auditKeyId(req.keyId);
-      o.access.authorize(ctx, "GetCertificateChain", validateKeyId(req.keyId));
-      const k = await o.signing.chain(req.keyId, req.keyVersion || undefined);
+    GetCertificateChain: unary<KeyRequestMsg, object>("GetCertificateChain", async (req, ctx) => {
+      const k = await o.signing.certificateChain({ keyId: req.keyId, keyVersion: req.keyVersion || undefined }, ctx.caller, ctx.facts);
       return { keyId: k.keyId, certificateChain: k.chain, keyVersion: k.version };
     }),
-    DescribeKey: unary<{ keyId: string; keyVersion: number }, object>("DescribeKey", async (req, ctx) => {
-      ctx.record.keyId = auditKeyId(req.keyId);
-      o.access.authorize(ctx, "DescribeKey", validateKeyId(req.keyId));
-      const k = await o.signing.describe(req.keyId, req.keyVersion || undefined);
+    DescribeKey: unary<KeyRequestMsg, object>("DescribeKey", async (req, ctx) => {
+      const k = await o.signing.describeKey({ keyId: req.keyId, keyVersion: req.keyVersion || undefined }, ctx.caller, ctx.facts);
       return { key: keyInfo(k) };
     }),
-    ListKeys: unary<unknown, object>("ListKeys", async (_req, ctx) => {
-      o.access.authorize(ctx, "ListKeys", undefined);
-      const keys = await o.signing.list();
-      // Only keys that can sign (CA keys and keys without a complete chain are not offered),
-      // and only those the caller may use.
-      return { keys: keys.filter((k) => !k.unusableReason && !k.disabledReason && o.access.mayUseKey(ctx.caller, k.keyId)).map(keyInfo) };
-    }),
+    ListKeys: unary<unknown, object>("ListKeys", async (_req, ctx) => ({ keys: (await o.signing.listKeys(ctx.caller, ctx.facts)).map(keyInfo) })),
   });
 
   addHealthService(server, o.ready ?? (() => true));

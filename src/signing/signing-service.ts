@@ -1,13 +1,16 @@
 import { SignerError } from "../errors/index.js";
 import { digest as hashBytes, HASH_LENGTHS, isHashAlgorithm, isKeySpec, type HashAlgorithm } from "./key-spec.js";
-import type { KeyRecord, KeyStore } from "./ports.js";
+import { parseNotaryPayload } from "./notary-payload.js";
+import type { AuditFacts, Authorization, Authorizer, Caller, KeyRecord, KeyStore, SignerMethod } from "./ports.js";
 
 /** Largest payload the service hashes itself; Notary signing inputs are a few KiB. */
 export const MAX_PAYLOAD_BYTES = 1024 * 1024;
 export const MAX_KEY_ID_LENGTH = 128;
 const KEY_ID_PATTERN = /^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$/;
+/** Longest caller-given key id the audit copies as given; longer ones are cut (the request is refused anyway). */
+const AUDIT_KEY_ID_MAX = 128;
 
-export interface SignInput {
+export interface SignRequest {
   keyId: string;
   payload?: Buffer | undefined;
   digest?: Buffer | undefined;
@@ -21,8 +24,23 @@ export interface SignInput {
 export interface SignResult {
   key: KeyRecord;
   hash: HashAlgorithm;
+  /** The digest that was signed (of the payload with the key's hash, or the caller's). */
   digest: Buffer;
   signature: Buffer;
+  facts: AuditFacts;
+}
+
+/** DescribeKey and GetCertificateChain: a key id and, optionally, a version (0 or none: the current one). */
+export interface KeyRequest {
+  keyId: string;
+  keyVersion?: number | undefined;
+}
+
+export interface SigningServiceOptions<C extends Caller> {
+  keys: KeyStore;
+  /** Who may use which key; every call is authorized before a key is looked up. */
+  authorizer: Authorizer<C>;
+  maxPayloadBytes?: number | undefined;
 }
 
 export function validateKeyId(keyId: string | undefined): string {
@@ -32,15 +50,84 @@ export function validateKeyId(keyId: string | undefined): string {
   return keyId;
 }
 
-/** The domain core: validates requests, hashes payloads and asks the key store to sign. */
-export class SigningService {
-  constructor(
-    private readonly keys: KeyStore,
-    private readonly maxPayloadBytes = MAX_PAYLOAD_BYTES,
-  ) {}
+/**
+ * The key id as the audit records it. It is copied before the request is validated, so that a
+ * refused request names what it asked for; a caller cannot make an audit line large with it.
+ */
+export function auditKeyId(keyId: string): string {
+  return keyId.length <= AUDIT_KEY_ID_MAX ? keyId : `${keyId.slice(0, AUDIT_KEY_ID_MAX)}...(${keyId.length - AUDIT_KEY_ID_MAX} more characters)`;
+}
+
+/**
+ * The domain core: the whole sequence of each Signer call (validate, authorize, resolve the key,
+ * hash, sign), behind its ports. Each call fills the AuditFacts it is given as it learns them, so
+ * that the edge can record a call however it ends; it is the only writer of those facts.
+ */
+export class SigningService<C extends Caller = Caller> {
+  private readonly keys: KeyStore;
+  private readonly authorizer: Authorizer<C>;
+  private readonly maxPayloadBytes: number;
+
+  constructor(o: SigningServiceOptions<C>) {
+    this.keys = o.keys;
+    this.authorizer = o.authorizer;
+    this.maxPayloadBytes = o.maxPayloadBytes ?? MAX_PAYLOAD_BYTES;
+  }
+
+  /**
+   * Shape first (INVALID_ARGUMENT says what is wrong), then the policy, then the key: a caller
+   * the policy refuses learns nothing about the key. The payload is hashed once when the key's
+   * hash is SHA-256 (the audit's digest is the signed digest); other keys hash it with their own.
+   */
+  async sign(request: SignRequest, caller: C, facts: AuditFacts = {}): Promise<SignResult> {
+    facts.keyId = auditKeyId(request.keyId);
+    if (request.keyVersion) facts.keyVersion = request.keyVersion;
+    this.validate(request);
+    const sha256 = this.describePayload(request, facts);
+    const authorization = this.authorize(caller, "Sign", request.keyId, facts);
+    const key = await this.resolve(request);
+    facts.keyVersion = key.version;
+    if (!key.current && !authorization.allowOldVersions) {
+      facts.decision = "deny";
+      throw new SignerError("PERMISSION_DENIED", `${caller.id} may sign only with the current version of key "${key.keyId}", not version ${key.version} (the policy rule must set allowOldVersions)`);
+    }
+    const hash = key.info.hash;
+    const d = request.digest ?? (hash === "SHA-256" && sha256 ? sha256 : hashBytes(hash, request.payload as Buffer));
+    if (request.deadline !== undefined && Date.now() >= request.deadline) {
+      throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before signing started");
+    }
+    const signature = await this.keys.signDigest(key, hash, d, request.deadline);
+    return { key, hash, digest: d, signature, facts };
+  }
+
+  /** DescribeKey: any version of a key the caller may use, usable or not. */
+  async describeKey(request: KeyRequest, caller: C, facts: AuditFacts = {}): Promise<KeyRecord> {
+    facts.keyId = auditKeyId(request.keyId);
+    this.authorize(caller, "DescribeKey", validateKeyId(request.keyId), facts);
+    return this.keys.getKey(request.keyId, request.keyVersion || undefined);
+  }
+
+  /** GetCertificateChain: the chain of a key version, leaf first; KEY_UNUSABLE when it has none. */
+  async certificateChain(request: KeyRequest, caller: C, facts: AuditFacts = {}): Promise<KeyRecord> {
+    facts.keyId = auditKeyId(request.keyId);
+    this.authorize(caller, "GetCertificateChain", validateKeyId(request.keyId), facts);
+    const key = await this.keys.getKey(request.keyId, request.keyVersion || undefined);
+    if (key.chain.length === 0) throw new SignerError("KEY_UNUSABLE", key.unusableReason ?? `key "${request.keyId}" has no certificate`);
+    return key;
+  }
+
+  /**
+   * ListKeys: only keys that can sign (CA keys and keys without a complete chain are not
+   * offered), and only those the caller may use.
+   */
+  async listKeys(caller: C, facts: AuditFacts = {}): Promise<KeyRecord[]> {
+    this.authorize(caller, "ListKeys", undefined, facts);
+    const keys = await this.keys.listKeys();
+    return keys.filter((k) => !k.unusableReason && !k.disabledReason && this.authorizer.mayUseKey(caller, k.keyId));
+  }
 
   /** Checks the shape of a request before anything else is looked up. */
-  validate(input: SignInput): void {
+  private validate(input: SignRequest): void {
     validateKeyId(input.keyId);
     const hasPayload = input.payload !== undefined;
     const hasDigest = input.digest !== undefined;
@@ -62,9 +149,39 @@ export class SigningService {
     }
   }
 
+  /**
+   * What the audit records of a payload: its SHA-256 and, for a Notary signing input, the
+   * artifact; of a digest, the digest. Returns the payload's SHA-256, which signs for SHA-256 keys.
+   */
+  private describePayload(request: SignRequest, facts: AuditFacts): Buffer | undefined {
+    if (request.payload) {
+      const sha256 = hashBytes("SHA-256", request.payload);
+      facts.payloadDigest = `sha256:${sha256.toString("hex")}`;
+      const p = parseNotaryPayload(request.payload);
+      facts.payloadKind = p.kind;
+      if (p.artifact) facts.artifact = p.artifact;
+      return sha256;
+    }
+    if (request.digest) {
+      facts.payloadDigest = `${(request.hashAlgorithm ?? "unknown").toLowerCase().replace("-", "")}:${request.digest.toString("hex")}`;
+      facts.payloadKind = "digest";
+    }
+    return undefined;
+  }
+
+  /** Asks the Authorizer, records its decision and rule, and throws its refusal. */
+  private authorize(caller: C, method: SignerMethod, keyId: string | undefined, facts: AuditFacts): Authorization {
+    const a = this.authorizer.authorize(caller, method, keyId);
+    facts.decision = a.decision;
+    if (a.rule) facts.rule = a.rule;
+    if (a.refusal) throw a.refusal;
+    if (a.decision !== "allow") throw new SignerError("PERMISSION_DENIED", `${caller.id} may not call ${method}`);
+    return a;
+  }
+
   /** Looks up a key and checks that the request fits it. */
-  async resolve(input: SignInput): Promise<KeyRecord> {
-    const key = await this.keys.getKey(input.keyId, input.keyVersion);
+  private async resolve(input: SignRequest): Promise<KeyRecord> {
+    const key = await this.keys.getKey(input.keyId, input.keyVersion || undefined);
     if (input.keySpec && input.keySpec !== key.spec) {
       // With notation the request's key_spec is the key's pluginConfig key_spec, which goes stale when a key is rotated to another spec.
       throw new SignerError(
@@ -78,35 +195,5 @@ export class SigningService {
     if (key.disabledReason) throw new SignerError("KEY_DISABLED", key.disabledReason);
     if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
     return key;
-  }
-
-  /** Hashes (for a payload) and signs with an already resolved key. */
-  async signWith(key: KeyRecord, input: SignInput): Promise<SignResult> {
-    const hash = key.info.hash;
-    const d = input.digest ?? hashBytes(hash, input.payload as Buffer);
-    if (input.deadline !== undefined && Date.now() >= input.deadline) {
-      throw new SignerError("DEADLINE_EXCEEDED", "the deadline passed before signing started");
-    }
-    const signature = await this.keys.signDigest(key, hash, d, input.deadline);
-    return { key, hash, digest: d, signature };
-  }
-
-  async sign(input: SignInput): Promise<SignResult> {
-    this.validate(input);
-    return this.signWith(await this.resolve(input), input);
-  }
-
-  async describe(keyId: string, version?: number): Promise<KeyRecord> {
-    return this.keys.getKey(validateKeyId(keyId), version);
-  }
-
-  async chain(keyId: string, version?: number): Promise<KeyRecord> {
-    const key = await this.describe(keyId, version);
-    if (key.chain.length === 0) throw new SignerError("KEY_UNUSABLE", key.unusableReason ?? `key "${keyId}" has no certificate`);
-    return key;
-  }
-
-  list(): Promise<KeyRecord[]> {
-    return this.keys.listKeys();
   }
 }

@@ -4,6 +4,7 @@ import { createTestChain, finalizeModule, openHsm, type Hsm } from "../../src/hs
 import { silentLogger } from "../../src/log/index.js";
 import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import { SigningService } from "../../src/signing/signing-service.js";
+import type { KeyStore } from "../../src/signing/ports.js";
 import { startSignerServer, type AuditSink, type RunningServer } from "../../src/server/signer-server.js";
 import { AccessControl } from "../../src/server/access-control.js";
 import { AuditLog } from "../../src/audit/index.js";
@@ -21,7 +22,6 @@ export interface Fixture {
   token: SoftHsmToken;
   tls: TlsMaterial;
   hsm: Hsm;
-  signing: SigningService;
   /** Root certificate DER of each test key. */
   roots: Map<KeySpec, Buffer>;
 }
@@ -42,7 +42,7 @@ export function getFixture(): Promise<Fixture> {
       const r = await createTestChain(hsm.pool, hsm.keys, { keyId: keyIdOf(spec), keySpec: spec });
       roots.set(spec, r.root);
     }
-    return { token, tls, hsm, signing: new SigningService(hsm.keys), roots };
+    return { token, tls, hsm, roots };
   })();
   return shared;
 }
@@ -82,8 +82,8 @@ export interface ServerOptions {
   /** Default 127.0.0.1:0. */
   listen?: string;
   ready?: () => boolean;
-  /** The signing service (default: the fixture's, on its HSM). */
-  signing?: SigningService;
+  /** The key store the server's signing core uses (default: the fixture's HSM). */
+  keys?: KeyStore;
 }
 
 export interface TestServer extends RunningServer {
@@ -109,7 +109,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
     server = await startSignerServer({
     listen: o.listen ?? "127.0.0.1:0",
     tls: o.insecure ? { insecure: true } : { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined, requireClientCertificate: !optional },
-    signing: o.signing ?? f.signing,
+    signing: new SigningService({ keys: o.keys ?? f.hsm.keys, authorizer: access }),
     logger: silentLogger,
     maxDeadlineMs: o.maxDeadlineMs,
     access,

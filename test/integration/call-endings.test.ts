@@ -3,7 +3,6 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { auditFilesIn } from "../../src/audit/index.js";
-import { SigningService } from "../../src/signing/signing-service.js";
 import type { KeyStore } from "../../src/signing/ports.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture, type TestServer } from "../helpers/fixture.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
@@ -56,7 +55,7 @@ describe("calls that end early: deadline, cancellation, a body that does not dec
         return sig;
       },
     };
-    s = await startTestServer(f, { signing: new SigningService(slow) });
+    s = await startTestServer(f, { keys: slow });
     client = signerClient(f.tls.ca, s.port);
   });
 

@@ -4,6 +4,8 @@ import { CertificateType, KeyGenMechanism, ObjectClass, type ITemplate } from "g
 import type { SignerError } from "../../src/errors/index.js";
 import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
 import { digest } from "../../src/signing/key-spec.js";
+import { SigningService } from "../../src/signing/signing-service.js";
+import { allowEverything } from "../helpers/memory-key-store.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
 
@@ -70,7 +72,7 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
     await f.hsm.keys.refresh();
     const key = await f.hsm.keys.getKey("exportable-key");
     assert.match(key.unusableReason ?? "", /extractable/);
-    await assert.rejects(f.signing.resolve({ keyId: "exportable-key", payload: randomBytes(10) }), (e: SignerError) => {
+    await assert.rejects(new SigningService({ keys: f.hsm.keys, authorizer: allowEverything }).sign({ keyId: "exportable-key", payload: randomBytes(10) }, { id: "test" }), (e: SignerError) => {
       assert.equal(e.code, "KEY_UNUSABLE");
       assert.match(e.message, /was extractable at some time \(CKA_NEVER_EXTRACTABLE is false\).*signs only with keys that never left it/);
       return true;

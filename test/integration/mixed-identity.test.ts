@@ -1,3 +1,4 @@
+import { SigningService } from "../../src/signing/signing-service.js";
 import assert from "node:assert/strict";
 import { generateKeyPairSync, X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -142,6 +143,7 @@ rules:
     const policy = await PolicyStore.open(policyFile, silentLogger);
     const authenticator = await Authenticator.create({ jwt: o.optional ? [{ issuer: ISSUER, audience: AUDIENCE, jwksFile, algorithms: ["ES256"] }] : [] }, silentLogger);
     const failures: TlsHandshakeFailure[] = [];
+    const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: o.optional ? parseCaBundle(Buffer.from(root.certPem)) : undefined });
     const s = await startSignerServer({
       listen: "127.0.0.1:0",
       tls: {
@@ -155,9 +157,9 @@ rules:
           o.onHandshakeFailure?.(x);
         },
       },
-      signing: f.signing,
+      signing: new SigningService({ keys: f.hsm.keys, authorizer: access }),
       logger: silentLogger,
-      access: new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: o.optional ? parseCaBundle(Buffer.from(root.certPem)) : undefined }),
+      access,
       audit,
     });
     closers.push(async () => {

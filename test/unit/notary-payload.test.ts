@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { CborTag, decodeCbor } from "../../src/audit/notary-payload.js";
-import { NOTARY_PAYLOAD_CONTENT_TYPE, parseNotaryPayload } from "../../src/audit/index.js";
+import { CborTag, decodeCbor, NOTARY_PAYLOAD_CONTENT_TYPE, parseNotaryPayload } from "../../src/signing/notary-payload.js";
 import { notationRequest } from "../helpers/notation.js";
 
 const DIGEST = "sha256:d7fe34585a19531bacc65a58cf4073b1488568cd2891304e56f035591c62b4bc";
