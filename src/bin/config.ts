@@ -9,6 +9,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 /** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
+import { parseAuditCluster, type AuditClusterConfig } from "./audit-cluster-config.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -20,7 +21,8 @@ export interface Config {
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
-  audit: { dir: string; maxFileBytes: number; fsync: boolean };
+  /** dir is "" when audit.postgres is set without a local file log (audit-cluster-config.ts). */
+  audit: { dir: string; maxFileBytes: number; fsync: boolean } & AuditClusterConfig;
   /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
   metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
   /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
@@ -166,7 +168,8 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
   const policyFile = path(policySection, "file", "policy", "HSM_SIGNER_POLICY_FILE");
   if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
   const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
-  if (!auditDir) problems.push("audit.dir: required (every request is audited)");
+  const auditCluster = parseAuditCluster(auditSection, base, env, problems);
+  if (!auditDir && !auditCluster.postgres) problems.push("audit.dir: required (every request is audited), or audit.postgres");
   const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
   if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
   const fsync = auditSection.fsync !== false;
@@ -204,7 +207,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): 
     log: { level },
     auth: { mtlsIdentityFrom, jwt },
     policy: { file: policyFile as string },
-    audit: { dir: auditDir as string, maxFileBytes, fsync },
+    audit: { dir: auditDir ?? "", maxFileBytes, fsync, ...auditCluster },
     metrics: { listen: metricsListen, grpcHealthListen },
     shutdown: { graceMs },
     admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },

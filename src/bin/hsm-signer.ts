@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { ADMIN_USAGE } from "../admin/admin-args.js";
 import { SignerError } from "../errors/index.js";
 import { need, UsageError } from "./cli-args.js";
+import { AUDIT_STORE_USAGE, isAuditStoreCommand } from "./audit-store-args.js";
 
 // Each command loads only what it needs (dynamic imports), so that quick commands such as the
 // custodian ones start in a fraction of the time the service needs to load.
@@ -20,6 +21,7 @@ commands:
   audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key ID] [--identity ID]
                [--from TIME] [--to TIME] [--json]
                                       find audit records ("who signed sha256:...?")
+${AUDIT_STORE_USAGE}
   token init --module LIB --label LABEL --so-pin-file FILE --pin-file FILE [--if-missing]
                                       initialize a token (SoftHSM, development); PINs from files
   version
@@ -48,6 +50,8 @@ export async function run(argv: string[]): Promise<number> {
         await (await import("./serve.js")).testChain(argv.slice(1));
         return 0;
       case "audit":
+        // The database, checkpoints and export (audit-pg-command.ts); files alone: audit-command.ts.
+        if (isAuditStoreCommand(sub, rest)) return await (await import("./audit-pg-command.js")).auditStoreCommand(sub, rest);
         return await (await import("./audit-command.js")).auditCommand(sub, rest);
       case "token":
         if (sub !== "init") throw new UsageError("usage: hsm-signer token init ...");

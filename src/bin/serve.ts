@@ -14,6 +14,7 @@ import { toPem } from "../signing/pem.js";
 import { startHealthServer, startSignerServer } from "../server/signer-server.js";
 import { need, spec, UsageError } from "./cli-args.js";
 import { loadConfig, readPin, type Config } from "./config.js";
+import { openPostgresAudit, withCheckpoints, withoutAuditKey } from "./audit-setup.js";
 
 const KEY_METRICS_REFRESH_MS = 60_000;
 /** Retries of a failed audit log (audit-log.ts, retry): soon at first, then at most this often. */
@@ -55,7 +56,9 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const logger = createLogger(config.log.level);
   const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   const metrics = new SignerMetrics({ version });
-  const audit = opened(
+  // With audit.postgres the database is the store (audit-setup.ts); else the local files.
+  const storeAudit = opened(
+    (await openPostgresAudit(config, logger, metrics.onAuditFsync)) ??
     await AuditLog.open({
       dir: config.audit.dir,
       maxFileBytes: config.audit.maxFileBytes,
@@ -79,7 +82,9 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     await h.close();
     finalizeModule(config.hsm.module);
   });
-  const signing = new SigningService(hsm.keys, config.limits.maxPayloadBytes);
+  // HSM-signed checkpoints of the chain (audit.checkpoints); the Signer API never sees their key.
+  const audit = await withCheckpoints(storeAudit, config, hsm.keys, logger);
+  const signing = new SigningService(withoutAuditKey(hsm.keys, config), config.limits.maxPayloadBytes);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional and verified by AccessControl.
   const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
