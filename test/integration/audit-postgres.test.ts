@@ -289,6 +289,43 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(receipts.length, 40);
   });
 
+  it("a hung database (its processes stopped) fails appends within the timeout, never the event loop, and recovers when it resumes", async () => {
+    const own = await startPostgres();
+    const pids: number[] = [];
+    try {
+      const d = await own.createDatabase("hung");
+      const store = await PostgresAuditStore.open({ connection: { host: own.socketDir, port: own.port, database: d.database, user: "postgres" }, replicaId: "hung", timeoutMs: 1500, retry: { minMs: 200, maxMs: 1000 } });
+      stores.push(store);
+      await store.append(record(1));
+      // The postmaster and every backend: SIGSTOP, so that connections stay open but nothing answers.
+      const postmaster = Number(readFileSync(join(own.dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+      const children = (await spawnCollect("ps", ["-o", "pid=", "--ppid", String(postmaster)], "", { timeoutMs: 10_000 })).stdout.split("\n").map((x) => Number(x.trim())).filter((x) => x > 0);
+      pids.push(postmaster, ...children);
+      for (const pid of pids) process.kill(pid, "SIGSTOP");
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 50);
+      const started = Date.now();
+      try {
+        await assert.rejects(store.append(record(2)), (e: unknown) => e instanceof SignerError && e.code === "AUDIT_UNAVAILABLE");
+      } finally {
+        clearInterval(ticker);
+      }
+      const waited = Date.now() - started;
+      assert.ok(waited < 15_000, `rejected after ${waited} ms (timeout 1500 ms)`);
+      assert.ok(ticks >= 5, `the event loop ran meanwhile (${ticks} ticks)`);
+      assert.equal(store.healthy, false);
+      assert.equal(store.stats.healthy, false, "stats answer at once while the database hangs");
+      for (const pid of pids.splice(0)) process.kill(pid, "SIGCONT");
+      const deadline = Date.now() + 60_000;
+      while (!store.healthy && Date.now() < deadline) await sleep(100);
+      assert.equal(store.healthy, true, "recovered once the database answers again");
+      assert.equal((await store.append(record(3))).sequence >= 3, true);
+    } finally {
+      for (const pid of pids) process.kill(pid, "SIGCONT");
+      await own.destroy();
+    }
+  });
+
   it("fails closed when the database goes down and recovers by itself when it is back", async () => {
     const own = await startPostgres();
     try {
