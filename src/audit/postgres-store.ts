@@ -244,7 +244,10 @@ export class PostgresAuditStore implements AuditStore {
     while (this.flushing) await this.flushing;
     const client = this.client;
     this.client = undefined;
-    await client?.end().catch(() => undefined);
+    // A hung server must not hold up a shutdown: the connection goes with the process anyway.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([client?.end().catch(() => undefined), new Promise((res) => (timer = setTimeout(res, this.timeoutMs)))]);
+    clearTimeout(timer);
   }
 
   private async connect(lockWaitMs: number, migrate: boolean): Promise<void> {

@@ -42,6 +42,23 @@ export interface PostgresServer {
   createDatabase(name: string): Promise<{ database: string; role: string; password: string }>;
   /** Removes the cluster's files; stops it first. */
   destroy(): Promise<void>;
+  /** CPU time (user + system) of the server's processes so far, ended backends included, in ms (Linux /proc). */
+  cpuMs(): Promise<number>;
+}
+
+const CLOCK_TICKS_PER_S = 100;
+
+/** utime + stime (+ cutime + cstime) of a process, in ms, from /proc/PID/stat. */
+function procCpuMs(pid: number, withChildren: boolean): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 14-17 of stat (utime, stime, cutime, cstime) are 11-14 after the state field.
+    const ticks = Number(f[11]) + Number(f[12]) + (withChildren ? Number(f[13]) + Number(f[14]) : 0);
+    return (ticks * 1000) / CLOCK_TICKS_PER_S;
+  } catch {
+    return 0;
+  }
 }
 
 async function asServerUser(dir: string, cmd: string, args: string[]): Promise<void> {
@@ -52,7 +69,7 @@ async function asServerUser(dir: string, cmd: string, args: string[]): Promise<v
 }
 
 /** initdb in a temporary folder and start it on 127.0.0.1 (a free port) and a Unix socket in the folder. */
-export async function startPostgres(): Promise<PostgresServer> {
+export async function startPostgres(o: { fsync?: boolean } = {}): Promise<PostgresServer> {
   const bin = postgresBinDir();
   const dir = mkdtempSync(join(tmpdir(), "hsm-signer-pg-"));
   if (process.getuid?.() === 0) {
@@ -70,7 +87,7 @@ export async function startPostgres(): Promise<PostgresServer> {
   rmSync(pwfile);
   const port = await freePort();
   const log = join(dir, "postgres.log");
-  const options = `-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories=${dir} -c fsync=off -c full_page_writes=off -c max_connections=60 -c shared_buffers=64MB`;
+  const options = `-c listen_addresses=127.0.0.1 -p ${port} -c unix_socket_directories=${dir} ${o.fsync ? "" : "-c fsync=off -c full_page_writes=off "}-c max_connections=60 -c shared_buffers=64MB`;
   const server: PostgresServer = {
     host: "127.0.0.1",
     port,
@@ -102,6 +119,12 @@ export async function startPostgres(): Promise<PostgresServer> {
         await c.end();
       }
       return { database: name, role, password };
+    },
+    async cpuMs() {
+      const postmaster = Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]);
+      const { stdout } = await run("ps", ["-o", "pid=", "--ppid", String(postmaster)]);
+      const children = stdout.split("\n").map((x) => Number(x.trim())).filter((x) => x > 0);
+      return procCpuMs(postmaster, true) + children.reduce((sum, pid) => sum + procCpuMs(pid, false), 0);
     },
     async destroy() {
       if (server.running) await server.stop().catch(() => undefined);
