@@ -164,6 +164,9 @@ export class PostgresAuditStore implements AuditStore {
     try {
       await store.connect(o.lockWaitMs ?? 60_000, o.migrate !== false);
     } catch (e) {
+      // Never used: no retry of it may reconnect later and hold this replica's lock.
+      store.closed = true;
+      if (store.retryTimer) clearTimeout(store.retryTimer);
       store.dropClient();
       throw asUnavailable(e, "opened");
     }

@@ -147,8 +147,11 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     await admin.query("UPDATE audit_records SET line = replace(line, 'spiffe://ci/build', 'spiffe://ci/other') WHERE replica_id = 't-edit' AND seq = 17");
     // DELETE the tail past a checkpoint (the last checkpoint signed seq 50).
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-tail' AND seq > 44");
-    // DELETE a whole chain.
+    // DELETE a whole chain; and one that never had a checkpoint, with its checkpoints table rows gone too.
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-gone'");
+    const unprotected = await open("t-gone-registry");
+    for (let i = 1; i <= 3; i++) await unprotected.append(record(i));
+    await admin.query("DELETE FROM audit_records WHERE replica_id = 't-gone-registry'");
     // Re-hash a chain: edit seq 25, then recompute every later prev.
     let prev = "";
     for (let seq = 25; seq <= 50; seq++) {
@@ -177,6 +180,7 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(at("t-tail", "tail-cut")?.seq, 50);
     assert.match(at("t-tail", "tail-cut")!.message, /records 45 to 50 were cut off/);
     assert.ok(at("t-gone", "chain-removed"), JSON.stringify(kinds(report.findings, "t-gone")));
+    assert.match(at("t-gone-registry", "chain-removed")!.message, /the replicas registry lists it, but it has no records/);
     assert.equal(at("t-rehash", "rehashed")?.seq, 30);
     assert.match(at("t-rehash", "rehashed")!.message, /after seq 20/);
     assert.deepEqual(kinds(report.findings, "t-rehash"), ["rehashed"]);
@@ -281,6 +285,16 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(head.findings[0]?.kind, "deleted");
     assert.match(head.findings[0]!.message, /records 1 to \d+ are missing/);
     writeFileSync(files[0]!, firstText);
+    // Insert a line (a copy of one already there) into the middle of a file.
+    const middle = files[1]!;
+    const middleText = readFileSync(middle, "utf8");
+    const ml = middleText.split("\n").filter(Boolean);
+    writeFileSync(middle, `${[...ml.slice(0, 2), ml[1], ...ml.slice(2)].join("\n")}\n`);
+    const inserted = await verifyAuditDir(dir, cert);
+    assert.equal(inserted.findings[0]?.kind, "inserted", JSON.stringify(inserted.findings));
+    assert.equal(inserted.findings[0]?.where, `${middle}:3`);
+    writeFileSync(middle, middleText);
+    assert.deepEqual((await verifyAuditDir(dir, cert)).findings, []);
     // Remove every audit file: the checkpoints still name the chain.
     for (const f of auditFilesIn(dir)) rmSync(f);
     const gone = await verifyAuditDir(dir, cert);
