@@ -63,7 +63,7 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
   const services: Service[] = [];
 
   /** The service's configuration: the database as its INSERT+SELECT role over TCP, checkpoints by the audit key. */
-  const writeConfig = async (name: string, db: Db, replica: string, o: { lockWaitSeconds?: number } = {}): Promise<{ file: string; port: number; metricsPort: number }> => {
+  const writeConfig = async (name: string, db: Db | undefined, replica: string, o: { lockWaitSeconds?: number } = {}): Promise<{ file: string; port: number; metricsPort: number }> => {
     const [port, metricsPort] = [await freePort(), await freePort()];
     const file = join(dir, `${name}.yaml`);
     writeFileSync(
@@ -75,7 +75,10 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
         `policy: { file: ${policyFile} }`,
         "audit:",
         `  replicaId: ${replica}`,
-        `  postgres: { host: ${db.server.host}, port: ${db.server.port}, database: ${db.database}, user: ${db.role}, passwordFile: ${db.passwordFile}, migrate: false, timeoutSeconds: 5, lockWaitSeconds: ${o.lockWaitSeconds ?? 30} }`,
+        // Without a database: the local files, with checkpoints.jsonl beside them.
+        db
+          ? `  postgres: { host: ${db.server.host}, port: ${db.server.port}, database: ${db.database}, user: ${db.role}, passwordFile: ${db.passwordFile}, migrate: false, timeoutSeconds: 5, lockWaitSeconds: ${o.lockWaitSeconds ?? 30} }`
+          : `  dir: ${join(dir, `${name}-audit`)}`,
         `  checkpoints: { keyId: ${AUDIT_KEY}, everyRecords: 20, everySeconds: 2 }`,
         `metrics: { listen: 127.0.0.1:${metricsPort} }`,
         "shutdown: { graceSeconds: 5 }",
@@ -85,7 +88,7 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
     return { file, port, metricsPort };
   };
 
-  const startService = async (name: string, db: Db, replica: string, o: { lockWaitSeconds?: number } = {}): Promise<Service> => {
+  const startService = async (name: string, db: Db | undefined, replica: string, o: { lockWaitSeconds?: number } = {}): Promise<Service> => {
     const c = await writeConfig(name, db, replica, o);
     const child = spawn(HSM_SIGNER, ["serve", "--config", c.file], { env: { ...process.env, SOFTHSM2_CONF: token.conf }, stdio: ["ignore", "pipe", "pipe"] });
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
@@ -275,5 +278,21 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
     const v = await verifyCli(second.configFile);
     assert.equal(v.code, 0, v.stdout + v.stderr);
     assert.match(v.stdout, new RegExp(`replica replica-k: ${before + 5} record\\(s\\), seq 1 to ${before + 5}; \\d+ checkpoint\\(s\\), the last at seq ${before + 5}\\n`));
+  });
+
+  it("the file log of a service process gets checkpoints too: verify --dir --cert passes, and a cut tail is caught", async () => {
+    const s = await startService("files", undefined, "replica-files");
+    for (let i = 0; i < 30; i++) await sign(s);
+    assert.equal(await s.stop(), 0);
+    const auditDir = join(dir, "files-audit");
+    const ok = await spawnCollect(HSM_SIGNER, ["audit", "verify", "--dir", auditDir, "--cert", certFile], "", { timeoutMs: 60_000 });
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    assert.match(ok.stdout, /replica replica-files: 30 record\(s\), seq 1 to 30; \d+ checkpoint\(s\), the last at seq 30\n/);
+    const file = join(auditDir, "audit-0000000000000001.jsonl");
+    const lines = readFileSync(file, "utf8").split("\n").filter(Boolean);
+    writeFileSync(file, `${lines.slice(0, 25).join("\n")}\n`);
+    const cut = await spawnCollect(HSM_SIGNER, ["audit", "verify", "--dir", auditDir, "--cert", certFile], "", { timeoutMs: 60_000 });
+    assert.equal(cut.code, 1);
+    assert.match(cut.stdout, /^TAIL-CUT: the chain ends at seq 25 but a checkpoint .* up to seq 30: records 26 to 30 were cut off$/m);
   });
 });
