@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -68,6 +68,12 @@ async function asServerUser(dir: string, cmd: string, args: string[]): Promise<v
   await run(file, argv, { cwd: dir, timeout: STEP_TIMEOUT_MS, env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LANG: "C.UTF-8", LC_ALL: "C.UTF-8" } });
 }
 
+/** Clusters still running: stopped (immediate) if the test process exits without destroying them. */
+const running = new Map<string, () => void>();
+process.on("exit", () => {
+  for (const stop of running.values()) stop();
+});
+
 /** initdb in a temporary folder and start it on 127.0.0.1 (a free port) and a Unix socket in the folder. */
 export async function startPostgres(o: { fsync?: boolean } = {}): Promise<PostgresServer> {
   const bin = postgresBinDir();
@@ -97,9 +103,20 @@ export async function startPostgres(o: { fsync?: boolean } = {}): Promise<Postgr
     async start() {
       await asServerUser(dir, join(bin, "pg_ctl"), ["-D", data, "-l", log, "-o", options, "-w", "-t", "90", "start"]);
       server.running = true;
+      running.set(dir, () => {
+        try {
+          const root = process.getuid?.() === 0;
+          const args = ["-D", data, "-m", "immediate", "-w", "-t", "30", "stop"];
+          execFileSync(root ? "runuser" : join(bin, "pg_ctl"), root ? ["-u", UNPRIVILEGED_USER, "--", join(bin, "pg_ctl"), ...args] : args, { stdio: "ignore", timeout: 35_000 });
+          rmSync(dir, { recursive: true, force: true });
+        } catch {
+          // exiting anyway
+        }
+      });
     },
     async stop() {
       server.running = false;
+      running.delete(dir);
       await asServerUser(dir, join(bin, "pg_ctl"), ["-D", data, "-m", "fast", "-w", "-t", "60", "stop"]);
     },
     async admin(database = "postgres") {
