@@ -149,6 +149,8 @@ export class PostgresAuditStore implements AuditStore {
   private retryTimer: NodeJS.Timeout | undefined;
   private retryAttempts = 0;
   private retrying = false;
+  /** This replica has its row in audit_replicas. */
+  private registered = false;
 
   private constructor(o: PostgresAuditOptions) {
     this.o = o;
@@ -281,7 +283,10 @@ export class PostgresAuditStore implements AuditStore {
       if (Date.now() >= deadline) throw new SignerError("AUDIT_UNAVAILABLE", `another process writes the audit chain of replica "${this.replicaId}"`);
       await new Promise((res) => setTimeout(res, Math.min(500, Math.max(1, deadline - Date.now()))));
     }
-    await client.query("INSERT INTO audit_replicas (replica_id) VALUES ($1) ON CONFLICT DO NOTHING", [this.replicaId]);
+    // The registry row comes with the first record (writeBatch), not before: a registered replica
+    // without records is what a removed chain looks like to `audit verify`.
+    const registered = await client.query("SELECT 1 FROM audit_replicas WHERE replica_id = $1", [this.replicaId]);
+    this.registered = (registered.rowCount ?? 0) > 0;
     const tail = await client.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = $1 ORDER BY audit_records.seq DESC LIMIT 1", [this.replicaId]);
     const row = tail.rows[0];
     this.assigned = row ? { sequence: Number(row.seq), hash: hashLine(row.line) } : { sequence: 0, hash: GENESIS_HASH };
@@ -314,8 +319,10 @@ export class PostgresAuditStore implements AuditStore {
     try {
       if (!client) throw new Error("not connected");
       const col = <T>(f: (p: Pending) => T): T[] => batch.map(f);
+      // The first batch of a new replica registers it in the same statement (one transaction).
+      const register = this.registered ? "" : "WITH registered AS (INSERT INTO audit_replicas (replica_id) VALUES ($1) ON CONFLICT DO NOTHING) ";
       await client.query(
-        `INSERT INTO audit_records (replica_id, seq, time, line, method, identity, key_id, artifact_digest, result)
+        `${register}INSERT INTO audit_records (replica_id, seq, time, line, method, identity, key_id, artifact_digest, result)
          SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])`,
         [
           this.replicaId,
@@ -334,6 +341,7 @@ export class PostgresAuditStore implements AuditStore {
       return;
     }
     this.durableSequence = batch[batch.length - 1]!.seq;
+    this.registered = true;
     try {
       this.o.onCommit?.(Number(process.hrtime.bigint() - started) / 1e9, batch.length);
     } catch {

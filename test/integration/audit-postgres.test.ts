@@ -149,6 +149,7 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-tail' AND seq > 44");
     // DELETE a whole chain; and one that never had a checkpoint, with its checkpoints table rows gone too.
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-gone'");
+    await (await open("never-wrote")).close();
     const unprotected = await open("t-gone-registry");
     for (let i = 1; i <= 3; i++) await unprotected.append(record(i));
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-gone-registry'");
@@ -181,6 +182,7 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.match(at("t-tail", "tail-cut")!.message, /records 45 to 50 were cut off/);
     assert.ok(at("t-gone", "chain-removed"), JSON.stringify(kinds(report.findings, "t-gone")));
     assert.match(at("t-gone-registry", "chain-removed")!.message, /the replicas registry lists it, but it has no records/);
+    assert.equal(report.chains.some((c) => c.replica === "never-wrote"), false, "a replica that never wrote a record is not registered");
     assert.equal(at("t-rehash", "rehashed")?.seq, 30);
     assert.match(at("t-rehash", "rehashed")!.message, /after seq 20/);
     assert.deepEqual(kinds(report.findings, "t-rehash"), ["rehashed"]);
