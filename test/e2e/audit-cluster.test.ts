@@ -206,7 +206,16 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
       };
       const ready = async (): Promise<number> => (await fetch(`http://127.0.0.1:${s.metricsPort}/readyz`)).status;
       await until("20 signatures", () => ok.length >= 20);
+      // Hold the next group commit in flight (its INSERT waits for this lock), then stop the
+      // database under it: those calls must fail, not be answered with an uncommitted record.
+      const blocker = await own.admin(db.database);
+      await blocker.query("BEGIN");
+      await blocker.query("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE");
+      const watcher = await own.admin(db.database);
+      await until("an INSERT waiting for the lock", async () => Number((await watcher.query<{ n: string }>("SELECT count(*)::text AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO audit_records%'")).rows[0]!.n) > 0);
+      await watcher.end();
       await own.stop();
+      await blocker.end().catch(() => undefined);
       const okWhenStopped = ok.length;
       await until("UNAVAILABLE answers", () => failures.length >= 5);
       await until("readiness NOT_SERVING", async () => (await ready()) === 503);
