@@ -5,6 +5,9 @@ need=()
 [ -n "$(bash "$(dirname "$0")/find-softhsm.sh" 2>/dev/null)" ] || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
+# The audit tests start their own PostgreSQL server (initdb, pg_ctl) from Debian's postgresql package.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v runuser >/dev/null || need+=(util-linux)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing ${need[*]}" >&2
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -10,6 +10,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 /** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
+import { parseAuditCluster, type AuditClusterConfig } from "./audit-cluster-config.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -21,7 +22,7 @@ export interface Config {
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
-  audit: { dir: string; maxFileBytes: number; fsync: boolean; writeTimeoutMs: number };
+  audit: { dir: string; maxFileBytes: number; fsync: boolean; writeTimeoutMs: number } & AuditClusterConfig;
   /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
   metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
   /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
@@ -180,11 +181,12 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
   const policyFile = path(policySection, "file", "policy", "HSM_SIGNER_POLICY_FILE");
   if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
   const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
-  if (!auditDir) problems.push("audit.dir: required (every request is audited)");
   // Where it is, not who may write there: that is checked when serve opens it (another user here).
   const auditDirBad = auditDir ? auditDirProblem(auditDir, { writable: false }) : undefined;
   if (auditDirBad) problems.push(`audit.dir: ${auditDirBad}`);
   const writeTimeoutMs = int(auditSection, "writeTimeoutSeconds", "audit", DEFAULT_WRITE_TIMEOUT_MS / 1000, 1, 600) * 1000;
+  const auditCluster = parseAuditCluster(auditSection, base, env, problems);
+  if (!auditDir && !auditCluster.postgres) problems.push("audit.dir: required (every request is audited), or audit.postgres");
   const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
   if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
   const fsync = auditSection.fsync !== false;
@@ -227,7 +229,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
     log: { level },
     auth: { mtlsIdentityFrom, jwt },
     policy: { file: policyFile as string },
-    audit: { dir: auditDir as string, maxFileBytes, fsync, writeTimeoutMs },
+    audit: { dir: auditDir ?? "", maxFileBytes, fsync, writeTimeoutMs, ...auditCluster },
     metrics: { listen: metricsListen, grpcHealthListen },
     shutdown: { graceMs },
     admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },

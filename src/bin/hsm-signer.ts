@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { ADMIN_USAGE } from "../admin/admin-args.js";
 import { SignerError } from "../errors/index.js";
 import { need, UsageError } from "./cli-args.js";
+import { isAuditStoreCommand } from "./audit-store-args.js";
 
 // Each command loads only what it needs (dynamic imports), so that quick commands such as the
 // custodian ones start in a fraction of the time the service needs to load.
@@ -27,11 +28,29 @@ const LOCAL_COMMANDS: LocalCommand[] = [
     synopsis: ["test-chain --config FILE --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]", "[--org O] [--state ST] [--country C] [--days N] [--root-out FILE]"],
     about: ["create (or reuse) a root CA key and a signing key in the HSM", "with a code-signing chain on the token; write the root as PEM"],
   },
-  { path: "audit verify", synopsis: ["audit verify (--dir DIR | FILE...)"], about: ["check the audit hash chain; names the first bad record"] },
+  {
+    path: "audit verify",
+    synopsis: ["audit verify (--dir DIR | FILE... | --config FILE | --database) [--cert FILE] [--replica ID] [--json]"],
+    about: [
+      "check the audit hash chain (files or the database); with --cert, also the HSM-signed",
+      "checkpoints: names each edited, inserted, deleted, reordered record, cut tail, removed",
+      "chain, re-hashed chain, forged checkpoint, and the records not yet checkpointed",
+    ],
+  },
   {
     path: "audit search",
-    synopsis: ["audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key-id GLOB] [--identity GLOB]", "[--from TIME] [--to TIME] [--json]"],
-    about: ['find audit records ("who signed sha256:...?")'],
+    synopsis: ["audit search (--dir DIR | FILE... | --config FILE | --database) [--artifact sha256:...] [--key-id GLOB]", "[--identity GLOB] [--from TIME] [--to TIME] [--replica ID] [--json]"],
+    about: ['find audit records ("who signed sha256:...?"), across replicas in the database'],
+  },
+  {
+    path: "audit export",
+    synopsis: ["audit export (--config FILE | --database) --replica ID --out DIR"],
+    about: ["write a replica's chain and checkpoints as files to verify offline"],
+  },
+  {
+    path: "audit migrate",
+    synopsis: ["audit migrate (--config FILE | --database)"],
+    about: ["create or migrate the audit database's schema (as its owner); --database: the", "connection string in $HSM_SIGNER_AUDIT_DATABASE_URL or the PG* variables"],
   },
   {
     path: "token init",
@@ -64,7 +83,7 @@ ${ADMIN_USAGE}`;
 
 /** What a command line that names no command gets (exit 2): the command names, not 70 lines of options. */
 const OVERVIEW = `usage: hsm-signer <command> [options]
-commands: serve, config check, test-chain, audit verify|search, token init, version,
+commands: serve, config check, test-chain, audit verify|search|export|migrate, token init, version,
           slots, keys list|generate|rotate|disable|enable|destroy|test-chain|notation-setup,
           certs csr|import|chain
 hsm-signer <command> --help prints one command's usage; hsm-signer --help prints them all.`;
@@ -176,7 +195,13 @@ async function dispatch(path: string, args: string[]): Promise<number> {
       return 0;
     case "audit verify":
     case "audit search":
-      return await (await import("./audit-command.js")).auditCommand(path.slice("audit ".length), args);
+    case "audit export":
+    case "audit migrate": {
+      // The database, checkpoints and export (audit-pg-command.ts); files alone: audit-command.ts.
+      const sub = path.slice("audit ".length);
+      if (isAuditStoreCommand(sub, args)) return await (await import("./audit-pg-command.js")).auditStoreCommand(sub, args);
+      return await (await import("./audit-command.js")).auditCommand(sub, args);
+    }
     case "token init":
       (await import("./token-command.js")).tokenInit(args);
       return 0;

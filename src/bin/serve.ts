@@ -15,6 +15,7 @@ import { startHealthServer, startSignerServer } from "../server/signer-server.js
 import { TlsHandshakeFailureLog } from "../server/tls-listener.js";
 import { need, spec, UsageError } from "./cli-args.js";
 import { loadConfig, readPin, type Config } from "./config.js";
+import { openPostgresAudit, withCheckpoints, withoutAuditKey } from "./audit-setup.js";
 
 const KEY_METRICS_REFRESH_MS = 60_000;
 /** Retries of a failed audit log (audit-log.ts, retry): soon at first, then at most this often. */
@@ -56,7 +57,9 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const logger = createLogger(config.log.level);
   const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   const metrics = new SignerMetrics({ version });
-  const audit = opened(
+  // With audit.postgres the database is the store (audit-setup.ts); else the local files.
+  const storeAudit = opened(
+    (await openPostgresAudit(config, logger, metrics.onAuditFsync)) ??
     await AuditLog.open({
       dir: config.audit.dir,
       maxFileBytes: config.audit.maxFileBytes,
@@ -74,7 +77,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     }),
     (a) => a.close(),
   );
-  const torn = audit.tornLine;
+  const torn = storeAudit instanceof AuditLog ? storeAudit.tornLine : undefined;
   if (torn) {
     // A crash in the middle of a write: the chain records the cut too (AuditLog.Repaired).
     logger.warn("audit log: a torn last line was cut away", { file: torn.file, bytes: torn.bytes, sha256: torn.sha256, preview: torn.preview });
@@ -87,6 +90,8 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     await h.close();
     finalizeModule(config.hsm.module);
   });
+  // HSM-signed checkpoints of the chain (audit.checkpoints); the Signer API never sees their key.
+  const audit = await withCheckpoints(storeAudit, config, hsm.keys, logger);
   const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional; one that is presented must
   // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
@@ -94,7 +99,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
   // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).
   const tlsFailures = opened(new TlsHandshakeFailureLog(logger, metrics.observeTlsHandshakeFailure), (l) => l.close());
-  const signing = new SigningService({ keys: hsm.keys, authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
+  const signing = new SigningService({ keys: withoutAuditKey(hsm.keys, config), authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
   const tls = config.tls.insecure
     ? { insecure: true as const }
     : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts, onHandshakeFailure: tlsFailures.report };

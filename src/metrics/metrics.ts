@@ -11,7 +11,7 @@ import type { SessionPoolCounters } from "../hsm/session-pool.js";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ERROR_CODES } from "../errors/index.js";
 import { KEY_SPECS } from "../signing/key-spec.js";
-import { TLS_HANDSHAKE_FAILURE_REASONS } from "../server/tls-listener.js";
+import { TLS_HANDSHAKE_FAILURE_REASONS } from "../tls/handshake-failure-reasons.js";
 
 /** The RPCs of hsm_signer.v1.Signer and KeyAdmin; any other method name is counted as "other". */
 export const RPC_METHODS = [

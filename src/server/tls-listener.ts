@@ -5,31 +5,9 @@ import type * as grpc from "@grpc/grpc-js";
 import { ServerCredentials } from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
+import { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason } from "../tls/handshake-failure-reasons.js";
 
-/**
- * Why a connection was refused before any gRPC call: a bounded set, for the metric's label.
- * no_certificate: mTLS required and none presented; unknown_ca: not issued by a client CA
- * (another CA, self-signed); certificate_expired / certificate_not_yet_valid: outside its
- * validity; bad_certificate: any other verification failure (wrong purpose, bad signature...);
- * client_alert: the client gave up, usually because it does not trust the server certificate;
- * no_h2: TLS without ALPN "h2" (not a gRPC client); protocol: not TLS or no common TLS version or
- * cipher; timeout: the handshake did not finish in time; closed: the client closed the connection
- * before the handshake finished (a TCP probe, a port scan); other: anything else.
- */
-export const TLS_HANDSHAKE_FAILURE_REASONS = [
-  "no_certificate",
-  "unknown_ca",
-  "certificate_expired",
-  "certificate_not_yet_valid",
-  "bad_certificate",
-  "client_alert",
-  "no_h2",
-  "protocol",
-  "timeout",
-  "closed",
-  "other",
-] as const;
-export type TlsHandshakeFailureReason = (typeof TLS_HANDSHAKE_FAILURE_REASONS)[number];
+export { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason };
 
 export interface TlsHandshakeFailure {
   reason: TlsHandshakeFailureReason;

@@ -28,6 +28,8 @@ import { callSigner, loadSignerClientClass, signerClient, type SignResponse } fr
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { MachineNoise, percentile, runLoad, runProcess, type LoadOptions, type LoadResult } from "./load.js";
 import { printSoak, runSoak } from "./soak.js";
+import { PostgresAuditStore } from "../../src/audit/postgres-store.js";
+import { startPostgres } from "../helpers/postgres.js";
 
 const intEnv = (name: string, dflt: number): number => {
   const v = process.env[name];
@@ -174,6 +176,7 @@ async function main(): Promise<boolean> {
   const raw = new Map<KeySpec, LoadResult>();
   const svc = new Map<KeySpec, LoadResult>();
   const svcNoAudit = new Map<KeySpec, LoadResult>();
+  const svcPg = new Map<KeySpec, LoadResult & { dbCpuMsPerCall: number }>();
   let echo: LoadResult | undefined;
   let echo1: LoadResult | undefined;
   let svcEc1: LoadResult | undefined;
@@ -230,6 +233,32 @@ async function main(): Promise<boolean> {
       }
     } finally {
       await noAudit.close(2000);
+    }
+    // b'') the same with the audit in PostgreSQL (a throwaway server with fsync on, as the tests
+    // start it; one connection, group commit), against the file store of b)
+    const pgServer = await startPostgres({ fsync: true });
+    try {
+      const pgDb = await pgServer.createDatabase("bench_audit");
+      const pgStore = await PostgresAuditStore.open({ connection: { host: pgServer.socketDir, port: pgServer.port, database: pgDb.database, user: "postgres" }, replicaId: "bench" });
+      const withPg = await startTestServer(f, { audit: pgStore });
+      try {
+        for (const spec of KEYS) {
+          const info = keySpecInfo(spec);
+          const req = { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)), hashAlgorithm: info.hash, keySpec: spec };
+          log(`b'') gRPC+TLS Sign ${spec}, audit in PostgreSQL...`);
+          const [cpu0, seq0] = [await pgServer.cpuMs(), pgStore.stats.sequence];
+          const r = await remoteLoad(withPg.port, f.tls.caFile, req, info.signatureLength, LOAD);
+          // Every call is one record: the database's CPU over the whole run per record written.
+          const dbCpuMsPerCall = ((await pgServer.cpuMs()) - cpu0) / Math.max(1, pgStore.stats.sequence - seq0);
+          svcPg.set(spec, { ...r, dbCpuMsPerCall });
+          rows.push({ name: `b'') the same, audit in PostgreSQL ${spec}`, r, ratio: `${pct(r.rate / svc.get(spec)!.rate)} of the file store; database ${fmt(dbCpuMsPerCall, 3)} ms CPU/call` });
+        }
+      } finally {
+        await withPg.close(2000);
+        await pgStore.close();
+      }
+    } finally {
+      await pgServer.destroy();
     }
     const ecReq = { keyId: keyIdOf("EC-256"), digest: hashBytes("SHA-256", randomBytes(64)), hashAlgorithm: "SHA-256", keySpec: "EC-256" };
     log("b) gRPC+TLS Sign EC-256, 1 in flight...");
@@ -346,6 +375,8 @@ async function main(): Promise<boolean> {
   const rsaRatio = svc.get("RSA-3072")!.rate / raw.get("RSA-3072")!.rate;
   const ecAuditRatio = svc.get("EC-256")!.rate / svcNoAudit.get("EC-256")!.rate;
   const ecEchoRatio = svc.get("EC-256")!.rate / echo.rate;
+  const ecPgRatio = svcPg.get("EC-256")!.rate / svc.get("EC-256")!.rate;
+  const rsaPgRatio = svcPg.get("RSA-3072")!.rate / svc.get("RSA-3072")!.rate;
   const [base, meta, desc, descLocal, gen] = plugin as [ProcStats, ProcStats, ProcStats, ProcStats, ProcStats];
   const metaRatio = meta.median / base.median;
   const sum3 = meta.median + desc.median + gen.median;
@@ -378,6 +409,8 @@ async function main(): Promise<boolean> {
     { name: "RSA-3072 service (durable audit on) >= 85% of raw PKCS#11", value: pct(rsaRatio), pass: rsaRatio >= 0.85 },
     { name: "EC-256 with durable audit loses <= 15% against audit off", value: `${pct(1 - ecAuditRatio)} lost`, pass: ecAuditRatio >= 0.85 },
     { name: "EC-256 service >= 80% of gRPC echo", value: pct(ecEchoRatio), pass: ecEchoRatio >= 0.8 },
+    { name: "EC-256 with the PostgreSQL audit >= 80% of the file audit", value: pct(ecPgRatio), pass: ecPgRatio >= 0.8 },
+    { name: "RSA-3072 with the PostgreSQL audit >= 95% of the file audit", value: pct(rsaPgRatio), pass: rsaPgRatio >= 0.95 },
     { name: "get-plugin-metadata <= 1.5x node -e 0", value: `${fmt(metaRatio, 2)}x (${fmt(meta.median)} / ${fmt(base.median)} ms)`, pass: metaRatio <= 1.5 },
     { name: "three plugin commands < 200 ms", value: `${fmt(sum3)} ms`, pass: sum3 < 200 },
     { name: "three plugin commands < 200 ms, with key_spec", value: `${fmt(sum3Local)} ms`, pass: sum3Local < 200 },
@@ -448,6 +481,7 @@ async function main(): Promise<boolean> {
     raw: Object.fromEntries([...raw].map(([k, v]) => [k, lr(v)])),
     service: Object.fromEntries([...svc].map(([k, v]) => [k, { ...lr(v), ratioToRaw: round(v.rate / raw.get(k)!.rate, 3) }])),
     serviceAuditOff: Object.fromEntries([...svcNoAudit].map(([k, v]) => [k, { ...lr(v), auditOnRatio: round(svc.get(k)!.rate / v.rate, 3) }])),
+    serviceAuditPostgres: Object.fromEntries([...svcPg].map(([k, v]) => [k, { ...lr(v), fileStoreRatio: round(v.rate / svc.get(k)!.rate, 3), dbCpuMsPerCall: round(v.dbCpuMsPerCall, 4) }])),
     serviceEc256OneInFlight: lr(svcEc1),
     echo: { ...lr(echo), ec256ServiceRatio: round(ecEchoRatio, 3) },
     echoOneInFlight: lr(echo1),

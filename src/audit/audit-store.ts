@@ -1,0 +1,45 @@
+import type { AuditLogStats, AuditReceipt, AuditRecordInput } from "./audit-log.js";
+
+/**
+ * What the service needs of an audit store, whichever keeps the records: the local files
+ * (AuditLog) or PostgreSQL (PostgresAuditStore). Both write the same JSON line per request, with
+ * the same hash chaining, and both fail closed: an append resolves only once its record is
+ * durable, and rejects with AUDIT_UNAVAILABLE when it cannot be made so.
+ */
+export interface AuditStore {
+  append(record: AuditRecordInput): Promise<AuditReceipt>;
+  readonly healthy: boolean;
+  readonly stats: AuditLogStats;
+  close(): Promise<void>;
+}
+
+/** Fields the store sets itself; a record that tried to set them would forge the chain. */
+const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
+
+/**
+ * The audit line of a record: {"seq","prev","time", then the record's fields in their own order}.
+ * The same text audit-log.ts writes to its files (test/integration/audit-postgres.test.ts checks
+ * that a line made here verifies as a file line), so that a chain exported from the database
+ * verifies with the file tools and the other way round.
+ */
+export function serializeRecord(seq: number, prev: string, time: Date, record: AuditRecordInput): string {
+  const line: Record<string, unknown> = { seq, prev, time: time.toISOString() };
+  for (const [k, v] of Object.entries(record)) {
+    if (RESERVED_FIELDS.has(k)) throw new Error(`the audit record field "${k}" is reserved`);
+    line[k] = v;
+  }
+  // JSON.stringify escapes control characters and lone surrogates: no raw newline, and the UTF-8
+  // bytes decode back to the same text (the hash of the text is the hash of the bytes).
+  return JSON.stringify(line);
+}
+
+/** A record as searches show it: the parsed line. */
+export type AuditLine = Record<string, unknown>;
+
+/** The artifact digest of a parsed line (Notary payloads), if any. */
+export function artifactDigestOf(r: AuditLine): string | undefined {
+  const a = r.artifact;
+  if (typeof a !== "object" || a === null) return undefined;
+  const d = (a as { digest?: unknown }).digest;
+  return typeof d === "string" ? d : undefined;
+}

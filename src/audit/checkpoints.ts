@@ -1,0 +1,221 @@
+import { createHash, verify as verifySignature, X509Certificate } from "node:crypto";
+import { open } from "node:fs/promises";
+import { join } from "node:path";
+import { SignerError } from "../errors/index.js";
+import type { AuditLogStats, AuditReceipt, AuditRecordInput } from "./audit-log.js";
+import type { AuditStore } from "./audit-store.js";
+
+/** Beside the audit files of a directory: one signed checkpoint per line. */
+export const CHECKPOINTS_FILE = "checkpoints.jsonl";
+/** The `type` of a checkpoint statement; a signature over anything else is no checkpoint. */
+export const CHECKPOINT_TYPE = "hsm-signer.audit.checkpoint/v1";
+
+export type CheckpointAlgorithm = "ES256" | "ES384" | "ES512";
+const HASH_OF: Record<CheckpointAlgorithm, "sha256" | "sha384" | "sha512"> = { ES256: "sha256", ES384: "sha384", ES512: "sha512" };
+const CURVE_OF: Record<CheckpointAlgorithm, string> = { ES256: "prime256v1", ES384: "secp384r1", ES512: "secp521r1" };
+
+/** What a checkpoint signs: the chain of `replica` up to `seq`, whose record hashes to `hash`. */
+export interface CheckpointStatement {
+  type: typeof CHECKPOINT_TYPE;
+  replica: string;
+  seq: number;
+  hash: string;
+  time: string;
+  keyId: string;
+  alg: CheckpointAlgorithm;
+}
+
+/** A checkpoint as stored (a line of checkpoints.jsonl, a row of audit_checkpoints). */
+export interface StoredCheckpoint {
+  replica: string;
+  seq: number;
+  hash: string;
+  time: string;
+  keyId: string;
+  /** The exact JSON text that was signed. */
+  statement: string;
+  /** base64 of the raw ECDSA signature (r||s) over the statement's UTF-8 bytes. */
+  signature: string;
+}
+
+/** Signs statements with the audit key in the HSM. */
+export interface CheckpointSigner {
+  keyId: string;
+  alg: CheckpointAlgorithm;
+  /** The raw ECDSA signature (r||s) of the digest (HASH_OF[alg]) of `data`. */
+  signDigest(digest: Buffer): Promise<Buffer>;
+}
+
+/** Where checkpoints go: the checkpoints file of an audit directory, or the database. */
+export interface CheckpointSink {
+  write(cp: StoredCheckpoint): Promise<void>;
+}
+
+export function checkpointDigest(alg: CheckpointAlgorithm, statement: string): Buffer {
+  return createHash(HASH_OF[alg]).update(statement, "utf8").digest();
+}
+
+/** Makes and signs the checkpoint of `replica` at (seq, hash). */
+export async function makeCheckpoint(signer: CheckpointSigner, replica: string, seq: number, hash: string, time = new Date()): Promise<StoredCheckpoint> {
+  const s: CheckpointStatement = { type: CHECKPOINT_TYPE, replica, seq, hash, time: time.toISOString(), keyId: signer.keyId, alg: signer.alg };
+  const statement = JSON.stringify(s);
+  const signature = await signer.signDigest(checkpointDigest(signer.alg, statement));
+  return { replica, seq, hash, time: s.time, keyId: signer.keyId, statement, signature: signature.toString("base64") };
+}
+
+/**
+ * Why a stored checkpoint is not a valid checkpoint signed by `cert`, or undefined when it is:
+ * the signature verifies over the statement, and the statement says what the stored fields say.
+ */
+export function checkpointProblem(cp: StoredCheckpoint, cert: X509Certificate): string | undefined {
+  let s: Partial<CheckpointStatement>;
+  try {
+    s = JSON.parse(cp.statement) as Partial<CheckpointStatement>;
+  } catch {
+    return "its statement is not JSON";
+  }
+  if (s.type !== CHECKPOINT_TYPE) return "its statement is not a checkpoint";
+  const alg = s.alg;
+  if (alg !== "ES256" && alg !== "ES384" && alg !== "ES512") return "its statement names no known algorithm";
+  const key = cert.publicKey;
+  if (key.asymmetricKeyType !== "ec" || key.asymmetricKeyDetails?.namedCurve !== CURVE_OF[alg]) return `the audit certificate's key does not make ${alg} signatures`;
+  let ok = false;
+  try {
+    ok = verifySignature(HASH_OF[alg], Buffer.from(cp.statement, "utf8"), { key, dsaEncoding: "ieee-p1363" }, Buffer.from(cp.signature, "base64"));
+  } catch {
+    ok = false;
+  }
+  if (!ok) return "its signature does not verify with the audit certificate";
+  if (s.replica !== cp.replica || s.seq !== cp.seq || s.hash !== cp.hash || s.time !== cp.time || s.keyId !== cp.keyId) return "its stored fields differ from what was signed";
+  return undefined;
+}
+
+/** The certificate in a PEM or DER file's bytes (the first of a PEM bundle: the leaf). */
+export function parseAuditCertificate(bytes: Buffer): X509Certificate {
+  const text = bytes.toString("latin1");
+  const m = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/.exec(text);
+  try {
+    return new X509Certificate(m ? Buffer.from(m[0], "latin1") : bytes);
+  } catch (e) {
+    throw new SignerError("INVALID_ARGUMENT", `not a certificate: ${(e as Error).message}`);
+  }
+}
+
+/** Appends checkpoints to <dir>/checkpoints.jsonl, each made durable before write() resolves. */
+export class FileCheckpointSink implements CheckpointSink {
+  constructor(private readonly dir: string) {}
+
+  get path(): string {
+    return join(this.dir, CHECKPOINTS_FILE);
+  }
+
+  async write(cp: StoredCheckpoint): Promise<void> {
+    const fh = await open(this.path, "a", 0o600);
+    try {
+      await fh.write(`${JSON.stringify(cp)}\n`);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+export interface CheckpointingOptions {
+  replicaId: string;
+  signer: CheckpointSigner;
+  sink: CheckpointSink;
+  /** A checkpoint once this many records were added since the last one (default 1000). */
+  everyRecords?: number;
+  /** And at least this often while records are added (default 60 s). */
+  everyMs?: number;
+  onCheckpoint?: (cp: StoredCheckpoint) => void;
+  onError?: (e: unknown) => void;
+}
+
+/**
+ * An audit store that signs checkpoints of the chain it sees committed: it observes each
+ * receipt (seq, hash) the inner store hands out, and every N records, every T seconds and at
+ * close, has the audit key in the HSM sign the newest one. Appends never wait for a checkpoint;
+ * a checkpoint that cannot be made is reported (onError) and tried again at the next occasion:
+ * the records it would have covered stay unprotected against truncation until then, which
+ * `audit verify` reports.
+ */
+export class CheckpointingStore implements AuditStore {
+  private newest: { seq: number; hash: string } | undefined;
+  private lastSeq = 0;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private readonly timer: NodeJS.Timeout;
+  private readonly everyRecords: number;
+
+  constructor(
+    private readonly inner: AuditStore,
+    private readonly o: CheckpointingOptions,
+  ) {
+    this.everyRecords = o.everyRecords ?? 1000;
+    this.timer = setInterval(() => this.trigger(), o.everyMs ?? 60_000);
+    this.timer.unref();
+  }
+
+  get healthy(): boolean {
+    return this.inner.healthy;
+  }
+
+  get stats(): AuditLogStats {
+    return this.inner.stats;
+  }
+
+  /** Sequence number of the last checkpoint this process made (0: none yet). */
+  get checkpointedSequence(): number {
+    return this.lastSeq;
+  }
+
+  append(record: AuditRecordInput): Promise<AuditReceipt> {
+    return this.inner.append(record).then((receipt) => {
+      if (this.newest === undefined || receipt.sequence > this.newest.seq) this.newest = { seq: receipt.sequence, hash: receipt.lineHash };
+      if (receipt.sequence - this.lastSeq >= this.everyRecords) this.trigger();
+      return receipt;
+    });
+  }
+
+  /** A checkpoint of the newest record seen, now (after the one running, if any). */
+  async checkpoint(): Promise<void> {
+    while (this.running) await this.running;
+    this.trigger();
+    await this.running;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    try {
+      await this.checkpoint();
+    } finally {
+      await this.inner.close();
+    }
+  }
+
+  private trigger(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    const target = this.newest;
+    if (!target || target.seq <= this.lastSeq) return;
+    this.running = (async () => {
+      try {
+        const cp = await makeCheckpoint(this.o.signer, this.o.replicaId, target.seq, target.hash);
+        await this.o.sink.write(cp);
+        this.lastSeq = Math.max(this.lastSeq, target.seq);
+        this.o.onCheckpoint?.(cp);
+      } catch (e) {
+        this.o.onError?.(e);
+      }
+    })().finally(() => {
+      this.running = undefined;
+      if (this.again) {
+        this.again = false;
+        if (this.newest && this.newest.seq - this.lastSeq >= this.everyRecords) this.trigger();
+      }
+    });
+  }
+}

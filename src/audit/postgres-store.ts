@@ -1,0 +1,404 @@
+import { createHash } from "node:crypto";
+import pg from "pg";
+import { SignerError } from "../errors/index.js";
+import { GENESIS_HASH, hashLine, type AuditLogStats, type AuditReceipt, type AuditRecordInput } from "./audit-log.js";
+import { artifactDigestOf, serializeRecord, type AuditLine, type AuditStore } from "./audit-store.js";
+
+/** The schema version this code writes and reads; `audit migrate` (or the service) brings a database to it. */
+export const AUDIT_SCHEMA_VERSION = 1;
+
+/**
+ * The migrations, in order: migration i brings the schema from version i to i + 1. Each runs in
+ * one transaction under an advisory lock, so that replicas starting together migrate once.
+ */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE audit_replicas (
+     replica_id text PRIMARY KEY,
+     first_seen timestamptz NOT NULL DEFAULT now()
+   );
+   CREATE TABLE audit_records (
+     replica_id text NOT NULL REFERENCES audit_replicas (replica_id),
+     seq bigint NOT NULL CHECK (seq >= 1),
+     time timestamptz NOT NULL,
+     line text NOT NULL,
+     method text,
+     identity text,
+     key_id text,
+     artifact_digest text,
+     result text,
+     PRIMARY KEY (replica_id, seq)
+   );
+   CREATE INDEX audit_records_artifact_digest ON audit_records (artifact_digest) WHERE artifact_digest IS NOT NULL;
+   CREATE INDEX audit_records_key_time ON audit_records (key_id, time);
+   CREATE INDEX audit_records_identity_time ON audit_records (identity, time);
+   CREATE INDEX audit_records_time ON audit_records (time);
+   CREATE TABLE audit_checkpoints (
+     replica_id text NOT NULL,
+     seq bigint NOT NULL,
+     hash text NOT NULL,
+     time timestamptz NOT NULL,
+     key_id text NOT NULL,
+     statement text NOT NULL,
+     signature text NOT NULL,
+     PRIMARY KEY (replica_id, seq)
+   );`,
+];
+
+/** Any fixed number: the advisory lock that serializes migrations. */
+const MIGRATION_LOCK = 7_262_019_231;
+/** Rows per statement of a group commit; more wait for the next one. */
+const MAX_BATCH = 1000;
+/** Appends waiting beyond this are refused at once: a database this far behind is as good as down. */
+const DEFAULT_MAX_QUEUE = 20_000;
+
+export interface PostgresAuditOptions {
+  /** node-postgres connection settings (host, port, database, user, password, ssl...). */
+  connection: pg.ClientConfig;
+  /** This replica's chain (audit_records.replica_id). */
+  replicaId: string;
+  /** Connect, and each statement, must finish within this (default 10 s): a hung database fails the store instead of freezing it. */
+  timeoutMs?: number;
+  /** How long open() waits for another process holding this replica id to let go (default 60 s). */
+  lockWaitMs?: number;
+  /** Create or migrate the schema when it is behind (default true; needs the schema owner's rights). */
+  migrate?: boolean;
+  maxQueue?: number;
+  /** As AuditLogOptions.retry: recover by itself, then append an AuditLog.Recovered record. */
+  retry?: { minMs: number; maxMs: number; onRecovered?: () => void; onFailed?: (e: SignerError, nextAttemptMs: number) => void };
+  /** Called after each group commit with its duration and the number of records it made durable. */
+  onCommit?: (seconds: number, records: number) => void;
+}
+
+interface Pending {
+  seq: number;
+  line: string;
+  time: Date;
+  record: AuditRecordInput;
+  receipt: AuditReceipt;
+  resolve: (r: AuditReceipt) => void;
+  reject: (e: unknown) => void;
+}
+
+/** The advisory lock key of a replica id (a 64-bit slice of its SHA-256). */
+export function replicaLockKey(replicaId: string): string {
+  return createHash("sha256").update(`hsm-signer-audit-replica:${replicaId}`).digest().readBigInt64BE(0).toString();
+}
+
+/** The schema version of a database (0: no schema yet). */
+export async function schemaVersion(client: pg.ClientBase): Promise<number> {
+  const exists = await client.query<{ t: string | null }>("SELECT to_regclass('audit_schema_version')::text AS t");
+  if (!exists.rows[0]?.t) return 0;
+  const r = await client.query<{ v: number | null }>("SELECT max(version) AS v FROM audit_schema_version");
+  return r.rows[0]?.v ?? 0;
+}
+
+/** Brings the schema to AUDIT_SCHEMA_VERSION (no-op when it is there); returns the versions applied. */
+export async function migrateSchema(client: pg.ClientBase): Promise<number[]> {
+  const applied: number[] = [];
+  // Up to date: nothing to do, and nothing that needs more than SELECT (the service's role).
+  if ((await schemaVersion(client)) === AUDIT_SCHEMA_VERSION) return applied;
+  await client.query("BEGIN");
+  try {
+    await client.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK]);
+    await client.query("CREATE TABLE IF NOT EXISTS audit_schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
+    let v = await schemaVersion(client);
+    if (v > AUDIT_SCHEMA_VERSION) throw new SignerError("CONFIG_INVALID", `the audit database has schema version ${v}, newer than this hsm-signer (${AUDIT_SCHEMA_VERSION})`);
+    while (v < AUDIT_SCHEMA_VERSION) {
+      await client.query(MIGRATIONS[v] as string);
+      v++;
+      await client.query("INSERT INTO audit_schema_version (version) VALUES ($1)", [v]);
+      applied.push(v);
+    }
+    await client.query("COMMIT");
+  } catch (e) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  }
+  return applied;
+}
+
+/**
+ * The audit in PostgreSQL: each replica appends to its own hash chain (replica_id, seq), with the
+ * same JSON lines as the file log. An append resolves only once its record is committed; appends
+ * made while a commit is in flight go together in the next single INSERT (group commit).
+ *
+ * One replica id, one writer: the store holds a session advisory lock on its replica id on the
+ * connection it writes with, taken before it reads where the chain ends. A second process with
+ * the same replica id waits for the lock (open() gives up after lockWaitMs); a process whose
+ * connection is lost loses the lock with it, and takes it again before it writes another record.
+ * The primary key (replica_id, seq) makes a fork impossible even so: two records with one seq
+ * cannot both commit.
+ *
+ * Fails closed as the file log does: a failed or timed-out statement, or a lost connection, rejects
+ * the batch and every queued append with AUDIT_UNAVAILABLE, the store turns unhealthy, and (with
+ * `retry`) reconnects by itself with backoff; the chain resumes from the last committed record.
+ */
+export class PostgresAuditStore implements AuditStore {
+  readonly replicaId: string;
+  private readonly o: PostgresAuditOptions;
+  private readonly timeoutMs: number;
+  private readonly maxQueue: number;
+  private client: pg.Client | undefined;
+  private assigned = { sequence: 0, hash: GENESIS_HASH };
+  private durableSequence = 0;
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | undefined;
+  private failure: SignerError | undefined;
+  private closed = false;
+  private recovering: Promise<void> | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryAttempts = 0;
+  private retrying = false;
+  /** This replica has its row in audit_replicas. */
+  private registered = false;
+
+  private constructor(o: PostgresAuditOptions) {
+    this.o = o;
+    this.replicaId = o.replicaId;
+    this.timeoutMs = o.timeoutMs ?? 10_000;
+    this.maxQueue = o.maxQueue ?? DEFAULT_MAX_QUEUE;
+  }
+
+  /** Connects, migrates if allowed, takes this replica's chain (waiting for another holder) and reads where it ends. */
+  static async open(o: PostgresAuditOptions): Promise<PostgresAuditStore> {
+    if (!o.replicaId || o.replicaId.length > 200) throw new SignerError("CONFIG_INVALID", "the audit replica id must be 1 to 200 characters");
+    const store = new PostgresAuditStore(o);
+    try {
+      await store.connect(o.lockWaitMs ?? 60_000, o.migrate !== false);
+    } catch (e) {
+      // Never used: no retry of it may reconnect later and hold this replica's lock.
+      store.closed = true;
+      if (store.retryTimer) clearTimeout(store.retryTimer);
+      store.dropClient();
+      throw asUnavailable(e, "opened");
+    }
+    return store;
+  }
+
+  get healthy(): boolean {
+    return this.failure === undefined && !this.closed;
+  }
+
+  get stats(): AuditLogStats {
+    return { sequence: this.durableSequence, queueDepth: this.queue.length, healthy: this.healthy };
+  }
+
+  append(record: AuditRecordInput): Promise<AuditReceipt> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed"));
+    if (this.queue.length >= this.maxQueue) return Promise.reject(new SignerError("AUDIT_UNAVAILABLE", "the audit database is too far behind: too many records wait"));
+    const seq = this.assigned.sequence + 1;
+    const time = new Date();
+    let line: string;
+    try {
+      line = serializeRecord(seq, this.assigned.hash, time, record);
+    } catch (e) {
+      return Promise.reject(new SignerError("INTERNAL", "the audit record cannot be serialized", { cause: e }));
+    }
+    const receipt: AuditReceipt = { sequence: seq, lineHash: hashLine(line) };
+    this.assigned = { sequence: seq, hash: receipt.lineHash };
+    return new Promise<AuditReceipt>((resolve, reject) => {
+      this.queue.push({ seq, line, time, record, receipt, resolve, reject });
+      this.flushing ??= this.flush();
+    });
+  }
+
+  /** Stores a signed checkpoint of this replica's chain (see checkpoints.ts). */
+  async appendCheckpoint(cp: { seq: number; hash: string; time: string; keyId: string; statement: string; signature: string }): Promise<void> {
+    const client = this.client;
+    if (!client || this.failure) throw this.failure ?? new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed");
+    await client.query(
+      "INSERT INTO audit_checkpoints (replica_id, seq, hash, time, key_id, statement, signature) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+      [this.replicaId, cp.seq, cp.hash, cp.time, cp.keyId, cp.statement, cp.signature],
+    );
+  }
+
+  /** After a failure: reconnects, takes the lock again and resyncs the chain from the database. */
+  recover(): Promise<void> {
+    this.recovering ??= this.recoverOnce().finally(() => {
+      this.recovering = undefined;
+    });
+    return this.recovering;
+  }
+
+  private async recoverOnce(): Promise<void> {
+    if (this.closed) throw new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed");
+    await this.flushing;
+    if (!this.failure) return;
+    this.dropClient();
+    try {
+      // Another process may hold this replica id now (a replacement): then this one stays failed.
+      await this.connect(0, false);
+    } catch (e) {
+      this.dropClient();
+      throw asUnavailable(e, "recovered");
+    }
+    if (this.closed) {
+      this.dropClient();
+      throw new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed");
+    }
+    this.failure = undefined;
+  }
+
+  /** Commits what is queued (those appends resolve), then disconnects, which releases the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    while (this.flushing) await this.flushing;
+    const client = this.client;
+    this.client = undefined;
+    // A hung server must not hold up a shutdown: the connection goes with the process anyway.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([client?.end().catch(() => undefined), new Promise((res) => (timer = setTimeout(res, this.timeoutMs)))]);
+    clearTimeout(timer);
+  }
+
+  private async connect(lockWaitMs: number, migrate: boolean): Promise<void> {
+    const client = new pg.Client({
+      ...this.o.connection,
+      connectionTimeoutMillis: this.timeoutMs,
+      query_timeout: this.timeoutMs,
+      statement_timeout: this.timeoutMs,
+      application_name: "hsm-signer-audit",
+      keepAlive: true,
+    });
+    // A connection lost while idle is reported here; without a listener it would crash the process.
+    client.on("error", (e) => {
+      if (this.client === client) this.fail(e, []);
+    });
+    this.client = client;
+    await client.connect();
+    if (migrate) await migrateSchema(client);
+    const v = await schemaVersion(client);
+    if (v !== AUDIT_SCHEMA_VERSION) {
+      throw new SignerError("CONFIG_INVALID", `the audit database has schema version ${v}, this hsm-signer needs ${AUDIT_SCHEMA_VERSION}: run hsm-signer audit migrate as the schema owner`);
+    }
+    const key = replicaLockKey(this.replicaId);
+    const deadline = Date.now() + lockWaitMs;
+    for (;;) {
+      const r = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1::bigint) AS ok", [key]);
+      if (r.rows[0]?.ok) break;
+      if (Date.now() >= deadline) throw new SignerError("AUDIT_UNAVAILABLE", `another process writes the audit chain of replica "${this.replicaId}"`);
+      await new Promise((res) => setTimeout(res, Math.min(500, Math.max(1, deadline - Date.now()))));
+    }
+    // The registry row comes with the first record (writeBatch), not before: a registered replica
+    // without records is what a removed chain looks like to `audit verify`.
+    const registered = await client.query("SELECT 1 FROM audit_replicas WHERE replica_id = $1", [this.replicaId]);
+    this.registered = (registered.rowCount ?? 0) > 0;
+    const tail = await client.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = $1 ORDER BY audit_records.seq DESC LIMIT 1", [this.replicaId]);
+    const row = tail.rows[0];
+    this.assigned = row ? { sequence: Number(row.seq), hash: hashLine(row.line) } : { sequence: 0, hash: GENESIS_HASH };
+    this.durableSequence = this.assigned.sequence;
+  }
+
+  /** Forgets the connection without waiting for it: a hung server must not hang us too. */
+  private dropClient(): void {
+    const client = this.client;
+    this.client = undefined;
+    if (client) void client.end().catch(() => undefined);
+  }
+
+  private async flush(): Promise<void> {
+    // Appends made in the same turn of the event loop join the first batch.
+    await Promise.resolve();
+    try {
+      while (this.queue.length > 0 && this.failure === undefined) {
+        await this.writeBatch(this.queue.splice(0, MAX_BATCH));
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** One INSERT of many rows: one transaction, all or nothing. */
+  private async writeBatch(batch: Pending[]): Promise<void> {
+    const client = this.client;
+    const started = process.hrtime.bigint();
+    try {
+      if (!client) throw new Error("not connected");
+      const col = <T>(f: (p: Pending) => T): T[] => batch.map(f);
+      // The first batch of a new replica registers it in the same statement (one transaction).
+      const register = this.registered ? "" : "WITH registered AS (INSERT INTO audit_replicas (replica_id) VALUES ($1) ON CONFLICT DO NOTHING) ";
+      await client.query(
+        `${register}INSERT INTO audit_records (replica_id, seq, time, line, method, identity, key_id, artifact_digest, result)
+         SELECT $1, * FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])`,
+        [
+          this.replicaId,
+          col((p) => p.seq),
+          col((p) => p.time.toISOString()),
+          col((p) => p.line),
+          col((p) => p.record.method),
+          col((p) => p.record.identity),
+          col((p) => p.record.keyId ?? null),
+          col((p) => artifactDigestOf(p.record as AuditLine)?.toLowerCase() ?? null),
+          col((p) => p.record.result),
+        ],
+      );
+    } catch (e) {
+      this.fail(e, batch);
+      return;
+    }
+    this.durableSequence = batch[batch.length - 1]!.seq;
+    this.registered = true;
+    try {
+      this.o.onCommit?.(Number(process.hrtime.bigint() - started) / 1e9, batch.length);
+    } catch {
+      // A metrics hook must never decide whether the audit works.
+    }
+    for (const p of batch) p.resolve(p.receipt);
+  }
+
+  private fail(e: unknown, pending: Pending[]): void {
+    const first = this.failure === undefined;
+    this.failure ??= new SignerError("AUDIT_UNAVAILABLE", `the audit database cannot be written: ${errorText(e)}`, { cause: e });
+    for (const p of pending) p.reject(this.failure);
+    for (const p of this.queue.splice(0, this.queue.length)) p.reject(this.failure);
+    // The connection's state is unknown after a failure (a timed-out COMMIT may have committed):
+    // it goes, and recovery reads where the chain really ends.
+    this.dropClient();
+    if (first && !this.retrying) this.scheduleRecovery();
+  }
+
+  private scheduleRecovery(): void {
+    const r = this.o.retry;
+    if (!r || this.closed || this.retryTimer) return;
+    const ms = Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.retryOnce(r, ms);
+    }, ms);
+    this.retryTimer.unref();
+  }
+
+  private async retryOnce(r: NonNullable<PostgresAuditOptions["retry"]>, waitedMs: number): Promise<void> {
+    const failure = this.failure;
+    if (!failure || this.closed) return;
+    this.retrying = true;
+    try {
+      await this.recover();
+      await this.append({ requestId: "-", peer: "-", identity: "hsm-signer", method: "AuditLog.Recovered", decision: "none", result: "OK", latencyMs: 0, error: failure.message, retriedAfterMs: waitedMs });
+      this.retryAttempts = 0;
+      if (!this.closed) r.onRecovered?.();
+    } catch (e) {
+      if (this.closed) return;
+      this.retryAttempts++;
+      r.onFailed?.(asUnavailable(e, "recovered"), Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts));
+      this.scheduleRecovery();
+    } finally {
+      this.retrying = false;
+    }
+  }
+}
+
+function errorText(e: unknown): string {
+  const code = (e as { code?: unknown } | undefined)?.code;
+  const msg = e instanceof Error ? e.message : "unknown error";
+  return typeof code === "string" ? `${code} ${msg}` : msg;
+}
+
+function asUnavailable(e: unknown, what: "opened" | "recovered"): SignerError {
+  if (e instanceof SignerError) return e;
+  return new SignerError("AUDIT_UNAVAILABLE", `the audit database cannot be ${what}: ${errorText(e)}`, { cause: e });
+}

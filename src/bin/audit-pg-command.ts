@@ -1,0 +1,147 @@
+import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import pg from "pg";
+import { parse as parseYaml } from "yaml";
+import { parseAuditCertificate } from "../audit/checkpoints.js";
+import { migrateSchema } from "../audit/postgres-store.js";
+import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
+import { artifactDigestOf } from "../audit/audit-store.js";
+import { SignerError } from "../errors/index.js";
+import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
+import { UsageError } from "./cli-args.js";
+
+/** A client for the audit database, connected; bounded waits so that a hung database fails the command. */
+async function connect(configFile: string | undefined, database: boolean | undefined): Promise<pg.Client> {
+  let conn: pg.ClientConfig;
+  if (configFile) {
+    let raw: unknown;
+    try {
+      raw = parseYaml(readFileSync(configFile, "utf8"));
+    } catch (e) {
+      throw new SignerError("CONFIG_INVALID", `cannot read configuration ${configFile}: ${(e as Error).message}`);
+    }
+    const audit = ((raw ?? {}) as { audit?: unknown }).audit;
+    const problems: string[] = [];
+    const c = parseAuditCluster(typeof audit === "object" && audit !== null ? (audit as Record<string, unknown>) : {}, dirname(resolve(configFile)), process.env, problems);
+    if (problems.length > 0) throw new SignerError("CONFIG_INVALID", `configuration ${configFile} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
+    if (!c.postgres) throw new UsageError(`${configFile} has no audit.postgres`);
+    conn = postgresConnection(c.postgres);
+  } else if (database) {
+    const url = process.env[DATABASE_URL_ENV];
+    conn = url ? { connectionString: url } : {};
+  } else {
+    throw new UsageError("give --config FILE (its audit.postgres) or --database (the connection from the environment)");
+  }
+  const client = new pg.Client({ ...conn, connectionTimeoutMillis: 10_000, application_name: "hsm-signer-audit-cli" });
+  client.on("error", () => undefined); // a lost connection fails the query in flight
+  try {
+    await client.connect();
+  } catch (e) {
+    await client.end().catch(() => undefined);
+    throw new SignerError("AUDIT_UNAVAILABLE", `cannot connect to the audit database: ${(e as Error).message}`);
+  }
+  return client;
+}
+
+function printReport(r: StoreVerifyReport, json: boolean | undefined): void {
+  if (json) {
+    console.log(JSON.stringify(r));
+    return;
+  }
+  for (const c of r.chains) {
+    const range = c.records > 0 ? `seq ${c.firstSeq} to ${c.lastSeq}` : "no records";
+    const cp = c.lastCheckpointSeq ? `${c.checkpoints} checkpoint(s), the last at seq ${c.lastCheckpointSeq}` : "no valid checkpoint";
+    console.log(`replica ${c.replica}: ${c.records} record(s), ${range}; ${cp}`);
+    if (c.unprotected > 0) console.log(`  ${c.unprotected} record(s) after the last checkpoint, since ${c.unprotectedSince ?? "?"}: not yet protected against truncation`);
+  }
+  for (const f of r.findings) console.log(`${f.kind.toUpperCase()}: ${f.message}`);
+  console.log(r.ok ? "OK: every chain intact and consistent with its checkpoints" : `FAILED: ${r.findings.length} finding(s)`);
+}
+
+export async function auditStoreCommand(sub: string | undefined, args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    allowPositionals: false,
+    options: {
+      config: { type: "string" },
+      database: { type: "boolean" },
+      dir: { type: "string" },
+      cert: { type: "string" },
+      replica: { type: "string" },
+      out: { type: "string" },
+      artifact: { type: "string" },
+      "key-id": { type: "string" },
+      key: { type: "string" },
+      identity: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      limit: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  const cert = values.cert ? parseAuditCertificate(readFileSync(values.cert)) : undefined;
+  if (sub === "verify") {
+    if (!cert) throw new UsageError("audit verify with checkpoints needs --cert FILE (the audit key's certificate)");
+    let report: StoreVerifyReport;
+    if (values.dir) report = await verifyAuditDir(values.dir, cert, values.replica);
+    else {
+      const client = await connect(values.config, values.database);
+      try {
+        report = await verifyDatabase(client, cert, values.replica);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    }
+    printReport(report, values.json);
+    return report.ok ? 0 : 1;
+  }
+  if (sub === "search") {
+    const date = (v: string | undefined, flag: string): Date | undefined => {
+      if (v === undefined) return undefined;
+      const d = new Date(v);
+      if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
+      return d;
+    };
+    const limit = values.limit === undefined ? undefined : Number(values.limit);
+    if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new UsageError("--limit must be a positive integer");
+    const q = { artifactDigest: values.artifact, keyId: values["key-id"] ?? values.key, identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to"), replica: values.replica, limit };
+    const client = await connect(values.config, values.database);
+    let n = 0;
+    try {
+      for await (const { replica, record: r } of searchDatabase(client, q)) {
+        n++;
+        // The same output as over files; the sequence number names its replica, since each has its own.
+        if (values.json) console.log(JSON.stringify(r));
+        else console.log([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId ?? "-", r.result, artifactDigestOf(r) ?? r.payloadDigest ?? "-"].join("  "));
+      }
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    if (!values.json) console.log(`${n} record(s)`);
+    return 0;
+  }
+  if (sub === "export") {
+    if (!values.replica) throw new UsageError("audit export needs --replica ID");
+    if (!values.out) throw new UsageError("audit export needs --out DIR");
+    const client = await connect(values.config, values.database);
+    try {
+      const r = await exportReplica(client, values.replica, values.out);
+      console.log(`exported replica ${values.replica}: ${r.records} record(s) in ${r.files} file(s), ${r.checkpoints} checkpoint(s) to ${values.out}`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    return 0;
+  }
+  if (sub === "migrate") {
+    const client = await connect(values.config, values.database);
+    try {
+      const applied = await migrateSchema(client);
+      console.log(applied.length ? `audit schema migrated to version ${applied.at(-1)}` : "audit schema is up to date");
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    return 0;
+  }
+  throw new UsageError("usage: hsm-signer audit verify|search|export|migrate ...");
+}
