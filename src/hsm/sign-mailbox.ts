@@ -48,6 +48,38 @@ const RESULT_OFF = MECH_OFF + MECH_MAX;
 const RESULT_MAX = 2048;
 const SIZE = RESULT_OFF + RESULT_MAX;
 
+/**
+ * A mechanism as JSON, Buffer parameters (an IV, OAEP source data) as {"$hex": ...}. The replacer
+ * looks at the value before its toJSON(): Buffer's turns it into {type, data}, which would come
+ * back as a plain object.
+ */
+export function encodeMechanism(mechanism: pkcs11js.Mechanism): Buffer {
+  return Buffer.from(
+    JSON.stringify(mechanism, function (this: Record<string, unknown>, k: string, v: unknown) {
+      const raw = this[k];
+      return Buffer.isBuffer(raw) ? { $hex: raw.toString("hex") } : v;
+    }),
+    "utf8",
+  );
+}
+
+const sameValue = (a: unknown, b: unknown): boolean => a === b || (Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b));
+
+/** Whether two mechanisms encode alike: same type, parameters equal one level deep (anything deeper: not the same). */
+export function sameMechanism(a: pkcs11js.Mechanism, b: pkcs11js.Mechanism): boolean {
+  if (a.mechanism !== b.mechanism) return false;
+  const pa: unknown = a.parameter;
+  const pb: unknown = b.parameter;
+  if (sameValue(pa, pb)) return true;
+  if (typeof pa !== "object" || typeof pb !== "object" || pa === null || pb === null || Buffer.isBuffer(pa) || Buffer.isBuffer(pb)) return false;
+  const ka = Object.keys(pa);
+  return ka.length === Object.keys(pb).length && ka.every((k) => sameValue((pa as Record<string, unknown>)[k], (pb as Record<string, unknown>)[k]));
+}
+
+export function decodeMechanism(json: string): pkcs11js.Mechanism {
+  return JSON.parse(json, (_k, v: unknown) => (v !== null && typeof v === "object" && "$hex" in v ? Buffer.from(String((v as { $hex: string }).$hex), "hex") : v)) as pkcs11js.Mechanism;
+}
+
 type WaitAsync = (a: Int32Array, index: number, value: number) => { async: false; value: string } | { async: true; value: Promise<string> };
 const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
 
@@ -55,6 +87,10 @@ export class Mailbox {
   private readonly i32: Int32Array;
   private readonly u32: Uint32Array;
   private readonly bytes: Buffer;
+  /** Main thread: the mechanism whose bytes are in the mailbox (post). */
+  private lastPosted: pkcs11js.Mechanism | undefined;
+  /** Signing thread: the last mechanism read, and its bytes (readMechanism). */
+  private lastMechanism: { bytes: Buffer; mechanism: pkcs11js.Mechanism } | undefined;
 
   constructor(readonly buffer: SharedArrayBuffer) {
     this.i32 = new Int32Array(buffer, 0, 16);
@@ -68,19 +104,24 @@ export class Mailbox {
 
   /** Main thread: writes the job and wakes the thread. Throws (nothing posted) if it does not fit. */
   post(job: MailboxJob): void {
-    const mech = Buffer.from(JSON.stringify(job.mechanism, (_k, v: unknown) => (Buffer.isBuffer(v) ? { $hex: v.toString("hex") } : v)), "utf8");
+    // A thread mostly gets the mechanism of its last job again: then its bytes are in place already.
+    const same = this.lastPosted !== undefined && sameMechanism(this.lastPosted, job.mechanism);
+    const mech = same ? undefined : encodeMechanism(job.mechanism);
     if (job.session.length > HANDLE_MAX || job.key.length > HANDLE_MAX) throw new Error("a PKCS#11 handle longer than 32 bytes");
     if (job.data.length > DATA_MAX) throw new Error(`data to sign longer than ${DATA_MAX} bytes`);
-    if (mech.length > MECH_MAX) throw new Error("mechanism parameters too large");
+    if (mech && mech.length > MECH_MAX) throw new Error("mechanism parameters too large");
     if (job.outLength > RESULT_MAX) throw new Error(`signature buffer larger than ${RESULT_MAX} bytes`);
     job.session.copy(this.bytes, SESSION_OFF);
     job.key.copy(this.bytes, KEY_OFF);
     job.data.copy(this.bytes, DATA_OFF);
-    mech.copy(this.bytes, MECH_OFF);
+    if (mech) {
+      mech.copy(this.bytes, MECH_OFF);
+      this.i32[MECH_LEN] = mech.length;
+      this.lastPosted = job.mechanism;
+    }
     this.i32[SESSION_LEN] = job.session.length;
     this.i32[KEY_LEN] = job.key.length;
     this.i32[DATA_LEN] = job.data.length;
-    this.i32[MECH_LEN] = mech.length;
     this.i32[OUT_LEN] = job.outLength;
     Atomics.store(this.i32, STATE, MailboxState.JOB);
     Atomics.notify(this.i32, STATE);
@@ -130,16 +171,26 @@ export class Mailbox {
   /** Signing thread: the posted job, copied out of the shared memory. */
   readJob(): MailboxJob {
     const copy = (off: number, len: number): Buffer => Buffer.from(this.bytes.subarray(off, off + len));
-    const mechanism = JSON.parse(this.bytes.toString("utf8", MECH_OFF, MECH_OFF + this.i32[MECH_LEN]!), (_k, v: unknown) =>
-      v !== null && typeof v === "object" && "$hex" in v ? Buffer.from(String((v as { $hex: string }).$hex), "hex") : v,
-    ) as pkcs11js.Mechanism;
     return {
       session: copy(SESSION_OFF, this.i32[SESSION_LEN]!),
       key: copy(KEY_OFF, this.i32[KEY_LEN]!),
       data: copy(DATA_OFF, this.i32[DATA_LEN]!),
-      mechanism,
+      mechanism: this.readMechanism(),
       outLength: this.i32[OUT_LEN]!,
     };
+  }
+
+  /**
+   * The job's mechanism. A thread signs with the same few mechanisms over and over: the one of
+   * the last job is reused when the bytes are the same, which saves a JSON.parse per job.
+   */
+  private readMechanism(): pkcs11js.Mechanism {
+    const end = MECH_OFF + this.i32[MECH_LEN]!;
+    const last = this.lastMechanism;
+    if (last && last.bytes.length === end - MECH_OFF && this.bytes.compare(last.bytes, 0, last.bytes.length, MECH_OFF, end) === 0) return last.mechanism;
+    const mechanism = decodeMechanism(this.bytes.toString("utf8", MECH_OFF, end));
+    this.lastMechanism = { bytes: Buffer.from(this.bytes.subarray(MECH_OFF, end)), mechanism };
+    return mechanism;
   }
 
   /** Signing thread: the signature, then wakes the main thread. */

@@ -17,6 +17,14 @@ interface Pending {
 interface Thread {
   worker: Worker;
   box: Mailbox;
+  /** The job it is working on, and since when (performance.now()). */
+  job: Job | undefined;
+}
+
+interface Job {
+  id: number;
+  since: number;
+  pending: Pending;
 }
 
 /** A PKCS#11 error as it came out of a worker: same message and CKR_ code, so translation is unchanged. */
@@ -46,8 +54,6 @@ export interface SignThreadsOptions {
 export class SignThreads {
   private readonly idle: Thread[] = [];
   private readonly all = new Set<Thread>();
-  /** The job each busy thread is working on, and since when (performance.now()). */
-  private readonly busy = new Map<Thread, { id: number; since: number } & Pending>();
   /** Jobs waiting for a thread (there may be fewer threads than sessions). */
   private readonly queue: { id: number; job: MailboxJob; pending: Pending }[] = [];
   private nextId = 1;
@@ -83,7 +89,7 @@ export class SignThreads {
       // Unreferenced while idle; referenced while it has a job, since a pending Atomics.waitAsync
       // alone would not keep the process alive.
       w.unref();
-      const t: Thread = { worker: w, box: new Mailbox(mailbox) };
+      const t: Thread = { worker: w, box: new Mailbox(mailbox), job: undefined };
       let ready = false;
       w.on("message", (r: { ready?: true }) => {
         if (r.ready && !ready) {
@@ -98,8 +104,8 @@ export class SignThreads {
         if (!this.all.delete(t)) return;
         const i = this.idle.indexOf(t);
         if (i >= 0) this.idle.splice(i, 1);
-        this.busy.get(t)?.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
-        this.busy.delete(t);
+        t.job?.pending.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
+        t.job = undefined;
         if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
       };
       w.on("error", lost);
@@ -117,21 +123,21 @@ export class SignThreads {
       pending.reject(new SignerError("INTERNAL", `cannot hand the signature to a signing thread: ${(e as Error).message}`, { cause: e }));
       return;
     }
-    this.busy.set(t, { id, since: performance.now(), ...pending });
+    t.job = { id, since: performance.now(), pending };
     t.worker.ref();
     void t.box.answered().then(() => this.onAnswer(t, id));
   }
 
   private onAnswer(t: Thread, id: number): void {
-    const job = this.busy.get(t);
+    const job = t.job;
     // The thread died meanwhile and its job was failed already.
     if (!job || job.id !== id) return;
-    this.busy.delete(t);
+    t.job = undefined;
     t.worker.unref();
     const r = t.box.answer();
     this.release(t);
-    if ("error" in r) job.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
-    else job.resolve(r.signature);
+    if ("error" in r) job.pending.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
+    else job.pending.resolve(r.signature);
   }
 
   /** Gives a free thread the next queued job, or marks it idle. */
@@ -172,7 +178,7 @@ export class SignThreads {
    */
   longestRunningMs(): number {
     let oldest = Infinity;
-    for (const j of this.busy.values()) oldest = Math.min(oldest, j.since);
+    for (const t of this.all) if (t.job) oldest = Math.min(oldest, t.job.since);
     return oldest === Infinity ? 0 : performance.now() - oldest;
   }
 

@@ -2,13 +2,14 @@
  * The load generator as its own process, so that the server under test has its event loop to
  * itself, as it does in production where build farms call it over the network. Usage:
  *   node load-client.js '{"port":N,"caFile":"...","req":{...,"digest":"<base64>"},"concurrency":16,"warmupMs":500,"durationMs":4000}'
- * Prints one JSON LoadResult line.
+ * Prints one JSON LoadResult line. With "server" ({pid, threads}), the CPU it reports is that
+ * process's, read from /proc at the edges of the window (load.ts).
  */
 import { readFileSync } from "node:fs";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { GrpcHttp2Channel } from "../../src/client/grpc-http2-client.js";
 import { decodeSignResponse, encodeSignRequest, SIGNER_SERVICE, type SignRequest } from "../../src/client/messages.js";
-import { runLoad } from "./load.js";
+import { runLoad, type LoadOptions } from "./load.js";
 
 interface Args {
   port: number;
@@ -18,6 +19,8 @@ interface Args {
   concurrency: number;
   warmupMs: number;
   durationMs: number;
+  warmupCalls?: number;
+  server?: LoadOptions["server"];
   /** "grpc-js" (default) or "http2" (src/client's GrpcHttp2Channel). */
   client?: "grpc-js" | "http2";
 }
@@ -25,7 +28,7 @@ interface Args {
 const a = JSON.parse(process.argv[2] ?? "{}") as Args;
 const req = { ...a.req, digest: a.req.digest === undefined ? undefined : Buffer.from(a.req.digest, "base64") };
 const ca = readFileSync(a.caFile);
-const load = { concurrency: a.concurrency, warmupMs: a.warmupMs, durationMs: a.durationMs };
+const load: LoadOptions = { concurrency: a.concurrency, warmupMs: a.warmupMs, warmupCalls: a.warmupCalls, durationMs: a.durationMs, server: a.server };
 const check = (signature: Buffer): void => {
   if (signature.length !== a.signatureLength) throw new Error(`${signature.length}-byte signature, expected ${a.signatureLength}`);
 };

@@ -1,14 +1,42 @@
 import { spawnCollect, type ProcessResult } from "../helpers/process.js";
-import { readFileSync } from "node:fs";
-import { performance, type EventLoopUtilization } from "node:perf_hooks";
+import { readdirSync, readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
 
 /** Closed-loop load: `concurrency` callers, each starting the next call as soon as its last one ends. */
 export interface LoadOptions {
   concurrency: number;
   warmupMs: number;
+  /**
+   * The window starts only once this many calls are done as well (default 0). A server's code
+   * runs unoptimized until V8 has seen it run often enough: a slow row (RSA, ~300 calls/s)
+   * measured after a warm-up in time alone measures the JIT's warm-up.
+   */
+  warmupCalls?: number;
   durationMs: number;
   /** The whole run (warm-up, measurement, drain) fails after this long. */
   hardLimitMs?: number;
+  /** The process whose CPU the window measures (default: this one). */
+  server?: { pid: number; threads: ThreadGroups };
+}
+
+/** Which threads of a server are which (ids as in /proc/PID/task); the others count as "other" (V8's GC and compiler threads). */
+export interface ThreadGroups {
+  main: string[];
+  /** The HSM signing threads (sign-threads.ts). */
+  sign: string[];
+  /** The libuv pool (the audit's fdatasync, file I/O). */
+  libuv: string[];
+}
+
+/** A server's CPU per completed call over the window, in ms, all threads and by kind of thread. */
+export interface ServerCpu {
+  total: number;
+  main: number;
+  sign: number;
+  libuv: number;
+  other: number;
+  user: number;
+  system: number;
 }
 
 export interface LoadResult {
@@ -21,16 +49,56 @@ export interface LoadResult {
   p50: number;
   p99: number;
   mean: number;
-  /** Event loop utilization of this (main) thread during the window, 0..1. */
-  elu: number;
-  /** CPU time of the whole process (all threads, user + system) per completed call, in ms. */
+  /** The server process's CPU (all its threads, user + system) per completed call, in ms. */
   cpuMsPerCall: number;
-  /** Process CPU during the window in cores (1.0 = one core busy all the time). */
+  /** The same, split by thread. */
+  cpu: ServerCpu;
+  /** The server process's CPU during the window in cores (1.0 = one core busy all the time). */
   cores: number;
   /** CPU used by other processes on the machine during the window, in cores (NaN when unknown). */
   otherCores: number;
   /** With the client in its own process: that process's CPU, in cores. */
   clientCores?: number;
+}
+
+/** ticks (USER_HZ, 100 on Linux) of utime and stime in a /proc stat line. */
+function statTicks(text: string): [number, number] {
+  const f = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  // Fields after the command, numbered from 3 (state): utime is 14, stime 15.
+  return [Number(f[11]), Number(f[12])];
+}
+
+interface CpuSample {
+  user: number;
+  system: number;
+  byThread: Map<string, number>;
+}
+
+/** CPU so far of process `pid` (all threads, exited ones included) and of each live thread, in ms (Linux /proc). */
+export function sampleCpu(pid: number): CpuSample {
+  const [u, s] = statTicks(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  const byThread = new Map<string, number>();
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const [tu, ts] = statTicks(readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8"));
+      byThread.set(t, (tu + ts) * 10);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return { user: u * 10, system: s * 10, byThread };
+}
+
+/** The CPU between two samples, per call. */
+function cpuPerCall(a: CpuSample, b: CpuSample, threads: ThreadGroups, calls: number): ServerCpu {
+  const n = Math.max(1, calls);
+  const group = (ids: string[]): number => ids.reduce((sum, t) => sum + (b.byThread.get(t) ?? 0) - (a.byThread.get(t) ?? 0), 0);
+  const user = b.user - a.user;
+  const system = b.system - a.system;
+  const main = group(threads.main);
+  const sign = group(threads.sign);
+  const libuv = group(threads.libuv);
+  return { total: (user + system) / n, main: main / n, sign: sign / n, libuv: libuv / n, other: Math.max(0, user + system - main - sign - libuv) / n, user: user / n, system: system / n };
 }
 
 /** Busy CPU time of the whole machine so far, in ms (Linux /proc/stat), or NaN. */
@@ -58,18 +126,43 @@ export function median(values: number[]): number {
 }
 
 /**
- * Runs `op` with `concurrency` calls in flight for warm-up + duration, then lets the calls in
- * flight drain. The first failing call aborts the run with its error; the run is bounded by
- * hardLimitMs, so a hung call cannot hang the benchmark.
+ * Runs `op` with `concurrency` calls in flight for the warm-up (warmupMs and warmupCalls) and then
+ * durationMs, then lets the calls in flight drain. The server's CPU (o.server, or this process)
+ * is read from /proc at the two edges of the window, so it covers exactly the calls counted. The
+ * first failing call aborts the run with its error; the run is bounded by hardLimitMs, so a hung
+ * call cannot hang the benchmark.
  */
 export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promise<LoadResult> {
   const t0 = performance.now();
-  const measureStart = t0 + o.warmupMs;
-  const measureEnd = measureStart + o.durationMs;
+  const server = o.server ?? { pid: process.pid, threads: { main: [String(process.pid)], sign: [], libuv: [] } };
+  const warmupCalls = o.warmupCalls ?? 0;
+  /** The warm-up may wait for its calls this much longer than warmupMs. */
+  const maxWarmupMs = o.warmupMs + 60_000;
+  let measureStart = Infinity;
+  let measureEnd = Infinity;
   let stop = false;
+  let done = 0;
   let ops = 0;
   const latencies: number[] = [];
   let failure: { error: unknown } | undefined;
+  let first: { cpu: CpuSample; machine: number; self: NodeJS.CpuUsage } | undefined;
+  let last: { cpu: CpuSample; machine: number; self: NodeJS.CpuUsage } | undefined;
+  let endTimer: NodeJS.Timeout | undefined;
+
+  const begin = (): void => {
+    measureStart = performance.now();
+    measureEnd = measureStart + o.durationMs;
+    first = { cpu: sampleCpu(server.pid), machine: machineBusyMs(), self: process.cpuUsage() };
+    endTimer = setTimeout(() => {
+      last = { cpu: sampleCpu(server.pid), machine: machineBusyMs(), self: process.cpuUsage() };
+      stop = true;
+    }, o.durationMs);
+  };
+  const maybeBegin = (): void => {
+    if (first || stop) return;
+    const now = performance.now();
+    if (now - t0 >= o.warmupMs && (done >= warmupCalls || now - t0 >= maxWarmupMs)) begin();
+  };
 
   const caller = async (): Promise<void> => {
     while (!stop) {
@@ -82,49 +175,38 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
         return;
       }
       const e = performance.now();
+      done++;
       if (e >= measureStart && e <= measureEnd) {
         ops++;
         if (s >= measureStart) latencies.push(e - s);
       }
-      if (e > measureEnd) stop = true;
+      maybeBegin();
     }
   };
 
-  let elu0: EventLoopUtilization | undefined;
-  let cpu0: NodeJS.CpuUsage | undefined;
-  let elu = Number.NaN;
-  let cpuMs = Number.NaN;
-  let machine0 = Number.NaN;
-  let otherMs = Number.NaN;
-  const startTimer = setTimeout(() => {
-    elu0 = performance.eventLoopUtilization();
-    cpu0 = process.cpuUsage();
-    machine0 = machineBusyMs();
-  }, measureStart - t0);
-  const stopTimer = setTimeout(() => {
-    stop = true;
-    if (elu0 && cpu0) {
-      elu = performance.eventLoopUtilization(elu0).utilization;
-      const c = process.cpuUsage(cpu0);
-      cpuMs = (c.user + c.system) / 1000;
-      otherMs = Math.max(0, machineBusyMs() - machine0 - cpuMs);
-    }
-  }, measureEnd - t0);
+  // At one call in flight a call may outlast the warm-up: the window then starts at the end of the next call.
+  const warmTimer = setTimeout(maybeBegin, o.warmupMs);
   let hardTimer: NodeJS.Timeout | undefined;
+  const limit = o.hardLimitMs ?? 30_000 + maxWarmupMs + o.durationMs;
   const hardLimit = new Promise<never>((_, reject) => {
-    hardTimer = setTimeout(() => reject(new Error(`load run did not finish within ${o.hardLimitMs ?? 30_000 + o.warmupMs + o.durationMs} ms`)), o.hardLimitMs ?? 30_000 + o.warmupMs + o.durationMs);
+    hardTimer = setTimeout(() => reject(new Error(`load run did not finish within ${limit} ms`)), limit);
   });
   try {
     await Promise.race([Promise.all(Array.from({ length: o.concurrency }, caller)), hardLimit]);
   } finally {
     stop = true;
-    clearTimeout(startTimer);
-    clearTimeout(stopTimer);
+    clearTimeout(warmTimer);
+    clearTimeout(endTimer);
     clearTimeout(hardTimer);
   }
   if (failure) throw failure.error instanceof Error ? failure.error : new Error(String(failure.error));
+  if (!first || !last) throw new Error("the load run ended before its measurement window did");
   latencies.sort((a, b) => a - b);
   const seconds = o.durationMs / 1000;
+  const cpu = cpuPerCall(first.cpu, last.cpu, server.threads, ops);
+  const serverMs = cpu.total * Math.max(1, ops);
+  // With the server elsewhere, this process is the load client.
+  const client = server.pid === process.pid ? 0 : (last.self.user + last.self.system - first.self.user - first.self.system) / 1000;
   return {
     ops,
     seconds,
@@ -132,10 +214,11 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
     mean: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
-    elu,
-    cpuMsPerCall: cpuMs / Math.max(1, ops),
-    cores: cpuMs / o.durationMs,
-    otherCores: otherMs / o.durationMs,
+    cpuMsPerCall: cpu.total,
+    cpu,
+    cores: serverMs / o.durationMs,
+    otherCores: Math.max(0, last.machine - first.machine - serverMs - client) / o.durationMs,
+    ...(server.pid === process.pid ? {} : { clientCores: client / o.durationMs }),
   };
 }
 

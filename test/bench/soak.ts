@@ -31,7 +31,7 @@ const EC_KEY = "soak-ec";
 const RSA_KEY = "soak-rsa";
 const DENIED_KEY = "soak-not-allowed";
 /** Memory after the run may be at most this many times the memory after warm-up. */
-export const SOAK_RSS_FACTOR = 1.5;
+export const SOAK_RSS_FACTOR = 1.1;
 const CALL_TIMEOUT_MS = 10_000;
 
 export interface SoakOptions {

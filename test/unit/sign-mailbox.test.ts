@@ -33,6 +33,32 @@ describe("sign mailbox: the shared memory between the event loop and a signing t
     assert.deepEqual(main.answer(), { signature: Buffer.alloc(384, 9) });
   });
 
+  it("carries Buffer parameters of a mechanism as Buffers (Buffer.toJSON runs before a JSON replacer)", () => {
+    const { main, thread } = pair();
+    const iv: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_AES_CBC_PAD, parameter: Buffer.from("000102030405060708090a0b0c0d0e0f", "hex") };
+    const job = { session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: iv, data: Buffer.alloc(32), outLength: 80 };
+    main.post(job);
+    assert.deepEqual(thread.readJob().mechanism, iv);
+  });
+
+  it("the last job's mechanism is reused (not encoded, not parsed) only while the next job's is the same", () => {
+    const { main, thread } = pair();
+    const ec: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_ECDSA };
+    const pss256: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS };
+    const salt20: pkcs11js.Mechanism = { ...pss, parameter: { ...(pss.parameter as pkcs11js.RsaPSS), saltLen: 20 } as pkcs11js.RsaPSS };
+    const iv = (hex: string): pkcs11js.Mechanism => ({ mechanism: pkcs11js.CKM_AES_CBC_PAD, parameter: Buffer.from(hex, "hex") });
+    // Equal but distinct objects too: each signature makes its mechanism anew.
+    const sequence = [pss, { ...pss, parameter: { ...(pss.parameter as pkcs11js.RsaPSS) } as pkcs11js.RsaPSS }, salt20, pss256, ec, { ...ec }, iv("00"), iv("01"), iv("01"), pss];
+    const seen: pkcs11js.Mechanism[] = [];
+    for (const mechanism of sequence) {
+      main.post({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism, data: Buffer.alloc(32), outLength: 80 });
+      assert.equal(thread.waitForJob(), MailboxState.JOB);
+      seen.push(thread.readJob().mechanism);
+      thread.reply(Buffer.alloc(64));
+    }
+    assert.deepEqual(seen, sequence);
+  });
+
   it("keeps a failure's message and its CKR_ code, vendor codes above 2^31 included", async () => {
     const { main, thread } = pair();
     main.post({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 });

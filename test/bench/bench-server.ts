@@ -1,0 +1,145 @@
+/**
+ * One server under test as its own process (test/bench/bench.ts forks it), so that the CPU the
+ * benchmark charges to a server is that process's and nothing else's: not the benchmark's own
+ * bookkeeping, not the load client (a process of its own, load-client.ts), not another server.
+ *
+ *   service      the real Signer server (TLS, policy, durable audit) on the fixture's token
+ *   service-nosync  the same, the audit written without fdatasync (audit.fsync: false)
+ *   audit-off    the same with an audit sink that writes nothing, to price the audit
+ *   echo         a bare grpc-js unary server with the same TLS answering a fixed Sign response
+ *   raw          no server: runs the raw PKCS#11 load (signDigest through the session pool and the
+ *                signing threads) in this process when asked, and measures itself
+ *
+ * It reports which of its threads are which (main, HSM signing threads, libuv pool, the rest: V8's
+ * platform threads for GC and compilation), so that the load client can split the server's CPU.
+ * Talks to the benchmark over the IPC channel (advanced serialization): see BenchServerRequest.
+ */
+import { readdirSync } from "node:fs";
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
+import { AuditLog } from "../../src/audit/index.js";
+import { openHsm, type Hsm } from "../../src/hsm/index.js";
+import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
+import { keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
+import { loadSignerClientClass } from "../helpers/signer-client.js";
+import { runLoad, type LoadOptions, type LoadResult, type ThreadGroups } from "./load.js";
+
+export type BenchServerMode = "service" | "service-nosync" | "audit-off" | "echo" | "raw";
+
+export interface BenchServerStart {
+  mode: BenchServerMode;
+  token: { module: string; label: string; pin: string; dir: string };
+  tls: { serverCert: Uint8Array; serverKey: Uint8Array; ca: Uint8Array };
+  /** echo: the Sign response to answer (a real EC-256 answer). */
+  fixed?: Record<string, unknown>;
+}
+
+export type BenchServerRequest = { op: "raw"; spec: KeySpec; load: LoadOptions } | { op: "stats" } | { op: "stop" };
+
+export type BenchServerMessage =
+  | { op: "ready"; port: number; pid: number; threads: ThreadGroups }
+  | { op: "raw"; result: LoadResult }
+  | { op: "stats"; fsyncs: number; fsyncSeconds: number; fsyncLines: number }
+  | { op: "error"; message: string };
+
+const send = (m: BenchServerMessage): void => void process.send?.(m);
+const tids = (): Set<string> => new Set(readdirSync("/proc/self/task"));
+const added = (before: Set<string>, after: Set<string>): string[] => [...after].filter((t) => !before.has(t));
+
+const POOL_SIZE = 4;
+
+async function main(start: BenchServerStart): Promise<void> {
+  const atStart = tids();
+  // The libuv pool starts with its first request, which the ES module loader has usually made
+  // already: then its threads are the newest ones (the threads are numbered in order of creation).
+  await stat(start.token.dir);
+  const withPool = tids();
+  const poolSize = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  const started = added(atStart, withPool);
+  const libuv = started.length > 0 ? started : [...atStart].sort((a, b) => Number(a) - Number(b)).slice(-poolSize);
+  let hsm: Hsm | undefined;
+  let sign: string[] = [];
+  if (start.mode !== "echo") {
+    hsm = await openHsm({ modulePath: start.token.module, tokenLabel: start.token.label, pin: start.token.pin, poolSize: POOL_SIZE, keyRefreshMs: 0 });
+    // The signing threads start one after another (sign-threads.ts): wait for all of them.
+    for (let i = 0; i < 200 && sign.length < POOL_SIZE; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      sign = added(withPool, tids());
+    }
+  }
+  const threads: ThreadGroups = { main: [String(process.pid)], sign, libuv };
+
+  const fsync = { fsyncs: 0, fsyncSeconds: 0, fsyncLines: 0 };
+  let close: () => Promise<void> = () => Promise.resolve();
+  let port = 0;
+  if (start.mode === "echo") {
+    const Signer = loadSignerClientClass();
+    const server = new grpc.Server();
+    const fixed = start.fixed ?? {};
+    const unimplemented: grpc.handleUnaryCall<unknown, unknown> = (_call, cb) => cb({ code: grpc.status.UNIMPLEMENTED });
+    server.addService(Signer.service, {
+      Sign: ((_call, cb) => cb(null, fixed)) as grpc.handleUnaryCall<unknown, unknown>,
+      GetCertificateChain: unimplemented,
+      DescribeKey: unimplemented,
+      ListKeys: unimplemented,
+    });
+    const creds = grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(start.tls.serverKey), cert_chain: Buffer.from(start.tls.serverCert) }], false);
+    port = await new Promise<number>((res, rej) => server.bindAsync("127.0.0.1:0", creds, (err, p) => (err ? rej(err) : res(p))));
+    close = () => new Promise<void>((res) => server.tryShutdown(() => res()));
+  } else if (start.mode !== "raw" && hsm) {
+    const h = hsm;
+    // startTestServer takes what it needs of a fixture: the token directory, the TLS material, the key store.
+    const f = { token: { dir: start.token.dir }, tls: { serverCert: Buffer.from(start.tls.serverCert), serverKey: Buffer.from(start.tls.serverKey), ca: Buffer.from(start.tls.ca) }, hsm: { keys: h.keys } } as unknown as Fixture;
+    const noAudit = { append: () => Promise.resolve({ sequence: 0, lineHash: "" }) };
+    const onFsync = (seconds: number, lines: number): void => {
+      fsync.fsyncs++;
+      fsync.fsyncSeconds += seconds;
+      fsync.fsyncLines += lines;
+    };
+    const audit = start.mode === "audit-off" ? noAudit : await AuditLog.open({ dir: join(start.token.dir, `bench-audit-${process.pid}`), fsync: start.mode === "service", onFsync });
+    const server = await startTestServer(f, { audit });
+    port = server.port;
+    close = async () => {
+      await server.close(2000);
+      if (audit instanceof AuditLog) await audit.close();
+    };
+  }
+  send({ op: "ready", port, pid: process.pid, threads });
+
+  process.on("message", (m: BenchServerRequest) => {
+    void (async () => {
+      if (m.op === "stats") return send({ op: "stats", ...fsync });
+      if (m.op === "stop") {
+        await close();
+        await hsm?.close();
+        process.exit(0);
+      }
+      if (m.op === "raw" && hsm) {
+        const h = hsm;
+        const key = await h.keys.getKey(keyIdOf(m.spec));
+        const hash = keySpecInfo(m.spec).hash;
+        const d = hashBytes(hash, randomBytes(64));
+        // This process is the server here: the load runs in it and it measures itself.
+        const result = await runLoad(
+          async () => {
+            const sig = await h.keys.signDigest(key, hash, d);
+            if (sig.length !== key.info.signatureLength) throw new Error(`raw ${m.spec}: ${sig.length}-byte signature`);
+          },
+          { ...m.load, server: { pid: process.pid, threads } },
+        );
+        send({ op: "raw", result });
+      }
+      return undefined;
+    })().catch((e: unknown) => send({ op: "error", message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));
+  });
+  process.on("disconnect", () => process.exit(0));
+}
+
+process.once("message", (start: BenchServerStart) => {
+  main(start).catch((e: unknown) => {
+    send({ op: "error", message: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+    process.exit(1);
+  });
+});
