@@ -216,7 +216,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
   // `config check`: what serve would open (policy, PIN, module, TLS and JWKS files...), listed with the rest.
   if (checkFiles) {
     const admin = { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile };
-    problems.push(...checkFiles({ tls: { insecure, certFile, keyFile, clientCaFile }, hsm: { module, pinFile, pinEnv }, jwt, policyFile, auditDir, admin }, env));
+    problems.push(...checkFiles({ tls: { insecure, certFile, keyFile, clientCaFile }, hsm: { module, pinFile, pinEnv }, jwt, policyFile, auditDir: auditDirBad ? undefined : auditDir, admin }, env));
   }
   if (problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);

@@ -26,7 +26,7 @@ describe("the policy from a Kubernetes ConfigMap volume is reloaded when kubelet
   this.timeout(30_000);
   let volume: string;
   let store: PolicyStore | undefined;
-  const caller: CallerIdentity = { kind: "mtls", id: "spiffe://corp/build/a", subject: "spiffe://corp/build/a" };
+  const caller: CallerIdentity = { kind: "mtls", source: "uri", id: "spiffe://corp/build/a", subject: "spiffe://corp/build/a" };
   const policyFor = (keys: string): string => `rules:\n  - name: build\n    match: { mtls: "spiffe://corp/build/*" }\n    keys: ["${keys}"]\n`;
   const allowed = (keyId: string): boolean => store?.current.decide(caller, "Sign", keyId).allow ?? false;
   let generation = 0;

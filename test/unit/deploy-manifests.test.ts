@@ -67,7 +67,7 @@ interface ServiceConfig {
   tls: { certFile?: string; keyFile?: string; clientCaFile?: string };
   hsm: { module?: string; pinFile?: string };
   policy: { file: string };
-  audit: { dir: string };
+  audit: { dir?: string; postgres?: { passwordFile?: string; tls?: { caFile?: string } } };
   metrics?: { listen?: string; grpcHealthListen?: string };
   admin?: { listen?: string; clientCaFile?: string };
 }
@@ -199,11 +199,14 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     const config = parse(fromConfigMap(args[args.indexOf("--config") + 1] as string)) as ServiceConfig;
     for (const listen of [config.listen, config.admin?.listen, config.metrics?.listen, config.metrics?.grpcHealthListen].filter(Boolean) as string[])
       portOf(Number(listen.split(":").pop()), `listen address ${listen}`);
-    for (const file of [config.tls.certFile, config.tls.keyFile, config.tls.clientCaFile, config.admin?.clientCaFile, config.hsm.module, config.hsm.pinFile, config.audit.dir].filter(Boolean) as string[]) mounted(file);
+    for (const file of [config.tls.certFile, config.tls.keyFile, config.tls.clientCaFile, config.admin?.clientCaFile, config.hsm.module, config.hsm.pinFile, config.audit.dir, config.audit.postgres?.passwordFile, config.audit.postgres?.tls?.caFile].filter(Boolean) as string[]) mounted(file);
     fromConfigMap(config.policy.file);
-    // The audit directory is writable; everything else is read-only.
-    const audit = mounted(config.audit.dir).mount;
-    assert.equal(audit.readOnly ?? false, false);
+    // The audit goes to PostgreSQL (issue 13): nothing on the node is written, never an emptyDir
+    // alone for the audit; with a local audit.dir that one mount would be the only writable one.
+    assert.ok(config.audit.postgres, "the base keeps its audit in PostgreSQL, not on the node");
+    assert.ok(!pod.spec.volumes.some((v) => "emptyDir" in v && config.audit.dir !== undefined), "an audit.dir on an emptyDir loses the audit with the pod");
+    const audit = config.audit.dir ? mounted(config.audit.dir).mount : undefined;
+    if (audit) assert.equal(audit.readOnly ?? false, false);
     for (const m of container.volumeMounts) if (m !== audit) assert.equal(m.readOnly, true, `${m.mountPath} is writable`);
   });
 
