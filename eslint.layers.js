@@ -39,5 +39,3 @@ export const layerRules = [
   ),
 ];
 
-// Until the KeyAdmin service moves beside the Signer service in server/ (issue 12 §2).
-layerRules.push(layer(["src/admin/key-admin-server.ts"], [forbid(["bin", "plugin"], "edges never import each other")]));

@@ -2,7 +2,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
-import type { TokenDetails } from "../hsm/key-custody.js";
+import type { TokenDetails } from "../signing/custody.js";
 
 /** proto/ at the project root, three levels above dist/src/admin/ (as PROTO_DIR in server/grpc-common.ts). */
 const KEY_ADMIN_PROTO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../proto/hsm_signer/v1/key_admin.proto");

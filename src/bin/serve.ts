@@ -6,7 +6,7 @@ import { parseCaBundle } from "../tls/peer-certificate.js";
 import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, KeyCustody, openHsm } from "../hsm/index.js";
-import { startKeyAdminServer } from "../admin/key-admin-server.js";
+import { startKeyAdminServer } from "../server/key-admin-server.js";
 import { createLogger, type Logger } from "../log/index.js";
 import type { KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
@@ -134,7 +134,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const admin = config.admin.listen
     ? await startKeyAdminServer({
         listen: config.admin.listen,
-        tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string) },
+        tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string), onHandshakeFailure: tlsFailures.report },
         custody: new KeyCustody(hsm.pool, hsm.keys),
         keys: hsm.keys,
         // KeyAdmin's TLS verifies client certificates against admin.clientCaFile itself; the

@@ -10,29 +10,12 @@ import { assertKeyStateGeneration, writeKeyState, type KeyState, type VersionSta
 import type { KeyView, Pkcs11KeyStore, VersionView } from "./pkcs11-key-store.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
-import { createTestChain, type TestChainParams, type TestChainResult } from "./test-chain.js";
+import type { SlotDetails, TestChainParams, TestChainResult, TokenDetails } from "../signing/custody.js";
+import { createTestChain } from "./test-chain.js";
 
-export interface TokenDetails {
-  label: string;
-  serialNumber: string;
-  manufacturer: string;
-  model: string;
-  flags: string[];
-  mechanisms: string[];
-  freePublicMemory: number;
-  totalPublicMemory: number;
-  freePrivateMemory: number;
-  totalPrivateMemory: number;
-  managed: boolean;
-}
+export type { SlotDetails, TokenDetails };
 
-export interface SlotDetails {
-  slotId: string;
-  description: string;
-  manufacturer: string;
-  tokenPresent: boolean;
-  token: TokenDetails | undefined;
-}
+
 
 const TOKEN_FLAGS: [number, string][] = [
   [0x1, "RNG"],

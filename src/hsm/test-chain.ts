@@ -5,24 +5,11 @@ import { createLeafCertificate, createRootCertificate, type DigestSigningKey } f
 import { generateKeyPair, keyIdBytes, privateKeyExists, storeCertificate } from "./key-factory.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import type { SessionPool } from "./session-pool.js";
+import type { TestChainParams, TestChainResult } from "../signing/custody.js";
 
-export interface TestChainParams {
-  keyId: string;
-  keySpec: KeySpec;
-  /** Label of the root CA key; default `${keyId}-root-ca`. */
-  rootKeyId?: string;
-  rootKeySpec?: KeySpec;
-  organization?: string;
-  state?: string;
-  country?: string;
-  validityDays?: number;
-}
+export type { TestChainParams, TestChainResult };
 
-export interface TestChainResult {
-  chain: Buffer[];
-  root: Buffer;
-  created: { rootKey: boolean; rootCertificate: boolean; key: boolean; leafCertificate: boolean };
-}
+
 
 export const TEST_CHAIN_DEFAULTS = { rootKeySpec: "EC-384" as KeySpec, organization: "hsm-signer test", state: "WA", country: "US", validityDays: 365 };
 

@@ -1,21 +1,24 @@
 import { X509Certificate } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
-import { type KeyCustody, type KeyView, type Pkcs11KeyStore, type VersionView } from "../hsm/index.js";
+import type { CustodyKey, CustodyVersion, KeyCustodian, KeyInventory } from "../signing/custody.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
-import type { AccessControl } from "../server/access-control.js";
-import { auditKeyId, bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer } from "../server/grpc-common.js";
+import type { AccessControl } from "./access-control.js";
+import { auditKeyId, bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer } from "./grpc-common.js";
 import type { Logger } from "../log/index.js";
+import type { TlsHandshakeFailure } from "./tls-listener.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 
 export interface KeyAdminServerOptions {
   /** host:port; port 0 picks a free port. */
   listen: string;
   /** mTLS only: every caller presents a certificate issued by clientCa. */
-  tls: { cert: Buffer; key: Buffer; clientCa: Buffer };
-  custody: KeyCustody;
-  keys: Pkcs11KeyStore;
+  tls: { cert: Buffer; key: Buffer; clientCa: Buffer; onHandshakeFailure?: (f: TlsHandshakeFailure) => void };
+  /** The custody port (hsm/'s KeyCustody in the service). */
+  custody: KeyCustodian;
+  /** The keys with all their versions (hsm/'s Pkcs11KeyStore in the service). */
+  keys: KeyInventory;
   access: AccessControl;
   audit: AuditSink;
   logger: Logger;
@@ -38,7 +41,7 @@ function keySpec(v: string, field: string, optional = false): KeySpec | undefine
  * What a custodian should act on. A CA key is refused for signing (its record says so), but a
  * CA whose chain ends at a self-signed root on the token is as it should be, not a problem.
  */
-function problemOf(v: VersionView): string {
+function problemOf(v: CustodyVersion): string {
   const reason = v.record.unusableReason ?? "";
   const c = v.record.certificate;
   if (!c?.isCa || v.state === "destroyed" || reason !== `key "${v.record.keyId}" is a CA key; CA keys do not sign artifacts`) return reason;
@@ -55,7 +58,7 @@ function selfSigned(der: Buffer): boolean {
   }
 }
 
-function versionInfo(v: VersionView, warnDays: number, at: number): Record<string, unknown> {
+function versionInfo(v: CustodyVersion, warnDays: number, at: number): Record<string, unknown> {
   const c = v.record.certificate;
   const days = c ? Math.floor((c.notAfter.getTime() - at) / DAY_MS) : 0;
   return {
@@ -80,7 +83,7 @@ function versionInfo(v: VersionView, warnDays: number, at: number): Record<strin
   };
 }
 
-export function inventoryKey(view: KeyView, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): Record<string, unknown> {
+export function inventoryKey(view: CustodyKey, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): Record<string, unknown> {
   return {
     keyId: view.keyId,
     state: view.state?.disabled ? "disabled" : "enabled",
@@ -183,5 +186,5 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
     }),
   });
-  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true }, unary.inFlight);
+  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true, onHandshakeFailure: o.tls.onHandshakeFailure }, unary.inFlight);
 }
