@@ -1,6 +1,7 @@
 import { isIP } from "node:net";
 import tls from "node:tls";
 import type { ClientHttp2Session, ClientHttp2Stream, IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http2";
+import { ERROR_CODE_TRAILER, ERROR_CODES, type ErrorCode } from "../errors/index.js";
 import { checkServerCertificate, parseCaBundle, presentedChain } from "../tls/peer-certificate.js";
 
 /** gRPC status codes (grpc/doc/statuscodes.md), as this client decodes them. */
@@ -26,6 +27,15 @@ export const Status = {
 
 export const STATUS_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Status).map(([k, v]) => [v, k]));
 
+/** Catalog codes a retry can clear (an outage that passes, a limit that refills); never a refused PIN. */
+const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set(["HSM_UNAVAILABLE", "AUDIT_UNAVAILABLE", "POOL_EXHAUSTED", "RATE_LIMITED"]);
+const KNOWN_CODES: ReadonlySet<string> = new Set(ERROR_CODES);
+
+/** The trailer's value when it is a code of the catalog; anything else (another server, a proxy) is ignored. */
+function catalogCodeOf(value: string | undefined): ErrorCode | undefined {
+  return value !== undefined && KNOWN_CODES.has(value) ? (value as ErrorCode) : undefined;
+}
+
 export class GrpcCallError extends Error {
   constructor(
     readonly code: number,
@@ -34,6 +44,8 @@ export class GrpcCallError extends Error {
     readonly retryAfterMs?: number,
     /** True when retrying cannot help (for example a TLS verification failure). */
     readonly permanent = false,
+    /** The service's error catalog code (the `hsm-signer-error-code` trailer), when it sent one. */
+    readonly errorCode?: ErrorCode,
   ) {
     super(`${STATUS_NAMES[code] ?? code}: ${details}`);
     this.name = "GrpcCallError";
@@ -425,7 +437,10 @@ export class GrpcHttp2Channel {
       }
       const ra = first(statusBlock["retry-after-ms"]);
       const retryAfter = ra === undefined || !/^\d{1,9}$/.test(ra) ? undefined : Number(ra);
-      return [new GrpcCallError(Number.isInteger(status) ? status : Status.UNKNOWN, message, retryAfter)];
+      const errorCode = catalogCodeOf(first(statusBlock[ERROR_CODE_TRAILER]));
+      // The catalog says for certain what a retry can do: only a passing outage or a limit can clear.
+      const permanent = errorCode !== undefined && !RETRYABLE_CODES.has(errorCode);
+      return [new GrpcCallError(Number.isInteger(status) ? status : Status.UNKNOWN, message, retryAfter, permanent, errorCode)];
     }
     const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     if (data.length < 5) return [new GrpcCallError(Status.INTERNAL, "empty gRPC response")];

@@ -26,6 +26,9 @@ export const ERROR_CODES = [
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/** The gRPC trailer in which the service sends a failed call's code; clients read it back. */
+export const ERROR_CODE_TRAILER = "hsm-signer-error-code";
+
 export interface SignerErrorOptions {
   cause?: unknown;
   /** Milliseconds after which a retry may succeed (RATE_LIMITED, POOL_EXHAUSTED). */

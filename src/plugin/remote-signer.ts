@@ -1,11 +1,50 @@
 import { decodeDescribeKeyResponse, decodeSignResponse, encodeKeyRequest, encodeSignRequest, SIGNER_SERVICE, type KeyInfo, type SignResponse } from "../client/messages.js";
 import { GrpcCallError, GrpcHttp2Channel, Status, STATUS_NAMES, withRetries } from "../client/grpc-http2-client.js";
+import type { ErrorCode } from "../errors/index.js";
 import { PLUGIN_NAME, PLUGIN_VERSION, PluginError, type PluginErrorCode } from "./contract.js";
 import type { PluginSettings } from "./plugin-config.js";
 
 export const RETRY = { attempts: 4, baseDelayMs: 200 };
 
-/** The one place where gRPC status codes become notation error codes (README, "Error codes"). */
+/**
+ * The one place where the service's error codes become notation error codes (README, "Error
+ * codes"): exhaustive over the catalog, so a new code that is not mapped does not compile.
+ */
+export function pluginCodeOfError(code: ErrorCode): PluginErrorCode {
+  switch (code) {
+    case "INVALID_ARGUMENT":
+    case "PAYLOAD_TOO_LARGE":
+    case "KEY_NOT_FOUND":
+    case "KEY_UNUSABLE":
+    case "FAILED_PRECONDITION":
+    case "CHAIN_INVALID":
+      return "VALIDATION_ERROR";
+    case "KEY_DISABLED":
+    case "UNAUTHENTICATED":
+    case "PERMISSION_DENIED":
+      return "ACCESS_DENIED";
+    case "RATE_LIMITED":
+    case "POOL_EXHAUSTED":
+      return "THROTTLED";
+    case "DEADLINE_EXCEEDED":
+      return "TIMEOUT";
+    case "ALREADY_EXISTS":
+    case "HSM_UNAVAILABLE":
+    case "HSM_PIN_INCORRECT":
+    case "AUDIT_UNAVAILABLE":
+    case "CONFIG_INVALID":
+    case "INTERNAL":
+      return "ERROR";
+    default:
+      return assertNever(code);
+  }
+}
+
+function assertNever(x: never): never {
+  throw new Error(`unmapped error code ${String(x)}`);
+}
+
+/** The fallback for a server that sends no catalog code: from the gRPC status alone. */
 export function pluginCodeOf(grpcCode: number): PluginErrorCode {
   switch (grpcCode) {
     case Status.UNAUTHENTICATED:
@@ -44,7 +83,7 @@ export class RemoteSigner {
         const detail = e.code === Status.DEADLINE_EXCEEDED ? `no answer within the ${this.s.timeoutMs} ms timeout (pluginConfig timeout)` : e.details;
         // RESOURCE_EXHAUSTED is a rate limit (THROTTLED) when the service says when to come back;
         // without that it is a refusal that the same call meets again, such as gRPC's message size limit.
-        const code = e.code === Status.RESOURCE_EXHAUSTED && e.retryAfterMs === undefined ? "ERROR" : pluginCodeOf(e.code);
+        const code = e.errorCode !== undefined ? pluginCodeOfError(e.errorCode) : e.code === Status.RESOURCE_EXHAUSTED && e.retryAfterMs === undefined ? "ERROR" : pluginCodeOf(e.code);
         throw new PluginError(code, `${what} at hsm-signer ${this.s.endpoint} failed (${name}): ${detail}`);
       }
       throw new PluginError("ERROR", `${what} at hsm-signer ${this.s.endpoint} failed: ${(e as Error).message}`);

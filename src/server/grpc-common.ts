@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { identityKind, type CallerIdentity } from "../auth/index.js";
-import { SignerError, toSignerError } from "../errors/index.js";
+import { ERROR_CODE_TRAILER, SignerError, toSignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { AuditEvent, AuditFacts, AuditReceipt, AuditSink } from "../signing/ports.js";
 import type { AccessControl } from "./access-control.js";
@@ -216,6 +216,9 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
         const md = new grpc.Metadata();
         md.set("request-id", requestId);
+        // The catalog code itself, so that clients need not guess it back from the gRPC status
+        // (HSM_PIN_INCORRECT and HSM_UNAVAILABLE are both UNAVAILABLE; only one is worth a retry).
+        md.set(ERROR_CODE_TRAILER, e.code);
         if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
         callback({ code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md });
       };
