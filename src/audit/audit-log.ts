@@ -4,6 +4,7 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
+import { serializeRecord } from "./audit-store.js";
 import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 import type { AuditEvent, AuditReceipt } from "../signing/ports.js";
 
@@ -28,8 +29,6 @@ const WHAT: Record<WriterRequest["op"], string> = {
   drop: "cutting back unanswered lines",
   close: "closing the file",
 };
-/** Fields the log sets itself; a record that tried to set them would forge the chain. */
-const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
 
 /** One request as the audit sees it: the audit event of the signing core's ports. */
 export type AuditRecordInput = AuditEvent;
@@ -251,7 +250,7 @@ export class AuditLog {
     let line: string;
     const sequence = this.assigned.sequence + 1;
     try {
-      line = serialize(sequence, this.assigned.hash, record);
+      line = serializeRecord(sequence, this.assigned.hash, new Date(), record);
     } catch (e) {
       return Promise.reject(new SignerError("INTERNAL", "the audit record cannot be serialized", { cause: e }));
     }
@@ -518,17 +517,6 @@ export class AuditLog {
 }
 
 /** {"seq","prev","time", then the record's fields in their own order}. */
-function serialize(seq: number, prev: string, record: AuditRecordInput): string {
-  const line: Record<string, unknown> = { seq, prev, time: new Date().toISOString() };
-  for (const [k, v] of Object.entries(record)) {
-    if (RESERVED_FIELDS.has(k)) throw new Error(`the audit record field "${k}" is reserved`);
-    line[k] = v;
-  }
-  // JSON.stringify escapes control characters and lone surrogates, so the line has no raw newline
-  // and its UTF-8 bytes decode back to the same text (the hash of the text is the hash of the bytes).
-  return JSON.stringify(line);
-}
-
 function errorCode(e: unknown): string {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === "string" ? code : e instanceof Error ? e.message : "unknown error";
