@@ -20,16 +20,9 @@ function layer(files, patterns, paths = []) {
 export const layerRules = [
   layer(["src/errors/**/*.ts", "src/log/**/*.ts"], [forbid(["bin", ...EDGES, ...ADAPTERS, "signing"], "errors/ and log/ are the bottom layer: they import nothing of the project")]),
   layer(["src/signing/**/*.ts"], [forbid(["bin", ...EDGES, ...ADAPTERS], "signing/ is the domain core: it imports only errors/ and log/; adapters implement its ports")]),
-  ...ADAPTERS.map((name) =>
-    layer([`src/${name}/**/*.ts`], [forbid(["bin", ...EDGES], `${name}/ is an adapter: it never imports an edge or bin/`)]),
-  ),
+  ...ADAPTERS.map((name) => layer([`src/${name}/**/*.ts`], [forbid(["bin", ...EDGES], `${name}/ is an adapter: it never imports an edge or bin/`)])),
   layer(["src/tls/**/*.ts"], [forbid(["bin", ...EDGES, "hsm", "auth", "audit", "metrics", "client"], "tls/ holds the chain checks both edges share: it imports only signing/, errors/ and log/")]),
-  ...EDGES.map((name) =>
-    layer(
-      [`src/${name}/**/*.ts`],
-      [forbid(["bin", ...EDGES.filter((other) => other !== name)], `${name}/ is an edge: edges never import each other or bin/`)],
-    ),
-  ),
+  ...EDGES.map((name) => layer([`src/${name}/**/*.ts`], [forbid(["bin", ...EDGES.filter((other) => other !== name)], `${name}/ is an edge: edges never import each other or bin/`)])),
   // The plugin starts three times per signature: no native module, no grpc-js, no HSM code
   // (test/unit/layers.test.ts also checks the bundle's whole import closure).
   layer(
@@ -38,4 +31,3 @@ export const layerRules = [
     NATIVE_OR_GRPC.map((name) => ({ name, message: "the plugin's import closure holds no native module and no grpc-js" })),
   ),
 ];
-

@@ -72,9 +72,7 @@ export type AdminCommand =
   | { kind: "certs-import"; keyId: string; version: number; strictOrder: boolean; files: string[] }
   | { kind: "certs-chain"; keyId: string; version: number; out: string | undefined };
 
-export type ParsedAdminArgs =
-  | { help: true; usage: string }
-  | { help: false; command: AdminCommand; connection: ConnectionOptions; json: boolean };
+export type ParsedAdminArgs = { help: true; usage: string } | { help: false; command: AdminCommand; connection: ConnectionOptions; json: boolean };
 
 type Values = Record<string, string | boolean | undefined>;
 type OptionSpec = NonNullable<ParseArgsConfig["options"]>;
@@ -95,15 +93,15 @@ const str = { type: "string" } as const;
 const bool = { type: "boolean" } as const;
 
 const CONNECTION_OPTIONS: OptionSpec = {
-  endpoint: str,
+  "endpoint": str,
   "admin-endpoint": str,
-  ca: str,
-  cert: str,
-  key: str,
+  "ca": str,
+  "cert": str,
+  "key": str,
   "server-name": str,
-  timeout: str,
-  json: bool,
-  help: { type: "boolean", short: "h" },
+  "timeout": str,
+  "json": bool,
+  "help": { type: "boolean", short: "h" },
 };
 
 const SPEC_LIST = KEY_SPECS.join(", ");
@@ -162,7 +160,7 @@ const COMMANDS: CommandSpec[] = [
     path: "keys generate",
     synopsis: ["keys generate --key-id ID --key-spec SPEC [--token LABEL]"],
     about: ["a new key (version 1) on the token;", `SPEC: ${SPEC_LIST}`],
-    options: { "key-id": str, "key-spec": str, token: str },
+    options: { "key-id": str, "key-spec": str, "token": str },
     build: (v, _p, u) => ({ kind: "keys-generate", keyId: need(v, "key-id", u), keySpec: keySpec(need(v, "key-spec", u), "--key-spec", u) as KeySpec, tokenLabel: s(v, "token") || undefined }),
   },
   {
@@ -176,21 +174,21 @@ const COMMANDS: CommandSpec[] = [
     path: "keys disable",
     synopsis: ["keys disable --key-id ID [--version N] [--reason TEXT]"],
     about: ["refuse signing with the key (or with one version)"],
-    options: { "key-id": str, version: str, reason: str },
+    options: { "key-id": str, "version": str, "reason": str },
     build: (v, _p, u) => ({ kind: "keys-set-state", keyId: need(v, "key-id", u), version: version(v, u), enabled: false, reason: s(v, "reason") || undefined }),
   },
   {
     path: "keys enable",
     synopsis: ["keys enable --key-id ID [--version N]"],
     about: ["allow signing again"],
-    options: { "key-id": str, version: str },
+    options: { "key-id": str, "version": str },
     build: (v, _p, u) => ({ kind: "keys-set-state", keyId: need(v, "key-id", u), version: version(v, u), enabled: true, reason: undefined }),
   },
   {
     path: "keys destroy",
     synopsis: ["keys destroy --key-id ID --version N --confirm ID@vN", "[--destroy-certificate] [--acknowledge-signed]"],
     about: ["destroy the key pair of a disabled version; its certificate is kept", "unless --destroy-certificate (with --acknowledge-signed if it signed)"],
-    options: { "key-id": str, version: str, confirm: str, "destroy-certificate": bool, "acknowledge-signed": bool },
+    options: { "key-id": str, "version": str, "confirm": str, "destroy-certificate": bool, "acknowledge-signed": bool },
     build: (v, _p, u) => {
       const keyId = need(v, "key-id", u);
       const n = integer(need(v, "version", u), "--version", 1, MAX_UINT32, u) as number;
@@ -205,7 +203,7 @@ const COMMANDS: CommandSpec[] = [
     path: "keys test-chain",
     synopsis: ["keys test-chain --key-id ID --key-spec SPEC [--root-key-id ID] [--root-key-spec SPEC]", "[--org O] [--state ST] [--country C] [--days N] [--root-out FILE]"],
     about: ["a test root CA key and a signing key with a chain on the token", "(like notation cert generate-test); --root-out writes the root as PEM"],
-    options: { "key-id": str, "key-spec": str, "root-key-id": str, "root-key-spec": str, org: str, state: str, country: str, days: str, "root-out": str },
+    options: { "key-id": str, "key-spec": str, "root-key-id": str, "root-key-spec": str, "org": str, "state": str, "country": str, "days": str, "root-out": str },
     build: (v, _p, u) => ({
       kind: "keys-test-chain",
       keyId: need(v, "key-id", u),
@@ -232,7 +230,7 @@ const COMMANDS: CommandSpec[] = [
       "trust policy; --endpoint, --ca-file, --client-*-file are what the plugin",
       "uses to reach the signing service; KeyAdmin is --admin-endpoint here",
     ],
-    options: { "key-id": str, store: str, "notation-dir": str, "ca-file": str, "client-cert-file": str, "client-key-file": str, "key-name": str },
+    options: { "key-id": str, "store": str, "notation-dir": str, "ca-file": str, "client-cert-file": str, "client-key-file": str, "key-name": str },
     endpointIsPlugin: true,
     build: (v, _p, u) => {
       const keyId = need(v, "key-id", u);
@@ -266,14 +264,14 @@ const COMMANDS: CommandSpec[] = [
       "openssl shows C=US, ST=WA, O=Example, CN=release and notation shows",
       "CN=release, O=Example, ST=WA, C=US)",
     ],
-    options: { "key-id": str, version: str, subject: str, out: str },
+    options: { "key-id": str, "version": str, "subject": str, "out": str },
     build: (v, _p, u) => ({ kind: "certs-csr", keyId: need(v, "key-id", u), version: version(v, u), subject: need(v, "subject", u), out: s(v, "out") || undefined }),
   },
   {
     path: "certs import",
     synopsis: ["certs import --key-id ID [--version N] [--strict-order] FILE..."],
     about: ["check a chain (PEM or DER files, any order) against the key and the", "Notary Project rules, then store it on the token"],
-    options: { "key-id": str, version: str, "strict-order": bool },
+    options: { "key-id": str, "version": str, "strict-order": bool },
     positionals: true,
     build: (v, p, u) => {
       if (p.length === 0) throw new AdminUsageError("give the certificate files to import", u);
@@ -284,7 +282,7 @@ const COMMANDS: CommandSpec[] = [
     path: "certs chain",
     synopsis: ["certs chain --key-id ID [--version N] [--out FILE]"],
     about: ["the stored chain, leaf first, as PEM"],
-    options: { "key-id": str, version: str, out: str },
+    options: { "key-id": str, "version": str, "out": str },
     build: (v, _p, u) => ({ kind: "certs-chain", keyId: need(v, "key-id", u), version: version(v, u), out: s(v, "out") || undefined }),
   },
 ];

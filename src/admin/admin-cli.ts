@@ -116,7 +116,10 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
 async function withinBudget<T>(work: Promise<T>, c: ConnectionOptions): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new KeyAdminCallError(status.DEADLINE_EXCEEDED, `the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)), c.timeoutMs + COMMAND_TIMEOUT_MARGIN_MS);
+    timer = setTimeout(
+      () => reject(new KeyAdminCallError(status.DEADLINE_EXCEEDED, `the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)),
+      c.timeoutMs + COMMAND_TIMEOUT_MARGIN_MS,
+    );
   });
   try {
     return await Promise.race([work, expired]);
@@ -360,7 +363,9 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
   const pkg = pluginPackage(io);
   const abs = (f: string | undefined): string | undefined => (f ? resolve(f) : undefined);
   const commands = {
-    pluginInstall: pkg.sha256 ? `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum ${pkg.sha256}` : `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum "$(cut -d' ' -f1 ${shellQuote(`${pkg.shown}.sha256`)})"`,
+    pluginInstall: pkg.sha256
+      ? `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum ${pkg.sha256}`
+      : `notation plugin install --file ${shellQuote(pkg.shown)} --sha256sum "$(cut -d' ' -f1 ${shellQuote(`${pkg.shown}.sha256`)})"`,
     keyAdd: notationKeyAddCommand({
       keyName: cmd.keyName,
       keyId: cmd.keyId,
@@ -375,7 +380,21 @@ async function notationSetup(cmd: Extract<AdminCommand, { kind: "keys-notation-s
   };
   const trustPolicy = trustPolicyFor(cmd.keyId, cmd.store, chain.leafSubject);
   if (json) {
-    io.out(formatJson({ keyId: cmd.keyId, keyVersion: chain.keyVersion, leafSubject: chain.leafSubject, keySpec: keySpec ?? "", rootFile, written, rootCertificate: toPem(root), pluginPackage: pkg.file, pluginPackageBuilt: pkg.sha256 !== undefined, commands, trustPolicy }));
+    io.out(
+      formatJson({
+        keyId: cmd.keyId,
+        keyVersion: chain.keyVersion,
+        leafSubject: chain.leafSubject,
+        keySpec: keySpec ?? "",
+        rootFile,
+        written,
+        rootCertificate: toPem(root),
+        pluginPackage: pkg.file,
+        pluginPackageBuilt: pkg.sha256 !== undefined,
+        commands,
+        trustPolicy,
+      }),
+    );
     return;
   }
   io.out(

@@ -9,7 +9,14 @@ export const DEFAULT_WARN_DAYS = 30;
 export function renderTable(header: string[], rows: string[][]): string {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? "").length)));
-  return all.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join("  ").trimEnd()).join("\n");
+  return all
+    .map((r) =>
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
 }
 
 /** 1536 → "1.5 KiB"; -1 (the token does not say) → "unknown". */
@@ -97,17 +104,7 @@ export function formatInventory(keys: InventoryKey[], warnDays: number = DEFAULT
     if (k.state === "disabled") notes.push(`${k.keyId}: key disabled${k.disabledReason ? `: ${k.disabledReason}` : ""}`);
     if (k.versions.length === 0) rows.push([k.keyId, "-", k.state, "", "-", "-", "-", "-", "-"]);
     for (const v of k.versions) {
-      rows.push([
-        k.keyId,
-        String(v.version),
-        versionState(k, v),
-        v.current ? "*" : "",
-        v.keySpec || "-",
-        v.role || "-",
-        v.certificateSubject || "-",
-        v.certificateIssuer || "-",
-        formatExpiry(v),
-      ]);
+      rows.push([k.keyId, String(v.version), versionState(k, v), v.current ? "*" : "", v.keySpec || "-", v.role || "-", v.certificateSubject || "-", v.certificateIssuer || "-", formatExpiry(v)]);
       if (v.problem) notes.push(`${k.keyId}@v${v.version}: ${v.problem}`);
       if (v.state === "disabled" && v.disabledReason) notes.push(`${k.keyId}@v${v.version}: disabled: ${v.disabledReason}`);
     }

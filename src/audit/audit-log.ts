@@ -412,7 +412,13 @@ export class AuditLog {
       const size = rotate ? 0 : this.size;
       while (j < batch.length && size + bytes + batch[j]!.bytes.length <= this.maxFileBytes) bytes += batch[j++]!.bytes.length;
       const segment = batch.slice(i, j);
-      const data = segment.length === 1 ? first.bytes : Buffer.concat(segment.map((p) => p.bytes), bytes);
+      const data =
+        segment.length === 1
+          ? first.bytes
+          : Buffer.concat(
+              segment.map((p) => p.bytes),
+              bytes,
+            );
       try {
         const r = await this.call({ op: "write", data, fsync: this.fsync, rotateTo: rotate ? join(this.dir, auditFileName(first.receipt.sequence)) : undefined, dir: this.dir }, this.writeTimeoutMs);
         this.path = r.path;
@@ -464,7 +470,17 @@ export class AuditLog {
     try {
       await this.recover();
       // Requests may append from here on; this line proves the disk takes writes again.
-      await this.append({ requestId: "-", peer: "-", identity: "hsm-signer", method: "AuditLog.Recovered", decision: "none", result: "OK", latencyMs: 0, error: failure.message, retriedAfterMs: waitedMs });
+      await this.append({
+        requestId: "-",
+        peer: "-",
+        identity: "hsm-signer",
+        method: "AuditLog.Recovered",
+        decision: "none",
+        result: "OK",
+        latencyMs: 0,
+        error: failure.message,
+        retriedAfterMs: waitedMs,
+      });
       this.retryAttempts = 0;
       if (!this.closed) r.onRecovered?.();
     } catch (e) {
@@ -511,7 +527,13 @@ export class AuditLog {
       decision: "none",
       result: "OK",
       latencyMs: 0,
-      repair: { file: t.file.slice(t.file.lastIndexOf("/") + 1), cutBytes: t.bytes, cutSha256: t.sha256, cutPreview: t.preview, reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away" },
+      repair: {
+        file: t.file.slice(t.file.lastIndexOf("/") + 1),
+        cutBytes: t.bytes,
+        cutSha256: t.sha256,
+        cutPreview: t.preview,
+        reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away",
+      },
     });
   }
 }

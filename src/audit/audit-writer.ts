@@ -10,19 +10,7 @@
  * and answers; the main thread then knows exactly what reached the disk.
  */
 import { createHash } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  fdatasyncSync,
-  fstatSync,
-  fsyncSync,
-  ftruncateSync,
-  openSync,
-  readdirSync,
-  readSync,
-  statSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, constants, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { parentPort, workerData } from "node:worker_threads";
 import { acquireDirLock, prepareAuditDir, releaseDirLock, type DirLock } from "./audit-dir.js";

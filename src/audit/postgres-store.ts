@@ -207,10 +207,15 @@ export class PostgresAuditStore implements AuditStore {
   async appendCheckpoint(cp: { seq: number; hash: string; time: string; keyId: string; statement: string; signature: string }): Promise<void> {
     const client = this.client;
     if (!client || this.failure) throw this.failure ?? new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed");
-    await client.query(
-      "INSERT INTO audit_checkpoints (replica_id, seq, hash, time, key_id, statement, signature) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-      [this.replicaId, cp.seq, cp.hash, cp.time, cp.keyId, cp.statement, cp.signature],
-    );
+    await client.query("INSERT INTO audit_checkpoints (replica_id, seq, hash, time, key_id, statement, signature) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING", [
+      this.replicaId,
+      cp.seq,
+      cp.hash,
+      cp.time,
+      cp.keyId,
+      cp.statement,
+      cp.signature,
+    ]);
   }
 
   /** After a failure: reconnects, takes the lock again and resyncs the chain from the database. */
@@ -381,7 +386,17 @@ export class PostgresAuditStore implements AuditStore {
     this.retrying = true;
     try {
       await this.recover();
-      await this.append({ requestId: "-", peer: "-", identity: "hsm-signer", method: "AuditLog.Recovered", decision: "none", result: "OK", latencyMs: 0, error: failure.message, retriedAfterMs: waitedMs });
+      await this.append({
+        requestId: "-",
+        peer: "-",
+        identity: "hsm-signer",
+        method: "AuditLog.Recovered",
+        decision: "none",
+        result: "OK",
+        latencyMs: 0,
+        error: failure.message,
+        retriedAfterMs: waitedMs,
+      });
       this.retryAttempts = 0;
       if (!this.closed) r.onRecovered?.();
     } catch (e) {

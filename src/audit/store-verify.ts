@@ -80,7 +80,11 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
   for (const cp of stored) {
     const problem = cert ? checkpointProblem(cp, cert) : undefined;
     if (problem || cp.replica !== replica) {
-      add({ kind: "forged-checkpoint", seq: cp.seq, message: `the checkpoint of replica "${cp.replica}" at seq ${cp.seq} is forged: ${problem ?? `it names replica "${cp.replica}", this chain is "${replica}"`}` });
+      add({
+        kind: "forged-checkpoint",
+        seq: cp.seq,
+        message: `the checkpoint of replica "${cp.replica}" at seq ${cp.seq} is forged: ${problem ?? `it names replica "${cp.replica}", this chain is "${replica}"`}`,
+      });
       continue;
     }
     if (cert) valid.set(cp.seq, cp);
@@ -153,7 +157,12 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
         // Every later checkpoint differs too once the chain was rewritten: the first one says it.
       } else if (!brokenSinceCheckpoint) {
         // The links all hold, yet the record is not the one that was signed: rewritten, prevs and all.
-        add({ kind: "rehashed", where: e.where, seq, message: `the chain was edited and re-hashed after seq ${lastGoodCheckpoint}: the record with seq ${seq} (${e.where}) is not the one the checkpoint at seq ${seq} signed` });
+        add({
+          kind: "rehashed",
+          where: e.where,
+          seq,
+          message: `the chain was edited and re-hashed after seq ${lastGoodCheckpoint}: the record with seq ${seq} (${e.where}) is not the one the checkpoint at seq ${seq} signed`,
+        });
       } else {
         add({ kind: "edited", where: e.where, seq, message: `the record with seq ${seq} (${e.where}) is not the one the checkpoint at seq ${seq} signed` });
       }
@@ -167,7 +176,11 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
     if (matched.includes(seq) || mismatched.includes(seq)) continue;
     if (records === 0) continue;
     if (lastSeq === undefined || seq > lastSeq) {
-      add({ kind: "tail-cut", seq, message: `the chain ends at seq ${lastSeq ?? 0} but a checkpoint signed at ${cp.time} covers it up to seq ${seq}: records ${(lastSeq ?? 0) + 1} to ${seq} were cut off` });
+      add({
+        kind: "tail-cut",
+        seq,
+        message: `the chain ends at seq ${lastSeq ?? 0} but a checkpoint signed at ${cp.time} covers it up to seq ${seq}: records ${(lastSeq ?? 0) + 1} to ${seq} were cut off`,
+      });
     } else if (!mine.some((f) => f.kind === "deleted" || f.kind === "reordered" || f.kind === "edited")) {
       add({ kind: "deleted", seq, message: `the record with seq ${seq}, which a checkpoint signed, is missing` });
     }
@@ -290,7 +303,11 @@ const PAGE = 5000;
 async function* dbEntries(client: pg.ClientBase, replica: string): AsyncGenerator<ChainEntry> {
   let after = "0";
   for (;;) {
-    const r = await client.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = $1 AND seq > $2 ORDER BY audit_records.seq LIMIT $3", [replica, after, PAGE]);
+    const r = await client.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = $1 AND seq > $2 ORDER BY audit_records.seq LIMIT $3", [
+      replica,
+      after,
+      PAGE,
+    ]);
     for (const row of r.rows) yield { where: `${replica}#${row.seq}`, storedSeq: Number(row.seq), bytes: Buffer.from(row.line, "utf8"), terminated: true };
     if (r.rows.length < PAGE) return;
     after = r.rows[r.rows.length - 1]!.seq;
@@ -351,7 +368,10 @@ export interface DbAuditQuery {
 
 /** `*` and `?` as in the policy; everything else literal. */
 function likePattern(glob: string): string {
-  return glob.replace(/[\\%_]/g, (c) => `\\${c}`).replace(/\*/g, "%").replace(/\?/g, "_");
+  return glob
+    .replace(/[\\%_]/g, (c) => `\\${c}`)
+    .replace(/\*/g, "%")
+    .replace(/\?/g, "_");
 }
 
 /** The records matching every condition given, across replicas, oldest first (indexed: digest, key, identity, time). */
@@ -363,7 +383,10 @@ export async function* searchDatabase(client: pg.ClientBase, q: DbAuditQuery): A
     return `$${args.length}`;
   };
   if (q.artifactDigest !== undefined) where.push(`artifact_digest = ${arg(q.artifactDigest.toLowerCase())}`);
-  for (const [col, v] of [["key_id", q.keyId], ["identity", q.identity]] as const) {
+  for (const [col, v] of [
+    ["key_id", q.keyId],
+    ["identity", q.identity],
+  ] as const) {
     if (v === undefined) continue;
     where.push(/[*?]/.test(v) ? `${col} LIKE ${arg(likePattern(v))}` : `${col} = ${arg(v)}`);
   }

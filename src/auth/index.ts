@@ -16,14 +16,5 @@ export {
   type JwtIssuerOptions,
   type MtlsIdentitySource,
 } from "./identity.js";
-export {
-  POLICY_RELOAD_DEBOUNCE_MS,
-  Policy,
-  PolicyInvalidError,
-  PolicyStore,
-  SIGNER_METHODS,
-  type PolicyDecision,
-  type RateLimitSpec,
-  type SignerMethod,
-} from "./policy.js";
+export { POLICY_RELOAD_DEBOUNCE_MS, Policy, PolicyInvalidError, PolicyStore, SIGNER_METHODS, type PolicyDecision, type RateLimitSpec, type SignerMethod } from "./policy.js";
 export { DEFAULT_MAX_BUCKETS, RateLimiter, type RateLimiterOptions, type TakeResult, type TokenBucketSpec } from "./rate-limiter.js";

@@ -62,10 +62,7 @@ class Glob {
  * One identity pattern: a certificate identity of one kind (URI SAN, DNS SAN or CN), a JWT issuer
  * with claims, or the anonymous caller.
  */
-type Matcher =
-  | { kind: "mtls"; source: MtlsIdentitySource; id: Glob }
-  | { kind: "jwt"; issuer: Glob; claims: { name: string; patterns: Glob[] }[] }
-  | { kind: "anonymous" };
+type Matcher = { kind: "mtls"; source: MtlsIdentitySource; id: Glob } | { kind: "jwt"; issuer: Glob; claims: { name: string; patterns: Glob[] }[] } | { kind: "anonymous" };
 
 /** Claim values compare as strings; an array claim matches when any element does. */
 function claimStrings(v: unknown): string[] {
@@ -225,7 +222,9 @@ class PolicyParser {
         return undefined;
       }
       if (prefix === "dns" || prefix === "cn") {
-        this.problems.push(`${where}: ${JSON.stringify(raw)} would match only a URI SAN that reads so; for a ${prefix === "dns" ? "DNS SAN" : "certificate CN"} write mtls: { ${prefix}: ${JSON.stringify(raw.slice(prefix.length + 1))} } (or mtls: { uri: ${JSON.stringify(raw)} } for such a URI SAN)`);
+        this.problems.push(
+          `${where}: ${JSON.stringify(raw)} would match only a URI SAN that reads so; for a ${prefix === "dns" ? "DNS SAN" : "certificate CN"} write mtls: { ${prefix}: ${JSON.stringify(raw.slice(prefix.length + 1))} } (or mtls: { uri: ${JSON.stringify(raw)} } for such a URI SAN)`,
+        );
         return undefined;
       }
     }
@@ -324,7 +323,11 @@ export class Policy {
   static parse(text: string, source: string): Policy {
     // prettyErrors puts "at line L, column C" in each message; the code frame after it is dropped.
     const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
-    if (doc.errors.length > 0) throw new PolicyInvalidError(source, doc.errors.map((e) => (e.message.split("\n")[0] ?? e.message).replace(/:$/, "")));
+    if (doc.errors.length > 0)
+      throw new PolicyInvalidError(
+        source,
+        doc.errors.map((e) => (e.message.split("\n")[0] ?? e.message).replace(/:$/, "")),
+      );
     const root: unknown = doc.toJS();
     // An empty file is more likely a half-written one than a wish to deny everything.
     if (root === undefined || root === null) throw new PolicyInvalidError(source, ["the policy is empty (write `rules: []` to deny every call)"]);

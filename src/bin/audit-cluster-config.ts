@@ -86,7 +86,23 @@ export function parseAuditCluster(audit: Obj, base: string, env: NodeJS.ProcessE
     for (const k of ["password", "url", "connectionString"]) {
       if (k in pgSection) problems.push(`${w}.${k}: secrets never go in the configuration file; use ${w}.passwordFile/passwordEnv or urlFile/urlEnv`);
     }
-    const known = new Set(["host", "port", "database", "user", "passwordFile", "passwordEnv", "urlFile", "urlEnv", "tls", "timeoutSeconds", "lockWaitSeconds", "migrate", "password", "url", "connectionString"]);
+    const known = new Set([
+      "host",
+      "port",
+      "database",
+      "user",
+      "passwordFile",
+      "passwordEnv",
+      "urlFile",
+      "urlEnv",
+      "tls",
+      "timeoutSeconds",
+      "lockWaitSeconds",
+      "migrate",
+      "password",
+      "url",
+      "connectionString",
+    ]);
     for (const k of Object.keys(pgSection)) if (!known.has(k)) problems.push(`${w}.${k}: unknown setting`);
     const host = str(pgSection, "host", w);
     const port = int(pgSection, "port", w, 5432, 1, 65535);
@@ -114,7 +130,11 @@ export function parseAuditCluster(audit: Obj, base: string, env: NodeJS.ProcessE
     if (!byUrl && host && !caFile && !disable && !LOOPBACK.test(host) && !host.startsWith("/")) {
       problems.push(`${w}.tls.caFile: required for ${host} (TLS to the database), or tls.disable: true on a network you trust`);
     }
-    const files: [string, string | undefined][] = [[`${w}.passwordFile`, passwordFile], [`${w}.urlFile`, urlFile], [`${w}.tls.caFile`, caFile]];
+    const files: [string, string | undefined][] = [
+      [`${w}.passwordFile`, passwordFile],
+      [`${w}.urlFile`, urlFile],
+      [`${w}.tls.caFile`, caFile],
+    ];
     for (const [k, p] of files) {
       if (p) {
         try {

@@ -7,15 +7,15 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
     args,
     allowPositionals: true,
     options: {
-      dir: { type: "string" },
-      artifact: { type: "string" },
+      "dir": { type: "string" },
+      "artifact": { type: "string" },
       "key-id": { type: "string" },
       // Elsewhere in the CLI --key is a private-key file (mTLS); here it is refused, never reinterpreted.
-      key: { type: "string" },
-      identity: { type: "string" },
-      from: { type: "string" },
-      to: { type: "string" },
-      json: { type: "boolean" },
+      "key": { type: "string" },
+      "identity": { type: "string" },
+      "from": { type: "string" },
+      "to": { type: "string" },
+      "json": { type: "boolean" },
     },
   });
   if (values.key !== undefined) throw new UsageError("audit search takes the key id as --key-id (--key is the TLS private-key file in other commands)");

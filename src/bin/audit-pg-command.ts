@@ -64,20 +64,20 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
     args,
     allowPositionals: false,
     options: {
-      config: { type: "string" },
-      database: { type: "boolean" },
-      dir: { type: "string" },
-      cert: { type: "string" },
-      replica: { type: "string" },
-      out: { type: "string" },
-      artifact: { type: "string" },
+      "config": { type: "string" },
+      "database": { type: "boolean" },
+      "dir": { type: "string" },
+      "cert": { type: "string" },
+      "replica": { type: "string" },
+      "out": { type: "string" },
+      "artifact": { type: "string" },
       "key-id": { type: "string" },
-      key: { type: "string" },
-      identity: { type: "string" },
-      from: { type: "string" },
-      to: { type: "string" },
-      limit: { type: "string" },
-      json: { type: "boolean" },
+      "key": { type: "string" },
+      "identity": { type: "string" },
+      "from": { type: "string" },
+      "to": { type: "string" },
+      "limit": { type: "string" },
+      "json": { type: "boolean" },
     },
   });
   const cert = values.cert ? parseAuditCertificate(readFileSync(values.cert)) : undefined;
@@ -105,7 +105,15 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
     };
     const limit = values.limit === undefined ? undefined : Number(values.limit);
     if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new UsageError("--limit must be a positive integer");
-    const q = { artifactDigest: values.artifact, keyId: values["key-id"] ?? values.key, identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to"), replica: values.replica, limit };
+    const q = {
+      artifactDigest: values.artifact,
+      keyId: values["key-id"] ?? values.key,
+      identity: values.identity,
+      from: date(values.from, "--from"),
+      to: date(values.to, "--to"),
+      replica: values.replica,
+      limit,
+    };
     const client = await connect(values.config, values.database);
     let n = 0;
     try {

@@ -102,5 +102,3 @@ export function withoutAuditKey(keys: KeyStore, config: Readonly<Config>): KeySt
     },
   };
 }
-
-

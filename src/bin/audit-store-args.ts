@@ -20,4 +20,3 @@ export function isAuditStoreCommand(sub: string | undefined, args: string[]): bo
   if (sub === "export" || sub === "migrate") return true;
   return args.some((a) => /^--(config|database|cert)(=|$)/.test(a));
 }
-

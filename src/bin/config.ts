@@ -120,7 +120,11 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
     if (!certFile) problems.push("tls.certFile: required (or tls.insecure: true on a loopback address)");
     if (!keyFile) problems.push("tls.keyFile: required (or tls.insecure: true on a loopback address)");
   }
-  for (const [k, p] of [["tls.certFile", certFile], ["tls.keyFile", keyFile], ["tls.clientCaFile", clientCaFile]] as const) {
+  for (const [k, p] of [
+    ["tls.certFile", certFile],
+    ["tls.keyFile", keyFile],
+    ["tls.clientCaFile", clientCaFile],
+  ] as const) {
     if (p) {
       try {
         readFileSync(p);
@@ -204,7 +208,11 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
     if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(adminListen)) problems.push(`admin.listen: "${adminListen}" is not host:port`);
     if (!adminCertFile || !adminKeyFile) problems.push("admin.certFile and admin.keyFile (or tls.certFile and tls.keyFile): required, KeyAdmin is TLS only");
     if (!adminClientCaFile) problems.push("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
-    for (const [k, p] of [["admin.certFile", adminCertFile], ["admin.keyFile", adminKeyFile], ["admin.clientCaFile", adminClientCaFile]] as const) {
+    for (const [k, p] of [
+      ["admin.certFile", adminCertFile],
+      ["admin.keyFile", adminKeyFile],
+      ["admin.clientCaFile", adminClientCaFile],
+    ] as const) {
       if (p && !canRead(p)) problems.push(`${k}: cannot read ${p}`);
     }
   }

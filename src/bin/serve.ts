@@ -44,7 +44,10 @@ export async function serve(configFile: string): Promise<void> {
   try {
     await start(config, undo);
   } catch (e) {
-    for (const close of undo) await Promise.resolve().then(close).catch(() => undefined);
+    for (const close of undo)
+      await Promise.resolve()
+        .then(close)
+        .catch(() => undefined);
     throw e;
   }
 }
@@ -60,21 +63,21 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   // With audit.postgres the database is the store (audit-setup.ts); else the local files.
   const storeAudit = opened(
     (await openPostgresAudit(config, logger, metrics.onAuditFsync)) ??
-    await AuditLog.open({
-      dir: config.audit.dir,
-      maxFileBytes: config.audit.maxFileBytes,
-      fsync: config.audit.fsync,
-      writeTimeoutMs: config.audit.writeTimeoutMs,
-      onFsync: metrics.onAuditFsync,
-      // Requests fail (UNAVAILABLE) while the audit cannot be written; once it can again (space
-      // freed, the I/O error gone), signing resumes by itself, without a restart.
-      retry: {
-        minMs: AUDIT_RETRY_MIN_MS,
-        maxMs: AUDIT_RETRY_MAX_MS,
-        onRecovered: () => logger.info("audit log writable again; requests are accepted", { dir: config.audit.dir }),
-        onFailed: (e, nextAttemptMs) => logger.warn("audit log still cannot be written; requests fail until it can", { dir: config.audit.dir, error: e.message, nextAttemptMs }),
-      },
-    }),
+      (await AuditLog.open({
+        dir: config.audit.dir,
+        maxFileBytes: config.audit.maxFileBytes,
+        fsync: config.audit.fsync,
+        writeTimeoutMs: config.audit.writeTimeoutMs,
+        onFsync: metrics.onAuditFsync,
+        // Requests fail (UNAVAILABLE) while the audit cannot be written; once it can again (space
+        // freed, the I/O error gone), signing resumes by itself, without a restart.
+        retry: {
+          minMs: AUDIT_RETRY_MIN_MS,
+          maxMs: AUDIT_RETRY_MAX_MS,
+          onRecovered: () => logger.info("audit log writable again; requests are accepted", { dir: config.audit.dir }),
+          onFailed: (e, nextAttemptMs) => logger.warn("audit log still cannot be written; requests fail until it can", { dir: config.audit.dir, error: e.message, nextAttemptMs }),
+        },
+      })),
     (a) => a.close(),
   );
   const torn = storeAudit instanceof AuditLog ? storeAudit.tornLine : undefined;
@@ -102,22 +105,32 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const signing = new SigningService({ keys: withoutAuditKey(hsm.keys, config), authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
   const tls = config.tls.insecure
     ? { insecure: true as const }
-    : { insecure: false as const, cert: readFileSync(config.tls.certFile as string), key: readFileSync(config.tls.keyFile as string), clientCa, requireClientCertificate: !optionalClientCerts, onHandshakeFailure: tlsFailures.report };
+    : {
+        insecure: false as const,
+        cert: readFileSync(config.tls.certFile as string),
+        key: readFileSync(config.tls.keyFile as string),
+        clientCa,
+        requireClientCertificate: !optionalClientCerts,
+        onHandshakeFailure: tlsFailures.report,
+      };
   // A native call into a hung HSM cannot be interrupted: its callers get DEADLINE_EXCEEDED, and
   // the replica reports itself not ready so that traffic goes elsewhere until the HSM answers.
   const signingAnswers = (): boolean => hsm.longestSignMs() < config.hsm.signStallMs;
   const ready = (): boolean => hsm.pool.healthy && audit.healthy && signingAnswers();
-  const server = opened(await startSignerServer({
-    listen: config.listen,
-    tls,
-    signing,
-    logger,
-    maxDeadlineMs: config.limits.maxDeadlineMs,
-    access,
-    audit,
-    ready,
-    onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
-  }), (x) => x.close(0));
+  const server = opened(
+    await startSignerServer({
+      listen: config.listen,
+      tls,
+      signing,
+      logger,
+      maxDeadlineMs: config.limits.maxDeadlineMs,
+      access,
+      audit,
+      ready,
+      onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+    }),
+    (x) => x.close(0),
+  );
   metrics.bindSessionPool(() => hsm.pool.stats);
   metrics.bindAudit(() => audit.stats);
   metrics.bindHsmUp(() => hsm.pool.healthy);
@@ -134,7 +147,12 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const admin = config.admin.listen
     ? await startKeyAdminServer({
         listen: config.admin.listen,
-        tls: { cert: readFileSync(config.admin.certFile as string), key: readFileSync(config.admin.keyFile as string), clientCa: readFileSync(config.admin.clientCaFile as string), onHandshakeFailure: tlsFailures.report },
+        tls: {
+          cert: readFileSync(config.admin.certFile as string),
+          key: readFileSync(config.admin.keyFile as string),
+          clientCa: readFileSync(config.admin.clientCaFile as string),
+          onHandshakeFailure: tlsFailures.report,
+        },
         custody: new KeyCustody(hsm.pool, hsm.keys),
         keys: hsm.keys,
         // KeyAdmin's TLS verifies client certificates against admin.clientCaFile itself; the
@@ -154,7 +172,16 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     : undefined;
   if (ops) opened(ops, (o) => o.close());
   const keys = await hsm.keys.listKeys();
-  logger.info("hsm-signer listening", { listen: config.listen, port: server.port, adminPort: admin?.port, metricsPort: ops?.port, tls: !config.tls.insecure, mtls: Boolean(config.tls.clientCaFile), keys: keys.length, sessions: config.hsm.sessions });
+  logger.info("hsm-signer listening", {
+    listen: config.listen,
+    port: server.port,
+    adminPort: admin?.port,
+    metricsPort: ops?.port,
+    tls: !config.tls.insecure,
+    mtls: Boolean(config.tls.clientCaFile),
+    keys: keys.length,
+    sessions: config.hsm.sessions,
+  });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -185,15 +212,15 @@ export async function testChain(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
     options: {
-      config: { type: "string" },
+      "config": { type: "string" },
       "key-id": { type: "string" },
       "key-spec": { type: "string" },
       "root-key-id": { type: "string" },
       "root-key-spec": { type: "string" },
-      org: { type: "string" },
-      state: { type: "string" },
-      country: { type: "string" },
-      days: { type: "string" },
+      "org": { type: "string" },
+      "state": { type: "string" },
+      "country": { type: "string" },
+      "days": { type: "string" },
       "root-out": { type: "string" },
     },
   });
@@ -215,7 +242,9 @@ export async function testChain(args: string[]): Promise<void> {
       validityDays: days,
     });
     if (values["root-out"]) writeFileSync(values["root-out"], toPem(r.root));
-    const made = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
+    const made = Object.entries(r.created)
+      .filter(([, v]) => v)
+      .map(([k]) => k);
     console.log(`key "${keyId}" (${keySpec}): chain of ${r.chain.length} certificates on the token; ${made.length ? `created ${made.join(", ")}` : "nothing to create, all present"}`);
     if (values["root-out"]) console.log(`root certificate written to ${values["root-out"]} (for: notation cert add --type ca --store <name> ${values["root-out"]})`);
   } finally {

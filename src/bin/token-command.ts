@@ -4,7 +4,10 @@ import { initToken, listTokens, loadModule } from "../hsm/index.js";
 import { need } from "./cli-args.js";
 
 export function tokenInit(args: string[]): void {
-  const { values } = parseArgs({ args, options: { module: { type: "string" }, label: { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" }, "if-missing": { type: "boolean" } } });
+  const { values } = parseArgs({
+    args,
+    options: { "module": { type: "string" }, "label": { type: "string" }, "so-pin-file": { type: "string" }, "pin-file": { type: "string" }, "if-missing": { type: "boolean" } },
+  });
   const read = (f: string): string => readFileSync(f, "utf8").replace(/\r?\n$/, "");
   const label = need(values.label, "--label");
   if (values["if-missing"] && listTokens(loadModule(need(values.module, "--module"))).some((t) => t.label === label)) {

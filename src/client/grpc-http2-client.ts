@@ -105,7 +105,22 @@ function splitEndpoint(endpoint: string): { host: string; port: string } {
 
 /** HTTP/2 error codes (RFC 9113 §7) this client interprets. */
 const H2 = { NO_ERROR: 0x0, REFUSED_STREAM: 0x7, CANCEL: 0x8, ENHANCE_YOUR_CALM: 0xb, INADEQUATE_SECURITY: 0xc } as const;
-const H2_NAMES = ["NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"];
+const H2_NAMES = [
+  "NO_ERROR",
+  "PROTOCOL_ERROR",
+  "INTERNAL_ERROR",
+  "FLOW_CONTROL_ERROR",
+  "SETTINGS_TIMEOUT",
+  "STREAM_CLOSED",
+  "FRAME_SIZE_ERROR",
+  "REFUSED_STREAM",
+  "CANCEL",
+  "COMPRESSION_ERROR",
+  "CONNECT_ERROR",
+  "ENHANCE_YOUR_CALM",
+  "INADEQUATE_SECURITY",
+  "HTTP_1_1_REQUIRED",
+];
 const h2Name = (code: number): string => H2_NAMES[code] ?? `error code 0x${code.toString(16)}`;
 
 /** gRPC's mapping of an HTTP/2 reset code to a status (grpc/doc/PROTOCOL-HTTP2.md). */
@@ -409,7 +424,7 @@ export class GrpcHttp2Channel {
       ":path": path,
       ":authority": this.authority,
       "content-type": "application/grpc",
-      te: "trailers",
+      "te": "trailers",
       "grpc-timeout": `${remaining}m`,
       "user-agent": this.o.userAgent ?? "hsm-signer-client",
     };

@@ -42,14 +42,7 @@ export interface KeyInfo {
 }
 
 export function encodeSignRequest(r: SignRequest): Buffer {
-  return new ProtoWriter()
-    .string(1, r.keyId)
-    .bytes(2, r.payload)
-    .bytes(3, r.digest)
-    .string(4, r.hashAlgorithm)
-    .string(5, r.keySpec)
-    .uint(6, r.keyVersion)
-    .finish();
+  return new ProtoWriter().string(1, r.keyId).bytes(2, r.payload).bytes(3, r.digest).string(4, r.hashAlgorithm).string(5, r.keySpec).uint(6, r.keyVersion).finish();
 }
 
 export function decodeSignResponse(b: Buffer): SignResponse {

@@ -15,8 +15,6 @@ import { createTestChain } from "./test-chain.js";
 
 export type { SlotDetails, TokenDetails };
 
-
-
 const TOKEN_FLAGS: [number, string][] = [
   [0x1, "RNG"],
   [0x2, "WRITE_PROTECTED"],
@@ -35,7 +33,18 @@ const TOKEN_FLAGS: [number, string][] = [
 ];
 
 /** The mechanisms hsm-signer uses to generate keys and sign. */
-const RELEVANT_MECHANISMS = new Set(["RSA_PKCS_KEY_PAIR_GEN", "EC_KEY_PAIR_GEN", "RSA_PKCS_PSS", "SHA256_RSA_PKCS_PSS", "SHA384_RSA_PKCS_PSS", "SHA512_RSA_PKCS_PSS", "ECDSA", "ECDSA_SHA256", "ECDSA_SHA384", "ECDSA_SHA512"]);
+const RELEVANT_MECHANISMS = new Set([
+  "RSA_PKCS_KEY_PAIR_GEN",
+  "EC_KEY_PAIR_GEN",
+  "RSA_PKCS_PSS",
+  "SHA256_RSA_PKCS_PSS",
+  "SHA384_RSA_PKCS_PSS",
+  "SHA512_RSA_PKCS_PSS",
+  "ECDSA",
+  "ECDSA_SHA256",
+  "ECDSA_SHA384",
+  "ECDSA_SHA512",
+]);
 
 /** CK_UNAVAILABLE_INFORMATION and CK_EFFECTIVELY_INFINITE come through as huge or negative numbers. */
 const memory = (n: number): number => (Number.isSafeInteger(n) && n >= 0 ? n : -1);
@@ -61,7 +70,14 @@ function splitRdns(subject: string): { type: string; text: string }[] {
   let quoted = false;
   const push = (end: number): void => {
     const text = subject.slice(start, end).trim();
-    if (text) out.push({ type: text.slice(0, Math.max(0, text.indexOf("="))).trim().toUpperCase(), text });
+    if (text)
+      out.push({
+        type: text
+          .slice(0, Math.max(0, text.indexOf("=")))
+          .trim()
+          .toUpperCase(),
+        text,
+      });
   };
   for (let i = 0; i < subject.length; i++) {
     const c = subject[i];
@@ -139,7 +155,13 @@ export class KeyCustody {
     for (let i = 0; i < slots.length; i++) {
       const s = slots.items(i);
       const present = (s.flags & 0x1) !== 0;
-      out.push({ slotId: s.handle.readBigUInt64LE(0).toString(), description: s.slotDescription.trim(), manufacturer: s.manufacturerID.trim(), tokenPresent: present, token: present ? this.tokenDetails(s, s.handle.toString("hex") === managedId) : undefined });
+      out.push({
+        slotId: s.handle.readBigUInt64LE(0).toString(),
+        description: s.slotDescription.trim(),
+        manufacturer: s.manufacturerID.trim(),
+        tokenPresent: present,
+        token: present ? this.tokenDetails(s, s.handle.toString("hex") === managedId) : undefined,
+      });
     }
     return out;
   }

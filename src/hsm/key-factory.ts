@@ -32,7 +32,18 @@ export async function generateKeyPair(session: Session, label: string, spec: Key
   const info = keySpecInfo(spec);
   const id = randomBytes(16);
   const common = { token: true, label, id };
-  const privateTemplate = { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true, decrypt: false, unwrap: false, derive: false, modifiable: false };
+  const privateTemplate = {
+    ...common,
+    class: ObjectClass.PRIVATE_KEY,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    sign: true,
+    decrypt: false,
+    unwrap: false,
+    derive: false,
+    modifiable: false,
+  };
   const [mechanism, publicTemplate] =
     info.kty === "RSA"
       ? [KeyGenMechanism.RSA, { ...common, class: ObjectClass.PUBLIC_KEY, private: false, verify: true, encrypt: false, wrap: false, modulusBits: info.bits, publicExponent: Buffer.from([1, 0, 1]) }]
@@ -81,6 +92,6 @@ export function storeCertificate(session: Session, label: string, id: Buffer, de
 
 /** CKA_SERIAL_NUMBER is the DER encoding of the INTEGER. */
 function derInteger(v: Buffer): Buffer {
-  const body = v.length > 0 && ((v[0] as number) & 0x80) ? Buffer.concat([Buffer.from([0]), v]) : v;
+  const body = v.length > 0 && (v[0] as number) & 0x80 ? Buffer.concat([Buffer.from([0]), v]) : v;
   return Buffer.concat([Buffer.from([0x02, body.length]), body]);
 }

@@ -111,13 +111,20 @@ export function writeKeyState(session: Session, next: Omit<KeyState, "generation
 
 /** Refuses a change made from another generation than the token's (see writeKeyState); call it before costly work too. */
 export function assertKeyStateGeneration(session: Session, keyId: string, basedOn: number): void {
-  checkGeneration(keyId, dataObjects(session).filter((o) => o.label === STATE_PREFIX + keyId), basedOn);
+  checkGeneration(
+    keyId,
+    dataObjects(session).filter((o) => o.label === STATE_PREFIX + keyId),
+    basedOn,
+  );
 }
 
 function checkGeneration(keyId: string, objects: { value: Buffer }[], basedOn: number): number {
   const current = Math.max(0, ...objects.map((o) => parseState(o.value)?.generation ?? 0));
   if (current !== basedOn) {
-    throw new SignerError("FAILED_PRECONDITION", `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`);
+    throw new SignerError(
+      "FAILED_PRECONDITION",
+      `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`,
+    );
   }
   return current;
 }

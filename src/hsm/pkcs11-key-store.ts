@@ -71,7 +71,10 @@ function spkiFromPublicObject(keyType: number, a: Record<string, unknown>): Buff
       if (!curve) return undefined;
       const point = unwrapEcPoint(a.pointEC);
       const n = (point.length - 1) / 2;
-      return createPublicKey({ key: { kty: "EC", crv: curve, x: point.subarray(1, 1 + n).toString("base64url"), y: point.subarray(1 + n).toString("base64url") }, format: "jwk" }).export({ type: "spki", format: "der" });
+      return createPublicKey({ key: { kty: "EC", crv: curve, x: point.subarray(1, 1 + n).toString("base64url"), y: point.subarray(1 + n).toString("base64url") }, format: "jwk" }).export({
+        type: "spki",
+        format: "der",
+      });
     }
   } catch {
     return undefined;
@@ -269,7 +272,13 @@ export class Pkcs11KeyStore implements KeyStore {
       for (const vs of state.versions) slots.push({ version: vs.version, id: Buffer.from(vs.id, "hex"), priv: privs.find((p) => p.id.toString("hex") === vs.id), vs });
       let n = Math.max(0, ...state.versions.map((v) => v.version));
       for (const p of privs.filter((p) => !state.versions.some((v) => v.id === p.id.toString("hex")))) {
-        slots.push({ version: ++n, id: p.id, priv: p, vs: undefined, problem: `a private key labelled "${keyId}" (CKA_ID ${p.id.toString("hex")}) is not a version hsm-signer made; remove it or give it another label` });
+        slots.push({
+          version: ++n,
+          id: p.id,
+          priv: p,
+          vs: undefined,
+          problem: `a private key labelled "${keyId}" (CKA_ID ${p.id.toString("hex")}) is not a version hsm-signer made; remove it or give it another label`,
+        });
       }
     } else {
       const dup = privs.length > 1 ? `${privs.length} private keys on the token carry the label "${keyId}"; give each key a unique label` : undefined;
@@ -285,12 +294,22 @@ export class Pkcs11KeyStore implements KeyStore {
       const record = this.recordFor(keyId, s.version, spec, s.id, spki, certs);
       const destroyed = !s.priv || s.vs?.destroyed !== undefined;
       if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
-      else if (s.priv?.exposed) record.unusableReason = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
+      else if (s.priv?.exposed)
+        record.unusableReason = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
       else if (s.problem) record.unusableReason = s.problem;
       const disabled = s.vs?.disabled;
       if (state?.disabled) record.disabledReason = disabledMessage(`key "${keyId}"`, state.disabled);
       else if (disabled) record.disabledReason = disabledMessage(`version ${s.version} of key "${keyId}"`, disabled);
-      versions.push({ record, handle: destroyed ? undefined : s.priv?.handle, spki, idHex, state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled", created: s.vs?.created, disabled, hasSigned: signed.has(idHex) });
+      versions.push({
+        record,
+        handle: destroyed ? undefined : s.priv?.handle,
+        spki,
+        idHex,
+        state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled",
+        created: s.vs?.created,
+        disabled,
+        hasSigned: signed.has(idHex),
+      });
     }
     versions.sort((a, b) => a.record.version - b.record.version);
     const current = [...versions].reverse().find((v) => !v.record.unusableReason && !v.record.disabledReason);
@@ -308,9 +327,10 @@ export class Pkcs11KeyStore implements KeyStore {
       .sort((x, y) => Number(x.s.isCa) - Number(y.s.isCa) || y.s.notAfter.getTime() - x.s.notAfter.getTime());
     const leaf = candidates[0];
     if (!leaf) {
-      record.unusableReason = own.length > 0
-        ? `the certificate with the CKA_ID of key "${keyId}" does not hold the key's public key`
-        : `key "${keyId}" has no certificate on the token (a CKO_CERTIFICATE with the same CKA_ID)`;
+      record.unusableReason =
+        own.length > 0
+          ? `the certificate with the CKA_ID of key "${keyId}" does not hold the key's public key`
+          : `key "${keyId}" has no certificate on the token (a CKO_CERTIFICATE with the same CKA_ID)`;
       return record;
     }
     record.certificate = leaf.s;
@@ -319,7 +339,10 @@ export class Pkcs11KeyStore implements KeyStore {
       record.unusableReason = `the certificate of key "${keyId}" holds a ${certSpec ?? "unsupported"} key but the HSM key is ${spec}`;
       return record;
     }
-    const { chain, problem } = buildChain(leaf.c.der, certs.map((c) => c.der));
+    const { chain, problem } = buildChain(
+      leaf.c.der,
+      certs.map((c) => c.der),
+    );
     record.chain = chain;
     if (leaf.s.isCa) record.unusableReason = `key "${keyId}" is a CA key; CA keys do not sign artifacts`;
     else if (problem) record.unusableReason = `the certificate chain of key "${keyId}" is incomplete: ${problem}`;

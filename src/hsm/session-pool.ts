@@ -320,14 +320,16 @@ export class SessionPool {
       const timer =
         deadline === undefined
           ? undefined
-          : setTimeout(() => {
-              const i = this.objectCallWaiters.indexOf(turn);
-              if (i >= 0) this.objectCallWaiters.splice(i, 1);
-              reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
-            }, Math.max(0, deadline - Date.now()));
+          : setTimeout(
+              () => {
+                const i = this.objectCallWaiters.indexOf(turn);
+                if (i >= 0) this.objectCallWaiters.splice(i, 1);
+                reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
+              },
+              Math.max(0, deadline - Date.now()),
+            );
     });
   }
-
 
   /**
    * For a failed operation on one of the pool's sessions: when the failure could mean the HSM is

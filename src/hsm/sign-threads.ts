@@ -77,9 +77,7 @@ export class SignThreads {
    * is replaced after a pause, never in a tight loop.
    */
   private spawnNext(delayMs: number): void {
-    this.spawning = this.spawning
-      .then(() => (delayMs > 0 ? new Promise<void>((r) => setTimeout(r, delayMs).unref()) : undefined))
-      .then(() => (this.closing ? undefined : this.spawn()));
+    this.spawning = this.spawning.then(() => (delayMs > 0 ? new Promise<void>((r) => setTimeout(r, delayMs).unref()) : undefined)).then(() => (this.closing ? undefined : this.spawn()));
   }
 
   private spawn(): Promise<void> {

@@ -9,13 +9,14 @@ import type { TestChainParams, TestChainResult } from "../signing/custody.js";
 
 export type { TestChainParams, TestChainResult };
 
-
-
 export const TEST_CHAIN_DEFAULTS = { rootKeySpec: "EC-384" as KeySpec, organization: "hsm-signer test", state: "WA", country: "US", validityDays: 365 };
 
 /** RFC 4514 attribute value escaping for the characters that matter in a DN string. */
 function rdn(v: string): string {
-  return v.replace(/([,+"\\<>;=])/g, "\\$1").replace(/^([ #])/, "\\$1").replace(/ $/, "\\ ");
+  return v
+    .replace(/([,+"\\<>;=])/g, "\\$1")
+    .replace(/^([ #])/, "\\$1")
+    .replace(/ $/, "\\ ");
 }
 
 /**
@@ -41,7 +42,11 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let root = await keys.getKey(rootKeyId);
   const rootSigner = asDigestSigner(keys, root);
   if (root.chain.length === 0) {
-    const der = await createRootCertificate({ subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`, key: rootSigner, validityDays: d.validityDays * 2 });
+    const der = await createRootCertificate({
+      subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`,
+      key: rootSigner,
+      validityDays: d.validityDays * 2,
+    });
     await pool.use((s) => storeCertificate(s, rootKeyId, keyIdBytes(s, rootKeyId), der));
     created.rootCertificate = true;
     await keys.refresh();

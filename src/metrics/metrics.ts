@@ -19,7 +19,9 @@ export const RPC_METHODS = [
   "GetCertificateChain",
   "DescribeKey",
   "ListKeys",
-  ...["ListSlots", "GenerateKey", "RotateKey", "CreateCsr", "ImportCertificateChain", "CreateTestChain", "SetKeyState", "DestroyKeyVersion", "GetInventory", "GetCertificateChain"].map((m) => `KeyAdmin.${m}`),
+  ...["ListSlots", "GenerateKey", "RotateKey", "CreateCsr", "ImportCertificateChain", "CreateTestChain", "SetKeyState", "DestroyKeyVersion", "GetInventory", "GetCertificateChain"].map(
+    (m) => `KeyAdmin.${m}`,
+  ),
 ] as const;
 
 /** Label value for anything outside a label's bounded set. */
@@ -60,8 +62,7 @@ const RESULTS: ReadonlySet<string> = new Set<string>(["OK", ...ERROR_CODES]);
 const SPECS: ReadonlySet<string> = new Set<string>(KEY_SPECS);
 const TLS_FAILURE_REASONS: ReadonlySet<string> = new Set<string>(TLS_HANDSHAKE_FAILURE_REASONS);
 
-const bounded = (value: string | undefined, allowed: ReadonlySet<string>): string =>
-  value !== undefined && allowed.has(value) ? value : OTHER;
+const bounded = (value: string | undefined, allowed: ReadonlySet<string>): string => (value !== undefined && allowed.has(value) ? value : OTHER);
 
 /** A scrape must never fail because a callback did: a throwing callback reads as "unknown". */
 function safely<T>(fn: (() => T) | undefined): T | undefined {
@@ -214,7 +215,7 @@ export class SignerMetrics {
     poolCounter("hsm_signer_hsm_sessions_replaced_total", "HSM sessions dropped and replaced after a failure on them.", (c) => c.sessionsReplaced);
     const logins: Counter<"result"> = new Counter({
       name: "hsm_signer_hsm_logins_total",
-      help: 'C_Login calls by result: ok, pin_incorrect (never retried), error.',
+      help: "C_Login calls by result: ok, pin_incorrect (never retried), error.",
       labelNames: ["result"] as const,
       registers,
       collect: () => {

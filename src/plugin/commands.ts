@@ -89,7 +89,10 @@ export async function generateSignature(raw: Record<string, unknown>): Promise<R
   if (info.hash !== hashAlgorithm) throw new PluginError("VALIDATION_ERROR", `hashAlgorithm ${hashAlgorithm} does not go with keySpec ${keySpec} (which uses ${info.hash})`);
   // The length first, before any work on the text: notation's payloads are a few kB.
   if (payloadB64.length > MAX_PAYLOAD_BASE64) {
-    throw new PluginError("VALIDATION_ERROR", `request field "payload" is ${payloadB64.length} base64 characters (about ${Math.floor((payloadB64.length * 3) / 4)} bytes); the limit is ${MAX_PAYLOAD_BYTES} bytes (1 MiB)`);
+    throw new PluginError(
+      "VALIDATION_ERROR",
+      `request field "payload" is ${payloadB64.length} base64 characters (about ${Math.floor((payloadB64.length * 3) / 4)} bytes); the limit is ${MAX_PAYLOAD_BYTES} bytes (1 MiB)`,
+    );
   }
   if (!isPaddedBase64(payloadB64)) throw new PluginError("VALIDATION_ERROR", 'request field "payload" is not padded standard base64');
   const payload = Buffer.from(payloadB64, "base64");
@@ -97,7 +100,8 @@ export async function generateSignature(raw: Record<string, unknown>): Promise<R
   const { RemoteSigner } = await import("./remote-signer.js");
   const r = await new RemoteSigner(settings).sign(keyId, keySpec, hashAlgorithm, payload);
   if (r.keySpec !== keySpec) throw new PluginError("VALIDATION_ERROR", `key "${keyId}" is ${r.keySpec} at the service, not ${keySpec}; run notation sign again`);
-  if (r.signature.length !== info.signatureLength) throw new PluginError("ERROR", `the service returned a ${r.signature.length}-byte signature; ${keySpec} signatures are ${info.signatureLength} bytes`);
+  if (r.signature.length !== info.signatureLength)
+    throw new PluginError("ERROR", `the service returned a ${r.signature.length}-byte signature; ${keySpec} signatures are ${info.signatureLength} bytes`);
   if (r.certificateChain.length === 0) throw new PluginError("ERROR", `the service returned no certificate chain for key "${keyId}"`);
   return {
     keyId,

@@ -48,7 +48,8 @@ function readConfigFile(key: string, path: string): Buffer {
   }
   try {
     const st = fstatSync(fd);
-    if (!st.isFile()) throw refuse(`not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "a device"})`);
+    if (!st.isFile())
+      throw refuse(`not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "a device"})`);
     if (st.size > MAX_CONFIG_FILE_BYTES) throw refuse(`${st.size} bytes; the limit is ${MAX_CONFIG_FILE_BYTES} bytes (1 MiB)`);
     // Read to the end, whatever fstat said (a file that grows meanwhile), but never past the limit.
     const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
@@ -80,7 +81,8 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
     return v === undefined || v === "" ? undefined : v;
   };
   const endpoint = get("endpoint");
-  if (!endpoint) throw new PluginError("VALIDATION_ERROR", 'pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
+  if (!endpoint)
+    throw new PluginError("VALIDATION_ERROR", 'pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
   const port = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(endpoint)?.[1];
   if (!port || Number(port) < 1 || Number(port) > 65535) throw new PluginError("VALIDATION_ERROR", `pluginConfig endpoint "${endpoint}" is not host:port with a port from 1 to 65535`);
   const certFile = get("client_cert_file");

@@ -20,7 +20,10 @@ export interface AccessControlOptions {
 const ANONYMOUS: CallerIdentity = { kind: "anonymous", id: "anonymous", subject: "anonymous" };
 
 function isLoopbackPeer(peer: string): boolean {
-  const host = peer.replace(/:\d+$/, "").replace(/^\[|\]$/g, "").replace(/^::ffff:/, "");
+  const host = peer
+    .replace(/:\d+$/, "")
+    .replace(/^\[|\]$/g, "")
+    .replace(/^::ffff:/, "");
   return host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
@@ -64,7 +67,8 @@ export class AccessControl implements Authorizer<CallerIdentity> {
   authorizeCustodian(ctx: CallContext, method: string): void {
     const allowed = ctx.caller.kind === "mtls" && this.o.policy.current.isCustodian(ctx.caller);
     ctx.record.decision = allowed ? "allow" : "deny";
-    if (!allowed) throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may not call KeyAdmin.${method}: only custodians named in the policy, identified by their client certificate, may administer keys`);
+    if (!allowed)
+      throw new SignerError("PERMISSION_DENIED", `${ctx.caller.id} may not call KeyAdmin.${method}: only custodians named in the policy, identified by their client certificate, may administer keys`);
   }
 
   mayUseKey(caller: CallerIdentity, keyId: string): boolean {

@@ -185,7 +185,8 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
     const t = d instanceof Date ? d.getTime() : d;
     return Math.min(Number.isFinite(t) ? t : Infinity, Date.now() + maxDeadline);
   };
-  const handler = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m: MethodOptions = {}): grpc.handleUnaryCall<Req, Res> =>
+  const handler =
+    <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m: MethodOptions = {}): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       const requestId = newRequestId();
       const started = performance.now();
@@ -287,7 +288,9 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
   let listener: TlsListener | undefined;
   if (tls.insecure) {
     port = await new Promise<number>((res, rej) => {
-      server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p)));
+      server.bindAsync(listen, grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? rej(new SignerError("CONFIG_INVALID", `cannot listen on ${listen}: ${err.message}`, { cause: err })) : res(p),
+      );
     });
   } else {
     listener = await TlsListener.open(server, listen, {

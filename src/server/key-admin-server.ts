@@ -101,78 +101,112 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
   const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
   const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
-    unary<Req, Res>(`KeyAdmin.${method}`, async (req, ctx) => {
-      const keyId = (req as { keyId?: unknown }).keyId;
-      if (typeof keyId === "string" && keyId) ctx.record.keyId = auditKeyId(keyId);
-      const version = (req as { keyVersion?: unknown }).keyVersion;
-      if (typeof version === "number" && version) ctx.record.keyVersion = version;
-      o.access.authorizeCustodian(ctx, method);
-      return fn(req, ctx);
-    }, m);
+    unary<Req, Res>(
+      `KeyAdmin.${method}`,
+      async (req, ctx) => {
+        const keyId = (req as { keyId?: unknown }).keyId;
+        if (typeof keyId === "string" && keyId) ctx.record.keyId = auditKeyId(keyId);
+        const version = (req as { keyVersion?: unknown }).keyVersion;
+        if (typeof version === "number" && version) ctx.record.keyVersion = version;
+        o.access.authorizeCustodian(ctx, method);
+        return fn(req, ctx);
+      },
+      m,
+    );
   const mutates: MethodOptions = { mutates: true };
   type KeyReq = { keyId: string; keyVersion: number };
 
   server.addService(loadService("key_admin.proto", "KeyAdmin"), {
     ListSlots: admin("ListSlots", () => Promise.resolve({ slots: o.custody.listSlots() })),
-    GenerateKey: admin<{ tokenLabel: string; keyId: string; keySpec: string }, object>("GenerateKey", async (req, ctx) => {
-      const view = await o.custody.generateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec") as KeySpec, req.tokenLabel || undefined);
-      ctx.record.keyVersion = 1;
-      ctx.record.admin = { keySpec: req.keySpec };
-      return { key: inventoryKey(view), keyVersion: 1 };
-    }, mutates),
-    RotateKey: admin<{ keyId: string; keySpec: string }, object>("RotateKey", async (req, ctx) => {
-      const r = await o.custody.rotateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec", true));
-      ctx.record.keyVersion = r.version;
-      return { key: inventoryKey(r.view), keyVersion: r.version };
-    }, mutates),
+    GenerateKey: admin<{ tokenLabel: string; keyId: string; keySpec: string }, object>(
+      "GenerateKey",
+      async (req, ctx) => {
+        const view = await o.custody.generateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec") as KeySpec, req.tokenLabel || undefined);
+        ctx.record.keyVersion = 1;
+        ctx.record.admin = { keySpec: req.keySpec };
+        return { key: inventoryKey(view), keyVersion: 1 };
+      },
+      mutates,
+    ),
+    RotateKey: admin<{ keyId: string; keySpec: string }, object>(
+      "RotateKey",
+      async (req, ctx) => {
+        const r = await o.custody.rotateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec", true));
+        ctx.record.keyVersion = r.version;
+        return { key: inventoryKey(r.view), keyVersion: r.version };
+      },
+      mutates,
+    ),
     CreateCsr: admin<KeyReq & { subject: string }, object>("CreateCsr", async (req, ctx) => {
-      if (!req.subject) throw new SignerError("INVALID_ARGUMENT", "subject is required, e.g. \"CN=release, O=Example, ST=WA, C=US\"");
+      if (!req.subject) throw new SignerError("INVALID_ARGUMENT", 'subject is required, e.g. "CN=release, O=Example, ST=WA, C=US"');
       if (req.subject.length > MAX_SUBJECT_LENGTH) throw new SignerError("INVALID_ARGUMENT", `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
       const r = await o.custody.createCsr(validateKeyId(req.keyId), req.keyVersion, req.subject);
       ctx.record.keyVersion = r.version;
       ctx.record.admin = { subject: req.subject };
       return { csrPem: r.pem, keyVersion: r.version };
     }),
-    ImportCertificateChain: admin<KeyReq & { certificates: Buffer[]; strictOrder: boolean }, object>("ImportCertificateChain", async (req, ctx) => {
-      if (req.certificates.length === 0) throw new SignerError("INVALID_ARGUMENT", "certificates is empty: give the chain as PEM or DER");
-      const r = await o.custody.importChain(validateKeyId(req.keyId), req.keyVersion, req.certificates, req.strictOrder);
-      ctx.record.keyVersion = r.version;
-      ctx.record.admin = { chainSha256: r.chain.map((c) => sha256Hex(c)), stored: r.stored };
-      return { keyId: req.keyId, keyVersion: r.version, certificateChain: r.chain, stored: r.stored };
-    }, mutates),
-    CreateTestChain: admin<{ keyId: string; keySpec: string; rootKeyId: string; rootKeySpec: string; organization: string; state: string; country: string; validityDays: number }, object>("CreateTestChain", async (req, ctx) => {
-      const days = req.validityDays || undefined;
-      if (days !== undefined && days > 3650) throw new SignerError("INVALID_ARGUMENT", "validity_days must be at most 3650");
-      const r = await o.custody.createTestChain({
-        keyId: validateKeyId(req.keyId),
-        keySpec: keySpec(req.keySpec, "key_spec") as KeySpec,
-        rootKeyId: req.rootKeyId ? validateKeyId(req.rootKeyId) : undefined,
-        rootKeySpec: keySpec(req.rootKeySpec, "root_key_spec", true),
-        organization: req.organization || undefined,
-        state: req.state || undefined,
-        country: req.country || undefined,
-        validityDays: days,
-      });
-      const key = await o.keys.getKey(req.keyId);
-      ctx.record.keyVersion = key.version;
-      const created = Object.entries(r.created).filter(([, v]) => v).map(([k]) => k);
-      ctx.record.admin = { created };
-      return { certificateChain: r.chain, created, keyVersion: key.version };
-    }, mutates),
-    SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>("SetKeyState", async (req, ctx) => {
-      if (req.reason.length > MAX_REASON_LENGTH || /[\x00-\x1f\x7f]/.test(req.reason)) {
-        throw new SignerError("INVALID_ARGUMENT", `reason must be at most ${MAX_REASON_LENGTH} characters on one line (it is shown to refused callers and kept on the token)`);
-      }
-      const view = await o.custody.setState(validateKeyId(req.keyId), req.keyVersion, req.enabled, req.reason);
-      ctx.record.admin = { enabled: req.enabled, reason: req.reason };
-      return { key: inventoryKey(view), keyVersion: req.keyVersion };
-    }, mutates),
-    DestroyKeyVersion: admin<KeyReq & { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }, object>("DestroyKeyVersion", async (req, ctx) => {
-      if (!req.keyVersion) throw new SignerError("INVALID_ARGUMENT", "key_version is required: versions are destroyed one at a time");
-      const r = await o.custody.destroyVersion(validateKeyId(req.keyId), req.keyVersion, { confirm: req.confirm, destroyCertificate: req.destroyCertificate, acknowledgeSigned: req.acknowledgeSigned });
-      ctx.record.admin = { destroyed: r.destroyed, acknowledgeSigned: req.acknowledgeSigned };
-      return { key: inventoryKey(r.view), destroyed: r.destroyed };
-    }, mutates),
+    ImportCertificateChain: admin<KeyReq & { certificates: Buffer[]; strictOrder: boolean }, object>(
+      "ImportCertificateChain",
+      async (req, ctx) => {
+        if (req.certificates.length === 0) throw new SignerError("INVALID_ARGUMENT", "certificates is empty: give the chain as PEM or DER");
+        const r = await o.custody.importChain(validateKeyId(req.keyId), req.keyVersion, req.certificates, req.strictOrder);
+        ctx.record.keyVersion = r.version;
+        ctx.record.admin = { chainSha256: r.chain.map((c) => sha256Hex(c)), stored: r.stored };
+        return { keyId: req.keyId, keyVersion: r.version, certificateChain: r.chain, stored: r.stored };
+      },
+      mutates,
+    ),
+    CreateTestChain: admin<{ keyId: string; keySpec: string; rootKeyId: string; rootKeySpec: string; organization: string; state: string; country: string; validityDays: number }, object>(
+      "CreateTestChain",
+      async (req, ctx) => {
+        const days = req.validityDays || undefined;
+        if (days !== undefined && days > 3650) throw new SignerError("INVALID_ARGUMENT", "validity_days must be at most 3650");
+        const r = await o.custody.createTestChain({
+          keyId: validateKeyId(req.keyId),
+          keySpec: keySpec(req.keySpec, "key_spec") as KeySpec,
+          rootKeyId: req.rootKeyId ? validateKeyId(req.rootKeyId) : undefined,
+          rootKeySpec: keySpec(req.rootKeySpec, "root_key_spec", true),
+          organization: req.organization || undefined,
+          state: req.state || undefined,
+          country: req.country || undefined,
+          validityDays: days,
+        });
+        const key = await o.keys.getKey(req.keyId);
+        ctx.record.keyVersion = key.version;
+        const created = Object.entries(r.created)
+          .filter(([, v]) => v)
+          .map(([k]) => k);
+        ctx.record.admin = { created };
+        return { certificateChain: r.chain, created, keyVersion: key.version };
+      },
+      mutates,
+    ),
+    SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>(
+      "SetKeyState",
+      async (req, ctx) => {
+        if (req.reason.length > MAX_REASON_LENGTH || /[\x00-\x1f\x7f]/.test(req.reason)) {
+          throw new SignerError("INVALID_ARGUMENT", `reason must be at most ${MAX_REASON_LENGTH} characters on one line (it is shown to refused callers and kept on the token)`);
+        }
+        const view = await o.custody.setState(validateKeyId(req.keyId), req.keyVersion, req.enabled, req.reason);
+        ctx.record.admin = { enabled: req.enabled, reason: req.reason };
+        return { key: inventoryKey(view), keyVersion: req.keyVersion };
+      },
+      mutates,
+    ),
+    DestroyKeyVersion: admin<KeyReq & { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }, object>(
+      "DestroyKeyVersion",
+      async (req, ctx) => {
+        if (!req.keyVersion) throw new SignerError("INVALID_ARGUMENT", "key_version is required: versions are destroyed one at a time");
+        const r = await o.custody.destroyVersion(validateKeyId(req.keyId), req.keyVersion, {
+          confirm: req.confirm,
+          destroyCertificate: req.destroyCertificate,
+          acknowledgeSigned: req.acknowledgeSigned,
+        });
+        ctx.record.admin = { destroyed: r.destroyed, acknowledgeSigned: req.acknowledgeSigned };
+        return { key: inventoryKey(r.view), destroyed: r.destroyed };
+      },
+      mutates,
+    ),
     GetInventory: admin<{ keyId: string; expiryWarningDays: number }, object>("GetInventory", async (req) => {
       if (req.keyId) await o.keys.refreshIfChanged();
       const views = req.keyId ? [await o.keys.view(validateKeyId(req.keyId))] : o.keys.inventory();
@@ -186,5 +220,10 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
     }),
   });
-  return bindServer(server, o.listen, { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true, onHandshakeFailure: o.tls.onHandshakeFailure }, unary.inFlight);
+  return bindServer(
+    server,
+    o.listen,
+    { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true, onHandshakeFailure: o.tls.onHandshakeFailure },
+    unary.inFlight,
+  );
 }

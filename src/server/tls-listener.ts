@@ -258,7 +258,10 @@ export class TlsListener {
         clearTimeout(timer);
         socket.destroy();
         if (problem === undefined) return resolve();
-        const e = new SignerError("CONFIG_INVALID", `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`);
+        const e = new SignerError(
+          "CONFIG_INVALID",
+          `the TLS listener on ${this.listen} cannot complete a TLS handshake (a loopback handshake to ${where} ${problem}); check the listener's certificate and key (tls.certFile, tls.keyFile)`,
+        );
         reject(connected ? e : new Unreachable(e.message, { cause: e }));
       };
       const timer = setTimeout(() => finish(`did not complete within ${SELF_CHECK_TIMEOUT_MS} ms`), SELF_CHECK_TIMEOUT_MS);

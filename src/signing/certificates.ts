@@ -77,11 +77,19 @@ export function buildChain(leafDer: Buffer, pool: Buffer[]): { chain: Buffer[]; 
  * escaping): what notation compares with `x509.subject:` trusted identities.
  */
 export function goSubjectString(der: Buffer): string {
-  const escape = (v: string): string => v.replace(/([,+"\\<>;])/g, "\\$1").replace(/^([ #])/, "\\$1").replace(/ $/, "\\ ");
+  const escape = (v: string): string =>
+    v
+      .replace(/([,+"\\<>;])/g, "\\$1")
+      .replace(/^([ #])/, "\\$1")
+      .replace(/ $/, "\\ ");
   const rdns = parseCertificate(der).subjectName.toJSON();
   return rdns
     .reverse()
-    .map((rdn) => Object.entries(rdn).flatMap(([type, values]) => values.map((v) => `${type}=${escape(v)}`)).join("+"))
+    .map((rdn) =>
+      Object.entries(rdn)
+        .flatMap(([type, values]) => values.map((v) => `${type}=${escape(v)}`))
+        .join("+"),
+    )
     .join(",");
 }
 

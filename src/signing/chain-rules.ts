@@ -168,9 +168,7 @@ export function orderChain(certs: Buffer[], leafSpki?: Buffer): { chain: Buffer[
 }
 
 function findLeaf(all: Cert[], leafSpki: Buffer | undefined): { leaf: Cert } | { problem: ChainProblem } {
-  const leaves = leafSpki
-    ? all.filter((c) => c.node.publicKey.export({ type: "spki", format: "der" }).equals(leafSpki))
-    : all.filter((c) => !all.some((other) => other !== c && issuedBy(other, c)));
+  const leaves = leafSpki ? all.filter((c) => c.node.publicKey.export({ type: "spki", format: "der" }).equals(leafSpki)) : all.filter((c) => !all.some((other) => other !== c && issuedBy(other, c)));
   const [leaf, ...others] = leaves;
   if (leaf && others.length === 0) return { leaf };
   if (leaf) return { problem: chainProblem("leaf-ambiguous", `several certificates could be the leaf: ${leaves.map(label).join("; ")}; import one leaf with its issuers`) };
@@ -196,7 +194,7 @@ export function leafKeyMismatch(certs: Buffer[], which: string, why?: string): C
 function walkToRoot(leaf: Cert, all: Cert[]): { path: Cert[]; problems: ChainProblem[] } {
   const path = [leaf];
   const problems: ChainProblem[] = [];
-  for (let cur = leaf; !isSelfSigned(cur); ) {
+  for (let cur = leaf; !isSelfSigned(cur);) {
     const i = path.length - 1;
     const parents = all.filter((p) => p !== cur && issuedBy(cur, p));
     const [parent, ...more] = parents;
@@ -253,7 +251,12 @@ function orderProblems(certs: Cert[]): ChainProblem[] {
   const { chain } = orderChain(certs.map((c) => c.der));
   const order = chain.map((der) => certs.findIndex((c) => c.der.equals(der)));
   if (order.length < certs.length || order.every((o, i) => o === i)) return [];
-  return [chainProblem("wrong-order", `the certificates are not in chain order: the chain must be ordered leaf first, root last, i.e. ${order.join(", ")} (${order.map((o) => label(certs[o] as Cert)).join(" -> ")})`)];
+  return [
+    chainProblem(
+      "wrong-order",
+      `the certificates are not in chain order: the chain must be ordered leaf first, root last, i.e. ${order.join(", ")} (${order.map((o) => label(certs[o] as Cert)).join(" -> ")})`,
+    ),
+  ];
 }
 
 function generalProblems(c: Cert, i: number, at: Date): ChainProblem[] {
@@ -289,7 +292,15 @@ function structureProblems(certs: Cert[], i: number): ChainProblem[] {
   }
   const out: ChainProblem[] = [];
   if (isSelfSigned(c)) out.push(problem(i, c, "self-signed-not-last", "is self-signed but is not last: the chain must be ordered leaf first, root last"));
-  if (!issuedBy(c, parent)) out.push(problem(i, c, "not-issued-by-next", `was not issued by certificate ${i + 1} (${label(parent)}): its issuer is "${c.x.issuer}"${c.issuerRaw.equals(parent.subjectRaw) ? " but the signature does not verify under that certificate's key" : ""}`));
+  if (!issuedBy(c, parent))
+    out.push(
+      problem(
+        i,
+        c,
+        "not-issued-by-next",
+        `was not issued by certificate ${i + 1} (${label(parent)}): its issuer is "${c.x.issuer}"${c.issuerRaw.equals(parent.subjectRaw) ? " but the signature does not verify under that certificate's key" : ""}`,
+      ),
+    );
   return out;
 }
 
@@ -301,7 +312,8 @@ function leafProblems(c: Cert): ChainProblem[] {
   out.push(...leafKeyUsageProblems(c));
   const eku = c.x.getExtension(x509.ExtendedKeyUsageExtension);
   const forbidden = (eku?.usages ?? []).map((u) => FORBIDDEN_LEAF_EKUS[String(u)]).filter((n) => n !== undefined);
-  if (forbidden.length > 0) out.push(problem(0, c, "leaf-eku-forbidden", `extendedKeyUsage has ${forbidden.join(", ")}, which notation forbids on a signing leaf; use codeSigning only, or no extendedKeyUsage`));
+  if (forbidden.length > 0)
+    out.push(problem(0, c, "leaf-eku-forbidden", `extendedKeyUsage has ${forbidden.join(", ")}, which notation forbids on a signing leaf; use codeSigning only, or no extendedKeyUsage`));
   if (!keySpecOfCertificate(c.der)) out.push(problem(0, c, "unsupported-key", `has a ${describeKey(c)} key; notation signs only with RSA 2048/3072/4096 or EC P-256/P-384/P-521`));
   out.push(...subjectProblems(c));
   return out;
@@ -313,7 +325,9 @@ function leafKeyUsageProblems(c: Cert): ChainProblem[] {
   const out: ChainProblem[] = [];
   if (!ku.critical) out.push(problem(0, c, "leaf-key-usage-not-critical", "keyUsage is not marked critical; notation requires a critical keyUsage with digitalSignature"));
   if (!(ku.usages & KU.digitalSignature)) out.push(problem(0, c, "leaf-key-usage-no-digital-signature", "keyUsage lacks digitalSignature, which notation requires"));
-  const bad = Object.entries(FORBIDDEN_LEAF_KEY_USAGES).filter(([, flag]) => ku.usages & flag).map(([name]) => name);
+  const bad = Object.entries(FORBIDDEN_LEAF_KEY_USAGES)
+    .filter(([, flag]) => ku.usages & flag)
+    .map(([name]) => name);
   if (bad.length > 0) out.push(problem(0, c, "leaf-key-usage-forbidden", `keyUsage has ${bad.join(", ")}, which notation forbids on a signing leaf`));
   return out;
 }

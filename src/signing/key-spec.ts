@@ -4,13 +4,7 @@ import { createHash } from "node:crypto";
 export const KEY_SPECS = ["RSA-2048", "RSA-3072", "RSA-4096", "EC-256", "EC-384", "EC-521"] as const;
 export type KeySpec = (typeof KEY_SPECS)[number];
 export type HashAlgorithm = "SHA-256" | "SHA-384" | "SHA-512";
-export type SigningAlgorithm =
-  | "RSASSA-PSS-SHA-256"
-  | "RSASSA-PSS-SHA-384"
-  | "RSASSA-PSS-SHA-512"
-  | "ECDSA-SHA-256"
-  | "ECDSA-SHA-384"
-  | "ECDSA-SHA-512";
+export type SigningAlgorithm = "RSASSA-PSS-SHA-256" | "RSASSA-PSS-SHA-384" | "RSASSA-PSS-SHA-512" | "ECDSA-SHA-256" | "ECDSA-SHA-384" | "ECDSA-SHA-512";
 export type NamedCurve = "P-256" | "P-384" | "P-521";
 
 export interface KeySpecInfo {
@@ -52,9 +46,7 @@ export function keySpecInfo(spec: KeySpec): KeySpecInfo {
 
 /** The key spec of an RSA modulus size or an EC curve, or undefined when Notation does not allow it. */
 export function keySpecFor(kty: "RSA" | "EC", sizeOrCurve: number | string): KeySpec | undefined {
-  const found = Object.values(TABLE).find((i) =>
-    i.kty === kty && (kty === "RSA" ? i.bits === sizeOrCurve : i.curve === sizeOrCurve),
-  );
+  const found = Object.values(TABLE).find((i) => i.kty === kty && (kty === "RSA" ? i.bits === sizeOrCurve : i.curve === sizeOrCurve));
   return found?.spec;
 }
 

@@ -36,7 +36,9 @@ async function main(): Promise<void> {
       const loadS = (performance.now() - t) / 1000;
       const size = (await c.query<{ s: string }>("SELECT pg_size_pretty(pg_total_relation_size('audit_records')) AS s")).rows[0]!.s;
       const target = (await c.query<{ d: string }>("SELECT 'sha256:' || encode(sha256(int8send($1::bigint * 7919)), 'hex') AS d", [Math.floor(ROWS / 2)])).rows[0]!.d;
-      const plan = (await c.query<{ "QUERY PLAN": string }>("EXPLAIN (ANALYZE, BUFFERS) SELECT replica_id, seq, line FROM audit_records WHERE artifact_digest = $1 ORDER BY time, replica_id, seq", [target])).rows.map((r) => r["QUERY PLAN"]);
+      const plan = (
+        await c.query<{ "QUERY PLAN": string }>("EXPLAIN (ANALYZE, BUFFERS) SELECT replica_id, seq, line FROM audit_records WHERE artifact_digest = $1 ORDER BY time, replica_id, seq", [target])
+      ).rows.map((r) => r["QUERY PLAN"]);
       const env = { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: database };
       const runs: number[] = [];
       let found = "";
@@ -57,7 +59,9 @@ async function main(): Promise<void> {
       q.sort((a, b) => a - b);
       console.log(`rows: ${ROWS} (${size} with indexes), loaded in ${loadS.toFixed(1)} s`);
       console.log(`search by digest, the query alone: median ${q[10]!.toFixed(2)} ms, max ${q.at(-1)!.toFixed(2)} ms`);
-      console.log(`hsm-signer audit search --artifact (a process: start, connect, query, print): median ${runs[2]!.toFixed(0)} ms, max ${runs.at(-1)!.toFixed(0)} ms; ${found.trim().split("\n").length} record(s) found`);
+      console.log(
+        `hsm-signer audit search --artifact (a process: start, connect, query, print): median ${runs[2]!.toFixed(0)} ms, max ${runs.at(-1)!.toFixed(0)} ms; ${found.trim().split("\n").length} record(s) found`,
+      );
       console.log(plan.map((l) => `  ${l}`).join("\n"));
       const ok = q[10]! < TARGET_MS;
       console.log(ok ? `PASS: well under ${TARGET_MS} ms` : `MISS: over ${TARGET_MS} ms`);

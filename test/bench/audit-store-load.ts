@@ -49,7 +49,9 @@ async function main(): Promise<void> {
           const r2 = await load(pgServer.port, f.tls.caFile, spec);
           (rates.get(`pg ${spec}`) ?? rates.set(`pg ${spec}`, []).get(`pg ${spec}`)!).push(r2.rate);
           (dbCpu.get(spec) ?? dbCpu.set(spec, []).get(spec)!).push(((await pg.cpuMs()) - cpu0) / Math.max(1, pgStore.stats.sequence - seq0));
-          console.error(`round ${round + 1} ${spec}: file ${r1.rate.toFixed(0)}/s (p50 ${r1.p50.toFixed(1)} ms), PostgreSQL ${r2.rate.toFixed(0)}/s (p50 ${r2.p50.toFixed(1)} ms), others ${r2.otherCores.toFixed(2)} cores`);
+          console.error(
+            `round ${round + 1} ${spec}: file ${r1.rate.toFixed(0)}/s (p50 ${r1.p50.toFixed(1)} ms), PostgreSQL ${r2.rate.toFixed(0)}/s (p50 ${r2.p50.toFixed(1)} ms), others ${r2.otherCores.toFixed(2)} cores`,
+          );
         }
       }
     } finally {
@@ -64,7 +66,9 @@ async function main(): Promise<void> {
       // Issue 13's targets: the database may cost EC-256 at most 20% of its calls/s, RSA-3072 5%.
       const floor = spec === "EC-256" ? 0.8 : 0.95;
       const verdict = pr / fr >= floor ? "PASS" : "FAIL";
-      console.log(`${verdict}  ${spec}: file store ${fr.toFixed(0)} calls/s, PostgreSQL ${pr.toFixed(0)} calls/s = ${((100 * pr) / fr).toFixed(0)}% (target >= ${floor * 100}%); database CPU ${mean(dbCpu.get(spec)!).toFixed(3)} ms per call`);
+      console.log(
+        `${verdict}  ${spec}: file store ${fr.toFixed(0)} calls/s, PostgreSQL ${pr.toFixed(0)} calls/s = ${((100 * pr) / fr).toFixed(0)}% (target >= ${floor * 100}%); database CPU ${mean(dbCpu.get(spec)!).toFixed(3)} ms per call`,
+      );
     }
   } finally {
     await pg.destroy();

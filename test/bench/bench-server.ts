@@ -91,7 +91,11 @@ async function main(start: BenchServerStart): Promise<void> {
   } else if (start.mode !== "raw" && hsm) {
     const h = hsm;
     // startTestServer takes what it needs of a fixture: the token directory, the TLS material, the key store.
-    const f = { token: { dir: start.token.dir }, tls: { serverCert: Buffer.from(start.tls.serverCert), serverKey: Buffer.from(start.tls.serverKey), ca: Buffer.from(start.tls.ca) }, hsm: { keys: h.keys } } as unknown as Fixture;
+    const f = {
+      token: { dir: start.token.dir },
+      tls: { serverCert: Buffer.from(start.tls.serverCert), serverKey: Buffer.from(start.tls.serverKey), ca: Buffer.from(start.tls.ca) },
+      hsm: { keys: h.keys },
+    } as unknown as Fixture;
     const noAudit = { append: () => Promise.resolve({ sequence: 0, lineHash: "" }) };
     const onFsync = (seconds: number, lines: number): void => {
       fsync.fsyncs++;

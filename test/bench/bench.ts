@@ -121,7 +121,12 @@ class ServerProcess {
     const child = fork(join(PROJECT_ROOT, "dist/test/bench/bench-server.js"), [], { serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
     const s = new ServerProcess(mode, child);
     const ready = s.expect("ready", 60_000);
-    const start: BenchServerStart = { mode, token: { module: f.token.module, label: f.token.label, pin: f.token.pin, dir: f.token.dir }, tls: { serverCert: f.tls.serverCert, serverKey: f.tls.serverKey, ca: f.tls.ca }, fixed };
+    const start: BenchServerStart = {
+      mode,
+      token: { module: f.token.module, label: f.token.label, pin: f.token.pin, dir: f.token.dir },
+      tls: { serverCert: f.tls.serverCert, serverKey: f.tls.serverKey, ca: f.tls.ca },
+      fixed,
+    };
     child.send(start);
     const r = (await ready) as Extract<BenchServerMessage, { op: "ready" }>;
     Object.assign(s, { port: r.port, pid: r.pid, threads: r.threads });
@@ -185,7 +190,18 @@ function digestRequest(spec: KeySpec): Record<string, unknown> {
 async function remoteLoad(server: ServerProcess, caFile: string, spec: KeySpec, o: LoadOptions, client: LoadClient = LOAD_CLIENT): Promise<LoadResult> {
   const req = digestRequest(spec);
   const wire = { ...req, digest: (req.digest as Buffer).toString("base64") };
-  const args = JSON.stringify({ port: server.port, caFile, req: wire, signatureLength: keySpecInfo(spec).signatureLength, concurrency: o.concurrency, warmupMs: o.warmupMs, warmupCalls: o.warmupCalls, durationMs: o.durationMs, client, server: { pid: server.pid, threads: server.threads } });
+  const args = JSON.stringify({
+    port: server.port,
+    caFile,
+    req: wire,
+    signatureLength: keySpecInfo(spec).signatureLength,
+    concurrency: o.concurrency,
+    warmupMs: o.warmupMs,
+    warmupCalls: o.warmupCalls,
+    durationMs: o.durationMs,
+    client,
+    server: { pid: server.pid, threads: server.threads },
+  });
   const p = await runProcess(process.execPath, [join(PROJECT_ROOT, "dist/test/bench/load-client.js"), args], undefined, process.env, o.warmupMs + o.durationMs + 120_000);
   if (p.code !== 0) throw new Error(`load client failed (${p.code ?? p.signal}): ${p.stderr.slice(0, 800)}`);
   return JSON.parse(p.stdout) as LoadResult;
@@ -200,15 +216,54 @@ const round = (n: number, d = 3): number => Number(n.toFixed(d));
 /** The median of each figure over the runs of a row. */
 function medianResult(runs: LoadResult[]): LoadResult {
   const m = (f: (r: LoadResult) => number): number => median(runs.map(f));
-  const cpu: ServerCpu = { total: m((r) => r.cpu.total), main: m((r) => r.cpu.main), sign: m((r) => r.cpu.sign), libuv: m((r) => r.cpu.libuv), other: m((r) => r.cpu.other), user: m((r) => r.cpu.user), system: m((r) => r.cpu.system) };
-  return { ops: m((r) => r.ops), seconds: m((r) => r.seconds), rate: m((r) => r.rate), p50: m((r) => r.p50), p99: m((r) => r.p99), mean: m((r) => r.mean), cpuMsPerCall: cpu.total, cpu, cores: m((r) => r.cores), otherCores: m((r) => r.otherCores), clientCores: m((r) => r.clientCores ?? Number.NaN) };
+  const cpu: ServerCpu = {
+    total: m((r) => r.cpu.total),
+    main: m((r) => r.cpu.main),
+    sign: m((r) => r.cpu.sign),
+    libuv: m((r) => r.cpu.libuv),
+    other: m((r) => r.cpu.other),
+    user: m((r) => r.cpu.user),
+    system: m((r) => r.cpu.system),
+  };
+  return {
+    ops: m((r) => r.ops),
+    seconds: m((r) => r.seconds),
+    rate: m((r) => r.rate),
+    p50: m((r) => r.p50),
+    p99: m((r) => r.p99),
+    mean: m((r) => r.mean),
+    cpuMsPerCall: cpu.total,
+    cpu,
+    cores: m((r) => r.cores),
+    otherCores: m((r) => r.otherCores),
+    clientCores: m((r) => r.clientCores ?? Number.NaN),
+  };
 }
 
 function printTable(rows: { name: string; r: LoadResult; spread?: string; note?: string }[]): void {
   const head = ["", "calls/s", "p50 ms", "p99 ms", "calls", "CPU ms/call", "rounds", "main", "sign thr", "libuv", "V8/other", "client", "others", ""];
-  const cells = rows.map((x) => [x.name, fmt(x.r.rate, 0), fmt(x.r.p50, 2), fmt(x.r.p99, 2), fmt(x.r.ops, 0), fmt(x.r.cpuMsPerCall, 3), x.spread ?? "", fmt(x.r.cpu.main, 3), fmt(x.r.cpu.sign, 3), fmt(x.r.cpu.libuv, 3), fmt(x.r.cpu.other, 3), fmt(x.r.clientCores ?? Number.NaN, 2), fmt(x.r.otherCores, 2), x.note ?? ""]);
+  const cells = rows.map((x) => [
+    x.name,
+    fmt(x.r.rate, 0),
+    fmt(x.r.p50, 2),
+    fmt(x.r.p99, 2),
+    fmt(x.r.ops, 0),
+    fmt(x.r.cpuMsPerCall, 3),
+    x.spread ?? "",
+    fmt(x.r.cpu.main, 3),
+    fmt(x.r.cpu.sign, 3),
+    fmt(x.r.cpu.libuv, 3),
+    fmt(x.r.cpu.other, 3),
+    fmt(x.r.clientCores ?? Number.NaN, 2),
+    fmt(x.r.otherCores, 2),
+    x.note ?? "",
+  ]);
   const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
-  const line = (c: string[]): string => c.map((v, i) => (i === 0 || i === head.length - 1 ? v.padEnd(widths[i] as number) : v.padStart(widths[i] as number))).join("  ").trimEnd();
+  const line = (c: string[]): string =>
+    c
+      .map((v, i) => (i === 0 || i === head.length - 1 ? v.padEnd(widths[i] as number) : v.padStart(widths[i] as number)))
+      .join("  ")
+      .trimEnd();
   console.log(line(head));
   console.log(widths.map((w) => "-".repeat(w)).join("  "));
   for (const c of cells) console.log(line(c));
@@ -234,10 +289,10 @@ const NOISE_LIMIT_CORES = 0.15;
 
 type RowKind = "raw" | "service" | "audit-off" | "echo";
 const ROW_NAMES: Record<RowKind, (spec: KeySpec) => string> = {
-  raw: (s) => `a) raw PKCS#11 signature ${s}`,
-  service: (s) => `b) Sign ${s} (TLS, policy, durable audit)`,
+  "raw": (s) => `a) raw PKCS#11 signature ${s}`,
+  "service": (s) => `b) Sign ${s} (TLS, policy, durable audit)`,
   "audit-off": (s) => `b') Sign ${s}, audit off`,
-  echo: () => "c) bare grpc-js echo (same TLS and answer)",
+  "echo": () => "c) bare grpc-js echo (same TLS and answer)",
 };
 const ROWS: [RowKind, KeySpec][] = [
   ["raw", "RSA-3072"],
@@ -289,7 +344,7 @@ async function main(): Promise<boolean> {
     clients.push(echoClient);
     const echoCheck = await signCall(echoClient, digestRequest("EC-256"));
     if (!echoCheck.signature.equals(ecResponse.signature)) throw new Error("echo server answered something else");
-    const byKind: Record<RowKind, ServerProcess> = { raw, service: svc, "audit-off": off, echo };
+    const byKind: Record<RowKind, ServerProcess> = { raw, "service": svc, "audit-off": off, echo };
 
     // Warm-up of each process: thousands of calls, so that V8 has optimized what a call runs.
     const warm: LoadOptions = { concurrency: 64, warmupMs: 100, durationMs: SERVER_WARMUP_MS };
@@ -338,7 +393,12 @@ async function main(): Promise<boolean> {
     fsyncAtOne = { ms: (fsyncs.seconds * 1000) / Math.max(1, fsyncs.n), lines: fsyncs.lines / Math.max(1, fsyncs.n) };
     for (const [i, [name]] of oneRows.entries()) {
       const cpus = oneRuns[i]!.map((r) => r.cpuMsPerCall);
-      oneInFlight.push({ name, r: medianResult(oneRuns[i]!), spread: `${fmt(Math.min(...cpus), 3)}-${fmt(Math.max(...cpus), 3)}`, note: i === 0 ? `fdatasync: ${fmt(fsyncAtOne.ms, 2)} ms mean` : undefined });
+      oneInFlight.push({
+        name,
+        r: medianResult(oneRuns[i]!),
+        spread: `${fmt(Math.min(...cpus), 3)}-${fmt(Math.max(...cpus), 3)}`,
+        note: i === 0 ? `fdatasync: ${fmt(fsyncAtOne.ms, 2)} ms mean` : undefined,
+      });
     }
 
     // e) the same servers under the other client, as information.
@@ -451,14 +511,41 @@ async function main(): Promise<boolean> {
     console.log("");
     console.log(`${c} calls in flight`);
     printTable(rows);
-    const rsa = ratio(c, (i) => cpuOf("service", "RSA-3072", c, i), (i) => cpuOf("raw", "RSA-3072", c, i));
-    const ec = ratio(c, (i) => cpuOf("service", "EC-256", c, i), (i) => cpuOf("echo", "EC-256", c, i) + cpuOf("raw", "EC-256", c, i));
-    const auditRsa = ratio(c, (i) => cpuOf("service", "RSA-3072", c, i), (i) => cpuOf("audit-off", "RSA-3072", c, i));
-    const auditEc = ratio(c, (i) => cpuOf("service", "EC-256", c, i), (i) => cpuOf("audit-off", "EC-256", c, i));
+    const rsa = ratio(
+      c,
+      (i) => cpuOf("service", "RSA-3072", c, i),
+      (i) => cpuOf("raw", "RSA-3072", c, i),
+    );
+    const ec = ratio(
+      c,
+      (i) => cpuOf("service", "EC-256", c, i),
+      (i) => cpuOf("echo", "EC-256", c, i) + cpuOf("raw", "EC-256", c, i),
+    );
+    const auditRsa = ratio(
+      c,
+      (i) => cpuOf("service", "RSA-3072", c, i),
+      (i) => cpuOf("audit-off", "RSA-3072", c, i),
+    );
+    const auditEc = ratio(
+      c,
+      (i) => cpuOf("service", "EC-256", c, i),
+      (i) => cpuOf("audit-off", "EC-256", c, i),
+    );
     const rs = (x: { rounds: number[] }): string => x.rounds.map((v) => fmt(v, 2)).join(", ");
-    targets.push({ name: `RSA-3072 Sign <= ${RSA_MAX_OF_RAW}x the raw signature's CPU per call, ${c} in flight`, value: `${fmt(rsa.median, 2)}x (rounds: ${rs(rsa)})`, pass: rsa.median <= RSA_MAX_OF_RAW });
-    targets.push({ name: `EC-256 Sign <= ${EC_MAX_OF_ECHO_PLUS_RAW}x (echo + raw signature), ${c} in flight`, value: `${fmt(ec.median, 2)}x (rounds: ${rs(ec)})`, pass: ec.median <= EC_MAX_OF_ECHO_PLUS_RAW });
-    for (const [spec, a] of [["RSA-3072", auditRsa], ["EC-256", auditEc]] as const) {
+    targets.push({
+      name: `RSA-3072 Sign <= ${RSA_MAX_OF_RAW}x the raw signature's CPU per call, ${c} in flight`,
+      value: `${fmt(rsa.median, 2)}x (rounds: ${rs(rsa)})`,
+      pass: rsa.median <= RSA_MAX_OF_RAW,
+    });
+    targets.push({
+      name: `EC-256 Sign <= ${EC_MAX_OF_ECHO_PLUS_RAW}x (echo + raw signature), ${c} in flight`,
+      value: `${fmt(ec.median, 2)}x (rounds: ${rs(ec)})`,
+      pass: ec.median <= EC_MAX_OF_ECHO_PLUS_RAW,
+    });
+    for (const [spec, a] of [
+      ["RSA-3072", auditRsa],
+      ["EC-256", auditEc],
+    ] as const) {
       const value = `${fmt((a.median - 1) * 100, 1)}% more (rounds: ${a.rounds.map((v) => `${fmt((v - 1) * 100, 1)}%`).join(", ")})`;
       // The target is at 64 in flight; other concurrencies are reported.
       if (c === 64) targets.push({ name: `${spec}: durable audit adds <= ${AUDIT_MAX_EXTRA * 100}% CPU per call against audit off, 64 in flight`, value, pass: a.median - 1 <= AUDIT_MAX_EXTRA });
@@ -470,7 +557,9 @@ async function main(): Promise<boolean> {
   console.log("1 call in flight (latency), EC-256");
   printTable(oneInFlight);
   const [d1, n1, o1, e1] = oneInFlight.map((x) => x.r) as [LoadResult, LoadResult, LoadResult, LoadResult];
-  console.log(`  p50 (medians of the rounds): durable audit ${fmt(d1.p50, 2)} ms = echo ${fmt(e1.p50, 2)} + policy, key and HSM signature ${fmt(o1.p50 - e1.p50, 2)} + audit line without fdatasync ${fmt(n1.p50 - o1.p50, 2)} + fdatasync ${fmt(d1.p50 - n1.p50, 2)}`);
+  console.log(
+    `  p50 (medians of the rounds): durable audit ${fmt(d1.p50, 2)} ms = echo ${fmt(e1.p50, 2)} + policy, key and HSM signature ${fmt(o1.p50 - e1.p50, 2)} + audit line without fdatasync ${fmt(n1.p50 - o1.p50, 2)} + fdatasync ${fmt(d1.p50 - n1.p50, 2)}`,
+  );
   console.log(`  (the service measured ${fmt(fsyncAtOne?.ms ?? Number.NaN, 2)} ms per fdatasync, ${fmt(fsyncAtOne?.lines ?? Number.NaN, 1)} lines each)`);
   console.log("  at one call in flight there is no other call to share an fdatasync with: group commit cannot shorten it; audit.fsync: false does (and gives up durability)");
   console.log("");
@@ -488,21 +577,28 @@ async function main(): Promise<boolean> {
   const pw = Math.max(...plugin.map((p) => p.name.length), "one notation signature (sum of 3 medians)".length);
   console.log(`${"".padEnd(pw)}  ${"median ms".padStart(9)}  ${"p90 ms".padStart(7)}  ${"min".padStart(6)}  ${"max".padStart(6)}  ${"others".padStart(6)}`);
   console.log(`${"-".repeat(pw)}  ${"-".repeat(9)}  ${"-".repeat(7)}  ${"-".repeat(6)}  ${"-".repeat(6)}  ${"-".repeat(6)}`);
-  for (const p of plugin) console.log(`${p.name.padEnd(pw)}  ${fmt(p.median).padStart(9)}  ${fmt(p.p90).padStart(7)}  ${fmt(p.min).padStart(6)}  ${fmt(p.max).padStart(6)}  ${fmt(p.otherCores, 2).padStart(6)}`);
+  for (const p of plugin)
+    console.log(`${p.name.padEnd(pw)}  ${fmt(p.median).padStart(9)}  ${fmt(p.p90).padStart(7)}  ${fmt(p.min).padStart(6)}  ${fmt(p.max).padStart(6)}  ${fmt(p.otherCores, 2).padStart(6)}`);
   console.log(`${"one notation signature (sum of 3 medians)".padEnd(pw)}  ${fmt(sum3).padStart(9)}`);
   console.log(`${"  the same with pluginConfig key_spec".padEnd(pw)}  ${fmt(sum3Local).padStart(9)}`);
   targets.push({ name: "get-plugin-metadata <= 1.5x node -e 0", value: `${fmt(metaRatio, 2)}x (${fmt(meta.median)} / ${fmt(base.median)} ms)`, pass: metaRatio <= 1.5 });
   targets.push({ name: "three plugin commands < 200 ms", value: `${fmt(sum3)} ms`, pass: sum3 < 200 });
   targets.push({ name: "three plugin commands < 200 ms, with key_spec", value: `${fmt(sum3Local)} ms`, pass: sum3Local < 200 });
 
-  const allLoads: [string, LoadResult][] = [...[...runs].flatMap(([k, rs]) => rs.map((r, i): [string, LoadResult] => [`${k} round ${i + 1}`, r])), ...oneInFlight.map((x): [string, LoadResult] => [`${x.name.trim()} 1 in flight`, x.r]), ...otherRows.map((x): [string, LoadResult] => [x.name, x.r])];
+  const allLoads: [string, LoadResult][] = [
+    ...[...runs].flatMap(([k, rs]) => rs.map((r, i): [string, LoadResult] => [`${k} round ${i + 1}`, r])),
+    ...oneInFlight.map((x): [string, LoadResult] => [`${x.name.trim()} 1 in flight`, x.r]),
+    ...otherRows.map((x): [string, LoadResult] => [x.name, x.r]),
+  ];
   const noisy = [
     ...allLoads.filter(([, r]) => r.otherCores > NOISE_LIMIT_CORES).map(([n, r]) => `${n} (${fmt(r.otherCores, 2)} cores)`),
     ...plugin.filter((p) => p.otherCores > NOISE_LIMIT_CORES).map((p) => `${p.name} (${fmt(p.otherCores, 2)} cores)`),
   ];
   console.log("");
   if (noisy.length > 0) {
-    console.log(`WARNING: other processes used more than ${NOISE_LIMIT_CORES} cores during ${noisy.length} of ${allLoads.length + plugin.length} measurements (see BENCH_JSON "noisy"): CPU per call rises on a busy machine (caches, context switches); compare rows of the same round`);
+    console.log(
+      `WARNING: other processes used more than ${NOISE_LIMIT_CORES} cores during ${noisy.length} of ${allLoads.length + plugin.length} measurements (see BENCH_JSON "noisy"): CPU per call rises on a busy machine (caches, context switches); compare rows of the same round`,
+    );
   } else {
     console.log(`machine quiet: no other process used more than ${NOISE_LIMIT_CORES} cores during any measurement`);
   }
@@ -511,7 +607,17 @@ async function main(): Promise<boolean> {
   const tw = Math.max(...targets.map((t) => t.name.length));
   for (const t of targets) console.log(`  ${t.pass ? "PASS" : "FAIL"}  ${t.name.padEnd(tw)}  ${t.value}`);
 
-  const lr = (r: LoadResult): Record<string, unknown> => ({ perSec: round(r.rate, 1), p50Ms: round(r.p50), p99Ms: round(r.p99), calls: r.ops, cpuMsPerCall: round(r.cpuMsPerCall), cpu: Object.fromEntries(Object.entries(r.cpu).map(([k, v]) => [k, round(v)])), cpuCores: round(r.cores, 2), clientCores: round(r.clientCores ?? Number.NaN, 2), otherCores: round(r.otherCores, 2) });
+  const lr = (r: LoadResult): Record<string, unknown> => ({
+    perSec: round(r.rate, 1),
+    p50Ms: round(r.p50),
+    p99Ms: round(r.p99),
+    calls: r.ops,
+    cpuMsPerCall: round(r.cpuMsPerCall),
+    cpu: Object.fromEntries(Object.entries(r.cpu).map(([k, v]) => [k, round(v)])),
+    cpuCores: round(r.cores, 2),
+    clientCores: round(r.clientCores ?? Number.NaN, 2),
+    otherCores: round(r.otherCores, 2),
+  });
   const results = {
     node: process.version,
     cpus: availableParallelism(),
@@ -520,7 +626,9 @@ async function main(): Promise<boolean> {
     warmupMs: WARMUP_MS,
     warmupCalls: WARMUP_CALLS,
     durationMs: DURATION_MS,
-    rows: Object.fromEntries(CONCURRENCIES.map((c) => [String(c), Object.fromEntries(rowsAt(c).map((x) => [x.name, { median: lr(x.r), roundsCpuMsPerCall: x.runs.map((r) => round(r.cpuMsPerCall)) }]))])),
+    rows: Object.fromEntries(
+      CONCURRENCIES.map((c) => [String(c), Object.fromEntries(rowsAt(c).map((x) => [x.name, { median: lr(x.r), roundsCpuMsPerCall: x.runs.map((r) => round(r.cpuMsPerCall)) }]))]),
+    ),
     ratios,
     oneInFlight: { ...Object.fromEntries(oneInFlight.map((x) => [x.name.trim(), lr(x.r)])), fsync: fsyncAtOne },
     otherClient: { client: OTHER_CLIENT, rows: Object.fromEntries(otherRows.map((x) => [x.name, lr(x.r)])) },
@@ -570,4 +678,3 @@ async function soak(): Promise<boolean> {
     process.exit(1);
   },
 );
-

@@ -122,7 +122,10 @@ export function percentile(sorted: number[], p: number): number {
 }
 
 export function median(values: number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 50);
+  return percentile(
+    [...values].sort((a, b) => a - b),
+    50,
+  );
 }
 
 /**
@@ -226,7 +229,10 @@ export async function runLoad(op: () => Promise<unknown>, o: LoadOptions): Promi
 export function childrenCpuMs(): number {
   try {
     const stat = readFileSync("/proc/self/stat", "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+    const f = stat
+      .slice(stat.lastIndexOf(")") + 2)
+      .split(" ")
+      .map(Number);
     // Fields after the command: state(3) ... cutime(16) cstime(17), numbered from 1 with pid.
     return (((f[13] ?? 0) + (f[14] ?? 0)) * 1000) / 100;
   } catch {

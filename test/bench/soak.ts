@@ -62,7 +62,6 @@ export interface SoakResult {
   pass: boolean;
 }
 
-
 function waitForListening(child: ChildProcess, ms: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let out = "";
@@ -93,7 +92,13 @@ async function memoryOf(metricsPort: number, pid: number, t0: number): Promise<M
   } catch {
     // not Linux
   }
-  return { atMs: performance.now() - t0, rssMb: value("process_resident_memory_bytes") / MB, heapUsedMb: value("nodejs_heap_size_used_bytes") / MB, heapTotalMb: value("nodejs_heap_size_total_bytes") / MB, procRssMb: procRss };
+  return {
+    atMs: performance.now() - t0,
+    rssMb: value("process_resident_memory_bytes") / MB,
+    heapUsedMb: value("nodejs_heap_size_used_bytes") / MB,
+    heapTotalMb: value("nodejs_heap_size_total_bytes") / MB,
+    procRssMb: procRss,
+  };
 }
 
 /** Least-squares slope of RSS over time, MB per minute. */
@@ -183,7 +188,8 @@ async function call(client: grpc.Client, kind: Kind, verify: boolean): Promise<v
     case "malformed (INVALID_ARGUMENT)": {
       const r = Math.random();
       // No payload nor digest; a digest of the wrong length; a hash that does not fit the key.
-      const req = r < 0.34 ? { keyId: EC_KEY } : r < 0.67 ? { keyId: EC_KEY, digest: randomBytes(20), hashAlgorithm: "SHA-256" } : { keyId: EC_KEY, payload: randomBytes(10), hashAlgorithm: "SHA-512" };
+      const req =
+        r < 0.34 ? { keyId: EC_KEY } : r < 0.67 ? { keyId: EC_KEY, digest: randomBytes(20), hashAlgorithm: "SHA-256" } : { keyId: EC_KEY, payload: randomBytes(10), hashAlgorithm: "SHA-512" };
       return expectCode(callSigner(client, "Sign", req, deadline), grpc.status.INVALID_ARGUMENT, kind);
     }
   }
@@ -197,7 +203,16 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   let client: grpc.Client | undefined;
   try {
     o.log(`soak: setting up a token with ${EC_KEY} (EC-256) and ${RSA_KEY} (RSA-2048) in ${data}...`);
-    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, DEMO_KEY_ID: EC_KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: "hsm-signer-soak" };
+    const setupEnv = {
+      ...process.env,
+      HSM_SIGNER_DATA: data,
+      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
+      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      DEMO_KEY_ID: EC_KEY,
+      DEMO_KEY_SPEC: "EC-256",
+      DEMO_TOKEN_LABEL: "hsm-signer-soak",
+    };
     await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 120_000 });
     const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf") };
     await run(HSM_SIGNER, ["test-chain", "--config", join(data, "config.yaml"), "--key-id", RSA_KEY, "--key-spec", "RSA-2048"], { env, timeout: 120_000 });
@@ -314,15 +329,22 @@ export function printSoak(r: SoakResult): void {
   console.log(`${"".padEnd(w)}  ${"calls".padStart(7)}  ${"p50 ms".padStart(7)}  ${"p99 ms".padStart(7)}`);
   console.log(`${"-".repeat(w)}  ${"-".repeat(7)}  ${"-".repeat(7)}  ${"-".repeat(7)}`);
   for (const [k, v] of kinds) console.log(`${k.padEnd(w)}  ${String(v.calls).padStart(7)}  ${f1(v.p50Ms, 2).padStart(7)}  ${f1(v.p99Ms, 2).padStart(7)}`);
-  console.log(`${"all (after warm-up)".padEnd(w)}  ${String(kinds.reduce((a, [, v]) => a + v.calls, 0)).padStart(7)}  ${f1(r.p50Ms, 2).padStart(7)}  ${f1(r.p99Ms, 2).padStart(7)}   ${f1(r.perSec, 0)} calls/s`);
+  console.log(
+    `${"all (after warm-up)".padEnd(w)}  ${String(kinds.reduce((a, [, v]) => a + v.calls, 0)).padStart(7)}  ${f1(r.p50Ms, 2).padStart(7)}  ${f1(r.p99Ms, 2).padStart(7)}   ${f1(r.perSec, 0)} calls/s`,
+  );
   console.log("");
   console.log("service memory     at s   RSS MB  heap used MB  heap total MB  /proc VmRSS MB");
-  const row = (name: string, m: Memory): void => console.log(`${name.padEnd(16)} ${f1(m.atMs / 1000, 0).padStart(6)}  ${f1(m.rssMb).padStart(7)}  ${f1(m.heapUsedMb).padStart(12)}  ${f1(m.heapTotalMb).padStart(13)}  ${f1(m.procRssMb).padStart(14)}`);
+  const row = (name: string, m: Memory): void =>
+    console.log(
+      `${name.padEnd(16)} ${f1(m.atMs / 1000, 0).padStart(6)}  ${f1(m.rssMb).padStart(7)}  ${f1(m.heapUsedMb).padStart(12)}  ${f1(m.heapTotalMb).padStart(13)}  ${f1(m.procRssMb).padStart(14)}`,
+    );
   row("start", r.memory.start);
   row("after warm-up", r.memory.afterWarmup);
   row("end", r.memory.end);
   console.log(`RSS trend after warm-up: ${f1(r.memory.rssSlopeMbPerMin, 2)} MB/min over ${r.memory.samples.length} samples`);
   console.log("");
   console.log(`  ${r.unexpected === 0 ? "PASS" : "FAIL"}  every answer as expected (${r.unexpected} unexpected of ${r.calls})`);
-  console.log(`  ${r.rssRatio <= SOAK_RSS_FACTOR ? "PASS" : "FAIL"}  memory bounded: end RSS <= ${SOAK_RSS_FACTOR}x RSS after warm-up (${f1(r.rssRatio, 2)}x: ${f1(r.memory.end.rssMb)} / ${f1(r.memory.afterWarmup.rssMb)} MB)`);
+  console.log(
+    `  ${r.rssRatio <= SOAK_RSS_FACTOR ? "PASS" : "FAIL"}  memory bounded: end RSS <= ${SOAK_RSS_FACTOR}x RSS after warm-up (${f1(r.rssRatio, 2)}x: ${f1(r.memory.end.rssMb)} / ${f1(r.memory.afterWarmup.rssMb)} MB)`,
+  );
 }

@@ -67,10 +67,12 @@ function pemBlocks(pem: string): Buffer[] {
 
 /** Attributes of a DN, e.g. "C=US, ST=WA, O=Example Corp, CN=release" (no escapes in these tests), by type. */
 function dnAttributes(dn: string, separator: RegExp): Map<string, string> {
-  return new Map(dn.split(separator).map((a) => {
-    const i = a.indexOf("=");
-    return [a.slice(0, i).trim().toUpperCase(), a.slice(i + 1).trim()] as [string, string];
-  }));
+  return new Map(
+    dn.split(separator).map((a) => {
+      const i = a.indexOf("=");
+      return [a.slice(0, i).trim().toUpperCase(), a.slice(i + 1).trim()] as [string, string];
+    }),
+  );
 }
 
 describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a service process (SoftHSM)", function () {
@@ -145,7 +147,10 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
       // Flags win over the environment: the custodian's certificate in HSM_SIGNER_ADMIN_* is not used.
       adminByEnv(["slots", ...builderFlags]),
     ]);
-    for (const [r, method] of [[byFlags, "GetInventory"], [overEnv, "ListSlots"]] as const) {
+    for (const [r, method] of [
+      [byFlags, "GetInventory"],
+      [overEnv, "ListSlots"],
+    ] as const) {
       assert.equal(r.code, 1, r.stderr);
       assert.equal(r.stdout, "");
       assert.match(r.stderr, new RegExp(`^hsm-signer: .*spiffe://hsm-signer\\.dev/builder may not call KeyAdmin\\.${method}`));
@@ -157,7 +162,10 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.ok(custodian);
     const r = await cli(["slots", "--endpoint", `127.0.0.1:${svc.adminPort}`, "--cert", custodian.certFile, "--key", custodian.keyFile, "--timeout", "10"]);
     assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, new RegExp(`^hsm-signer: cannot reach KeyAdmin at 127\\.0\\.0\\.1:${svc.adminPort}: .*(self-signed certificate|unable to verify the first certificate|unable to get local issuer certificate)`));
+    assert.match(
+      r.stderr,
+      new RegExp(`^hsm-signer: cannot reach KeyAdmin at 127\\.0\\.0\\.1:${svc.adminPort}: .*(self-signed certificate|unable to verify the first certificate|unable to get local issuer certificate)`),
+    );
     assert.match(r.stderr, /give the CA that issued it with --ca FILE or HSM_SIGNER_ADMIN_CA\)$/m);
   });
 
@@ -180,7 +188,11 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(badSpec.stderr, /usage: hsm-signer keys generate/);
 
     const keys = await inventory();
-    assert.deepEqual(keys.map((k) => k.keyId), ["release"], "nothing else was generated");
+    assert.deepEqual(
+      keys.map((k) => k.keyId),
+      ["release"],
+      "nothing else was generated",
+    );
     assert.equal(keys[0]?.versions[0]?.keySpec, "EC-256");
     assert.match(keys[0]?.versions[0]?.problem ?? "", /no certificate/);
   });
@@ -223,10 +235,19 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.equal(r.stdout, "");
     assert.match(r.stderr, /^hsm-signer: the chain for key "strict" was rejected:$/m);
     // One line per broken rule, ending with its id in brackets (the last also carries the request id).
-    const ruleLines = r.stderr.split("\n").map((l) => l.replace(/ \[request [0-9a-f]+\]$/, "")).filter((l) => /\[[a-z0-9-]+\]$/.test(l));
+    const ruleLines = r.stderr
+      .split("\n")
+      .map((l) => l.replace(/ \[request [0-9a-f]+\]$/, ""))
+      .filter((l) => /\[[a-z0-9-]+\]$/.test(l));
     assert.equal(ruleLines.length, 2, r.stderr);
-    assert.ok(ruleLines.some((l) => /keyUsage is not marked critical.* \[leaf-key-usage-not-critical\]$/.test(l)), r.stderr);
-    assert.ok(ruleLines.some((l) => l.endsWith("[leaf-eku-forbidden]")), r.stderr);
+    assert.ok(
+      ruleLines.some((l) => /keyUsage is not marked critical.* \[leaf-key-usage-not-critical\]$/.test(l)),
+      r.stderr,
+    );
+    assert.ok(
+      ruleLines.some((l) => l.endsWith("[leaf-eku-forbidden]")),
+      r.stderr,
+    );
     assert.match((await inventory("strict"))[0]?.versions[0]?.problem ?? "", /no certificate/, "nothing was stored");
 
     // A chain whose leaf holds another key's public key: named, with its rule id, like the other rules.
@@ -234,11 +255,20 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
       admin(["certs", "import", "--key-id", "strict", file("release-v1.der"), outsideCa.certFile]),
       admin(["certs", "import", "--key-id", "strict", "--version", "1", "--strict-order", file("release-v1.der"), outsideCa.certFile]),
     ]);
-    for (const [r, which] of [[anyVersion, 'any version of key "strict"'], [strictOrder, 'key "strict" version 1']] as const) {
+    for (const [r, which] of [
+      [anyVersion, 'any version of key "strict"'],
+      [strictOrder, 'key "strict" version 1'],
+    ] as const) {
       assert.equal(r.code, 1, r.stderr);
       assert.match(r.stderr, /^hsm-signer: the chain for key "strict" was rejected:$/m);
       const line = r.stderr.split("\n").find((l) => l.includes("[leaf-key-mismatch]")) ?? "";
-      assert.match(line, new RegExp(`^certificate 0 \\(CN=release, O=Example Corp\\): its public key \\(EC prime256v1\\) is not the one of ${which.replace(/"/g, '"')}.* \\[leaf-key-mismatch\\]( \\[request [0-9a-f]+\\])?$`), r.stderr);
+      assert.match(
+        line,
+        new RegExp(
+          `^certificate 0 \\(CN=release, O=Example Corp\\): its public key \\(EC prime256v1\\) is not the one of ${which.replace(/"/g, '"')}.* \\[leaf-key-mismatch\\]( \\[request [0-9a-f]+\\])?$`,
+        ),
+        r.stderr,
+      );
     }
   });
 
@@ -256,7 +286,10 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(table, /^KEY\s+VER\s+STATE\s+CUR\s+SPEC\s+ROLE\s+SUBJECT\s+ISSUER\s+EXPIRES$/m);
     assert.match(table, /^short-lived\s+1\s+enabled\s+\*\s+RSA-2048\s+signing\s+.*EXPIRES IN (9|10)d \(\d{4}-\d\d-\d\d\)$/m);
     assert.match(table, /^short-lived-root-ca\s+1\s+enabled\s+.*\bca\b/m);
-    assert.match(table, /^release\s+1\s+enabled\s+\*\s+EC-256\s+signing\s+C=US, ST=WA, O=Example Corp, CN=release\s+C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA\s+\d{4}-\d\d-\d\d \(36[345]d\)$/m);
+    assert.match(
+      table,
+      /^release\s+1\s+enabled\s+\*\s+EC-256\s+signing\s+C=US, ST=WA, O=Example Corp, CN=release\s+C=US, ST=WA, O=Outside CA Inc, CN=Outside Root CA\s+\d{4}-\d\d-\d\d \(36[345]d\)$/m,
+    );
     assert.match(table, /^ {2}strict@v1: .*no certificate/m);
     assert.match(table, /^4 key\(s\), 4 version\(s\); \d+ expiring within 30 days; \d+ with problems$/m);
 
@@ -300,7 +333,13 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     const staleError = JSON.parse(stale.stderr) as { errorCode: string; errorMessage: string };
     assert.match(staleError.errorMessage, /key "release" is EC-256, not EC-384 \(the request's key_spec\); with notation, update the key_spec plugin config: .*--plugin-config key_spec=EC-256/);
     const release = (await inventory("release"))[0];
-    assert.deepEqual(release?.versions.map((v) => [v.version, v.state, v.current]), [[1, "enabled", false], [2, "enabled", true]]);
+    assert.deepEqual(
+      release?.versions.map((v) => [v.version, v.state, v.current]),
+      [
+        [1, "enabled", false],
+        [2, "enabled", true],
+      ],
+    );
 
     const v1File = file("release-v1-chain.pem");
     const [v1Run, currentRun] = await Promise.all([adminByEnv(["certs", "chain", "--key-id", "release", "--version", "1", "--out", v1File]), admin(["certs", "chain", "--key-id", "release"])]);
@@ -347,7 +386,13 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
     assert.match(destroyed.stdout, /^release\s+1\s+destroyed\s/m);
 
     const versions = (await inventory("release"))[0]?.versions;
-    assert.deepEqual(versions?.map((v) => [v.version, v.state]), [[1, "destroyed"], [2, "enabled"]]);
+    assert.deepEqual(
+      versions?.map((v) => [v.version, v.state]),
+      [
+        [1, "destroyed"],
+        [2, "enabled"],
+      ],
+    );
     // The certificate stays: what version 1 signed remains verifiable.
     assert.deepEqual(pemBlocks(ok(await admin(["certs", "chain", "--key-id", "release", "--version", "1"])).stdout)[0], releaseV1Leaf);
     assert.equal((await pluginSign("release", "EC-256")).code, 0, "version 2 still signs");
@@ -355,7 +400,24 @@ describe("hsm-signer slots|keys|certs: the built CLI against KeyAdmin of a servi
 
   it("keys notation-setup writes the root into a notation trust store and prints key add, cert add and a §6.2 trust policy that work", async () => {
     const notationDir = file("notation");
-    const args = ["keys", "notation-setup", "--key-id", "release", "--store", "hsm-root", "--notation-dir", notationDir, "--endpoint", `127.0.0.1:${svc.port}`, "--ca-file", tls.caFile, "--client-cert-file", tls.clientCertFile, "--client-key-file", tls.clientKeyFile];
+    const args = [
+      "keys",
+      "notation-setup",
+      "--key-id",
+      "release",
+      "--store",
+      "hsm-root",
+      "--notation-dir",
+      notationDir,
+      "--endpoint",
+      `127.0.0.1:${svc.port}`,
+      "--ca-file",
+      tls.caFile,
+      "--client-cert-file",
+      tls.clientCertFile,
+      "--client-key-file",
+      tls.clientKeyFile,
+    ];
     // --endpoint is the plugin's here; KeyAdmin comes from the environment.
     const out = ok(await adminByEnv(args)).stdout;
     const rootFile = join(notationDir, "truststore/x509/ca/hsm-root/release-root.crt");

@@ -45,7 +45,10 @@ interface Receipt {
 /** A database with the schema made by its owner (`audit migrate`) and the service's INSERT+SELECT role. */
 async function auditDatabase(server: PostgresServer, name: string, dir: string): Promise<Db> {
   const d = await server.createDatabase(name);
-  const out = await spawnCollect(HSM_SIGNER, ["audit", "migrate", "--database"], "", { env: { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: d.database }, timeoutMs: 60_000 });
+  const out = await spawnCollect(HSM_SIGNER, ["audit", "migrate", "--database"], "", {
+    env: { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: d.database },
+    timeoutMs: 60_000,
+  });
   assert.equal(out.code, 0, out.stderr);
   await grantAuditRole(server, d.database, d.role);
   const passwordFile = join(dir, `${name}.password`);
@@ -124,7 +127,8 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
     }
   };
 
-  const verifyCli = (configFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> => spawnCollect(HSM_SIGNER, ["audit", "verify", "--config", configFile, "--cert", certFile], "", { timeoutMs: 120_000 });
+  const verifyCli = (configFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> =>
+    spawnCollect(HSM_SIGNER, ["audit", "verify", "--config", configFile, "--cert", certFile], "", { timeoutMs: 120_000 });
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "hsm-signer-audit-cluster-"));
@@ -135,7 +139,16 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
     // The custodian makes the signing key and the audit key (EC-256) with their chains.
     const bootstrap = join(dir, "bootstrap.yaml");
     mkdirSync(join(dir, "bootstrap-audit"));
-    writeFileSync(bootstrap, [`tls: { insecure: true }`, `hsm: { module: ${token.module}, tokenLabel: ${token.label}, pinFile: ${token.pinFile} }`, `policy: { file: ${policyFile} }`, `audit: { dir: ${join(dir, "bootstrap-audit")} }`, ""].join("\n"));
+    writeFileSync(
+      bootstrap,
+      [
+        `tls: { insecure: true }`,
+        `hsm: { module: ${token.module}, tokenLabel: ${token.label}, pinFile: ${token.pinFile} }`,
+        `policy: { file: ${policyFile} }`,
+        `audit: { dir: ${join(dir, "bootstrap-audit")} }`,
+        "",
+      ].join("\n"),
+    );
     const env = { ...process.env, SOFTHSM2_CONF: token.conf };
     for (const key of [SIGNING_KEY, AUDIT_KEY]) await run(HSM_SIGNER, ["test-chain", "--config", bootstrap, "--key-id", key, "--key-spec", "EC-256"], { env, timeout: 120_000 });
     // The audit key's certificate, read from the token as an auditor would get it from a custodian.
@@ -156,7 +169,10 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
   it("two replicas write one database concurrently; each chain and its checkpoints verify; the audit key signs nothing for callers", async () => {
     const db = await auditDatabase(await getPostgres(), "cluster_two", dir);
     const [a, b] = [await startService("a", db, "replica-a"), await startService("b", db, "replica-b")];
-    const receipts = new Map<string, Receipt[]>([["replica-a", []], ["replica-b", []]]);
+    const receipts = new Map<string, Receipt[]>([
+      ["replica-a", []],
+      ["replica-b", []],
+    ]);
     await Promise.all(
       Array.from({ length: 80 }, async (_, i) => {
         const [s, r] = i % 2 ? [a, "replica-a"] : [b, "replica-b"];
@@ -165,7 +181,10 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
         receipts.get(r)!.push(res.receipt);
       }),
     );
-    await assert.rejects(callSigner(a.client, "Sign", { keyId: AUDIT_KEY, digest: randomBytes(32), hashAlgorithm: "SHA-256" }), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND && /reserved for audit checkpoints/.test(e.details));
+    await assert.rejects(
+      callSigner(a.client, "Sign", { keyId: AUDIT_KEY, digest: randomBytes(32), hashAlgorithm: "SHA-256" }),
+      (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND && /reserved for audit checkpoints/.test(e.details),
+    );
     assert.equal(await a.stop(), 0);
     assert.equal(await b.stop(), 0);
     for (const [r, list] of receipts) await assertCommitted(db, r, list);
@@ -212,7 +231,11 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
       await blocker.query("BEGIN");
       await blocker.query("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE");
       const watcher = await own.admin(db.database);
-      await until("an INSERT waiting for the lock", async () => Number((await watcher.query<{ n: string }>("SELECT count(*)::text AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO audit_records%'")).rows[0]!.n) > 0);
+      await until(
+        "an INSERT waiting for the lock",
+        async () =>
+          Number((await watcher.query<{ n: string }>("SELECT count(*)::text AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO audit_records%'")).rows[0]!.n) > 0,
+      );
       await watcher.end();
       await own.stop();
       await blocker.end().catch(() => undefined);
@@ -281,7 +304,11 @@ describe("the audit in PostgreSQL with hsm-signer processes: replicas, outages, 
     }
     const after: Receipt[] = [];
     for (let i = 0; i < 5; i++) after.push((await sign(second)).receipt!);
-    assert.deepEqual(after.map((r) => Number(r.sequence)), [1, 2, 3, 4, 5].map((i) => before + i), "the chain continues where it ended");
+    assert.deepEqual(
+      after.map((r) => Number(r.sequence)),
+      [1, 2, 3, 4, 5].map((i) => before + i),
+      "the chain continues where it ended",
+    );
     assert.equal(await second.stop(), 0);
     await assertCommitted(db, "replica-k", after);
     const v = await verifyCli(second.configFile);

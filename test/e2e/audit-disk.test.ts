@@ -184,7 +184,15 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   before(async function () {
     this.timeout(120_000);
     data = mkdtempSync(join(tmpdir(), "hsm-signer-audit-disk-"));
-    const setupEnv = env({ HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, DEMO_KEY_ID: KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: TOKEN_LABEL });
+    const setupEnv = env({
+      HSM_SIGNER_DATA: data,
+      HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`,
+      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
+      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      DEMO_KEY_ID: KEY,
+      DEMO_KEY_SPEC: "EC-256",
+      DEMO_TOKEN_LABEL: TOKEN_LABEL,
+    });
     await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 90_000 });
     ca = readFileSync(join(data, "tls/ca.pem"));
   });
@@ -257,7 +265,10 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     const lines = linesIn(auditDir);
     // The stuck write finished after the thaw; its line (the UNAVAILABLE call's) was cut away again.
     for (const a of [first, ...later]) assert.ok(!lines.some((l) => l.requestId === a.requestId && l.result === "OK"), `no OK line for ${a.requestId}`);
-    assert.ok(lines.some((l) => l.method === "AuditLog.Recovered"), "the outage is on record");
+    assert.ok(
+      lines.some((l) => l.method === "AuditLog.Recovered"),
+      "the outage is on record",
+    );
     assert.equal(lines.find((l) => l.seq === ok.receipt?.sequence)?.result, "OK");
     const v = await run(HSM_SIGNER, ["audit", "verify", "--dir", auditDir]);
     assert.match(v.stdout, /^OK: /);
@@ -302,7 +313,12 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     const torn = '{"seq":999,"prev":"00","time":"2026-12-03T08:00:00.000Z","requestId":"torn","result":"OK"';
     appendFileSync(newest, torn);
     s = await startService(auditDir);
-    const logged = JSON.parse(s.stdout().split("\n").find((l) => l.includes("a torn last line was cut away")) ?? "{}") as { bytes?: number; file?: string; preview?: string };
+    const logged = JSON.parse(
+      s
+        .stdout()
+        .split("\n")
+        .find((l) => l.includes("a torn last line was cut away")) ?? "{}",
+    ) as { bytes?: number; file?: string; preview?: string };
     assert.deepEqual([logged.bytes, logged.file, logged.preview], [Buffer.byteLength(torn), newest, torn]);
     assert.equal(await metric(s, "hsm_signer_audit_tail_repairs_total"), 1);
     assert.equal(await metric(s, "hsm_signer_audit_repaired_bytes_total"), Buffer.byteLength(torn));
@@ -322,7 +338,12 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
 
   it("an audit.dir under /proc: exit 1 with a clear message within seconds (no endless mkdir)", async () => {
     const r = await spawnCollect(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], "", {
-      env: env({ HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_AUDIT_DIR: "/proc/hsm-signer/audit" }),
+      env: env({
+        HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_AUDIT_DIR: "/proc/hsm-signer/audit",
+      }),
       timeoutMs: 15_000,
     });
     assert.equal(r.timedOut, false, `still running after 15 s; stderr: ${r.stderr}`);
@@ -336,7 +357,12 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     const first = await startService(auditDir);
     assert.equal((await sign(first)).ok, true);
     const second = await spawnCollect(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], "", {
-      env: env({ HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_AUDIT_DIR: auditDir }),
+      env: env({
+        HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_AUDIT_DIR: auditDir,
+      }),
       timeoutMs: 30_000,
     });
     assert.equal(second.code, 1, `${second.stderr}${second.stdout}`);

@@ -20,11 +20,26 @@ async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code:
 
 /** Every command, by the words that name it. */
 const LOCAL = ["serve", "config check", "test-chain", "audit verify", "audit search", "token init", "version"];
-const ADMIN = ["slots", "keys list", "keys generate", "keys rotate", "keys disable", "keys enable", "keys destroy", "keys test-chain", "keys notation-setup", "certs csr", "certs import", "certs chain"];
+const ADMIN = [
+  "slots",
+  "keys list",
+  "keys generate",
+  "keys rotate",
+  "keys disable",
+  "keys enable",
+  "keys destroy",
+  "keys test-chain",
+  "keys notation-setup",
+  "certs csr",
+  "certs import",
+  "certs chain",
+];
 
 /** The other commands' names as they would appear at the start of a usage line. */
 function otherCommands(path: string): RegExp[] {
-  return [...LOCAL, ...ADMIN].filter((c) => c !== path && !(path === "test-chain" && c === "keys test-chain") && !(path === "keys test-chain" && c === "test-chain")).map((c) => new RegExp(`^(usage: )?\\s*(hsm-signer )?${c} `, "m"));
+  return [...LOCAL, ...ADMIN]
+    .filter((c) => c !== path && !(path === "test-chain" && c === "keys test-chain") && !(path === "keys test-chain" && c === "test-chain"))
+    .map((c) => new RegExp(`^(usage: )?\\s*(hsm-signer )?${c} `, "m"));
 }
 
 describe("hsm-signer: every command answers --help and -h with its own usage; a usage error prints only that command's", function () {
@@ -113,7 +128,10 @@ describe("hsm-signer config check: what serve would open (the built CLI)", funct
 
   const write = (name: string, module: string, pinFile: string, policy: string): string => {
     const file = join(dir, name);
-    writeFileSync(file, `listen: 127.0.0.1:8443\ntls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/server-key.pem, clientCaFile: ${tls.caFile} }\nhsm: { module: ${module}, tokenLabel: t, pinFile: ${pinFile} }\npolicy: { file: ${policy} }\naudit: { dir: audit }\n`);
+    writeFileSync(
+      file,
+      `listen: 127.0.0.1:8443\ntls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/server-key.pem, clientCaFile: ${tls.caFile} }\nhsm: { module: ${module}, tokenLabel: t, pinFile: ${pinFile} }\npolicy: { file: ${policy} }\naudit: { dir: audit }\n`,
+    );
     return file;
   };
 

@@ -38,8 +38,6 @@ const FAST_MS = 500;
 /** The service must be signing again this long after the token is back (reconnect backoff tops out at 5 s). */
 const RECOVERY_BOUND_MS = 12_000;
 
-
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `probe` every `everyMs` until it returns true; fails after `withinMs`. Returns the time it took. */
@@ -104,7 +102,16 @@ describe("HSM faults made real against the service process, and recovery without
     port = await freePort();
     metricsPort = await freePort();
     // Every listener on a port of its own: a quick-start service on the defaults may be running.
-    const setupEnv = { ...process.env, HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, DEMO_KEY_ID: KEY, DEMO_KEY_SPEC: "EC-256", DEMO_TOKEN_LABEL: TOKEN_LABEL };
+    const setupEnv = {
+      ...process.env,
+      HSM_SIGNER_DATA: data,
+      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
+      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
+      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      DEMO_KEY_ID: KEY,
+      DEMO_KEY_SPEC: "EC-256",
+      DEMO_TOKEN_LABEL: TOKEN_LABEL,
+    };
     await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 60_000 });
     pin = readFileSync(join(data, "pin"), "utf8").trim();
     child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env: env(), stdio: ["ignore", "pipe", "pipe"] });
@@ -152,13 +159,20 @@ describe("HSM faults made real against the service process, and recovery without
       }
       // Listing keys does not need the HSM: the last view of the token is served meanwhile.
       const keys = await callSigner<{ keys: { keyId: string }[] }>(client, "ListKeys", {});
-      assert.deepEqual(keys.keys.map((k) => k.keyId), [KEY]);
+      assert.deepEqual(
+        keys.keys.map((k) => k.keyId),
+        [KEY],
+      );
       await sleep(1500); // some reconnection attempts fail while the token is away
       moveTokensBack();
       back = true;
       const took = await until(
         "Sign succeeds after the token is back",
-        () => sign().then(() => true, () => false),
+        () =>
+          sign().then(
+            () => true,
+            () => false,
+          ),
         RECOVERY_BOUND_MS,
         200,
       );

@@ -75,12 +75,7 @@ rules:
     match: { jwt: { issuer: "${ISSUER}", claims: { repository: "corp/app" } } }
     keys: ["e2e-key"]
 `,
-      extraConfig: [
-        "auth:",
-        "  jwt:",
-        `    - { issuer: "${ISSUER}", audience: hsm-signer, jwksFile: ${jwksFile}, algorithms: [ES256] }`,
-        `metrics: { listen: 127.0.0.1:${metricsPort} }`,
-      ],
+      extraConfig: ["auth:", "  jwt:", `    - { issuer: "${ISSUER}", audience: hsm-signer, jwksFile: ${jwksFile}, algorithms: [ES256] }`, `metrics: { listen: 127.0.0.1:${metricsPort} }`],
     });
     const log: Record<string, unknown>[] = [];
     svc.child.stdout?.on("data", (d: Buffer) => {
@@ -103,7 +98,10 @@ rules:
       .sign(key.privateKey);
     writeFileSync(tokenFile, `${jwt}\n`, { mode: 0o600 });
     const base = { endpoint: `127.0.0.1:${svc.port}`, ca_file: tls.caFile, timeout: "30s" };
-    for (const cfg of [{ ...base, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile }, { ...base, token_file: tokenFile }]) {
+    for (const cfg of [
+      { ...base, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile },
+      { ...base, token_file: tokenFile },
+    ]) {
       const req = requestFor("generate-signature-jws", "e2e-key", "EC-256", cfg);
       // The service sees the key once its refresh (1 s) finds it: retry briefly.
       let r = await runPlugin("generate-signature", JSON.stringify(req));
@@ -122,7 +120,12 @@ rules:
     );
     none.close();
     assert.equal(e.code, grpc.status.UNAUTHENTICATED, e.details);
-    const lines = auditFilesIn(svc.auditDir).flatMap((f) => readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
+    const lines = auditFilesIn(svc.auditDir).flatMap((f) =>
+      readFileSync(f, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    );
     const signer = lines.filter((l) => l.method === "Sign" || l.method === "DescribeKey");
     assert.deepEqual(
       signer.filter((l) => l.result !== "NOT_FOUND").map((l) => [l.method, l.result, l.identity, l.identityKind]),
@@ -156,7 +159,14 @@ rules:
       if (metric(text, "unknown_ca") >= 1 && metric(text, "protocol") >= 1) break;
       await new Promise((res) => setTimeout(res, 100));
     }
-    assert.equal(metric(text, "unknown_ca"), 1, text.split("\n").filter((l) => l.includes("tls_handshake")).join("\n"));
+    assert.equal(
+      metric(text, "unknown_ca"),
+      1,
+      text
+        .split("\n")
+        .filter((l) => l.includes("tls_handshake"))
+        .join("\n"),
+    );
     assert.equal(metric(text, "protocol"), 1);
     assert.equal(metric(text, "no_certificate"), 0, "the token caller without a certificate is no refusal");
     const refused = log.filter((l) => l.msg === "TLS handshake refused");
@@ -170,7 +180,9 @@ rules:
     // a cipher for it: every handshake fails. The service must not come up looking ready.
     const params = join(dir, "dsa-params.pem");
     execFileSync("openssl", ["dsaparam", "-out", params, "2048"], { stdio: "ignore" });
-    execFileSync("openssl", ["req", "-x509", "-newkey", `dsa:${params}`, "-nodes", "-keyout", join(dir, "dsa-key.pem"), "-out", join(dir, "dsa.pem"), "-subj", "/CN=localhost", "-days", "2"], { stdio: "ignore" });
+    execFileSync("openssl", ["req", "-x509", "-newkey", `dsa:${params}`, "-nodes", "-keyout", join(dir, "dsa-key.pem"), "-out", join(dir, "dsa.pem"), "-subj", "/CN=localhost", "-days", "2"], {
+      stdio: "ignore",
+    });
     const [port, metricsPort] = [await freePort(), await freePort()];
     const configFile = join(dir, "dsa.yaml");
     writeFileSync(

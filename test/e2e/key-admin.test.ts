@@ -110,7 +110,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.match(csr.csrPem, /^-----BEGIN CERTIFICATE REQUEST-----/);
     const leaf = outsideCa.signCsr(csr.csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 });
     // Root first and PEM, leaf as DER: any order and format is accepted and stored leaf first.
-    const imported = await call<{ keyVersion: number; certificateChain: Buffer[]; stored: number }>("ImportCertificateChain", { keyId: "release", certificates: [Buffer.from(outsideCa.certPem), leaf] });
+    const imported = await call<{ keyVersion: number; certificateChain: Buffer[]; stored: number }>("ImportCertificateChain", {
+      keyId: "release",
+      certificates: [Buffer.from(outsideCa.certPem), leaf],
+    });
     assert.equal(imported.keyVersion, 1);
     assert.equal(imported.stored, 2);
     assert.deepEqual(imported.certificateChain[0], leaf);
@@ -134,10 +137,26 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     });
 
     const cases: { name: string; rule: string; chain: () => Buffer[]; strictOrder?: boolean }[] = [
-      { name: "the leaf holds another key", rule: "leaf-key-mismatch", chain: () => [outsideCa.leaf({ subject: "/C=US/ST=WA/O=Example Corp/CN=other", extensions: CODE_SIGNING_LEAF_EXT }).der, outsideCa.certDer] },
-      { name: "keyUsage missing", rule: "leaf-key-usage-missing", chain: () => [outsideCa.signCsr(csrPem, { extensions: "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=codeSigning" }), outsideCa.certDer] },
-      { name: "keyUsage not critical", rule: "leaf-key-usage-not-critical", chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=digitalSignature\nextendedKeyUsage=codeSigning" }), outsideCa.certDer] },
-      { name: "serverAuth EKU", rule: "leaf-eku-forbidden", chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth" }), outsideCa.certDer] },
+      {
+        name: "the leaf holds another key",
+        rule: "leaf-key-mismatch",
+        chain: () => [outsideCa.leaf({ subject: "/C=US/ST=WA/O=Example Corp/CN=other", extensions: CODE_SIGNING_LEAF_EXT }).der, outsideCa.certDer],
+      },
+      {
+        name: "keyUsage missing",
+        rule: "leaf-key-usage-missing",
+        chain: () => [outsideCa.signCsr(csrPem, { extensions: "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=codeSigning" }), outsideCa.certDer],
+      },
+      {
+        name: "keyUsage not critical",
+        rule: "leaf-key-usage-not-critical",
+        chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=digitalSignature\nextendedKeyUsage=codeSigning" }), outsideCa.certDer],
+      },
+      {
+        name: "serverAuth EKU",
+        rule: "leaf-eku-forbidden",
+        chain: () => [outsideCa.signCsr(csrPem, { extensions: "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth" }), outsideCa.certDer],
+      },
       {
         name: "a CA without basicConstraints",
         rule: "ca-basic-constraints-missing",
@@ -147,7 +166,11 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
         },
       },
       { name: "SHA-1 signed", rule: "weak-signature-hash", chain: () => [outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, md: "sha1" }), outsideCa.certDer] },
-      { name: "expired", rule: "expired", chain: () => [outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, notBefore: new Date("2020-01-01T00:00:00Z"), notAfter: new Date("2021-01-01T00:00:00Z") }), outsideCa.certDer] },
+      {
+        name: "expired",
+        rule: "expired",
+        chain: () => [outsideCa.signCsr(csrPem, { extensions: CODE_SIGNING_LEAF_EXT, notBefore: new Date("2020-01-01T00:00:00Z"), notAfter: new Date("2021-01-01T00:00:00Z") }), outsideCa.certDer],
+      },
       {
         name: "root missing",
         rule: "root-missing",
@@ -178,7 +201,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.equal((await sign("release")).keyVersion, 1);
     const csr = await call<{ csrPem: string; keyVersion: number }>("CreateCsr", { keyId: "release", keyVersion: 2, subject: "CN=release, O=Example Corp, ST=WA, C=US" });
     assert.equal(csr.keyVersion, 2);
-    const imported = await call<{ keyVersion: number }>("ImportCertificateChain", { keyId: "release", certificates: [outsideCa.signCsr(csr.csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 }), outsideCa.certDer] });
+    const imported = await call<{ keyVersion: number }>("ImportCertificateChain", {
+      keyId: "release",
+      certificates: [outsideCa.signCsr(csr.csrPem, { extensions: CODE_SIGNING_LEAF_EXT, days: 365 }), outsideCa.certDer],
+    });
     assert.equal(imported.keyVersion, 2, "the chain went to the version whose key the leaf holds");
     const after = await sign("release");
     assert.equal(after.keyVersion, 2);
@@ -187,7 +213,13 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     const v1 = await call<{ certificateChain: Buffer[]; keyVersion: number }>("GetCertificateChain", { keyId: "release", keyVersion: 1 });
     assert.deepEqual(v1.certificateChain[0], before.certificateChain[0]);
     const inv = await call<{ keys: InventoryKey[] }>("GetInventory", { keyId: "release" });
-    assert.deepEqual(inv.keys[0]?.versions.map((v) => [v.version, v.state, v.current]), [[1, "enabled", false], [2, "enabled", true]]);
+    assert.deepEqual(
+      inv.keys[0]?.versions.map((v) => [v.version, v.state, v.current]),
+      [
+        [1, "enabled", false],
+        [2, "enabled", true],
+      ],
+    );
     // Signing with version 1 needs a rule with allowOldVersions.
     const denied = await rejected(sign("release", 1));
     assert.equal(denied.code, status.PERMISSION_DENIED);
@@ -208,7 +240,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       const longReason = await rejected(call("SetKeyState", { keyId: "release", enabled: false, reason: "x".repeat(257) }));
       assert.equal(longReason.code, status.INVALID_ARGUMENT);
       await call("SetKeyState", { keyId: "release", enabled: false, reason: "suspected compromise, ticket SEC-1" });
-      const e = await eventually(() => rejected(sign("release", 0, client2)), (x) => x.code === status.PERMISSION_DENIED);
+      const e = await eventually(
+        () => rejected(sign("release", 0, client2)),
+        (x) => x.code === status.PERMISSION_DENIED,
+      );
       assert.match(e.details, /key "release" is disabled by a custodian: suspected compromise, ticket SEC-1/);
       const cfg = { endpoint: `127.0.0.1:${second.port}`, ca_file: tls.caFile, client_cert_file: tls.clientCertFile, client_key_file: tls.clientKeyFile };
       const r = await runPlugin("generate-signature", JSON.stringify(requestFor("generate-signature-jws", "release", "EC-256", cfg)));
@@ -217,7 +252,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       assert.equal(err.errorCode, "ACCESS_DENIED");
       assert.match(err.errorMessage, /disabled/);
       await call("SetKeyState", { keyId: "release", enabled: true });
-      await eventually(() => sign("release", 0, client2).then((x) => x.keyVersion), (v) => v === 2);
+      await eventually(
+        () => sign("release", 0, client2).then((x) => x.keyVersion),
+        (v) => v === 2,
+      );
     } finally {
       client2.close();
       await second.stop();
@@ -302,7 +340,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     );
     assert.equal(inv.keys.length, 1);
     const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--key-id", "late-rsa", "--json"]);
-    const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; result: string });
+    const records = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { method: string; result: string });
     assert.deepEqual(
       records.filter((x) => x.method === "KeyAdmin.GenerateKey").map((x) => x.result),
       ["OK"],
@@ -311,7 +352,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
 
   it("every KeyAdmin call, allowed or refused, is in the audit, and the audit chain verifies", async () => {
     const r = await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--json"]);
-    const records = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });
+    const records = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });
     const adminRecords = records.filter((x) => x.method.startsWith("KeyAdmin."));
     assert.equal(adminRecords.length, adminCalls);
     assert.ok(adminRecords.some((x) => x.decision === "deny" && x.identity === "spiffe://hsm-signer.dev/builder"));

@@ -105,7 +105,11 @@ describe("notation-hsm-signer plugin executable (e2e)", function () {
     mtlsServer = await startTestServer(f, { mtls: true });
     tmp = mkdtempSync(join(tmpdir(), "hsm-signer-plugin-e2e-"));
     otherCaFile = join(tmp, "other-ca.pem");
-    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(tmp, "other-ca-key.pem"), "-out", otherCaFile, "-days", "2", "-subj", "/CN=other"], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(tmp, "other-ca-key.pem"), "-out", otherCaFile, "-days", "2", "-subj", "/CN=other"],
+      { stdio: "ignore" },
+    );
     cfg = { endpoint: `127.0.0.1:${server.port}`, ca_file: f.tls.caFile };
   });
 
@@ -167,7 +171,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       success(meta.r);
       const local = await run("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { ...cfg, key_spec: "EC-256" })), join(tmp, "modules-local.json"));
       success(local.r);
-      for (const [what, m] of [["get-plugin-metadata", meta], ["describe-key with key_spec", local]] as const) {
+      for (const [what, m] of [
+        ["get-plugin-metadata", meta],
+        ["describe-key with key_spec", local],
+      ] as const) {
         assert.ok(m.native.includes("fs") && m.native.length > 20, "the probe must see Node's modules");
         for (const name of ["http2", "tls", "net", "@grpc/grpc-js", "@grpc/proto-loader", "protobufjs"]) {
           assert.ok(!m.required.includes(name) && !m.required.includes(`node:${name}`), `${what} required ${name}: ${m.required.join(", ")}`);
@@ -290,7 +297,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     });
 
     it('contractVersion "2.0" → UNSUPPORTED_CONTRACT_VERSION', async () => {
-      for (const [cmd, name] of [["describe-key", "describe-key"], ["generate-signature", "generate-signature-jws"]] as const) {
+      for (const [cmd, name] of [
+        ["describe-key", "describe-key"],
+        ["generate-signature", "generate-signature-jws"],
+      ] as const) {
         const req = requestFor(name, ek(), "EC-256", cfg);
         req.contractVersion = "2.0";
         failure(await runPlugin(cmd, json(req)), "UNSUPPORTED_CONTRACT_VERSION", "2.0");
@@ -435,7 +445,16 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     const leafAndRoot = (): Buffer[] => [f.tls.serverCert, f.tls.ca].map((p) => Buffer.from(new X509Certificate(p).raw));
     const okSign = (o: Record<string, unknown> = {}): FakeReply => ({
       status: 0,
-      body: msg("SignResponse", { keyId: "fake-key", signature: Buffer.alloc(64, 1), signingAlgorithm: "ECDSA-SHA-256", keySpec: "EC-256", certificateChain: leafAndRoot(), keyVersion: 1, requestId: "r1", ...o }),
+      body: msg("SignResponse", {
+        keyId: "fake-key",
+        signature: Buffer.alloc(64, 1),
+        signingAlgorithm: "ECDSA-SHA-256",
+        keySpec: "EC-256",
+        certificateChain: leafAndRoot(),
+        keyVersion: 1,
+        requestId: "r1",
+        ...o,
+      }),
     });
 
     it("sends a well-formed gRPC Sign call with the decoded payload and the bearer token from token_file", async () => {
@@ -445,7 +464,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       const req = requestFor("generate-signature-cose", "fake-key", "EC-256", { ...fakeCfg(), token_file: tokenFile });
       const out = success(await runPlugin("generate-signature", json(req)));
       assert.equal(out.signature, Buffer.alloc(64, 1).toString("base64"));
-      assert.deepEqual(out.certificateChain, leafAndRoot().map((c) => c.toString("base64")));
+      assert.deepEqual(
+        out.certificateChain,
+        leafAndRoot().map((c) => c.toString("base64")),
+      );
       assert.equal(calls.length, 1);
       const c = calls[0] as FakeCall;
       assert.equal(c.path, "/hsm_signer.v1.Signer/Sign");
@@ -464,7 +486,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
 
     it("token_env: the bearer token comes from the named environment variable; no token, no header", async () => {
       reply = () => ({ status: 0, body: msg("DescribeKeyResponse", { key: { keyId: "fake-key", keySpec: "EC-521" } }) });
-      const r = await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-521", { ...fakeCfg(), token_env: "HSM_SIGNER_E2E_TOKEN" })), { ...process.env, HSM_SIGNER_E2E_TOKEN: "from-env" });
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", "fake-key", "EC-521", { ...fakeCfg(), token_env: "HSM_SIGNER_E2E_TOKEN" })), {
+        ...process.env,
+        HSM_SIGNER_E2E_TOKEN: "from-env",
+      });
       assert.deepEqual(success(r), { keyId: "fake-key", keySpec: "EC-521" });
       assert.equal(calls[0]?.headers.authorization, "Bearer from-env");
       assert.equal(calls[0]?.path, "/hsm_signer.v1.Signer/DescribeKey");
@@ -506,7 +531,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     it("a 5 MB keyId → VALIDATION_ERROR naming the limit, nothing sent, a short message", async () => {
       reply = () => okSign();
       const keyId = "k".repeat(5_000_000);
-      for (const [cmd, name] of [["describe-key", "describe-key"], ["generate-signature", "generate-signature-jws"]] as const) {
+      for (const [cmd, name] of [
+        ["describe-key", "describe-key"],
+        ["generate-signature", "generate-signature-jws"],
+      ] as const) {
         const m = failure(await runPlugin(cmd, json(requestFor(name, keyId, "EC-256", fakeCfg()))), "VALIDATION_ERROR", "keyId", "128");
         assert.ok(m.length <= 1000, `${m.length} characters`);
       }
@@ -622,7 +650,13 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
         mkdirSync(tlsDir, { recursive: true });
         writeFileSync(join(tlsDir, "server.pem"), new X509Certificate(leaf.der).toString() + int2.certPem + int1.certPem);
         writeFileSync(join(tlsDir, "server-key.pem"), leaf.keyPem, { mode: 0o600 });
-        const svc = await startServiceProcess({ name: "chain-svc", dir: tmp, token: f.token, tls: { ...f.tls, dir: tlsDir }, policy: "rules:\n  - name: tests\n    match: { mtls: \"*\" }\n    keys: [\"*\"]\n" });
+        const svc = await startServiceProcess({
+          name: "chain-svc",
+          dir: tmp,
+          token: f.token,
+          tls: { ...f.tls, dir: tlsDir },
+          policy: 'rules:\n  - name: tests\n    match: { mtls: "*" }\n    keys: ["*"]\n',
+        });
         try {
           const c = { endpoint: `127.0.0.1:${svc.port}`, ca_file: root.certFile, client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile };
           assert.deepEqual(success(await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", c)))), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
@@ -665,7 +699,10 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       });
 
       it("NODE_TLS_REJECT_UNAUTHORIZED=0 does not turn off the service's certificate check", async () => {
-        const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { endpoint: cfg.endpoint as string })), { ...process.env, NODE_TLS_REJECT_UNAUTHORIZED: "0" });
+        const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-256"), "EC-256", { endpoint: cfg.endpoint as string })), {
+          ...process.env,
+          NODE_TLS_REJECT_UNAUTHORIZED: "0",
+        });
         failure(r, "ERROR", "TLS");
       });
     });

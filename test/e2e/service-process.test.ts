@@ -14,7 +14,6 @@ import { PROJECT_ROOT } from "../helpers/softhsm.js";
 const run = promisify(execFile);
 const PLUGIN = join(PROJECT_ROOT, "dist/plugin/notation-hsm-signer");
 
-
 function plugin(command: string, request: unknown): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const p = spawn(PLUGIN, [command], { stdio: ["pipe", "pipe", "pipe"] });
@@ -92,9 +91,21 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     const readyz = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
     assert.equal(readyz.status, 200);
     // The custodian commands the quick start prints work against its KeyAdmin listener.
-    const adminEnv = { ...process.env, HSM_SIGNER_ADMIN_ENDPOINT: `127.0.0.1:${adminPort}`, HSM_SIGNER_ADMIN_CA: join(data, "tls/ca.pem"), HSM_SIGNER_ADMIN_CERT: join(data, "tls/custodian.pem"), HSM_SIGNER_ADMIN_KEY: join(data, "tls/custodian-key.pem") };
+    const adminEnv = {
+      ...process.env,
+      HSM_SIGNER_ADMIN_ENDPOINT: `127.0.0.1:${adminPort}`,
+      HSM_SIGNER_ADMIN_CA: join(data, "tls/ca.pem"),
+      HSM_SIGNER_ADMIN_CERT: join(data, "tls/custodian.pem"),
+      HSM_SIGNER_ADMIN_KEY: join(data, "tls/custodian-key.pem"),
+    };
     const inventory = JSON.parse((await run(HSM_SIGNER, ["keys", "list", "--json"], { env: adminEnv })).stdout) as { keys: { keyId: string; currentVersion: number }[] };
-    assert.deepEqual(inventory.keys.map((k) => [k.keyId, k.currentVersion]), [["demo-key", 1], ["demo-key-root-ca", 0]]); // a CA key never signs artifacts
+    assert.deepEqual(
+      inventory.keys.map((k) => [k.keyId, k.currentVersion]),
+      [
+        ["demo-key", 1],
+        ["demo-key-root-ca", 0],
+      ],
+    ); // a CA key never signs artifacts
     const exited = new Promise<number | null>((resolve) => child?.on("exit", (code) => resolve(code)));
     child.kill("SIGTERM");
     assert.equal(await exited, 0);
@@ -137,8 +148,17 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     assert.equal(code, 0);
     assert.ok(answered.length > 0, "some calls were answered before the shutdown");
     assert.ok(refused > 0, "calls after the shutdown began were refused, not answered");
-    const records = (await run(HSM_SIGNER, ["audit", "search", "--dir", join(data, "audit"), "--json"])).stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as { requestId: string; method: string; result: string });
-    const okSigns = new Set(records.slice(auditBefore).filter((r) => r.method === "Sign" && r.result === "OK").map((r) => r.requestId));
+    const records = (await run(HSM_SIGNER, ["audit", "search", "--dir", join(data, "audit"), "--json"])).stdout
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { requestId: string; method: string; result: string });
+    const okSigns = new Set(
+      records
+        .slice(auditBefore)
+        .filter((r) => r.method === "Sign" && r.result === "OK")
+        .map((r) => r.requestId),
+    );
     for (const id of answered) assert.ok(okSigns.has(id), `answered request ${id} is in the audit`);
     assert.match((await run(HSM_SIGNER, ["audit", "verify", "--dir", join(data, "audit")])).stdout, /^OK: /);
   });
@@ -189,7 +209,13 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     });
     const taken = (holder.address() as AddressInfo).port;
     try {
-      const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${taken}` };
+      const env = {
+        ...process.env,
+        SOFTHSM2_CONF: join(data, "softhsm2.conf"),
+        HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
+        HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${taken}`,
+      };
       const started = Date.now();
       const r = await run(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env, timeout: 30_000 }).then(
         () => assert.fail("serve started on a port in use"),
@@ -247,7 +273,13 @@ describe("the quick start's printed instructions, followed as printed", function
     // What scripts/quickstart.sh does, with a prefix of our own and never the registry.
     await run("npm", ["link", "--offline", "--no-audit", "--no-fund", "--ignore-scripts"], { cwd: PROJECT_ROOT, env: { ...process.env, npm_config_prefix: prefix }, timeout: 120_000 });
     port = await freePort();
-    const env = { ...userEnv(), HSM_SIGNER_DATA: data, HSM_SIGNER_LISTEN: `127.0.0.1:${port}`, HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}` };
+    const env = {
+      ...userEnv(),
+      HSM_SIGNER_DATA: data,
+      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
+      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
+    };
     printed = (await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env, timeout: 120_000 })).stderr;
   });
 
@@ -272,7 +304,10 @@ describe("the quick start's printed instructions, followed as printed", function
       "notation verify --oci-layout --scope local/hsm-demo <layout-folder>@sha256:<digest>",
     ])
       assert.ok(lines.includes(want), `"${want}" is not printed:\n${printed}`);
-    const policy = JSON.parse(readFileSync(join(data, "notation-trustpolicy.json"), "utf8")) as { version: string; trustPolicies: { registryScopes: string[]; trustStores: string[]; trustedIdentities: string[]; signatureVerification: { level: string } }[] };
+    const policy = JSON.parse(readFileSync(join(data, "notation-trustpolicy.json"), "utf8")) as {
+      version: string;
+      trustPolicies: { registryScopes: string[]; trustStores: string[]; trustedIdentities: string[]; signatureVerification: { level: string } }[];
+    };
     assert.equal(policy.version, "1.0");
     const [statement] = policy.trustPolicies;
     assert.ok(statement);

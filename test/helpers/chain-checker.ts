@@ -416,7 +416,8 @@ export function checkCodeSigningChain(chain: readonly Uint8Array[], at: Date, op
     // Validity at signing time, inclusive.
     if (at.getTime() < c.notBefore.getTime()) at_(i, "§5.3 validity", `is not yet valid at ${at.toISOString()} (notBefore ${c.notBefore.toISOString()})`);
     if (at.getTime() > c.notAfter.getTime()) at_(i, "§5.3 validity", `has expired at ${at.toISOString()} (notAfter ${c.notAfter.toISOString()})`);
-    if (c.notBefore.getTime() >= issuedAt.getTime()) at_(i, "backdating", `notBefore ${c.notBefore.toISOString()} is not before the issuance time ${issuedAt.toISOString()}; backdate it against clock skew`);
+    if (c.notBefore.getTime() >= issuedAt.getTime())
+      at_(i, "backdating", `notBefore ${c.notBefore.toISOString()} is not before the issuance time ${issuedAt.toISOString()}; backdate it against clock skew`);
 
     // Structure: issued by the next, root self-signed, nothing else self-signed.
     const selfIssued = c.subjectRaw.equals(c.issuerRaw);
@@ -476,7 +477,11 @@ export function checkCodeSigningChain(chain: readonly Uint8Array[], at: Date, op
 
       // §5.4 subject advice.
       const attrs = c.subjectAttributes;
-      for (const [oid, short] of [[OID.countryName, "C"], [OID.stateOrProvinceName, "ST"], [OID.organizationName, "O"]] as const) {
+      for (const [oid, short] of [
+        [OID.countryName, "C"],
+        [OID.stateOrProvinceName, "ST"],
+        [OID.organizationName, "O"],
+      ] as const) {
         if (!attrs.some((a) => a.oid === oid)) at_(i, "§5.4 leaf subject", `subject has no ${short} attribute`);
       }
       const counts = new Map<string, number>();

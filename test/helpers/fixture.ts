@@ -107,14 +107,14 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
   let server: RunningServer;
   try {
     server = await startSignerServer({
-    listen: o.listen ?? "127.0.0.1:0",
-    tls: o.insecure ? { insecure: true } : { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined, requireClientCertificate: !optional },
-    signing: new SigningService({ keys: o.keys ?? f.hsm.keys, authorizer: access }),
-    logger: silentLogger,
-    maxDeadlineMs: o.maxDeadlineMs,
-    access,
-    audit,
-    ready: o.ready,
+      listen: o.listen ?? "127.0.0.1:0",
+      tls: o.insecure ? { insecure: true } : { insecure: false, cert: f.tls.serverCert, key: f.tls.serverKey, clientCa: o.mtls ? f.tls.ca : undefined, requireClientCertificate: !optional },
+      signing: new SigningService({ keys: o.keys ?? f.hsm.keys, authorizer: access }),
+      logger: silentLogger,
+      maxDeadlineMs: o.maxDeadlineMs,
+      access,
+      audit,
+      ready: o.ready,
     });
   } catch (e) {
     policy.close();

@@ -86,7 +86,10 @@ export function keyStoreContract(name: string, subject: () => Promise<ContractSu
 
     describe("the key store", () => {
       it("getKey: the current version with its spec, hash and chain (leaf first)", async () => {
-        for (const [id, spec] of [[s.ec256, "EC-256"], [s.ec384, "EC-384"]] as const) {
+        for (const [id, spec] of [
+          [s.ec256, "EC-256"],
+          [s.ec384, "EC-384"],
+        ] as const) {
           const k = await s.keys.getKey(id);
           assert.equal(k.keyId, id);
           assert.equal(k.spec, spec);
@@ -108,9 +111,15 @@ export function keyStoreContract(name: string, subject: () => Promise<ContractSu
       it("listKeys: one record per key id, sorted, the current version", async () => {
         const keys = await s.keys.listKeys();
         const ids = keys.map((k) => k.keyId);
-        assert.deepEqual(ids, [...ids].sort((a, b) => a.localeCompare(b)));
+        assert.deepEqual(
+          ids,
+          [...ids].sort((a, b) => a.localeCompare(b)),
+        );
         assert.equal(new Set(ids).size, ids.length);
-        assert.deepEqual(keys.find((k) => k.keyId === s.ec256), await s.keys.getKey(s.ec256));
+        assert.deepEqual(
+          keys.find((k) => k.keyId === s.ec256),
+          await s.keys.getKey(s.ec256),
+        );
       });
 
       it("signDigest: a raw signature (ECDSA r||s) of the spec's length over the digest, verified by the leaf's public key", async () => {
@@ -133,7 +142,14 @@ export function keyStoreContract(name: string, subject: () => Promise<ContractSu
         assert.ok(verifyNotarySignature(payload, r.signature, r.key.chain[0] as Buffer, "EC-256"));
         assert.deepEqual(r.digest, sha("sha256", payload));
         assert.deepEqual(store.signed.slice(before), [{ hash: "SHA-256", digest: sha("sha256", payload) }]);
-        assert.deepEqual(r.facts, { keyId: s.ec256, keyVersion: key.version, payloadDigest: `sha256:${sha("sha256", payload).toString("hex")}`, payloadKind: "other", decision: "allow", rule: "rule-ci" });
+        assert.deepEqual(r.facts, {
+          keyId: s.ec256,
+          keyVersion: key.version,
+          payloadDigest: `sha256:${sha("sha256", payload).toString("hex")}`,
+          payloadKind: "other",
+          decision: "allow",
+          rule: "rule-ci",
+        });
       });
 
       it("a payload, EC-384: signed as a SHA-384 digest; the audit still records its SHA-256", async () => {

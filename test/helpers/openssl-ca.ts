@@ -129,9 +129,33 @@ export class OpensslCa {
     const extFile = this.file("ext");
     writeFileSync(extFile, `[ext]\n${o.extensions ?? CODE_SIGNING_LEAF_EXT}\n`);
     const out = this.file("der");
-    openssl(["x509", "-new", "-force_pubkey", pub, "-keyform", "DER", "-subj", o.subject ?? "/CN=unnamed", "-CA", this.certFile, "-CAkey", this.keyFile,
-      "-extfile", extFile, "-extensions", "ext", "-days", String(o.days ?? 30), "-set_serial", `0x${positiveSerial()}`, `-${o.md ?? "sha256"}`,
-      "-outform", "DER", "-out", out]);
+    openssl([
+      "x509",
+      "-new",
+      "-force_pubkey",
+      pub,
+      "-keyform",
+      "DER",
+      "-subj",
+      o.subject ?? "/CN=unnamed",
+      "-CA",
+      this.certFile,
+      "-CAkey",
+      this.keyFile,
+      "-extfile",
+      extFile,
+      "-extensions",
+      "ext",
+      "-days",
+      String(o.days ?? 30),
+      "-set_serial",
+      `0x${positiveSerial()}`,
+      `-${o.md ?? "sha256"}`,
+      "-outform",
+      "DER",
+      "-out",
+      out,
+    ]);
     return readFileSync(out);
   }
 
@@ -203,9 +227,31 @@ function issue(caDir: string, f: IssueFiles, o: Partial<CertOptions>): void {
   writeFileSync(join(caDir, "serial"), `${positiveSerial()}\n`);
   // Without a subject the CSR's own is kept (a CSR made by the HSM names its key's subject).
   const subject = o.subject ?? (f.keepCsrSubject ? undefined : "/CN=unnamed");
-  const args = ["ca", "-batch", "-notext", "-config", join(caDir, "ca.cnf"), "-in", f.csr, "-out", f.out, "-keyfile", f.signKey,
-    ...(subject ? ["-subj", subject] : []), "-preserveDN", "-md", o.md ?? "sha256", "-extfile", extFile, "-extensions", "ext",
-    "-startdate", asn1Time(notBefore), "-enddate", asn1Time(notAfter)];
+  const args = [
+    "ca",
+    "-batch",
+    "-notext",
+    "-config",
+    join(caDir, "ca.cnf"),
+    "-in",
+    f.csr,
+    "-out",
+    f.out,
+    "-keyfile",
+    f.signKey,
+    ...(subject ? ["-subj", subject] : []),
+    "-preserveDN",
+    "-md",
+    o.md ?? "sha256",
+    "-extfile",
+    extFile,
+    "-extensions",
+    "ext",
+    "-startdate",
+    asn1Time(notBefore),
+    "-enddate",
+    asn1Time(notAfter),
+  ];
   args.push(...(f.selfSign ? ["-selfsign"] : ["-cert", f.caCert ?? ""]));
   openssl(args);
 }

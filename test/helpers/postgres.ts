@@ -140,7 +140,10 @@ export async function startPostgres(o: { fsync?: boolean } = {}): Promise<Postgr
     async cpuMs() {
       const postmaster = Number(readFileSync(join(data, "postmaster.pid"), "utf8").split("\n")[0]);
       const { stdout } = await run("ps", ["-o", "pid=", "--ppid", String(postmaster)]);
-      const children = stdout.split("\n").map((x) => Number(x.trim())).filter((x) => x > 0);
+      const children = stdout
+        .split("\n")
+        .map((x) => Number(x.trim()))
+        .filter((x) => x > 0);
       return procCpuMs(postmaster, true) + children.reduce((sum, pid) => sum + procCpuMs(pid, false), 0);
     },
     async destroy() {

@@ -22,7 +22,10 @@ export function isolatedToken(dir: string, label: string): SoftHsmToken {
   writeFileSync(pinFile, `${pin}\n`, { mode: 0o600 });
   writeFileSync(soPinFile, `${randomBytes(8).toString("hex")}\n`, { mode: 0o600 });
   const module = softHsmModule();
-  execFileSync(HSM_SIGNER, ["token", "init", "--module", module, "--label", label, "--so-pin-file", soPinFile, "--pin-file", pinFile], { env: { ...process.env, SOFTHSM2_CONF: conf }, stdio: "ignore" });
+  execFileSync(HSM_SIGNER, ["token", "init", "--module", module, "--label", label, "--so-pin-file", soPinFile, "--pin-file", pinFile], {
+    env: { ...process.env, SOFTHSM2_CONF: conf },
+    stdio: "ignore",
+  });
   return { dir, conf, module, label, pin, pinFile, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 

@@ -21,7 +21,12 @@ type Receipt = { sequence: number; lineHash: string };
 type Signed = SignResponse & { receipt: Receipt };
 
 function records(dir: string): Record<string, unknown>[] {
-  return auditFilesIn(dir).flatMap((f) => readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
+  return auditFilesIn(dir).flatMap((f) =>
+    readFileSync(f, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>),
+  );
 }
 
 async function expectCode(p: Promise<unknown>, code: grpc.status, re?: RegExp): Promise<grpc.ServiceError> {
@@ -87,7 +92,11 @@ describe("identity, policy and audit through the real gRPC server", function () 
       const payload = jwsPayload(keyIdOf("EC-256"), "EC-256");
       const r = await callSigner<Signed>(c, "Sign", { keyId: keyIdOf("EC-256"), payload });
       assert.ok(verifyNotarySignature(payload, r.signature, r.certificateChain[0] as Buffer, "EC-256"));
-      await expectCode(callSigner(c, "Sign", { keyId: keyIdOf("RSA-2048"), payload }), grpc.status.PERMISSION_DENIED, /spiffe:\/\/hsm-signer\.dev\/test-client may not call Sign with key "test-rsa-2048"/);
+      await expectCode(
+        callSigner(c, "Sign", { keyId: keyIdOf("RSA-2048"), payload }),
+        grpc.status.PERMISSION_DENIED,
+        /spiffe:\/\/hsm-signer\.dev\/test-client may not call Sign with key "test-rsa-2048"/,
+      );
       const { keys } = await callSigner<{ keys: KeyInfo[] }>(c, "ListKeys", {});
       assert.deepEqual(keys.map((k) => k.keyId).sort(), [keyIdOf("EC-256"), keyIdOf("EC-384"), keyIdOf("EC-521")]);
       const recs = records(s.auditDir);
@@ -153,7 +162,10 @@ rules:
       await expectCode(callWith(c, "Sign", { keyId: keyIdOf("EC-256"), payload }, withToken(await token({ ref: "refs/heads/main" })).metadata), grpc.status.PERMISSION_DENIED);
       await expectCode(callWith(c, "Sign", { keyId: keyIdOf("EC-256"), payload }, withToken(await token({}, "-1m")).metadata), grpc.status.UNAUTHENTICATED);
       const recs = records(s.auditDir).filter((x) => x.method === "Sign");
-      assert.deepEqual(recs.map((x) => x.result), ["OK", "PERMISSION_DENIED", "UNAUTHENTICATED"]);
+      assert.deepEqual(
+        recs.map((x) => x.result),
+        ["OK", "PERMISSION_DENIED", "UNAUTHENTICATED"],
+      );
       assert.equal(recs[0]?.identity, `${issuer}#repo:corp/app:ref:refs/tags/v1.0.0`);
       assert.ok(!readFileSync(auditFilesIn(s.auditDir)[0] as string, "utf8").includes("eyJ"), "no token in the audit");
     });
@@ -222,7 +234,10 @@ rules:
       const ok = await run(HSM_SIGNER, ["audit", "verify", "--dir", s.auditDir]);
       assert.match(ok.stdout, /^OK: 3 records/);
       const found = await run(HSM_SIGNER, ["audit", "search", "--dir", s.auditDir, "--artifact", "sha256:d7fe34585a19531bacc65a58cf4073b1488568cd2891304e56f035591c62b4bc", "--json"]);
-      const hits = found.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+      const hits = found.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
       assert.equal(hits.length, 1);
       assert.equal(hits[0]?.keyId, keyIdOf("EC-384"));
       assert.equal(hits[0]?.identity, "anonymous");
@@ -233,8 +248,14 @@ rules:
           .split("\n")
           .filter(Boolean)
           .map((l) => JSON.parse(l) as Record<string, unknown>);
-      assert.deepEqual((await search("--identity", "anon*")).map((r) => r.method), ["Sign", "DescribeKey", "ListKeys"]);
-      assert.deepEqual((await search("--identity", "anonymou?", "--key-id", "test-ec-*")).map((r) => r.method), ["Sign", "DescribeKey"]);
+      assert.deepEqual(
+        (await search("--identity", "anon*")).map((r) => r.method),
+        ["Sign", "DescribeKey", "ListKeys"],
+      );
+      assert.deepEqual(
+        (await search("--identity", "anonymou?", "--key-id", "test-ec-*")).map((r) => r.method),
+        ["Sign", "DescribeKey"],
+      );
       assert.deepEqual(await search("--key-id", "test-ec"), [], "anchored: a glob matches the whole key id");
       assert.match((await run(HSM_SIGNER, ["audit", "search", "--dir", s.auditDir, "--identity", "spiffe://corp/build/*"])).stdout, /^0 record\(s\)$/m);
       // --key is a private-key file in the custodian commands: here it is refused, not reinterpreted.
@@ -260,11 +281,11 @@ rules:
   });
 
   it("a policy change on disk applies without a restart; an invalid one is rejected and the old one stays", async () => {
-    const s = await start({ policy: "allowAnonymousOnLoopback: true\nrules:\n  - name: a\n    match: { anonymous: true }\n    keys: [\"test-ec-256\"]\n" });
+    const s = await start({ policy: 'allowAnonymousOnLoopback: true\nrules:\n  - name: a\n    match: { anonymous: true }\n    keys: ["test-ec-256"]\n' });
     const c = client(s.port);
     await callSigner(c, "DescribeKey", { keyId: keyIdOf("EC-256") });
     await expectCode(callSigner(c, "DescribeKey", { keyId: keyIdOf("EC-384") }), grpc.status.PERMISSION_DENIED);
-    writeFileSync(s.policyFile, "allowAnonymousOnLoopback: true\nrules:\n  - name: b\n    match: { anonymous: true }\n    keys: [\"test-ec-384\"]\n");
+    writeFileSync(s.policyFile, 'allowAnonymousOnLoopback: true\nrules:\n  - name: b\n    match: { anonymous: true }\n    keys: ["test-ec-384"]\n');
     assert.equal(await s.policy.reload(), true);
     await callSigner(c, "DescribeKey", { keyId: keyIdOf("EC-384") });
     await expectCode(callSigner(c, "DescribeKey", { keyId: keyIdOf("EC-256") }), grpc.status.PERMISSION_DENIED);

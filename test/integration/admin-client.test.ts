@@ -44,7 +44,25 @@ describe("admin command line: KeyAdmin client over mTLS against a stand-in serve
       };
     server.addService((v1.KeyAdmin as grpc.ServiceClientConstructor).service, {
       ListSlots: unary("ListSlots", () => ({
-        slots: [{ slotId: 7, description: "slot", manufacturer: "m", tokenPresent: true, token: { label: "signing", serialNumber: "s1", flags: ["RNG"], mechanisms: ["ECDSA"], freePublicMemory: -1, totalPublicMemory: -1, freePrivateMemory: 4096, totalPrivateMemory: 8192, managed: true } }],
+        slots: [
+          {
+            slotId: 7,
+            description: "slot",
+            manufacturer: "m",
+            tokenPresent: true,
+            token: {
+              label: "signing",
+              serialNumber: "s1",
+              flags: ["RNG"],
+              mechanisms: ["ECDSA"],
+              freePublicMemory: -1,
+              totalPublicMemory: -1,
+              freePrivateMemory: 4096,
+              totalPrivateMemory: 8192,
+              managed: true,
+            },
+          },
+        ],
       })),
       ImportCertificateChain: unary("ImportCertificateChain", () => {
         throw { code: grpc.status.INVALID_ARGUMENT, details: "certificate chain rejected:\ncertificate 1 (CN=leaf): keyUsage is not critical\ncertificate 2 (CN=ca): SHA-1 signature" };

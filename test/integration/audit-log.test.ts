@@ -71,10 +71,13 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     const receipts: AuditReceipt[] = [];
     receipts.push(await log.append(record(1, { artifact, payloadKind: "notary-jws", payloadDigest: "sha256:00aa" })));
     receipts.push(await log.append(record(2, { decision: "deny", result: "PERMISSION_DENIED", extra: { why: "no rule" } })));
-    receipts.push(await log.append(record(3, { identity: "ünïcødé \u2028 \"quoted\"\nnewline" })));
+    receipts.push(await log.append(record(3, { identity: 'ünïcødé \u2028 "quoted"\nnewline' })));
 
     const files = await listAuditFiles(dir);
-    assert.deepEqual(files.map((f) => basename(f)), ["audit-0000000000000001.jsonl"]);
+    assert.deepEqual(
+      files.map((f) => basename(f)),
+      ["audit-0000000000000001.jsonl"],
+    );
     const lines = linesOf(files[0]!);
     assert.equal(lines.length, 3);
     let prev = GENESIS_HASH;
@@ -91,7 +94,7 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     assert.deepEqual(Object.keys(first), ["seq", "prev", "time", "requestId", "peer", "identity", "method", "keyId", "decision", "result", "latencyMs", "artifact", "payloadKind", "payloadDigest"]);
     assert.deepEqual(first.artifact, artifact);
     assert.deepEqual((JSON.parse(lines[1]!) as Record<string, unknown>).extra, { why: "no rule" });
-    assert.equal((JSON.parse(lines[2]!) as Record<string, unknown>).identity, "ünïcødé \u2028 \"quoted\"\nnewline");
+    assert.equal((JSON.parse(lines[2]!) as Record<string, unknown>).identity, 'ünïcødé \u2028 "quoted"\nnewline');
     assert.deepEqual(log.stats, { sequence: 3, queueDepth: 0, healthy: true });
     assert.deepEqual(await verifyAuditFiles(files), { ok: true, lines: 3 });
   });
@@ -109,11 +112,14 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     const dir = freshDir();
     let fsyncs = 0;
     let synced = 0;
-    const log = await openLog({ dir, onFsync: (seconds, lines) => {
-      assert.ok(seconds >= 0);
-      fsyncs++;
-      synced += lines;
-    } });
+    const log = await openLog({
+      dir,
+      onFsync: (seconds, lines) => {
+        assert.ok(seconds >= 0);
+        fsyncs++;
+        synced += lines;
+      },
+    });
     const pending: Promise<AuditReceipt>[] = [];
     for (let i = 0; i < 500; i++) {
       // Arrive over several turns of the event loop, as requests do, so some find a write in flight.
@@ -121,7 +127,10 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
       pending.push(log.append(record(i)));
     }
     const receipts = await Promise.all(pending);
-    assert.deepEqual(receipts.map((r) => r.sequence), Array.from({ length: 500 }, (_, i) => i + 1));
+    assert.deepEqual(
+      receipts.map((r) => r.sequence),
+      Array.from({ length: 500 }, (_, i) => i + 1),
+    );
     const lines = await allLines(dir);
     assert.equal(lines.length, 500);
     lines.forEach((line, i) => {
@@ -203,7 +212,13 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     assert.deepEqual(Buffer.from(lines.slice(0, 3).join("\n") + "\n"), intact);
     const repaired = JSON.parse(lines[3]!) as { seq: number; prev: string; method: string; repair: Record<string, unknown> };
     assert.deepEqual([repaired.seq, repaired.prev, repaired.method], [4, sha256(lines[2]!), "AuditLog.Repaired"]);
-    assert.deepEqual(repaired.repair, { file: basename(file), cutBytes: Buffer.byteLength(torn), cutSha256: sha256(torn), cutPreview: torn, reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away" });
+    assert.deepEqual(repaired.repair, {
+      file: basename(file),
+      cutBytes: Buffer.byteLength(torn),
+      cutSha256: sha256(torn),
+      cutPreview: torn,
+      reason: "a torn last line (a crash or a failed write in the middle of a line) was cut away",
+    });
     const r = await log.append(record(5));
     assert.equal(r.sequence, 5);
     assert.equal((JSON.parse(linesOf(file)[4]!) as { prev: string }).prev, sha256(linesOf(file)[3]!));
@@ -498,7 +513,10 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
   });
 
   describe("the directory: checked, created one level at a time, locked by its writer", () => {
-    const refused = (re: RegExp) => (e: unknown): boolean => isUnavailable(e) && re.test((e as Error).message);
+    const refused =
+      (re: RegExp) =>
+      (e: unknown): boolean =>
+        isUnavailable(e) && re.test((e as Error).message);
 
     it("kernel file systems and paths that cannot be a directory are refused at once (Node's recursive mkdir spun for ever under /proc)", async () => {
       const link = join(root, "to-proc");

@@ -55,7 +55,10 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     db = await server.createDatabase("audit_store_test");
     root = mkdtempSync(join(tmpdir(), "hsm-signer-pgaudit-"));
     // The schema is made by its owner (`audit migrate`), then the service's role gets INSERT and SELECT.
-    const out = await spawnCollect(HSM_SIGNER, ["audit", "migrate", "--database"], "", { env: { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: db.database }, timeoutMs: 60_000 });
+    const out = await spawnCollect(HSM_SIGNER, ["audit", "migrate", "--database"], "", {
+      env: { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: db.database },
+      timeoutMs: 60_000,
+    });
     assert.equal(out.code, 0, out.stderr);
     assert.match(out.stdout, /migrated to version 1/);
     await grantAuditRole(server, db.database, db.role);
@@ -72,8 +75,13 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
   it("writes the same lines as the file log, group-committed: exported, they verify with the file verifier", async () => {
     let commits = 0;
     const store = await open("same-lines", { onCommit: () => commits++ });
-    const receipts = await Promise.all(Array.from({ length: 300 }, (_, i) => store.append(record(i, i === 7 ? { artifact: { digest: "sha256:AB12", mediaType: "m", size: 1 }, identity: "ünïcødé \u2028 \"q\"\nnl" } : {}))));
-    assert.deepEqual(receipts.map((r) => r.sequence), Array.from({ length: 300 }, (_, i) => i + 1));
+    const receipts = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => store.append(record(i, i === 7 ? { artifact: { digest: "sha256:AB12", mediaType: "m", size: 1 }, identity: 'ünïcødé \u2028 "q"\nnl' } : {}))),
+    );
+    assert.deepEqual(
+      receipts.map((r) => r.sequence),
+      Array.from({ length: 300 }, (_, i) => i + 1),
+    );
     assert.ok(commits < 300 / 2, `group commit: ${commits} commits for 300 records`);
     const rows = (await admin.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = 'same-lines' ORDER BY audit_records.seq")).rows;
     rows.forEach((row, i) => assert.equal(hashLine(row.line), receipts[i]!.lineHash, "each receipt is the hash of its committed line"));
@@ -118,7 +126,10 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     const first = await open("restart-me");
     // Past seq 9, so that the chain's end is found by number, not by text order ("9" > "12").
     for (let i = 0; i < 12; i++) await first.append(record(i));
-    await assert.rejects(open("restart-me", { lockWaitMs: 1500 }), (e: unknown) => e instanceof SignerError && e.code === "AUDIT_UNAVAILABLE" && /another process writes the audit chain of replica "restart-me"/.test(e.message));
+    await assert.rejects(
+      open("restart-me", { lockWaitMs: 1500 }),
+      (e: unknown) => e instanceof SignerError && e.code === "AUDIT_UNAVAILABLE" && /another process writes the audit chain of replica "restart-me"/.test(e.message),
+    );
     await first.close();
     const second = await open("restart-me", { lockWaitMs: 5000 });
     assert.equal(second.stats.sequence, 12);
@@ -133,7 +144,13 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     const { signer, cert } = await hsmSigner();
     const names = ["t-edit", "t-tail", "t-gone", "t-rehash", "t-forged", "t-delete", "t-reorder", "t-clean"];
     for (const name of names) {
-      const store = new CheckpointingStore(await open(name), { replicaId: name, signer, everyRecords: 10, everyMs: 3_600_000, sink: { write: (cp) => (stores.at(-1) as PostgresAuditStore).appendCheckpoint(cp) } });
+      const store = new CheckpointingStore(await open(name), {
+        replicaId: name,
+        signer,
+        everyRecords: 10,
+        everyMs: 3_600_000,
+        sink: { write: (cp) => (stores.at(-1) as PostgresAuditStore).appendCheckpoint(cp) },
+      });
       for (let i = 1; i <= 50; i++) await store.append(record(i));
       await store.checkpoint();
       assert.equal(store.checkpointedSequence, 50);
@@ -142,7 +159,8 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
       stores.pop();
       await store.close();
     }
-    const line = async (replica: string, seq: number): Promise<string> => (await admin.query<{ line: string }>("SELECT line FROM audit_records WHERE replica_id = $1 AND seq = $2", [replica, seq])).rows[0]!.line;
+    const line = async (replica: string, seq: number): Promise<string> =>
+      (await admin.query<{ line: string }>("SELECT line FROM audit_records WHERE replica_id = $1 AND seq = $2", [replica, seq])).rows[0]!.line;
     // UPDATE a record.
     await admin.query("UPDATE audit_records SET line = replace(line, 'spiffe://ci/build', 'spiffe://ci/other') WHERE replica_id = 't-edit' AND seq = 17");
     // DELETE the tail past a checkpoint (the last checkpoint signed seq 50).
@@ -167,7 +185,15 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     const other = generateKeyPairSync("ec", { namedCurve: "P-256" });
     const forged = await makeCheckpoint({ keyId: AUDIT_KEY, alg: "ES256", signDigest: async () => Buffer.alloc(64) }, "t-forged", 60, "ab".repeat(32));
     forged.signature = nodeSign("sha256", Buffer.from(forged.statement), { key: other.privateKey, dsaEncoding: "ieee-p1363" }).toString("base64");
-    await admin.query("INSERT INTO audit_checkpoints (replica_id, seq, hash, time, key_id, statement, signature) VALUES ($1, $2, $3, $4, $5, $6, $7)", ["t-forged", forged.seq, forged.hash, forged.time, forged.keyId, forged.statement, forged.signature]);
+    await admin.query("INSERT INTO audit_checkpoints (replica_id, seq, hash, time, key_id, statement, signature) VALUES ($1, $2, $3, $4, $5, $6, $7)", [
+      "t-forged",
+      forged.seq,
+      forged.hash,
+      forged.time,
+      forged.keyId,
+      forged.statement,
+      forged.signature,
+    ]);
     // DELETE one record in the middle; swap two records.
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-delete' AND seq = 33");
     const [l12, l13] = [await line("t-reorder", 12), await line("t-reorder", 13)];
@@ -182,7 +208,11 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.match(at("t-tail", "tail-cut")!.message, /records 45 to 50 were cut off/);
     assert.ok(at("t-gone", "chain-removed"), JSON.stringify(kinds(report.findings, "t-gone")));
     assert.match(at("t-gone-registry", "chain-removed")!.message, /the replicas registry lists it, but it has no records/);
-    assert.equal(report.chains.some((c) => c.replica === "never-wrote"), false, "a replica that never wrote a record is not registered");
+    assert.equal(
+      report.chains.some((c) => c.replica === "never-wrote"),
+      false,
+      "a replica that never wrote a record is not registered",
+    );
     assert.equal(at("t-rehash", "rehashed")?.seq, 30);
     assert.match(at("t-rehash", "rehashed")!.message, /after seq 20/);
     assert.deepEqual(kinds(report.findings, "t-rehash"), ["rehashed"]);
@@ -226,7 +256,10 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     const cli = await spawnCollect(HSM_SIGNER, ["audit", "search", "--database", "--artifact", digest, "--json"], "", { env, timeoutMs: 60_000 });
     assert.equal(cli.code, 0, cli.stderr);
     const stored = (await admin.query<{ line: string }>("SELECT line FROM audit_records WHERE artifact_digest = $1 ORDER BY time", [digest])).rows.map((r) => r.line);
-    assert.deepEqual(cli.stdout.trim().split("\n"), stored.map((l) => JSON.stringify(JSON.parse(l))));
+    assert.deepEqual(
+      cli.stdout.trim().split("\n"),
+      stored.map((l) => JSON.stringify(JSON.parse(l))),
+    );
     const table = await spawnCollect(HSM_SIGNER, ["audit", "search", "--database", "--key-id", "k-search"], "", { env, timeoutMs: 60_000 });
     assert.match(table.stdout, /search-b#2 {2}spiffe:\/\/corp\/deploy {2}Sign {2}k-search {2}OK {2}-\n3 record\(s\)\n$/);
   });
@@ -277,7 +310,10 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     writeFileSync(last, kept.length ? `${kept.join("\n")}\n` : "");
     assert.equal((await verifyAuditFiles(auditFilesIn(dir))).ok, true, "the hash chain alone cannot see it");
     const cut = await verifyAuditDir(dir, cert);
-    assert.deepEqual(cut.findings.map((f) => f.kind), ["tail-cut"]);
+    assert.deepEqual(
+      cut.findings.map((f) => f.kind),
+      ["tail-cut"],
+    );
     assert.equal(cut.findings[0]!.seq, 40);
     writeFileSync(last, text);
     // Remove the first file.
@@ -300,7 +336,10 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     // Remove every audit file: the checkpoints still name the chain.
     for (const f of auditFilesIn(dir)) rmSync(f);
     const gone = await verifyAuditDir(dir, cert);
-    assert.deepEqual(gone.findings.map((f) => f.kind), ["chain-removed"]);
+    assert.deepEqual(
+      gone.findings.map((f) => f.kind),
+      ["chain-removed"],
+    );
     assert.ok(readFileSync(join(dir, CHECKPOINTS_FILE), "utf8").includes('"replica":"file-replica"'));
     assert.equal(receipts.length, 40);
   });
@@ -310,12 +349,20 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     const pids: number[] = [];
     try {
       const d = await own.createDatabase("hung");
-      const store = await PostgresAuditStore.open({ connection: { host: own.socketDir, port: own.port, database: d.database, user: "postgres" }, replicaId: "hung", timeoutMs: 1500, retry: { minMs: 200, maxMs: 1000 } });
+      const store = await PostgresAuditStore.open({
+        connection: { host: own.socketDir, port: own.port, database: d.database, user: "postgres" },
+        replicaId: "hung",
+        timeoutMs: 1500,
+        retry: { minMs: 200, maxMs: 1000 },
+      });
       stores.push(store);
       await store.append(record(1));
       // The postmaster and every backend: SIGSTOP, so that connections stay open but nothing answers.
       const postmaster = Number(readFileSync(join(own.dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
-      const children = (await spawnCollect("ps", ["-o", "pid=", "--ppid", String(postmaster)], "", { timeoutMs: 10_000 })).stdout.split("\n").map((x) => Number(x.trim())).filter((x) => x > 0);
+      const children = (await spawnCollect("ps", ["-o", "pid=", "--ppid", String(postmaster)], "", { timeoutMs: 10_000 })).stdout
+        .split("\n")
+        .map((x) => Number(x.trim()))
+        .filter((x) => x > 0);
       pids.push(postmaster, ...children);
       for (const pid of pids) process.kill(pid, "SIGSTOP");
       let ticks = 0;

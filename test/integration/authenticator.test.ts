@@ -218,7 +218,12 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
     it("refuses tokens without exp or sub, malformed tokens and other schemes", async () => {
       const noExp = await new SignJWT({ sub: "x" }).setProtectedHeader({ alg: "ES256", kid: ec.kid }).setIssuer(FILE_ISSUER).setAudience(AUDIENCE).sign(ec.privateKey);
       await rejects(auth, noExp, /no "exp" claim/);
-      const noSub = await new SignJWT({}).setProtectedHeader({ alg: "ES256", kid: ec.kid }).setIssuer(FILE_ISSUER).setAudience(AUDIENCE).setExpirationTime(now() + 60).sign(ec.privateKey);
+      const noSub = await new SignJWT({})
+        .setProtectedHeader({ alg: "ES256", kid: ec.kid })
+        .setIssuer(FILE_ISSUER)
+        .setAudience(AUDIENCE)
+        .setExpirationTime(now() + 60)
+        .sign(ec.privateKey);
       await rejects(auth, noSub, /no "sub" claim/);
       await rejects(auth, "not-a-jwt", /malformed/);
       await rejects(auth, `${base64url.encode("{}")}.${base64url.encode("[]")}.x`, /malformed/);
@@ -295,7 +300,10 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
         const t = await token(rotated, URL_ISSUER);
         // Concurrent tokens with the new kid share one fetch.
         const ids = await Promise.all([1, 2, 3].map(() => eager.authenticate({ authorization: `Bearer ${t}` })));
-        assert.deepEqual(ids.map((i) => i?.kind), ["jwt", "jwt", "jwt"]);
+        assert.deepEqual(
+          ids.map((i) => i?.kind),
+          ["jwt", "jwt", "jwt"],
+        );
         assert.equal(s.hits, hits + 1);
         // Within the cooldown since its start-up fetch: no fetch, the unknown kid is refused.
         await rejects(patient, t, /no key of issuer/);
@@ -312,7 +320,12 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
   describe("configuration", () => {
     it('refuses "none", HMAC and unknown algorithms, listing every problem', async () => {
       await configInvalid(
-        { jwt: [{ ...fileIssuer(), algorithms: ["none", "HS256", "RS256", "XYZ"] }, { ...fileIssuer(), issuer: "https://b", algorithms: ["hs512"] }] },
+        {
+          jwt: [
+            { ...fileIssuer(), algorithms: ["none", "HS256", "RS256", "XYZ"] },
+            { ...fileIssuer(), issuer: "https://b", algorithms: ["hs512"] },
+          ],
+        },
         /"none" is never allowed/,
         /HS256 is not allowed/,
         /hs512 is not allowed/,
@@ -332,7 +345,16 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
     it("refuses unreadable or invalid JWKS and an unreachable JWKS URL at start-up", async () => {
       const empty = join(dir, "empty.json");
       writeFileSync(empty, JSON.stringify({ keys: [] }));
-      await configInvalid({ jwt: [{ ...fileIssuer(), jwksFile: join(dir, "missing.json") }, { ...fileIssuer(), issuer: "https://e", jwksFile: empty }] }, /ENOENT/, /has no keys/);
+      await configInvalid(
+        {
+          jwt: [
+            { ...fileIssuer(), jwksFile: join(dir, "missing.json") },
+            { ...fileIssuer(), issuer: "https://e", jwksFile: empty },
+          ],
+        },
+        /ENOENT/,
+        /has no keys/,
+      );
       const s = new JwksServer(tls);
       const url = await s.start();
       await s.stop();
@@ -356,7 +378,12 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
     it("takes the URI SAN, then the DNS SAN, then the CN", async () => {
       const both = cert({ subject: { CN: "cn-name" }, subjectaltname: "DNS:a, URI:spiffe://x/y" });
       assert.deepEqual(await auth.authenticate({ peerCertificate: both }), { kind: "mtls", source: "uri", id: "spiffe://x/y", subject: "spiffe://x/y" });
-      assert.deepEqual(await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name" }, subjectaltname: "IP Address:127.0.0.1, DNS:a" }) }), { kind: "mtls", source: "dns", id: "dns:a", subject: "a" });
+      assert.deepEqual(await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name" }, subjectaltname: "IP Address:127.0.0.1, DNS:a" }) }), {
+        kind: "mtls",
+        source: "dns",
+        id: "dns:a",
+        subject: "a",
+      });
       assert.deepEqual(await auth.authenticate({ peerCertificate: cert({ subject: { CN: "cn-name", O: "corp" } }) }), { kind: "mtls", source: "cn", id: "cn:cn-name", subject: "cn-name" });
       assert.equal((await auth.authenticate({ peerCertificate: cert({ subject: { CN: ["first", "second"] } }) }))?.id, "cn:first");
     });
@@ -380,7 +407,12 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
 
     it("gives the identity of a real client certificate from a TLS handshake", async () => {
       const peer = await handshakePeerCertificate(tls);
-      assert.deepEqual(await auth.authenticate({ peerCertificate: peer }), { kind: "mtls", source: "uri", id: "spiffe://hsm-signer.dev/build-runner", subject: "spiffe://hsm-signer.dev/build-runner" });
+      assert.deepEqual(await auth.authenticate({ peerCertificate: peer }), {
+        kind: "mtls",
+        source: "uri",
+        id: "spiffe://hsm-signer.dev/build-runner",
+        subject: "spiffe://hsm-signer.dev/build-runner",
+      });
     });
 
     it("without credentials: undefined", async () => {

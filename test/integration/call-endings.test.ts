@@ -15,7 +15,12 @@ interface Line {
 }
 
 function lines(dir: string): Line[] {
-  return auditFilesIn(dir).flatMap((f) => readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Line));
+  return auditFilesIn(dir).flatMap((f) =>
+    readFileSync(f, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Line),
+  );
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

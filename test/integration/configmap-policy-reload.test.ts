@@ -46,7 +46,10 @@ describe("the policy from a Kubernetes ConfigMap volume is reloaded when kubelet
     generation = 0;
     publish(policyFor("build-*"));
     symlinkSync("..data/policy.yaml", join(volume, "policy.yaml"));
-    store = await PolicyStore.open(join(volume, "policy.yaml"), createLogger("error", () => undefined));
+    store = await PolicyStore.open(
+      join(volume, "policy.yaml"),
+      createLogger("error", () => undefined),
+    );
     store.watch();
   });
 

@@ -130,7 +130,7 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
       answer(stream, Buffer.from("the answer"));
     });
     const c = channel(t.port, { userAgent: "test-agent/1" });
-    const out = await call(c, "/hsm_signer.v1.Signer/Sign", Buffer.from("the request"), 10_000, { authorization: "Bearer x", "X-Extra": "y" });
+    const out = await call(c, "/hsm_signer.v1.Signer/Sign", Buffer.from("the request"), 10_000, { "authorization": "Bearer x", "X-Extra": "y" });
     assert.equal(out.toString(), "the answer");
     assert.equal(got?.toString(), "the request");
     assert.equal(seen?.[":path"], "/hsm_signer.v1.Signer/Sign");
@@ -149,7 +149,10 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     const message = 'key "signing/k1" not found: 100% gone, naïve ✓';
     const t = await startServer((stream, headers) => {
       const extra = headers[":path"] === "/limited" ? { "retry-after-ms": "250" } : {};
-      stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": headers[":path"] === "/limited" ? "8" : "5", "grpc-message": encodeURIComponent(message), ...extra }, { endStream: true });
+      stream.respond(
+        { ":status": 200, "content-type": "application/grpc", "grpc-status": headers[":path"] === "/limited" ? "8" : "5", "grpc-message": encodeURIComponent(message), ...extra },
+        { endStream: true },
+      );
     });
     const c = channel(t.port);
     const e = await callError(call(c, "/missing"));
@@ -373,7 +376,29 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
 
   it("with ca_file, a server certificate from another CA is refused before the server receives a single byte after the handshake", async () => {
     const other = join(dir, "other");
-    execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${other}-key.pem`, "-out", `${other}.pem`, "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        `${other}-key.pem`,
+        "-out",
+        `${other}.pem`,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+      ],
+      { stdio: "ignore" },
+    );
     let received = 0;
     let connections = 0;
     // The client finishes its side of a TLS 1.3 handshake first: were the check made later, the

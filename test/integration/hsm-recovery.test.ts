@@ -61,7 +61,15 @@ describe("HSM recovery in the pool's own process: sessions closed, login lost", 
     );
     // Either the failing call noticed (UNAVAILABLE) or the pool had already swept: never another error.
     if (failed) assert.equal(failed.code, "HSM_UNAVAILABLE", failed.message);
-    const took = await until("signing again", () => signOnce(hsm).then(() => true, () => false), 5_000);
+    const took = await until(
+      "signing again",
+      () =>
+        signOnce(hsm).then(
+          () => true,
+          () => false,
+        ),
+      5_000,
+    );
     assert.ok(took < 2_000, `recovered in ${took} ms`);
     assert.ok(hsm.pool.healthy);
     assert.equal(hsm.pool.stats.counters.recoveries, 1);

@@ -50,6 +50,9 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     const r = await custody.destroyVersion(keyId, 1, { confirm: `${keyId}@v1`, destroyCertificate: false, acknowledgeSigned: false });
     assert.deepEqual(r.destroyed, ["private key", "public key"]);
     assert.equal(await privateKeys(), 1);
-    await assert.rejects(custody.destroyVersion(keyId, 1, { confirm: `${keyId}@v1`, destroyCertificate: false, acknowledgeSigned: false }), (e: SignerError) => e.code === "FAILED_PRECONDITION" && /already destroyed/.test(e.message));
+    await assert.rejects(
+      custody.destroyVersion(keyId, 1, { confirm: `${keyId}@v1`, destroyCertificate: false, acknowledgeSigned: false }),
+      (e: SignerError) => e.code === "FAILED_PRECONDITION" && /already destroyed/.test(e.message),
+    );
   });
 });

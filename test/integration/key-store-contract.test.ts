@@ -18,7 +18,13 @@ keyStoreContract("PKCS#11 key store on SoftHSM", async () => {
   const { version } = await custody.rotateKey(rotated);
   const rootRecord = await keys.getKey(`${rotated}-root-ca`);
   const issuerKey: DigestSigningKey = { spec: rootRecord.spec, spki: keys.publicKeySpki(rootRecord.keyId) as Buffer, signDigest: (h, d) => keys.signInternal(rootRecord, h, d) };
-  const leaf = await createLeafCertificate({ subject: `C=US, ST=WA, O=hsm-signer test, CN=${rotated} v${version}`, spki: keys.publicKeySpki(rotated, version) as Buffer, issuerCertificate: root, issuerKey, validityDays: 30 });
+  const leaf = await createLeafCertificate({
+    subject: `C=US, ST=WA, O=hsm-signer test, CN=${rotated} v${version}`,
+    spki: keys.publicKeySpki(rotated, version) as Buffer,
+    issuerCertificate: root,
+    issuerKey,
+    validityDays: 30,
+  });
   await custody.importChain(rotated, version, [leaf, root], true);
   return { keys, ec256: keyIdOf("EC-256"), ec384: keyIdOf("EC-384"), disabled: "contract-disabled", unusable: "contract-unusable", rotated: { keyId: rotated, oldVersion: version - 1 } };
 });

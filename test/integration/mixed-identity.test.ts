@@ -38,7 +38,12 @@ interface Pem {
 type AuditLine = Record<string, unknown>;
 
 function auditLines(dir: string): AuditLine[] {
-  return auditFilesIn(dir).flatMap((f) => readFileSync(f, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as AuditLine));
+  return auditFilesIn(dir).flatMap((f) =>
+    readFileSync(f, "utf8")
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as AuditLine),
+  );
 }
 
 async function code(p: Promise<unknown>): Promise<grpc.ServiceError> {
@@ -198,8 +203,14 @@ rules:
     cnLegacyClient = pem("cn-legacy", root.leaf({ subject: "/CN=legacy-1", extensions: CLIENT_EXT }));
     dnsClient = pem("dns", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: `${CLIENT_EXT}\nsubjectAltName=DNS:runner-1.corp.example` }));
     foreignClient = pem("foreign", other.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
-    expiredClient = pem("expired", root.leaf({ subject: "/CN=old", notBefore: new Date(Date.now() - 30 * DAY), notAfter: new Date(Date.now() - DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
-    notYetValidClient = pem("future", root.leaf({ subject: "/CN=future", notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 30 * DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
+    expiredClient = pem(
+      "expired",
+      root.leaf({ subject: "/CN=old", notBefore: new Date(Date.now() - 30 * DAY), notAfter: new Date(Date.now() - DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }),
+    );
+    notYetValidClient = pem(
+      "future",
+      root.leaf({ subject: "/CN=future", notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 30 * DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }),
+    );
     signingKey = generateKeyPairSync("ec", { namedCurve: "P-256" });
     jwksFile = join(tmp, "jwks.json");
     writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(signingKey.publicKey)), kid: "k1", alg: "ES256", use: "sig" }] }));
@@ -239,7 +250,10 @@ rules:
       const tokenFile = join(tmp, "token");
       writeFileSync(tokenFile, `${await token()}\n`, { mode: 0o600 });
       const base = { endpoint: `127.0.0.1:${s.port}`, ca_file: root.certFile, timeout: "20s" };
-      for (const cfg of [{ ...base, token_file: tokenFile }, { ...base, client_cert_file: uriClient.certFile, client_key_file: uriClient.keyFile }]) {
+      for (const cfg of [
+        { ...base, token_file: tokenFile },
+        { ...base, client_cert_file: uriClient.certFile, client_key_file: uriClient.keyFile },
+      ]) {
         const r = await runPlugin("generate-signature", JSON.stringify(requestFor("generate-signature-jws", keyIdOf("EC-256"), "EC-256", cfg)));
         assert.equal(r.code, 0, r.stderr);
         assert.ok((JSON.parse(r.stdout) as { signature: string }).signature);
@@ -300,7 +314,11 @@ rules:
       const metrics = new SignerMetrics({ version: "test" });
       const logLines: Record<string, unknown>[] = [];
       // An hour: every refusal below falls in the first interval of its reason, however slow the machine.
-      const log = new TlsHandshakeFailureLog(createLogger("info", (l) => logLines.push(JSON.parse(l) as Record<string, unknown>)), metrics.observeTlsHandshakeFailure, 3_600_000);
+      const log = new TlsHandshakeFailureLog(
+        createLogger("info", (l) => logLines.push(JSON.parse(l) as Record<string, unknown>)),
+        metrics.observeTlsHandshakeFailure,
+        3_600_000,
+      );
       closers.push(() => log.close());
       const required = await start({ optional: false, onHandshakeFailure: log.report });
       const optional = await start({ optional: true, onHandshakeFailure: log.report });
@@ -313,28 +331,49 @@ rules:
         await attempt(s.port, cert(expiredClient));
         await attempt(s.port, cert(notYetValidClient));
         await attempt(s.port, { ...cert(uriClient), ALPNProtocols: ["http/1.1"] });
-        await new Promise<void>((res) => netConnect(s.port, "127.0.0.1", function (this: import("node:net").Socket) {
-          this.end("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        }).on("close", () => res()).resume());
+        await new Promise<void>((res) =>
+          netConnect(s.port, "127.0.0.1", function (this: import("node:net").Socket) {
+            this.end("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+          })
+            .on("close", () => res())
+            .resume(),
+        );
       }
       // A good certificate is never reported.
       assert.equal((await attempt(required.port, cert(uriClient))).secure, true);
       const expected = ["unknown_ca", "certificate_expired", "certificate_not_yet_valid", "no_h2", "protocol"];
       await waitFor("every refusal to be reported", () => required.failures.length >= 6 && optional.failures.length >= 5);
-      assert.deepEqual(required.failures.map((x) => x.reason), ["no_certificate", ...expected]);
-      assert.deepEqual(optional.failures.map((x) => x.reason), expected);
+      assert.deepEqual(
+        required.failures.map((x) => x.reason),
+        ["no_certificate", ...expected],
+      );
+      assert.deepEqual(
+        optional.failures.map((x) => x.reason),
+        expected,
+      );
       for (const x of [...required.failures, ...optional.failures]) assert.match(x.peer, /^127\.0\.0\.1:\d+$/);
       assert.equal(optional.failures[1]?.subject, "CN=old", "the refused certificate is named");
 
       const text = await metrics.metricsText();
       const count = (reason: string): number => Number(new RegExp(`^hsm_signer_tls_handshake_failures_total\\{reason="${reason}"\\} (\\S+)$`, "m").exec(text)?.[1]);
-      assert.deepEqual(
-        Object.fromEntries(["no_certificate", ...expected, "closed", "other"].map((r) => [r, count(r)])),
-        { no_certificate: 1, unknown_ca: 2, certificate_expired: 2, certificate_not_yet_valid: 2, no_h2: 2, protocol: 2, closed: 0, other: 0 },
-      );
+      assert.deepEqual(Object.fromEntries(["no_certificate", ...expected, "closed", "other"].map((r) => [r, count(r)])), {
+        no_certificate: 1,
+        unknown_ca: 2,
+        certificate_expired: 2,
+        certificate_not_yet_valid: 2,
+        no_h2: 2,
+        protocol: 2,
+        closed: 0,
+        other: 0,
+      });
       // One line per reason at once; the second of each reason (within the interval) only counted...
       const refusedLines = (): Record<string, unknown>[] => logLines.filter((l) => l.msg === "TLS handshake refused");
-      assert.deepEqual(refusedLines().map((l) => l.reason).sort(), ["no_certificate", ...expected].sort());
+      assert.deepEqual(
+        refusedLines()
+          .map((l) => l.reason)
+          .sort(),
+        ["no_certificate", ...expected].sort(),
+      );
       assert.ok(refusedLines().every((l) => l.level === "warn" && typeof l.peer === "string" && typeof l.code === "string"));
       // ...and summed up in one line when the interval ends (here: at close()).
       log.close();
@@ -354,7 +393,9 @@ rules:
       const dsaParams = join(tmp, "dsa-params.pem");
       const { execFileSync } = await import("node:child_process");
       execFileSync("openssl", ["dsaparam", "-out", dsaParams, "2048"], { stdio: "ignore" });
-      execFileSync("openssl", ["req", "-x509", "-newkey", `dsa:${dsaParams}`, "-nodes", "-keyout", join(tmp, "dsa-key.pem"), "-out", join(tmp, "dsa.pem"), "-subj", "/CN=localhost", "-days", "2"], { stdio: "ignore" });
+      execFileSync("openssl", ["req", "-x509", "-newkey", `dsa:${dsaParams}`, "-nodes", "-keyout", join(tmp, "dsa-key.pem"), "-out", join(tmp, "dsa.pem"), "-subj", "/CN=localhost", "-days", "2"], {
+        stdio: "ignore",
+      });
       await assert.rejects(
         TlsListener.open(new grpc.Server(), "127.0.0.1:0", { cert: readFileSync(join(tmp, "dsa.pem")), key: readFileSync(join(tmp, "dsa-key.pem")), requireClientCertificate: false }),
         (e: Error & { code?: string }) => {

@@ -15,7 +15,9 @@ const PACKAGE = `dist/notation-hsm-signer_${version}.tar.gz`;
 /** Runs scripts/package-plugin.mjs in a project folder and returns the package's sha256 (checked against its .sha256 file). */
 async function packagePlugin(root: string): Promise<string> {
   await run(process.execPath, [join(root, "scripts/package-plugin.mjs")], { timeout: 60_000 });
-  const sum = createHash("sha256").update(readFileSync(join(root, PACKAGE))).digest("hex");
+  const sum = createHash("sha256")
+    .update(readFileSync(join(root, PACKAGE)))
+    .digest("hex");
   assert.equal(readFileSync(join(root, `${PACKAGE}.sha256`), "utf8"), `${sum}  notation-hsm-signer_${version}.tar.gz\n`);
   return sum;
 }
@@ -44,7 +46,11 @@ describe("the plugin package is reproducible and an unchanged build is not redon
     const gz = readFileSync(join(PROJECT_ROOT, PACKAGE));
     assert.equal(gz.readUInt32LE(4), 0, "gzip header time");
     const tar = gunzipSync(gz);
-    const field = (offset: number, length: number): string => tar.subarray(offset, offset + length).toString("latin1").replace(/[\0 ]+$/, "");
+    const field = (offset: number, length: number): string =>
+      tar
+        .subarray(offset, offset + length)
+        .toString("latin1")
+        .replace(/[\0 ]+$/, "");
     assert.equal(field(0, 100), "notation-hsm-signer");
     assert.equal(field(100, 8), "0000755");
     assert.equal(field(108, 8), "0000000");

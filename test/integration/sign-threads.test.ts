@@ -82,7 +82,10 @@ describe("SignThreads: C_SignInit + C_Sign in worker threads on pooled sessions"
             const which = n % 20 === 0 ? 1 : 0; // mostly EC, some RSA
             const message = Buffer.from(`job ${n}`);
             const digest = createHash("sha256").update(message).digest();
-            const mechanism = which === 0 ? { mechanism: pkcs11js.CKM_ECDSA } : { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } };
+            const mechanism =
+              which === 0
+                ? { mechanism: pkcs11js.CKM_ECDSA }
+                : { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } };
             const sig = await threads.sign(session.handle, handles[which]!, mechanism, digest, 300);
             const ok =
               which === 0

@@ -154,7 +154,12 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         assert.equal(new Date(key.notAfter).getTime(), new Date(leaf.validTo).getTime());
         assert.ok(new Date(key.notBefore).getTime() < Date.now() - 60_000, "notBefore is backdated");
         assert.ok(new Date(key.notAfter).getTime() > Date.now() + 30 * 86400_000, "notAfter is well in the future");
-        assert.equal(key.certificateSha256, createHash("sha256").update(chain[0] as Buffer).digest("hex"));
+        assert.equal(
+          key.certificateSha256,
+          createHash("sha256")
+            .update(chain[0] as Buffer)
+            .digest("hex"),
+        );
       }
     });
 
@@ -207,12 +212,20 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
 
     it("digest length wrong for its hash → INVALID_ARGUMENT", async () => {
       await expectStatus(call(client, "Sign", { keyId: ec, digest: randomBytes(31), hashAlgorithm: "SHA-256" }), grpc.status.INVALID_ARGUMENT, /digest is 31 bytes but a SHA-256 digest is 32 bytes/);
-      await expectStatus(call(client, "Sign", { keyId: keyIdOf("EC-384"), digest: randomBytes(32), hashAlgorithm: "SHA-384" }), grpc.status.INVALID_ARGUMENT, /digest is 32 bytes but a SHA-384 digest is 48 bytes/);
+      await expectStatus(
+        call(client, "Sign", { keyId: keyIdOf("EC-384"), digest: randomBytes(32), hashAlgorithm: "SHA-384" }),
+        grpc.status.INVALID_ARGUMENT,
+        /digest is 32 bytes but a SHA-384 digest is 48 bytes/,
+      );
     });
 
     it("hash_algorithm that does not fit the key spec → INVALID_ARGUMENT", async () => {
       await expectStatus(call(client, "Sign", { keyId: ec, payload, hashAlgorithm: "SHA-512" }), grpc.status.INVALID_ARGUMENT, /SHA-512 does not fit key "test-ec-256".*SHA-256/);
-      await expectStatus(call(client, "Sign", { keyId: keyIdOf("RSA-4096"), digest: randomBytes(32), hashAlgorithm: "SHA-256" }), grpc.status.INVALID_ARGUMENT, /SHA-256 does not fit key "test-rsa-4096"/);
+      await expectStatus(
+        call(client, "Sign", { keyId: keyIdOf("RSA-4096"), digest: randomBytes(32), hashAlgorithm: "SHA-256" }),
+        grpc.status.INVALID_ARGUMENT,
+        /SHA-256 does not fit key "test-rsa-4096"/,
+      );
     });
 
     it("unknown hash_algorithm → INVALID_ARGUMENT", async () => {
@@ -277,7 +290,11 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
         clients.push(anonymous);
         await expectStatus(call(anonymous, "DescribeKey", { keyId: keyIdOf("EC-256") }, Date.now() + 10_000), grpc.status.UNAVAILABLE);
 
-        execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "k.pem"), "-out", join(dir, "c.pem"), "-days", "1", "-subj", "/CN=intruder"], { stdio: "ignore" });
+        execFileSync(
+          "openssl",
+          ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "k.pem"), "-out", join(dir, "c.pem"), "-days", "1", "-subj", "/CN=intruder"],
+          { stdio: "ignore" },
+        );
         const intruder = tlsClient(f, mtls.port, { key: readFileSync(join(dir, "k.pem")), cert: readFileSync(join(dir, "c.pem")) });
         clients.push(intruder);
         await expectStatus(call(intruder, "DescribeKey", { keyId: keyIdOf("EC-256") }, Date.now() + 10_000), grpc.status.UNAVAILABLE);

@@ -10,15 +10,7 @@ import { runAdmin, writtenSummary, type AdminIo, type KeyAdminApi } from "../../
 import { describeCallError, KeyAdminCallError, type AdminClientOptions, type InventoryKey, type KeyVersionInfo, type SlotInfo } from "../../src/admin/admin-client.js";
 import { inCanonicalOrder } from "../../src/hsm/key-custody.js";
 import { formatBytes, formatExpiry, formatInventory, formatJson, formatSlots, renderTable } from "../../src/admin/admin-format.js";
-import {
-  defaultNotationDir,
-  notationKeyAddCommand,
-  parseDn,
-  shellQuote,
-  subjectIdentityProblems,
-  trustPolicyFor,
-  trustStoreRootPath,
-} from "../../src/admin/notation-setup.js";
+import { defaultNotationDir, notationKeyAddCommand, parseDn, shellQuote, subjectIdentityProblems, trustPolicyFor, trustStoreRootPath } from "../../src/admin/notation-setup.js";
 
 const ENV = { HSM_SIGNER_ADMIN_CERT: "/etc/admin/client.pem", HSM_SIGNER_ADMIN_KEY: "/etc/admin/client-key.pem" };
 
@@ -215,12 +207,19 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
   });
 
   it("-h is --help; a command's --help is its own usage, also next to a mistake, and slots --help is not every command's", () => {
-    for (const argv of [["keys", "generate", "-h"], ["keys", "generate", "--bogus", "--help"], ["keys", "generate", "--key-spec", "RSA-1", "-h"]]) {
+    for (const argv of [
+      ["keys", "generate", "-h"],
+      ["keys", "generate", "--bogus", "--help"],
+      ["keys", "generate", "--key-spec", "RSA-1", "-h"],
+    ]) {
       const h = parseAdminArgs(argv, {});
       assert.equal(h.help, true, argv.join(" "));
       assert.match((h as { usage: string }).usage, /^usage: hsm-signer keys generate --key-id ID/);
     }
-    for (const argv of [["slots", "--help"], ["slots", "-h"]]) {
+    for (const argv of [
+      ["slots", "--help"],
+      ["slots", "-h"],
+    ]) {
       const usage = (parseAdminArgs(argv, {}) as { usage: string }).usage;
       assert.match(usage, /^usage: hsm-signer slots /);
       assert.doesNotMatch(usage, /keys list|certs csr/);
@@ -240,7 +239,20 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
   });
 
   it("ADMIN_USAGE lists every command and the connection options", () => {
-    for (const c of ["slots", "keys list", "keys generate", "keys rotate", "keys disable", "keys enable", "keys destroy", "keys test-chain", "keys notation-setup", "certs csr", "certs import", "certs chain"]) {
+    for (const c of [
+      "slots",
+      "keys list",
+      "keys generate",
+      "keys rotate",
+      "keys disable",
+      "keys enable",
+      "keys destroy",
+      "keys test-chain",
+      "keys notation-setup",
+      "certs csr",
+      "certs import",
+      "certs chain",
+    ]) {
       assert.ok(ADMIN_USAGE.includes(`  ${c} `) || ADMIN_USAGE.includes(`  ${c}\n`), `usage should list ${c}`);
     }
     for (const o of ["--endpoint", "--ca FILE", "--cert FILE --key FILE", "--server-name", "--timeout", "--json", "HSM_SIGNER_ADMIN_ENDPOINT"]) assert.ok(ADMIN_USAGE.includes(o), o);
@@ -249,7 +261,16 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
 
 describe("admin command line: rendering", () => {
   it("renderTable aligns columns two spaces apart and trims trailing blanks", () => {
-    assert.equal(renderTable(["A", "LONGER", "C"], [["xxx", "y", ""], ["z", "", "w"]]), ["A    LONGER  C", "xxx  y", "z            w"].join("\n"));
+    assert.equal(
+      renderTable(
+        ["A", "LONGER", "C"],
+        [
+          ["xxx", "y", ""],
+          ["z", "", "w"],
+        ],
+      ),
+      ["A    LONGER  C", "xxx  y", "z            w"].join("\n"),
+    );
   });
 
   it("formatBytes says unknown for -1", () => {
@@ -309,7 +330,16 @@ describe("admin command line: rendering", () => {
         disabledReason: "",
         versions: [
           version({ version: 1, certificateSubject: "CN=release,O=Ex,ST=WA,C=US", certificateIssuer: "CN=root", notAfter: "2026-11-20T00:00:00Z", daysUntilExpiry: -3, expired: true }),
-          version({ version: 2, current: true, keySpec: "EC-384", certificateSubject: "CN=release,O=Ex,ST=WA,C=US", certificateIssuer: "CN=root", notAfter: "2026-12-05T00:00:00Z", daysUntilExpiry: 12, expiringSoon: true }),
+          version({
+            version: 2,
+            current: true,
+            keySpec: "EC-384",
+            certificateSubject: "CN=release,O=Ex,ST=WA,C=US",
+            certificateIssuer: "CN=root",
+            notAfter: "2026-12-05T00:00:00Z",
+            daysUntilExpiry: 12,
+            expiringSoon: true,
+          }),
           version({ version: 3, state: "disabled", disabledReason: "not yet certified", problem: "no certificate", role: "" }),
         ],
       },
@@ -345,7 +375,9 @@ describe("admin command line: rendering", () => {
     assert.doesNotMatch(text, /problems/, text);
     assert.match(text, /^2 key\(s\), 2 version\(s\)$/m);
     // A CA whose chain is broken still is.
-    const broken = formatInventory([{ keyId: "ca", state: "enabled", currentVersion: 0, disabledReason: "", versions: [{ ...ca, problem: "the certificate chain of CA key \"ca\" does not reach a self-signed root on the token" }] }]);
+    const broken = formatInventory([
+      { keyId: "ca", state: "enabled", currentVersion: 0, disabledReason: "", versions: [{ ...ca, problem: 'the certificate chain of CA key "ca" does not reach a self-signed root on the token' }] },
+    ]);
     assert.match(broken, /^ {2}ca@v1: the certificate chain of CA key/m);
     assert.match(broken, /1 with problems$/);
   });
@@ -447,7 +479,9 @@ describe("admin command line: messages", () => {
     writeFileSync(join(files, "c.pem"), "cert");
     writeFileSync(join(files, "k.pem"), "key");
     const env = { HSM_SIGNER_ADMIN_CERT: join(files, "c.pem"), HSM_SIGNER_ADMIN_KEY: join(files, "k.pem") };
-    const code = await runAdmin(["slots", "--timeout", "0.2"], { env, out: () => undefined, err: (t) => (err += t), connect: () => never }).finally(() => rmSync(files, { recursive: true, force: true }));
+    const code = await runAdmin(["slots", "--timeout", "0.2"], { env, out: () => undefined, err: (t) => (err += t), connect: () => never }).finally(() =>
+      rmSync(files, { recursive: true, force: true }),
+    );
     assert.equal(code, 1);
     assert.match(err, /did not finish within 0\.2s \(--timeout\)/);
     assert.ok(Date.now() - started < 20_000);
@@ -485,7 +519,27 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "hsm-signer-admin-cli-"));
     const cert = (name: string): string => {
-      execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, `${name}-key.pem`), "-out", join(dir, `${name}.pem`), "-days", "30", "-subj", `/CN=${name}`], { stdio: "ignore" });
+      execFileSync(
+        "openssl",
+        [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:P-256",
+          "-nodes",
+          "-keyout",
+          join(dir, `${name}-key.pem`),
+          "-out",
+          join(dir, `${name}.pem`),
+          "-days",
+          "30",
+          "-subj",
+          `/CN=${name}`,
+        ],
+        { stdio: "ignore" },
+      );
       return readFileSync(join(dir, `${name}.pem`), "utf8");
     };
     rootPem = cert("root");
@@ -496,7 +550,12 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function run(argv: string[], client: KeyAdminApi, env: NodeJS.ProcessEnv = {}, extra: Pick<AdminIo, "cwd" | "pluginPackageFile"> = {}): Promise<{ code: number; out: string; err: string; options: AdminClientOptions | undefined }> {
+  async function run(
+    argv: string[],
+    client: KeyAdminApi,
+    env: NodeJS.ProcessEnv = {},
+    extra: Pick<AdminIo, "cwd" | "pluginPackageFile"> = {},
+  ): Promise<{ code: number; out: string; err: string; options: AdminClientOptions | undefined }> {
     let out = "";
     let err = "";
     let options: AdminClientOptions | undefined;
@@ -526,11 +585,17 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.equal(r.code, 0, r.err);
     const rootFile = join(notationDir, "truststore/x509/ca/hsm/release-root.crt");
     assert.equal(readFileSync(rootFile, "utf8"), rootPem.replace(/\r/g, ""));
-    assert.deepEqual(calls.map((c) => c.method), ["getCertificateChain", "getInventory", "close"]);
+    assert.deepEqual(
+      calls.map((c) => c.method),
+      ["getCertificateChain", "getInventory", "close"],
+    );
     assert.deepEqual(calls[0]?.request, { keyId: "release", keyVersion: 0 });
     assert.match(r.out, new RegExp(`written to ${rootFile}`));
     assert.match(r.out, /notation plugin install --file \S*notation-hsm-signer_[^ ]+\.tar\.gz/);
-    assert.match(r.out, /notation key add --plugin hsm-signer --id release \\\n {4}--plugin-config endpoint=signer\.example\.com:8443 \\\n {4}--plugin-config ca_file=\/etc\/ca\.pem \\\n {4}--plugin-config key_spec=EC-384 \\\n {4}release/);
+    assert.match(
+      r.out,
+      /notation key add --plugin hsm-signer --id release \\\n {4}--plugin-config endpoint=signer\.example\.com:8443 \\\n {4}--plugin-config ca_file=\/etc\/ca\.pem \\\n {4}--plugin-config key_spec=EC-384 \\\n {4}release/,
+    );
     assert.ok(r.out.includes("notation cert add --type ca --store hsm release-root.crt"), r.out);
     const policy = JSON.parse(r.out.slice(r.out.indexOf("{"))) as { trustPolicies: { trustedIdentities: string[]; trustStores: string[] }[] };
     assert.deepEqual(policy.trustPolicies[0]?.trustedIdentities, ["x509.subject: CN=release,O=Ex,ST=WA,C=US"]);
@@ -568,13 +633,19 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.equal(missing.code, 0, missing.err);
     assert.match(missing.out, /is not built yet; build it with: \(cd .* && npm run package-plugin\)/);
     assert.ok(missing.out.includes(`notation plugin install --file dist/notation-hsm-signer_0.1.0.tar.gz --sha256sum "$(cut -d' ' -f1 dist/notation-hsm-signer_0.1.0.tar.gz.sha256)"`), missing.out);
-    const json = JSON.parse((await run([...argv("n4"), "--json"], fakeClient([], answers), {}, { cwd: project, pluginPackageFile: pkg })).out) as { pluginPackage: string; pluginPackageBuilt: boolean };
+    const json = JSON.parse((await run([...argv("n4"), "--json"], fakeClient([], answers), {}, { cwd: project, pluginPackageFile: pkg })).out) as {
+      pluginPackage: string;
+      pluginPackageBuilt: boolean;
+    };
     assert.deepEqual([json.pluginPackage, json.pluginPackageBuilt], [pkg, false]);
   });
 
   it("keys notation-setup refuses a leaf subject notation cannot use, before writing anything", async () => {
     const notationDir = join(dir, "notation-bad");
-    const r = await run(["keys", "notation-setup", "--key-id", "release", "--store", "hsm", "--notation-dir", notationDir, "--endpoint", "s:1"], fakeClient([], { getCertificateChain: chainAnswer("CN=release") }));
+    const r = await run(
+      ["keys", "notation-setup", "--key-id", "release", "--store", "hsm", "--notation-dir", notationDir, "--endpoint", "s:1"],
+      fakeClient([], { getCertificateChain: chainAnswer("CN=release") }),
+    );
     assert.equal(r.code, 1);
     assert.match(r.err, /leaf subject "CN=release" .* lacks C, ST, O/);
     assert.throws(() => readFileSync(join(notationDir, "truststore/x509/ca/hsm/release-root.crt")));
@@ -607,7 +678,10 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     const missing = await run(["certs", "import", "--key-id", "k", join(dir, "nope.pem")], fakeClient(calls, {}));
     assert.equal(missing.code, 1);
     assert.match(missing.err, /cannot read certificate file .*nope\.pem: ENOENT/);
-    assert.deepEqual(calls.map((c) => c.method), ["close"]);
+    assert.deepEqual(
+      calls.map((c) => c.method),
+      ["close"],
+    );
     const usage = await run(["keys", "generate", "--key-id", "k"], fakeClient([], {}));
     assert.equal(usage.code, 2);
     assert.match(usage.err, /^hsm-signer: --key-spec is required\n\nusage: hsm-signer keys generate/);

@@ -59,10 +59,7 @@ const leafExtensions = (): x509.Extension[] => [
   new x509.KeyUsagesExtension(KU.digitalSignature, true),
   new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.codeSigning], false),
 ];
-const caExtensions = (pathLen?: number): x509.Extension[] => [
-  new x509.BasicConstraintsExtension(true, pathLen, true),
-  new x509.KeyUsagesExtension(KU.keyCertSign | KU.cRLSign, true),
-];
+const caExtensions = (pathLen?: number): x509.Extension[] => [new x509.BasicConstraintsExtension(true, pathLen, true), new x509.KeyUsagesExtension(KU.keyCertSign | KU.cRLSign, true)];
 
 // --- DER surgery: change TBS fields and re-sign, for what @peculiar/x509 will not produce. ---
 
@@ -84,12 +81,20 @@ function resign(der: Buffer, signer: webcrypto.CryptoKey, hash: string, mutate: 
 function assertOnly(violations: string[], ...patterns: RegExp[]): void {
   const msg = `violations:\n  ${violations.join("\n  ") || "(none)"}`;
   assert.equal(violations.length, patterns.length, msg);
-  for (const p of patterns) assert.ok(violations.some((v) => p.test(v)), `no violation matches ${p}\n${msg}`);
+  for (const p of patterns)
+    assert.ok(
+      violations.some((v) => p.test(v)),
+      `no violation matches ${p}\n${msg}`,
+    );
 }
 
 function assertHas(violations: string[], ...patterns: RegExp[]): void {
   const msg = `violations:\n  ${violations.join("\n  ") || "(none)"}`;
-  for (const p of patterns) assert.ok(violations.some((v) => p.test(v)), `no violation matches ${p}\n${msg}`);
+  for (const p of patterns)
+    assert.ok(
+      violations.some((v) => p.test(v)),
+      `no violation matches ${p}\n${msg}`,
+    );
 }
 
 describe("chain checker (notation-plugin-protocol.md §5.2/§5.3)", function () {
@@ -257,7 +262,14 @@ describe("chain checker (notation-plugin-protocol.md §5.2/§5.3)", function () 
     });
 
     it("CA with an RSA 1024 key", async () => {
-      const r = await makeCert({ subject: ROOT_DN, issuer: ROOT_DN, publicKey: rsa1024Keys.publicKey, signingKey: rsa1024Keys.privateKey, signingAlgorithm: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" }, extensions: caExtensions() });
+      const r = await makeCert({
+        subject: ROOT_DN,
+        issuer: ROOT_DN,
+        publicKey: rsa1024Keys.publicKey,
+        signingKey: rsa1024Keys.privateKey,
+        signingAlgorithm: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" },
+        extensions: caExtensions(),
+      });
       const l = await leaf({ signingKey: rsa1024Keys.privateKey, signingAlgorithm: { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" } });
       assertOnly(checkCodeSigningChain([l, r], NOW), /^cert\[1\] .*CA key/);
     });
@@ -282,8 +294,32 @@ describe("chain checker (notation-plugin-protocol.md §5.2/§5.3)", function () 
     it("SHA-1 signed by openssl (sha1WithRSAEncryption self-signed leaf)", () => {
       const dir = mkdtempSync(join(tmpdir(), "checker-sha1-"));
       try {
-        execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha1", "-keyout", join(dir, "k.pem"), "-outform", "DER", "-out", join(dir, "c.der"), "-days", "2",
-          "-subj", "/C=US/ST=WA/O=Checker/CN=sha1-leaf", "-addext", "keyUsage=critical,digitalSignature", "-addext", "basicConstraints=critical,CA:FALSE"], { stdio: "ignore" });
+        execFileSync(
+          "openssl",
+          [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha1",
+            "-keyout",
+            join(dir, "k.pem"),
+            "-outform",
+            "DER",
+            "-out",
+            join(dir, "c.der"),
+            "-days",
+            "2",
+            "-subj",
+            "/C=US/ST=WA/O=Checker/CN=sha1-leaf",
+            "-addext",
+            "keyUsage=critical,digitalSignature",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+          ],
+          { stdio: "ignore" },
+        );
         const der = readFileSync(join(dir, "c.der"));
         // openssl sets notBefore = now; check a little later.
         const v = checkCodeSigningChain([der], new Date(Date.now() + 60_000), { issuedAt: new Date(Date.now() + 60_000) });
@@ -294,7 +330,14 @@ describe("chain checker (notation-plugin-protocol.md §5.2/§5.3)", function () 
     });
 
     it("RSA-PSS with salt length 20 (Go requires salt = hash length)", async () => {
-      const r = await makeCert({ subject: ROOT_DN, issuer: ROOT_DN, publicKey: pssRootKeys.publicKey, signingKey: pssRootKeys.privateKey, signingAlgorithm: { name: "RSA-PSS", hash: "SHA-256", saltLength: 20 }, extensions: caExtensions() });
+      const r = await makeCert({
+        subject: ROOT_DN,
+        issuer: ROOT_DN,
+        publicKey: pssRootKeys.publicKey,
+        signingKey: pssRootKeys.privateKey,
+        signingAlgorithm: { name: "RSA-PSS", hash: "SHA-256", saltLength: 20 },
+        extensions: caExtensions(),
+      });
       const l = await leaf({ signingKey: pssRootKeys.privateKey, signingAlgorithm: { name: "RSA-PSS", hash: "SHA-256", saltLength: 32 } });
       assertOnly(checkCodeSigningChain([l, r], NOW), /^cert\[1\] .*RSASSA-PSS with salt length 20, not 32/);
     });
@@ -312,7 +355,12 @@ describe("chain checker (notation-plugin-protocol.md §5.2/§5.3)", function () 
   describe("structure and order", () => {
     it("wrong order (root first)", async () => {
       const v = checkCodeSigningChain([root, await leaf()], NOW);
-      assertHas(v, /^cert\[0\] .*\[§5\.3 chain order\] is self-signed but is not the last/, /^cert\[0\] .*issuer DN bytes differ from the subject DN bytes of cert\[1\]/, /^cert\[1\] \(root\): \[§5\.2 root\] .*not self-issued/);
+      assertHas(
+        v,
+        /^cert\[0\] .*\[§5\.3 chain order\] is self-signed but is not the last/,
+        /^cert\[0\] .*issuer DN bytes differ from the subject DN bytes of cert\[1\]/,
+        /^cert\[1\] \(root\): \[§5\.2 root\] .*not self-issued/,
+      );
     });
 
     it("root missing (leaf alone, not self-signed)", async () => {

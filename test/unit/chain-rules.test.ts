@@ -61,7 +61,9 @@ describe("chain rules (src/signing/chain-rules.ts) on openssl-made chains", func
       const fromSpki = inter.signPublicKey(spki, { subject: subj("hsm") });
       assert.ok(new X509Certificate(fromSpki).publicKey.export({ type: "spki", format: "der" }).equals(spki));
       assert.deepEqual(checkCodeSigningChain([fromSpki, inter.certDer, root.certDer]), []);
-      execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "csr.key"), "-out", join(dir, "x.csr"), "-subj", "/CN=csr"], { stdio: "ignore" });
+      execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", join(dir, "csr.key"), "-out", join(dir, "x.csr"), "-subj", "/CN=csr"], {
+        stdio: "ignore",
+      });
       const fromCsr = inter.signCsr(readFileSync(join(dir, "x.csr"), "utf8"), { subject: subj("csr") });
       assert.deepEqual(checkCodeSigningChain([fromCsr, inter.certDer, root.certDer]), []);
     });
@@ -248,8 +250,11 @@ describe("chain rules (src/signing/chain-rules.ts) on openssl-made chains", func
       execFileSync("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", join(dir, "self.key")]);
       const selfSigned = (serial: string): Buffer => {
         const out = join(dir, `self${serial}.der`);
-        execFileSync("openssl", ["x509", "-new", "-key", join(dir, "self.key"), "-subj", subj("self"),
-          "-set_serial", serial, "-days", "2", "-extfile", ext, "-extensions", "ext", "-outform", "DER", "-out", out], { stdio: "ignore" });
+        execFileSync(
+          "openssl",
+          ["x509", "-new", "-key", join(dir, "self.key"), "-subj", subj("self"), "-set_serial", serial, "-days", "2", "-extfile", ext, "-extensions", "ext", "-outform", "DER", "-out", out],
+          { stdio: "ignore" },
+        );
         return readFileSync(out);
       };
       const later = new Date(Date.now() + 2000); // openssl x509 -new sets notBefore = now

@@ -14,7 +14,8 @@ describe("configuration: file, environment overrides, every problem at once", ()
     writeFileSync(f, yaml);
     return f;
   };
-  const minimal = "listen: 127.0.0.1:8443\ntls: { insecure: true }\nhsm: { module: /usr/lib/softhsm/libsofthsm2.so, tokenLabel: t, pinFile: pin }\npolicy: { file: policy.yaml }\naudit: { dir: audit }\n";
+  const minimal =
+    "listen: 127.0.0.1:8443\ntls: { insecure: true }\nhsm: { module: /usr/lib/softhsm/libsofthsm2.so, tokenLabel: t, pinFile: pin }\npolicy: { file: policy.yaml }\naudit: { dir: audit }\n";
 
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "hsm-signer-config-"));
@@ -45,11 +46,14 @@ describe("configuration: file, environment overrides, every problem at once", ()
   });
 
   it("KeyAdmin needs TLS material and a client CA; a bad grace and a bad health listener are reported with it", () => {
-    const f = write(`${minimal.replace("pinFile: pin }", "pinFile: pin, signStallSeconds: 0 }")}shutdown: { graceSeconds: -1 }\nmetrics: { grpcHealthListen: nowhere }\nadmin: { listen: 127.0.0.1:9443 }\n`);
+    const f = write(
+      `${minimal.replace("pinFile: pin }", "pinFile: pin, signStallSeconds: 0 }")}shutdown: { graceSeconds: -1 }\nmetrics: { grpcHealthListen: nowhere }\nadmin: { listen: 127.0.0.1:9443 }\n`,
+    );
     assert.throws(
       () => loadConfig(f, {}),
       (e: Error) => {
-        for (const want of ["hsm.signStallSeconds", "shutdown.graceSeconds", "metrics.grpcHealthListen", "admin.certFile and admin.keyFile", "admin.clientCaFile"]) assert.ok(e.message.includes(want), `missing ${want} in: ${e.message}`);
+        for (const want of ["hsm.signStallSeconds", "shutdown.graceSeconds", "metrics.grpcHealthListen", "admin.certFile and admin.keyFile", "admin.clientCaFile"])
+          assert.ok(e.message.includes(want), `missing ${want} in: ${e.message}`);
         return true;
       },
     );
@@ -65,7 +69,10 @@ describe("config check: what serve would open, every problem at once", () => {
     try {
       fn();
     } catch (e) {
-      return (e as Error).message.split("\n").slice(1).map((l) => l.trim().replace(/^- /, ""));
+      return (e as Error).message
+        .split("\n")
+        .slice(1)
+        .map((l) => l.trim().replace(/^- /, ""));
     }
     return [];
   };
@@ -90,7 +97,10 @@ describe("config check: what serve would open, every problem at once", () => {
     writeFileSync(f("pin"), "1234\n");
     writeFileSync(f("policy.yaml"), 'rules:\n  - name: builders\n    match: { mtls: "spiffe://x/builder" }\n    keys: ["*"]\n');
     writeFileSync(f("bad-policy.yaml"), "rules:\n  - name: broken\n    keys: 5\n");
-    writeFileSync(f("jwks.json"), JSON.stringify({ keys: [{ kty: "EC", crv: "P-256", x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", kid: "k1" }] }));
+    writeFileSync(
+      f("jwks.json"),
+      JSON.stringify({ keys: [{ kty: "EC", crv: "P-256", x: "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", y: "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0", kid: "k1" }] }),
+    );
     writeFileSync(f("not-jwks.json"), "{}");
     writeFileSync(f("a-file"), "");
   });
@@ -106,9 +116,18 @@ describe("config check: what serve would open, every problem at once", () => {
     // loadConfig alone (what it did before) finds nothing wrong.
     assert.doesNotThrow(() => loadConfig(file, {}));
     const problems = problemsOf(() => checkConfig(file, {}));
-    assert.ok(problems.some((p) => p.startsWith(`hsm.module: ${f("no-such-lib.so")} does not exist`)), problems.join("\n"));
-    assert.ok(problems.some((p) => p.startsWith(`hsm.pinFile: cannot read ${f("no-pin")} (ENOENT)`)), problems.join("\n"));
-    assert.ok(problems.some((p) => p.startsWith(`policy.file: ${f("bad-policy.yaml")}: `)), problems.join("\n"));
+    assert.ok(
+      problems.some((p) => p.startsWith(`hsm.module: ${f("no-such-lib.so")} does not exist`)),
+      problems.join("\n"),
+    );
+    assert.ok(
+      problems.some((p) => p.startsWith(`hsm.pinFile: cannot read ${f("no-pin")} (ENOENT)`)),
+      problems.join("\n"),
+    );
+    assert.ok(
+      problems.some((p) => p.startsWith(`policy.file: ${f("bad-policy.yaml")}: `)),
+      problems.join("\n"),
+    );
   });
 
   it("a module that is a directory, a PIN variable that is not set, TLS files that do not parse or do not match, a bad JWKS, an audit dir that is a file", () => {
@@ -129,7 +148,11 @@ describe("config check: what serve would open, every problem at once", () => {
       // where it is (loadConfig) or that it can be written (checkConfig): one problem, not both
       `audit.dir: ${f("a-file")}`,
     ];
-    for (const w of want) assert.ok(problems.some((p) => p.startsWith(w)), `missing "${w}" in:\n${problems.join("\n")}`);
+    for (const w of want)
+      assert.ok(
+        problems.some((p) => p.startsWith(w)),
+        `missing "${w}" in:\n${problems.join("\n")}`,
+      );
     assert.equal(problems.length, want.length, problems.join("\n"));
     // The PIN from the environment is enough, and never shown.
     const withPin = problemsOf(() => checkConfig(file, { HSM_SIGNER_TEST_PIN_UNSET: "s3cret-pin" }));
@@ -149,7 +172,10 @@ describe("the shipped configurations", () => {
     try {
       loadConfig(join(PROJECT_ROOT, "deploy/base/config.yaml"), {});
     } catch (e) {
-      problems = (e as Error).message.split("\n").slice(1).map((l) => l.trim().replace(/^- /, ""));
+      problems = (e as Error).message
+        .split("\n")
+        .slice(1)
+        .map((l) => l.trim().replace(/^- /, ""));
     }
     const elsewhere = problems.filter((p) => !/cannot read \/etc\/hsm-signer\//.test(p));
     assert.deepEqual(elsewhere, []);

@@ -199,7 +199,18 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     const config = parse(fromConfigMap(args[args.indexOf("--config") + 1] as string)) as ServiceConfig;
     for (const listen of [config.listen, config.admin?.listen, config.metrics?.listen, config.metrics?.grpcHealthListen].filter(Boolean) as string[])
       portOf(Number(listen.split(":").pop()), `listen address ${listen}`);
-    for (const file of [config.tls.certFile, config.tls.keyFile, config.tls.clientCaFile, config.admin?.clientCaFile, config.hsm.module, config.hsm.pinFile, config.audit.dir, config.audit.postgres?.passwordFile, config.audit.postgres?.tls?.caFile].filter(Boolean) as string[]) mounted(file);
+    for (const file of [
+      config.tls.certFile,
+      config.tls.keyFile,
+      config.tls.clientCaFile,
+      config.admin?.clientCaFile,
+      config.hsm.module,
+      config.hsm.pinFile,
+      config.audit.dir,
+      config.audit.postgres?.passwordFile,
+      config.audit.postgres?.tls?.caFile,
+    ].filter(Boolean) as string[])
+      mounted(file);
     fromConfigMap(config.policy.file);
     // The audit goes to PostgreSQL (issue 13): nothing on the node is written, never an emptyDir
     // alone for the audit; with a local audit.dir that one mount would be the only writable one.

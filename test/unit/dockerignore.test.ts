@@ -95,11 +95,28 @@ describe(".dockerignore keeps secrets and build output out of the Docker build c
 
   it("the quick start's .data (PINs, token, TLS keys), node_modules, dist, .git and key files are not", () => {
     const secret = [
-      ".data", ".data/pin", ".data/so-pin", ".data/tokens/0a1b/token.object", ".data/tls/server-key.pem", ".data/config.yaml",
-      "node_modules/graphene-pk11/package.json", "dist/hsm-signer", "dist/plugin/notation-hsm-signer", ".git/config", ".git/objects/ab/cdef",
-      "server-key.pem", "tls.key", ".env", "deploy/base/config.yaml",
+      ".data",
+      ".data/pin",
+      ".data/so-pin",
+      ".data/tokens/0a1b/token.object",
+      ".data/tls/server-key.pem",
+      ".data/config.yaml",
+      "node_modules/graphene-pk11/package.json",
+      "dist/hsm-signer",
+      "dist/plugin/notation-hsm-signer",
+      ".git/config",
+      ".git/objects/ab/cdef",
+      "server-key.pem",
+      "tls.key",
+      ".env",
+      "deploy/base/config.yaml",
       // Also inside the folders the Dockerfile does copy.
-      "src/.data/pin", "test/fixtures/leaked-key.pem", "scripts/dev.key", "scripts/node_modules/x/index.js", "test/dist/x.js", "src/pin",
+      "src/.data/pin",
+      "test/fixtures/leaked-key.pem",
+      "scripts/dev.key",
+      "scripts/node_modules/x/index.js",
+      "test/dist/x.js",
+      "src/pin",
     ];
     for (const path of secret) assert.equal(ignored(rules, path), true, `${path} would be sent to the Docker daemon`);
     // Whatever the quick start has actually put there.

@@ -27,7 +27,10 @@ describe("layer rules (eslint.layers.js)", () => {
   });
 
   it("accept the imports the layers allow", async () => {
-    assert.deepEqual(await lintImport("src/server/ok.ts", 'import { KEY_SPECS } from "../signing/key-spec.js";\nimport { AuditLog } from "../audit/index.js";\nexport const x = [KEY_SPECS, AuditLog];\n'), []);
+    assert.deepEqual(
+      await lintImport("src/server/ok.ts", 'import { KEY_SPECS } from "../signing/key-spec.js";\nimport { AuditLog } from "../audit/index.js";\nexport const x = [KEY_SPECS, AuditLog];\n'),
+      [],
+    );
   });
 
   it("the plugin's whole import closure (the bundle's inputs) holds no native module, no grpc-js and no HSM code", async () => {
@@ -42,7 +45,10 @@ describe("layer rules (eslint.layers.js)", () => {
       define: { __PLUGIN_VERSION__: '"0.0.0"' },
     });
     const inputs = Object.keys(result.metafile.inputs);
-    assert.ok(inputs.some((path) => path.includes("src/plugin/")), inputs.join("\n"));
+    assert.ok(
+      inputs.some((path) => path.includes("src/plugin/")),
+      inputs.join("\n"),
+    );
     const heavy = inputs.filter((path) => /node_modules\/(@grpc|graphene-pk11|pkcs11js|prom-client|pg)\/|src\/(hsm|server|admin|auth|audit|metrics)\//.test(path) || path.endsWith(".node"));
     assert.deepEqual(heavy, []);
   });

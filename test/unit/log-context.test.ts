@@ -16,7 +16,15 @@ describe("log context: every line written while a request is handled carries its
       await Promise.resolve().then(() => logger.error("in a then", { error: new Error("x") }));
     });
     logger.info("outside");
-    assert.deepEqual(lines.map((l) => [l.msg, l.requestId]), [["sync", "r1"], ["after a timer", "r1"], ["in a then", "r1"], ["outside", undefined]]);
+    assert.deepEqual(
+      lines.map((l) => [l.msg, l.requestId]),
+      [
+        ["sync", "r1"],
+        ["after a timer", "r1"],
+        ["in a then", "r1"],
+        ["outside", undefined],
+      ],
+    );
   });
 
   it("fields at the call site win; nested contexts add up; secrets stay redacted; withoutLogContext leaves it", () => {

@@ -77,7 +77,7 @@ function http(port: number, path: string, method = "GET"): Promise<Reply> {
 
 const DAY = 86_400;
 /** A caller-controlled key id: it must never become a label value. */
-const CALLER_KEY = "attacker-<script>-\"quoted\"-x9f1";
+const CALLER_KEY = 'attacker-<script>-"quoted"-x9f1';
 
 describe("SignerMetrics and the operations HTTP listener", function () {
   this.timeout(5000);
@@ -165,7 +165,10 @@ describe("SignerMetrics and the operations HTTP listener", function () {
     assert.equal(value(s, "hsm_signer_sign_requests_total", { key: "other", result: "PERMISSION_DENIED" }), 1);
     assert.equal(value(s, "hsm_signer_sign_requests_total", { key: "other", result: "UNAUTHENTICATED" }), 1);
     // Only Sign calls: DescribeKey/GetCertificateChain/ListKeys are not here.
-    assert.equal(find(s, "hsm_signer_sign_requests_total").reduce((a, x) => a + x.value, 0), 9);
+    assert.equal(
+      find(s, "hsm_signer_sign_requests_total").reduce((a, x) => a + x.value, 0),
+      9,
+    );
   });
 
   it("keeps every label value in its bounded set; no caller string appears anywhere", async () => {
@@ -176,8 +179,7 @@ describe("SignerMetrics and the operations HTTP listener", function () {
     assert.ok(!r.body.includes("SOME_NEW_CODE"), "an unknown result leaked into the metrics");
     assert.ok(!r.body.includes("DSA-1024"), "an unknown key spec leaked into the metrics");
     const s = parseProm(r.body).samples;
-    const labelValues = (prefix: string, label: string): Set<string> =>
-      new Set(s.filter((x) => x.name.startsWith(prefix) && x.labels[label] !== undefined).map((x) => x.labels[label] as string));
+    const labelValues = (prefix: string, label: string): Set<string> => new Set(s.filter((x) => x.name.startsWith(prefix) && x.labels[label] !== undefined).map((x) => x.labels[label] as string));
     const methods = new Set(["Sign", "GetCertificateChain", "DescribeKey", "ListKeys", "other"]);
     const results = new Set<string>(["OK", ...ERROR_CODES, "other"]);
     for (const m of labelValues("hsm_signer_", "method")) assert.ok(methods.has(m), `method label ${m}`);

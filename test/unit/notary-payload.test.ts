@@ -41,12 +41,7 @@ function coseInput(header: Map<number | string, Enc>, payload: Buffer = TARGET, 
 }
 
 function coseHeader(alg: number, extra: [string | number, Enc][] = []): Map<number | string, Enc> {
-  return new Map<number | string, Enc>([
-    [1, alg],
-    [3, NOTARY_PAYLOAD_CONTENT_TYPE],
-    ["io.cncf.notary.signingTime", new CborTag(1, 1795537583)],
-    ...extra,
-  ]);
+  return new Map<number | string, Enc>([[1, alg], [3, NOTARY_PAYLOAD_CONTENT_TYPE], ["io.cncf.notary.signingTime", new CborTag(1, 1795537583)], ...extra]);
 }
 
 function jwsInput(header: unknown, payload: unknown): Buffer {
@@ -54,7 +49,7 @@ function jwsInput(header: unknown, payload: unknown): Buffer {
   return Buffer.from(`${part(header)}.${part(payload)}`);
 }
 
-const JWS_HEADER = { alg: "ES384", cty: NOTARY_PAYLOAD_CONTENT_TYPE, "io.cncf.notary.signingTime": "2026-01-02T03:04:05Z" };
+const JWS_HEADER = { "alg": "ES384", "cty": NOTARY_PAYLOAD_CONTENT_TYPE, "io.cncf.notary.signingTime": "2026-01-02T03:04:05Z" };
 
 describe("parseNotaryPayload: the artifact a Notary signing input names", () => {
   describe("the real requests of notation 1.3.2", () => {
@@ -213,7 +208,13 @@ describe("parseNotaryPayload: the artifact a Notary signing input names", () => 
       ["6449455446", "IETF"],
       ["83010203", [1, 2, 3]],
       ["8301820203820405", [1, [2, 3], [4, 5]]],
-      ["a201020304", new Map([[1, 2], [3, 4]])],
+      [
+        "a201020304",
+        new Map([
+          [1, 2],
+          [3, 4],
+        ]),
+      ],
       ["c11a514b67b0", new CborTag(1, 1363896240)],
     ];
     for (const [hex, value] of vectors) {

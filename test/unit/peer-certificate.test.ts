@@ -23,10 +23,26 @@ class Pki {
 
   /** issuer undefined: self-signed. */
   issue(name: string, subject: string, ext: string, issuer?: string): void {
-    execFileSync("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", this.path(`${name}.key`), "-out", this.path(`${name}.csr`), "-subj", subject], { stdio: "ignore" });
+    execFileSync(
+      "openssl",
+      ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", this.path(`${name}.key`), "-out", this.path(`${name}.csr`), "-subj", subject],
+      { stdio: "ignore" },
+    );
     writeFileSync(this.path(`${name}.ext`), ext);
     const signer = issuer ?? name;
-    const args = ["x509", "-req", "-in", this.path(`${name}.csr`), "-out", this.path(`${name}.pem`), "-sha256", "-extfile", this.path(`${name}.ext`), "-set_serial", String(Date.now() % 1e9 + Math.floor(Math.random() * 1000))];
+    const args = [
+      "x509",
+      "-req",
+      "-in",
+      this.path(`${name}.csr`),
+      "-out",
+      this.path(`${name}.pem`),
+      "-sha256",
+      "-extfile",
+      this.path(`${name}.ext`),
+      "-set_serial",
+      String((Date.now() % 1e9) + Math.floor(Math.random() * 1000)),
+    ];
     if (issuer) args.push("-CA", this.path(`${signer}.pem`), "-CAkey", this.path(`${signer}.key`));
     else args.push("-key", this.path(`${name}.key`));
     args.push("-days", issuer ? "30" : "365");
@@ -142,7 +158,10 @@ describe("presentedChain: the certificates a TLS server really sends", function 
     }
   }
 
-  for (const [leaf, intermediates] of [["leaf1", ["int1"]], ["leaf2", ["int2", "int1"]]] as const) {
+  for (const [leaf, intermediates] of [
+    ["leaf1", ["int1"]],
+    ["leaf2", ["int2", "int1"]],
+  ] as const) {
     it(`root → ${[...intermediates].reverse().join(" → ")} → server: every certificate sent is seen, and the chain verifies with only the root as anchor`, async () => {
       const got = await handshake(leaf, [...intermediates]);
       assert.equal(got.leaf?.fingerprint256, pki.cert(leaf).fingerprint256);
@@ -155,4 +174,3 @@ describe("presentedChain: the certificates a TLS server really sends", function 
     });
   }
 });
-

@@ -59,7 +59,17 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
     });
 
     it("rejects anything else, naming the value", () => {
-      for (const endpoint of ["signer.example.com", "signer.example.com:", ":8443", "https://signer.example.com:8443", "signer.example.com:https", "host:123456", "a b:1", "::1:8443", "host:8443/path"]) {
+      for (const endpoint of [
+        "signer.example.com",
+        "signer.example.com:",
+        ":8443",
+        "https://signer.example.com:8443",
+        "signer.example.com:https",
+        "host:123456",
+        "a b:1",
+        "::1:8443",
+        "host:8443/path",
+      ]) {
         rejects(() => parse({ endpoint }), "VALIDATION_ERROR", endpoint);
       }
     });
@@ -88,7 +98,16 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
     });
 
     it("a minimal config gets the defaults", () => {
-      assert.deepEqual(parse(EP), { endpoint: EP.endpoint, ca: undefined, cert: undefined, key: undefined, serverName: undefined, timeoutMs: DEFAULT_TIMEOUT_MS, token: undefined, keySpec: undefined });
+      assert.deepEqual(parse(EP), {
+        endpoint: EP.endpoint,
+        ca: undefined,
+        cert: undefined,
+        key: undefined,
+        serverName: undefined,
+        timeoutMs: DEFAULT_TIMEOUT_MS,
+        token: undefined,
+        keySpec: undefined,
+      });
       assert.equal(DEFAULT_TIMEOUT_MS, 30_000);
     });
 
@@ -241,7 +260,10 @@ describe("gRPC status → notation error code (pluginCodeOf, protocol §4)", () 
   }
 
   it("the client's Status table has exactly the 17 codes", () => {
-    assert.deepEqual(Object.values(Status).sort((a, b) => a - b), TABLE.map(([n]) => n));
+    assert.deepEqual(
+      Object.values(Status).sort((a, b) => a - b),
+      TABLE.map(([n]) => n),
+    );
   });
 
   it("codes outside the table → ERROR", () => {
@@ -252,7 +274,8 @@ describe("gRPC status → notation error code (pluginCodeOf, protocol §4)", () 
 describe("plugin request checks", () => {
   it("isPaddedBase64 agrees with padded standard base64, on 5 MiB as well (no regular-expression stack)", () => {
     for (const n of [0, 1, 2, 3, 4, 5, 100]) assert.equal(isPaddedBase64(Buffer.alloc(n, 0xfb).toString("base64")), true, `${n} bytes`);
-    for (const bad of ["a", "ab=", "abc", "ab=c", "a===", "====", "ab-_", "YWJj ", "YW\nJj", Buffer.from([0xfb, 0xff]).toString("base64url")]) assert.equal(isPaddedBase64(bad), false, JSON.stringify(bad));
+    for (const bad of ["a", "ab=", "abc", "ab=c", "a===", "====", "ab-_", "YWJj ", "YW\nJj", Buffer.from([0xfb, 0xff]).toString("base64url")])
+      assert.equal(isPaddedBase64(bad), false, JSON.stringify(bad));
     assert.equal(isPaddedBase64(Buffer.alloc(5 * 1024 * 1024, 7).toString("base64")), true);
   });
 
@@ -265,4 +288,3 @@ describe("plugin request checks", () => {
     assert.match(cut, /5000130 characters, cut to 1000/);
   });
 });
-

@@ -204,10 +204,7 @@ rules:
     });
 
     it("restricts methods per rule (default: all four)", () => {
-      const q = Policy.parse(
-        `rules:\n  - name: sign-only\n    match: { mtls: "a" }\n    keys: ["k*"]\n    methods: [Sign]\n  - name: all\n    match: { mtls: "b" }\n    keys: ["k*"]\n`,
-        "q",
-      );
+      const q = Policy.parse(`rules:\n  - name: sign-only\n    match: { mtls: "a" }\n    keys: ["k*"]\n    methods: [Sign]\n  - name: all\n    match: { mtls: "b" }\n    keys: ["k*"]\n`, "q");
       assert.equal(q.decide(mtls("a"), "Sign", "k1").allow, true);
       assert.equal(q.decide(mtls("a"), "DescribeKey", "k1").allow, false);
       assert.equal(q.decide(mtls("a"), "GetCertificateChain", "k1").allow, false);

@@ -1,15 +1,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import protobuf from "protobufjs";
-import {
-  decodeCertificateChainResponse,
-  decodeDescribeKeyResponse,
-  decodeListKeysResponse,
-  decodeSignResponse,
-  encodeKeyRequest,
-  encodeSignRequest,
-  type KeyInfo,
-} from "../../src/client/messages.js";
+import { decodeCertificateChainResponse, decodeDescribeKeyResponse, decodeListKeysResponse, decodeSignResponse, encodeKeyRequest, encodeSignRequest, type KeyInfo } from "../../src/client/messages.js";
 import { ProtoMessage, ProtoWriter, readFields } from "../../src/client/protobuf.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
@@ -20,13 +12,13 @@ import { PROJECT_ROOT } from "../helpers/softhsm.js";
 describe("hand-written protobuf codec vs protobufjs and signer.proto", () => {
   const root = protobuf.loadSync(join(PROJECT_ROOT, "proto/hsm_signer/v1/signer.proto"));
   const type = (n: string): protobuf.Type => root.lookupType(`hsm_signer.v1.${n}`);
-  const toObject = (t: protobuf.Type, b: Uint8Array): Record<string, unknown> =>
-    t.toObject(t.decode(b), { longs: Number, bytes: Buffer, defaults: true, oneofs: true }) as Record<string, unknown>;
+  const toObject = (t: protobuf.Type, b: Uint8Array): Record<string, unknown> => t.toObject(t.decode(b), { longs: Number, bytes: Buffer, defaults: true, oneofs: true }) as Record<string, unknown>;
   const encode = (t: protobuf.Type, v: Record<string, unknown>): Buffer => {
     assert.equal(t.verify(v), null);
     return Buffer.from(t.encode(t.fromObject(v)).finish());
   };
-  const bytesEqual = (a: unknown, b: Uint8Array): void => assert.ok(Buffer.from(a as Uint8Array).equals(Buffer.from(b)), `${Buffer.from(a as Uint8Array).toString("hex")} != ${Buffer.from(b).toString("hex")}`);
+  const bytesEqual = (a: unknown, b: Uint8Array): void =>
+    assert.ok(Buffer.from(a as Uint8Array).equals(Buffer.from(b)), `${Buffer.from(a as Uint8Array).toString("hex")} != ${Buffer.from(b).toString("hex")}`);
 
   const keyInfo = (i: number): KeyInfo => ({
     keyId: `release-${i}`,
@@ -138,7 +130,10 @@ describe("hand-written protobuf codec vs protobufjs and signer.proto", () => {
       const r = decodeCertificateChainResponse(encode(type("GetCertificateChainResponse"), { keyId: "k1", certificateChain: chain, keyVersion: 5 }));
       assert.equal(r.keyId, "k1");
       assert.equal(r.keyVersion, 5);
-      assert.deepEqual(r.certificateChain.map((c) => c.toString()), ["leaf", "intermediate", "root"]);
+      assert.deepEqual(
+        r.certificateChain.map((c) => c.toString()),
+        ["leaf", "intermediate", "root"],
+      );
     });
 
     it("skips fields it does not know (a newer server), of every wire type", () => {
@@ -154,8 +149,7 @@ describe("hand-written protobuf codec vs protobufjs and signer.proto", () => {
   });
 
   describe("malformed input", () => {
-    const full = (): Buffer =>
-      encode(type("SignResponse"), { keyId: "test-rsa-2048", signature: Buffer.alloc(256, 1), certificateChain: [Buffer.alloc(300, 2)], keyVersion: 300 });
+    const full = (): Buffer => encode(type("SignResponse"), { keyId: "test-rsa-2048", signature: Buffer.alloc(256, 1), certificateChain: [Buffer.alloc(300, 2)], keyVersion: 300 });
 
     it("a buffer truncated inside a length-delimited field throws", () => {
       const b = full();

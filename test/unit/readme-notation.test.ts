@@ -7,7 +7,13 @@ import { PROJECT_ROOT } from "../helpers/softhsm.js";
 function shCommands(readme: string): string[] {
   const out: string[] = [];
   for (const block of readme.matchAll(/```sh\n([\s\S]*?)```/g))
-    out.push(...(block[1] as string).replace(/\\\n\s*/g, " ").split("\n").map((l) => l.replace(/\s+#.*$/, "").trim()).filter(Boolean));
+    out.push(
+      ...(block[1] as string)
+        .replace(/\\\n\s*/g, " ")
+        .split("\n")
+        .map((l) => l.replace(/\s+#.*$/, "").trim())
+        .filter(Boolean),
+    );
   return out;
 }
 
@@ -22,7 +28,11 @@ describe("README: notation with an OCI layout, as notation 1.3 takes it", () => 
   const layout = commands.filter((c) => c.startsWith("notation ") && c.includes("--oci-layout"));
 
   it("shows sign, verify and ls of a layout, with NOTATION_EXPERIMENTAL=1", () => {
-    for (const verb of ["sign", "verify", "ls"]) assert.ok(layout.some((c) => c.startsWith(`notation ${verb} `)), `no "notation ${verb} --oci-layout" line`);
+    for (const verb of ["sign", "verify", "ls"])
+      assert.ok(
+        layout.some((c) => c.startsWith(`notation ${verb} `)),
+        `no "notation ${verb} --oci-layout" line`,
+      );
     assert.ok(commands.includes("export NOTATION_EXPERIMENTAL=1"));
   });
 

@@ -9,7 +9,10 @@ function pair(): { main: Mailbox; thread: Mailbox; state: () => number } {
   return { main: new Mailbox(sab), thread: new Mailbox(sab), state: () => Atomics.load(i32, 0) };
 }
 
-const pss: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA384, mgf: pkcs11js.CKG_MGF1_SHA384, saltLen: 48 } as pkcs11js.RsaPSS };
+const pss: pkcs11js.Mechanism = {
+  mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
+  parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA384, mgf: pkcs11js.CKG_MGF1_SHA384, saltLen: 48 } as pkcs11js.RsaPSS,
+};
 
 const settled = async (p: Promise<unknown>): Promise<boolean> => {
   let done = false;
@@ -44,7 +47,10 @@ describe("sign mailbox: the shared memory between the event loop and a signing t
   it("the last job's mechanism is reused (not encoded, not parsed) only while the next job's is the same", () => {
     const { main, thread } = pair();
     const ec: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_ECDSA };
-    const pss256: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS };
+    const pss256: pkcs11js.Mechanism = {
+      mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
+      parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } as pkcs11js.RsaPSS,
+    };
     const salt20: pkcs11js.Mechanism = { ...pss, parameter: { ...(pss.parameter as pkcs11js.RsaPSS), saltLen: 20 } as pkcs11js.RsaPSS };
     const iv = (hex: string): pkcs11js.Mechanism => ({ mechanism: pkcs11js.CKM_AES_CBC_PAD, parameter: Buffer.from(hex, "hex") });
     // Equal but distinct objects too: each signature makes its mechanism anew.

@@ -8,17 +8,27 @@ describe("refused TLS handshakes: classification and the rate-limited log", () =
   it("logs the first refusal of a reason at once, counts the others, and sums them up in one line at the end of the interval", async () => {
     const lines: Record<string, unknown>[] = [];
     const counted: string[] = [];
-    const log = new TlsHandshakeFailureLog(createLogger("info", (l) => lines.push(JSON.parse(l) as Record<string, unknown>)), (r) => counted.push(r), 50);
+    const log = new TlsHandshakeFailureLog(
+      createLogger("info", (l) => lines.push(JSON.parse(l) as Record<string, unknown>)),
+      (r) => counted.push(r),
+      50,
+    );
     for (let i = 0; i < 5; i++) log.report(failure("unknown_ca"));
     log.report(failure("no_certificate"));
     assert.deepEqual(counted, ["unknown_ca", "unknown_ca", "unknown_ca", "unknown_ca", "unknown_ca", "no_certificate"], "every refusal is counted");
-    assert.deepEqual(lines.map((l) => [l.msg, l.reason]), [
-      ["TLS handshake refused", "unknown_ca"],
-      ["TLS handshake refused", "no_certificate"],
-    ]);
+    assert.deepEqual(
+      lines.map((l) => [l.msg, l.reason]),
+      [
+        ["TLS handshake refused", "unknown_ca"],
+        ["TLS handshake refused", "no_certificate"],
+      ],
+    );
     const deadline = Date.now() + 20_000;
     while (lines.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assert.deepEqual(lines.slice(2).map((l) => [l.msg, l.reason, l.suppressed]), [["TLS handshakes refused (not logged one by one)", "unknown_ca", 4]]);
+    assert.deepEqual(
+      lines.slice(2).map((l) => [l.msg, l.reason, l.suppressed]),
+      [["TLS handshakes refused (not logged one by one)", "unknown_ca", 4]],
+    );
     // A reason with nothing suppressed gets no summary, and once its interval is over (a later
     // timer fires after an earlier one) its next refusal is logged at once again.
     await new Promise((r) => setTimeout(r, 500));
