@@ -4,7 +4,7 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
-import { serializeRecord } from "./audit-store.js";
+import { recoveredRecord, retryDelayMs, serializeRecord } from "./audit-store.js";
 import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 import type { AuditEvent, AuditReceipt } from "../signing/ports.js";
 
@@ -470,17 +470,7 @@ export class AuditLog {
     try {
       await this.recover();
       // Requests may append from here on; this line proves the disk takes writes again.
-      await this.append({
-        requestId: "-",
-        peer: "-",
-        identity: "hsm-signer",
-        method: "AuditLog.Recovered",
-        decision: "none",
-        result: "OK",
-        latencyMs: 0,
-        error: failure.message,
-        retriedAfterMs: waitedMs,
-      });
+      await this.append(recoveredRecord(failure, waitedMs));
       this.retryAttempts = 0;
       if (!this.closed) r.onRecovered?.();
     } catch (e) {
@@ -542,11 +532,6 @@ export class AuditLog {
 function errorCode(e: unknown): string {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === "string" ? code : e instanceof Error ? e.message : "unknown error";
-}
-
-/** The wait before the next automatic attempt, after `attempts` failed ones. */
-function retryDelayMs(r: { minMs: number; maxMs: number }, attempts: number): number {
-  return Math.min(r.maxMs, r.minMs * 2 ** attempts);
 }
 
 function asUnavailable(e: unknown, what: "opened" | "recovered" | "closed"): SignerError {

@@ -43,3 +43,23 @@ export function artifactDigestOf(r: AuditLine): string | undefined {
   const d = (a as { digest?: unknown }).digest;
   return typeof d === "string" ? d : undefined;
 }
+
+/** The wait before a store's next automatic recovery attempt, after `attempts` failed ones. */
+export function retryDelayMs(r: { minMs: number; maxMs: number }, attempts: number): number {
+  return Math.min(r.maxMs, r.minMs * 2 ** attempts);
+}
+
+/** The record a store writes once it takes writes again: it proves the recovery and names the outage. */
+export function recoveredRecord(failure: Error, waitedMs: number): AuditRecordInput {
+  return {
+    requestId: "-",
+    peer: "-",
+    identity: "hsm-signer",
+    method: "AuditLog.Recovered",
+    decision: "none",
+    result: "OK",
+    latencyMs: 0,
+    error: failure.message,
+    retriedAfterMs: waitedMs,
+  };
+}

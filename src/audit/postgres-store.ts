@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import pg from "pg";
 import { SignerError } from "../errors/index.js";
 import { GENESIS_HASH, hashLine, type AuditLogStats, type AuditReceipt, type AuditRecordInput } from "./audit-log.js";
-import { artifactDigestOf, serializeRecord, type AuditLine, type AuditStore } from "./audit-store.js";
+import { artifactDigestOf, recoveredRecord, retryDelayMs, serializeRecord, type AuditLine, type AuditStore } from "./audit-store.js";
 
 /** The schema version this code writes and reads; `audit migrate` (or the service) brings a database to it. */
 export const AUDIT_SCHEMA_VERSION = 1;
@@ -372,7 +372,7 @@ export class PostgresAuditStore implements AuditStore {
   private scheduleRecovery(): void {
     const r = this.o.retry;
     if (!r || this.closed || this.retryTimer) return;
-    const ms = Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts);
+    const ms = retryDelayMs(r, this.retryAttempts);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.retryOnce(r, ms);
@@ -386,23 +386,13 @@ export class PostgresAuditStore implements AuditStore {
     this.retrying = true;
     try {
       await this.recover();
-      await this.append({
-        requestId: "-",
-        peer: "-",
-        identity: "hsm-signer",
-        method: "AuditLog.Recovered",
-        decision: "none",
-        result: "OK",
-        latencyMs: 0,
-        error: failure.message,
-        retriedAfterMs: waitedMs,
-      });
+      await this.append(recoveredRecord(failure, waitedMs));
       this.retryAttempts = 0;
       if (!this.closed) r.onRecovered?.();
     } catch (e) {
       if (this.closed) return;
       this.retryAttempts++;
-      r.onFailed?.(asUnavailable(e, "recovered"), Math.min(r.maxMs, r.minMs * 2 ** this.retryAttempts));
+      r.onFailed?.(asUnavailable(e, "recovered"), retryDelayMs(r, this.retryAttempts));
       this.scheduleRecovery();
     } finally {
       this.retrying = false;

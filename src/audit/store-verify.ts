@@ -1,4 +1,4 @@
-import { createReadStream, existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdir, open } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { X509Certificate } from "node:crypto";
@@ -6,6 +6,7 @@ import type pg from "pg";
 import { auditFileName, auditFilesIn, AUDIT_FILE_PATTERN, GENESIS_HASH, hashLine } from "./audit-log.js";
 import type { AuditLine } from "./audit-store.js";
 import { CHECKPOINTS_FILE, checkpointProblem, type StoredCheckpoint } from "./checkpoints.js";
+import { readRawLines } from "./verify.js";
 
 /**
  * What `audit verify` can find, by name:
@@ -279,21 +280,6 @@ export async function verifyAuditDir(dir: string, cert: X509Certificate | undefi
 async function firstLineSeq(file: string): Promise<number | undefined> {
   for await (const { bytes } of readRawLines(file)) return seqOf(bytes);
   return undefined;
-}
-
-/** Lines as raw bytes (the chain hashes the exact bytes), streamed. */
-async function* readRawLines(file: string): AsyncGenerator<{ bytes: Buffer; terminated: boolean }> {
-  let rest: Buffer = Buffer.alloc(0);
-  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
-    const buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
-    let start = 0;
-    for (let nl = buf.indexOf(0x0a, start); nl >= 0; nl = buf.indexOf(0x0a, start)) {
-      yield { bytes: buf.subarray(start, nl), terminated: true };
-      start = nl + 1;
-    }
-    rest = buf.subarray(start);
-  }
-  if (rest.length > 0) yield { bytes: rest, terminated: false };
 }
 
 // ---- database -------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ function firstSequenceInName(file: string): number | undefined {
  * Lines as raw bytes, streamed. Not readline: the chain hashes the exact bytes, and decoding
  * first would let an invalid UTF-8 sequence pass for the U+FFFD it decodes to.
  */
-async function* readRawLines(file: string): AsyncGenerator<{ bytes: Buffer; terminated: boolean }> {
+export async function* readRawLines(file: string): AsyncGenerator<{ bytes: Buffer; terminated: boolean }> {
   let rest: Buffer = Buffer.alloc(0);
   for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
     const buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;

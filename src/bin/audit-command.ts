@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
-import { UsageError } from "./cli-args.js";
+import { dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -18,7 +18,7 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
       "json": { type: "boolean" },
     },
   });
-  if (values.key !== undefined) throw new UsageError("audit search takes the key id as --key-id (--key is the TLS private-key file in other commands)");
+  refuseKeyFlag(values.key);
   const files = values.dir ? auditFilesIn(values.dir) : positionals;
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {
@@ -34,14 +34,8 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
     return 1;
   }
   if (sub === "search") {
-    const date = (v: string | undefined, flag: string): Date | undefined => {
-      if (v === undefined) return undefined;
-      const d = new Date(v);
-      if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
-      return d;
-    };
     // --key-id and --identity are globs, as in the policy: `*` any run of characters, `?` one.
-    const q = { artifactDigest: values.artifact, keyId: values["key-id"], identity: values.identity, from: date(values.from, "--from"), to: date(values.to, "--to") };
+    const q = { artifactDigest: values.artifact, keyId: values["key-id"], identity: values.identity, from: dateFlag(values.from, "--from"), to: dateFlag(values.to, "--to") };
     let n = 0;
     for await (const r of searchAudit(files, q)) {
       n++;

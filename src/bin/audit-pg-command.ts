@@ -9,7 +9,7 @@ import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type Sto
 import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
-import { UsageError } from "./cli-args.js";
+import { dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 /** A client for the audit database, connected; bounded waits so that a hung database fails the command. */
 async function connect(configFile: string | undefined, database: boolean | undefined): Promise<pg.Client> {
@@ -80,6 +80,7 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
       "json": { type: "boolean" },
     },
   });
+  refuseKeyFlag(values.key);
   const cert = values.cert ? parseAuditCertificate(readFileSync(values.cert)) : undefined;
   if (sub === "verify") {
     if (!cert) throw new UsageError("audit verify with checkpoints needs --cert FILE (the audit key's certificate)");
@@ -97,20 +98,14 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
     return report.ok ? 0 : 1;
   }
   if (sub === "search") {
-    const date = (v: string | undefined, flag: string): Date | undefined => {
-      if (v === undefined) return undefined;
-      const d = new Date(v);
-      if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
-      return d;
-    };
     const limit = values.limit === undefined ? undefined : Number(values.limit);
     if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new UsageError("--limit must be a positive integer");
     const q = {
       artifactDigest: values.artifact,
-      keyId: values["key-id"] ?? values.key,
+      keyId: values["key-id"],
       identity: values.identity,
-      from: date(values.from, "--from"),
-      to: date(values.to, "--to"),
+      from: dateFlag(values.from, "--from"),
+      to: dateFlag(values.to, "--to"),
       replica: values.replica,
       limit,
     };

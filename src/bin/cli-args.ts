@@ -13,3 +13,16 @@ export function spec(v: string | undefined, flag: string): KeySpec | undefined {
   if (!isKeySpec(v)) throw new UsageError(`${flag} must be one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
   return v;
 }
+
+/** A time flag (--from, --to): an ISO 8601 date, or undefined when not given. */
+export function dateFlag(v: string | undefined, flag: string): Date | undefined {
+  if (v === undefined) return undefined;
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime())) throw new UsageError(`${flag} must be a date such as 2026-11-24T10:00:00Z`);
+  return d;
+}
+
+/** --key is a private-key file (mTLS) in the custodian commands; audit searches name a key with --key-id. */
+export function refuseKeyFlag(key: string | undefined): void {
+  if (key !== undefined) throw new UsageError("audit search takes the key id as --key-id (--key is the TLS private-key file in other commands)");
+}
