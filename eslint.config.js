@@ -2,7 +2,7 @@ import tseslint from "typescript-eslint";
 import { layerRules } from "./eslint.layers.js";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", ".data/**"] },
+  { ignores: ["dist/**", "node_modules/**", ".data/**", "src/gen/**"] },
   ...tseslint.configs.recommended,
   {
     files: ["src/**/*.ts", "test/**/*.ts"],
