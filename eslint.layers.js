@@ -1,8 +1,8 @@
 // Layer rules (issue 12 §6, design.md §3): imports point down,
 //   bin → edges (server, plugin, admin) → adapters (hsm, auth, audit, metrics, client, tls) → signing → errors, log
-// src/gen/ (generated from proto/ by npm run generate, not linted) is the wire contract: it imports only @bufbuild/protobuf/wire.
 // and edges never import each other. Each folder lists what it may not import; test/unit/layers.test.ts
 // shows that a wrong import fails lint.
+// src/gen/ (generated from proto/ by npm run generate, not linted) is the wire contract: it imports only @bufbuild/protobuf/wire.
 
 const EDGES = ["server", "plugin", "admin"];
 const ADAPTERS = ["hsm", "auth", "audit", "metrics", "client", "tls"];
