@@ -2,7 +2,6 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { AuditLog } from "../audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter } from "../auth/index.js";
-import { parseCaBundle } from "../tls/peer-certificate.js";
 import { SignerMetrics, startOpsServer } from "../metrics/index.js";
 import { AccessControl } from "../server/access-control.js";
 import { createTestChain, finalizeModule, KeyCustody, openHsm } from "../hsm/index.js";
@@ -99,7 +98,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   // With bearer tokens configured, a client certificate is optional; one that is presented must
   // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
   const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
-  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optionalClientCerts && clientCa ? parseCaBundle(clientCa) : undefined });
+  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter() });
   // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).
   const tlsFailures = opened(new TlsHandshakeFailureLog(logger, metrics.observeTlsHandshakeFailure), (l) => l.close());
   const signing = new SigningService({ keys: withoutAuditKey(hsm.keys, config), authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });

@@ -9,7 +9,6 @@ import { startSignerServer, type AuditSink, type RunningServer } from "../../src
 import { AccessControl } from "../../src/server/access-control.js";
 import { AuditLog } from "../../src/audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter, type JwtIssuerOptions } from "../../src/auth/index.js";
-import { parseCaBundle } from "../../src/tls/peer-certificate.js";
 import { createSoftHsmToken, type SoftHsmToken } from "./softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "./tls.js";
 
@@ -69,7 +68,7 @@ rules:
 
 export interface ServerOptions {
   mtls?: boolean;
-  /** With mtls: false makes the client certificate optional (verified by AccessControl). */
+  /** With mtls: false makes the client certificate optional (a presented one is verified in the handshake all the same). */
   requireClientCertificate?: boolean;
   maxDeadlineMs?: number;
   /** Policy YAML (default OPEN_LOOPBACK_POLICY). */
@@ -103,7 +102,7 @@ export async function startTestServer(f: Fixture, o: ServerOptions = {}): Promis
   const policy = await PolicyStore.open(policyFile, silentLogger);
   const authenticator = await Authenticator.create({ jwt: o.jwt ?? [] }, silentLogger);
   const optional = o.mtls === true && o.requireClientCertificate === false;
-  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: optional ? parseCaBundle(f.tls.ca) : undefined });
+  const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter() });
   let server: RunningServer;
   try {
     server = await startSignerServer({

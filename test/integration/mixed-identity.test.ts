@@ -15,7 +15,6 @@ import { SignerMetrics } from "../../src/metrics/index.js";
 import { AccessControl } from "../../src/server/access-control.js";
 import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
 import { TlsHandshakeFailureLog, TlsListener, type TlsHandshakeFailure } from "../../src/server/tls-listener.js";
-import { parseCaBundle } from "../../src/tls/peer-certificate.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { OpensslCa } from "../helpers/openssl-ca.js";
@@ -93,6 +92,7 @@ describe("identity on one TLS listener: mTLS and bearer tokens mixed, identity k
   let cnLegacyClient: Pem;
   let dnsClient: Pem;
   let foreignClient: Pem;
+  let viaIntermediateClient: Pem;
   let expiredClient: Pem;
   let notYetValidClient: Pem;
   let jwksFile: string;
@@ -148,7 +148,7 @@ rules:
     const policy = await PolicyStore.open(policyFile, silentLogger);
     const authenticator = await Authenticator.create({ jwt: o.optional ? [{ issuer: ISSUER, audience: AUDIENCE, jwksFile, algorithms: ["ES256"] }] : [] }, silentLogger);
     const failures: TlsHandshakeFailure[] = [];
-    const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter(), clientCas: o.optional ? parseCaBundle(Buffer.from(root.certPem)) : undefined });
+    const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter() });
     const s = await startSignerServer({
       listen: "127.0.0.1:0",
       tls: {
@@ -202,6 +202,13 @@ rules:
     cnSpiffeClient = pem("cn-spiffe", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: CLIENT_EXT }));
     cnLegacyClient = pem("cn-legacy", root.leaf({ subject: "/CN=legacy-1", extensions: CLIENT_EXT }));
     dnsClient = pem("dns", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: `${CLIENT_EXT}\nsubjectAltName=DNS:runner-1.corp.example` }));
+    // A client certificate from an intermediate CA: the client sends leaf + intermediate, the
+    // service trusts only the root (the configuration most PKIs hand out).
+    const inter = root.intermediate({ subject: "/CN=clients intermediate" });
+    const viaInter = inter.leaf({ subject: "/CN=build-b", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/b` });
+    viaIntermediateClient = pem("via-intermediate", viaInter);
+    writeFileSync(viaIntermediateClient.certFile, new X509Certificate(viaInter.der).toString() + new X509Certificate(inter.certDer).toString());
+    viaIntermediateClient.cert = readFileSync(viaIntermediateClient.certFile);
     foreignClient = pem("foreign", other.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
     expiredClient = pem(
       "expired",
@@ -243,6 +250,22 @@ rules:
         ],
       );
       assert.deepEqual(s.failures, [], "no handshake was refused");
+    });
+
+    it("a client certificate issued by an intermediate CA (sent with its intermediate, the root trusted) signs, as with required certificates", async () => {
+      const payload = Buffer.from("intermediate");
+      for (const optional of [true, false]) {
+        const s = await start({ optional });
+        const r = await signWith<SignResponse>(client(s.port, viaIntermediateClient), { keyId: keyIdOf("EC-256"), payload });
+        assert.ok(verifyNotarySignature(payload, r.signature, r.certificateChain[0] as Buffer, "EC-256"), `optional=${optional}`);
+        const lines = auditLines(s.auditDir).filter((l) => l.method === "Sign");
+        assert.deepEqual(
+          lines.map((l) => [l.result, l.identity, l.identityKind]),
+          [["OK", "spiffe://corp/build/b", "mtls-uri"]],
+          `optional=${optional}`,
+        );
+        assert.deepEqual(s.failures, [], "no handshake was refused");
+      }
     });
 
     it("the notation plugin signs with a token_file and no client certificate, and with a client certificate and no token", async () => {
