@@ -1,13 +1,12 @@
-import { resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import type { CallerIdentity } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
 import type { SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { bindServer, isLoopbackAddress, loadService, PROTO_DIR, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+import { addHealthService } from "./health-service.js";
+import { bindServer, isLoopbackAddress, loadService, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -32,9 +31,6 @@ export interface SignerServerOptions {
   onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
 }
 
-/** How often a grpc.health.v1 Watch stream looks for a change of status. */
-const HEALTH_WATCH_INTERVAL_MS = 1000;
-
 function keyInfo(k: KeyRecord): Record<string, unknown> {
   return {
     keyId: k.keyId,
@@ -48,42 +44,6 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
     keyVersion: k.version,
     certificateSha256: k.certificate?.sha256 ?? "",
   };
-}
-
-/**
- * A plaintext listener that serves only grpc.health.v1, for kubelet gRPC probes (which cannot
- * speak TLS). It reveals nothing but SERVING / NOT_SERVING.
- */
-export async function startHealthServer(listen: string, ready: () => boolean): Promise<RunningServer> {
-  const server = new grpc.Server();
-  addHealthService(server, ready);
-  return bindServer(server, listen, { insecure: true });
-}
-
-/** grpc.health.v1: "" and hsm_signer.v1.Signer are SERVING while ready() says so. */
-export function addHealthService(server: grpc.Server, ready: () => boolean): void {
-  const def = protoLoader.loadSync(resolve(PROTO_DIR, "grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
-  const health = ((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  const known = new Set(["", "hsm_signer.v1.Signer"]);
-  const statusOf = (service: string): string => (!known.has(service) ? "SERVICE_UNKNOWN" : ready() ? "SERVING" : "NOT_SERVING");
-  server.addService((health.Health as grpc.ServiceClientConstructor).service, {
-    Check: ((call: grpc.ServerUnaryCall<{ service: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      if (!known.has(call.request.service)) cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${call.request.service}"` });
-      else cb(null, { status: statusOf(call.request.service) });
-    }) as grpc.handleUnaryCall<unknown, unknown>,
-    Watch: ((call: grpc.ServerWritableStream<{ service: string }, unknown>) => {
-      let last = "";
-      const send = (): void => {
-        const now = statusOf(call.request.service);
-        if (now !== last) call.write({ status: now });
-        last = now;
-      };
-      send();
-      const timer = setInterval(send, HEALTH_WATCH_INTERVAL_MS);
-      call.on("cancelled", () => clearInterval(timer));
-      call.on("close", () => clearInterval(timer));
-    }) as grpc.handleServerStreamingCall<unknown, unknown>,
-  });
 }
 
 interface SignRequestMsg {

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { getFixture, startTestServer, type TestServer } from "../helpers/fixture.js";
-import { startHealthServer } from "../../src/server/signer-server.js";
+import { startHealthServer } from "../../src/server/health-service.js";
 import { callSigner, loadSignerClientClass } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
