@@ -23,6 +23,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProtoPath } from "grpc-health-check";
 import { auditFilesIn } from "../../src/audit/index.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
@@ -89,7 +90,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
     await waitForLog(child, "hsm-signer listening");
-    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true });
     const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
     const s: Service = {
       child,

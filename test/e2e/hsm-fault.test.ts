@@ -24,6 +24,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProtoPath } from "grpc-health-check";
 import { verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
@@ -118,7 +119,7 @@ describe("HSM faults made real against the service process, and recovery without
     await waitForLog(child, "hsm-signer listening");
     const ca = readFileSync(join(data, "tls/ca.pem"));
     client = signerClient(ca, port);
-    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true });
     const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
     health = new Health(`127.0.0.1:${port}`, grpc.credentials.createSsl(ca), { "grpc.ssl_target_name_override": "localhost" });
   });

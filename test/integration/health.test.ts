@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProtoPath } from "grpc-health-check";
 import { getFixture, startTestServer, type TestServer } from "../helpers/fixture.js";
 import { startHealthServer } from "../../src/server/health-service.js";
 import { callSigner, loadSignerClientClass } from "../helpers/signer-client.js";
-import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 type HealthClient = grpc.Client & {
   Check(req: { service: string }, cb: (e: grpc.ServiceError | null, r: { status: string }) => void): void;
@@ -21,7 +20,7 @@ describe("grpc.health.v1 on the Signer listener", function () {
   before(async () => {
     const f = await getFixture();
     server = await startTestServer(f, { ready: () => ready });
-    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true });
     const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
     client = new Health(`127.0.0.1:${server.port}`, grpc.credentials.createSsl(f.tls.ca), { "grpc.ssl_target_name_override": "localhost" }) as unknown as HealthClient;
   });
@@ -65,7 +64,7 @@ describe("grpc.health.v1 alone on a plaintext listener (kubelet gRPC probes)", f
   it("answers Check in plaintext, follows readiness, and serves nothing else", async () => {
     let ready = true;
     const health = await startHealthServer("127.0.0.1:0", () => ready);
-    const def = protoLoader.loadSync(join(PROJECT_ROOT, "proto/grpc/health/v1/health.proto"), { keepCase: true, enums: String, defaults: true });
+    const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String, defaults: true });
     const Health = (((grpc.loadPackageDefinition(def).grpc as grpc.GrpcObject).health as grpc.GrpcObject).v1 as grpc.GrpcObject).Health as grpc.ServiceClientConstructor;
     const client = new Health(`127.0.0.1:${health.port}`, grpc.credentials.createInsecure()) as unknown as HealthClient;
     const signer = new (loadSignerClientClass())(`127.0.0.1:${health.port}`, grpc.credentials.createInsecure());
