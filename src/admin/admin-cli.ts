@@ -2,11 +2,11 @@ import { createHash, X509Certificate } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { status } from "@grpc/grpc-js";
 import { assertNever } from "../errors/index.js";
 import { toPem } from "../signing/pem.js";
 import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
-import { KeyAdminCallError, KeyAdminClient, type AdminClientOptions, type InventoryKey } from "./admin-client.js";
+import { GrpcCallError, KeyAdminClient, type InventoryKey, type KeyAdminClientOptions } from "../client/index.js";
+import { describeCallFailure } from "./describe-call-failure.js";
 import { chainToPem, DEFAULT_WARN_DAYS, describeChain, formatInventory, formatJson, formatSlots } from "./admin-format.js";
 import { defaultNotationDir, notationCertAddCommand, notationKeyAddCommand, shellQuote, subjectIdentityProblems, trustPolicyFor, trustStoreRootPath } from "./notation-setup.js";
 
@@ -34,7 +34,7 @@ export interface AdminIo {
   /** Writes to stdout; a newline is added when the text has none. */
   out(text: string): void;
   err(text: string): void;
-  connect(options: AdminClientOptions): KeyAdminApi;
+  connect(options: KeyAdminClientOptions): KeyAdminApi;
   /** The directory paths are printed relative to (default: process.cwd()). */
   cwd?: string;
   /** Where the plugin package is (default: dist/ of this installation, where npm run package-plugin writes it). */
@@ -58,23 +58,8 @@ function line(write: (s: string) => boolean): (text: string) => void {
   };
 }
 
-/**
- * grpc-js passes the endpoint's host as the TLS servername even when it is an IP address, and
- * Node then warns (DEP0123) on stderr: noise for a custodian using 127.0.0.1:9443. Only that
- * warning is dropped; the IP is still checked against the certificate's subjectAltName.
- */
-function muteIpServerNameWarning(): void {
-  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
-  process.emitWarning = ((...args: unknown[]) => {
-    const [, typeOrOptions, code] = args;
-    const c = typeof typeOrOptions === "object" && typeOrOptions !== null ? (typeOrOptions as { code?: unknown }).code : code;
-    if (c !== "DEP0123") emit(...args);
-  }) as typeof process.emitWarning;
-}
-
 /** Handles `hsm-signer slots|keys|certs ...`; argv starts at the command word ("slots", "keys", "certs"). Returns the exit code (0 ok, 1 failure reported, 2 usage). */
 export async function runAdminCommand(argv: string[]): Promise<number> {
-  muteIpServerNameWarning();
   return runAdmin(argv, {
     env: process.env,
     out: line((s) => process.stdout.write(s)),
@@ -86,13 +71,14 @@ export async function runAdminCommand(argv: string[]): Promise<number> {
 /** runAdminCommand with its environment, output and connection given (for tests). */
 export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
   let client: KeyAdminApi | undefined;
+  let connection: ConnectionOptions | undefined;
   try {
     const parsed = parseAdminArgs(argv, io.env);
     if (parsed.help) {
       io.out(parsed.usage);
       return 0;
     }
-    const connection = parsed.connection;
+    connection = parsed.connection;
     client = io.connect(clientOptions(connection));
     await withinBudget(execute(parsed.command, client, io, parsed.json), connection);
     return 0;
@@ -101,7 +87,11 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
       io.err(`hsm-signer: ${e.message}\n\n${e.usage}`);
       return 2;
     }
-    if (e instanceof KeyAdminCallError || e instanceof AdminFailure) {
+    if (e instanceof GrpcCallError && connection) {
+      io.err(`hsm-signer: ${describeCallFailure(e, { endpoint: connection.endpoint, timeoutMs: connection.timeoutMs, caGiven: connection.caFile !== undefined })}`);
+      return 1;
+    }
+    if (e instanceof AdminFailure) {
       io.err(`hsm-signer: ${e.message}`);
       return 1;
     }
@@ -112,12 +102,12 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
   }
 }
 
-/** The command's work, or a DEADLINE_EXCEEDED failure once --timeout (and a margin) has passed. */
+/** The command's work, or a failure once --timeout (and a margin) has passed. */
 async function withinBudget<T>(work: Promise<T>, c: ConnectionOptions): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new KeyAdminCallError(status.DEADLINE_EXCEEDED, `the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)),
+      () => reject(new AdminFailure(`the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)),
       c.timeoutMs + COMMAND_TIMEOUT_MARGIN_MS,
     );
   });
@@ -144,7 +134,7 @@ function writeFile(path: string, data: string, what: string): void {
   }
 }
 
-function clientOptions(c: ConnectionOptions): AdminClientOptions {
+function clientOptions(c: ConnectionOptions): KeyAdminClientOptions {
   return {
     endpoint: c.endpoint,
     ca: c.caFile ? readFile(c.caFile, "--ca") : undefined,
@@ -157,7 +147,7 @@ function clientOptions(c: ConnectionOptions): AdminClientOptions {
 
 const ref = (keyId: string, version: number): string => `${keyId}@v${version}`;
 
-function keyTable(key: InventoryKey | null): string[] {
+function keyTable(key: InventoryKey | undefined): string[] {
   return key ? ["", formatInventory([key])] : [];
 }
 

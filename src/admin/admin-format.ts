@@ -1,6 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import { toPem } from "../signing/pem.js";
-import type { InventoryKey, KeyVersionInfo, SlotInfo } from "./admin-client.js";
+import type { InventoryKey, KeyVersionInfo, SlotInfo } from "../client/index.js";
 
 /** Expiry warning window the server applies when the request says 0 (key_admin.proto). */
 export const DEFAULT_WARN_DAYS = 30;
@@ -144,8 +144,9 @@ export function chainToPem(chain: Buffer[]): string {
 /** Fields whose bytes are certificates: shown as PEM in --json output; other bytes as base64. */
 const CERTIFICATE_FIELDS = new Set(["certificateChain", "certificates"]);
 
-/** A response as plain JSON: certificate bytes as PEM strings, other bytes as base64. */
+/** A response as plain JSON: certificate bytes as PEM strings, other bytes as base64, an unset message as null. */
 export function toJsonValue(value: unknown, key = ""): unknown {
+  if (value === undefined) return null;
   if (Buffer.isBuffer(value)) return CERTIFICATE_FIELDS.has(key) ? toPem(value) : value.toString("base64");
   if (Array.isArray(value)) return value.map((v) => toJsonValue(v, key));
   if (value !== null && typeof value === "object") {

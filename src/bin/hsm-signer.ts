@@ -120,12 +120,9 @@ class CommandUsageError extends Error {
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, sub, ...rest] = argv;
-  if (cmd !== undefined && ADMIN_FAMILIES.has(cmd)) {
-    const code = await (await import("../admin/index.js")).runAdminCommand(argv);
-    // grpc-js keeps a connection attempt going after the channel is closed (a TLS handshake the
-    // endpoint never finishes, then reconnects, for minutes): the answer is out, so end here.
-    process.exit(code);
-  }
+  // The KeyAdmin client's close() ends its connection, a handshake under way included: the
+  // process ends by itself once the answer is out.
+  if (cmd !== undefined && ADMIN_FAMILIES.has(cmd)) return (await import("../admin/index.js")).runAdminCommand(argv);
   if (cmd === undefined) {
     console.error(OVERVIEW);
     return 2;

@@ -12,7 +12,7 @@ import { HSM_SIGNER, isolatedToken, startServiceProcess, type ServiceProcess } f
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import type { SoftHsmToken } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
-import type { InventoryKey } from "../../src/admin/admin-client.js";
+import type { InventoryKey } from "../../src/client/index.js";
 
 const POLICY = `rules:
   - name: builders

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import type * as grpc from "@grpc/grpc-js";
 import { exportJWK, generateKeyPair } from "jose";
-import type { InventoryKey } from "../../src/admin/admin-client.js";
+import type { InventoryKey } from "../../src/client/index.js";
 import { status } from "@grpc/grpc-js";
 import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";

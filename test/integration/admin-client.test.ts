@@ -6,13 +6,14 @@ import { join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { runAdmin } from "../../src/admin/admin-cli.js";
-import { KeyAdminClient } from "../../src/admin/admin-client.js";
+import { KeyAdminClient } from "../../src/client/index.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
 
 /**
- * The real KeyAdmin client (grpc-js, mTLS, the contract proto) against a stand-in KeyAdmin
- * server: the wire, TLS and error paths of the command line, before the real server exists.
+ * The real KeyAdmin client (client/key-admin-client.ts: the shared node:http2 channel, mTLS, the
+ * generated codecs) against a stand-in KeyAdmin server (grpc-js, the contract proto): the wire,
+ * TLS and error paths of the command line, without the real server.
  */
 describe("admin command line: KeyAdmin client over mTLS against a stand-in server", () => {
   let dir: string;

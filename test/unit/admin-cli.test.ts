@@ -4,10 +4,10 @@ import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { status } from "@grpc/grpc-js";
 import { ADMIN_USAGE, AdminUsageError, DEFAULT_ADMIN_ENDPOINT, parseAdminArgs, type AdminCommand, type ParsedAdminArgs } from "../../src/admin/admin-args.js";
 import { runAdmin, writtenSummary, type AdminIo, type KeyAdminApi } from "../../src/admin/admin-cli.js";
-import { describeCallError, KeyAdminCallError, type AdminClientOptions, type InventoryKey, type KeyVersionInfo, type SlotInfo } from "../../src/admin/admin-client.js";
+import { describeCallFailure } from "../../src/admin/describe-call-failure.js";
+import { GrpcCallError, Status, type InventoryKey, type KeyAdminClientOptions, type KeyVersionInfo, type SlotInfo } from "../../src/client/index.js";
 import { inCanonicalOrder } from "../../src/hsm/key-custody.js";
 import { formatBytes, formatExpiry, formatInventory, formatJson, formatSlots, renderTable } from "../../src/admin/admin-format.js";
 import { defaultNotationDir, notationKeyAddCommand, parseDn, shellQuote, subjectIdentityProblems, trustPolicyFor, trustStoreRootPath } from "../../src/admin/notation-setup.js";
@@ -301,7 +301,7 @@ describe("admin command line: rendering", () => {
           managed: true,
         },
       },
-      { slotId: 2, description: "empty slot", manufacturer: "", tokenPresent: false, token: null },
+      { slotId: 2, description: "empty slot", manufacturer: "", tokenPresent: false, token: undefined },
     ];
     const text = formatSlots(slots);
     const [header, row1, row2] = text.split("\n");
@@ -461,17 +461,34 @@ describe("admin command line: messages", () => {
   });
 
   it("an untrusted KeyAdmin certificate names --ca and HSM_SIGNER_ADMIN_CA", () => {
-    const grpcError = (details: string): Parameters<typeof describeCallError>[0] => Object.assign(new Error(details), { code: status.UNAVAILABLE, details, metadata: undefined as never });
-    for (const openssl of ["self-signed certificate", "unable to verify the first certificate", "unable to get local issuer certificate"]) {
-      const noCa = describeCallError(grpcError(`No connection established. Last error: Error: ${openssl}`), "a:1", 30_000, false);
-      assert.match(noCa.message, new RegExp(`^cannot reach KeyAdmin at a:1: .*${openssl}.*system roots; give the CA that issued it with --ca FILE or HSM_SIGNER_ADMIN_CA`));
-      const withCa = describeCallError(grpcError(`No connection established. Last error: Error: ${openssl}`), "a:1", 30_000, true);
-      assert.match(withCa.message, /the CA bundle given \(--ca FILE or HSM_SIGNER_ADMIN_CA\) does not hold the CA/);
+    // As the shared channel reports them (client/grpc-http2-client.ts): OpenSSL's words against the system roots, its own check against --ca.
+    const context = (caGiven: boolean) => ({ endpoint: "a:1", timeoutMs: 30_000, caGiven });
+    for (const openssl of ["self-signed certificate in certificate chain", "unable to verify the first certificate", "unable to get local issuer certificate"]) {
+      const noCa = describeCallFailure(new GrpcCallError(Status.UNAVAILABLE, `TLS connection to a:1 failed: ${openssl}`, undefined, true), context(false));
+      assert.match(noCa, new RegExp(`^cannot reach KeyAdmin at a:1: .*${openssl}.*system roots; give the CA that issued it with --ca FILE or HSM_SIGNER_ADMIN_CA\\)$`));
     }
-    assert.doesNotMatch(describeCallError(grpcError("No connection established. Last error: connect ECONNREFUSED"), "a:1", 30_000, false).message, /--ca/);
+    const notIssued = new GrpcCallError(Status.UNAVAILABLE, 'TLS connection to a:1 failed: the server certificate is not issued by a CA in ca_file (stopped at "CN=Other CA")', undefined, true);
+    assert.match(describeCallFailure(notIssued, context(true)), /the CA bundle given \(--ca FILE or HSM_SIGNER_ADMIN_CA\) does not hold the CA/);
+    const refused = describeCallFailure(new GrpcCallError(Status.UNAVAILABLE, "cannot reach a:1: connect ECONNREFUSED 127.0.0.1:1"), context(false));
+    assert.equal(refused, "cannot reach KeyAdmin at a:1: connect ECONNREFUSED 127.0.0.1:1");
   });
 
-  it("a --timeout that ends no call still ends the command (DEADLINE_EXCEEDED, exit 1)", async () => {
+  it("a failure's words: the service's message as-is when it sends a catalog code, the gRPC status otherwise", () => {
+    const context = { endpoint: "a:1", timeoutMs: 2_500, caGiven: true };
+    const exists = new GrpcCallError(Status.ALREADY_EXISTS, 'key "release" already exists on the token', undefined, true, "ALREADY_EXISTS");
+    assert.equal(describeCallFailure(exists, context), 'key "release" already exists on the token');
+    assert.equal(describeCallFailure(new GrpcCallError(Status.PERMISSION_DENIED, "no rule allows it"), context), "no rule allows it");
+    const hsmDown = new GrpcCallError(Status.UNAVAILABLE, "the HSM is unavailable", undefined, false, "HSM_UNAVAILABLE");
+    assert.equal(describeCallFailure(hsmDown, context), "KeyAdmin at a:1 is unavailable: the HSM is unavailable");
+    for (const late of [
+      new GrpcCallError(Status.DEADLINE_EXCEEDED, "no answer within 2500 ms"),
+      new GrpcCallError(Status.DEADLINE_EXCEEDED, "the deadline passed", undefined, true, "DEADLINE_EXCEEDED"),
+    ]) {
+      assert.match(describeCallFailure(late, context), /^KeyAdmin at a:1 did not answer within 2\.5s \(--timeout, the budget of the whole command\): /);
+    }
+  });
+
+  it("a --timeout that ends no call still ends the command (exit 1)", async () => {
     let err = "";
     const never: KeyAdminApi = Object.assign(fakeClient([], {}), { listSlots: () => new Promise<never>(() => undefined) });
     const started = Date.now();
@@ -498,7 +515,7 @@ describe("CSR subjects in canonical order", () => {
 });
 
 /** A stand-in KeyAdmin: each method answers from `answers` or throws what `fail` says. */
-function fakeClient(calls: { method: string; request: unknown }[], answers: Partial<Record<keyof KeyAdminApi, unknown>>, fail?: KeyAdminCallError): KeyAdminApi {
+function fakeClient(calls: { method: string; request: unknown }[], answers: Partial<Record<keyof KeyAdminApi, unknown>>, fail?: GrpcCallError): KeyAdminApi {
   const handler = (method: string) => async (request: unknown) => {
     calls.push({ method, request });
     if (fail) throw fail;
@@ -555,10 +572,10 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     client: KeyAdminApi,
     env: NodeJS.ProcessEnv = {},
     extra: Pick<AdminIo, "cwd" | "pluginPackageFile"> = {},
-  ): Promise<{ code: number; out: string; err: string; options: AdminClientOptions | undefined }> {
+  ): Promise<{ code: number; out: string; err: string; options: KeyAdminClientOptions | undefined }> {
     let out = "";
     let err = "";
-    let options: AdminClientOptions | undefined;
+    let options: KeyAdminClientOptions | undefined;
     const io: AdminIo = {
       env: { HSM_SIGNER_ADMIN_CERT: join(dir, "client.pem"), HSM_SIGNER_ADMIN_KEY: join(dir, "client-key.pem"), ...env },
       out: (t) => (out += t.endsWith("\n") ? t : `${t}\n`),
@@ -653,7 +670,7 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
 
   it("prints the server's message as-is (one chain problem per line) and exits 1", async () => {
     const message = "certificate chain rejected:\ncertificate 1 (CN=leaf): keyUsage is not critical\ncertificate 2 (CN=ca): no basicConstraints";
-    const r = await run(["certs", "import", "--key-id", "release", join(dir, "root.pem")], fakeClient([], {}, new KeyAdminCallError(status.INVALID_ARGUMENT, message)));
+    const r = await run(["certs", "import", "--key-id", "release", join(dir, "root.pem")], fakeClient([], {}, new GrpcCallError(Status.INVALID_ARGUMENT, message)));
     assert.equal(r.code, 1);
     assert.equal(r.err, `hsm-signer: ${message}\n`);
   });
