@@ -4,39 +4,11 @@ import { rootCertificates, type PeerCertificate } from "node:tls";
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from "jose";
 import { SignerError } from "../errors/index.js";
 import { silentLogger, type Logger } from "../log/index.js";
+import { unauthenticated, type CallerIdentity, type MtlsIdentitySource } from "./caller-identity.js";
+import { certificateIdentity, hasCertificate } from "./certificate-identity.js";
 
-/** Who is calling, as the policy and the audit log see it. */
-export interface CallerIdentity {
-  kind: "mtls" | "jwt" | "anonymous";
-  /**
-   * mtls: which certificate field named the caller. A policy pattern matches one kind only, so a
-   * CN or a DNS SAN that reads like a URI can never pass for a URI SAN (nor a CN for a DNS name).
-   */
-  source?: MtlsIdentitySource;
-  /**
-   * For display and audit. mtls: a URI SAN as it is, a DNS SAN as "dns:<name>", a CN as
-   * "cn:<value>"; jwt: "<iss>#<sub>". The audit's identityKind field (identityKind()) says the
-   * kind for certain, since a URI SAN could itself read "cn:...".
-   */
-  id: string;
-  /** mtls: the certificate field's value as it is (what policy patterns match); jwt: the "sub" claim. */
-  subject: string;
-  issuer?: string;
-  /** jwt: the verified claims (sub, repository, ref, workflow, ...), for the policy. */
-  claims?: Record<string, unknown>;
-}
-
-export type MtlsIdentitySource = "uri" | "dns" | "cn";
-
-/** The kind of a caller for the audit record: mtls-uri, mtls-dns, mtls-cn, jwt or anonymous. */
-export function identityKind(c: CallerIdentity): string {
-  return c.kind === "mtls" ? `mtls-${c.source ?? "uri"}` : c.kind;
-}
-
-/** An mTLS identity of the given kind. */
-export function mtlsIdentity(source: MtlsIdentitySource, value: string): CallerIdentity {
-  return { kind: "mtls", source, id: source === "uri" ? value : `${source}:${value}`, subject: value };
-}
+export { identityKind, mtlsIdentity, type CallerIdentity, type MtlsIdentitySource } from "./caller-identity.js";
+export { parseSubjectAltName } from "./certificate-identity.js";
 
 export interface JwtIssuerOptions {
   /** Exactly the token's `iss`. */
@@ -81,51 +53,10 @@ const JWKS_MAX_BYTES = 1024 * 1024;
 /** Asymmetric JWS algorithms only: a symmetric one would verify with a key the whole world can read. */
 export const SUPPORTED_JWT_ALGORITHMS: readonly string[] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
 
-function unauthenticated(reason: string, cause?: unknown): SignerError {
-  return new SignerError("UNAUTHENTICATED", reason, { cause });
-}
-
 /** Quotes a value taken from an unverified token for a message: bounded, and never the token itself. */
 function shown(v: unknown): string {
   const s = JSON.stringify(v) ?? String(v);
   return s.length > 120 ? `${s.slice(0, 117)}...` : s;
-}
-
-/**
- * Parses Node's `subjectaltname` ("DNS:a, URI:spiffe://x/y, IP Address:127.0.0.1"). Since
- * CVE-2021-44532 Node writes a value that contains a separator or quote as a JSON string, so a
- * crafted SAN cannot pass for two entries.
- */
-export function parseSubjectAltName(s: string | undefined): { type: string; value: string }[] {
-  const out: { type: string; value: string }[] = [];
-  if (!s) return out;
-  let i = 0;
-  while (i < s.length) {
-    const colon = s.indexOf(":", i);
-    if (colon < 0) break;
-    const type = s.slice(i, colon).trim();
-    let j = colon + 1;
-    let value: string;
-    if (s[j] === '"') {
-      let k = j + 1;
-      while (k < s.length && s[k] !== '"') k += s[k] === "\\" ? 2 : 1;
-      const quoted = s.slice(j, k + 1);
-      try {
-        value = JSON.parse(quoted) as string;
-      } catch {
-        value = quoted.slice(1, -1);
-      }
-      j = k + 1;
-    } else {
-      const end = s.indexOf(", ", j);
-      value = s.slice(j, end < 0 ? s.length : end);
-      j = end < 0 ? s.length : end;
-    }
-    out.push({ type, value });
-    const next = s.indexOf(", ", j);
-    i = next < 0 ? s.length : next + 2;
-  }
-  return out;
 }
 
 /** Where a JWKS comes from: a file (re-read on reload) or an https URL. */
@@ -359,19 +290,6 @@ function safeHeader(token: string): { alg?: unknown; kid?: unknown } | undefined
   }
 }
 
-function firstString(v: unknown): string | undefined {
-  if (typeof v === "string" && v !== "") return v;
-  if (Array.isArray(v)) return firstString(v[0]);
-  return undefined;
-}
-
-/** Node gives `{}` for "no certificate"; anything with a subject, SAN or DER is one. */
-function hasCertificate(c: PeerCertificate | undefined): c is PeerCertificate {
-  return c !== undefined && c !== null && (c.raw !== undefined || c.subject !== undefined || c.subjectaltname !== undefined);
-}
-
-const SAN_TYPE: Record<Exclude<MtlsIdentitySource, "cn">, string> = { uri: "URI", dns: "DNS" };
-
 /** Validates the options, listing every problem at once. */
 function checkOptions(o: AuthenticatorOptions): string[] {
   const problems: string[] = [];
@@ -485,7 +403,7 @@ export class Authenticator {
   /** undefined: the call carries no credentials at all (the caller decides whether anonymous is allowed). */
   async authenticate(input: { peerCertificate?: PeerCertificate; authorization?: string }): Promise<CallerIdentity | undefined> {
     if (input.authorization !== undefined) return this.fromBearer(input.authorization);
-    if (hasCertificate(input.peerCertificate)) return this.fromCertificate(input.peerCertificate);
+    if (hasCertificate(input.peerCertificate)) return certificateIdentity(input.peerCertificate, this.mtlsFrom);
     return undefined;
   }
 
@@ -523,14 +441,5 @@ export class Authenticator {
     const verifier = this.issuers.get(iss);
     if (!verifier) throw unauthenticated(`bearer token rejected: issuer ${shown(iss)} is not trusted`);
     return verifier.verify(token);
-  }
-
-  private fromCertificate(cert: PeerCertificate): CallerIdentity {
-    const sans = parseSubjectAltName(cert.subjectaltname);
-    for (const source of this.mtlsFrom) {
-      const id = source === "cn" ? firstString(cert.subject?.CN) : sans.find((s) => s.type === SAN_TYPE[source] && s.value !== "")?.value;
-      if (id !== undefined) return mtlsIdentity(source, id);
-    }
-    throw unauthenticated(`the client certificate has no ${this.mtlsFrom.map((s) => (s === "cn" ? "CN" : `${SAN_TYPE[s]} SAN`)).join(", ")} to identify the caller`);
   }
 }

@@ -1,4 +1,6 @@
 /** Caller identity (mTLS, bearer JWT), the access policy and rate limits of the Signer service. */
+export { identityKind, mtlsIdentity, type CallerIdentity, type MtlsIdentitySource } from "./caller-identity.js";
+export { parseSubjectAltName } from "./certificate-identity.js";
 export {
   Authenticator,
   DEFAULT_CLOCK_SKEW_SECONDS,
@@ -7,14 +9,9 @@ export {
   JWKS_REFRESH_INTERVAL_MS,
   JWKS_UNKNOWN_KID_COOLDOWN_MS,
   SUPPORTED_JWT_ALGORITHMS,
-  identityKind,
-  mtlsIdentity,
-  parseSubjectAltName,
   type AuthenticatorOptions,
-  type CallerIdentity,
   type JwksTiming,
   type JwtIssuerOptions,
-  type MtlsIdentitySource,
 } from "./identity.js";
 export { POLICY_RELOAD_DEBOUNCE_MS, Policy, PolicyInvalidError, PolicyStore, SIGNER_METHODS, type PolicyDecision, type RateLimitSpec, type SignerMethod } from "./policy.js";
 export { DEFAULT_MAX_BUCKETS, RateLimiter, type RateLimiterOptions, type TakeResult, type TokenBucketSpec } from "./rate-limiter.js";
