@@ -1,10 +1,10 @@
-import { readFile } from "node:fs/promises";
-import { rootCertificates, type PeerCertificate } from "node:tls";
+import type { PeerCertificate } from "node:tls";
 import { SignerError } from "../errors/index.js";
 import { silentLogger, type Logger } from "../log/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./caller-identity.js";
 import { certificateIdentity, hasCertificate } from "./certificate-identity.js";
-import { FileJwksLoader, HttpsJwksLoader, JWKS_FETCH_TIMEOUT_MS, JWKS_REFRESH_INTERVAL_MS, JWKS_UNKNOWN_KID_COOLDOWN_MS, KeySet, type JwksLoader, type JwksTiming } from "./jwks.js";
+import { FileJwks, jwksTiming, RemoteJwks, type Jwks, type JwksTiming } from "./jwks.js";
+import { withSystemRoots } from "./jwks-source.js";
 import { shown } from "./jwt-errors.js";
 import { IssuerVerifier, verifyBearer } from "./jwt-verifier.js";
 
@@ -111,30 +111,24 @@ export class Authenticator {
   static async create(o: AuthenticatorOptions, logger: Logger = silentLogger): Promise<Authenticator> {
     const problems = checkOptions(o);
     if (problems.length > 0) throw configInvalid(problems);
-    const timing: Required<JwksTiming> = {
-      refreshIntervalMs: o.jwksTiming?.refreshIntervalMs ?? JWKS_REFRESH_INTERVAL_MS,
-      unknownKidCooldownMs: o.jwksTiming?.unknownKidCooldownMs ?? JWKS_UNKNOWN_KID_COOLDOWN_MS,
-      fetchTimeoutMs: o.jwksTiming?.fetchTimeoutMs ?? JWKS_FETCH_TIMEOUT_MS,
-    };
+    const timing = jwksTiming(o.jwksTiming);
     const abort = new AbortController();
     const issuers = new Map<string, IssuerVerifier>();
     await Promise.all(
       (o.jwt ?? []).map(async (j) => {
-        let loader: JwksLoader;
+        let keys: Jwks;
         if (j.jwksUrl !== undefined) {
           let ca: string[] | undefined;
           if (j.jwksCaFile !== undefined) {
             try {
-              // Node's `ca` replaces the system roots; keep them so that the extra CA only adds.
-              ca = [...rootCertificates, await readFile(j.jwksCaFile, "utf8")];
+              ca = await withSystemRoots(j.jwksCaFile);
             } catch (e) {
               problems.push(`jwt (${j.issuer}).jwksCaFile: cannot read ${j.jwksCaFile} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
               return;
             }
           }
-          loader = new HttpsJwksLoader(j.jwksUrl, ca, timing.fetchTimeoutMs);
-        } else loader = new FileJwksLoader(j.jwksFile as string);
-        const keys = new KeySet(loader, timing, abort.signal, logger);
+          keys = new RemoteJwks(j.jwksUrl, ca, timing, abort.signal, logger);
+        } else keys = new FileJwks(j.jwksFile as string, logger);
         try {
           await keys.refresh();
         } catch (e) {
