@@ -8,9 +8,8 @@ import { withSystemRoots } from "./jwks-source.js";
 import { shown } from "./jwt-errors.js";
 import { IssuerVerifier, verifyBearer } from "./jwt-verifier.js";
 
-export { identityKind, mtlsIdentity, type CallerIdentity, type MtlsIdentitySource } from "./caller-identity.js";
-export { parseSubjectAltName } from "./certificate-identity.js";
-export { JWKS_FETCH_TIMEOUT_MS, JWKS_REFRESH_INTERVAL_MS, JWKS_UNKNOWN_KID_COOLDOWN_MS, type JwksTiming } from "./jwks.js";
+// policy.ts and tests import these from here; the folder's surface is index.ts.
+export { mtlsIdentity, type CallerIdentity, type MtlsIdentitySource } from "./caller-identity.js";
 
 export interface JwtIssuerOptions {
   /** Exactly the token's `iss`. */
