@@ -10,9 +10,9 @@ export type ItemLabels = Readonly<Record<string, string>>;
 
 /**
  * An issue's path as the problems spell it: `a.b[0].c`; an item of a list named in `labels` also
- * shows its label field when that is a non-empty string. `root` names the value itself.
+ * shows its label field when that is a non-empty string.
  */
-export function pathOf(issue: Issue, labels: ItemLabels = {}, root = ""): string {
+export function pathOf(issue: Issue, labels: ItemLabels = {}): string {
   let out = "";
   let parentKey: unknown;
   for (const item of issue.path ?? []) {
@@ -20,26 +20,31 @@ export function pathOf(issue: Issue, labels: ItemLabels = {}, root = ""): string
     if (typeof key === "number") {
       out += `[${key}]`;
       const field = typeof parentKey === "string" ? labels[parentKey] : undefined;
-      const label = field === undefined ? undefined : (item.value as Record<string, unknown> | null)?.[field];
-      if (typeof label === "string" && label !== "" && typeof item.value === "object") out += ` (${label})`;
+      const label = field === undefined || !isMapping(item.value) ? undefined : item.value[field];
+      if (typeof label === "string" && label !== "") out += ` (${label})`;
     } else out += out === "" ? String(key) : `.${String(key)}`;
     parentKey = key;
   }
-  return out === "" ? root : out;
+  return out;
 }
 
-/** Every issue as "path: message", in the order the schema met them. */
-export function problemsOf(issues: readonly Issue[], labels?: ItemLabels, root?: string): string[] {
-  return issues.map((i) => {
-    const where = pathOf(i, labels, root);
+/**
+ * Every issue as "path: message" (a problem of the whole value: its message alone), unknown
+ * settings first (most often a typo, which may explain the problems that follow), then the
+ * others in the order the schema met them.
+ */
+export function problemsOf(issues: readonly Issue[], labels?: ItemLabels): string[] {
+  const unknown = (i: Issue): boolean => i.type === "never";
+  return [...issues.filter(unknown), ...issues.filter((i) => !unknown(i))].map((i) => {
+    const where = pathOf(i, labels);
     return where === "" ? i.message : `${where}: ${i.message}`;
   });
 }
 
 /** Validates `input` against `schema`: the output, or every problem ("path: message"). */
-export function validate<S extends v.GenericSchema>(schema: S, input: unknown, labels?: ItemLabels, root?: string): { ok: true; value: v.InferOutput<S> } | { ok: false; problems: string[] } {
+export function validate<S extends v.GenericSchema>(schema: S, input: unknown, labels?: ItemLabels): { ok: true; value: v.InferOutput<S> } | { ok: false; problems: string[] } {
   const r = v.safeParse(schema, input);
-  return r.success ? { ok: true, value: r.output } : { ok: false, problems: problemsOf(r.issues, labels, root) };
+  return r.success ? { ok: true, value: r.output } : { ok: false, problems: problemsOf(r.issues, labels) };
 }
 
 /** Freezes plain objects and arrays all the way down (Buffers and class instances are left as they are). */
@@ -60,7 +65,9 @@ export function at(input: unknown, key: string | number): v.IssuePathItem {
     : { type: "object", origin: "value", input: parent as Record<string, unknown>, key: String(key), value: parent[key] };
 }
 
-export const isMapping = (x: unknown): x is Record<string, unknown> => typeof x === "object" && x !== null && !Array.isArray(x);
+export function isMapping(x: unknown): x is Record<string, unknown> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
 
 /**
  * A mapping with these entries and no other key ("k: unknown setting", each one); a missing
