@@ -1,3 +1,4 @@
+import { callGenerated, type GeneratedMethod } from "../client/generated-method.js";
 import { GrpcCallError, GrpcHttp2Channel, Status, STATUS_NAMES, withRetries } from "../client/grpc-http2-client.js";
 import { SignerDefinition, type KeyInfo, type SignResponse } from "../gen/hsm_signer/v1/signer.js";
 import type { ErrorCode } from "../errors/index.js";
@@ -63,13 +64,6 @@ export function pluginCodeOf(grpcCode: number): PluginErrorCode {
   }
 }
 
-/** A method of SignerDefinition (src/gen/, generated from proto/): its name and its messages' codecs. */
-interface SignerMethod<Req, Res> {
-  name: string;
-  requestType: { encode(message: Req): { finish(): Uint8Array } };
-  responseType: { decode(input: Uint8Array): Res };
-}
-
 /** Talks to the hsm-signer service for one plugin command. */
 export class RemoteSigner {
   private readonly channel: GrpcHttp2Channel;
@@ -80,13 +74,10 @@ export class RemoteSigner {
     this.deadline = Date.now() + s.timeoutMs;
   }
 
-  private async call<Req, Res>(method: SignerMethod<Req, Res>, request: Req, what: string): Promise<Res> {
+  private async call<Req, Res>(method: GeneratedMethod<Req, Res>, request: Req, what: string): Promise<Res> {
     const metadata = this.s.token ? { authorization: `Bearer ${this.s.token}` } : undefined;
-    const path = `/${SignerDefinition.fullName}/${method.name}`;
-    const body = Buffer.from(method.requestType.encode(request).finish());
     try {
-      const answer = await withRetries(this.deadline, RETRY, () => this.channel.unary(path, body, { deadline: this.deadline, metadata }));
-      return method.responseType.decode(answer);
+      return await withRetries(this.deadline, RETRY, () => callGenerated(this.channel, SignerDefinition, method, request, { deadline: this.deadline, metadata }));
     } catch (e) {
       if (e instanceof GrpcCallError) {
         const name = STATUS_NAMES[e.code] ?? String(e.code);
