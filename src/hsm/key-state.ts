@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { ObjectClass, type Session } from "graphene-pk11";
-import type { KeySpec } from "../signing/key-spec.js";
+import type { KeyState } from "../signing/key-versions.js";
 import { SignerError } from "../errors/index.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 
@@ -19,30 +19,8 @@ export const STATE_APPLICATION = "hsm-signer";
 const STATE_PREFIX = "hsm-signer:key:";
 const SIGNED_PREFIX = "hsm-signer:signed:";
 
-export interface Disabled {
-  at: string;
-  reason: string;
-}
-
-export interface VersionState {
-  version: number;
-  /** CKA_ID of the version's key pair and certificate, lowercase hex. */
-  id: string;
-  /** Kept so that a destroyed version whose certificate is gone still shows its key spec. */
-  spec?: KeySpec;
-  created?: string;
-  disabled?: Disabled;
-  /** Set when the key pair was destroyed (certificates may remain). */
-  destroyed?: string;
-}
-
-export interface KeyState {
-  schema: 1;
-  keyId: string;
-  generation: number;
-  disabled?: Disabled;
-  versions: VersionState[];
-}
+/** The state's shape (and the rules that read it) belong to the signing core. */
+export type { Disabled, KeyState, VersionState } from "../signing/key-versions.js";
 
 export interface TokenState {
   keys: Map<string, KeyState>;
