@@ -1,9 +1,8 @@
 import { performance } from "node:perf_hooks";
 import { SignerError } from "../errors/index.js";
 import type { HashAlgorithm } from "../signing/key-spec.js";
-import { keyViews, selectVersion, signableVersion, type KeyView, type VersionView } from "../signing/key-versions.js";
+import { keyViews, publicKeyOf, selectVersion, signableVersion, type KeyView, type VersionView } from "../signing/key-versions.js";
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
-import { spkiOfCertificate } from "../signing/certificates.js";
 import { digestSigningMechanism } from "./mechanisms.js";
 import { markSigned, readTokenState } from "./key-state.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
@@ -134,8 +133,7 @@ export class Pkcs11KeyStore implements KeyStore {
 
   /** The token's public key of a key version, as DER SubjectPublicKeyInfo (from its public key object or certificate). */
   publicKeySpki(keyId: string, version?: number): Buffer | undefined {
-    const v = selectVersion(this.views.get(keyId), version);
-    return v?.spki ?? (v?.record.chain[0] ? spkiOfCertificate(v.record.chain[0]) : undefined);
+    return publicKeyOf(selectVersion(this.views.get(keyId), version));
   }
 
   /** Signs an artifact digest; the version's first signature is recorded on the token before it is made. */

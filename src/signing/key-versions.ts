@@ -227,3 +227,8 @@ export function signableVersion(view: KeyView | undefined, key: KeyRecord): Vers
   if (!v || !v.handle || v.record.spec !== key.spec) throw new SignerError("KEY_NOT_FOUND", `key "${key.keyId}" version ${key.version} is no longer on the token`);
   return v as VersionView & { handle: Buffer };
 }
+
+/** A version's public key as DER SubjectPublicKeyInfo: from the token's public key object, else from its certificate. */
+export function publicKeyOf(v: VersionView | undefined): Buffer | undefined {
+  return v?.spki ?? (v?.record.chain[0] ? spkiOfCertificate(v.record.chain[0]) : undefined);
+}
