@@ -31,6 +31,21 @@ export function generationOf(view: KeyView): number {
   return view.state?.generation ?? 0;
 }
 
+/**
+ * A change is made from the state generation it read (`basedOn`, 0: none yet). When the token
+ * holds another one, another replica changed the key meanwhile, and writing would silently undo
+ * its change (a new version dropped, a disable lost): FAILED_PRECONDITION, to be retried on the
+ * fresh state.
+ */
+export function checkBasedOn(keyId: string, tokenGeneration: number, basedOn: number): void {
+  if (tokenGeneration !== basedOn) {
+    throw new SignerError(
+      "FAILED_PRECONDITION",
+      `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${tokenGeneration}, this change was made from ${basedOn}; nothing was changed, try again`,
+    );
+  }
+}
+
 /** The key's state object, or the state it implicitly has (version n = its n-th key pair) before hsm-signer managed it; a copy to edit. */
 export function stateOf(view: KeyView): EditableKeyState {
   if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });

@@ -37,6 +37,14 @@ export interface KeyState {
   versions: VersionState[];
 }
 
+/**
+ * Whether `state` replaces `had` as a key's state: the higher generation wins, and among equal
+ * generations (two replicas wrote at once) the larger JSON text, so that every reader agrees.
+ */
+export function supersedes(state: KeyState, had: KeyState | undefined): boolean {
+  return !had || state.generation > had.generation || (state.generation === had.generation && JSON.stringify(state) > JSON.stringify(had));
+}
+
 /** A certificate object the scan found (X.509 only, and only one that parses). */
 export interface ScannedCertificate {
   /** CKA_ID; empty when the object has none. */

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { isSignerError, type ErrorCode } from "../../src/errors/index.js";
 import {
   chainToImport,
+  checkBasedOn,
   checkCsrSubject,
   checkDestroyConfirmation,
   checkManagedToken,
@@ -55,6 +56,16 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
         () => checkManagedToken("other", () => "signing"),
         fails("FAILED_PRECONDITION", 'this service is logged in to token "signing" only; run a service for token "other" to manage its keys'),
       );
+    });
+
+    it("checkBasedOn: a change made from another generation than the token's is refused (another replica changed the key)", () => {
+      checkBasedOn("k", 0, 0);
+      checkBasedOn("k", 5, 5);
+      assert.throws(
+        () => checkBasedOn("k", 6, 5),
+        fails("FAILED_PRECONDITION", 'key "k" was changed on the token meanwhile (by another replica?): its state is at generation 6, this change was made from 5; nothing was changed, try again'),
+      );
+      assert.throws(() => checkBasedOn("k", 1, 0), fails("FAILED_PRECONDITION", /generation 1, this change was made from 0/), "a key that got a state object meanwhile");
     });
 
     it("checkNewKeyId: an existing key id is ALREADY_EXISTS (rotate it instead)", () => {

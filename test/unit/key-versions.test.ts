@@ -12,6 +12,7 @@ import {
   publicKeyOf,
   selectVersion,
   signableVersion,
+  supersedes,
   type KeyState,
   type KeyView,
   type ScannedCertificate,
@@ -79,6 +80,21 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(exposureOf({ alwaysSensitive: true, neverExtractable: false }), "was extractable at some time (CKA_NEVER_EXTRACTABLE is false)");
       assert.equal(exposureOf({ alwaysSensitive: false, neverExtractable: true }), "was not sensitive at some time (CKA_ALWAYS_SENSITIVE is false)");
       assert.match(exposureOf({ alwaysSensitive: false, neverExtractable: false }) ?? "", /extractable/, "extractable is named first");
+    });
+  });
+
+  describe("supersedes", () => {
+    it("the higher generation wins; among equal generations the larger JSON, whichever is read first", () => {
+      const g2 = state("k", [{ version: 1, id: "01" }]);
+      const g3 = { ...g2, generation: 4 };
+      assert.equal(supersedes(g2, undefined), true, "the first one found");
+      assert.equal(supersedes(g3, g2), true);
+      assert.equal(supersedes(g2, g3), false);
+      const a = { ...g2, versions: [{ version: 1, id: "aa" }] };
+      const b = { ...g2, versions: [{ version: 1, id: "bb" }] };
+      assert.equal(supersedes(b, a), true);
+      assert.equal(supersedes(a, b), false, "so two readers finding them in either order agree on b");
+      assert.equal(supersedes(a, a), false);
     });
   });
 
