@@ -18,10 +18,10 @@ import {
   type EditableKeyState,
 } from "../signing/custody-rules.js";
 import type { KeySpec } from "../signing/key-spec.js";
+import type { KeyView, VersionView } from "../signing/key-versions.js";
 import { createCsr, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, storeCertificate } from "./key-factory.js";
 import { assertKeyStateGeneration, writeKeyState } from "./key-state.js";
-import type { KeyView, VersionView } from "../signing/key-versions.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
