@@ -19,7 +19,8 @@ import {
   RotateKeyRequest,
   SetKeyStateRequest,
 } from "../gen/hsm_signer/v1/key_admin.js";
-import { GrpcCallError, GrpcHttp2Channel, Status, type ChannelOptions } from "./grpc-http2-client.js";
+import { callGenerated, type GeneratedMethod } from "./generated-method.js";
+import { GrpcHttp2Channel, type ChannelOptions } from "./grpc-http2-client.js";
 
 // The messages of hsm_signer.v1.KeyAdmin are the generated ones (src/gen/, from proto/): the
 // command line and the server read the same contract.
@@ -62,13 +63,6 @@ export interface KeyAdminClientOptions {
   /** Sent with every call (for example a bearer token as `authorization`). */
   metadata?: Record<string, string>;
   userAgent?: string;
-}
-
-/** What a method of the generated service definition says: its name and its two codecs. */
-interface UnaryMethod<Req, Res> {
-  name: string;
-  requestType: { encode(message: Req): { finish(): Uint8Array } };
-  responseType: { decode(input: Uint8Array): Res };
 }
 
 /**
@@ -129,15 +123,7 @@ export class KeyAdminClient {
     return this.call(KeyAdminDefinition.methods.getCertificateChain, r);
   }
 
-  private async call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
-    const bytes = method.requestType.encode(request).finish();
-    const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const path = `/${KeyAdminDefinition.fullName}/${method.name}`;
-    const answer = await this.channel.unary(path, body, { deadline: this.deadline, ...(this.options.metadata ? { metadata: this.options.metadata } : {}) });
-    try {
-      return method.responseType.decode(answer);
-    } catch (e) {
-      throw new GrpcCallError(Status.INTERNAL, `the answer of ${this.options.endpoint} to ${method.name} does not decode: ${(e as Error).message}`, undefined, true);
-    }
+  private call<Req, Res>(method: GeneratedMethod<Req, Res>, request: Req): Promise<Res> {
+    return callGenerated(this.channel, KeyAdminDefinition, method, request, { deadline: this.deadline, ...(this.options.metadata ? { metadata: this.options.metadata } : {}) });
   }
 }

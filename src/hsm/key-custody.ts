@@ -1,13 +1,28 @@
 import { ObjectClass, type Module, type Session, type Slot } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
-import { checkCodeSigningChain, formatChainProblems, leafKeyMismatch, orderChain, parseCertificateBundle } from "../signing/chain-rules.js";
-import { spkiOfCertificate } from "../signing/certificates.js";
-import { subjectIdentityProblems } from "../signing/distinguished-name.js";
+import {
+  chainToImport,
+  checkCsrSubject,
+  checkDestroyConfirmation,
+  checkManagedToken,
+  checkNewKeyId,
+  generationOf,
+  nextVersion,
+  rotationSpec,
+  stateOf,
+  versionForCsr,
+  versionToDestroy,
+  withDestroyed,
+  withEnabled,
+  withNewVersion,
+  type EditableKeyState,
+} from "../signing/custody-rules.js";
 import type { KeySpec } from "../signing/key-spec.js";
+import type { KeyView, VersionView } from "../signing/key-versions.js";
 import { createCsr, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, storeCertificate } from "./key-factory.js";
-import { assertKeyStateGeneration, writeKeyState, type KeyState, type VersionState } from "./key-state.js";
-import type { KeyView, Pkcs11KeyStore, VersionView } from "./pkcs11-key-store.js";
+import { assertKeyStateGeneration, writeKeyState } from "./key-state.js";
+import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 import type { SessionPool } from "./session-pool.js";
 import type { SlotDetails, TestChainParams, TestChainResult, TokenDetails } from "../signing/custody.js";
@@ -50,12 +65,6 @@ const RELEVANT_MECHANISMS = new Set([
 const memory = (n: number): number => (Number.isSafeInteger(n) && n >= 0 ? n : -1);
 
 const now = (): string => new Date().toISOString();
-
-/** A CSR's subject must be one notation trust policies can name (protocol §5.4). */
-function checkSubject(subject: string): void {
-  const problems = subjectIdentityProblems(subject);
-  if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
-}
 
 /**
  * Where each attribute goes in an encoded subject, as Go's pkix.Name and test-chain.ts order
@@ -115,6 +124,7 @@ export function inCanonicalOrder(subject: string): string {
  * destroy versions, make CSRs and store certificate chains. Changes are serialized within the
  * process; state objects carry generations, so replicas on the same token converge (key-state.ts).
  * Every change rescans the key store, so this replica sees it at once and others within a poll.
+ * Whether a change is allowed, and what it writes, is decided by signing/custody-rules.ts.
  */
 export class KeyCustody {
   private queue: Promise<unknown> = Promise.resolve();
@@ -195,11 +205,9 @@ export class KeyCustody {
 
   /** A new key id with version 1. */
   generateKey(keyId: string, spec: KeySpec, tokenLabel?: string): Promise<KeyView> {
-    if (tokenLabel && tokenLabel !== this.managedLabel()) {
-      throw new SignerError("FAILED_PRECONDITION", `this service is logged in to token "${this.managedLabel()}" only; run a service for token "${tokenLabel}" to manage its keys`);
-    }
+    checkManagedToken(tokenLabel, () => this.managedLabel());
     return this.change(async () => {
-      if (await this.existing(keyId)) throw new SignerError("ALREADY_EXISTS", `key "${keyId}" already exists on the token; rotate it to make a new version, or choose another key id`);
+      checkNewKeyId(keyId, await this.existing(keyId));
       await this.pool.use((s) => this.newVersion(s, keyId, spec, { keyId, versions: [] }, 0));
       return this.fresh(keyId);
     });
@@ -218,22 +226,19 @@ export class KeyCustody {
   rotateKey(keyId: string, spec?: KeySpec): Promise<{ view: KeyView; version: number }> {
     return this.change(async () => {
       const view = await this.keys.view(keyId);
-      const base = stateOf(view);
-      const newest = view.versions[view.versions.length - 1];
-      const version = await this.pool.use((s) => this.newVersion(s, keyId, spec ?? (newest?.record.spec as KeySpec), base, generationOf(view)));
+      const version = await this.pool.use((s) => this.newVersion(s, keyId, rotationSpec(view, spec), stateOf(view), generationOf(view)));
       return { view: await this.fresh(keyId), version };
     });
   }
 
   /** Generates the key pair and records it as the next version; the key pair is removed again if the state cannot be saved. */
-  private async newVersion(s: Session, keyId: string, spec: KeySpec, base: Omit<KeyState, "generation" | "schema">, basedOn: number): Promise<number> {
-    const version = Math.max(0, ...base.versions.map((v) => v.version)) + 1;
+  private async newVersion(s: Session, keyId: string, spec: KeySpec, base: EditableKeyState, basedOn: number): Promise<number> {
+    const version = nextVersion(base);
     // Checked before the generation too, which may take seconds: a refused change costs nothing.
     assertKeyStateGeneration(s, keyId, basedOn);
     const generated = await generateKeyPair(s, keyId, spec, { allowExistingLabel: version > 1 });
-    const entry: VersionState = { version, id: generated.id.toString("hex"), spec, created: now() };
     try {
-      writeKeyState(s, { ...base, versions: [...base.versions, entry] }, basedOn);
+      writeKeyState(s, withNewVersion(base, version, generated.id.toString("hex"), spec, now()), basedOn);
     } catch (e) {
       destroyObjects(s, generated.id, [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
       throw e;
@@ -254,16 +259,7 @@ export class KeyCustody {
   setState(keyId: string, version: number, enabled: boolean, reason: string): Promise<KeyView> {
     return this.change(async () => {
       const view = await this.keys.view(keyId);
-      const state = stateOf(view);
-      const disabled = enabled ? undefined : { at: now(), reason };
-      if (version === 0) {
-        state.disabled = disabled;
-      } else {
-        const v = state.versions.find((x) => x.version === version);
-        if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
-        if (v.destroyed) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" was destroyed`);
-        v.disabled = disabled;
-      }
+      const state = withEnabled(view, version, enabled, reason, now());
       await this.pool.use((s) => writeKeyState(s, state, generationOf(view)));
       return this.fresh(keyId);
     });
@@ -271,27 +267,13 @@ export class KeyCustody {
 
   /** Destroys a disabled version's key pair (and, when asked, its leaf certificate). */
   destroyVersion(keyId: string, version: number, o: { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }): Promise<{ view: KeyView; destroyed: string[] }> {
-    const expected = `${keyId}@v${version}`;
-    if (o.confirm !== expected) throw new SignerError("INVALID_ARGUMENT", `destroying a key version cannot be undone: confirm with exactly "${expected}"`);
+    checkDestroyConfirmation(keyId, version, o.confirm);
     return this.change(async () => {
       const view = await this.keys.view(keyId);
-      const v = view.versions.find((x) => x.record.version === version);
-      if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
-      if (v.state === "enabled" && !view.state?.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
-      const id = Buffer.from(v.idHex, "hex");
       // A destroy that failed half-way (recorded as destroyed, but C_DestroyObject failed) may be retried while its key pair is there.
-      if (v.state === "destroyed" && !o.destroyCertificate && !(await this.pool.use((s) => keyPairLeft(s, id)))) {
-        throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
-      }
-      if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
-        throw new SignerError(
-          "FAILED_PRECONDITION",
-          `version ${version} of key "${keyId}" has signed; its certificate is the last record on the token that verifies those signatures. Keep the certificate (leave out --destroy-certificate), or confirm with --acknowledge-signed (destroy_certificate and acknowledge_signed in the KeyAdmin API)`,
-        );
-      }
-      const state = stateOf(view);
-      const entry = state.versions.find((x) => x.version === version) as VersionState;
-      entry.destroyed ??= now();
+      const v = await versionToDestroy(view, version, o, (left) => this.pool.use((s) => keyPairLeft(s, Buffer.from(left.idHex, "hex"))));
+      const id = Buffer.from(v.idHex, "hex");
+      const state = withDestroyed(view, version, now());
       const destroyed = await this.pool.use((s) => {
         writeKeyState(s, state, generationOf(view));
         return destroyObjects(s, id, o.destroyCertificate ? [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE] : [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]);
@@ -302,9 +284,8 @@ export class KeyCustody {
 
   /** A PKCS#10 request signed by the version's HSM key (default: the newest version). */
   async createCsr(keyId: string, version: number, subject: string): Promise<{ pem: string; version: number }> {
-    checkSubject(subject);
-    const v = pick(await this.keys.view(keyId), version);
-    if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${keyId}" was destroyed`);
+    checkCsrSubject(subject);
+    const v = versionForCsr(await this.keys.view(keyId), version);
     const pem = await createCsr({ subject: inCanonicalOrder(subject), key: this.digestSigner(v) });
     return { pem, version: v.record.version };
   }
@@ -323,45 +304,13 @@ export class KeyCustody {
   importChain(keyId: string, version: number, inputs: Buffer[], strictOrder: boolean): Promise<{ version: number; chain: Buffer[]; stored: number }> {
     return this.change(async () => {
       const view = await this.keys.view(keyId);
-      const certs = parseCertificateBundle(inputs);
-      const publicKey = (v: VersionView): Buffer | undefined => this.keys.publicKeySpki(keyId, v.record.version);
-      const candidates = version ? [pick(view, version)] : view.versions.filter((v) => v.handle);
-      const target = candidates.find((v) => {
-        const spki = publicKey(v);
-        return spki !== undefined && certs.some((c) => spkiOfCertificate(c).equals(spki));
-      });
-      const which = version ? `key "${keyId}" version ${version}` : `any version of key "${keyId}"`;
-      if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(leafKeyMismatch(certs, which))}`);
-      const spki = publicKey(target) as Buffer;
-      const ordered = strictOrder ? { chain: certs, problems: [] } : orderChain(certs, spki);
-      const problems = ordered.problems.length > 0 ? ordered.problems : checkCodeSigningChain(ordered.chain);
-      if (strictOrder && !spkiOfCertificate(certs[0] as Buffer).equals(spki)) {
-        problems.unshift(...leafKeyMismatch([certs[0] as Buffer], which, "with strict order the leaf comes first"));
-      }
-      if (problems.length > 0) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(problems)}`);
+      const { target, chain } = chainToImport(view, version, inputs, strictOrder);
       const id = Buffer.from(target.idHex, "hex");
-      const stored = await this.pool.use((s) => storeChain(s, keyId, id, ordered.chain));
+      const stored = await this.pool.use((s) => storeChain(s, keyId, id, chain));
       await this.keys.refresh();
-      return { version: target.record.version, chain: ordered.chain, stored };
+      return { version: target.record.version, chain, stored };
     });
   }
-}
-
-/** The key's state object, or the state it implicitly has (version 1 = its single key pair) before hsm-signer managed it. */
-/** The generation of the state a change is made from (0: the key has none yet). */
-function generationOf(view: KeyView): number {
-  return view.state?.generation ?? 0;
-}
-
-function stateOf(view: KeyView): Omit<KeyState, "generation" | "schema"> {
-  if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });
-  return { keyId: view.keyId, versions: view.versions.map((v) => ({ version: v.record.version, id: v.idHex, spec: v.record.spec })) };
-}
-
-function pick(view: KeyView, version: number): VersionView {
-  const v = version ? view.versions.find((x) => x.record.version === version) : view.versions[view.versions.length - 1];
-  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${view.keyId}" has no version ${version}`);
-  return v;
 }
 
 /** Stores the leaf under the key's CKA_ID and each CA certificate not yet on the token under its own label. */

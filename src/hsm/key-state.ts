@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { ObjectClass, type Session } from "graphene-pk11";
-import type { KeySpec } from "../signing/key-spec.js";
-import { SignerError } from "../errors/index.js";
+import { checkBasedOn } from "../signing/custody-rules.js";
+import { supersedes, type KeyState } from "../signing/key-versions.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 
 /**
@@ -19,30 +19,8 @@ export const STATE_APPLICATION = "hsm-signer";
 const STATE_PREFIX = "hsm-signer:key:";
 const SIGNED_PREFIX = "hsm-signer:signed:";
 
-export interface Disabled {
-  at: string;
-  reason: string;
-}
-
-export interface VersionState {
-  version: number;
-  /** CKA_ID of the version's key pair and certificate, lowercase hex. */
-  id: string;
-  /** Kept so that a destroyed version whose certificate is gone still shows its key spec. */
-  spec?: KeySpec;
-  created?: string;
-  disabled?: Disabled;
-  /** Set when the key pair was destroyed (certificates may remain). */
-  destroyed?: string;
-}
-
-export interface KeyState {
-  schema: 1;
-  keyId: string;
-  generation: number;
-  disabled?: Disabled;
-  versions: VersionState[];
-}
+/** The state's shape (and the rules that read it) belong to the signing core. */
+export type { Disabled, KeyState, VersionState } from "../signing/key-versions.js";
 
 export interface TokenState {
   keys: Map<string, KeyState>;
@@ -83,8 +61,7 @@ export function readTokenState(session: Session): TokenState {
     if (!o.label.startsWith(STATE_PREFIX)) continue;
     const s = parseState(o.value);
     if (!s) continue;
-    const had = keys.get(s.keyId);
-    if (!had || s.generation > had.generation || (s.generation === had.generation && JSON.stringify(s) > JSON.stringify(had))) keys.set(s.keyId, s);
+    if (supersedes(s, keys.get(s.keyId))) keys.set(s.keyId, s);
   }
   return { keys, signed, fingerprint: h.digest("hex") };
 }
@@ -120,12 +97,7 @@ export function assertKeyStateGeneration(session: Session, keyId: string, basedO
 
 function checkGeneration(keyId: string, objects: { value: Buffer }[], basedOn: number): number {
   const current = Math.max(0, ...objects.map((o) => parseState(o.value)?.generation ?? 0));
-  if (current !== basedOn) {
-    throw new SignerError(
-      "FAILED_PRECONDITION",
-      `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${current}, this change was made from ${basedOn}; nothing was changed, try again`,
-    );
-  }
+  checkBasedOn(keyId, current, basedOn);
   return current;
 }
 

@@ -1,53 +1,27 @@
 import type { Session, Slot } from "graphene-pk11";
 import { SignerError } from "../errors/index.js";
-import { silentLogger, withoutLogContext, type Logger } from "../log/index.js";
+import { silentLogger, type Logger } from "../log/index.js";
 import { login, openSession, probeToken, sessionLoggedIn } from "./hsm-token.js";
-import { ckrName, isSuspectFailure, translatePkcs11Error } from "./pkcs11-errors.js";
+import { HsmSupervisor, type HsmFault, type HsmSupervisorCounters, type HsmSupervisorOptions } from "./hsm-supervisor.js";
+import { ObjectGate } from "./object-gate.js";
+import { ckrName, translatePkcs11Error } from "./pkcs11-errors.js";
 
 export const DEFAULT_POOL_SIZE = 4;
 export const DEFAULT_MAX_WAITERS = 256;
-/** How often the pool checks the token and its idle sessions, so that readiness follows an HSM nobody is using. */
-export const DEFAULT_HEALTH_CHECK_MS = 5_000;
-/** Reconnection attempts after a fault start this far apart and double up to DEFAULT_RECONNECT_MAX_MS. */
-export const DEFAULT_RECONNECT_MIN_MS = 250;
-export const DEFAULT_RECONNECT_MAX_MS = 5_000;
-/** While sessions of the lost generation are still in use, the next attempt looks again this soon. */
-const DRAIN_POLL_MS = 50;
 /** How long close() waits for calls still inside the module (an RSA-4096 generation takes seconds). */
 const DEFAULT_CLOSE_DRAIN_MS = 15_000;
-/** The smallest retry-after-ms a caller is told while the HSM is down. */
-const MIN_RETRY_AFTER_MS = 100;
+/** While close() drains, it looks again this often. */
+const CLOSE_POLL_MS = 50;
 
-export interface SessionPoolOptions {
+/** The supervisor's options (reconnect, onRecovered, health check, backoff, logger) and the pool's own. */
+export interface SessionPoolOptions extends HsmSupervisorOptions {
   size?: number;
   /** Waiters beyond this many get POOL_EXHAUSTED instead of queueing. */
   maxWaiters?: number;
-  /**
-   * Re-initializes the module and finds the token again (C_Finalize + C_Initialize), for faults
-   * that outlive the sessions: the token went away (CKR_TOKEN_NOT_PRESENT, CKR_DEVICE_ERROR, or
-   * SoftHSM's CKR_GENERAL_ERROR for a moved token directory). Without it the pool only reopens
-   * sessions and logs in again on the same slot.
-   */
-  reconnect?: () => Slot;
-  /**
-   * Runs once sessions and login are back, before anyone else gets a session (the key store
-   * rescans: object handles do not survive a logout or a re-initialization). Its acquire() calls
-   * must start synchronously; a rejection counts as a failed attempt.
-   */
-  onRecovered?: () => Promise<void>;
-  /** Period of the background check of the token and idle sessions; 0 turns it off. */
-  healthCheckIntervalMs?: number;
-  reconnectMinMs?: number;
-  reconnectMaxMs?: number;
-  logger?: Logger;
 }
 
-/** Counters since the pool was made, for metrics. */
-export interface SessionPoolCounters {
-  /** Times the pool found the HSM unavailable and stopped handing out sessions. */
-  faults: number;
-  /** Times it came back by itself. */
-  recoveries: number;
+/** Counters since the pool was made, for metrics: the supervisor's faults and recoveries, and the pool's own. */
+export interface SessionPoolCounters extends HsmSupervisorCounters {
   /** Sessions dropped because the HSM reported them lost or an operation on them failed. */
   sessionsReplaced: number;
   /** C_Login calls that left the session logged in (CKR_USER_ALREADY_LOGGED_IN included). */
@@ -73,14 +47,6 @@ interface Waiter {
   timer: NodeJS.Timeout | undefined;
 }
 
-/**
- * up: sessions are handed out. down: the HSM, the login or the sessions were lost; callers get
- * HSM_UNAVAILABLE at once while reconnection attempts run with backoff. recovering: sessions
- * and login are back and onRecovered() runs. fatal: the PIN was refused; nothing is retried,
- * since retrying a wrong PIN would lock the token. closed: close() was called.
- */
-type PoolState = "up" | "down" | "recovering" | "fatal" | "closed";
-
 function closeQuietly(s: Session): void {
   try {
     s.close();
@@ -90,11 +56,11 @@ function closeQuietly(s: Session): void {
 }
 
 /**
- * A bounded pool of logged-in R/W sessions on one token. A failure that could mean the HSM is at
- * fault makes the pool check the token (C_GetTokenInfo) and its sessions (C_GetSessionInfo): a
- * lost session is replaced; a lost login or token takes the pool down, and it reconnects by
- * itself (reopen, C_Login, optionally re-initialize the module) with exponential backoff. A wrong
- * PIN is never retried.
+ * A bounded pool of logged-in R/W sessions on one token. Whether sessions may be handed out at
+ * all is the business of its HsmSupervisor (hsm-supervisor.ts): a failure that could mean the
+ * HSM is at fault makes it look at the token and the sessions, a lost session is replaced here,
+ * a lost login or token takes the pool down until the supervisor has brought it back. Object
+ * operations (use()) pass one at a time through an ObjectGate (object-gate.ts).
  */
 export class SessionPool {
   readonly size: number;
@@ -103,48 +69,36 @@ export class SessionPool {
   /** Sessions of the current generation, idle or in use: a session not in here is never pooled again. */
   private readonly owned = new Set<Session>();
   private readonly waiters: Waiter[] = [];
-  /** Whether an object operation (use()) runs; the next ones wait in order. */
-  private objectCallRunning = false;
-  private readonly objectCallWaiters: (() => void)[] = [];
-  private state: PoolState = "up";
-  /** Why the pool is down (HSM_UNAVAILABLE) or fatal (HSM_PIN_INCORRECT). */
-  private fault: SignerError | undefined;
-  private reconnectNeeded = false;
-  private delayMs: number;
-  private nextAttemptAt = 0;
-  private downSince = 0;
-  private attempts = 0;
-  private recoveryTimer: NodeJS.Timeout | undefined;
-  private healthTimer: NodeJS.Timeout | undefined;
-  /** True only while onRecovered() starts, so that its acquire() calls get a session before the pool is up. */
-  private admitting = false;
+  private readonly gate = new ObjectGate();
+  private readonly supervisor: HsmSupervisor;
   private readonly logger: Logger;
-  private readonly counters: SessionPoolCounters = { faults: 0, recoveries: 0, sessionsReplaced: 0, logins: 0, loginsPinIncorrect: 0, loginsFailed: 0 };
+  private readonly counters = { sessionsReplaced: 0, logins: 0, loginsPinIncorrect: 0, loginsFailed: 0 };
 
   constructor(
     private currentSlot: Slot,
     private readonly pin: string,
-    private readonly options: SessionPoolOptions = {},
+    options: SessionPoolOptions = {},
   ) {
     this.size = options.size ?? DEFAULT_POOL_SIZE;
     this.maxWaiters = options.maxWaiters ?? DEFAULT_MAX_WAITERS;
     this.logger = options.logger ?? silentLogger;
-    this.delayMs = this.minDelay;
     if (!Number.isInteger(this.size) || this.size < 1) throw new SignerError("CONFIG_INVALID", "session pool size must be a positive integer");
-  }
-
-  private get minDelay(): number {
-    return this.options.reconnectMinMs ?? DEFAULT_RECONNECT_MIN_MS;
+    // What the supervisor may do with the sessions; the rest of the pool is not its business.
+    this.supervisor = new HsmSupervisor(
+      {
+        inUse: () => this.owned.size - this.idle.length,
+        inspect: () => this.inspect(),
+        shed: (error) => this.shed(error),
+        reopen: (slot) => this.reopen(slot),
+      },
+      options,
+    );
   }
 
   /** Opens every session now, so a bad PIN or a missing token fails at start-up; then starts the background check. */
   start(): void {
-    while (this.owned.size < this.size) this.idle.push(this.openOne());
-    const every = this.options.healthCheckIntervalMs ?? DEFAULT_HEALTH_CHECK_MS;
-    if (every > 0 && !this.healthTimer) {
-      this.healthTimer = setInterval(() => this.check(), every);
-      this.healthTimer.unref();
-    }
+    this.fill();
+    this.supervisor.start();
   }
 
   /** The token's slot (it may change when the pool reconnects after the token went away). */
@@ -153,16 +107,27 @@ export class SessionPool {
   }
 
   get stats(): SessionPoolStats {
-    return { size: this.size, inUse: this.owned.size - this.idle.length, idle: this.idle.length, waiting: this.waiters.length, up: this.state === "up", counters: { ...this.counters } };
+    return {
+      size: this.size,
+      inUse: this.owned.size - this.idle.length,
+      idle: this.idle.length,
+      waiting: this.waiters.length,
+      up: this.supervisor.state === "up",
+      counters: { ...this.supervisor.counters, ...this.counters },
+    };
   }
 
   /** True while sessions are handed out: false while the HSM is down or reconnecting, after a wrong PIN, and once closed. */
   get healthy(): boolean {
-    return this.state === "up";
+    return this.supervisor.state === "up";
+  }
+
+  private fill(): void {
+    while (this.owned.size < this.size) this.idle.push(this.openOne());
   }
 
   private openOne(): Session {
-    if (this.state === "fatal" && this.fault) throw this.fault;
+    if (this.supervisor.state === "fatal") throw this.supervisor.unavailable();
     let session: Session;
     try {
       session = openSession(this.currentSlot);
@@ -176,7 +141,7 @@ export class SessionPool {
       closeQuietly(session);
       if (e instanceof SignerError && e.code === "HSM_PIN_INCORRECT") {
         this.counters.loginsPinIncorrect++;
-        this.goFatal(e);
+        this.supervisor.loginRefused(e);
       } else {
         this.counters.loginsFailed++;
       }
@@ -186,18 +151,9 @@ export class SessionPool {
     return session;
   }
 
-  /** The error a caller gets while no session can be handed out. */
-  private unavailable(cause?: unknown): SignerError {
-    if (this.state === "fatal" && this.fault) return this.fault;
-    if (this.state === "closed") return new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closed", { cause });
-    const wait = Math.max(0, this.nextAttemptAt - Date.now());
-    const what = this.fault?.message ?? "the HSM is unavailable";
-    return new SignerError("HSM_UNAVAILABLE", `${what}; reconnecting, next attempt in ${wait} ms`, { cause: cause ?? this.fault?.cause, retryAfterMs: Math.max(MIN_RETRY_AFTER_MS, wait) });
-  }
-
   /** Waits for a session until `deadline` (ms since epoch); fails fast when the pool is saturated or the HSM is down. */
   acquire(deadline?: number): Promise<Session> {
-    if (this.state !== "up" && !(this.state === "recovering" && this.admitting)) return Promise.reject(this.unavailable());
+    if (!this.supervisor.admits) return Promise.reject(this.supervisor.unavailable());
     const s = this.idle.pop();
     if (s) return Promise.resolve(s);
     if (this.owned.size < this.size) {
@@ -238,7 +194,8 @@ export class SessionPool {
   release(session: Session, lost = false): void {
     // A session from before a reconnection: its handle may since name another session, so it is not even closed.
     if (!this.owned.has(session)) return;
-    if (lost && this.state === "up") {
+    const state = this.supervisor.state;
+    if (lost && state === "up") {
       let replacement: Session | undefined;
       let openError: unknown;
       try {
@@ -260,13 +217,13 @@ export class SessionPool {
       return;
     }
     // The pool is not up here (recovering, down, closed): nothing is handed out or reopened.
-    if (lost || (this.state !== "up" && this.state !== "recovering")) {
+    if (lost || (state !== "up" && state !== "recovering")) {
       this.owned.delete(session);
       closeQuietly(session);
       if (lost) this.counters.sessionsReplaced++;
       return;
     }
-    const w = this.state === "up" ? this.waiters.shift() : undefined;
+    const w = state === "up" ? this.waiters.shift() : undefined;
     if (w) {
       if (w.timer) clearTimeout(w.timer);
       w.resolve(session);
@@ -276,21 +233,14 @@ export class SessionPool {
   }
 
   /**
-   * Runs `fn` with a session; a failed session is replaced, not returned to the pool.
-   *
-   * For calls that find, read, create or destroy objects (signatures take sessions with
-   * acquire() and never wait here): they run one at a time. SoftHSM is not safe with
-   * C_FindObjects on one session while C_GenerateKeyPair runs on another in a libuv thread: about
-   * 1 generation in 10 failed with CKR_GENERAL_ERROR, and finds with CKR_OBJECT_HANDLE_INVALID.
-   * Synchronous calls cannot overlap on the event loop anyway; a key generation holds the others
-   * back for its duration. Do not call use() inside `fn`.
+   * Runs `fn` with a session; a failed session is replaced, not returned to the pool. For calls
+   * that find, read, create or destroy objects: they pass the ObjectGate one at a time
+   * (signatures take sessions with acquire() and never wait there). Do not call use() inside `fn`.
    */
-  async use<T>(fn: (s: Session) => T | Promise<T>, deadline?: number): Promise<T> {
-    // Free: taken at once, so acquire() runs in this very turn (the pool admits the recovery's
-    // rescan only while onRecovered() runs).
-    if (this.objectCallRunning) await this.waitForObjectCall(deadline);
-    else this.objectCallRunning = true;
-    try {
+  use<T>(fn: (s: Session) => T | Promise<T>, deadline?: number): Promise<T> {
+    // A free gate runs this at once, so acquire() runs in this very turn (the supervisor admits
+    // the recovery's rescan only while onRecovered() runs).
+    return this.gate.run(async () => {
       const session = await this.acquire(deadline);
       let failed = false;
       try {
@@ -301,60 +251,28 @@ export class SessionPool {
       } finally {
         this.release(session, failed);
       }
-    } finally {
-      const next = this.objectCallWaiters.shift();
-      if (next) next();
-      else this.objectCallRunning = false;
-    }
+    }, deadline);
   }
 
-  /** Resolves when the running object operation hands over to this one; DEADLINE_EXCEEDED at `deadline`. */
-  private waitForObjectCall(deadline: number | undefined): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const turn = (): void => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.objectCallWaiters.push(turn);
-      // Called only after this statement (turn runs in a later turn of the loop).
-      const timer =
-        deadline === undefined
-          ? undefined
-          : setTimeout(
-              () => {
-                const i = this.objectCallWaiters.indexOf(turn);
-                if (i >= 0) this.objectCallWaiters.splice(i, 1);
-                reject(new SignerError("DEADLINE_EXCEEDED", "the deadline passed while another HSM object operation (a key generation?) was running"));
-              },
-              Math.max(0, deadline - Date.now()),
-            );
-    });
-  }
-
-  /**
-   * For a failed operation on one of the pool's sessions: when the failure could mean the HSM is
-   * at fault, checks it now, and returns what the caller should see (HSM_UNAVAILABLE once the
-   * pool is down, the original error otherwise, e.g. a key that really was deleted).
-   */
+  /** See HsmSupervisor.diagnose: what a caller should see of a failed operation on one of the pool's sessions. */
   diagnose(e: unknown): unknown {
-    const suspect = isSuspectFailure(e) || (e instanceof SignerError && e.code === "HSM_UNAVAILABLE");
-    if (this.state === "up" && !suspect) return e;
-    if (this.check()) return e;
-    return this.unavailable(e);
+    return this.supervisor.diagnose(e);
+  }
+
+  /** See HsmSupervisor.check: looks at the token and the sessions now; whether the pool is up. */
+  check(): boolean {
+    return this.supervisor.check();
   }
 
   /**
-   * Checks the token (C_GetTokenInfo) and the idle sessions (C_GetSessionInfo) now, drops lost
-   * sessions, and takes the pool down when the token or the login is gone. Returns whether the
-   * pool is up. Cheap: about 0.1 ms plus a few microseconds per idle session on SoftHSM.
+   * The token (C_GetTokenInfo) and the idle sessions (C_GetSessionInfo): drops lost sessions, and
+   * returns a fault when the token or the login is gone.
    */
-  check(): boolean {
-    if (this.state !== "up") return false;
+  private inspect(): HsmFault | undefined {
     try {
       probeToken(this.currentSlot);
     } catch (e) {
-      this.markDown(`C_GetTokenInfo failed with ${ckrName(e)}`, e, true);
-      return false;
+      return { reason: `C_GetTokenInfo failed with ${ckrName(e)}`, cause: e, reconnect: true };
     }
     let loggedIn = false;
     for (const s of [...this.idle]) {
@@ -370,20 +288,16 @@ export class SessionPool {
         this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(e) });
         continue;
       }
-      if (!ok) {
-        this.markDown("the HSM user is no longer logged in", undefined, false);
-        return false;
-      }
+      if (!ok) return { reason: "the HSM user is no longer logged in", reconnect: false };
       loggedIn = true;
     }
-    if (loggedIn) return true;
+    if (loggedIn) return undefined;
     // No idle session vouched for the login. A fresh session tells: login state is per process and token.
     let s: Session;
     try {
       s = openSession(this.currentSlot);
     } catch (e) {
-      this.markDown(`C_OpenSession failed with ${ckrName(e)}`, e, true);
-      return false;
+      return { reason: `C_OpenSession failed with ${ckrName(e)}`, cause: e, reconnect: true };
     }
     let ok = false;
     try {
@@ -393,8 +307,7 @@ export class SessionPool {
     }
     if (!ok) {
       closeQuietly(s);
-      this.markDown("the HSM user is no longer logged in", undefined, false);
-      return false;
+      return { reason: "the HSM user is no longer logged in", reconnect: false };
     }
     if (this.owned.size < this.size) {
       this.owned.add(s);
@@ -403,7 +316,7 @@ export class SessionPool {
     } else {
       closeQuietly(s);
     }
-    return true;
+    return undefined;
   }
 
   private handToWaiter(): void {
@@ -415,117 +328,27 @@ export class SessionPool {
     else this.waiters.unshift(w);
   }
 
-  private markDown(reason: string, cause: unknown, reconnect: boolean): void {
-    if (reconnect) this.reconnectNeeded = true;
-    if (this.state !== "up" && this.state !== "recovering") return;
-    const wasUp = this.state === "up";
-    this.state = "down";
-    this.fault = new SignerError("HSM_UNAVAILABLE", `the HSM is unavailable (${reason})`, { cause });
-    if (wasUp) {
-      this.counters.faults++;
-      this.downSince = Date.now();
-      this.attempts = 0;
-      this.delayMs = this.minDelay;
-      this.logger.warn("HSM unavailable; reconnecting", { reason, sessionsInUse: this.owned.size - this.idle.length });
-    }
+  /** Turns every waiter away and closes the idle sessions (the HSM went down, the PIN was refused, the pool closes). */
+  private shed(error: () => unknown): void {
     for (const w of this.waiters.splice(0)) {
       if (w.timer) clearTimeout(w.timer);
-      w.reject(this.unavailable());
+      w.reject(error());
     }
     for (const s of this.idle.splice(0)) {
       this.owned.delete(s);
       closeQuietly(s);
     }
-    // A lost login is repaired at once; a lost token is given a moment.
-    this.schedule(wasUp && !this.reconnectNeeded ? 0 : this.delayMs);
   }
 
-  private goFatal(e: SignerError): void {
-    if (this.state === "closed") return;
-    const wasRunning = this.state !== "fatal";
-    this.state = "fatal";
-    this.fault = e;
-    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
-    this.recoveryTimer = undefined;
-    for (const w of this.waiters.splice(0)) {
-      if (w.timer) clearTimeout(w.timer);
-      w.reject(e);
-    }
-    for (const s of this.idle.splice(0)) {
-      this.owned.delete(s);
-      closeQuietly(s);
-    }
-    if (wasRunning) this.logger.error("HSM login refused; not retrying, to avoid locking the token. Fix the PIN and restart.", { error: e.message });
-  }
-
-  private schedule(ms: number): void {
-    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
-    this.nextAttemptAt = Date.now() + ms;
-    // Reconnecting is the pool's business, not that of the request that noticed the fault: its lines carry no request id.
-    this.recoveryTimer = withoutLogContext(() => setTimeout(() => void this.recover(), ms));
-    this.recoveryTimer.unref();
-  }
-
-  private async recover(): Promise<void> {
-    this.recoveryTimer = undefined;
-    if (this.state !== "down") return;
-    // Calls on sessions of the lost generation finish first (they fail fast): C_Finalize must not
-    // run under a signing thread (notes, trap 6), and a reused handle must not reach an old caller.
-    if (this.owned.size > 0) return this.schedule(DRAIN_POLL_MS);
-    this.attempts++;
+  /** A new generation of sessions, on a new slot when the module was re-initialized. */
+  private reopen(slot: Slot | undefined): void {
+    if (slot) this.currentSlot = slot;
     try {
-      if (this.reconnectNeeded && this.options.reconnect) this.currentSlot = this.options.reconnect();
-      try {
-        probeToken(this.currentSlot);
-      } catch (e) {
-        throw translatePkcs11Error(e, "C_GetTokenInfo");
-      }
-      while (this.owned.size < this.size) this.idle.push(this.openOne());
+      probeToken(this.currentSlot);
     } catch (e) {
-      if (this.state !== "down") return; // fatal (wrong PIN) or closed: no further attempt
-      return this.attemptFailed(e);
+      throw translatePkcs11Error(e, "C_GetTokenInfo");
     }
-    this.reconnectNeeded = false;
-    this.state = "recovering";
-    let refreshed: Promise<void> = Promise.resolve();
-    if (this.options.onRecovered) {
-      this.admitting = true;
-      try {
-        refreshed = this.options.onRecovered();
-      } catch (e) {
-        refreshed = Promise.reject(e);
-      } finally {
-        this.admitting = false;
-      }
-    }
-    try {
-      await refreshed;
-    } catch (e) {
-      if (this.state === "recovering") this.state = "down";
-      if (this.state !== "down") return;
-      return this.attemptFailed(e);
-    }
-    if (this.state !== "recovering") return;
-    this.state = "up";
-    this.fault = undefined;
-    this.counters.recoveries++;
-    this.logger.info("HSM available again", { downMs: Date.now() - this.downSince, attempts: this.attempts });
-    this.delayMs = this.minDelay;
-  }
-
-  private attemptFailed(e: unknown): void {
-    for (const s of this.idle.splice(0)) {
-      this.owned.delete(s);
-      closeQuietly(s);
-    }
-    // Whatever failed, the next attempt starts from a re-initialized module when it can.
-    this.reconnectNeeded = true;
-    const reason = e instanceof SignerError ? e.message : ckrName(e);
-    this.fault = new SignerError("HSM_UNAVAILABLE", this.fault?.message ?? "the HSM is unavailable", { cause: e });
-    const delay = this.delayMs;
-    this.delayMs = Math.min(this.options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS, this.delayMs * 2);
-    this.logger.warn("HSM reconnection attempt failed", { attempt: this.attempts, reason, nextAttemptMs: delay });
-    this.schedule(delay);
+    this.fill();
   }
 
   /**
@@ -534,21 +357,10 @@ export class SessionPool {
    * that C_Finalize does not run under a call still inside the module.
    */
   async close(drainMs = DEFAULT_CLOSE_DRAIN_MS): Promise<void> {
-    this.state = "closed";
-    if (this.healthTimer) clearInterval(this.healthTimer);
-    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
-    this.healthTimer = undefined;
-    this.recoveryTimer = undefined;
-    for (const w of this.waiters.splice(0)) {
-      if (w.timer) clearTimeout(w.timer);
-      w.reject(new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closing"));
-    }
-    for (const s of this.idle.splice(0)) {
-      this.owned.delete(s);
-      closeQuietly(s);
-    }
+    this.supervisor.close();
+    this.shed(() => new SignerError("HSM_UNAVAILABLE", "the HSM session pool is closing"));
     const until = Date.now() + drainMs;
-    while (this.owned.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    while (this.owned.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, CLOSE_POLL_MS));
     if (this.owned.size > 0) this.logger.warn("closing with HSM calls still running", { sessionsInUse: this.owned.size });
   }
 }

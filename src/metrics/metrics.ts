@@ -10,19 +10,13 @@
 import type { SessionPoolCounters } from "../hsm/session-pool.js";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { ERROR_CODES } from "../errors/index.js";
+import { KeyAdminDefinition } from "../gen/hsm_signer/v1/key_admin.js";
+import { SignerDefinition } from "../gen/hsm_signer/v1/signer.js";
 import { KEY_SPECS } from "../signing/key-spec.js";
 import { TLS_HANDSHAKE_FAILURE_REASONS } from "../tls/handshake-failure-reasons.js";
 
-/** The RPCs of hsm_signer.v1.Signer and KeyAdmin; any other method name is counted as "other". */
-export const RPC_METHODS = [
-  "Sign",
-  "GetCertificateChain",
-  "DescribeKey",
-  "ListKeys",
-  ...["ListSlots", "GenerateKey", "RotateKey", "CreateCsr", "ImportCertificateChain", "CreateTestChain", "SetKeyState", "DestroyKeyVersion", "GetInventory", "GetCertificateChain"].map(
-    (m) => `KeyAdmin.${m}`,
-  ),
-] as const;
+/** The RPCs of hsm_signer.v1.Signer and KeyAdmin (src/gen/); any other method name is counted as "other". */
+export const RPC_METHODS: readonly string[] = [...Object.values(SignerDefinition.methods).map((m) => m.name), ...Object.values(KeyAdminDefinition.methods).map((m) => `KeyAdmin.${m.name}`)];
 
 /** Label value for anything outside a label's bounded set. */
 export const OTHER = "other";

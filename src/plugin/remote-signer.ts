@@ -1,5 +1,6 @@
-import { decodeDescribeKeyResponse, decodeSignResponse, encodeKeyRequest, encodeSignRequest, SIGNER_SERVICE, type KeyInfo, type SignResponse } from "../client/messages.js";
+import { callGenerated, type GeneratedMethod } from "../client/generated-method.js";
 import { GrpcCallError, GrpcHttp2Channel, Status, STATUS_NAMES, withRetries } from "../client/grpc-http2-client.js";
+import { SignerDefinition, type KeyInfo, type SignResponse } from "../gen/hsm_signer/v1/signer.js";
 import type { ErrorCode } from "../errors/index.js";
 import { PLUGIN_NAME, PLUGIN_VERSION, PluginError, type PluginErrorCode } from "./contract.js";
 import type { PluginSettings } from "./plugin-config.js";
@@ -73,10 +74,10 @@ export class RemoteSigner {
     this.deadline = Date.now() + s.timeoutMs;
   }
 
-  private async call(method: string, body: Buffer, what: string): Promise<Buffer> {
+  private async call<Req, Res>(method: GeneratedMethod<Req, Res>, request: Req, what: string): Promise<Res> {
     const metadata = this.s.token ? { authorization: `Bearer ${this.s.token}` } : undefined;
     try {
-      return await withRetries(this.deadline, RETRY, () => this.channel.unary(SIGNER_SERVICE + method, body, { deadline: this.deadline, metadata }));
+      return await withRetries(this.deadline, RETRY, () => callGenerated(this.channel, SignerDefinition, method, request, { deadline: this.deadline, metadata }));
     } catch (e) {
       if (e instanceof GrpcCallError) {
         const name = STATUS_NAMES[e.code] ?? String(e.code);
@@ -94,13 +95,12 @@ export class RemoteSigner {
 
   async describeKey(keyId: string): Promise<KeyInfo> {
     const what = `describing key "${keyId}"`;
-    const info = decodeDescribeKeyResponse(await this.call("DescribeKey", encodeKeyRequest(keyId), what));
+    const { key: info } = await this.call(SignerDefinition.methods.describeKey, { keyId, keyVersion: 0 }, what);
     if (!info) throw new PluginError("ERROR", `${what} at hsm-signer ${this.s.endpoint}: the service sent no key`);
     return info;
   }
 
   async sign(keyId: string, keySpec: string, hashAlgorithm: string, payload: Buffer): Promise<SignResponse> {
-    const body = encodeSignRequest({ keyId, payload, hashAlgorithm, keySpec });
-    return decodeSignResponse(await this.call("Sign", body, `signing with key "${keyId}"`));
+    return this.call(SignerDefinition.methods.sign, { keyId, payload, digest: undefined, hashAlgorithm, keySpec, keyVersion: 0 }, `signing with key "${keyId}"`);
   }
 }

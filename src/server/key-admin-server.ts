@@ -1,11 +1,12 @@
 import { X509Certificate } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
-import type { CustodyKey, CustodyVersion, KeyCustodian, KeyInventory } from "../signing/custody.js";
+import { KeyAdminDefinition, type InventoryKey, type KeyVersionInfo, type SlotInfo } from "../gen/hsm_signer/v1/key_admin.js";
+import type { CustodyKey, CustodyVersion, KeyCustodian, KeyInventory, SlotDetails } from "../signing/custody.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { auditKeyId, bindServer, loadService, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer } from "./grpc-common.js";
+import { auditKeyId, bindServer, serviceDefinition, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer, type ServiceHandlers } from "./grpc-common.js";
 import type { Logger } from "../log/index.js";
 import type { TlsHandshakeFailure } from "./tls-listener.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
@@ -58,7 +59,7 @@ function selfSigned(der: Buffer): boolean {
   }
 }
 
-function versionInfo(v: CustodyVersion, warnDays: number, at: number): Record<string, unknown> {
+function versionInfo(v: CustodyVersion, warnDays: number, at: number): KeyVersionInfo {
   const c = v.record.certificate;
   const days = c ? Math.floor((c.notAfter.getTime() - at) / DAY_MS) : 0;
   return {
@@ -83,7 +84,7 @@ function versionInfo(v: CustodyVersion, warnDays: number, at: number): Record<st
   };
 }
 
-export function inventoryKey(view: CustodyKey, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): Record<string, unknown> {
+export function inventoryKey(view: CustodyKey, warnDays = DEFAULT_EXPIRY_WARNING_DAYS, at = Date.now()): InventoryKey {
   return {
     keyId: view.keyId,
     state: view.state?.disabled ? "disabled" : "enabled",
@@ -91,6 +92,11 @@ export function inventoryKey(view: CustodyKey, warnDays = DEFAULT_EXPIRY_WARNING
     versions: view.versions.map((v) => versionInfo(v, warnDays, at)),
     disabledReason: view.state?.disabled?.reason ?? "",
   };
+}
+
+/** A slot as the wire has it: slot_id is a uint64, the custody port's decimal string. */
+function slotInfo(s: SlotDetails): SlotInfo {
+  return { ...s, slotId: Number(s.slotId) };
 }
 
 /**
@@ -114,11 +120,10 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       m,
     );
   const mutates: MethodOptions = { mutates: true };
-  type KeyReq = { keyId: string; keyVersion: number };
 
-  server.addService(loadService("key_admin.proto", "KeyAdmin"), {
-    ListSlots: admin("ListSlots", () => Promise.resolve({ slots: o.custody.listSlots() })),
-    GenerateKey: admin<{ tokenLabel: string; keyId: string; keySpec: string }, object>(
+  const handlers: ServiceHandlers<typeof KeyAdminDefinition> = {
+    ListSlots: admin("ListSlots", () => Promise.resolve({ slots: o.custody.listSlots().map(slotInfo) })),
+    GenerateKey: admin(
       "GenerateKey",
       async (req, ctx) => {
         const view = await o.custody.generateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec") as KeySpec, req.tokenLabel || undefined);
@@ -128,7 +133,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    RotateKey: admin<{ keyId: string; keySpec: string }, object>(
+    RotateKey: admin(
       "RotateKey",
       async (req, ctx) => {
         const r = await o.custody.rotateKey(validateKeyId(req.keyId), keySpec(req.keySpec, "key_spec", true));
@@ -137,7 +142,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    CreateCsr: admin<KeyReq & { subject: string }, object>("CreateCsr", async (req, ctx) => {
+    CreateCsr: admin("CreateCsr", async (req, ctx) => {
       if (!req.subject) throw new SignerError("INVALID_ARGUMENT", 'subject is required, e.g. "CN=release, O=Example, ST=WA, C=US"');
       if (req.subject.length > MAX_SUBJECT_LENGTH) throw new SignerError("INVALID_ARGUMENT", `subject is longer than ${MAX_SUBJECT_LENGTH} characters`);
       const r = await o.custody.createCsr(validateKeyId(req.keyId), req.keyVersion, req.subject);
@@ -145,7 +150,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       ctx.record.admin = { subject: req.subject };
       return { csrPem: r.pem, keyVersion: r.version };
     }),
-    ImportCertificateChain: admin<KeyReq & { certificates: Buffer[]; strictOrder: boolean }, object>(
+    ImportCertificateChain: admin(
       "ImportCertificateChain",
       async (req, ctx) => {
         if (req.certificates.length === 0) throw new SignerError("INVALID_ARGUMENT", "certificates is empty: give the chain as PEM or DER");
@@ -156,7 +161,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    CreateTestChain: admin<{ keyId: string; keySpec: string; rootKeyId: string; rootKeySpec: string; organization: string; state: string; country: string; validityDays: number }, object>(
+    CreateTestChain: admin(
       "CreateTestChain",
       async (req, ctx) => {
         const days = req.validityDays || undefined;
@@ -181,7 +186,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    SetKeyState: admin<KeyReq & { enabled: boolean; reason: string }, object>(
+    SetKeyState: admin(
       "SetKeyState",
       async (req, ctx) => {
         if (req.reason.length > MAX_REASON_LENGTH || /[\x00-\x1f\x7f]/.test(req.reason)) {
@@ -193,7 +198,7 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    DestroyKeyVersion: admin<KeyReq & { confirm: string; destroyCertificate: boolean; acknowledgeSigned: boolean }, object>(
+    DestroyKeyVersion: admin(
       "DestroyKeyVersion",
       async (req, ctx) => {
         if (!req.keyVersion) throw new SignerError("INVALID_ARGUMENT", "key_version is required: versions are destroyed one at a time");
@@ -207,19 +212,20 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       },
       mutates,
     ),
-    GetInventory: admin<{ keyId: string; expiryWarningDays: number }, object>("GetInventory", async (req) => {
+    GetInventory: admin("GetInventory", async (req) => {
       if (req.keyId) await o.keys.refreshIfChanged();
       const views = req.keyId ? [await o.keys.view(validateKeyId(req.keyId))] : o.keys.inventory();
       const warn = req.expiryWarningDays || DEFAULT_EXPIRY_WARNING_DAYS;
       return { keys: views.map((v) => inventoryKey(v, warn)) };
     }),
-    GetCertificateChain: admin<KeyReq, object>("GetCertificateChain", async (req, ctx) => {
+    GetCertificateChain: admin("GetCertificateChain", async (req, ctx) => {
       const key = await o.keys.getKey(validateKeyId(req.keyId), req.keyVersion || undefined);
       if (key.chain.length === 0) throw new SignerError("KEY_UNUSABLE", key.unusableReason ?? `key "${req.keyId}" has no certificate`);
       ctx.record.keyVersion = key.version;
       return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
     }),
-  });
+  };
+  server.addService(serviceDefinition(KeyAdminDefinition), handlers);
   return bindServer(
     server,
     o.listen,

@@ -1,12 +1,13 @@
 import * as grpc from "@grpc/grpc-js";
 import type { CallerIdentity } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
+import { SignerDefinition, type KeyInfo } from "../gen/hsm_signer/v1/signer.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord } from "../signing/ports.js";
 import type { SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
 import { addHealthService } from "./health-service.js";
-import { bindServer, isLoopbackAddress, loadService, unaryHandler, type AuditSink, type RunningServer, type TlsOptions } from "./grpc-common.js";
+import { bindServer, isLoopbackAddress, serviceDefinition, unaryHandler, type AuditSink, type RunningServer, type ServiceHandlers, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -31,7 +32,7 @@ export interface SignerServerOptions {
   onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
 }
 
-function keyInfo(k: KeyRecord): Record<string, unknown> {
+function keyInfo(k: KeyRecord): KeyInfo {
   return {
     keyId: k.keyId,
     keySpec: k.spec,
@@ -46,21 +47,6 @@ function keyInfo(k: KeyRecord): Record<string, unknown> {
   };
 }
 
-interface SignRequestMsg {
-  keyId: string;
-  payload?: Buffer;
-  digest?: Buffer;
-  input?: "payload" | "digest";
-  hashAlgorithm: string;
-  keySpec: string;
-  keyVersion: number;
-}
-
-interface KeyRequestMsg {
-  keyId: string;
-  keyVersion: number;
-}
-
 /** Builds the gRPC server for hsm_signer.v1.Signer. */
 export async function startSignerServer(o: SignerServerOptions): Promise<RunningServer> {
   if (o.tls.insecure && !isLoopbackAddress(o.listen)) {
@@ -68,14 +54,14 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   }
   const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
-  server.addService(loadService("signer.proto", "Signer"), {
+  const handlers: ServiceHandlers<typeof SignerDefinition> = {
     // Each handler decodes, lets the core run the call (it fills ctx.facts, which the shared
     // unary handler copies into the call's one audit line), and encodes the answer.
-    Sign: unary<SignRequestMsg, object>("Sign", async (req, ctx) => {
+    Sign: unary("Sign", async (req, ctx) => {
       const request = {
         keyId: req.keyId,
-        payload: req.input === "payload" ? req.payload : undefined,
-        digest: req.input === "digest" ? req.digest : undefined,
+        payload: req.payload,
+        digest: req.digest,
         hashAlgorithm: req.hashAlgorithm || undefined,
         keySpec: req.keySpec || undefined,
         keyVersion: req.keyVersion || undefined,
@@ -90,18 +76,21 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
         certificateChain: r.key.chain,
         keyVersion: r.key.version,
         requestId: ctx.requestId,
+        // The unary handler adds it once the call's audit line is durable.
+        receipt: undefined,
       };
     }),
-    GetCertificateChain: unary<KeyRequestMsg, object>("GetCertificateChain", async (req, ctx) => {
+    GetCertificateChain: unary("GetCertificateChain", async (req, ctx) => {
       const k = await o.signing.certificateChain({ keyId: req.keyId, keyVersion: req.keyVersion || undefined }, ctx.caller, ctx.facts);
       return { keyId: k.keyId, certificateChain: k.chain, keyVersion: k.version };
     }),
-    DescribeKey: unary<KeyRequestMsg, object>("DescribeKey", async (req, ctx) => {
+    DescribeKey: unary("DescribeKey", async (req, ctx) => {
       const k = await o.signing.describeKey({ keyId: req.keyId, keyVersion: req.keyVersion || undefined }, ctx.caller, ctx.facts);
       return { key: keyInfo(k) };
     }),
-    ListKeys: unary<unknown, object>("ListKeys", async (_req, ctx) => ({ keys: (await o.signing.listKeys(ctx.caller, ctx.facts)).map(keyInfo) })),
-  });
+    ListKeys: unary("ListKeys", async (_req, ctx) => ({ keys: (await o.signing.listKeys(ctx.caller, ctx.facts)).map(keyInfo) })),
+  };
+  server.addService(serviceDefinition(SignerDefinition), handlers);
 
   addHealthService(server, o.ready ?? (() => true));
   return bindServer(server, o.listen, o.tls, unary.inFlight);

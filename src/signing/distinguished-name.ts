@@ -1,5 +1,5 @@
 // Distinguished names as notation reads them in `x509.subject:` trusted identities
-// (notation-plugin-protocol.md §5.4, §6.2): shared by the CSR check (hsm/key-custody.ts) and
+// (notation-plugin-protocol.md §5.4, §6.2): shared by the CSR check (custody-rules.ts) and
 // the notation setup helper (admin/notation-setup.ts).
 
 export interface DnAttribute {

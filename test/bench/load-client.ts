@@ -8,7 +8,7 @@
 import { readFileSync } from "node:fs";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { GrpcHttp2Channel } from "../../src/client/grpc-http2-client.js";
-import { decodeSignResponse, encodeSignRequest, SIGNER_SERVICE, type SignRequest } from "../../src/client/messages.js";
+import { SignerDefinition, SignRequest, SignResponse as SignResponseCodec } from "../../src/gen/hsm_signer/v1/signer.js";
 import { runLoad, type LoadOptions } from "./load.js";
 
 interface Args {
@@ -35,9 +35,11 @@ const check = (signature: Buffer): void => {
 if (a.client === "http2") {
   // The project's own lightweight client (src/client): one HTTP/2 session, calls multiplexed.
   const channel = new GrpcHttp2Channel({ endpoint: `127.0.0.1:${a.port}`, ca, serverName: "localhost" });
-  const body = encodeSignRequest(req as SignRequest);
+  const defaults: SignRequest = { keyId: "", payload: undefined, digest: undefined, hashAlgorithm: "", keySpec: "", keyVersion: 0 };
+  const body = Buffer.from(SignRequest.encode({ ...defaults, ...req }).finish());
+  const path = `/${SignerDefinition.fullName}/${SignerDefinition.methods.sign.name}`;
   try {
-    const r = await runLoad(async () => check(decodeSignResponse(await channel.unary(`${SIGNER_SERVICE}Sign`, body, { deadline: Date.now() + 10_000 })).signature), load);
+    const r = await runLoad(async () => check(SignResponseCodec.decode(await channel.unary(path, body, { deadline: Date.now() + 10_000 })).signature), load);
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } finally {
     channel.close();

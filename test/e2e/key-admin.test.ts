@@ -304,7 +304,7 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
   it("an RSA-4096 generation runs beside signing: Sign calls keep completing while it is under way", async () => {
     await call("CreateTestChain", { keyId: "while-generating", keySpec: "EC-256" });
     // A version's first signature writes its has-signed record to the token, an object operation
-    // that waits for a running generation (session-pool.ts, use()); later ones do not.
+    // that waits for a running generation (SessionPool.use() through object-gate.ts); later ones do not.
     await sign("while-generating");
     let generating = true;
     const generated = call<{ key: InventoryKey; keyVersion: number }>("GenerateKey", { keyId: "big-rsa", keySpec: "RSA-4096" }).finally(() => {

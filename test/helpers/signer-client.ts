@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { PROJECT_ROOT } from "./softhsm.js";
 
-export type { SignResponse, KeyInfo } from "../../src/client/messages.js";
+export type { SignResponse, KeyInfo } from "../../src/gen/hsm_signer/v1/signer.js";
 
 /** The Signer client class built from the .proto with grpc-js, as any third-party caller would. */
 export function loadSignerClientClass(): grpc.ServiceClientConstructor {

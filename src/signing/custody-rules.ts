@@ -1,0 +1,175 @@
+import { SignerError } from "../errors/index.js";
+import { spkiOfCertificate } from "./certificates.js";
+import { checkCodeSigningChain, formatChainProblems, leafKeyMismatch, orderChain, parseCertificateBundle } from "./chain-rules.js";
+import { subjectIdentityProblems } from "./distinguished-name.js";
+import type { KeySpec } from "./key-spec.js";
+import { publicKeyOf, type KeyState, type KeyView, type VersionState, type VersionView } from "./key-versions.js";
+
+/*
+ * Whether a custodian's change is allowed, and what it writes: the preconditions of generating,
+ * rotating, disabling, enabling and destroying key versions, of a CSR and of a chain import.
+ * Pure: hsm/key-custody.ts reads the token, asks these rules, then writes what they allowed.
+ */
+
+/** A key's state as a change edits it (the token's state object, less its schema and generation). */
+export type EditableKeyState = Omit<KeyState, "generation" | "schema">;
+
+/** The service manages the one token it is logged in to: a key for another token is refused (read `managed` only when asked). */
+export function checkManagedToken(requested: string | undefined, managed: () => string): void {
+  if (requested && requested !== managed()) {
+    throw new SignerError("FAILED_PRECONDITION", `this service is logged in to token "${managed()}" only; run a service for token "${requested}" to manage its keys`);
+  }
+}
+
+/** GenerateKey makes a new key id only; an existing one gets new versions by rotation. */
+export function checkNewKeyId(keyId: string, existing: KeyView | undefined): void {
+  if (existing) throw new SignerError("ALREADY_EXISTS", `key "${keyId}" already exists on the token; rotate it to make a new version, or choose another key id`);
+}
+
+/** The generation of the state a change is made from (0: the key has none yet). */
+export function generationOf(view: KeyView): number {
+  return view.state?.generation ?? 0;
+}
+
+/**
+ * A change is made from the state generation it read (`basedOn`, 0: none yet). When the token
+ * holds another one, another replica changed the key meanwhile, and writing would silently undo
+ * its change (a new version dropped, a disable lost): FAILED_PRECONDITION, to be retried on the
+ * fresh state.
+ */
+export function checkBasedOn(keyId: string, tokenGeneration: number, basedOn: number): void {
+  if (tokenGeneration !== basedOn) {
+    throw new SignerError(
+      "FAILED_PRECONDITION",
+      `key "${keyId}" was changed on the token meanwhile (by another replica?): its state is at generation ${tokenGeneration}, this change was made from ${basedOn}; nothing was changed, try again`,
+    );
+  }
+}
+
+/** The key's state object, or the state it implicitly has (version n = its n-th key pair) before hsm-signer managed it; a copy to edit. */
+export function stateOf(view: KeyView): EditableKeyState {
+  if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });
+  return { keyId: view.keyId, versions: view.versions.map((v) => ({ version: v.record.version, id: v.idHex, spec: v.record.spec })) };
+}
+
+/** The number of the version a new key pair becomes: one past the highest ever recorded (destroyed ones included). */
+export function nextVersion(state: EditableKeyState): number {
+  return Math.max(0, ...state.versions.map((v) => v.version)) + 1;
+}
+
+/** The state with a new version appended (a key pair just generated, CKA_ID `idHex`). */
+export function withNewVersion(state: EditableKeyState, version: number, idHex: string, spec: KeySpec, created: string): EditableKeyState {
+  const entry: VersionState = { version, id: idHex, spec, created };
+  return { ...state, versions: [...state.versions, entry] };
+}
+
+/** A rotation without a key spec keeps the newest version's. */
+export function rotationSpec(view: KeyView, spec: KeySpec | undefined): KeySpec {
+  return spec ?? (view.versions[view.versions.length - 1]?.record.spec as KeySpec);
+}
+
+/**
+ * The state after disabling or enabling the whole key (version 0) or one version: KEY_NOT_FOUND
+ * for a version the state does not record, FAILED_PRECONDITION for a destroyed one.
+ */
+export function withEnabled(view: KeyView, version: number, enabled: boolean, reason: string, at: string): EditableKeyState {
+  const state = stateOf(view);
+  const disabled = enabled ? undefined : { at, reason };
+  if (version === 0) {
+    state.disabled = disabled;
+    return state;
+  }
+  const v = state.versions.find((x) => x.version === version);
+  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${view.keyId}" has no version ${version}`);
+  if (v.destroyed) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${view.keyId}" was destroyed`);
+  v.disabled = disabled;
+  return state;
+}
+
+/** Destroying cannot be undone: the custodian types "<key id>@v<version>". */
+export function checkDestroyConfirmation(keyId: string, version: number, confirm: string): void {
+  const expected = `${keyId}@v${version}`;
+  if (confirm !== expected) throw new SignerError("INVALID_ARGUMENT", `destroying a key version cannot be undone: confirm with exactly "${expected}"`);
+}
+
+export interface DestroyOptions {
+  destroyCertificate: boolean;
+  acknowledgeSigned: boolean;
+}
+
+/**
+ * The version a destroy may act on: it exists, it (or the key) is disabled, it is not destroyed
+ * already (unless its key pair is still there, from a destroy that failed half-way, or its
+ * certificate goes now), and a certificate that verifies past signatures goes only when the
+ * custodian acknowledged that. `keyPairLeft` asks the token, only when the answer matters.
+ */
+export async function versionToDestroy(view: KeyView, version: number, o: DestroyOptions, keyPairLeft: (v: VersionView) => Promise<boolean>): Promise<VersionView> {
+  const keyId = view.keyId;
+  const v = view.versions.find((x) => x.record.version === version);
+  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
+  if (v.state === "enabled" && !view.state?.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
+  if (v.state === "destroyed" && !o.destroyCertificate && !(await keyPairLeft(v))) {
+    throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
+  }
+  if (o.destroyCertificate && v.hasSigned && !o.acknowledgeSigned) {
+    throw new SignerError(
+      "FAILED_PRECONDITION",
+      `version ${version} of key "${keyId}" has signed; its certificate is the last record on the token that verifies those signatures. Keep the certificate (leave out --destroy-certificate), or confirm with --acknowledge-signed (destroy_certificate and acknowledge_signed in the KeyAdmin API)`,
+    );
+  }
+  return v;
+}
+
+/** The state with the version recorded as destroyed (the first time of a retried destroy is kept). */
+export function withDestroyed(view: KeyView, version: number, at: string): EditableKeyState {
+  const state = stateOf(view);
+  const entry = state.versions.find((x) => x.version === version) as VersionState;
+  entry.destroyed ??= at;
+  return state;
+}
+
+/** A named version, or by default the newest (whether or not it can sign); KEY_NOT_FOUND otherwise. */
+export function pickVersion(view: KeyView, version: number): VersionView {
+  const v = version ? view.versions.find((x) => x.record.version === version) : view.versions[view.versions.length - 1];
+  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${view.keyId}" has no version ${version}`);
+  return v;
+}
+
+/** A CSR's subject must be one notation trust policies can name (protocol §5.4). */
+export function checkCsrSubject(subject: string): void {
+  const problems = subjectIdentityProblems(subject);
+  if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
+}
+
+/** The version a CSR is made for (default: the newest): its key pair must still be there. */
+export function versionForCsr(view: KeyView, version: number): VersionView & { handle: Buffer } {
+  const v = pickVersion(view, version);
+  if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${view.keyId}" was destroyed`);
+  return v as VersionView & { handle: Buffer };
+}
+
+/**
+ * Judges a chain a custodian imports: the version it is for (the named one, or any version whose
+ * key pair is there) must hold the leaf's public key, and the chain must pass every rule of
+ * notation-plugin-protocol.md §5. Without `strictOrder` the certificates are put in order first.
+ * Returns the version and the chain to store, leaf first; CHAIN_INVALID with every problem otherwise.
+ */
+export function chainToImport(view: KeyView, version: number, inputs: Buffer[], strictOrder: boolean): { target: VersionView; chain: Buffer[] } {
+  const keyId = view.keyId;
+  const certs = parseCertificateBundle(inputs);
+  const candidates = version ? [pickVersion(view, version)] : view.versions.filter((v) => v.handle);
+  const target = candidates.find((v) => {
+    const spki = publicKeyOf(v);
+    return spki !== undefined && certs.some((c) => spkiOfCertificate(c).equals(spki));
+  });
+  const which = version ? `key "${keyId}" version ${version}` : `any version of key "${keyId}"`;
+  if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(leafKeyMismatch(certs, which))}`);
+  const spki = publicKeyOf(target) as Buffer;
+  const ordered = strictOrder ? { chain: certs, problems: [] } : orderChain(certs, spki);
+  const problems = ordered.problems.length > 0 ? ordered.problems : checkCodeSigningChain(ordered.chain);
+  if (strictOrder && !spkiOfCertificate(certs[0] as Buffer).equals(spki)) {
+    problems.unshift(...leafKeyMismatch([certs[0] as Buffer], which, "with strict order the leaf comes first"));
+  }
+  if (problems.length > 0) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(problems)}`);
+  return { target, chain: ordered.chain };
+}
