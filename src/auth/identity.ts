@@ -3,9 +3,10 @@ import { SignerError } from "../errors/index.js";
 import { silentLogger, type Logger } from "../log/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./caller-identity.js";
 import { certificateIdentity, hasCertificate } from "./certificate-identity.js";
+// The options' schema, shared with the service configuration's auth section (one rule for JWT algorithms).
+import { authenticatorOptionsProblems as checkOptions } from "./identity-options.js";
 import { FileJwks, jwksTiming, RemoteJwks, type Jwks, type JwksTiming } from "./jwks.js";
 import { withSystemRoots } from "./jwks-source.js";
-import { shown } from "./jwt-errors.js";
 import { IssuerVerifier, verifyBearer } from "./jwt-verifier.js";
 
 // policy.ts and tests import these from here; the folder's surface is index.ts.
@@ -36,55 +37,6 @@ export interface AuthenticatorOptions {
 
 export const DEFAULT_MTLS_IDENTITY_FROM: readonly MtlsIdentitySource[] = ["uri", "dns", "cn"];
 export const DEFAULT_CLOCK_SKEW_SECONDS = 30;
-/** Skews above this are a configuration mistake: tokens would live minutes past their expiry. */
-const MAX_CLOCK_SKEW_SECONDS = 300;
-/** Asymmetric JWS algorithms only: a symmetric one would verify with a key the whole world can read. */
-export const SUPPORTED_JWT_ALGORITHMS: readonly string[] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
-
-/** Validates the options, listing every problem at once. */
-function checkOptions(o: AuthenticatorOptions): string[] {
-  const problems: string[] = [];
-  const from = o.mtlsIdentityFrom;
-  if (from !== undefined) {
-    if (!Array.isArray(from) || from.length === 0) problems.push("mtlsIdentityFrom: must be a non-empty list of uri, dns, cn");
-    else {
-      for (const s of from) if (!DEFAULT_MTLS_IDENTITY_FROM.includes(s)) problems.push(`mtlsIdentityFrom: ${shown(s)} is not uri, dns or cn`);
-      if (new Set(from).size !== from.length) problems.push("mtlsIdentityFrom: lists a source twice");
-    }
-  }
-  const seen = new Set<string>();
-  (o.jwt ?? []).forEach((j, i) => {
-    const where = `jwt[${i}]${typeof j.issuer === "string" && j.issuer ? ` (${j.issuer})` : ""}`;
-    if (typeof j.issuer !== "string" || j.issuer === "") problems.push(`${where}.issuer: required`);
-    else if (seen.has(j.issuer)) problems.push(`${where}.issuer: configured twice`);
-    else seen.add(j.issuer);
-    if (typeof j.audience !== "string" || j.audience === "") problems.push(`${where}.audience: required`);
-    if ((j.jwksFile === undefined) === (j.jwksUrl === undefined)) problems.push(`${where}: exactly one of jwksFile and jwksUrl is required`);
-    if (j.jwksUrl !== undefined) {
-      let url: URL | undefined;
-      try {
-        url = new URL(j.jwksUrl);
-      } catch {
-        problems.push(`${where}.jwksUrl: ${shown(j.jwksUrl)} is not a URL`);
-      }
-      if (url && url.protocol !== "https:") problems.push(`${where}.jwksUrl: must be https (keys fetched in the clear could be replaced)`);
-    }
-    if (j.jwksCaFile !== undefined && j.jwksUrl === undefined) problems.push(`${where}.jwksCaFile: only applies with jwksUrl`);
-    if (!Array.isArray(j.algorithms) || j.algorithms.length === 0) problems.push(`${where}.algorithms: required (e.g. ["RS256"])`);
-    else {
-      for (const alg of j.algorithms) {
-        if (typeof alg === "string" && alg.toLowerCase() === "none") problems.push(`${where}.algorithms: "none" is never allowed (unsigned tokens)`);
-        else if (typeof alg === "string" && /^HS/i.test(alg)) problems.push(`${where}.algorithms: ${alg} is not allowed (HMAC with a public key lets anyone sign)`);
-        else if (!SUPPORTED_JWT_ALGORITHMS.includes(alg)) problems.push(`${where}.algorithms: ${shown(alg)} is not one of ${SUPPORTED_JWT_ALGORITHMS.join(", ")}`);
-      }
-    }
-    const skew = j.clockSkewSeconds;
-    if (skew !== undefined && !(typeof skew === "number" && Number.isFinite(skew) && skew >= 0 && skew <= MAX_CLOCK_SKEW_SECONDS)) {
-      problems.push(`${where}.clockSkewSeconds: must be a number from 0 to ${MAX_CLOCK_SKEW_SECONDS}`);
-    }
-  });
-  return problems;
-}
 
 function configInvalid(problems: string[]): SignerError {
   return new SignerError("CONFIG_INVALID", `authentication settings have ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);

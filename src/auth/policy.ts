@@ -1,9 +1,11 @@
 import { watch, type FSWatcher } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
+import * as v from "valibot";
 import { parseDocument } from "yaml";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
+import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
 import type { TokenBucketSpec } from "./rate-limiter.js";
 
@@ -113,185 +115,198 @@ interface PolicyData {
 type Obj = Record<string, unknown>;
 
 const MTLS_SOURCES: readonly MtlsIdentitySource[] = ["uri", "dns", "cn"];
+const MATCHER_KINDS = ["mtls", "jwt", "anonymous"] as const;
 
-/** Turns the parsed document into PolicyData, collecting every problem instead of stopping at the first. */
-class PolicyParser {
-  readonly problems: string[] = [];
+// The policy file's schema. It checks the document's shape and lists every problem at once; the
+// rules between parts (a custodian or a rule naming anonymous callers, rule names used twice) run
+// on the raw document, so that they are listed even when another part is invalid.
 
-  parse(root: unknown): PolicyData {
-    const top = this.mapping(root, "policy", ["keysPublic", "allowAnonymousOnLoopback", "custodians", "rateLimits", "rules"]) ?? {};
-    const keysPublic = this.bool(top.keysPublic, "keysPublic") ?? false;
-    const allowAnonymousOnLoopback = this.bool(top.allowAnonymousOnLoopback, "allowAnonymousOnLoopback") ?? false;
-    const custodians = this.list(top.custodians, "custodians", false).flatMap((m, i) => this.matcher(m, `custodians[${i}]`) ?? []);
-    custodians.forEach((m, i) => {
-      if (m.kind === "anonymous") this.problems.push(`custodians[${i}]: a custodian cannot be anonymous`);
-    });
-    const limits = top.rateLimits === undefined ? {} : (this.mapping(top.rateLimits, "rateLimits", ["perIdentity", "perKey"]) ?? {});
-    const perIdentity = limits.perIdentity === undefined ? undefined : this.rateLimit(limits.perIdentity, "rateLimits.perIdentity");
-    const perKey = limits.perKey === undefined ? undefined : this.rateLimit(limits.perKey, "rateLimits.perKey");
-    // `rules` is required (an empty list is fine): a truncated or half-written file then fails
-    // instead of silently denying everything.
-    if (top.rules === undefined) this.problems.push("rules: required (a list; an empty list denies every call)");
-    const rules = this.list(top.rules, "rules", false).flatMap((r, i) => this.rule(r, i, allowAnonymousOnLoopback) ?? []);
+const nonEmptyString = v.custom<string>((s) => typeof s === "string" && s.length > 0, "must be a non-empty string");
+const TRUE_OR_FALSE = "must be true or false";
+const flag = v.optional(v.boolean(TRUE_OR_FALSE), false);
+
+/** Reports `message` about the value itself, whatever else was found (a check that never passes). */
+const problem = <T>(message: string) => v.rawCheck<T>(({ addIssue }) => addIssue({ message }));
+/** A schema that only reports `message`, checking nothing below the value. */
+const refuse = (message: string) => v.pipe(v.unknown(), problem(message));
+
+/** A mapping that names exactly one of `kinds`, each checked by its schema; with none or several, that alone (and unknown keys) is reported. */
+function exactlyOne<K extends string>(kinds: readonly K[], schemas: Record<K, v.GenericSchema>) {
+  const loose = Object.fromEntries(kinds.map((k) => [k, v.optional(v.unknown())]));
+  const strict = Object.fromEntries(kinds.map((k) => [k, v.optional(schemas[k])]));
+  return v.lazy((input) => {
+    if (!isMapping(input)) return mapping({});
+    const found = kinds.filter((k) => input[k] !== undefined);
+    if (found.length === 1) return mapping(strict);
+    return v.pipe(mapping(loose), problem(`needs exactly one of ${kinds.join(", ")}${found.length > 1 ? ` (found ${found.join(", ")})` : ""}`));
+  });
+}
+
+/** Why a bare `mtls:` pattern (a URI SAN glob) is refused, if it is. */
+function bareMtlsProblem(raw: string): string | undefined {
+  const prefix = /^(dns|cn|uri):/i.exec(raw)?.[1]?.toLowerCase();
+  if (prefix === "uri") return `${JSON.stringify(raw)} would match only a URI SAN that starts with "uri:"; a bare pattern already means a URI SAN, write mtls: ${JSON.stringify(raw.slice(4))}`;
+  if (prefix === "dns" || prefix === "cn")
+    return `${JSON.stringify(raw)} would match only a URI SAN that reads so; for a ${prefix === "dns" ? "DNS SAN" : "certificate CN"} write mtls: { ${prefix}: ${JSON.stringify(raw.slice(prefix.length + 1))} } (or mtls: { uri: ${JSON.stringify(raw)} } for such a URI SAN)`;
+  if (raw === "") return "must be a non-empty string";
+  return undefined;
+}
+
+/**
+ * `mtls: "<glob>"` matches URI SANs (what it always meant for them); `mtls: { uri | dns | cn:
+ * "<glob>" }` names the kind. A bare pattern that starts with "dns:", "cn:" or "uri:" is
+ * refused: it would match only a URI SAN of that form, never what its author meant.
+ */
+const mtlsSchema = v.lazy((input) => {
+  if (typeof input === "string")
+    return v.custom<string>(
+      (s) => typeof s === "string" && bareMtlsProblem(s) === undefined,
+      (issue) => bareMtlsProblem(issue.input as string) ?? "invalid",
+    );
+  if (isMapping(input)) return exactlyOne(MTLS_SOURCES, { uri: nonEmptyString, dns: nonEmptyString, cn: nonEmptyString });
+  return refuse("must be a URI SAN glob or a mapping with one of uri, dns, cn");
+});
+
+const CLAIM_VALUE = "must be a string (glob), a number, a boolean or a list of them";
+const claimScalar = v.custom<string | number | boolean>((x) => typeof x === "string" || typeof x === "number" || typeof x === "boolean", CLAIM_VALUE);
+const claimSchema = v.lazy((input) => (Array.isArray(input) ? v.pipe(v.array(claimScalar), v.minLength(1, "must not be an empty list")) : claimScalar));
+
+const jwtMatcherSchema = mapping({
+  issuer: nonEmptyString,
+  claims: v.optional(v.pipe(v.custom<Obj>(isMapping, "must be a mapping"), v.record(v.string(), claimSchema))),
+});
+
+const matcherSchema = exactlyOne(MATCHER_KINDS, { mtls: mtlsSchema, jwt: jwtMatcherSchema, anonymous: v.literal(true, "must be true") });
+
+const RATE = "must be a number above 0";
+const BURST = "must be an integer of at least 1";
+const rateLimitSchema = mapping(
+  {
+    ratePerSecond: v.custom<number>((r) => typeof r === "number" && Number.isFinite(r) && r > 0, RATE),
+    burst: v.custom<number>((b) => typeof b === "number" && Number.isInteger(b) && b >= 1, BURST),
+  },
+  { ratePerSecond: RATE, burst: BURST },
+);
+
+const nonEmptyList = <S extends v.GenericSchema>(item: S) => v.pipe(v.array(item, "must be a list"), v.minLength(1, "must not be empty"));
+
+const ruleSchema = mapping(
+  {
+    name: nonEmptyString,
+    match: v.lazy((input) => (Array.isArray(input) ? nonEmptyList(matcherSchema) : matcherSchema)),
+    keys: nonEmptyList(nonEmptyString),
+    methods: v.optional(
+      nonEmptyList(
+        v.custom<SignerMethod>(
+          (m) => typeof m === "string" && isSignerMethod(m),
+          (issue) => `${JSON.stringify(issue.input)} is not one of ${SIGNER_METHODS.join(", ")}`,
+        ),
+      ),
+    ),
+    allowOldVersions: flag,
+    rateLimit: v.optional(rateLimitSchema),
+  },
+  { keys: 'required (a list of key id globs, e.g. ["release-*"])' },
+);
+
+const isAnonymousMatcher = (m: unknown): boolean => isMapping(m) && m.anonymous === true && m.mtls === undefined && m.jwt === undefined;
+
+const policySchema = v.pipe(
+  mapping(
+    {
+      keysPublic: flag,
+      allowAnonymousOnLoopback: flag,
+      custodians: v.optional(
+        v.array(
+          v.pipe(
+            matcherSchema,
+            v.check((m) => !isAnonymousMatcher(m), "a custodian cannot be anonymous"),
+          ),
+          "must be a list",
+        ),
+        [],
+      ),
+      rateLimits: v.optional(mapping({ perIdentity: v.optional(rateLimitSchema), perKey: v.optional(rateLimitSchema) }), {}),
+      // Required (an empty list is fine): a truncated or half-written file then fails instead of
+      // silently denying everything.
+      rules: v.array(ruleSchema, "must be a list"),
+    },
+    { rules: "required (a list; an empty list denies every call)" },
+    "policy: must be a mapping",
+  ),
+  v.rawCheck(({ dataset, addIssue }) => {
+    const doc = dataset.value;
+    if (!isMapping(doc) || !Array.isArray(doc.rules)) return;
+    const rules = doc.rules as unknown[];
     const seen = new Set<string>();
-    for (const r of rules) {
-      if (seen.has(r.name)) this.problems.push(`rules: the name "${r.name}" is used more than once`);
-      seen.add(r.name);
-    }
-    return { keysPublic, allowAnonymousOnLoopback, custodians, perIdentity, perKey, rules };
-  }
-
-  private rule(raw: unknown, i: number, anonymousAllowed: boolean): Rule | undefined {
-    const where = `rules[${i}]`;
-    const o = this.mapping(raw, where, ["name", "match", "keys", "methods", "allowOldVersions", "rateLimit"]);
-    if (!o) return undefined;
-    const name = this.string(o.name, `${where}.name`);
-    const label = name === undefined ? where : `${where} (${name})`;
-    let match: Matcher[] = [];
-    if (o.match === undefined) this.problems.push(`${label}.match: required`);
-    else if (Array.isArray(o.match)) {
-      if (o.match.length === 0) this.problems.push(`${label}.match: must not be empty`);
-      match = o.match.flatMap((m, j) => this.matcher(m, `${label}.match[${j}]`) ?? []);
-    } else match = [this.matcher(o.match, `${label}.match`)].flatMap((m) => m ?? []);
-    if (!anonymousAllowed && match.some((m) => m.kind === "anonymous")) {
-      this.problems.push(`${label}.match: anonymous callers need allowAnonymousOnLoopback: true`);
-    }
-    if (o.keys === undefined) this.problems.push(`${label}.keys: required (a list of key id globs, e.g. ["release-*"])`);
-    const keys = this.list(o.keys, `${label}.keys`, true).flatMap((k, j) => {
-      const s = this.string(k, `${label}.keys[${j}]`);
-      return s === undefined ? [] : [new Glob(s)];
+    rules.forEach((rule, i) => {
+      if (!isMapping(rule)) return;
+      const match = Array.isArray(rule.match) ? (rule.match as unknown[]) : [rule.match];
+      if (doc.allowAnonymousOnLoopback !== true && match.some(isAnonymousMatcher)) {
+        addIssue({ message: "anonymous callers need allowAnonymousOnLoopback: true", path: [at(doc, "rules"), at(rules, i), at(rule, "match")] });
+      }
+      const name = rule.name;
+      if (typeof name !== "string" || name === "") return;
+      if (seen.has(name)) addIssue({ message: `the name "${name}" is used more than once`, path: [at(doc, "rules")] });
+      seen.add(name);
     });
-    let methods: Set<SignerMethod> = new Set(SIGNER_METHODS);
-    if (o.methods !== undefined) {
-      methods = new Set();
-      this.list(o.methods, `${label}.methods`, true).forEach((m, j) => {
-        if (typeof m === "string" && (SIGNER_METHODS as readonly string[]).includes(m)) methods.add(m as SignerMethod);
-        else this.problems.push(`${label}.methods[${j}]: ${JSON.stringify(m)} is not one of ${SIGNER_METHODS.join(", ")}`);
-      });
-    }
-    const allowOldVersions = this.bool(o.allowOldVersions, `${label}.allowOldVersions`) ?? false;
-    const rateLimit = o.rateLimit === undefined ? undefined : this.rateLimit(o.rateLimit, `${label}.rateLimit`);
-    if (name === undefined) return undefined;
-    return { name, match, keys, methods, allowOldVersions, rateLimit };
-  }
+  }),
+);
 
-  private matcher(raw: unknown, where: string): Matcher | undefined {
-    const o = this.mapping(raw, where, ["mtls", "jwt", "anonymous"]);
-    if (!o) return undefined;
-    const kinds = ["mtls", "jwt", "anonymous"].filter((k) => o[k] !== undefined);
-    if (kinds.length !== 1) {
-      this.problems.push(`${where}: needs exactly one of mtls, jwt, anonymous${kinds.length > 1 ? ` (found ${kinds.join(", ")})` : ""}`);
-      return undefined;
-    }
-    if (o.mtls !== undefined) return this.mtlsMatcher(o.mtls, `${where}.mtls`);
-    if (o.anonymous !== undefined) {
-      if (o.anonymous !== true) {
-        this.problems.push(`${where}.anonymous: must be true`);
-        return undefined;
-      }
-      return { kind: "anonymous" };
-    }
-    const j = this.mapping(o.jwt, `${where}.jwt`, ["issuer", "claims"]);
-    if (!j) return undefined;
-    const issuer = this.string(j.issuer, `${where}.jwt.issuer`);
-    const claims: { name: string; patterns: Glob[] }[] = [];
-    const c = j.claims === undefined ? {} : this.mapping(j.claims, `${where}.jwt.claims`);
-    for (const [name, v] of Object.entries(c ?? {})) {
-      const values = Array.isArray(v) ? v : [v];
-      if (values.length === 0) this.problems.push(`${where}.jwt.claims.${name}: must not be an empty list`);
-      const patterns: Glob[] = [];
-      for (const x of values) {
-        if (typeof x === "string" || typeof x === "number" || typeof x === "boolean") patterns.push(new Glob(String(x)));
-        else this.problems.push(`${where}.jwt.claims.${name}: must be a string (glob), a number, a boolean or a list of them`);
-      }
-      claims.push({ name, patterns });
-    }
-    return issuer === undefined ? undefined : { kind: "jwt", issuer: new Glob(issuer), claims };
-  }
+type MatcherDoc =
+  | { mtls: string | Partial<Record<MtlsIdentitySource, string>> }
+  | { jwt: { issuer: string; claims?: Record<string, string | number | boolean | (string | number | boolean)[]> } }
+  | { anonymous: true };
+type RateLimitDoc = { ratePerSecond: number; burst: number };
+interface RuleDoc {
+  name: string;
+  match: MatcherDoc | MatcherDoc[];
+  keys: string[];
+  methods?: SignerMethod[];
+  allowOldVersions: boolean;
+  rateLimit?: RateLimitDoc;
+}
+/** The document as the schema has checked it. */
+interface PolicyDoc {
+  keysPublic: boolean;
+  allowAnonymousOnLoopback: boolean;
+  custodians: MatcherDoc[];
+  rateLimits: { perIdentity?: RateLimitDoc; perKey?: RateLimitDoc };
+  rules: RuleDoc[];
+}
 
-  /**
-   * `mtls: "<glob>"` matches URI SANs (what it always meant for them); `mtls: { uri | dns | cn:
-   * "<glob>" }` names the kind. A bare pattern that starts with "dns:", "cn:" or "uri:" is
-   * refused: it would match only a URI SAN of that form, never what its author meant.
-   */
-  private mtlsMatcher(raw: unknown, where: string): Matcher | undefined {
-    if (typeof raw === "string") {
-      const prefix = /^(dns|cn|uri):/i.exec(raw)?.[1]?.toLowerCase();
-      if (prefix === "uri") {
-        this.problems.push(`${where}: ${JSON.stringify(raw)} would match only a URI SAN that starts with "uri:"; a bare pattern already means a URI SAN, write mtls: ${JSON.stringify(raw.slice(4))}`);
-        return undefined;
-      }
-      if (prefix === "dns" || prefix === "cn") {
-        this.problems.push(
-          `${where}: ${JSON.stringify(raw)} would match only a URI SAN that reads so; for a ${prefix === "dns" ? "DNS SAN" : "certificate CN"} write mtls: { ${prefix}: ${JSON.stringify(raw.slice(prefix.length + 1))} } (or mtls: { uri: ${JSON.stringify(raw)} } for such a URI SAN)`,
-        );
-        return undefined;
-      }
-    }
-    if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
-      const o = this.mapping(raw, where, ["uri", "dns", "cn"]);
-      if (!o) return undefined;
-      const kinds = MTLS_SOURCES.filter((k) => o[k] !== undefined);
-      if (kinds.length !== 1) {
-        this.problems.push(`${where}: needs exactly one of uri, dns, cn${kinds.length > 1 ? ` (found ${kinds.join(", ")})` : ""}`);
-        return undefined;
-      }
-      const source = kinds[0] as MtlsIdentitySource;
-      const id = this.string(o[source], `${where}.${source}`);
-      return id === undefined ? undefined : { kind: "mtls", source, id: new Glob(id) };
-    }
-    if (typeof raw !== "string") {
-      this.problems.push(`${where}: must be a URI SAN glob or a mapping with one of uri, dns, cn`);
-      return undefined;
-    }
-    const id = this.string(raw, where);
-    return id === undefined ? undefined : { kind: "mtls", source: "uri", id: new Glob(id) };
-  }
+function matcherOf(m: MatcherDoc): Matcher {
+  if ("anonymous" in m) return { kind: "anonymous" };
+  if ("jwt" in m)
+    return {
+      kind: "jwt",
+      issuer: new Glob(m.jwt.issuer),
+      claims: Object.entries(m.jwt.claims ?? {}).map(([name, x]) => ({ name, patterns: (Array.isArray(x) ? x : [x]).map((p) => new Glob(String(p))) })),
+    };
+  if (typeof m.mtls === "string") return { kind: "mtls", source: "uri", id: new Glob(m.mtls) };
+  const mtls = m.mtls;
+  const source = MTLS_SOURCES.find((k) => mtls[k] !== undefined) as MtlsIdentitySource;
+  return { kind: "mtls", source, id: new Glob(mtls[source] as string) };
+}
 
-  private rateLimit(raw: unknown, where: string): RateLimitSpec | undefined {
-    const o = this.mapping(raw, where, ["ratePerSecond", "burst"]);
-    if (!o) return undefined;
-    const rate = o.ratePerSecond;
-    const burst = o.burst;
-    const rateOk = typeof rate === "number" && Number.isFinite(rate) && rate > 0;
-    const burstOk = typeof burst === "number" && Number.isInteger(burst) && burst >= 1;
-    if (!rateOk) this.problems.push(`${where}.ratePerSecond: must be a number above 0`);
-    if (!burstOk) this.problems.push(`${where}.burst: must be an integer of at least 1`);
-    return rateOk && burstOk ? { ratePerSecond: rate, burst } : undefined;
-  }
-
-  /** `where` names the value in problems; the top level is "policy", but its keys are named bare. */
-  private mapping(v: unknown, where: string, known?: string[]): Obj | undefined {
-    if (typeof v !== "object" || v === null || Array.isArray(v)) {
-      this.problems.push(`${where}: must be a mapping`);
-      return undefined;
-    }
-    const prefix = where === "policy" ? "" : `${where}.`;
-    if (known) for (const k of Object.keys(v)) if (!known.includes(k)) this.problems.push(`${prefix}${k}: unknown setting`);
-    return v as Obj;
-  }
-
-  private list(v: unknown, where: string, nonEmpty: boolean): unknown[] {
-    if (v === undefined) return [];
-    if (!Array.isArray(v)) {
-      this.problems.push(`${where}: must be a list`);
-      return [];
-    }
-    if (nonEmpty && v.length === 0) this.problems.push(`${where}: must not be empty`);
-    return v;
-  }
-
-  private string(v: unknown, where: string): string | undefined {
-    if (typeof v === "string" && v.length > 0) return v;
-    this.problems.push(`${where}: ${v === undefined ? "required" : "must be a non-empty string"}`);
-    return undefined;
-  }
-
-  private bool(v: unknown, where: string): boolean | undefined {
-    if (v === undefined || typeof v === "boolean") return v;
-    this.problems.push(`${where}: must be true or false`);
-    return undefined;
-  }
+/** The checked document as the Policy evaluates it (globs compiled), deep-frozen. */
+function policyDataOf(doc: PolicyDoc): PolicyData {
+  const spec = (r: RateLimitDoc | undefined): RateLimitSpec | undefined => (r ? { ratePerSecond: r.ratePerSecond, burst: r.burst } : undefined);
+  return deepFreeze({
+    keysPublic: doc.keysPublic,
+    allowAnonymousOnLoopback: doc.allowAnonymousOnLoopback,
+    custodians: doc.custodians.map(matcherOf),
+    perIdentity: spec(doc.rateLimits.perIdentity),
+    perKey: spec(doc.rateLimits.perKey),
+    rules: doc.rules.map((r) => ({
+      name: r.name,
+      match: (Array.isArray(r.match) ? r.match : [r.match]).map(matcherOf),
+      keys: r.keys.map((k) => new Glob(k)),
+      methods: new Set(r.methods ?? SIGNER_METHODS),
+      allowOldVersions: r.allowOldVersions,
+      rateLimit: spec(r.rateLimit),
+    })),
+  });
 }
 
 function deny(reason: string): PolicyDecision {
@@ -331,10 +346,10 @@ export class Policy {
     const root: unknown = doc.toJS();
     // An empty file is more likely a half-written one than a wish to deny everything.
     if (root === undefined || root === null) throw new PolicyInvalidError(source, ["the policy is empty (write `rules: []` to deny every call)"]);
-    const parser = new PolicyParser();
-    const data = parser.parse(root);
-    if (parser.problems.length > 0) throw new PolicyInvalidError(source, parser.problems);
-    return new Policy(data);
+    const r = validate(policySchema, root, { rules: "name" });
+    if (!r.ok) throw new PolicyInvalidError(source, r.problems);
+    // The schema checked this shape; its one-of-several parts (v.lazy) do not carry their types.
+    return new Policy(policyDataOf(r.value as unknown as PolicyDoc));
   }
 
   static async load(file: string): Promise<Policy> {

@@ -2,7 +2,10 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { isAbsolute, resolve } from "node:path";
 import type pg from "pg";
+import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
+import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
+import { integer, optionalString, readProblem, secondsAsMs } from "./config-fields.js";
 
 /** The whole connection string, when the configuration has no audit.postgres (compose, simple setups). */
 export const DATABASE_URL_ENV = "HSM_SIGNER_AUDIT_DATABASE_URL";
@@ -39,141 +42,142 @@ export interface AuditClusterConfig {
   checkpoints: AuditCheckpointConfig | undefined;
 }
 
-type Obj = Record<string, unknown>;
 const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|::1|\[::1\])$/;
+const SECRETS = "secrets never go in the configuration file; use audit.postgres.passwordFile/passwordEnv or urlFile/urlEnv";
 
 /**
- * Reads audit.replicaId, audit.postgres and audit.checkpoints, adding every problem to `problems`.
- * Relative paths are relative to `base` (the configuration file's folder).
+ * The entries of audit.replicaId, audit.postgres and audit.checkpoints in the configuration's schema
+ * (config.ts), with the environment already merged in (withAuditEnv). Relative paths are relative
+ * to the configuration file's folder (`path`); files are read, variables looked up, so that every
+ * problem is listed with the rest.
  */
-export function parseAuditCluster(audit: Obj, base: string, env: NodeJS.ProcessEnv, problems: string[]): AuditClusterConfig {
-  const abs = (v: string): string => (isAbsolute(v) ? v : resolve(base, v));
-  const str = (o: Obj, k: string, where: string): string | undefined => {
-    const v = o[k];
-    if (v === undefined || v === null || v === "") return undefined;
-    if (typeof v !== "string") {
-      problems.push(`${where}.${k}: must be a string`);
-      return undefined;
-    }
-    return v;
-  };
-  const int = (o: Obj, k: string, where: string, def: number, min: number, max: number): number => {
-    const v = o[k];
-    if (v === undefined) return def;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-      problems.push(`${where}.${k}: must be an integer from ${min} to ${max}`);
-      return def;
-    }
-    return v;
-  };
-  const mapping = (o: Obj, k: string, where: string): Obj | undefined => {
-    const v = o[k];
-    if (v === undefined || v === null) return undefined;
-    if (typeof v !== "object" || Array.isArray(v)) {
-      problems.push(`${where}.${k}: must be a mapping`);
-      return undefined;
-    }
-    return v as Obj;
-  };
-  const replicaId = env[REPLICA_ID_ENV] || str(audit, "replicaId", "audit") || hostname();
-  if (replicaId.length > 200 || /[\x00-\x1f]/.test(replicaId)) problems.push("audit.replicaId: 1 to 200 printable characters");
-
-  let postgres: AuditPostgresConfig | undefined;
-  let pgSection = mapping(audit, "postgres", "audit");
-  if (!pgSection && env[DATABASE_URL_ENV]) pgSection = { urlEnv: DATABASE_URL_ENV };
-  if (pgSection) {
-    const w = "audit.postgres";
-    for (const k of ["password", "url", "connectionString"]) {
-      if (k in pgSection) problems.push(`${w}.${k}: secrets never go in the configuration file; use ${w}.passwordFile/passwordEnv or urlFile/urlEnv`);
-    }
-    const known = new Set([
-      "host",
-      "port",
-      "database",
-      "user",
-      "passwordFile",
-      "passwordEnv",
-      "urlFile",
-      "urlEnv",
-      "tls",
-      "timeoutSeconds",
-      "lockWaitSeconds",
-      "migrate",
-      "password",
-      "url",
-      "connectionString",
-    ]);
-    for (const k of Object.keys(pgSection)) if (!known.has(k)) problems.push(`${w}.${k}: unknown setting`);
-    const host = str(pgSection, "host", w);
-    const port = int(pgSection, "port", w, 5432, 1, 65535);
-    const database = str(pgSection, "database", w);
-    const user = str(pgSection, "user", w);
-    const passwordFile = str(pgSection, "passwordFile", w);
-    const passwordEnv = str(pgSection, "passwordEnv", w);
-    const urlFile = str(pgSection, "urlFile", w);
-    const urlEnv = str(pgSection, "urlEnv", w);
-    if (passwordFile && passwordEnv) problems.push(`${w}: passwordFile or passwordEnv, not both`);
-    if (urlFile && urlEnv) problems.push(`${w}: urlFile or urlEnv, not both`);
-    const byUrl = Boolean(urlFile || urlEnv);
-    if (byUrl && (host || database || user || passwordFile || passwordEnv)) problems.push(`${w}: a connection string (urlFile/urlEnv) or host/database/user/password settings, not both`);
-    if (!byUrl && !host) problems.push(`${w}.host: required (or urlFile/urlEnv)`);
-    if (urlEnv && !env[urlEnv]) problems.push(`${w}.urlEnv: the environment variable ${urlEnv} is not set`);
-    if (passwordEnv && !env[passwordEnv]) problems.push(`${w}.passwordEnv: the environment variable ${passwordEnv} is not set`);
-    const tlsSection = mapping(pgSection, "tls", w) ?? {};
-    const caFile = str(tlsSection, "caFile", `${w}.tls`);
-    const serverName = str(tlsSection, "serverName", `${w}.tls`);
-    if (tlsSection.disable !== undefined && typeof tlsSection.disable !== "boolean") problems.push(`${w}.tls.disable: true or false`);
-    const disable = tlsSection.disable === true;
-    if (disable && caFile) problems.push(`${w}.tls: caFile or disable, not both`);
-    // Without TLS the records (and the password) cross the network in the clear: only over
-    // loopback or a Unix socket, unless the operator says so (a network they trust).
-    if (!byUrl && host && !caFile && !disable && !LOOPBACK.test(host) && !host.startsWith("/")) {
-      problems.push(`${w}.tls.caFile: required for ${host} (TLS to the database), or tls.disable: true on a network you trust`);
-    }
-    const files: [string, string | undefined][] = [
-      [`${w}.passwordFile`, passwordFile],
-      [`${w}.urlFile`, urlFile],
-      [`${w}.tls.caFile`, caFile],
-    ];
-    for (const [k, p] of files) {
-      if (p) {
-        try {
-          readFileSync(abs(p));
-        } catch (e) {
-          problems.push(`${k}: cannot read ${abs(p)} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
-        }
+export function auditClusterEntries(path: (p: string) => string, env: NodeJS.ProcessEnv) {
+  const file = v.pipe(
+    optionalString,
+    v.transform((p) => (p === undefined ? undefined : path(p))),
+    v.check(
+      (p) => p === undefined || readProblem(p) === undefined,
+      (issue) => `cannot read ${String(issue.input)} (${readProblem(issue.input as string) ?? "error"})`,
+    ),
+  );
+  const variable = v.pipe(
+    optionalString,
+    v.check(
+      (name) => name === undefined || Boolean(env[name]),
+      (issue) => `the environment variable ${String(issue.input)} is not set`,
+    ),
+  );
+  const postgres = v.pipe(
+    mapping({
+      host: optionalString,
+      port: integer(1, 65535, 5432),
+      database: optionalString,
+      user: optionalString,
+      passwordFile: file,
+      passwordEnv: variable,
+      urlFile: file,
+      urlEnv: variable,
+      tls: v.optional(mapping({ caFile: file, serverName: optionalString, disable: v.optional(v.boolean("true or false"), false) }), {}),
+      timeoutSeconds: secondsAsMs(1, 600, 10),
+      lockWaitSeconds: secondsAsMs(0, 3600, 60),
+      migrate: v.optional(v.boolean("true or false"), true),
+      password: v.optional(v.custom<never>(() => false, SECRETS)),
+      url: v.optional(v.custom<never>(() => false, SECRETS)),
+      connectionString: v.optional(v.custom<never>(() => false, SECRETS)),
+    }),
+    v.rawCheck(({ dataset, addIssue }) => {
+      const p = dataset.value;
+      if (!isMapping(p)) return;
+      const tls = isMapping(p.tls) ? p.tls : {};
+      const byUrl = Boolean(p.urlFile || p.urlEnv);
+      if (p.passwordFile && p.passwordEnv) addIssue({ message: "passwordFile or passwordEnv, not both" });
+      if (p.urlFile && p.urlEnv) addIssue({ message: "urlFile or urlEnv, not both" });
+      if (byUrl && (p.host || p.database || p.user || p.passwordFile || p.passwordEnv)) addIssue({ message: "a connection string (urlFile/urlEnv) or host/database/user/password settings, not both" });
+      if (!byUrl && !p.host) addIssue({ message: "required (or urlFile/urlEnv)", path: [at(p, "host")] });
+      if (tls.disable === true && tls.caFile) addIssue({ message: "caFile or disable, not both", path: [at(p, "tls")] });
+      // Without TLS the records (and the password) cross the network in the clear: only over
+      // loopback or a Unix socket, unless the operator says so (a network they trust).
+      const host = p.host;
+      if (!byUrl && typeof host === "string" && !tls.caFile && tls.disable !== true && !LOOPBACK.test(host) && !host.startsWith("/")) {
+        addIssue({ message: `required for ${host} (TLS to the database), or tls.disable: true on a network you trust`, path: [at(p, "tls"), at(tls, "caFile")] });
       }
-    }
-    const migrate = pgSection.migrate;
-    if (migrate !== undefined && typeof migrate !== "boolean") problems.push(`${w}.migrate: true or false`);
-    postgres = {
-      host,
-      port,
-      database,
-      user,
-      passwordFile: passwordFile ? abs(passwordFile) : undefined,
-      passwordEnv,
-      urlFile: urlFile ? abs(urlFile) : undefined,
-      urlEnv,
-      tls: { caFile: caFile ? abs(caFile) : undefined, serverName, disable },
-      timeoutMs: int(pgSection, "timeoutSeconds", w, 10, 1, 600) * 1000,
-      lockWaitMs: int(pgSection, "lockWaitSeconds", w, 60, 0, 3600) * 1000,
-      migrate: migrate !== false,
-    };
-  }
+    }),
+  );
+  const checkpoints = mapping(
+    {
+      keyId: v.pipe(
+        optionalString,
+        v.check((k) => k !== undefined, "required (the EC key in the HSM that signs checkpoints)"),
+      ),
+      everyRecords: integer(1, 10_000_000, 1000),
+      everySeconds: secondsAsMs(1, 86_400, 60),
+    },
+    { keyId: "required (the EC key in the HSM that signs checkpoints)" },
+  );
+  return {
+    replicaId: v.pipe(
+      optionalString,
+      v.transform((id) => id ?? hostname()),
+      v.check((id) => id.length <= 200 && !/[\x00-\x1f]/.test(id), "1 to 200 printable characters"),
+    ),
+    postgres: v.optional(v.nullable(postgres)),
+    checkpoints: v.optional(v.nullable(checkpoints)),
+  };
+}
 
-  let checkpoints: AuditCheckpointConfig | undefined;
-  const cpSection = mapping(audit, "checkpoints", "audit") ?? (env[CHECKPOINT_KEY_ENV] ? {} : undefined);
-  if (cpSection) {
-    const keyId = env[CHECKPOINT_KEY_ENV] || str(cpSection, "keyId", "audit.checkpoints");
-    if (!keyId) problems.push("audit.checkpoints.keyId: required (the EC key in the HSM that signs checkpoints)");
-    checkpoints = {
-      keyId: keyId ?? "",
-      everyRecords: int(cpSection, "everyRecords", "audit.checkpoints", 1000, 1, 10_000_000),
-      everyMs: int(cpSection, "everySeconds", "audit.checkpoints", 60, 1, 86_400) * 1000,
-    };
+/**
+ * The environment's part in the audit section, merged into (a copy of) it before validation:
+ * HSM_SIGNER_REPLICA_ID, a whole connection string when there is no audit.postgres, the
+ * checkpoint key.
+ */
+export function withAuditEnv(audit: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out = { ...audit };
+  if (env[REPLICA_ID_ENV]) out.replicaId = env[REPLICA_ID_ENV];
+  if ((out.postgres === undefined || out.postgres === null) && env[DATABASE_URL_ENV]) out.postgres = { urlEnv: DATABASE_URL_ENV };
+  if (env[CHECKPOINT_KEY_ENV]) {
+    if (out.checkpoints === undefined || out.checkpoints === null) out.checkpoints = {};
+    if (isMapping(out.checkpoints)) out.checkpoints = { ...out.checkpoints, keyId: env[CHECKPOINT_KEY_ENV] };
   }
-  return { replicaId, postgres, checkpoints };
+  return out;
+}
+
+type AuditClusterOutput = v.InferOutput<v.ObjectSchema<ReturnType<typeof auditClusterEntries>, undefined>>;
+
+/** The validated entries as the services take them. */
+export function auditClusterConfig(a: AuditClusterOutput): AuditClusterConfig {
+  const p = a.postgres;
+  const cp = a.checkpoints;
+  return {
+    replicaId: a.replicaId,
+    postgres: p
+      ? {
+          host: p.host,
+          port: p.port,
+          database: p.database,
+          user: p.user,
+          passwordFile: p.passwordFile,
+          passwordEnv: p.passwordEnv,
+          urlFile: p.urlFile,
+          urlEnv: p.urlEnv,
+          tls: { caFile: p.tls.caFile, serverName: p.tls.serverName, disable: p.tls.disable },
+          timeoutMs: p.timeoutSeconds,
+          lockWaitMs: p.lockWaitSeconds,
+          migrate: p.migrate,
+        }
+      : undefined,
+    checkpoints: cp ? { keyId: cp.keyId as string, everyRecords: cp.everyRecords, everyMs: cp.everySeconds } : undefined,
+  };
+}
+
+/**
+ * The audit section alone (the audit commands, which need no HSM or TLS settings): its cluster
+ * entries validated, its other settings ignored. Throws CONFIG_INVALID listing every problem.
+ */
+export function parseAuditCluster(audit: unknown, base: string, env: NodeJS.ProcessEnv, source: string): AuditClusterConfig {
+  const path = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const r = validate(v.looseObject(auditClusterEntries(path, env), "must be a mapping"), withAuditEnv(isMapping(audit) ? audit : {}, env));
+  if (!r.ok) throw new SignerError("CONFIG_INVALID", `configuration ${source} has ${r.problems.length} problem(s):\n  - ${r.problems.map((p) => `audit.${p}`).join("\n  - ")}`);
+  return deepFreeze(auditClusterConfig(r.value));
 }
 
 function readSecret(file: string, what: string): string {

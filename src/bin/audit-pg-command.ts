@@ -22,9 +22,7 @@ async function connect(configFile: string | undefined, database: boolean | undef
       throw new SignerError("CONFIG_INVALID", `cannot read configuration ${configFile}: ${(e as Error).message}`);
     }
     const audit = ((raw ?? {}) as { audit?: unknown }).audit;
-    const problems: string[] = [];
-    const c = parseAuditCluster(typeof audit === "object" && audit !== null ? (audit as Record<string, unknown>) : {}, dirname(resolve(configFile)), process.env, problems);
-    if (problems.length > 0) throw new SignerError("CONFIG_INVALID", `configuration ${configFile} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
+    const c = parseAuditCluster(audit, dirname(resolve(configFile)), process.env, configFile);
     if (!c.postgres) throw new UsageError(`${configFile} has no audit.postgres`);
     conn = postgresConnection(c.postgres);
   } else if (database) {

@@ -1,16 +1,20 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
+import * as v from "valibot";
 import { parse as parseYaml } from "yaml";
 import { auditDirProblem, DEFAULT_WRITE_TIMEOUT_MS } from "../audit/index.js";
+import { jwtIssuersSchema, mtlsIdentityFromSchema } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
 import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
 import type { LogLevel } from "../log/index.js";
+import { deepFreeze, isMapping, mapping, pathOf, problemsOf } from "../schema/index.js";
 import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 
 /** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
-import { parseAuditCluster, type AuditClusterConfig } from "./audit-cluster-config.js";
+import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
+import { integer, isHostPort, optionalHostPort, optionalString, readProblem, secondsAsMs } from "./config-fields.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -57,10 +61,188 @@ export interface ConfigFiles {
 export type ConfigFilesCheck = (files: ConfigFiles, env: NodeJS.ProcessEnv) => string[];
 
 type Obj = Record<string, unknown>;
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+const DEFAULT_JWT_ALGORITHMS = ["RS256", "ES256"];
+
+/** Where the environment overrides a setting: [section (undefined: top level), key, variable]. */
+const ENV_OVERRIDES: readonly [string | undefined, string, string][] = [
+  [undefined, "listen", "HSM_SIGNER_LISTEN"],
+  ["hsm", "module", "HSM_SIGNER_HSM_MODULE"],
+  ["hsm", "tokenLabel", "HSM_SIGNER_TOKEN_LABEL"],
+  ["hsm", "tokenSerial", "HSM_SIGNER_TOKEN_SERIAL"],
+  ["hsm", "pinFile", "HSM_SIGNER_PIN_FILE"],
+  ["log", "level", "HSM_SIGNER_LOG_LEVEL"],
+  ["policy", "file", "HSM_SIGNER_POLICY_FILE"],
+  ["audit", "dir", "HSM_SIGNER_AUDIT_DIR"],
+  ["metrics", "listen", "HSM_SIGNER_METRICS_LISTEN"],
+  ["metrics", "grpcHealthListen", "HSM_SIGNER_GRPC_HEALTH_LISTEN"],
+  ["admin", "listen", "HSM_SIGNER_ADMIN_LISTEN"],
+];
+
+/** The file's settings with HSM_SIGNER_* overrides merged in (a copy; a section that is not a mapping stays as it is, a problem). */
+function withEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
+  if (!isMapping(raw)) return raw;
+  const root: Obj = { ...raw };
+  const section = (name: string): Obj | undefined => {
+    const s = root[name] ?? {};
+    if (!isMapping(s)) return undefined;
+    return (root[name] = { ...s });
+  };
+  for (const [name, key, variable] of ENV_OVERRIDES) {
+    const value = env[variable];
+    if (value === undefined) continue;
+    const target = name === undefined ? root : section(name);
+    if (target) target[key] = value;
+  }
+  const grace = env.HSM_SIGNER_SHUTDOWN_GRACE_SECONDS;
+  if (grace !== undefined && grace !== "") {
+    const shutdown = section("shutdown");
+    if (shutdown) shutdown.graceSeconds = Number(grace);
+  }
+  const audit = root.audit ?? {};
+  if (isMapping(audit)) root.audit = withAuditEnv(audit, env);
+  return root;
+}
+
+/**
+ * The configuration file's schema: every setting, its default, its bounds, and the rules between
+ * settings; relative paths resolved from `base`; files serve reads at once are read.
+ */
+function configSchema(base: string, env: NodeJS.ProcessEnv) {
+  const resolvePath = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const path = v.pipe(
+    optionalString,
+    v.transform((p) => (p === undefined ? undefined : resolvePath(p))),
+  );
+  /** A path that must be readable when given (TLS material: serve reads it at once). */
+  const readablePath = v.pipe(
+    path,
+    v.check(
+      (p) => p === undefined || readProblem(p) === undefined,
+      (issue) => `cannot read ${String(issue.input)} (${readProblem(issue.input as string) ?? "error"})`,
+    ),
+  );
+  const section = <E extends v.ObjectEntries>(entries: E) => {
+    const m = mapping(entries);
+    return v.optional(m, () => ({}) as v.InferInput<typeof m>);
+  };
+  const schema = mapping(
+    {
+      listen: v.optional(
+        v.custom<string>(isHostPort, (issue) => `"${String(issue.input)}" is not host:port`),
+        "127.0.0.1:8443",
+      ),
+      tls: section({ insecure: v.optional(v.boolean("true or false"), false), certFile: readablePath, keyFile: readablePath, clientCaFile: readablePath }),
+      hsm: section({
+        module: path,
+        tokenLabel: optionalString,
+        tokenSerial: optionalString,
+        pin: v.optional(v.custom<never>(() => false, "the PIN never goes in the configuration file; use hsm.pinFile or hsm.pinEnv")),
+        pinFile: path,
+        pinEnv: v.pipe(
+          optionalString,
+          v.transform((name) => name ?? DEFAULT_PIN_ENV),
+        ),
+        sessions: integer(1, 256, DEFAULT_POOL_SIZE),
+        keyRefreshSeconds: secondsAsMs(0, 86400, DEFAULT_KEY_REFRESH_MS / 1000),
+        signStallSeconds: secondsAsMs(1, 3600, DEFAULT_SIGN_STALL_MS / 1000),
+      }),
+      limits: section({ maxPayloadBytes: integer(1, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES), maxDeadlineSeconds: secondsAsMs(1, 3600, DEFAULT_MAX_DEADLINE_MS / 1000) }),
+      log: section({
+        level: v.optional(
+          v.custom<LogLevel>(
+            (l) => (LOG_LEVELS as readonly unknown[]).includes(l),
+            (issue) => `"${String(issue.input)}" is not debug, info, warn or error`,
+          ),
+          "info",
+        ),
+      }),
+      auth: section({
+        mtlsIdentityFrom: v.optional(mtlsIdentityFromSchema, () => ["uri" as const, "dns" as const, "cn" as const]),
+        jwt: v.optional(jwtIssuersSchema({ path: resolvePath, defaultAlgorithms: DEFAULT_JWT_ALGORITHMS }), []),
+      }),
+      policy: section({ file: path }),
+      audit: section({
+        // Where it is, not who may write there: that is checked when serve opens it (another user here).
+        dir: v.pipe(
+          path,
+          v.check(
+            (d) => d === undefined || auditDirProblem(d, { writable: false }) === undefined,
+            (issue) => auditDirProblem(issue.input as string, { writable: false }) ?? "invalid",
+          ),
+        ),
+        maxFileBytes: integer(4096, 2 ** 40, DEFAULT_AUDIT_MAX_FILE_BYTES),
+        fsync: v.optional(v.boolean("true or false"), true),
+        writeTimeoutSeconds: secondsAsMs(1, 600, DEFAULT_WRITE_TIMEOUT_MS / 1000),
+        ...auditClusterEntries(resolvePath, env),
+      }),
+      metrics: section({ listen: optionalHostPort, grpcHealthListen: optionalHostPort }),
+      admin: section({ listen: optionalHostPort, certFile: path, keyFile: path, clientCaFile: path }),
+      shutdown: section({ graceSeconds: secondsAsMs(0, 3600, 10) }),
+    },
+    {},
+    "the configuration must be a mapping",
+  );
+  return v.pipe(
+    schema,
+    v.rawCheck(({ dataset, addIssue }) => crossChecks(dataset.value, addIssue)),
+  );
+}
+
+/** The rules between settings, on what was parsed so far (a part may be invalid, and is then skipped). */
+function crossChecks(value: unknown, addIssue: (info: { message: string }) => void): void {
+  if (!isMapping(value)) return;
+  const problem = (message: string): void => addIssue({ message });
+  const sec = (name: string): Obj => (isMapping(value[name]) ? value[name] : {});
+  const [tls, hsm, policy, audit, admin] = ["tls", "hsm", "policy", "audit", "admin"].map(sec) as [Obj, Obj, Obj, Obj, Obj];
+  if (tls.insecure === true) {
+    if (isHostPort(value.listen) && !isLoopbackAddress(value.listen)) problem(`tls.insecure: plaintext is only allowed on a loopback address, and listen is ${value.listen}`);
+  } else {
+    if (!tls.certFile) problem("tls.certFile: required (or tls.insecure: true on a loopback address)");
+    if (!tls.keyFile) problem("tls.keyFile: required (or tls.insecure: true on a loopback address)");
+  }
+  if (!hsm.module) problem("hsm.module: required (path of the PKCS#11 library)");
+  if (!hsm.tokenLabel && !hsm.tokenSerial) problem("hsm.tokenLabel or hsm.tokenSerial: one is required");
+  if (!policy.file) problem("policy.file: required (who may use which key; deny by default)");
+  if (!audit.dir && !audit.postgres) problem("audit.dir: required (every request is audited), or audit.postgres");
+  if (admin.listen) {
+    const files = adminFiles(admin, tls);
+    if (!files.certFile || !files.keyFile) problem("admin.certFile and admin.keyFile (or tls.certFile and tls.keyFile): required, KeyAdmin is TLS only");
+    if (!files.clientCaFile) problem("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
+    for (const k of ["certFile", "keyFile", "clientCaFile"] as const) {
+      const p = files[k];
+      if (p && readProblem(p) !== undefined) problem(`admin.${k}: cannot read ${p}`);
+    }
+  }
+}
+
+const str = (x: unknown): string | undefined => (typeof x === "string" && x !== "" ? x : undefined);
+
+/** KeyAdmin's TLS material: its own, else the Signer listener's. */
+function adminFiles(admin: Obj, tls: Obj): { certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined } {
+  return { certFile: str(admin.certFile) ?? str(tls.certFile), keyFile: str(admin.keyFile) ?? str(tls.keyFile), clientCaFile: str(admin.clientCaFile) ?? str(tls.clientCaFile) };
+}
+
+/** What `config check` opens, from what was parsed (a setting with a problem of its own is left out: already reported). */
+function configFilesOf(value: unknown, bad: (path: string) => boolean): ConfigFiles {
+  const root = isMapping(value) ? value : {};
+  const sec = (name: string): Obj => (isMapping(root[name]) ? root[name] : {});
+  const [tls, hsm, policy, audit, admin, auth] = ["tls", "hsm", "policy", "audit", "admin", "auth"].map(sec) as [Obj, Obj, Obj, Obj, Obj, Obj];
+  const jwt = (Array.isArray(auth.jwt) ? (auth.jwt as unknown[]) : []).filter(isMapping).map((j) => ({ ...j, jwksFile: str(j.jwksFile), jwksCaFile: str(j.jwksCaFile) }) as JwtIssuerConfig);
+  return {
+    tls: { insecure: tls.insecure === true, certFile: str(tls.certFile), keyFile: str(tls.keyFile), clientCaFile: str(tls.clientCaFile) },
+    hsm: { module: str(hsm.module), pinFile: str(hsm.pinFile), pinEnv: str(hsm.pinEnv) ?? DEFAULT_PIN_ENV },
+    jwt,
+    policyFile: str(policy.file),
+    auditDir: bad("audit.dir") ? undefined : str(audit.dir),
+    admin: { listen: str(admin.listen), ...adminFiles(admin, tls) },
+  };
+}
 
 /**
  * Reads the YAML (or JSON) configuration, applies HSM_SIGNER_* environment overrides and
- * validates everything, reporting every problem at once. Relative paths are relative to the file.
+ * validates everything against one schema, reporting every problem at once. Relative paths are
+ * relative to the file. The result is deep-frozen.
  */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, checkFiles?: ConfigFilesCheck): Readonly<Config> {
   let raw: unknown;
@@ -69,188 +251,44 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
   } catch (e) {
     throw new SignerError("CONFIG_INVALID", `cannot read configuration ${file}: ${(e as Error).message}`);
   }
-  const base = dirname(resolve(file));
-  const problems: string[] = [];
-  const root = (raw ?? {}) as Obj;
-  const section = (name: string): Obj => {
-    const v = root[name];
-    if (v === undefined) return {};
-    if (typeof v !== "object" || v === null || Array.isArray(v)) {
-      problems.push(`${name}: must be a mapping`);
-      return {};
-    }
-    return v as Obj;
-  };
-  const tls = section("tls");
-  const hsm = section("hsm");
-  const limits = section("limits");
-  const log = section("log");
-  const str = (o: Obj, k: string, where: string, envName?: string): string | undefined => {
-    const e = envName ? env[envName] : undefined;
-    const v = e ?? o[k];
-    if (v === undefined || v === null || v === "") return undefined;
-    if (typeof v !== "string") {
-      problems.push(`${where}.${k}: must be a string`);
-      return undefined;
-    }
-    return v;
-  };
-  const path = (o: Obj, k: string, where: string, envName?: string): string | undefined => {
-    const v = str(o, k, where, envName);
-    return v === undefined ? undefined : isAbsolute(v) ? v : resolve(base, v);
-  };
-  const int = (o: Obj, k: string, where: string, def: number, min: number, max: number): number => {
-    const v = o[k];
-    if (v === undefined) return def;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-      problems.push(`${where}.${k}: must be an integer from ${min} to ${max}`);
-      return def;
-    }
-    return v;
-  };
-  const listen = (env.HSM_SIGNER_LISTEN ?? root.listen ?? "127.0.0.1:8443") as string;
-  if (typeof listen !== "string" || !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) problems.push(`listen: "${String(listen)}" is not host:port`);
-  const insecure = tls.insecure === true;
-  const certFile = path(tls, "certFile", "tls");
-  const keyFile = path(tls, "keyFile", "tls");
-  const clientCaFile = path(tls, "clientCaFile", "tls");
-  if (insecure) {
-    if (typeof listen === "string" && !isLoopbackAddress(listen)) problems.push(`tls.insecure: plaintext is only allowed on a loopback address, and listen is ${listen}`);
-  } else {
-    if (!certFile) problems.push("tls.certFile: required (or tls.insecure: true on a loopback address)");
-    if (!keyFile) problems.push("tls.keyFile: required (or tls.insecure: true on a loopback address)");
-  }
-  for (const [k, p] of [
-    ["tls.certFile", certFile],
-    ["tls.keyFile", keyFile],
-    ["tls.clientCaFile", clientCaFile],
-  ] as const) {
-    if (p) {
-      try {
-        readFileSync(p);
-      } catch (e) {
-        problems.push(`${k}: cannot read ${p} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
-      }
-    }
-  }
-  const module = path(hsm, "module", "hsm", "HSM_SIGNER_HSM_MODULE");
-  if (!module) problems.push("hsm.module: required (path of the PKCS#11 library)");
-  const tokenLabel = str(hsm, "tokenLabel", "hsm", "HSM_SIGNER_TOKEN_LABEL");
-  const tokenSerial = str(hsm, "tokenSerial", "hsm", "HSM_SIGNER_TOKEN_SERIAL");
-  if (!tokenLabel && !tokenSerial) problems.push("hsm.tokenLabel or hsm.tokenSerial: one is required");
-  if ("pin" in hsm) problems.push("hsm.pin: the PIN never goes in the configuration file; use hsm.pinFile or hsm.pinEnv");
-  const pinFile = path(hsm, "pinFile", "hsm", "HSM_SIGNER_PIN_FILE");
-  const pinEnv = str(hsm, "pinEnv", "hsm") ?? DEFAULT_PIN_ENV;
-  const sessions = int(hsm, "sessions", "hsm", DEFAULT_POOL_SIZE, 1, 256);
-  const keyRefreshMs = int(hsm, "keyRefreshSeconds", "hsm", DEFAULT_KEY_REFRESH_MS / 1000, 0, 86400) * 1000;
-  const signStallMs = int(hsm, "signStallSeconds", "hsm", DEFAULT_SIGN_STALL_MS / 1000, 1, 3600) * 1000;
-  const maxPayloadBytes = int(limits, "maxPayloadBytes", "limits", MAX_PAYLOAD_BYTES, 1, MAX_PAYLOAD_BYTES);
-  const maxDeadlineMs = int(limits, "maxDeadlineSeconds", "limits", DEFAULT_MAX_DEADLINE_MS / 1000, 1, 3600) * 1000;
-  const level = (env.HSM_SIGNER_LOG_LEVEL ?? log.level ?? "info") as LogLevel;
-  if (!["debug", "info", "warn", "error"].includes(level)) problems.push(`log.level: "${String(level)}" is not debug, info, warn or error`);
-  const auth = section("auth");
-  const policySection = section("policy");
-  const auditSection = section("audit");
-  const from = (auth.mtlsIdentityFrom ?? ["uri", "dns", "cn"]) as unknown;
-  const mtlsIdentityFrom: ("uri" | "dns" | "cn")[] = [];
-  if (!Array.isArray(from) || from.length === 0 || from.some((x) => x !== "uri" && x !== "dns" && x !== "cn")) problems.push("auth.mtlsIdentityFrom: a non-empty list of uri, dns, cn");
-  else mtlsIdentityFrom.push(...(from as ("uri" | "dns" | "cn")[]));
-  const jwt: JwtIssuerConfig[] = [];
-  const jwtRaw = auth.jwt ?? [];
-  if (!Array.isArray(jwtRaw)) problems.push("auth.jwt: must be a list of issuers");
-  else
-    jwtRaw.forEach((j: unknown, i: number) => {
-      const w = `auth.jwt[${i}]`;
-      if (typeof j !== "object" || j === null) {
-        problems.push(`${w}: must be a mapping`);
-        return;
-      }
-      const o = j as Obj;
-      const issuer = str(o, "issuer", w);
-      const audience = str(o, "audience", w);
-      const jwksFile = path(o, "jwksFile", w);
-      const jwksUrl = str(o, "jwksUrl", w);
-      const jwksCaFile = path(o, "jwksCaFile", w);
-      if (!issuer) problems.push(`${w}.issuer: required`);
-      if (!audience) problems.push(`${w}.audience: required`);
-      if (!jwksFile === !jwksUrl) problems.push(`${w}: exactly one of jwksFile or jwksUrl`);
-      if (jwksUrl && !jwksUrl.startsWith("https://")) problems.push(`${w}.jwksUrl: must be https`);
-      const algs = o.algorithms ?? ["RS256", "ES256"];
-      if (!Array.isArray(algs) || algs.length === 0 || algs.some((a) => typeof a !== "string")) problems.push(`${w}.algorithms: a non-empty list`);
-      else if (algs.some((a) => a === "none" || /^HS/i.test(a as string))) problems.push(`${w}.algorithms: "none" and HMAC (HS*) are not allowed`);
-      const skew = o.clockSkewSeconds;
-      if (skew !== undefined && (typeof skew !== "number" || skew < 0 || skew > 300)) problems.push(`${w}.clockSkewSeconds: 0 to 300`);
-      if (issuer && audience) jwt.push({ issuer, audience, jwksFile, jwksUrl, jwksCaFile, algorithms: algs as string[], clockSkewSeconds: skew as number | undefined });
-    });
-  const policyFile = path(policySection, "file", "policy", "HSM_SIGNER_POLICY_FILE");
-  if (!policyFile) problems.push("policy.file: required (who may use which key; deny by default)");
-  const auditDir = path(auditSection, "dir", "audit", "HSM_SIGNER_AUDIT_DIR");
-  // Where it is, not who may write there: that is checked when serve opens it (another user here).
-  const auditDirBad = auditDir ? auditDirProblem(auditDir, { writable: false }) : undefined;
-  if (auditDirBad) problems.push(`audit.dir: ${auditDirBad}`);
-  const writeTimeoutMs = int(auditSection, "writeTimeoutSeconds", "audit", DEFAULT_WRITE_TIMEOUT_MS / 1000, 1, 600) * 1000;
-  const auditCluster = parseAuditCluster(auditSection, base, env, problems);
-  if (!auditDir && !auditCluster.postgres) problems.push("audit.dir: required (every request is audited), or audit.postgres");
-  const maxFileBytes = int(auditSection, "maxFileBytes", "audit", DEFAULT_AUDIT_MAX_FILE_BYTES, 4096, 2 ** 40);
-  if (auditSection.fsync !== undefined && typeof auditSection.fsync !== "boolean") problems.push("audit.fsync: true or false");
-  const fsync = auditSection.fsync !== false;
-  const metricsSection = section("metrics");
-  const metricsListen = str(metricsSection, "listen", "metrics", "HSM_SIGNER_METRICS_LISTEN");
-  if (metricsListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(metricsListen)) problems.push(`metrics.listen: "${metricsListen}" is not host:port`);
-  const grpcHealthListen = str(metricsSection, "grpcHealthListen", "metrics", "HSM_SIGNER_GRPC_HEALTH_LISTEN");
-  if (grpcHealthListen !== undefined && !/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(grpcHealthListen)) problems.push(`metrics.grpcHealthListen: "${grpcHealthListen}" is not host:port`);
-  const adminSection = section("admin");
-  const adminListen = str(adminSection, "listen", "admin", "HSM_SIGNER_ADMIN_LISTEN");
-  const adminCertFile = path(adminSection, "certFile", "admin") ?? certFile;
-  const adminKeyFile = path(adminSection, "keyFile", "admin") ?? keyFile;
-  const adminClientCaFile = path(adminSection, "clientCaFile", "admin") ?? clientCaFile;
-  if (adminListen !== undefined) {
-    if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(adminListen)) problems.push(`admin.listen: "${adminListen}" is not host:port`);
-    if (!adminCertFile || !adminKeyFile) problems.push("admin.certFile and admin.keyFile (or tls.certFile and tls.keyFile): required, KeyAdmin is TLS only");
-    if (!adminClientCaFile) problems.push("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
-    for (const [k, p] of [
-      ["admin.certFile", adminCertFile],
-      ["admin.keyFile", adminKeyFile],
-      ["admin.clientCaFile", adminClientCaFile],
-    ] as const) {
-      if (p && !canRead(p)) problems.push(`${k}: cannot read ${p}`);
-    }
-  }
-  const shutdownSection = section("shutdown");
-  const graceEnv = env.HSM_SIGNER_SHUTDOWN_GRACE_SECONDS;
-  const graceMs = int(graceEnv !== undefined && graceEnv !== "" ? { graceSeconds: Number(graceEnv) } : shutdownSection, "graceSeconds", "shutdown", 10, 0, 3600) * 1000;
-  const known = new Set(["listen", "tls", "hsm", "limits", "log", "auth", "policy", "audit", "metrics", "admin", "shutdown"]);
-  for (const k of Object.keys(root)) if (!known.has(k)) problems.push(`${k}: unknown setting`);
+  const result = v.safeParse(configSchema(dirname(resolve(file)), env), withEnv(raw ?? {}, env));
+  const problems = result.success ? [] : problemsOf(result.issues);
   // `config check`: what serve would open (policy, PIN, module, TLS and JWKS files...), listed with the rest.
   if (checkFiles) {
-    const admin = { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile };
-    problems.push(...checkFiles({ tls: { insecure, certFile, keyFile, clientCaFile }, hsm: { module, pinFile, pinEnv }, jwt, policyFile, auditDir: auditDirBad ? undefined : auditDir, admin }, env));
+    const bad = new Set(result.success ? [] : result.issues.map((i) => pathOf(i)));
+    problems.push(
+      ...checkFiles(
+        configFilesOf(result.output, (p) => bad.has(p)),
+        env,
+      ),
+    );
   }
-  if (problems.length > 0) {
+  if (!result.success || problems.length > 0) {
     throw new SignerError("CONFIG_INVALID", `configuration ${file} has ${problems.length} problem(s):\n  - ${problems.join("\n  - ")}`);
   }
-  return Object.freeze({
-    listen,
-    tls: { insecure, certFile, keyFile, clientCaFile },
-    hsm: { module: module as string, tokenLabel, tokenSerial, pinFile, pinEnv, sessions, keyRefreshMs, signStallMs },
-    limits: { maxPayloadBytes, maxDeadlineMs },
-    log: { level },
-    auth: { mtlsIdentityFrom, jwt },
-    policy: { file: policyFile as string },
-    audit: { dir: auditDir ?? "", maxFileBytes, fsync, writeTimeoutMs, ...auditCluster },
-    metrics: { listen: metricsListen, grpcHealthListen },
-    shutdown: { graceMs },
-    admin: { listen: adminListen, certFile: adminCertFile, keyFile: adminKeyFile, clientCaFile: adminClientCaFile },
+  const c = result.output;
+  return deepFreeze({
+    listen: c.listen,
+    tls: c.tls,
+    hsm: {
+      module: c.hsm.module as string,
+      tokenLabel: c.hsm.tokenLabel,
+      tokenSerial: c.hsm.tokenSerial,
+      pinFile: c.hsm.pinFile,
+      pinEnv: c.hsm.pinEnv,
+      sessions: c.hsm.sessions,
+      keyRefreshMs: c.hsm.keyRefreshSeconds,
+      signStallMs: c.hsm.signStallSeconds,
+    },
+    limits: { maxPayloadBytes: c.limits.maxPayloadBytes, maxDeadlineMs: c.limits.maxDeadlineSeconds },
+    log: c.log,
+    auth: c.auth,
+    policy: { file: c.policy.file as string },
+    audit: { dir: c.audit.dir ?? "", maxFileBytes: c.audit.maxFileBytes, fsync: c.audit.fsync, writeTimeoutMs: c.audit.writeTimeoutSeconds, ...auditClusterConfig(c.audit) },
+    metrics: c.metrics,
+    shutdown: { graceMs: c.shutdown.graceSeconds },
+    admin: { listen: c.admin.listen, ...adminFiles(c.admin, c.tls) },
   });
-}
-
-function canRead(p: string): boolean {
-  try {
-    readFileSync(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The user PIN, from hsm.pinFile or the environment variable hsm.pinEnv; never from argv. */

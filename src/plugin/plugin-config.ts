@@ -1,4 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import * as v from "valibot";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { PluginError } from "./contract.js";
 
@@ -67,54 +68,103 @@ function readConfigFile(key: string, path: string): Buffer {
   }
 }
 
-export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env: NodeJS.ProcessEnv = process.env): PluginSettings {
-  const c = cfg ?? {};
-  for (const [k, v] of Object.entries(c)) {
-    if (!(CONFIG_KEYS as readonly string[]).includes(k)) {
-      const hint = SECRET_LIKE.test(k) ? " Never put secrets in pluginConfig (notation prints it with --debug): use token_file or token_env." : "";
-      throw new PluginError("VALIDATION_ERROR", `unknown pluginConfig key "${k}"; known keys: ${CONFIG_KEYS.join(", ")}.${hint}`);
-    }
-    if (typeof v !== "string") throw new PluginError("VALIDATION_ERROR", `pluginConfig ${k} must be a string`);
-  }
-  const get = (k: (typeof CONFIG_KEYS)[number]): string | undefined => {
-    const v = c[k] as string | undefined;
-    return v === undefined || v === "" ? undefined : v;
-  };
-  const endpoint = get("endpoint");
-  if (!endpoint)
-    throw new PluginError("VALIDATION_ERROR", 'pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
+const SECRETS_HINT = " Never put secrets in pluginConfig (notation prints it with --debug): use token_file or token_env.";
+
+type ConfigKey = (typeof CONFIG_KEYS)[number];
+
+function endpointProblem(endpoint: string): string | undefined {
   const port = /^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(endpoint)?.[1];
-  if (!port || Number(port) < 1 || Number(port) > 65535) throw new PluginError("VALIDATION_ERROR", `pluginConfig endpoint "${endpoint}" is not host:port with a port from 1 to 65535`);
-  const certFile = get("client_cert_file");
-  const keyFile = get("client_key_file");
-  if ((certFile === undefined) !== (keyFile === undefined)) throw new PluginError("VALIDATION_ERROR", "pluginConfig client_cert_file and client_key_file go together");
-  let timeoutMs = DEFAULT_TIMEOUT_MS;
-  const t = get("timeout");
-  if (t !== undefined) {
-    const ms = parseDuration(t);
-    if (ms === undefined || ms <= 0 || ms > 600_000) throw new PluginError("VALIDATION_ERROR", `pluginConfig timeout "${t}" must be a duration such as 30s, between 1ms and 10m`);
-    timeoutMs = ms;
-  }
-  let token: string | undefined;
-  const tokenFile = get("token_file");
+  return port && Number(port) >= 1 && Number(port) <= 65535 ? undefined : `pluginConfig endpoint "${endpoint}" is not host:port with a port from 1 to 65535`;
+}
+
+function timeoutProblem(t: string): string | undefined {
+  const ms = parseDuration(t);
+  return ms !== undefined && ms > 0 && ms <= 600_000 ? undefined : `pluginConfig timeout "${t}" must be a duration such as 30s, between 1ms and 10m`;
+}
+
+function keySpecProblem(spec: string): string | undefined {
+  return isKeySpec(spec) ? undefined : `pluginConfig key_spec "${spec}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`;
+}
+
+/** A string value; when not "" (unset, as notation writes it), what `problem` says of it. */
+function value(k: ConfigKey, problem: (s: string) => string | undefined = () => undefined) {
+  return v.optional(
+    v.custom<string>(
+      (x) => typeof x === "string" && (x === "" || problem(x) === undefined),
+      (issue) => (typeof issue.input === "string" ? (problem(issue.input) ?? "") : `pluginConfig ${k} must be a string`),
+    ),
+  );
+}
+
+const ENTRIES = {
+  ...(Object.fromEntries(CONFIG_KEYS.map((k) => [k, value(k)])) as Record<ConfigKey, ReturnType<typeof value>>),
+  endpoint: value("endpoint", endpointProblem),
+  timeout: value("timeout", timeoutProblem),
+  key_spec: value("key_spec", keySpecProblem),
+};
+
+/**
+ * pluginConfig's schema: known keys, string values, each checked; the rules between keys run on
+ * what is there, so that every problem is listed at once.
+ */
+const pluginConfigSchema = v.pipe(
+  v.looseObject(ENTRIES),
+  v.rawCheck(({ dataset, addIssue }) => {
+    const c = dataset.value as Partial<Record<string, unknown>>;
+    const set = (k: ConfigKey): boolean => c[k] !== undefined && c[k] !== "";
+    const problem = (message: string): void => addIssue({ message });
+    for (const k of Object.keys(c)) {
+      if (!Object.hasOwn(ENTRIES, k)) problem(`unknown pluginConfig key "${k}"; known keys: ${CONFIG_KEYS.join(", ")}.${SECRET_LIKE.test(k) ? SECRETS_HINT : ""}`);
+    }
+    if (!set("endpoint")) problem('pluginConfig "endpoint" is required (host:port of the hsm-signer service); add it with notation key add --plugin-config endpoint=HOST:PORT');
+    if (set("client_cert_file") !== set("client_key_file")) problem("pluginConfig client_cert_file and client_key_file go together");
+    if (set("token_file") && set("token_env")) problem("pluginConfig token_file and token_env exclude each other");
+  }),
+);
+
+/** One VALIDATION_ERROR naming every problem (notation shows one message). */
+function invalid(problems: string[]): PluginError {
+  return new PluginError("VALIDATION_ERROR", problems.length === 1 ? (problems[0] ?? "") : `${problems.length} problems: ${problems.join("; ")}`);
+}
+
+/** The settings from notation's pluginConfig, every problem at once; the files it names are read now. The result is frozen. */
+export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env: NodeJS.ProcessEnv = process.env): PluginSettings {
+  const r = v.safeParse(pluginConfigSchema, cfg ?? {});
+  // Unknown keys first (most often a typo, which may explain what follows), as in the service's configuration.
+  const unknownFirst = (a: string, b: string): number => Number(b.startsWith("unknown ")) - Number(a.startsWith("unknown "));
+  const problems = r.success ? [] : r.issues.map((i) => i.message).sort(unknownFirst);
+  // What parsed so far: the files named are read even when something else is wrong, to list their problems too.
+  const c = r.output as Partial<Record<string, unknown>>;
+  const get = (k: ConfigKey): string | undefined => {
+    const x = c[k];
+    return typeof x === "string" && x !== "" ? x : undefined;
+  };
+  const read = (k: ConfigKey): Buffer | undefined => {
+    const path = get(k);
+    if (path === undefined) return undefined;
+    try {
+      return readConfigFile(k, path);
+    } catch (e) {
+      problems.push((e as Error).message);
+      return undefined;
+    }
+  };
+  let token = get("token_file") === undefined ? undefined : read("token_file")?.toString("utf8").trim();
   const tokenEnv = get("token_env");
-  if (tokenFile && tokenEnv) throw new PluginError("VALIDATION_ERROR", "pluginConfig token_file and token_env exclude each other");
-  if (tokenFile) token = readConfigFile("token_file", tokenFile).toString("utf8").trim();
   if (tokenEnv) {
     token = env[tokenEnv]?.trim();
-    if (!token) throw new PluginError("VALIDATION_ERROR", `pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
+    if (!token) problems.push(`pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
   }
-  const keySpec = get("key_spec");
-  if (keySpec !== undefined && !isKeySpec(keySpec)) throw new PluginError("VALIDATION_ERROR", `pluginConfig key_spec "${keySpec}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
-  const caFile = get("ca_file");
-  return {
-    endpoint,
-    ca: caFile ? readConfigFile("ca_file", caFile) : undefined,
-    cert: certFile ? readConfigFile("client_cert_file", certFile) : undefined,
-    key: keyFile ? readConfigFile("client_key_file", keyFile) : undefined,
+  const settings: PluginSettings = {
+    endpoint: get("endpoint") ?? "",
+    ca: read("ca_file"),
+    cert: read("client_cert_file"),
+    key: read("client_key_file"),
     serverName: get("server_name"),
-    timeoutMs,
+    timeoutMs: get("timeout") === undefined ? DEFAULT_TIMEOUT_MS : (parseDuration(get("timeout") ?? "") ?? DEFAULT_TIMEOUT_MS),
     token: token || undefined,
-    keySpec,
+    keySpec: get("key_spec") as KeySpec | undefined,
   };
+  if (problems.length > 0) throw invalid(problems);
+  return Object.freeze(settings);
 }

@@ -1,0 +1,52 @@
+// Field schemas the service configuration's sections share (config.ts, audit-cluster-config.ts).
+import { readFileSync } from "node:fs";
+import * as v from "valibot";
+
+/**
+ * A string setting that may be left out: missing, null and "" all mean unset (an environment
+ * override set to "" unsets). Always run (its default is ""), so a check piped after it sees
+ * `undefined` for a missing setting.
+ */
+export const optionalString = v.pipe(
+  v.optional(v.nullable(v.string("must be a string")), ""),
+  v.transform((s): string | undefined => (s === null || s === "" ? undefined : s)),
+);
+
+/** A whole number from min to max, `def` when missing. */
+export function integer(min: number, max: number, def: number) {
+  return v.optional(
+    v.custom<number>((n) => typeof n === "number" && Number.isInteger(n) && n >= min && n <= max, `must be an integer from ${min} to ${max}`),
+    def,
+  );
+}
+
+/** A whole number of seconds from min to max (`def` when missing), as milliseconds. */
+export function secondsAsMs(min: number, max: number, def: number) {
+  return v.pipe(
+    integer(min, max, def),
+    v.transform((s) => s * 1000),
+  );
+}
+
+const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+
+/** host:port (a listener), optional. */
+export const optionalHostPort = v.pipe(
+  optionalString,
+  v.check(
+    (a) => a === undefined || HOST_PORT.test(a),
+    (issue) => `"${String(issue.input)}" is not host:port`,
+  ),
+);
+
+export const isHostPort = (a: unknown): a is string => typeof a === "string" && HOST_PORT.test(a);
+
+/** Why `path` cannot be read (the errno code), or undefined when it can. */
+export function readProblem(path: string): string | undefined {
+  try {
+    readFileSync(path);
+    return undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? "error";
+  }
+}
