@@ -101,8 +101,13 @@ async function load(s, f, spec, o) {
     });
   }
   const before = switches(s.pid);
+  const stats0 = s.mode === "service" ? await s.request({ op: "stats" }) : undefined;
   const t0 = performance.now();
   const x = await load1(s, f, spec, o);
+  if (stats0) {
+    const stats1 = await s.request({ op: "stats" });
+    x.linesPerFsync = (stats1.fsyncLines - stats0.fsyncLines) / Math.max(1, stats1.fsyncs - stats0.fsyncs);
+  }
   const after = switches(s.pid);
   const calls = (x.rate * (performance.now() - t0)) / 1000;
   if (perf) await new Promise((r) => (perf.exitCode !== null ? r() : perf.once("exit", r)));
@@ -176,10 +181,15 @@ try {
       ).padStart(6)} ${fmt(
         m((x) => x.switches.rest),
         2,
-      ).padStart(6)}`,
+      ).padStart(6)} ${fmt(
+        m((x) => x.linesPerFsync ?? Number.NaN),
+        1,
+      )}`,
     );
   }
-  console.log(`BENCH_CPU_JSON ${JSON.stringify(Object.fromEntries([...res].map(([k, xs]) => [k, xs.map((x) => ({ cpu: x.cpuMsPerCall, main: x.cpu.main, sign: x.cpu.sign, rate: x.rate }))])))}`);
+  console.log(
+    `BENCH_CPU_JSON ${JSON.stringify(Object.fromEntries([...res].map(([k, xs]) => [k, xs.map((x) => ({ cpu: x.cpuMsPerCall, main: x.cpu.main, sign: x.cpu.sign, other: x.cpu.other, user: x.cpu.user, system: x.cpu.system, rate: x.rate, linesPerFsync: x.linesPerFsync }))])))}`,
+  );
 } finally {
   await Promise.all(Object.values(servers).map(stopServer));
   await closeFixture();
