@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -84,7 +84,9 @@ interface ChainTail {
 }
 
 interface Pending {
-  bytes: Buffer;
+  /** The line and its newline, and its length in UTF-8 bytes. */
+  text: string;
+  bytes: number;
   receipt: AuditReceipt;
   resolve: (r: AuditReceipt) => void;
   reject: (e: unknown) => void;
@@ -124,7 +126,8 @@ export function auditFilesIn(dir: string): string[] {
 }
 
 export function hashLine(line: string | Buffer): string {
-  return createHash("sha256").update(line).digest("hex");
+  // The one-shot form: no Hash object per line (one per request on the event loop).
+  return hash("sha256", line, "hex");
 }
 
 /**
@@ -257,7 +260,8 @@ export class AuditLog {
     const receipt: AuditReceipt = { sequence, lineHash: hashLine(line) };
     this.assigned = { sequence, hash: receipt.lineHash };
     return new Promise<AuditReceipt>((resolve, reject) => {
-      this.queue.push({ bytes: Buffer.from(`${line}\n`, "utf8"), receipt, resolve, reject });
+      const text = `${line}\n`;
+      this.queue.push({ text, bytes: Buffer.byteLength(text, "utf8"), receipt, resolve, reject });
       this.flushing ??= this.flush();
     });
   }
@@ -347,7 +351,7 @@ export class AuditLog {
   }
 
   /** One request to the writer thread, waited for at most timeoutMs. */
-  private call<Op extends WriterRequest["op"]>(req: Extract<WriterRequestBody, { op: Op }>, timeoutMs: number): Promise<Extract<WriterResult, { op: Op }>> {
+  private call<Op extends WriterRequest["op"]>(req: Extract<WriterRequestBody, { op: Op }>, timeoutMs: number, transfer?: ArrayBuffer[]): Promise<Extract<WriterResult, { op: Op }>> {
     if (this.stalled) {
       const s = Math.round((performance.now() - this.stalled.since) / 1000);
       return Promise.reject(new Error(`the audit disk has not finished ${WHAT[this.stalled.op]} started ${s} s ago`));
@@ -368,7 +372,7 @@ export class AuditLog {
       }, timeoutMs);
       this.outstanding.set(id, { op: req.op, since, resolve, reject, timer, abandoned: false });
       this.worker.ref();
-      this.worker.postMessage({ ...req, id });
+      this.worker.postMessage({ ...req, id }, transfer);
     }) as Promise<Extract<WriterResult, { op: Op }>>;
   }
 
@@ -407,20 +411,21 @@ export class AuditLog {
     while (i < batch.length) {
       const first = batch[i]!;
       let j = i + 1;
-      let bytes = first.bytes.length;
+      let bytes = first.bytes;
       const rotate = this.size > 0 && this.size + bytes > this.maxFileBytes;
       const size = rotate ? 0 : this.size;
-      while (j < batch.length && size + bytes + batch[j]!.bytes.length <= this.maxFileBytes) bytes += batch[j++]!.bytes.length;
+      while (j < batch.length && size + bytes + batch[j]!.bytes <= this.maxFileBytes) bytes += batch[j++]!.bytes;
       const segment = batch.slice(i, j);
-      const data =
-        segment.length === 1
-          ? first.bytes
-          : Buffer.concat(
-              segment.map((p) => p.bytes),
-              bytes,
-            );
+      // A memory of its own (not a slice of Buffer's shared pool, which a message would copy
+      // whole), moved to the writer thread rather than copied.
+      const data = new Uint8Array(bytes);
+      const view = Buffer.from(data.buffer);
+      let off = 0;
+      for (const p of segment) off += view.write(p.text, off, "utf8");
       try {
-        const r = await this.call({ op: "write", data, fsync: this.fsync, rotateTo: rotate ? join(this.dir, auditFileName(first.receipt.sequence)) : undefined, dir: this.dir }, this.writeTimeoutMs);
+        const r = await this.call({ op: "write", data, fsync: this.fsync, rotateTo: rotate ? join(this.dir, auditFileName(first.receipt.sequence)) : undefined, dir: this.dir }, this.writeTimeoutMs, [
+          data.buffer,
+        ]);
         this.path = r.path;
         this.size = r.size;
         this.committed = { path: this.path, size: this.size };

@@ -23,14 +23,14 @@ const RESERVED_FIELDS: ReadonlySet<string> = new Set(["seq", "prev", "time"]);
  * verifies with the file tools and the other way round.
  */
 export function serializeRecord(seq: number, prev: string, time: Date, record: AuditRecordInput): string {
-  const line: Record<string, unknown> = { seq, prev, time: time.toISOString() };
-  for (const [k, v] of Object.entries(record)) {
-    if (RESERVED_FIELDS.has(k)) throw new Error(`the audit record field "${k}" is reserved`);
-    line[k] = v;
-  }
-  // JSON.stringify escapes control characters and lone surrogates: no raw newline, and the UTF-8
-  // bytes decode back to the same text (the hash of the text is the hash of the bytes).
-  return JSON.stringify(line);
+  for (const k of RESERVED_FIELDS) if (Object.hasOwn(record, k)) throw new Error(`the audit record field "${k}" is reserved`);
+  // The text JSON.stringify({seq, prev, time, ...record}) gives, without copying the record into a
+  // new object first (once per request, on the event loop). JSON.stringify escapes control
+  // characters and lone surrogates: no raw newline, and the UTF-8 bytes decode back to the same
+  // text (the hash of the text is the hash of the bytes).
+  const head = `{"seq":${JSON.stringify(seq)},"prev":${JSON.stringify(prev)},"time":${JSON.stringify(time.toISOString())}`;
+  const body = JSON.stringify(record);
+  return body.length > 2 ? `${head},${body.slice(1)}` : `${head}}`;
 }
 
 /** A record as searches show it: the parsed line. */
