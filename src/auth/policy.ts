@@ -7,11 +7,12 @@ import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
+import { SIGNER_METHODS, type SignerMethod } from "../signing/ports.js";
 import type { TokenBucketSpec } from "./rate-limiter.js";
 
-/** The Signer methods a rule can name; a rule without `methods` gets all of them. */
-export const SIGNER_METHODS = ["Sign", "DescribeKey", "GetCertificateChain", "ListKeys"] as const;
-export type SignerMethod = (typeof SIGNER_METHODS)[number];
+// The Signer methods a rule can name are signing/'s SIGNER_METHODS; a rule without `methods` gets
+// all of them.
+export { SIGNER_METHODS, type SignerMethod };
 
 /** Wait after the last file event or SIGHUP before reloading: editors write a file in several steps. */
 export const POLICY_RELOAD_DEBOUNCE_MS = 100;

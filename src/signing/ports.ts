@@ -46,8 +46,13 @@ export interface Caller {
   readonly id: string;
 }
 
-/** The Signer calls the core serves; an Authorizer decides each of them per caller and key. */
-export type SignerMethod = "Sign" | "DescribeKey" | "GetCertificateChain" | "ListKeys";
+/**
+ * The Signer calls the core serves; an Authorizer decides each of them per caller and key, and a
+ * policy rule names them. The wire contract's SignerDefinition has the same methods
+ * (test/unit/wire-contract.test.ts checks it).
+ */
+export const SIGNER_METHODS = ["Sign", "DescribeKey", "GetCertificateChain", "ListKeys"] as const;
+export type SignerMethod = (typeof SIGNER_METHODS)[number];
 
 /** An Authorizer's answer for one call. */
 export interface Authorization {

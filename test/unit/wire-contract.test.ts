@@ -6,6 +6,7 @@ import protobuf from "protobufjs";
 import { KeyAdminDefinition } from "../../src/gen/hsm_signer/v1/key_admin.js";
 import { DescribeKeyResponse, ListKeysResponse, SignerDefinition, SignRequest, SignResponse, type KeyInfo } from "../../src/gen/hsm_signer/v1/signer.js";
 import { malformedReason, serviceDefinition } from "../../src/server/service-definitions.js";
+import { SIGNER_METHODS } from "../../src/signing/ports.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
 /**
@@ -114,6 +115,15 @@ describe("the wire contract (src/gen/): plugin, server and the .proto agree", ()
         assert.deepEqual(serverReads(name, encode({ keyId: "x", keyVersion: 0 }).finish()), { keyId: "x", keyVersion: 0 });
       }
       assert.deepEqual(serverReads("ListKeys", new Uint8Array(0)), {});
+    });
+
+    it("the core's SIGNER_METHODS (what a policy rule names) are the Signer service's methods", () => {
+      assert.deepEqual(
+        Object.values(SignerDefinition.methods)
+          .map((m) => m.name)
+          .sort(),
+        [...SIGNER_METHODS].sort(),
+      );
     });
 
     it("a body that does not decode reaches the handler as a marker that says why", () => {
