@@ -502,7 +502,7 @@ async function main(): Promise<boolean> {
   console.log(`hsm-signer benchmark: node ${process.version}, ${availableParallelism()} CPUs, HSM session pool 4 (4 signing threads), load client ${LOAD_CLIENT}`);
   console.log(`closed loop; each row: ${WARMUP_MS / 1000} s and ${WARMUP_CALLS} calls of warm-up, then ${DURATION_MS / 1000} s measured; ${ROUNDS} rounds, median shown`);
   console.log("CPU ms/call = the server process's CPU (all threads, user + system) over the window / calls answered in it; rounds = its range over the rounds;");
-  console.log("  main = its event-loop thread, sign thr = the HSM signing threads, libuv = the libuv pool (fdatasync), V8/other = GC and compiler threads;");
+  console.log("  main = its event-loop thread, sign thr = the HSM signing threads, libuv = the libuv pool, V8/other = the audit writer thread (write, fdatasync), GC and compiler threads;");
   console.log("  a) is a process of its own whose callers run in it; client = the load client process (cores), others = every other process (cores)");
   const targets: { name: string; value: string; pass: boolean }[] = [];
   const ratios: Record<string, unknown> = {};
