@@ -2,7 +2,7 @@
 // configuration (bin/config.ts, auth.jwt) shares, so that a file `config check` accepts is never
 // refused by Authenticator.create, nor the other way round.
 import * as v from "valibot";
-import { at, isMapping, mapping, validate } from "../schema/index.js";
+import { at, isMapping, mapping, nonEmptyString, validate } from "../schema/index.js";
 import type { MtlsIdentitySource } from "./caller-identity.js";
 import type { AuthenticatorOptions } from "./identity.js";
 
@@ -51,7 +51,6 @@ function httpsProblem(u: string): string | undefined {
   return url.protocol === "https:" ? undefined : "must be https (keys fetched in the clear could be replaced)";
 }
 
-const nonEmpty = (message: string) => v.pipe(v.string(message), v.minLength(1, message));
 const SKEW = `must be a number from 0 to ${MAX_CLOCK_SKEW_SECONDS}`;
 
 export interface JwtIssuerSchemaOptions {
@@ -63,14 +62,14 @@ export interface JwtIssuerSchemaOptions {
 
 /** One JWT issuer: issuer, audience, exactly one of jwksFile or jwksUrl (https), asymmetric algorithms, a bounded skew. */
 export function jwtIssuerSchema(o: JwtIssuerSchemaOptions = {}) {
-  const file = v.pipe(nonEmpty("must be a non-empty string"), v.transform(o.path ?? ((p: string) => p)));
+  const file = v.pipe(nonEmptyString(), v.transform(o.path ?? ((p: string) => p)));
   const entries = {
-    issuer: nonEmpty("required"),
-    audience: nonEmpty("required"),
+    issuer: nonEmptyString("required"),
+    audience: nonEmptyString("required"),
     jwksFile: v.optional(file),
     jwksUrl: v.optional(
       v.pipe(
-        nonEmpty("must be a non-empty string"),
+        nonEmptyString(),
         v.check(
           (u) => httpsProblem(u) === undefined,
           (issue) => httpsProblem(issue.input as string) ?? "invalid",

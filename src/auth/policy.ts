@@ -5,7 +5,7 @@ import * as v from "valibot";
 import { parseDocument } from "yaml";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
-import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
+import { at, deepFreeze, isMapping, mapping, nonEmptyString, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
 import { SIGNER_METHODS, type SignerMethod } from "../signing/ports.js";
 import type { TokenBucketSpec } from "./rate-limiter.js";
@@ -122,7 +122,6 @@ const MATCHER_KINDS = ["mtls", "jwt", "anonymous"] as const;
 // rules between parts (a custodian or a rule naming anonymous callers, rule names used twice) run
 // on the raw document, so that they are listed even when another part is invalid.
 
-const nonEmptyString = v.custom<string>((s) => typeof s === "string" && s.length > 0, "must be a non-empty string");
 const TRUE_OR_FALSE = "must be true or false";
 const flag = v.optional(v.boolean(TRUE_OR_FALSE), false);
 
@@ -164,7 +163,7 @@ const mtlsSchema = v.lazy((input) => {
       (s) => typeof s === "string" && bareMtlsProblem(s) === undefined,
       (issue) => bareMtlsProblem(issue.input as string) ?? "invalid",
     );
-  if (isMapping(input)) return exactlyOne(MTLS_SOURCES, { uri: nonEmptyString, dns: nonEmptyString, cn: nonEmptyString });
+  if (isMapping(input)) return exactlyOne(MTLS_SOURCES, { uri: nonEmptyString(), dns: nonEmptyString(), cn: nonEmptyString() });
   return refuse("must be a URI SAN glob or a mapping with one of uri, dns, cn");
 });
 
@@ -173,7 +172,7 @@ const claimScalar = v.custom<string | number | boolean>((x) => typeof x === "str
 const claimSchema = v.lazy((input) => (Array.isArray(input) ? v.pipe(v.array(claimScalar), v.minLength(1, "must not be an empty list")) : claimScalar));
 
 const jwtMatcherSchema = mapping({
-  issuer: nonEmptyString,
+  issuer: nonEmptyString(),
   claims: v.optional(v.pipe(v.custom<Obj>(isMapping, "must be a mapping"), v.record(v.string(), claimSchema))),
 });
 
@@ -193,9 +192,9 @@ const nonEmptyList = <S extends v.GenericSchema>(item: S) => v.pipe(v.array(item
 
 const ruleSchema = mapping(
   {
-    name: nonEmptyString,
+    name: nonEmptyString(),
     match: v.lazy((input) => (Array.isArray(input) ? nonEmptyList(matcherSchema) : matcherSchema)),
-    keys: nonEmptyList(nonEmptyString),
+    keys: nonEmptyList(nonEmptyString()),
     methods: v.optional(
       nonEmptyList(
         v.custom<SignerMethod>(

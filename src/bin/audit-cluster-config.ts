@@ -5,7 +5,7 @@ import type pg from "pg";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
 import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
-import { integer, optionalString, readProblem, secondsAsMs } from "./config-fields.js";
+import { integer, optionalString, readablePath, secondsAsMs } from "./config-fields.js";
 
 /** The whole connection string, when the configuration has no audit.postgres (compose, simple setups). */
 export const DATABASE_URL_ENV = "HSM_SIGNER_AUDIT_DATABASE_URL";
@@ -52,14 +52,7 @@ const SECRETS = "secrets never go in the configuration file; use audit.postgres.
  * problem is listed with the rest.
  */
 export function auditClusterEntries(path: (p: string) => string, env: NodeJS.ProcessEnv) {
-  const file = v.pipe(
-    optionalString,
-    v.transform((p) => (p === undefined ? undefined : path(p))),
-    v.check(
-      (p) => p === undefined || readProblem(p) === undefined,
-      (issue) => `cannot read ${String(issue.input)} (${readProblem(issue.input as string) ?? "error"})`,
-    ),
-  );
+  const file = readablePath(path);
   const variable = v.pipe(
     optionalString,
     v.check(

@@ -41,6 +41,25 @@ export const optionalHostPort = v.pipe(
 
 export const isHostPort = (a: unknown): a is string => typeof a === "string" && HOST_PORT.test(a);
 
+/** A path setting that may be left out, resolved by `resolvePath` (relative to the configuration file's folder). */
+export function optionalPath(resolvePath: (p: string) => string) {
+  return v.pipe(
+    optionalString,
+    v.transform((p) => (p === undefined ? undefined : resolvePath(p))),
+  );
+}
+
+/** The same, and a file that must be readable when given (serve reads it at once). */
+export function readablePath(resolvePath: (p: string) => string) {
+  return v.pipe(
+    optionalPath(resolvePath),
+    v.check(
+      (p) => p === undefined || readProblem(p) === undefined,
+      (issue) => `cannot read ${String(issue.input)} (${readProblem(issue.input as string) ?? "error"})`,
+    ),
+  );
+}
+
 /** Why `path` cannot be read (the errno code), or undefined when it can. */
 export function readProblem(path: string): string | undefined {
   try {

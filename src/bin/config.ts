@@ -14,7 +14,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
-import { integer, isHostPort, optionalHostPort, optionalString, readProblem, secondsAsMs } from "./config-fields.js";
+import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readProblem, secondsAsMs } from "./config-fields.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -110,18 +110,9 @@ function withEnv(raw: unknown, env: NodeJS.ProcessEnv): unknown {
  */
 function configSchema(base: string, env: NodeJS.ProcessEnv) {
   const resolvePath = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
-  const path = v.pipe(
-    optionalString,
-    v.transform((p) => (p === undefined ? undefined : resolvePath(p))),
-  );
-  /** A path that must be readable when given (TLS material: serve reads it at once). */
-  const readablePath = v.pipe(
-    path,
-    v.check(
-      (p) => p === undefined || readProblem(p) === undefined,
-      (issue) => `cannot read ${String(issue.input)} (${readProblem(issue.input as string) ?? "error"})`,
-    ),
-  );
+  const path = optionalPath(resolvePath);
+  /** TLS material: serve reads it at once. */
+  const readable = readablePath(resolvePath);
   const section = <E extends v.ObjectEntries>(entries: E) => {
     const m = mapping(entries);
     return v.optional(m, () => ({}) as v.InferInput<typeof m>);
@@ -132,7 +123,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         v.custom<string>(isHostPort, (issue) => `"${String(issue.input)}" is not host:port`),
         "127.0.0.1:8443",
       ),
-      tls: section({ insecure: v.optional(v.boolean("true or false"), false), certFile: readablePath, keyFile: readablePath, clientCaFile: readablePath }),
+      tls: section({ insecure: v.optional(v.boolean("true or false"), false), certFile: readable, keyFile: readable, clientCaFile: readable }),
       hsm: section({
         module: path,
         tokenLabel: optionalString,

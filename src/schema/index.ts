@@ -65,6 +65,11 @@ export function at(input: unknown, key: string | number): v.IssuePathItem {
     : { type: "object", origin: "value", input: parent as Record<string, unknown>, key: String(key), value: parent[key] };
 }
 
+/** A string of at least one character; `message` for anything else. */
+export function nonEmptyString(message = "must be a non-empty string") {
+  return v.pipe(v.string(message), v.minLength(1, message));
+}
+
 export function isMapping(x: unknown): x is Record<string, unknown> {
   return typeof x === "object" && x !== null && !Array.isArray(x);
 }
