@@ -1,6 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
-import { bindServer, type RunningServer } from "./bind-server.js";
+import { bindServer, newGrpcServer, type RunningServer } from "./bind-server.js";
 
 /** The names a health check may ask about: the server as a whole ("") and the Signer service. */
 const HEALTH_SERVICES = ["", "hsm_signer.v1.Signer"];
@@ -20,7 +20,7 @@ type HealthHandlers = {
  * speak TLS). It reveals nothing but SERVING / NOT_SERVING.
  */
 export async function startHealthServer(listen: string, ready: () => boolean): Promise<RunningServer> {
-  const server = new grpc.Server();
+  const server = newGrpcServer();
   addHealthService(server, ready);
   return bindServer(server, listen, { insecure: true });
 }

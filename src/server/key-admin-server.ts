@@ -6,7 +6,18 @@ import type { CustodyKey, CustodyVersion, KeyCustodian, KeyInventory, SlotDetail
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
-import { auditKeyId, bindServer, serviceDefinition, unaryHandler, type AuditSink, type CallContext, type MethodOptions, type RunningServer, type ServiceHandlers } from "./grpc-common.js";
+import {
+  auditKeyId,
+  bindServer,
+  newGrpcServer,
+  serviceDefinition,
+  unaryHandler,
+  type AuditSink,
+  type CallContext,
+  type MethodOptions,
+  type RunningServer,
+  type ServiceHandlers,
+} from "./grpc-common.js";
 import type { Logger } from "../log/index.js";
 import type { TlsHandshakeFailure } from "./tls-listener.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
@@ -104,7 +115,7 @@ function slotInfo(s: SlotDetails): SlotInfo {
  * custodian of the policy get in; every call, allowed or not, is audited like a signing request.
  */
 export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
-  const server = new grpc.Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
   const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
     unary<Req, Res>(
