@@ -6,7 +6,9 @@
 //   npm run build && BENCH_ROOT=/path/to/other/checkout node scripts/bench-cpu.js
 // Knobs (environment): BENCH_ROWS (service,audit-off,raw,echo), BENCH_KEYS (RSA-3072,EC-256),
 // BENCH_CONCURRENCY (64,8), BENCH_ROUNDS (3), BENCH_DURATION_MS (2000), BENCH_WARMUP_MS (300),
-// BENCH_SERVER_WARMUP_MS (2000), BENCH_PROF_DIR (write --cpu-prof profiles of the servers there).
+// BENCH_SERVER_WARMUP_MS (2000), BENCH_PROF_DIR (write --cpu-prof profiles of the servers there:
+// wall time, see below), BENCH_PERF_DIR and BENCH_PERF_FREQ (499) (run `perf record -g` on the
+// server during each row, its on-CPU samples; scripts/perf-attribution.js reads them).
 import { fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
