@@ -164,7 +164,7 @@ try {
   }
   const fmt = (n, d = 3) => (Number.isFinite(n) ? n.toFixed(d) : "-");
   console.log(
-    `${"row".padEnd(24)} ${"calls/s".padStart(7)} ${"ms/call".padStart(8)} ${"rounds".padStart(20)} ${"main".padStart(6)} ${"sign".padStart(6)} ${"libuv".padStart(6)} ${"other".padStart(6)} ${"others".padStart(6)} ${"wake/c".padStart(6)} ${"thr/c".padStart(6)}`,
+    `${"row".padEnd(24)} ${"calls/s".padStart(7)} ${"ms/call".padStart(8)} ${"rounds".padStart(20)} ${"main".padStart(6)} ${"sign".padStart(6)} ${"libuv".padStart(6)} ${"other".padStart(6)} ${"others".padStart(6)} ${"wake/c".padStart(6)} ${"thr/c".padStart(6)} ${"l/fs".padStart(4)} ${"p50 ms".padStart(6)}`,
   );
   for (const [k, xs] of res) {
     const m = (g) => median(xs.map(g));
@@ -187,7 +187,10 @@ try {
       ).padStart(6)} ${fmt(
         m((x) => x.linesPerFsync ?? Number.NaN),
         1,
-      )}`,
+      ).padStart(4)} ${fmt(
+        m((x) => x.p50),
+        2,
+      ).padStart(6)}`,
     );
   }
   console.log(

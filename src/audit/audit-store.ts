@@ -8,6 +8,8 @@ import type { AuditLogStats, AuditReceipt, AuditRecordInput } from "./audit-log.
  */
 export interface AuditStore {
   append(record: AuditRecordInput): Promise<AuditReceipt>;
+  /** A call has started and will append a line (AuditSink.expect). */
+  expect?(): void;
   readonly healthy: boolean;
   readonly stats: AuditLogStats;
   close(): Promise<void>;

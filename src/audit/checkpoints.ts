@@ -170,6 +170,10 @@ export class CheckpointingStore implements AuditStore {
     return this.lastSeq;
   }
 
+  expect(): void {
+    this.inner.expect?.();
+  }
+
   append(record: AuditRecordInput): Promise<AuditReceipt> {
     return this.inner.append(record).then((receipt) => {
       if (this.newest === undefined || receipt.sequence > this.newest.seq) this.newest = { seq: receipt.sequence, hash: receipt.lineHash };

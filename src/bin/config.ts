@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import * as v from "valibot";
 import { parse as parseYaml } from "yaml";
-import { auditDirProblem, DEFAULT_WRITE_TIMEOUT_MS } from "../audit/index.js";
+import { auditDirProblem, DEFAULT_COMMIT_DELAY_MS, DEFAULT_WRITE_TIMEOUT_MS, MAX_COMMIT_DELAY_MS } from "../audit/index.js";
 import { jwtIssuersSchema, mtlsIdentityFromSchema } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
 import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
@@ -26,7 +26,7 @@ export interface Config {
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
-  audit: { dir: string; maxFileBytes: number; fsync: boolean; writeTimeoutMs: number } & AuditClusterConfig;
+  audit: { dir: string; maxFileBytes: number; fsync: boolean; writeTimeoutMs: number; commitDelayMs: number } & AuditClusterConfig;
   /** The HTTP listener for /metrics, /healthz and /readyz, and a plaintext grpc.health.v1-only listener (kubelet probes); none when unset. */
   metrics: { listen: string | undefined; grpcHealthListen: string | undefined };
   /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
@@ -165,6 +165,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         maxFileBytes: integer(4096, 2 ** 40, DEFAULT_AUDIT_MAX_FILE_BYTES),
         fsync: v.optional(v.boolean("true or false"), true),
         writeTimeoutSeconds: secondsAsMs(1, 600, DEFAULT_WRITE_TIMEOUT_MS / 1000),
+        commitDelayMs: integer(0, MAX_COMMIT_DELAY_MS, DEFAULT_COMMIT_DELAY_MS),
         ...auditClusterEntries(resolvePath, env),
       }),
       metrics: section({ listen: optionalHostPort, grpcHealthListen: optionalHostPort }),
@@ -275,7 +276,14 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
     log: c.log,
     auth: c.auth,
     policy: { file: c.policy.file as string },
-    audit: { dir: c.audit.dir ?? "", maxFileBytes: c.audit.maxFileBytes, fsync: c.audit.fsync, writeTimeoutMs: c.audit.writeTimeoutSeconds, ...auditClusterConfig(c.audit) },
+    audit: {
+      dir: c.audit.dir ?? "",
+      maxFileBytes: c.audit.maxFileBytes,
+      fsync: c.audit.fsync,
+      writeTimeoutMs: c.audit.writeTimeoutSeconds,
+      commitDelayMs: c.audit.commitDelayMs,
+      ...auditClusterConfig(c.audit),
+    },
     metrics: c.metrics,
     shutdown: { graceMs: c.shutdown.graceSeconds },
     admin: { listen: c.admin.listen, ...adminFiles(c.admin, c.tls) },

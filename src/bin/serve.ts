@@ -68,6 +68,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
         maxFileBytes: config.audit.maxFileBytes,
         fsync: config.audit.fsync,
         writeTimeoutMs: config.audit.writeTimeoutMs,
+        commitDelayMs: config.audit.commitDelayMs,
         onFsync: metrics.onAuditFsync,
         // Requests fail (UNAVAILABLE) while the audit cannot be written; once it can again (space
         // freed, the I/O error gone), signing resumes by itself, without a restart.

@@ -92,6 +92,8 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
   const handler =
     <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m: MethodOptions = {}): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
+      // Every call appends exactly one line (below): a write may wait a moment for it (group commit).
+      o.audit.expect?.();
       const requestId = newRequestId();
       const started = performance.now();
       const deadline = deadlineOf(call as grpc.ServerUnaryCall<unknown, unknown>);

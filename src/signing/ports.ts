@@ -116,4 +116,9 @@ export interface AuditReceipt {
 /** The port every answered call goes through: a durable append that yields a receipt (audit/ provides one). */
 export interface AuditSink {
   append(event: AuditEvent): Promise<AuditReceipt>;
+  /**
+   * A call has started and will append its one line: a hint that lets a store's group commit
+   * wait a moment for that line rather than make it durable alone (AuditLog, commitDelayMs).
+   */
+  expect?(): void;
 }

@@ -145,6 +145,68 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
     assert.deepEqual(log.stats, { sequence: 500, queueDepth: 0, healthy: true });
   });
 
+  describe("group commit waits for the lines of calls that have started (commitDelayMs)", () => {
+    it("a line waits for the calls that expect() announced; the last of them ends the wait, and one fdatasync covers all", async () => {
+      const batches: number[] = [];
+      const log = await openLog({ dir: freshDir(), commitDelayMs: 100, onFsync: (_s, lines) => batches.push(lines) });
+      log.expect();
+      log.expect();
+      log.expect();
+      let firstDone = false;
+      const first = log.append(record(1)).then((r) => ((firstDone = true), r));
+      await sleep(5);
+      assert.equal(firstDone, false, "the first line waits for the two calls still running");
+      const second = log.append(record(2));
+      await sleep(5);
+      assert.equal(firstDone, false, "one call is still running");
+      const started = performance.now();
+      const third = log.append(record(3));
+      const receipts = await Promise.all([first, second, third]);
+      assert.ok(performance.now() - started < 90, "the last expected line ended the wait before the delay");
+      assert.deepEqual(
+        receipts.map((r) => r.sequence),
+        [1, 2, 3],
+      );
+      assert.deepEqual(batches, [3], "one fdatasync for the three lines");
+    });
+
+    it("a call alone is written at once; an announced line that never comes costs at most the delay", async () => {
+      const dir = freshDir();
+      const log = await openLog({ dir, fsync: false, commitDelayMs: 100 });
+      let t = performance.now();
+      await log.append(record(1));
+      assert.ok(performance.now() - t < 90, `no call announced: written at once (${Math.round(performance.now() - t)} ms)`);
+      log.expect(); // a call whose line never comes (none should)
+      log.expect();
+      t = performance.now();
+      await log.append(record(2));
+      assert.ok(performance.now() - t >= 95, "waited for the other announced line, up to the delay");
+      t = performance.now();
+      await log.append(record(3)); // no call is announced any more: the count never goes below zero
+      assert.ok(performance.now() - t < 90, "written at once again");
+      assert.deepEqual(await verifyAuditFiles(await listAuditFiles(dir)), { ok: true, lines: 3 });
+    });
+
+    it("close() ends the wait: the waiting line is written and its append resolves", async () => {
+      const dir = freshDir();
+      const log = await AuditLog.open({ dir, commitDelayMs: 100 });
+      log.expect();
+      log.expect();
+      const appended = log.append(record(1));
+      await sleep(5);
+      const t = performance.now();
+      await log.close();
+      assert.equal((await appended).sequence, 1);
+      assert.ok(performance.now() - t < 90, "close did not wait out the delay");
+      assert.equal((await allLines(dir)).length, 1);
+    });
+
+    it("commitDelayMs outside 0..100 is refused", async () => {
+      await assert.rejects(AuditLog.open({ dir: freshDir(), commitDelayMs: -1 }), /commitDelayMs must be between 0 and 100/);
+      await assert.rejects(AuditLog.open({ dir: freshDir(), commitDelayMs: 101 }), /commitDelayMs must be between 0 and 100/);
+    });
+  });
+
   it("rotates by size; the chain continues across files and verifies", async () => {
     const dir = freshDir();
     const maxFileBytes = 2000;
