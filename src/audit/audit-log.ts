@@ -4,7 +4,7 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
-import { recoveredRecord, retryDelayMs, serializeRecord } from "./audit-store.js";
+import { CommitGate, recoveredRecord, retryDelayMs, serializeRecord } from "./audit-store.js";
 import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 import type { AuditEvent, AuditReceipt } from "../signing/ports.js";
 
@@ -18,12 +18,6 @@ export const DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024;
  * log fails closed until the disk answers again.
  */
 export const DEFAULT_WRITE_TIMEOUT_MS = 2_000;
-/**
- * The longest a write waits for the lines of calls that have started (expect()) before it makes
- * the lines it has durable: see AuditLogOptions.commitDelayMs.
- */
-export const DEFAULT_COMMIT_DELAY_MS = 1;
-export const MAX_COMMIT_DELAY_MS = 100;
 /** Opening, the tail read and the cut-back of a recovery may take longer than one write. */
 const MIN_OTHER_TIMEOUT_MS = 10_000;
 const WRITER_URL = new URL("./audit-writer.js", import.meta.url);
@@ -56,11 +50,9 @@ export interface AuditLogOptions {
   /** Lock the directory against a second writer (default true; see audit-dir.ts). */
   lock?: boolean;
   /**
-   * Group commit's wait, like PostgreSQL's commit_delay with commit_siblings: when lines are
-   * queued while calls that have started (expect()) have not appended theirs yet, the write
-   * waits for those lines, at most this long, so that one fdatasync covers them all (default
-   * DEFAULT_COMMIT_DELAY_MS; 0: write at once). A call alone never waits: with no other call
-   * started, its line is written at once.
+   * Group commit's wait (CommitGate): when lines are queued while calls that have started
+   * (expect()) have not appended theirs yet, the write waits for those lines, at most this long,
+   * so that one fdatasync covers them all (default DEFAULT_COMMIT_DELAY_MS; 0: write at once).
    */
   commitDelayMs?: number;
   /**
@@ -195,11 +187,8 @@ export class AuditLog {
   private retryAttempts = 0;
   /** An automatic attempt runs: a failure of its own line must not schedule another. */
   private retrying = false;
-  private readonly commitDelayMs: number;
-  /** Calls that have started (expect()) and have not appended their line yet. */
-  private expected = 0;
-  /** The write waiting for expected lines (gather()), and how to end the wait. */
-  private commitWait: { timer: NodeJS.Timeout; done: () => void } | undefined;
+  /** Group commit's wait for the lines of calls that have started. */
+  private readonly gate: CommitGate;
 
   private constructor(o: AuditLogOptions) {
     this.dir = o.dir;
@@ -210,16 +199,13 @@ export class AuditLog {
     this.lock = o.lock ?? true;
     this.writeTimeoutMs = o.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS;
     this.otherTimeoutMs = Math.max(this.writeTimeoutMs, MIN_OTHER_TIMEOUT_MS);
-    this.commitDelayMs = o.commitDelayMs ?? DEFAULT_COMMIT_DELAY_MS;
     if (!Number.isSafeInteger(this.maxFileBytes) || this.maxFileBytes < 1) {
       throw new SignerError("CONFIG_INVALID", "the audit maxFileBytes must be a positive integer");
     }
     if (!Number.isSafeInteger(this.writeTimeoutMs) || this.writeTimeoutMs < 1) {
       throw new SignerError("CONFIG_INVALID", "the audit writeTimeoutMs must be a positive integer");
     }
-    if (!Number.isFinite(this.commitDelayMs) || this.commitDelayMs < 0 || this.commitDelayMs > MAX_COMMIT_DELAY_MS) {
-      throw new SignerError("CONFIG_INVALID", `the audit commitDelayMs must be between 0 and ${MAX_COMMIT_DELAY_MS}`);
-    }
+    this.gate = new CommitGate(o.commitDelayMs);
     this.worker = this.startWriter();
   }
 
@@ -272,7 +258,7 @@ export class AuditLog {
    * call, so the caller may reuse or change it afterwards.
    */
   append(record: AuditRecordInput): Promise<AuditReceipt> {
-    if (this.expected > 0 && --this.expected === 0) this.endCommitWait();
+    this.gate.arrived();
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new SignerError("AUDIT_UNAVAILABLE", "the audit log cannot be written: closed"));
     let line: string;
@@ -293,7 +279,7 @@ export class AuditLog {
 
   /** A call has started and will append its line: a write may wait for it (commitDelayMs). */
   expect(): void {
-    this.expected++;
+    this.gate.expect();
   }
 
   /**
@@ -329,7 +315,7 @@ export class AuditLog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.endCommitWait();
+    this.gate.release();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     // Bounded: each write is (writeTimeoutMs), and a failure rejects the rest of the queue.
@@ -429,32 +415,12 @@ export class AuditLog {
     await Promise.resolve();
     try {
       while (this.queue.length > 0 && this.failure === undefined) {
-        await this.gather();
+        if (!this.closed) await this.gate.gather();
         await this.writeBatch(this.queue.splice(0, this.queue.length));
       }
     } finally {
       this.flushing = undefined;
     }
-  }
-
-  /**
-   * Waits, at most commitDelayMs, while calls that have started have not appended their lines:
-   * they then share this write's fdatasync. Ends at once when the last of them appends, or when
-   * the log closes. A call that never appends (none should) costs at most the delay.
-   */
-  private gather(): Promise<void> {
-    if (this.commitDelayMs === 0 || this.expected === 0 || this.closed) return Promise.resolve();
-    return new Promise<void>((done) => {
-      this.commitWait = { timer: setTimeout(() => this.endCommitWait(), this.commitDelayMs), done };
-    });
-  }
-
-  private endCommitWait(): void {
-    const w = this.commitWait;
-    if (!w) return;
-    this.commitWait = undefined;
-    clearTimeout(w.timer);
-    w.done();
   }
 
   /** Writes a batch in as few segments as rotation allows; each segment: one write, one fdatasync. */

@@ -1,4 +1,9 @@
+import { SignerError } from "../errors/index.js";
 import type { AuditLogStats, AuditReceipt, AuditRecordInput } from "./audit-log.js";
+
+/** The longest a group commit waits for the records of calls that have started (CommitGate). */
+export const DEFAULT_COMMIT_DELAY_MS = 1;
+export const MAX_COMMIT_DELAY_MS = 100;
 
 /**
  * What the service needs of an audit store, whichever keeps the records: the local files
@@ -13,6 +18,52 @@ export interface AuditStore {
   readonly healthy: boolean;
   readonly stats: AuditLogStats;
   close(): Promise<void>;
+}
+
+/**
+ * Group commit's wait, like PostgreSQL's commit_delay with commit_siblings: calls announce
+ * themselves when they start (AuditSink.expect), and a store about to make its queued records
+ * durable first waits, at most delayMs, while announced calls have not appended theirs; the
+ * last of them ends the wait at once. A call alone never waits (nothing else is announced), and
+ * an announced record that never comes (none should) costs at most the delay.
+ */
+export class CommitGate {
+  /** Calls announced and not yet appended. */
+  private expected = 0;
+  private waiting: { timer: NodeJS.Timeout; done: () => void } | undefined;
+
+  constructor(readonly delayMs: number = DEFAULT_COMMIT_DELAY_MS) {
+    if (!Number.isFinite(delayMs) || delayMs < 0 || delayMs > MAX_COMMIT_DELAY_MS) {
+      throw new SignerError("CONFIG_INVALID", `the audit commitDelayMs must be between 0 and ${MAX_COMMIT_DELAY_MS}`);
+    }
+  }
+
+  /** A call has started and will append its record. */
+  expect(): void {
+    this.expected++;
+  }
+
+  /** A record was appended: one announced call fewer (never below none); the last ends the wait. */
+  arrived(): void {
+    if (this.expected > 0 && --this.expected === 0) this.release();
+  }
+
+  /** Resolves when the announced calls have appended, after delayMs at most, or at release(). */
+  gather(): Promise<void> {
+    if (this.delayMs === 0 || this.expected === 0) return Promise.resolve();
+    return new Promise<void>((done) => {
+      this.waiting = { timer: setTimeout(() => this.release(), this.delayMs), done };
+    });
+  }
+
+  /** Ends the wait now (the store closes). */
+  release(): void {
+    const w = this.waiting;
+    if (!w) return;
+    this.waiting = undefined;
+    clearTimeout(w.timer);
+    w.done();
+  }
 }
 
 /** Fields the store sets itself; a record that tried to set them would forge the chain. */

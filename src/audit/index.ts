@@ -2,8 +2,6 @@ export {
   AuditLog,
   DEFAULT_MAX_FILE_BYTES,
   DEFAULT_WRITE_TIMEOUT_MS,
-  DEFAULT_COMMIT_DELAY_MS,
-  MAX_COMMIT_DELAY_MS,
   GENESIS_HASH,
   AUDIT_FILE_PATTERN,
   auditFileName,
@@ -18,3 +16,4 @@ export {
 } from "./audit-log.js";
 export { verifyAuditFiles, searchAudit, type AuditVerifyResult, type AuditRepair, type AuditQuery } from "./verify.js";
 export { auditDirProblem, LOCK_FILE_NAME } from "./audit-dir.js";
+export { DEFAULT_COMMIT_DELAY_MS, MAX_COMMIT_DELAY_MS } from "./audit-store.js";

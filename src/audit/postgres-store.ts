@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import pg from "pg";
 import { SignerError } from "../errors/index.js";
 import { GENESIS_HASH, hashLine, type AuditLogStats, type AuditReceipt, type AuditRecordInput } from "./audit-log.js";
-import { artifactDigestOf, recoveredRecord, retryDelayMs, serializeRecord, type AuditLine, type AuditStore } from "./audit-store.js";
+import { CommitGate, artifactDigestOf, recoveredRecord, retryDelayMs, serializeRecord, type AuditLine, type AuditStore } from "./audit-store.js";
 
 /** The schema version this code writes and reads; `audit migrate` (or the service) brings a database to it. */
 export const AUDIT_SCHEMA_VERSION = 1;
@@ -67,6 +67,8 @@ export interface PostgresAuditOptions {
   retry?: { minMs: number; maxMs: number; onRecovered?: () => void; onFailed?: (e: SignerError, nextAttemptMs: number) => void };
   /** Called after each group commit with its duration and the number of records it made durable. */
   onCommit?: (seconds: number, records: number) => void;
+  /** As AuditLogOptions.commitDelayMs: a commit waits this long at most for the records of calls that have started. */
+  commitDelayMs?: number;
 }
 
 interface Pending {
@@ -151,12 +153,15 @@ export class PostgresAuditStore implements AuditStore {
   private retrying = false;
   /** This replica has its row in audit_replicas. */
   private registered = false;
+  /** Group commit's wait for the records of calls that have started. */
+  private readonly gate: CommitGate;
 
   private constructor(o: PostgresAuditOptions) {
     this.o = o;
     this.replicaId = o.replicaId;
     this.timeoutMs = o.timeoutMs ?? 10_000;
     this.maxQueue = o.maxQueue ?? DEFAULT_MAX_QUEUE;
+    this.gate = new CommitGate(o.commitDelayMs);
   }
 
   /** Connects, migrates if allowed, takes this replica's chain (waiting for another holder) and reads where it ends. */
@@ -183,7 +188,13 @@ export class PostgresAuditStore implements AuditStore {
     return { sequence: this.durableSequence, queueDepth: this.queue.length, healthy: this.healthy };
   }
 
+  /** A call has started and will append its record: a commit may wait for it (commitDelayMs). */
+  expect(): void {
+    this.gate.expect();
+  }
+
   append(record: AuditRecordInput): Promise<AuditReceipt> {
+    this.gate.arrived();
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new SignerError("AUDIT_UNAVAILABLE", "the audit store cannot be written: closed"));
     if (this.queue.length >= this.maxQueue) return Promise.reject(new SignerError("AUDIT_UNAVAILABLE", "the audit database is too far behind: too many records wait"));
@@ -249,6 +260,7 @@ export class PostgresAuditStore implements AuditStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.gate.release();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     while (this.flushing) await this.flushing;
@@ -310,6 +322,7 @@ export class PostgresAuditStore implements AuditStore {
     await Promise.resolve();
     try {
       while (this.queue.length > 0 && this.failure === undefined) {
+        if (!this.closed) await this.gate.gather();
         await this.writeBatch(this.queue.splice(0, MAX_BATCH));
       }
     } finally {

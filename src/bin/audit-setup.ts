@@ -29,6 +29,7 @@ export async function openPostgresAudit(config: Readonly<Config>, logger: Logger
     lockWaitMs: c.lockWaitMs,
     migrate: c.migrate,
     onCommit,
+    commitDelayMs: config.audit.commitDelayMs,
     retry: {
       minMs: RETRY_MIN_MS,
       maxMs: RETRY_MAX_MS,

@@ -97,6 +97,23 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.deepEqual(await verifyAuditFiles(auditFilesIn(out)), { ok: true, lines: 300 });
   });
 
+  it("a commit waits for the records of calls that have started (commitDelayMs), and one INSERT takes them all", async () => {
+    const batches: number[] = [];
+    const store = await open("commit-delay", { commitDelayMs: 100, onCommit: (_s, records) => batches.push(records) });
+    store.expect();
+    store.expect();
+    let firstDone = false;
+    const first = store.append(record(1)).then((r) => ((firstDone = true), r));
+    await sleep(5);
+    assert.equal(firstDone, false, "the first record waits for the other call");
+    const receipts = await Promise.all([first, store.append(record(2))]);
+    assert.deepEqual(
+      receipts.map((r) => r.sequence),
+      [1, 2],
+    );
+    assert.deepEqual(batches, [2], "one commit for both records");
+  });
+
   it("the service's role has INSERT and SELECT only: it cannot UPDATE or DELETE records", async () => {
     const store = await open("grants");
     await store.append(record(1));
