@@ -315,7 +315,7 @@ export class AuditLog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.gate.release();
+    this.gate.close();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     // Bounded: each write is (writeTimeoutMs), and a failure rejects the rest of the queue.
@@ -415,7 +415,7 @@ export class AuditLog {
     await Promise.resolve();
     try {
       while (this.queue.length > 0 && this.failure === undefined) {
-        if (!this.closed) await this.gate.gather();
+        await this.gate.gather();
         await this.writeBatch(this.queue.splice(0, this.queue.length));
       }
     } finally {

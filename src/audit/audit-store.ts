@@ -31,6 +31,8 @@ export class CommitGate {
   /** Calls announced and not yet appended. */
   private expected = 0;
   private waiting: { timer: NodeJS.Timeout; done: () => void } | undefined;
+  /** The store closes: nothing waits any more. */
+  private closed = false;
 
   constructor(readonly delayMs: number = DEFAULT_COMMIT_DELAY_MS) {
     if (!Number.isFinite(delayMs) || delayMs < 0 || delayMs > MAX_COMMIT_DELAY_MS) {
@@ -48,16 +50,21 @@ export class CommitGate {
     if (this.expected > 0 && --this.expected === 0) this.release();
   }
 
-  /** Resolves when the announced calls have appended, after delayMs at most, or at release(). */
+  /** Resolves when the announced calls have appended, after delayMs at most, or at close(). */
   gather(): Promise<void> {
-    if (this.delayMs === 0 || this.expected === 0) return Promise.resolve();
+    if (this.delayMs === 0 || this.expected === 0 || this.closed) return Promise.resolve();
     return new Promise<void>((done) => {
       this.waiting = { timer: setTimeout(() => this.release(), this.delayMs), done };
     });
   }
 
-  /** Ends the wait now (the store closes). */
-  release(): void {
+  /** The store closes: the wait in progress ends now, and no later write waits. */
+  close(): void {
+    this.closed = true;
+    this.release();
+  }
+
+  private release(): void {
     const w = this.waiting;
     if (!w) return;
     this.waiting = undefined;

@@ -6,9 +6,10 @@
  * libuv's shared thread pool (async fs, crypto, dns) is not used up by calls that never return.
  *
  * Requests come as messages (audit-log.ts, WriterRequest) and each gets exactly one answer, in
- * order. (A shared-memory mailbox like the signing threads' was measured as well: no CPU saved per
- * batch, since the cost of a hand-off is the two threads' wake-ups, not the message; issue 14.) The main thread gives up waiting after its bound, but this thread still finishes the call
- * and answers; the main thread then knows exactly what reached the disk.
+ * order. The main thread gives up waiting after its bound, but this thread still finishes the call
+ * and answers; the main thread then knows exactly what reached the disk. (A shared-memory mailbox
+ * like the signing threads' was measured as well: no CPU saved per batch, since the cost of a
+ * hand-off is the two threads' wake-ups, not the message; issue 14.)
  */
 import { createHash } from "node:crypto";
 import { closeSync, constants, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, openSync, readdirSync, readSync, statSync, writeSync } from "node:fs";

@@ -260,7 +260,7 @@ export class PostgresAuditStore implements AuditStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.gate.release();
+    this.gate.close();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     while (this.flushing) await this.flushing;
@@ -322,7 +322,7 @@ export class PostgresAuditStore implements AuditStore {
     await Promise.resolve();
     try {
       while (this.queue.length > 0 && this.failure === undefined) {
-        if (!this.closed) await this.gate.gather();
+        await this.gate.gather();
         await this.writeBatch(this.queue.splice(0, MAX_BATCH));
       }
     } finally {
