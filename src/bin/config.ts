@@ -5,7 +5,7 @@ import { parse as parseYaml } from "yaml";
 import { auditDirProblem, DEFAULT_COMMIT_DELAY_MS, DEFAULT_WRITE_TIMEOUT_MS, MAX_COMMIT_DELAY_MS } from "../audit/index.js";
 import { jwtIssuersSchema, mtlsIdentityFromSchema } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
-import { DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS } from "../hsm/index.js";
+import { DEFAULT_ANSWER_HOLD_MS, DEFAULT_POOL_SIZE, DEFAULT_KEY_REFRESH_MS, MAX_ANSWER_HOLD_MS } from "../hsm/index.js";
 import type { LogLevel } from "../log/index.js";
 import { deepFreeze, isMapping, mapping, pathOf, problemsOf } from "../schema/index.js";
 import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
@@ -21,7 +21,7 @@ export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 export interface Config {
   listen: string;
   tls: { insecure: boolean; certFile?: string; keyFile?: string; clientCaFile?: string };
-  hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number; signStallMs: number };
+  hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number; signStallMs: number; answerHoldMs: number };
   limits: { maxPayloadBytes: number; maxDeadlineMs: number };
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
@@ -137,6 +137,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         sessions: integer(1, 256, DEFAULT_POOL_SIZE),
         keyRefreshSeconds: secondsAsMs(0, 86400, DEFAULT_KEY_REFRESH_MS / 1000),
         signStallSeconds: secondsAsMs(1, 3600, DEFAULT_SIGN_STALL_MS / 1000),
+        answerHoldMs: integer(0, MAX_ANSWER_HOLD_MS, DEFAULT_ANSWER_HOLD_MS),
       }),
       limits: section({ maxPayloadBytes: integer(1, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES), maxDeadlineSeconds: secondsAsMs(1, 3600, DEFAULT_MAX_DEADLINE_MS / 1000) }),
       log: section({
@@ -271,6 +272,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
       sessions: c.hsm.sessions,
       keyRefreshMs: c.hsm.keyRefreshSeconds,
       signStallMs: c.hsm.signStallSeconds,
+      answerHoldMs: c.hsm.answerHoldMs,
     },
     limits: { maxPayloadBytes: c.limits.maxPayloadBytes, maxDeadlineMs: c.limits.maxDeadlineSeconds },
     log: c.log,

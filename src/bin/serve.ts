@@ -32,6 +32,7 @@ async function openFromConfig(config: Config, onSign?: (keySpec: string, seconds
     pin: readPin(config.hsm),
     poolSize: config.hsm.sessions,
     keyRefreshMs: config.hsm.keyRefreshMs,
+    answerHoldMs: config.hsm.answerHoldMs,
   });
 }
 

@@ -6,3 +6,4 @@ export { KeyCustody, type SlotDetails, type TokenDetails } from "./key-custody.j
 export { generateKeyPair, storeCertificate, privateKeyExists } from "./key-factory.js";
 export { createTestChain, TEST_CHAIN_DEFAULTS, type TestChainParams, type TestChainResult } from "./test-chain.js";
 export { openHsm, type HsmOptions, type Hsm } from "./open-hsm.js";
+export { DEFAULT_ANSWER_HOLD_MS, MAX_ANSWER_HOLD_MS } from "./sign-threads.js";

@@ -10,6 +10,8 @@ export interface HsmOptions extends TokenSelector {
   poolSize?: number;
   maxWaiters?: number;
   keyRefreshMs?: number;
+  /** How long a signing thread may hold an answer while others sign (SignThreadsOptions.answerHoldMs). */
+  answerHoldMs?: number;
   onSign?: (keySpec: string, seconds: number) => void;
   /** Where HSM faults and recoveries are logged (default: nowhere). */
   logger?: Logger;
@@ -47,7 +49,7 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
     onRecovered: () => late.keys?.refresh({ afterRecovery: true }) ?? Promise.resolve(),
   });
   pool.start();
-  const threads = new SignThreads(o.modulePath, pool.size, { onError: (e) => pool.diagnose(e) });
+  const threads = new SignThreads(o.modulePath, pool.size, { onError: (e) => pool.diagnose(e), answerHoldMs: o.answerHoldMs });
   const store = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign });
   late.keys = store;
   const close = async (): Promise<void> => {

@@ -2,9 +2,10 @@ import type pkcs11js from "pkcs11js";
 
 /**
  * The shared memory one signing thread and the main thread exchange a job and its answer in.
- * The state word moves JOB (main) → DONE or FAILED (thread) → JOB (main) ...; each side sleeps
- * until the other changes it (Atomics.wait in the thread, Atomics.waitAsync on the event loop).
- * One job at a time per thread, as one thread serves one pooled session at a time.
+ * The state word moves JOB (main) → DONE or FAILED (thread) → IDLE (main, answer taken) → JOB ...
+ * The thread sleeps on its state word (Atomics.wait); the event loop sleeps on one doorbell word
+ * for all threads (Atomics.waitAsync, see Doorbell). One job at a time per thread, as one thread
+ * serves one pooled session at a time.
  */
 export const MailboxState = {
   IDLE: 0,
@@ -83,6 +84,78 @@ export function decodeMechanism(json: string): pkcs11js.Mechanism {
 type WaitAsync = (a: Int32Array, index: number, value: number) => { async: false; value: string } | { async: true; value: Promise<string> };
 const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
 
+// Int32 words of the doorbell
+const RUNNING = 0;
+const RINGS = 1;
+const HOLD_WHILE = 2;
+const HOLD_US = 3;
+
+/**
+ * The word the event loop sleeps on for the answers of all signing threads, so that under load it
+ * wakes once for several answers instead of once per answer. Each wake-up of the event loop costs
+ * it about as much CPU as a whole call's work when it is woken for that call alone (docs in the
+ * README's benchmark section): at RSA rates every answer used to wake it on its own.
+ *
+ * A thread that finishes a job while at least `holdWhileRunning` other jobs are still running
+ * holds its answer (it does not ring): one of those ends soon and rings for both, or the hold ends
+ * after `holdMs` and the thread rings itself. The last jobs running always ring at once, so a call
+ * alone, or a few, never wait; and while an answer is held, `holdWhileRunning` other threads keep
+ * the cores busy, so holding costs no signing throughput.
+ */
+export class Doorbell {
+  private readonly i32: Int32Array;
+
+  constructor(readonly buffer: SharedArrayBuffer) {
+    this.i32 = new Int32Array(buffer);
+  }
+
+  static create(holdWhileRunning: number, holdMs: number): SharedArrayBuffer {
+    const sab = new SharedArrayBuffer(16);
+    const i32 = new Int32Array(sab);
+    i32[HOLD_WHILE] = holdMs > 0 ? Math.max(1, holdWhileRunning) : 0x7fffffff;
+    i32[HOLD_US] = Math.round(holdMs * 1000);
+    return sab;
+  }
+
+  /** Main thread: a job was posted. */
+  posted(): void {
+    Atomics.add(this.i32, RUNNING, 1);
+  }
+
+  /** Main thread: a job ended without its thread saying so (the thread died). */
+  forget(): void {
+    Atomics.sub(this.i32, RUNNING, 1);
+  }
+
+  /** Signing thread: a job ended; true when the thread rang, false when it holds its answer (see holdMs). */
+  ended(): boolean {
+    const still = Atomics.sub(this.i32, RUNNING, 1) - 1;
+    if (still >= this.i32[HOLD_WHILE]!) return false;
+    this.ring();
+    return true;
+  }
+
+  get holdMs(): number {
+    return this.i32[HOLD_US]! / 1000;
+  }
+
+  ring(): void {
+    Atomics.add(this.i32, RINGS, 1);
+    Atomics.notify(this.i32, RINGS);
+  }
+
+  /** Main thread: the count of rings, to wait on with rung(). */
+  rings(): number {
+    return Atomics.load(this.i32, RINGS);
+  }
+
+  /** Main thread: resolves once a thread has rung since `seen` was read. */
+  async rung(seen: number): Promise<void> {
+    const r = waitAsync(this.i32, RINGS, seen);
+    if (r.async) await r.value;
+  }
+}
+
 export class Mailbox {
   private readonly i32: Int32Array;
   private readonly u32: Uint32Array;
@@ -92,7 +165,13 @@ export class Mailbox {
   /** Signing thread: the last mechanism read, and its bytes (readMechanism). */
   private lastMechanism: { bytes: Buffer; mechanism: pkcs11js.Mechanism } | undefined;
 
-  constructor(readonly buffer: SharedArrayBuffer) {
+  /** Signing thread: the answer it holds without having rung (Doorbell). */
+  private holding = false;
+
+  constructor(
+    readonly buffer: SharedArrayBuffer,
+    private readonly bell: Doorbell,
+  ) {
     this.i32 = new Int32Array(buffer, 0, 16);
     this.u32 = new Uint32Array(buffer, 0, 16);
     this.bytes = Buffer.from(buffer);
@@ -123,28 +202,22 @@ export class Mailbox {
     this.i32[KEY_LEN] = job.key.length;
     this.i32[DATA_LEN] = job.data.length;
     this.i32[OUT_LEN] = job.outLength;
+    this.bell.posted();
     Atomics.store(this.i32, STATE, MailboxState.JOB);
     Atomics.notify(this.i32, STATE);
   }
 
-  /**
-   * Main thread: resolves once the thread has answered the posted job. The state is checked
-   * again after each wake-up: under load a waiter is sometimes woken while the job is still
-   * running (seen about once in 20,000 jobs), and acting on it would hand the busy thread a
-   * second job.
-   */
-  async answered(): Promise<void> {
-    for (;;) {
-      const r = waitAsync(this.i32, STATE, MailboxState.JOB);
-      if (!r.async) return;
-      await r.value;
-      if (Atomics.load(this.i32, STATE) !== MailboxState.JOB) return;
-    }
+  /** Main thread: whether the thread has answered the posted job (DONE or FAILED). */
+  hasAnswered(): boolean {
+    const s = Atomics.load(this.i32, STATE);
+    return s === MailboxState.DONE || s === MailboxState.FAILED;
   }
 
-  /** Main thread: the answer to the last job (call after answered()). */
+  /** Main thread: the answer to the last job (once hasAnswered()); the mailbox is IDLE again. */
   answer(): MailboxAnswer {
     const state = Atomics.load(this.i32, STATE);
+    // Collected: a thread holding this answer (Doorbell) sees IDLE and does not ring for it.
+    if (state === MailboxState.DONE || state === MailboxState.FAILED) Atomics.compareExchange(this.i32, STATE, state, MailboxState.IDLE);
     const len = this.i32[RESULT_LEN]!;
     if (state === MailboxState.DONE) return { signature: Buffer.from(this.bytes.subarray(RESULT_OFF, RESULT_OFF + len)) };
     if (state === MailboxState.FAILED) {
@@ -159,11 +232,23 @@ export class Mailbox {
     Atomics.notify(this.i32, STATE);
   }
 
-  /** Signing thread: sleeps until there is a job (JOB) or an order to stop (STOP). */
+  /**
+   * Signing thread: sleeps until there is a job (JOB) or an order to stop (STOP). While it holds an
+   * answer it sleeps at most the doorbell's holdMs, then rings unless the answer was taken.
+   */
   waitForJob(): number {
     for (;;) {
       const s = Atomics.load(this.i32, STATE);
       if (s === MailboxState.JOB || s === MailboxState.STOP) return s;
+      if (this.holding && s !== MailboxState.IDLE) {
+        const r = Atomics.wait(this.i32, STATE, s, this.bell.holdMs);
+        if (r === "timed-out") {
+          this.holding = false;
+          if (Atomics.load(this.i32, STATE) === s) this.bell.ring();
+        }
+        continue;
+      }
+      this.holding = false;
       Atomics.wait(this.i32, STATE, s);
     }
   }
@@ -214,6 +299,6 @@ export class Mailbox {
   /** JOB → DONE or FAILED, unless the main thread asked to STOP meanwhile (that order stays). */
   private settle(state: number): void {
     Atomics.compareExchange(this.i32, STATE, MailboxState.JOB, state);
-    Atomics.notify(this.i32, STATE);
+    this.holding = !this.bell.ended();
   }
 }

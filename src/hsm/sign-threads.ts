@@ -2,7 +2,7 @@ import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import type pkcs11js from "pkcs11js";
 import { SignerError } from "../errors/index.js";
-import { Mailbox, type MailboxJob } from "./sign-mailbox.js";
+import { Doorbell, Mailbox, type MailboxJob } from "./sign-mailbox.js";
 
 const WORKER_URL = new URL("./sign-worker.js", import.meta.url);
 /** Pause before replacing a thread that died while starting (e.g. the module failed to load). */
@@ -22,7 +22,6 @@ interface Thread {
 }
 
 interface Job {
-  id: number;
   since: number;
   pending: Pending;
 }
@@ -45,7 +44,20 @@ export interface SignThreadsOptions {
    * context, so its log lines carry the caller's request id.
    */
   onError?: (e: unknown) => unknown;
+  /**
+   * How long a thread may hold an answer while other jobs run, so that the event loop takes
+   * several answers per wake-up (ms; 0: every answer wakes it at once). See Doorbell.
+   */
+  answerHoldMs?: number;
+  /** How many other jobs must be running for a thread to hold its answer (2: see Doorbell). */
+  holdWhileRunning?: number;
 }
+
+/** SignThreadsOptions.answerHoldMs: the default and the most it may be. */
+export const DEFAULT_ANSWER_HOLD_MS = 2;
+export const MAX_ANSWER_HOLD_MS = 100;
+/** Two other jobs: the cores stay busy signing while an answer waits (Doorbell). */
+const HOLD_WHILE_RUNNING = 2;
 
 /**
  * Signing threads, one per pooled session, so a job normally finds a free thread at once; while
@@ -55,9 +67,13 @@ export class SignThreads {
   private readonly idle: Thread[] = [];
   private readonly all = new Set<Thread>();
   /** Jobs waiting for a thread (there may be fewer threads than sessions). */
-  private readonly queue: { id: number; job: MailboxJob; pending: Pending }[] = [];
-  private nextId = 1;
+  private readonly queue: { job: MailboxJob; pending: Pending }[] = [];
   private closing = false;
+  /** Threads with a job out, and whether watch() is running for them. */
+  private busy = 0;
+  private watching = false;
+  private readonly bellBuffer: SharedArrayBuffer;
+  private readonly bell: Doorbell;
 
   /** Threads start one after another (see spawnNext). */
   private spawning: Promise<void> = Promise.resolve();
@@ -67,6 +83,10 @@ export class SignThreads {
     count: number,
     private readonly options: SignThreadsOptions = {},
   ) {
+    const hold = options.answerHoldMs ?? DEFAULT_ANSWER_HOLD_MS;
+    if (!Number.isFinite(hold) || hold < 0 || hold > MAX_ANSWER_HOLD_MS) throw new SignerError("CONFIG_INVALID", `answerHoldMs must be between 0 and ${MAX_ANSWER_HOLD_MS}`);
+    this.bellBuffer = Doorbell.create(options.holdWhileRunning ?? HOLD_WHILE_RUNNING, hold);
+    this.bell = new Doorbell(this.bellBuffer);
     for (let i = 0; i < count; i++) this.spawnNext(0);
   }
 
@@ -83,11 +103,11 @@ export class SignThreads {
   private spawn(): Promise<void> {
     return new Promise<void>((started) => {
       const mailbox = Mailbox.create();
-      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath, mailbox } });
+      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath, mailbox, doorbell: this.bellBuffer } });
       // Unreferenced while idle; referenced while it has a job, since a pending Atomics.waitAsync
       // alone would not keep the process alive.
       w.unref();
-      const t: Thread = { worker: w, box: new Mailbox(mailbox), job: undefined };
+      const t: Thread = { worker: w, box: new Mailbox(mailbox, this.bell), job: undefined };
       let ready = false;
       w.on("message", (r: { ready?: true }) => {
         if (r.ready && !ready) {
@@ -102,6 +122,10 @@ export class SignThreads {
         if (!this.all.delete(t)) return;
         const i = this.idle.indexOf(t);
         if (i >= 0) this.idle.splice(i, 1);
+        if (t.job) {
+          this.busy--;
+          if (!t.box.hasAnswered()) this.bell.forget();
+        }
         t.job?.pending.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
         t.job = undefined;
         if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
@@ -112,8 +136,13 @@ export class SignThreads {
     });
   }
 
+  /** Resolves once every thread has started (jobs wait in the queue until a thread is ready). */
+  started(): Promise<void> {
+    return this.spawning;
+  }
+
   /** Posts a job to a free thread; its answer comes back through the mailbox. */
-  private start(t: Thread, id: number, job: MailboxJob, pending: Pending): void {
+  private start(t: Thread, job: MailboxJob, pending: Pending): void {
     try {
       t.box.post(job);
     } catch (e) {
@@ -121,16 +150,37 @@ export class SignThreads {
       pending.reject(new SignerError("INTERNAL", `cannot hand the signature to a signing thread: ${(e as Error).message}`, { cause: e }));
       return;
     }
-    t.job = { id, since: performance.now(), pending };
+    t.job = { since: performance.now(), pending };
     t.worker.ref();
-    void t.box.answered().then(() => this.onAnswer(t, id));
+    this.busy++;
+    if (!this.watching) void this.watch();
   }
 
-  private onAnswer(t: Thread, id: number): void {
+  /**
+   * Takes the answers of all threads each time one rings, while jobs are out. The state of each
+   * mailbox decides, not the wake-up: Atomics.waitAsync sometimes wakes with nothing changed (seen
+   * about once in 2,000 waits under load), and taking that for an answer would hand a busy thread
+   * a second job.
+   */
+  private async watch(): Promise<void> {
+    this.watching = true;
+    try {
+      while (this.busy > 0) {
+        const seen = this.bell.rings();
+        for (const t of this.all) if (t.job && t.box.hasAnswered()) this.onAnswer(t);
+        if (this.busy === 0) break;
+        await this.bell.rung(seen);
+      }
+    } finally {
+      this.watching = false;
+    }
+  }
+
+  private onAnswer(t: Thread): void {
     const job = t.job;
-    // The thread died meanwhile and its job was failed already.
-    if (!job || job.id !== id) return;
+    if (!job) return;
     t.job = undefined;
+    this.busy--;
     t.worker.unref();
     const r = t.box.answer();
     this.release(t);
@@ -145,20 +195,19 @@ export class SignThreads {
       this.idle.push(t);
       return;
     }
-    this.start(t, next.id, next.job, next.pending);
+    this.start(t, next.job, next.pending);
   }
 
   /** C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. */
   sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number): Promise<Buffer> {
-    const id = this.nextId++;
     const job: MailboxJob = { session, key, mechanism, data, outLength };
     const p = new Promise<Buffer>((resolve, reject) => {
       const t = this.idle.pop();
       if (!t) {
-        this.queue.push({ id, job, pending: { resolve, reject } });
+        this.queue.push({ job, pending: { resolve, reject } });
         return;
       }
-      this.start(t, id, job, { resolve, reject });
+      this.start(t, job, { resolve, reject });
     });
     const onError = this.options.onError;
     // Attached here, not in the "message" listener, so that it runs in the caller's async context.

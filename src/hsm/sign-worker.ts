@@ -10,12 +10,12 @@
  */
 import { workerData, parentPort } from "node:worker_threads";
 import pkcs11js from "pkcs11js";
-import { Mailbox, MailboxState } from "./sign-mailbox.js";
+import { Doorbell, Mailbox, MailboxState } from "./sign-mailbox.js";
 
 const CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191;
 const CKF_OS_LOCKING_OK = 2;
 
-const data = workerData as { modulePath: string; mailbox: SharedArrayBuffer };
+const data = workerData as { modulePath: string; mailbox: SharedArrayBuffer; doorbell: SharedArrayBuffer };
 const lib = new pkcs11js.PKCS11();
 lib.load(data.modulePath);
 try {
@@ -25,7 +25,7 @@ try {
   if ((e as { code?: number }).code !== CKR_CRYPTOKI_ALREADY_INITIALIZED) throw e;
 }
 
-const box = new Mailbox(data.mailbox);
+const box = new Mailbox(data.mailbox, new Doorbell(data.doorbell));
 
 // Ready: the next thread may now load the addon (sign-threads.ts starts them one at a time).
 parentPort?.postMessage({ ready: true });

@@ -50,6 +50,12 @@ const added = (before: Set<string>, after: Set<string>): string[] => [...after].
 
 const POOL_SIZE = 4;
 
+/** BENCH_ANSWER_HOLD_MS: the signing threads' answer hold for this run (default: the service's). */
+function benchAnswerHoldMs(): number | undefined {
+  const v = process.env.BENCH_ANSWER_HOLD_MS;
+  return v === undefined || v === "" ? undefined : Number(v);
+}
+
 async function main(start: BenchServerStart): Promise<void> {
   const atStart = tids();
   // The libuv pool starts with its first request, which the ES module loader has usually made
@@ -62,7 +68,7 @@ async function main(start: BenchServerStart): Promise<void> {
   let hsm: Hsm | undefined;
   let sign: string[] = [];
   if (start.mode !== "echo") {
-    hsm = await openHsm({ modulePath: start.token.module, tokenLabel: start.token.label, pin: start.token.pin, poolSize: POOL_SIZE, keyRefreshMs: 0 });
+    hsm = await openHsm({ modulePath: start.token.module, tokenLabel: start.token.label, pin: start.token.pin, poolSize: POOL_SIZE, keyRefreshMs: 0, answerHoldMs: benchAnswerHoldMs() });
     // The signing threads start one after another (sign-threads.ts): wait for all of them.
     for (let i = 0; i < 200 && sign.length < POOL_SIZE; i++) {
       await new Promise((r) => setTimeout(r, 50));

@@ -132,4 +132,51 @@ describe("SignThreads: C_SignInit + C_Sign in worker threads on pooled sessions"
       await threads.close();
     }
   });
+  // Doorbell (sign-mailbox.ts): an answer finished while other jobs run may wait for them, so that
+  // the event loop takes several per wake-up; at most answerHoldMs, and never for nothing.
+  describe("answers held while other jobs run", () => {
+    const pss = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 } };
+
+    /** A long RSA job on one thread, then an EC-256 job on the other: what is running when the EC answer arrives. */
+    async function ecWhileRsaRuns(rsaSpec: "RSA-2048" | "RSA-4096", answerHoldMs: number): Promise<{ rsaStillRunning: boolean; both: number }> {
+      const f = await getFixture();
+      const leaf = new X509Certificate((await f.hsm.keys.getKey(keyIdOf("EC-256"))).chain[0] as Buffer).publicKey;
+      const threads = new SignThreads(f.token.module, 2, { answerHoldMs, holdWhileRunning: 1 });
+      const sessions = await Promise.all([f.hsm.pool.acquire(), f.hsm.pool.acquire()]);
+      try {
+        await threads.started();
+        // Both handles first: a session is used by one thread at a time.
+        const [rsaKey, ecKey] = [rsaSpec, "EC-256" as const].map((spec) => sessions[0]!.find({ class: ObjectClass.PRIVATE_KEY, label: keyIdOf(spec) }).items(0).handle);
+        const digest = createHash("sha256").update("held").digest();
+        const rsa = threads.sign(sessions[0]!.handle, rsaKey!, pss, digest, 600);
+        let rsaStillRunning = false;
+        const ec = threads.sign(sessions[1]!.handle, ecKey!, { mechanism: pkcs11js.CKM_ECDSA }, digest, 80).then((sig) => {
+          rsaStillRunning = threads.longestRunningMs() > 0;
+          assert.ok(verify("sha256", Buffer.from("held"), { key: leaf, dsaEncoding: "ieee-p1363" }, sig));
+        });
+        const all = await Promise.all([rsa, ec]);
+        return { rsaStillRunning, both: all.length };
+      } finally {
+        for (const s of sessions) f.hsm.pool.release(s, true);
+        await threads.close();
+      }
+    }
+
+    it("the hold ends after answerHoldMs even while another job still runs", async () => {
+      // An RSA-4096 signature on SoftHSM takes tens of milliseconds; the hold is 1.
+      const r = await ecWhileRsaRuns("RSA-4096", 1);
+      assert.deepEqual(r, { rsaStillRunning: true, both: 2 });
+    });
+
+    it("an answer is held while another job runs, and goes with that job's answer", async () => {
+      // The longest hold, 100 ms, against an RSA-2048 signature's few: the EC answer waits for the
+      // RSA one, which rings at once (no job runs after it), and both are taken together.
+      const r = await ecWhileRsaRuns("RSA-2048", 100);
+      assert.deepEqual(r, { rsaStillRunning: false, both: 2 });
+    });
+
+    it("answerHoldMs is checked", () => {
+      for (const answerHoldMs of [-1, 101, Number.NaN]) assert.throws(() => new SignThreads("/nonexistent.so", 1, { answerHoldMs }), /answerHoldMs must be between 0 and 100/);
+    });
+  });
 });

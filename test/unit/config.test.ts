@@ -31,11 +31,18 @@ describe("configuration: file, environment overrides, every problem at once", ()
     assert.equal(c.metrics.grpcHealthListen, undefined);
     assert.equal(c.audit.dir, join(dir, "audit"));
     assert.equal(c.audit.commitDelayMs, 1);
+    assert.equal(c.hsm.answerHoldMs, 2);
   });
 
   it("audit.commitDelayMs: 0 turns the group-commit wait off; beyond 100 ms is refused", () => {
     assert.equal(loadConfig(write(minimal.replace("audit: { dir: audit }", "audit: { dir: audit, commitDelayMs: 0 }")), {}).audit.commitDelayMs, 0);
     assert.throws(() => loadConfig(write(minimal.replace("audit: { dir: audit }", "audit: { dir: audit, commitDelayMs: 250 }")), {}), /audit\.commitDelayMs: must be an integer from 0 to 100/);
+  });
+
+  it("hsm.answerHoldMs: 0 turns the signing threads' answer hold off; beyond 100 ms is refused", () => {
+    const hsm = (extra: string): string => minimal.replace("pinFile: pin }", `pinFile: pin${extra} }`);
+    assert.equal(loadConfig(write(hsm(", answerHoldMs: 0")), {}).hsm.answerHoldMs, 0);
+    assert.throws(() => loadConfig(write(hsm(", answerHoldMs: 101")), {}), /hsm\.answerHoldMs: must be an integer from 0 to 100/);
   });
 
   it("environment overrides win over the file", () => {

@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
 import pkcs11js from "pkcs11js";
-import { Mailbox, MailboxState } from "../../src/hsm/sign-mailbox.js";
+import { Doorbell, Mailbox, MailboxState } from "../../src/hsm/sign-mailbox.js";
 
 /** Both sides of a mailbox in one thread: the signing thread's side is called by hand. */
-function pair(): { main: Mailbox; thread: Mailbox; state: () => number } {
+function pair(bell = new Doorbell(Doorbell.create(2, 0))): { main: Mailbox; thread: Mailbox; bell: Doorbell; state: () => number } {
   const sab = Mailbox.create();
   const i32 = new Int32Array(sab);
-  return { main: new Mailbox(sab), thread: new Mailbox(sab), state: () => Atomics.load(i32, 0) };
+  return { main: new Mailbox(sab, bell), thread: new Mailbox(sab, bell), bell, state: () => Atomics.load(i32, 0) };
 }
+
+const ecJob = () => ({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 });
 
 const pss: pkcs11js.Mechanism = {
   mechanism: pkcs11js.CKM_RSA_PKCS_PSS,
@@ -24,16 +26,20 @@ const settled = async (p: Promise<unknown>): Promise<boolean> => {
 
 describe("sign mailbox: the shared memory between the event loop and a signing thread", () => {
   it("carries a job (handles, mechanism with parameters, data, output size) and its signature across", async () => {
-    const { main, thread, state } = pair();
+    const { main, thread, bell, state } = pair();
     const job = { session: Buffer.from("0100000000000000", "hex"), key: Buffer.from("2a00000000000000", "hex"), mechanism: pss, data: Buffer.alloc(48, 7), outLength: 400 };
     main.post(job);
     assert.equal(state(), MailboxState.JOB);
     assert.equal(thread.waitForJob(), MailboxState.JOB);
     assert.deepEqual(thread.readJob(), job);
-    const answered = main.answered();
+    const rung = bell.rung(bell.rings());
     thread.reply(Buffer.alloc(384, 9));
-    await answered;
+    await rung;
+    assert.equal(main.hasAnswered(), true);
     assert.deepEqual(main.answer(), { signature: Buffer.alloc(384, 9) });
+    // Taken: the mailbox is idle again, and a thread holding the answer would not ring for it.
+    assert.equal(state(), MailboxState.IDLE);
+    assert.equal(main.hasAnswered(), false);
   });
 
   it("carries Buffer parameters of a mechanism as Buffers (Buffer.toJSON runs before a JSON replacer)", () => {
@@ -65,30 +71,67 @@ describe("sign mailbox: the shared memory between the event loop and a signing t
     assert.deepEqual(seen, sequence);
   });
 
-  it("keeps a failure's message and its CKR_ code, vendor codes above 2^31 included", async () => {
+  it("keeps a failure's message and its CKR_ code, vendor codes above 2^31 included", () => {
     const { main, thread } = pair();
-    main.post({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 });
+    main.post(ecJob());
     thread.fail("CKR_VENDOR_DEFINED: ünïcode kept", 0x80000001);
-    await main.answered();
+    assert.equal(main.hasAnswered(), true);
     assert.deepEqual(main.answer(), { error: { message: "CKR_VENDOR_DEFINED: ünïcode kept", code: 0x80000001 } });
   });
 
   // Atomics.waitAsync sometimes wakes while the value is unchanged (seen about once in 2,000
-  // waits under load); taking that for an answer would hand a busy thread a second job.
-  it("a wake-up without an answer does not count as one", async () => {
-    const { main, thread, state } = pair();
-    main.post({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 });
-    const answered = main.answered();
-    Atomics.notify(new Int32Array(main.buffer), 0);
-    assert.equal(await settled(answered), false, "answered() resolved while the job was still running");
+  // waits under load); taking that for an answer would hand a busy thread a second job, so the
+  // event loop goes by each mailbox's state (sign-threads.ts, watch).
+  it("a wake-up of the doorbell without an answer is no answer", async () => {
+    const { main, thread, bell, state } = pair();
+    main.post(ecJob());
+    const seen = bell.rings();
+    const woken = bell.rung(seen);
+    Atomics.notify(new Int32Array(bell.buffer), 1);
+    assert.equal(await settled(woken), true, "a wake-up without a ring");
+    assert.equal(bell.rings(), seen);
+    assert.equal(main.hasAnswered(), false);
     assert.equal(state(), MailboxState.JOB);
+    const rung = bell.rung(seen);
     thread.reply(Buffer.alloc(64, 1));
-    assert.equal(await settled(answered), true);
+    assert.equal(await settled(rung), true);
+    assert.equal(main.hasAnswered(), true);
+  });
+
+  it("doorbell: an answer rings at once unless two other jobs are running; the last ones always ring", () => {
+    const bell = new Doorbell(Doorbell.create(2, 50));
+    const boxes = [pair(bell), pair(bell), pair(bell), pair(bell)];
+    for (const b of boxes) b.main.post(ecJob());
+    const rings = [bell.rings()];
+    for (const b of boxes) {
+      b.thread.reply(Buffer.alloc(64));
+      rings.push(bell.rings());
+    }
+    // Four running: the first two answers are held (3, then 2 others still run), the last two ring.
+    assert.deepEqual(
+      rings.map((r) => r - rings[0]!),
+      [0, 0, 0, 1, 2],
+    );
+    assert.ok(boxes.every((b) => b.main.hasAnswered()));
+    // One job alone rings at once.
+    boxes[0]!.main.answer();
+    boxes[0]!.main.post(ecJob());
+    boxes[0]!.thread.fail("CKR_DEVICE_ERROR", 0x30);
+    assert.equal(bell.rings() - rings[0]!, 3);
+  });
+
+  it("doorbell: with no hold (0 ms) every answer rings", () => {
+    const bell = new Doorbell(Doorbell.create(2, 0));
+    const boxes = [pair(bell), pair(bell), pair(bell), pair(bell)];
+    for (const b of boxes) b.main.post(ecJob());
+    const before = bell.rings();
+    for (const b of boxes) b.thread.reply(Buffer.alloc(64));
+    assert.equal(bell.rings() - before, 4);
   });
 
   it("a job that does not fit is refused before anything is posted", () => {
     const { main, state } = pair();
-    const base = { session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 };
+    const base = ecJob();
     assert.throws(() => main.post({ ...base, data: Buffer.alloc(4096) }), /longer than 1024 bytes/);
     assert.throws(() => main.post({ ...base, outLength: 100_000 }), /larger than/);
     assert.throws(() => main.post({ ...base, key: Buffer.alloc(64) }), /handle longer/);
@@ -97,7 +140,7 @@ describe("sign mailbox: the shared memory between the event loop and a signing t
 
   it("a stop order is not overwritten by the answer of a job that was still running", () => {
     const { main, thread, state } = pair();
-    main.post({ session: Buffer.alloc(8), key: Buffer.alloc(8), mechanism: { mechanism: pkcs11js.CKM_ECDSA }, data: Buffer.alloc(32), outLength: 80 });
+    main.post(ecJob());
     assert.equal(thread.waitForJob(), MailboxState.JOB);
     main.stop();
     thread.reply(Buffer.alloc(64));
