@@ -9,6 +9,9 @@
 // BENCH_SERVER_WARMUP_MS (2000), BENCH_PROF_DIR (write --cpu-prof profiles of the servers there:
 // wall time, see below), BENCH_PERF_DIR and BENCH_PERF_FREQ (499) (run `perf record -g` on the
 // server during each row, its on-CPU samples; scripts/perf-attribution.js reads them).
+// The servers read BENCH_ANSWER_HOLD_MS (hsm.answerHoldMs), BENCH_COMMIT_DELAY_MS
+// (audit.commitDelayMs) and BENCH_SESSIONS (4) themselves: run twice, alternating, to compare two
+// settings of the same build.
 import { fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";

@@ -48,13 +48,17 @@ const send = (m: BenchServerMessage): void => void process.send?.(m);
 const tids = (): Set<string> => new Set(readdirSync("/proc/self/task"));
 const added = (before: Set<string>, after: Set<string>): string[] => [...after].filter((t) => !before.has(t));
 
-const POOL_SIZE = 4;
-
-/** BENCH_ANSWER_HOLD_MS: the signing threads' answer hold for this run (default: the service's). */
-function benchAnswerHoldMs(): number | undefined {
-  const v = process.env.BENCH_ANSWER_HOLD_MS;
+/**
+ * A setting for this run from the environment (default: the service's), to compare two values
+ * back to back: BENCH_ANSWER_HOLD_MS (hsm.answerHoldMs), BENCH_COMMIT_DELAY_MS (audit.commitDelayMs),
+ * BENCH_SESSIONS (hsm.sessions, and so the signing threads; 4 unless set).
+ */
+function benchNumber(name: string): number | undefined {
+  const v = process.env[name];
   return v === undefined || v === "" ? undefined : Number(v);
 }
+
+const POOL_SIZE = benchNumber("BENCH_SESSIONS") ?? 4;
 
 async function main(start: BenchServerStart): Promise<void> {
   const atStart = tids();
@@ -68,7 +72,14 @@ async function main(start: BenchServerStart): Promise<void> {
   let hsm: Hsm | undefined;
   let sign: string[] = [];
   if (start.mode !== "echo") {
-    hsm = await openHsm({ modulePath: start.token.module, tokenLabel: start.token.label, pin: start.token.pin, poolSize: POOL_SIZE, keyRefreshMs: 0, answerHoldMs: benchAnswerHoldMs() });
+    hsm = await openHsm({
+      modulePath: start.token.module,
+      tokenLabel: start.token.label,
+      pin: start.token.pin,
+      poolSize: POOL_SIZE,
+      keyRefreshMs: 0,
+      answerHoldMs: benchNumber("BENCH_ANSWER_HOLD_MS"),
+    });
     // The signing threads start one after another (sign-threads.ts): wait for all of them.
     for (let i = 0; i < 200 && sign.length < POOL_SIZE; i++) {
       await new Promise((r) => setTimeout(r, 50));
@@ -108,7 +119,10 @@ async function main(start: BenchServerStart): Promise<void> {
       fsync.fsyncSeconds += seconds;
       fsync.fsyncLines += lines;
     };
-    const audit = start.mode === "audit-off" ? noAudit : await AuditLog.open({ dir: join(start.token.dir, `bench-audit-${process.pid}`), fsync: start.mode === "service", onFsync });
+    const audit =
+      start.mode === "audit-off"
+        ? noAudit
+        : await AuditLog.open({ dir: join(start.token.dir, `bench-audit-${process.pid}`), fsync: start.mode === "service", onFsync, commitDelayMs: benchNumber("BENCH_COMMIT_DELAY_MS") });
     const server = await startTestServer(f, { audit });
     port = server.port;
     close = async () => {
