@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import type pkcs11js from "pkcs11js";
@@ -49,15 +50,19 @@ export interface SignThreadsOptions {
    * several answers per wake-up (ms; 0: every answer wakes it at once). See Doorbell.
    */
   answerHoldMs?: number;
-  /** How many other jobs must be running for a thread to hold its answer (2: see Doorbell). */
+  /** How many other jobs must be running for a thread to hold its answer (default: the cores, at least 2; see Doorbell). */
   holdWhileRunning?: number;
 }
 
 /** SignThreadsOptions.answerHoldMs: the default and the most it may be. */
 export const DEFAULT_ANSWER_HOLD_MS = 2;
 export const MAX_ANSWER_HOLD_MS = 100;
-/** Two other jobs: the cores stay busy signing while an answer waits (Doorbell). */
-const HOLD_WHILE_RUNNING = 2;
+/**
+ * As many other jobs as there are cores, at least two: with an HSM that signs on this machine's
+ * CPU (SoftHSM), every core stays busy signing while an answer waits (Doorbell). With a network
+ * HSM the threads only wait, and this bounds how many answers one wake-up takes.
+ */
+const HOLD_WHILE_RUNNING = Math.max(2, availableParallelism());
 
 /**
  * Signing threads, one per pooled session, so a job normally finds a free thread at once; while
