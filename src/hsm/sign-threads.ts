@@ -77,7 +77,6 @@ export class SignThreads {
   /** Threads with a job out, and whether watch() is running for them. */
   private busy = 0;
   private watching = false;
-  private readonly bellBuffer: SharedArrayBuffer;
   private readonly bell: Doorbell;
 
   /** Threads start one after another (see spawnNext). */
@@ -90,8 +89,7 @@ export class SignThreads {
   ) {
     const hold = options.answerHoldMs ?? DEFAULT_ANSWER_HOLD_MS;
     if (!Number.isFinite(hold) || hold < 0 || hold > MAX_ANSWER_HOLD_MS) throw new SignerError("CONFIG_INVALID", `answerHoldMs must be between 0 and ${MAX_ANSWER_HOLD_MS}`);
-    this.bellBuffer = Doorbell.create(options.holdWhileRunning ?? HOLD_WHILE_RUNNING, hold);
-    this.bell = new Doorbell(this.bellBuffer);
+    this.bell = new Doorbell(Doorbell.create(options.holdWhileRunning ?? HOLD_WHILE_RUNNING, hold));
     for (let i = 0; i < count; i++) this.spawnNext(0);
   }
 
@@ -108,7 +106,7 @@ export class SignThreads {
   private spawn(): Promise<void> {
     return new Promise<void>((started) => {
       const mailbox = Mailbox.create();
-      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath, mailbox, doorbell: this.bellBuffer } });
+      const w = new Worker(WORKER_URL, { workerData: { modulePath: this.modulePath, mailbox, doorbell: this.bell.buffer } });
       // Unreferenced while idle; referenced while it has a job, since a pending Atomics.waitAsync
       // alone would not keep the process alive.
       w.unref();
@@ -130,9 +128,9 @@ export class SignThreads {
         if (t.job) {
           this.busy--;
           if (!t.box.hasAnswered()) this.bell.forget();
+          t.job.pending.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
+          t.job = undefined;
         }
-        t.job?.pending.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
-        t.job = undefined;
         if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
       };
       w.on("error", lost);
