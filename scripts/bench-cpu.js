@@ -4,7 +4,8 @@
 // Uses the compiled tree at BENCH_ROOT (default: this checkout), so that two builds (before and
 // after a change) can be compared back to back with the same script:
 //   npm run build && BENCH_ROOT=/path/to/other/checkout node scripts/bench-cpu.js
-// Knobs (environment): BENCH_ROWS (service,audit-off,raw,echo), BENCH_KEYS (RSA-3072,EC-256),
+// Knobs (environment): BENCH_ROWS (service,audit-off,raw,echo; also echo-sign, the bare grpc-js
+// server that signs through the HSM, bench-server.ts), BENCH_KEYS (RSA-3072,EC-256),
 // BENCH_CONCURRENCY (64,8), BENCH_ROUNDS (3), BENCH_DURATION_MS (2000), BENCH_WARMUP_MS (300),
 // BENCH_SERVER_WARMUP_MS (2000), BENCH_PROF_DIR (write --cpu-prof profiles of the servers there:
 // wall time, see below), BENCH_PERF_DIR and BENCH_PERF_FREQ (499) (run `perf record -g` on the
@@ -143,7 +144,7 @@ try {
   for (const mode of ["service", ...ROWS.filter((r) => r !== "service")]) {
     if (!ROWS.includes(mode)) continue;
     let fixed;
-    if (mode === "echo") {
+    if (mode === "echo" || mode === "echo-sign") {
       const c = signerClient(f.tls.ca, servers.service.port);
       fixed = { ...(await callSigner(c, "Sign", digestRequest("EC-256"), Date.now() + 10000)) };
       c.close();

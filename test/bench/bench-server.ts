@@ -7,6 +7,10 @@
  *   service-nosync  the same, the audit written without fdatasync (audit.fsync: false)
  *   audit-off    the same with an audit sink that writes nothing, to price the audit
  *   echo         a bare grpc-js unary server with the same TLS answering a fixed Sign response
+ *   echo-sign    the same bare server, whose Sign first signs the request's digest with its key
+ *                through the HSM's signing threads (the raw path): gRPC, TLS and the HSM signature,
+ *                nothing of the service (no policy, no audit), the floor a gRPC signing server on
+ *                grpc-js pays (scripts/bench-cpu.js only)
  *   raw          no server: runs the raw PKCS#11 load (signDigest through the session pool and the
  *                signing threads) in this process when asked, and measures itself
  *
@@ -21,12 +25,12 @@ import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { AuditLog } from "../../src/audit/index.js";
 import { openHsm, type Hsm } from "../../src/hsm/index.js";
-import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
+import { digest as hashBytes, keySpecInfo, type HashAlgorithm, type KeySpec } from "../../src/signing/key-spec.js";
 import { keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { loadSignerClientClass } from "../helpers/signer-client.js";
 import { runLoad, type LoadOptions, type LoadResult, type ThreadGroups } from "./load.js";
 
-export type BenchServerMode = "service" | "service-nosync" | "audit-off" | "echo" | "raw";
+export type BenchServerMode = "service" | "service-nosync" | "audit-off" | "echo" | "echo-sign" | "raw";
 
 export interface BenchServerStart {
   mode: BenchServerMode;
@@ -91,13 +95,25 @@ async function main(start: BenchServerStart): Promise<void> {
   const fsync = { fsyncs: 0, fsyncSeconds: 0, fsyncLines: 0 };
   let close: () => Promise<void> = () => Promise.resolve();
   let port = 0;
-  if (start.mode === "echo") {
+  if (start.mode === "echo" || start.mode === "echo-sign") {
     const Signer = loadSignerClientClass();
     const server = new grpc.Server();
     const fixed = start.fixed ?? {};
     const unimplemented: grpc.handleUnaryCall<unknown, unknown> = (_call, cb) => cb({ code: grpc.status.UNIMPLEMENTED });
+    const keys = hsm?.keys;
+    const echoSign: grpc.handleUnaryCall<{ keyId: string; digest: Buffer; hashAlgorithm: HashAlgorithm }, unknown> = (call, cb) => {
+      const { keyId, digest, hashAlgorithm } = call.request;
+      if (!keys) return cb({ code: grpc.status.UNAVAILABLE });
+      keys
+        .getKey(keyId)
+        .then((key) => keys.signDigest(key, hashAlgorithm, digest))
+        .then(
+          (signature) => cb(null, { ...fixed, signature }),
+          (e: unknown) => cb({ code: grpc.status.INTERNAL, details: String(e) }),
+        );
+    };
     server.addService(Signer.service, {
-      Sign: ((_call, cb) => cb(null, fixed)) as grpc.handleUnaryCall<unknown, unknown>,
+      Sign: (start.mode === "echo" ? (_call, cb) => cb(null, fixed) : echoSign) as grpc.handleUnaryCall<unknown, unknown>,
       GetCertificateChain: unimplemented,
       DescribeKey: unimplemented,
       ListKeys: unimplemented,

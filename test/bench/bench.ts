@@ -12,6 +12,9 @@
 //   b) Sign through the real gRPC server (TLS, policy, durable audit), a process of its own
 //   b') the same with the audit off (a sink that writes nothing), to price the durable audit
 //   c) the transport ceiling: a bare grpc-js unary server with the same TLS and a fixed response
+//   c') the same bare server signing each request's digest through the HSM's signing threads (the
+//      raw path of a): gRPC, TLS and the signature, none of the service's work (information: what
+//      the service adds to the least a gRPC signing server on grpc-js spends)
 //   d) the notation plugin as a process, per command (NODE_EXTRA_CA_CERTS unset)
 //   e) the same servers under the project's other gRPC client, as information
 //   f) soak: minutes of mixed load against the service as a process, memory at start and end (soak.ts)
@@ -287,21 +290,24 @@ function procStats(name: string, ms: number[], otherCores: number): ProcStats {
 /** Other processes using more than this many cores during a measurement make it unreliable. */
 const NOISE_LIMIT_CORES = 0.15;
 
-type RowKind = "raw" | "service" | "audit-off" | "echo";
+type RowKind = "raw" | "service" | "audit-off" | "echo" | "echo-sign";
 const ROW_NAMES: Record<RowKind, (spec: KeySpec) => string> = {
   "raw": (s) => `a) raw PKCS#11 signature ${s}`,
   "service": (s) => `b) Sign ${s} (TLS, policy, durable audit)`,
   "audit-off": (s) => `b') Sign ${s}, audit off`,
   "echo": () => "c) bare grpc-js echo (same TLS and answer)",
+  "echo-sign": (s) => `c') bare grpc-js + HSM signature ${s}`,
 };
 const ROWS: [RowKind, KeySpec][] = [
   ["raw", "RSA-3072"],
   ["service", "RSA-3072"],
   ["audit-off", "RSA-3072"],
+  ["echo-sign", "RSA-3072"],
   ["raw", "EC-256"],
   ["service", "EC-256"],
   ["audit-off", "EC-256"],
   ["echo", "EC-256"],
+  ["echo-sign", "EC-256"],
 ];
 const rowKey = (kind: RowKind, spec: KeySpec, c: number): string => `${kind} ${kind === "echo" ? "" : spec}@${c}`;
 
@@ -344,13 +350,19 @@ async function main(): Promise<boolean> {
     clients.push(echoClient);
     const echoCheck = await signCall(echoClient, digestRequest("EC-256"));
     if (!echoCheck.signature.equals(ecResponse.signature)) throw new Error("echo server answered something else");
-    const byKind: Record<RowKind, ServerProcess> = { raw, "service": svc, "audit-off": off, echo };
+    const echoSign = await ServerProcess.start("echo-sign", f, { ...ecResponse });
+    servers.push(echoSign);
+    const echoSignClient = signerClient(f.tls.ca, echoSign.port);
+    clients.push(echoSignClient);
+    const echoSignCheck = await signCall(echoSignClient, digestRequest("RSA-3072"));
+    if (echoSignCheck.signature.length !== keySpecInfo("RSA-3072").signatureLength) throw new Error("the echo-sign server did not sign");
+    const byKind: Record<RowKind, ServerProcess> = { raw, "service": svc, "audit-off": off, echo, "echo-sign": echoSign };
 
     // Warm-up of each process: thousands of calls, so that V8 has optimized what a call runs.
     const warm: LoadOptions = { concurrency: 64, warmupMs: 100, durationMs: SERVER_WARMUP_MS };
     log(`warming up each server with ${SERVER_WARMUP_MS / 1000} s of EC-256 and ${SERVER_WARMUP_MS / 2000} s of RSA-3072 calls, 64 in flight...`);
-    for (const s of [svc, off, echo]) await remoteLoad(s, f.tls.caFile, "EC-256", warm);
-    for (const s of [svc, off]) await remoteLoad(s, f.tls.caFile, "RSA-3072", { ...warm, durationMs: SERVER_WARMUP_MS / 2 });
+    for (const s of [svc, off, echo, echoSign]) await remoteLoad(s, f.tls.caFile, "EC-256", warm);
+    for (const s of [svc, off, echoSign]) await remoteLoad(s, f.tls.caFile, "RSA-3072", { ...warm, durationMs: SERVER_WARMUP_MS / 2 });
     await raw.raw("EC-256", warm);
     await raw.raw("RSA-3072", { ...warm, durationMs: SERVER_WARMUP_MS / 2 });
 
@@ -370,7 +382,7 @@ async function main(): Promise<boolean> {
     let fsyncs = { n: 0, seconds: 0, lines: 0 };
     for (let round = 1; round <= ROUNDS; round++) {
       for (const c of CONCURRENCIES) {
-        log(`round ${round}/${ROUNDS}, ${c} in flight: raw, service, audit off (RSA-3072, EC-256), echo...`);
+        log(`round ${round}/${ROUNDS}, ${c} in flight: raw, service, audit off, bare grpc-js + signature (RSA-3072, EC-256), echo...`);
         const o: LoadOptions = { concurrency: c, warmupMs: WARMUP_MS, warmupCalls: WARMUP_CALLS, durationMs: DURATION_MS };
         for (const [kind, spec] of ROWS) {
           const s = byKind[kind];
@@ -511,6 +523,22 @@ async function main(): Promise<boolean> {
     console.log("");
     console.log(`${c} calls in flight`);
     printTable(rows);
+    // What the service adds to the bare grpc-js signing server (c'), from the rows' medians, by thread.
+    const above: Record<string, { total: number; main: number; sign: number; other: number; floorOfTargetBase: number }> = {};
+    for (const spec of KEYS) {
+      const svcRow = medianResult(runs.get(rowKey("service", spec, c)) ?? []);
+      const floor = medianResult(runs.get(rowKey("echo-sign", spec, c)) ?? []);
+      const raw = medianResult(runs.get(rowKey("raw", spec, c)) ?? []);
+      const d = (g: (r: LoadResult) => number): number => g(svcRow) - g(floor);
+      // c') against the same base as the target of its key: RSA-3072 the raw signature, EC-256 echo + raw.
+      const withEcho = spec !== "RSA-3072";
+      const base = raw.cpuMsPerCall + (withEcho ? medianResult(runs.get(rowKey("echo", spec, c)) ?? []).cpuMsPerCall : 0);
+      const a = { total: d((r) => r.cpuMsPerCall), main: d((r) => r.cpu.main), sign: d((r) => r.cpu.sign), other: d((r) => r.cpu.other), floorOfTargetBase: floor.cpuMsPerCall / base };
+      above[spec] = a;
+      console.log(
+        `  ${spec}: b) spends ${fmt(a.total, 3)} ms per call more than c') (main ${fmt(a.main, 3)}, sign thr ${fmt(a.sign, 3)}, V8/other ${fmt(a.other, 3)}); c') itself is ${fmt(a.floorOfTargetBase, 2)}x ${withEcho ? "(echo + raw)" : "raw"}`,
+      );
+    }
     const rsa = ratio(
       c,
       (i) => cpuOf("service", "RSA-3072", c, i),
@@ -551,7 +579,7 @@ async function main(): Promise<boolean> {
       if (c === 64) targets.push({ name: `${spec}: durable audit adds <= ${AUDIT_MAX_EXTRA * 100}% CPU per call against audit off, 64 in flight`, value, pass: a.median - 1 <= AUDIT_MAX_EXTRA });
       else targets.push({ name: `${spec}: durable audit against audit off, ${c} in flight (reported)`, value, pass: true });
     }
-    ratios[String(c)] = { rsaServiceOfRaw: rsa, ec256ServiceOfEchoPlusRaw: ec, auditOnOfOffRsa3072: auditRsa, auditOnOfOffEc256: auditEc };
+    ratios[String(c)] = { rsaServiceOfRaw: rsa, ec256ServiceOfEchoPlusRaw: ec, auditOnOfOffRsa3072: auditRsa, auditOnOfOffEc256: auditEc, serviceAboveBareSigningServerMs: above };
   }
   console.log("");
   console.log("1 call in flight (latency), EC-256");
