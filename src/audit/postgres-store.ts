@@ -71,11 +71,20 @@ export interface PostgresAuditOptions {
   commitDelayMs?: number;
 }
 
+/** The searchable columns of a record, taken at append (the caller may change its record afterwards). */
+interface Columns {
+  method: string;
+  identity: string;
+  keyId: string | null;
+  artifactDigest: string | null;
+  result: string;
+}
+
 interface Pending {
   seq: number;
   line: string;
   time: Date;
-  record: AuditRecordInput;
+  columns: Columns;
   receipt: AuditReceipt;
   resolve: (r: AuditReceipt) => void;
   reject: (e: unknown) => void;
@@ -209,7 +218,14 @@ export class PostgresAuditStore implements AuditStore {
     const receipt: AuditReceipt = { sequence: seq, lineHash: hashLine(line) };
     this.assigned = { sequence: seq, hash: receipt.lineHash };
     return new Promise<AuditReceipt>((resolve, reject) => {
-      this.queue.push({ seq, line, time, record, receipt, resolve, reject });
+      const columns: Columns = {
+        method: record.method,
+        identity: record.identity,
+        keyId: record.keyId ?? null,
+        artifactDigest: artifactDigestOf(record as AuditLine)?.toLowerCase() ?? null,
+        result: record.result,
+      };
+      this.queue.push({ seq, line, time, columns, receipt, resolve, reject });
       this.flushing ??= this.flush();
     });
   }
@@ -350,11 +366,11 @@ export class PostgresAuditStore implements AuditStore {
           col((p) => p.seq),
           col((p) => p.time.toISOString()),
           col((p) => p.line),
-          col((p) => p.record.method),
-          col((p) => p.record.identity),
-          col((p) => p.record.keyId ?? null),
-          col((p) => artifactDigestOf(p.record as AuditLine)?.toLowerCase() ?? null),
-          col((p) => p.record.result),
+          col((p) => p.columns.method),
+          col((p) => p.columns.identity),
+          col((p) => p.columns.keyId),
+          col((p) => p.columns.artifactDigest),
+          col((p) => p.columns.result),
         ],
       });
     } catch (e) {

@@ -29,10 +29,20 @@ export interface CallContext {
   record: AuditEvent;
 }
 
-/** The one audit event of a call: what the edge knows (request, caller, result) and the facts the core learned. */
+/**
+ * The one audit event of a call: what the edge knows (request, caller, result) with the facts the
+ * core learned written into it, in place: the same fields in the same order as a copy would have
+ * ({...record, ...facts}), without a new object of a dozen fields per answer (the largest
+ * allocation of a call's own; an audit store serializes the event during append, and the
+ * database store takes its columns then too, so a later change to the record is not seen).
+ */
 function auditEvent(record: AuditEvent, facts: AuditFacts): AuditEvent {
-  const { decision, ...rest } = facts;
-  return decision ? { ...record, ...rest, decision } : { ...record, ...rest };
+  const fields: Record<string, unknown> = record;
+  for (const k of Object.keys(facts) as (keyof AuditFacts)[]) {
+    if (k !== "decision") fields[k] = facts[k];
+    else if (facts.decision) record.decision = facts.decision;
+  }
+  return record;
 }
 
 function newRequestId(): string {

@@ -114,6 +114,29 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.deepEqual(batches, [2], "one commit for both records");
   });
 
+  it("takes a record's searchable columns at append: a change the caller makes to its record afterwards reaches neither the line nor the columns", async () => {
+    const store = await open("columns-at-append", { commitDelayMs: 100 });
+    // A call still announced keeps the commit waiting, so the record is changed while it is queued.
+    store.expect();
+    store.expect();
+    const r = record(1, { artifact: { digest: "sha256:AB12", mediaType: "m", size: 1 } });
+    const appended = store.append(r);
+    Object.assign(r, { identity: "someone-else", method: "ListKeys", keyId: "other-key", result: "INTERNAL", artifact: { digest: "sha256:FFFF", mediaType: "m", size: 1 } });
+    await store.append(record(2));
+    await appended;
+    const row = (
+      await admin.query<{ line: string; method: string; identity: string; key_id: string; artifact_digest: string; result: string }>(
+        "SELECT line, method, identity, key_id, artifact_digest, result FROM audit_records WHERE replica_id = 'columns-at-append' AND seq = 1",
+      )
+    ).rows[0]!;
+    const line = JSON.parse(row.line) as Record<string, unknown>;
+    assert.deepEqual(
+      { method: row.method, identity: row.identity, keyId: row.key_id, artifactDigest: row.artifact_digest, result: row.result },
+      { method: "Sign", identity: "spiffe://ci/build", keyId: "release-2026", artifactDigest: "sha256:ab12", result: "OK" },
+    );
+    assert.deepEqual([line.method, line.identity, line.keyId, line.result], ["Sign", "spiffe://ci/build", "release-2026", "OK"]);
+  });
+
   it("the service's role has INSERT and SELECT only: it cannot UPDATE or DELETE records", async () => {
     const store = await open("grants");
     await store.append(record(1));
