@@ -11,6 +11,7 @@ export interface TokenBucketSpec {
 }
 
 export type TakeResult = { ok: true } | { ok: false; retryAfterMs: number };
+const TAKEN: TakeResult = Object.freeze({ ok: true });
 
 /**
  * Upper bound on live buckets. Callers are authenticated, so this only matters when very many
@@ -57,6 +58,11 @@ export class RateLimiter {
   }
 
   take(specs: readonly TokenBucketSpec[], now: number = performance.now()): TakeResult {
+    if (specs.length === 0) {
+      // No limit applies (the usual case: a policy without rate limits): nothing to build per call.
+      if (this.buckets.size > 0) this.sweepIdle(now);
+      return TAKEN;
+    }
     // The same bucket named twice costs two tokens, as two separate limits would.
     const wanted = new Map<string, { bucket: Bucket; cost: number }>();
     for (const spec of specs) {
@@ -79,7 +85,7 @@ export class RateLimiter {
     }
     for (const { bucket, cost } of wanted.values()) bucket.tokens -= cost;
     this.sweepIdle(now);
-    return { ok: true };
+    return TAKEN;
   }
 
   /** `take`, throwing RATE_LIMITED with the retry delay when refused. */
