@@ -22,7 +22,8 @@ function mainThreadStacks(file) {
     if (line.trim() === "") {
       if (cur) stacks.push(cur);
       cur = undefined;
-    } else if (!/^\s/.test(line)) {
+    } else if (!line.startsWith("\t")) {
+      // A sample's first line: its thread id, right-aligned (a leading space below 10000); its frames start with a tab.
       const [tid, , ...rest] = line.trim().split(/\s+/);
       cur = { tid: Number(tid), frames: rest.length ? [rest.join(" ")] : [] };
     } else if (cur) {
