@@ -24,7 +24,9 @@ const DIST = join(ROOT, "dist/test");
 const { getFixture, closeFixture, keyIdOf } = await import(join(DIST, "helpers/fixture.js"));
 const { callSigner, signerClient } = await import(join(DIST, "helpers/signer-client.js"));
 const { digest: hashBytes, keySpecInfo } = await import(join(ROOT, "dist/src/signing/key-spec.js"));
-const { median, runProcess } = await import(join(DIST, "bench/load.js"));
+const { median } = await import(join(DIST, "bench/load.js"));
+const { WarmLoadClient } = await import(join(DIST, "bench/warm-load-client.js"));
+const loadClient = new WarmLoadClient();
 
 const list = (name, dflt) => (process.env[name] || dflt).split(",").map((s) => s.trim());
 const num = (name, dflt) => Number(process.env[name] || dflt);
@@ -124,7 +126,7 @@ async function load(s, f, spec, o) {
 async function load1(s, f, spec, o) {
   if (s.mode === "raw") return (await s.request({ op: "raw", spec, load: o })).result;
   const req = digestRequest(spec);
-  const args = JSON.stringify({
+  return loadClient.run({
     port: s.port,
     caFile: f.tls.caFile,
     req: { ...req, digest: req.digest.toString("base64") },
@@ -132,9 +134,6 @@ async function load1(s, f, spec, o) {
     ...o,
     server: { pid: s.pid, threads: s.threads },
   });
-  const p = await runProcess(process.execPath, [join(DIST, "bench/load-client.js"), args], undefined, process.env, o.warmupMs + o.durationMs + 120000);
-  if (p.code !== 0) throw new Error(`load client failed: ${p.stderr.slice(0, 800)}`);
-  return JSON.parse(p.stdout);
 }
 
 const f = await getFixture();
@@ -201,6 +200,7 @@ try {
     `BENCH_CPU_JSON ${JSON.stringify(Object.fromEntries([...res].map(([k, xs]) => [k, xs.map((x) => ({ cpu: x.cpuMsPerCall, main: x.cpu.main, sign: x.cpu.sign, other: x.cpu.other, user: x.cpu.user, system: x.cpu.system, rate: x.rate, linesPerFsync: x.linesPerFsync }))])))}`,
   );
 } finally {
+  await loadClient.close();
   await Promise.all(Object.values(servers).map(stopServer));
   await closeFixture();
 }

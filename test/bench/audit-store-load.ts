@@ -11,21 +11,20 @@ import { PostgresAuditStore } from "../../src/audit/postgres-store.js";
 import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
 import { closeFixture, getFixture, keyIdOf, startTestServer } from "../helpers/fixture.js";
 import { startPostgres } from "../helpers/postgres.js";
-import { PROJECT_ROOT } from "../helpers/softhsm.js";
-import { runProcess, type LoadResult } from "./load.js";
+import type { LoadResult } from "./load.js";
+import { WarmLoadClient } from "./warm-load-client.js";
 
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 3000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const KEYS: KeySpec[] = ["EC-256", "RSA-3072"];
 
-async function load(port: number, caFile: string, spec: KeySpec): Promise<LoadResult> {
+const loadClient = new WarmLoadClient();
+
+function load(port: number, caFile: string, spec: KeySpec): Promise<LoadResult> {
   const info = keySpecInfo(spec);
   const req = { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)).toString("base64"), hashAlgorithm: info.hash, keySpec: spec };
-  const args = JSON.stringify({ port, caFile, req, signatureLength: info.signatureLength, concurrency: CONCURRENCY, warmupMs: 500, durationMs: DURATION_MS, client: "grpc-js" });
-  const p = await runProcess(process.execPath, [join(PROJECT_ROOT, "dist/test/bench/load-client.js"), args], undefined, process.env, DURATION_MS + 60_000);
-  if (p.code !== 0) throw new Error(`load client failed: ${p.stderr.slice(0, 800)}`);
-  return JSON.parse(p.stdout) as LoadResult;
+  return loadClient.run({ port, caFile, req, signatureLength: info.signatureLength, concurrency: CONCURRENCY, warmupMs: 500, durationMs: DURATION_MS, client: "grpc-js" }, DURATION_MS + 60_000);
 }
 
 async function main(): Promise<void> {
@@ -55,6 +54,7 @@ async function main(): Promise<void> {
         }
       }
     } finally {
+      await loadClient.close();
       await fileServer.close(2000);
       await pgServer.close(2000);
       await file.close();

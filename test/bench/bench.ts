@@ -19,9 +19,10 @@
 //   e) the same servers under the project's other gRPC client, as information
 //   f) soak: minutes of mixed load against the service as a process, memory at start and end (soak.ts)
 //
-// Every server is its own process (bench-server.ts) and every load client too (load-client.ts),
-// so the CPU charged to a server is that process's alone; the client reads it from /proc at the
-// two edges of its measurement window, so it covers exactly the calls counted. Each server is
+// Every server is its own process (bench-server.ts) and the load client too (load-client.ts,
+// one process for the whole run, so that V8 has optimized it before any row is measured), so the
+// CPU charged to a server is that process's alone; the client reads it from /proc at the two
+// edges of its measurement window, so it covers exactly the calls counted. Each server is
 // warmed up with thousands of calls before any row (V8 optimizes a function only after it ran
 // often: measured after half a second, an RSA row, ~150 calls, measured the JIT), and every row
 // waits for both warmupMs and warmupCalls. The rows run in rounds, at each concurrency, and
@@ -44,6 +45,7 @@ import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import type { BenchServerMessage, BenchServerMode, BenchServerRequest, BenchServerStart } from "./bench-server.js";
 import { MachineNoise, median, percentile, runProcess, type LoadOptions, type LoadResult, type ServerCpu, type ThreadGroups } from "./load.js";
 import { printSoak, runSoak } from "./soak.js";
+import { WarmLoadClient } from "./warm-load-client.js";
 
 const intEnv = (name: string, dflt: number): number => {
   const v = process.env[name];
@@ -189,14 +191,16 @@ function digestRequest(spec: KeySpec): Record<string, unknown> {
   return { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)), hashAlgorithm: info.hash, keySpec: spec };
 }
 
-/** The closed-loop client in its own process (load-client.ts) against `server`; the CPU it reports is the server's. */
-async function remoteLoad(server: ServerProcess, caFile: string, spec: KeySpec, o: LoadOptions, client: LoadClient = LOAD_CLIENT): Promise<LoadResult> {
+/** The closed-loop client, in its own process started once for the whole run (load-client.ts). */
+const loadClient = new WarmLoadClient();
+
+/** A closed-loop load against `server` from the load client process; the CPU it reports is the server's. */
+function remoteLoad(server: ServerProcess, caFile: string, spec: KeySpec, o: LoadOptions, client: LoadClient = LOAD_CLIENT): Promise<LoadResult> {
   const req = digestRequest(spec);
-  const wire = { ...req, digest: (req.digest as Buffer).toString("base64") };
-  const args = JSON.stringify({
+  return loadClient.run({
     port: server.port,
     caFile,
-    req: wire,
+    req: { ...req, digest: (req.digest as Buffer).toString("base64") },
     signatureLength: keySpecInfo(spec).signatureLength,
     concurrency: o.concurrency,
     warmupMs: o.warmupMs,
@@ -205,9 +209,6 @@ async function remoteLoad(server: ServerProcess, caFile: string, spec: KeySpec, 
     client,
     server: { pid: server.pid, threads: server.threads },
   });
-  const p = await runProcess(process.execPath, [join(PROJECT_ROOT, "dist/test/bench/load-client.js"), args], undefined, process.env, o.warmupMs + o.durationMs + 120_000);
-  if (p.code !== 0) throw new Error(`load client failed (${p.code ?? p.signal}): ${p.stderr.slice(0, 800)}`);
-  return JSON.parse(p.stdout) as LoadResult;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,6 +493,7 @@ async function main(): Promise<boolean> {
     commands.forEach((c, k) => plugin.push(procStats(c.name, times[k]!, others)));
   } finally {
     for (const c of clients) c.close();
+    await loadClient.close();
     await Promise.all(servers.map((s) => s.stop().catch((e: unknown) => log(`stopping the ${s.mode} server: ${String(e)}`))));
     await closeFixture();
   }
