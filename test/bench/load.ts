@@ -129,6 +129,32 @@ export function median(values: number[]): number {
 }
 
 /**
+ * A confidence interval for the median of `values` that holds whatever their distribution (from
+ * order statistics): the narrowest [x(k+1), x(n-k)] that contains the true median with a chance
+ * of at least `level`, that chance being 1 - 2 P(B <= k) for B ~ Binomial(n, 1/2). With fewer
+ * values than that level allows, their whole range, with the chance it has (5 values: 93.75%).
+ */
+export function medianInterval(values: number[], level = 0.9): { low: number; high: number; level: number } {
+  const s = [...values].sort((a, b) => a - b);
+  const n = s.length;
+  if (n === 0) return { low: Number.NaN, high: Number.NaN, level: 0 };
+  let term = 1;
+  let below = 0;
+  let k = 0;
+  let chance = 1 - 2 / 2 ** n;
+  for (let j = 0; j < Math.floor(n / 2); j++) {
+    // below = P(B <= j); term = C(n, j)
+    if (j > 0) term = (term * (n - j + 1)) / j;
+    below += term / 2 ** n;
+    const c = 1 - 2 * below;
+    if (c < level) break;
+    k = j;
+    chance = c;
+  }
+  return { low: s[k] as number, high: s[n - 1 - k] as number, level: chance };
+}
+
+/**
  * Runs `op` with `concurrency` calls in flight for the warm-up (warmupMs and warmupCalls) and then
  * durationMs, then lets the calls in flight drain. The server's CPU (o.server, or this process)
  * is read from /proc at the two edges of the window, so it covers exactly the calls counted. The
