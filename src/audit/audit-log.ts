@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { SignerError } from "../errors/index.js";
 import { CommitGate, recoveredRecord, retryDelayMs, serializeRecord } from "./audit-store.js";
-import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
+import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, NEWLINE, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 import type { AuditEvent, AuditReceipt } from "../signing/ports.js";
 
 export { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH };
@@ -21,8 +21,6 @@ export const DEFAULT_WRITE_TIMEOUT_MS = 2_000;
 /** Opening, the tail read and the cut-back of a recovery may take longer than one write. */
 const MIN_OTHER_TIMEOUT_MS = 10_000;
 const WRITER_URL = new URL("./audit-writer.js", import.meta.url);
-/** Ends every line in the file. */
-const NEWLINE = 0x0a;
 /** What each writer request does, for messages. */
 const WHAT: Record<WriterRequest["op"], string> = {
   open: "checking and locking the directory",

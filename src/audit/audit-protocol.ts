@@ -1,5 +1,8 @@
 /** What audit-log.ts and its writer thread (audit-writer.ts) say to each other, and names both use. */
 
+/** Ends every line of an audit file. */
+export const NEWLINE = 0x0a;
+
 /** The `prev` of the first line ever written. */
 export const GENESIS_HASH = "0".repeat(64);
 /** audit-<16-digit first sequence>.jsonl: zero padding makes name order the sequence order. */

@@ -16,12 +16,11 @@ import { closeSync, constants, fdatasyncSync, fstatSync, fsyncSync, ftruncateSyn
 import { join } from "node:path";
 import { parentPort, workerData } from "node:worker_threads";
 import { acquireDirLock, prepareAuditDir, releaseDirLock, type DirLock } from "./audit-dir.js";
-import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
+import { AUDIT_FILE_PATTERN, auditFileName, GENESIS_HASH, NEWLINE, type WriterAnswer, type WriterRequest, type WriterResult } from "./audit-protocol.js";
 
 const FILE_MODE = 0o600;
 /** The tail is read backwards in chunks of this size; an audit line is far smaller. */
 const TAIL_CHUNK_BYTES = 64 * 1024;
-const NEWLINE = 0x0a;
 /** How much of a cut tail is kept for the log line and the AuditLog.Repaired record. */
 const CUT_PREVIEW_BYTES = 300;
 
