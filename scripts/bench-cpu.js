@@ -25,7 +25,7 @@ const { getFixture, closeFixture, keyIdOf } = await import(join(DIST, "helpers/f
 const { callSigner, signerClient } = await import(join(DIST, "helpers/signer-client.js"));
 const { digest: hashBytes, keySpecInfo } = await import(join(ROOT, "dist/src/signing/key-spec.js"));
 const { median } = await import(join(DIST, "bench/load.js"));
-const { WarmLoadClient } = await import(join(DIST, "bench/warm-load-client.js"));
+const { signLoad, WarmLoadClient } = await import(join(DIST, "bench/warm-load-client.js"));
 const loadClient = new WarmLoadClient();
 
 const list = (name, dflt) => (process.env[name] || dflt).split(",").map((s) => s.trim());
@@ -125,12 +125,10 @@ async function load(s, f, spec, o) {
 
 async function load1(s, f, spec, o) {
   if (s.mode === "raw") return (await s.request({ op: "raw", spec, load: o })).result;
-  const req = digestRequest(spec);
   return loadClient.run({
     port: s.port,
     caFile: f.tls.caFile,
-    req: { ...req, digest: req.digest.toString("base64") },
-    signatureLength: keySpecInfo(spec).signatureLength,
+    ...signLoad(spec),
     ...o,
     server: { pid: s.pid, threads: s.threads },
   });

@@ -2,17 +2,16 @@
 // same rows as b'') of bench.ts, without the rest): node dist/test/bench/audit-store-load.js
 // Knobs: BENCH_CONCURRENCY (64), BENCH_DURATION_MS (3000), BENCH_ROUNDS (2: file and PostgreSQL
 // alternate, to spread the machine's noise over both).
-import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AuditLog } from "../../src/audit/index.js";
 import { PostgresAuditStore } from "../../src/audit/postgres-store.js";
-import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
-import { closeFixture, getFixture, keyIdOf, startTestServer } from "../helpers/fixture.js";
+import type { KeySpec } from "../../src/signing/key-spec.js";
+import { closeFixture, getFixture, startTestServer } from "../helpers/fixture.js";
 import { startPostgres } from "../helpers/postgres.js";
 import type { LoadResult } from "./load.js";
-import { WarmLoadClient } from "./warm-load-client.js";
+import { signLoad, WarmLoadClient } from "./warm-load-client.js";
 
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 3000);
@@ -22,9 +21,7 @@ const KEYS: KeySpec[] = ["EC-256", "RSA-3072"];
 const loadClient = new WarmLoadClient();
 
 function load(port: number, caFile: string, spec: KeySpec): Promise<LoadResult> {
-  const info = keySpecInfo(spec);
-  const req = { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)).toString("base64"), hashAlgorithm: info.hash, keySpec: spec };
-  return loadClient.run({ port, caFile, req, signatureLength: info.signatureLength, concurrency: CONCURRENCY, warmupMs: 500, durationMs: DURATION_MS, client: "grpc-js" }, DURATION_MS + 60_000);
+  return loadClient.run({ port, caFile, ...signLoad(spec), concurrency: CONCURRENCY, warmupMs: 500, durationMs: DURATION_MS, client: "grpc-js" }, DURATION_MS + 60_000);
 }
 
 async function main(): Promise<void> {

@@ -45,7 +45,7 @@ import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import type { BenchServerMessage, BenchServerMode, BenchServerRequest, BenchServerStart } from "./bench-server.js";
 import { MachineNoise, median, medianInterval, percentile, runProcess, type LoadOptions, type LoadResult, type ServerCpu, type ThreadGroups } from "./load.js";
 import { printSoak, runSoak } from "./soak.js";
-import { WarmLoadClient } from "./warm-load-client.js";
+import { signLoad, WarmLoadClient } from "./warm-load-client.js";
 
 const intEnv = (name: string, dflt: number): number => {
   const v = process.env[name];
@@ -196,12 +196,10 @@ const loadClient = new WarmLoadClient();
 
 /** A closed-loop load against `server` from the load client process; the CPU it reports is the server's. */
 function remoteLoad(server: ServerProcess, caFile: string, spec: KeySpec, o: LoadOptions, client: LoadClient = LOAD_CLIENT): Promise<LoadResult> {
-  const req = digestRequest(spec);
   return loadClient.run({
     port: server.port,
     caFile,
-    req: { ...req, digest: (req.digest as Buffer).toString("base64") },
-    signatureLength: keySpecInfo(spec).signatureLength,
+    ...signLoad(spec),
     concurrency: o.concurrency,
     warmupMs: o.warmupMs,
     warmupCalls: o.warmupCalls,

@@ -1,10 +1,22 @@
 import { fork, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
+import { keyIdOf } from "../helpers/fixture.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import type { LoadResult } from "./load.js";
 import type { LoadRequest } from "./load-client.js";
 
 export type { LoadRequest };
+
+/** What a load of Sign calls sends and checks: a digest made with the spec's hash, the fixture's key of that spec, its signature length. */
+export function signLoad(spec: KeySpec): Pick<LoadRequest, "req" | "signatureLength"> {
+  const info = keySpecInfo(spec);
+  return {
+    req: { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)).toString("base64"), hashAlgorithm: info.hash, keySpec: spec },
+    signatureLength: info.signatureLength,
+  };
+}
 
 /**
  * The load client process (load-client.ts), started once and given one load at a time, so that

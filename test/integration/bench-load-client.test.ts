@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import net from "node:net";
-import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
+import type { KeySpec } from "../../src/signing/key-spec.js";
 import type { RunningServer } from "../../src/server/signer-server.js";
-import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
-import { WarmLoadClient, type LoadRequest } from "../bench/warm-load-client.js";
+import { getFixture, startTestServer, type Fixture } from "../helpers/fixture.js";
+import { signLoad, WarmLoadClient, type LoadRequest } from "../bench/warm-load-client.js";
 
 /**
  * The benchmark's load client (npm run bench, scripts/bench-cpu.js): one process, started once,
@@ -29,12 +28,10 @@ describe("bench: the warm load client process", function () {
   });
 
   function request(spec: KeySpec, o: Partial<LoadRequest> = {}): LoadRequest {
-    const info = keySpecInfo(spec);
     return {
       port: server.port,
       caFile: f.tls.caFile,
-      req: { keyId: keyIdOf(spec), digest: hashBytes(info.hash, randomBytes(64)).toString("base64"), hashAlgorithm: info.hash, keySpec: spec },
-      signatureLength: info.signatureLength,
+      ...signLoad(spec),
       concurrency: 4,
       warmupMs: 100,
       warmupCalls: 10,
