@@ -5,7 +5,8 @@
 // after a change) can be compared back to back with the same script:
 //   npm run build && BENCH_ROOT=/path/to/other/checkout node scripts/bench-cpu.js
 // Knobs (environment): BENCH_ROWS (service,audit-off,raw,echo; also echo-sign, the bare grpc-js
-// server that signs through the HSM, bench-server.ts), BENCH_KEYS (RSA-3072,EC-256),
+// server that signs through the HSM, service-nosync, and h2-echo and h2-sign, echo and echo-sign
+// on node:http2 without grpc-js: bench-server.ts), BENCH_KEYS (RSA-3072,EC-256),
 // BENCH_CONCURRENCY (64,8), BENCH_ROUNDS (3), BENCH_DURATION_MS (2000), BENCH_WARMUP_MS (300),
 // BENCH_SERVER_WARMUP_MS (2000), BENCH_PROF_DIR (write --cpu-prof profiles of the servers there:
 // wall time, see below), BENCH_PERF_DIR and BENCH_PERF_FREQ (499) (run `perf record -g` on the
@@ -38,6 +39,8 @@ const DURATION_MS = num("BENCH_DURATION_MS", 2000);
 const WARMUP_MS = num("BENCH_WARMUP_MS", 300);
 const SERVER_WARMUP_MS = num("BENCH_SERVER_WARMUP_MS", 2000);
 const PROF_DIR = process.env.BENCH_PROF_DIR;
+/** The rows whose server answers one fixed EC-256 Sign response, whatever the key. */
+const FIXED_ANSWER = new Set(["echo", "h2-echo"]);
 const log = (s) => process.stderr.write(`[bench-cpu] ${s}\n`);
 
 function startServer(mode, f, fixed) {
@@ -141,7 +144,7 @@ try {
   for (const mode of ["service", ...ROWS.filter((r) => r !== "service")]) {
     if (!ROWS.includes(mode)) continue;
     let fixed;
-    if (mode === "echo" || mode === "echo-sign") {
+    if (FIXED_ANSWER.has(mode) || mode === "echo-sign" || mode === "h2-sign") {
       const c = signerClient(f.tls.ca, servers.service.port);
       fixed = { ...(await callSigner(c, "Sign", digestRequest("EC-256"), Date.now() + 10000)) };
       c.close();
@@ -149,23 +152,23 @@ try {
     servers[mode] = await startServer(mode, f, fixed);
   }
   log(`root ${ROOT}; warming up ${SERVER_WARMUP_MS} ms per server and key...`);
-  for (const mode of ROWS) for (const spec of mode === "echo" ? ["EC-256"] : KEYS) await load(servers[mode], f, spec, { concurrency: 64, warmupMs: 100, durationMs: SERVER_WARMUP_MS });
+  for (const mode of ROWS) for (const spec of FIXED_ANSWER.has(mode) ? ["EC-256"] : KEYS) await load(servers[mode], f, spec, { concurrency: 64, warmupMs: 100, durationMs: SERVER_WARMUP_MS });
   const res = new Map();
   for (let r = 1; r <= ROUNDS; r++) {
     log(`round ${r}/${ROUNDS}`);
     for (const c of CONC)
       for (const spec of KEYS)
         for (const mode of ROWS) {
-          if (mode === "echo" && spec !== KEYS[KEYS.length - 1]) continue;
-          const k = `${mode === "echo" ? "echo" : `${mode} ${spec}`} @${c}`;
+          if (FIXED_ANSWER.has(mode) && spec !== KEYS[KEYS.length - 1]) continue;
+          const k = `${FIXED_ANSWER.has(mode) ? mode : `${mode} ${spec}`} @${c}`;
           // The echo server answers one fixed EC-256 signature, whatever the key of the round.
-          const x = await load(servers[mode], f, mode === "echo" ? "EC-256" : spec, { concurrency: c, warmupMs: WARMUP_MS, warmupCalls: 100, durationMs: DURATION_MS });
+          const x = await load(servers[mode], f, FIXED_ANSWER.has(mode) ? "EC-256" : spec, { concurrency: c, warmupMs: WARMUP_MS, warmupCalls: 100, durationMs: DURATION_MS });
           res.set(k, [...(res.get(k) ?? []), x]);
         }
   }
   const fmt = (n, d = 3) => (Number.isFinite(n) ? n.toFixed(d) : "-");
   console.log(
-    `${"row".padEnd(24)} ${"calls/s".padStart(7)} ${"ms/call".padStart(8)} ${"rounds".padStart(20)} ${"main".padStart(6)} ${"sign".padStart(6)} ${"libuv".padStart(6)} ${"other".padStart(6)} ${"others".padStart(6)} ${"wake/c".padStart(6)} ${"thr/c".padStart(6)} ${"l/fs".padStart(4)} ${"p50 ms".padStart(6)}`,
+    `${"row".padEnd(24)} ${"calls/s".padStart(7)} ${"ms/call".padStart(8)} ${"rounds".padStart(20)} ${"main".padStart(6)} ${"sign".padStart(6)} ${"audit".padStart(6)} ${"other".padStart(6)} ${"others".padStart(6)} ${"wake/c".padStart(6)} ${"thr/c".padStart(6)} ${"l/fs".padStart(4)} ${"p50 ms".padStart(6)}`,
   );
   for (const [k, xs] of res) {
     const m = (g) => median(xs.map(g));
@@ -176,7 +179,9 @@ try {
       ).padStart(7)} ${fmt(m((x) => x.cpuMsPerCall)).padStart(8)} ${xs
         .map((x) => fmt(x.cpuMsPerCall))
         .join(",")
-        .padStart(20)} ${fmt(m((x) => x.cpu.main)).padStart(6)} ${fmt(m((x) => x.cpu.sign)).padStart(6)} ${fmt(m((x) => x.cpu.libuv)).padStart(6)} ${fmt(m((x) => x.cpu.other)).padStart(6)} ${fmt(
+        .padStart(
+          20,
+        )} ${fmt(m((x) => x.cpu.main)).padStart(6)} ${fmt(m((x) => x.cpu.sign)).padStart(6)} ${fmt(m((x) => x.cpu.audit)).padStart(6)} ${fmt(m((x) => x.cpu.other + x.cpu.libuv)).padStart(6)} ${fmt(
         m((x) => x.otherCores),
         2,
       ).padStart(6)} ${fmt(
@@ -195,7 +200,7 @@ try {
     );
   }
   console.log(
-    `BENCH_CPU_JSON ${JSON.stringify(Object.fromEntries([...res].map(([k, xs]) => [k, xs.map((x) => ({ cpu: x.cpuMsPerCall, main: x.cpu.main, sign: x.cpu.sign, other: x.cpu.other, user: x.cpu.user, system: x.cpu.system, rate: x.rate, linesPerFsync: x.linesPerFsync }))])))}`,
+    `BENCH_CPU_JSON ${JSON.stringify(Object.fromEntries([...res].map(([k, xs]) => [k, xs.map((x) => ({ cpu: x.cpuMsPerCall, main: x.cpu.main, sign: x.cpu.sign, audit: x.cpu.audit, other: x.cpu.other, user: x.cpu.user, system: x.cpu.system, rate: x.rate, linesPerFsync: x.linesPerFsync }))])))}`,
   );
 } finally {
   await loadClient.close();

@@ -14,8 +14,13 @@
  *   raw          no server: runs the raw PKCS#11 load (signDigest through the session pool and the
  *                signing threads) in this process when asked, and measures itself
  *
- * It reports which of its threads are which (main, HSM signing threads, libuv pool, the rest: V8's
- * platform threads for GC and compilation), so that the load client can split the server's CPU.
+ *   h2-echo, h2-sign  echo and echo-sign without grpc-js: a gRPC unary answer written on node:http2
+ *                directly (no deadlines, metadata, interceptors or errors: the least any gRPC server
+ *                on Node does), to price grpc-js's own share (scripts/bench-cpu.js only)
+ *
+ * It reports which of its threads are which (main, HSM signing threads, the audit writer thread,
+ * libuv pool, the rest: V8's platform threads for GC and compilation), so that the load client can
+ * split the server's CPU.
  * Talks to the benchmark over the IPC channel (advanced serialization): see BenchServerRequest.
  */
 import { readdirSync } from "node:fs";
@@ -30,7 +35,7 @@ import { keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { loadSignerClientClass } from "../helpers/signer-client.js";
 import { runLoad, type LoadOptions, type LoadResult, type ThreadGroups } from "./load.js";
 
-export type BenchServerMode = "service" | "service-nosync" | "audit-off" | "echo" | "echo-sign" | "raw";
+export type BenchServerMode = "service" | "service-nosync" | "audit-off" | "echo" | "echo-sign" | "raw" | "h2-echo" | "h2-sign";
 
 export interface BenchServerStart {
   mode: BenchServerMode;
@@ -75,7 +80,7 @@ async function main(start: BenchServerStart): Promise<void> {
   const libuv = started.length > 0 ? started : [...atStart].sort((a, b) => Number(a) - Number(b)).slice(-poolSize);
   let hsm: Hsm | undefined;
   let sign: string[] = [];
-  if (start.mode !== "echo") {
+  if (start.mode !== "echo" && start.mode !== "h2-echo") {
     hsm = await openHsm({
       modulePath: start.token.module,
       tokenLabel: start.token.label,
@@ -95,7 +100,11 @@ async function main(start: BenchServerStart): Promise<void> {
   const fsync = { fsyncs: 0, fsyncSeconds: 0, fsyncLines: 0 };
   let close: () => Promise<void> = () => Promise.resolve();
   let port = 0;
-  if (start.mode === "echo" || start.mode === "echo-sign") {
+  if (start.mode === "h2-echo" || start.mode === "h2-sign") {
+    const h2 = await startHttp2Server(start, hsm);
+    port = h2.port;
+    close = h2.close;
+  } else if (start.mode === "echo" || start.mode === "echo-sign") {
     const Signer = loadSignerClientClass();
     const server = new grpc.Server();
     const fixed = start.fixed ?? {};
@@ -135,10 +144,13 @@ async function main(start: BenchServerStart): Promise<void> {
       fsync.fsyncSeconds += seconds;
       fsync.fsyncLines += lines;
     };
+    const beforeAudit = tids();
     const audit =
       start.mode === "audit-off"
         ? noAudit
         : await AuditLog.open({ dir: join(start.token.dir, `bench-audit-${process.pid}`), fsync: start.mode === "service", onFsync, commitDelayMs: benchNumber("BENCH_COMMIT_DELAY_MS") });
+    // The audit log's writer thread is the one thread its opening started.
+    if (audit instanceof AuditLog) threads.audit = added(beforeAudit, tids());
     const server = await startTestServer(f, { audit });
     port = server.port;
     close = async () => {
@@ -175,6 +187,49 @@ async function main(start: BenchServerStart): Promise<void> {
     })().catch((e: unknown) => send({ op: "error", message: e instanceof Error ? (e.stack ?? e.message) : String(e) }));
   });
   process.on("disconnect", () => process.exit(0));
+}
+
+type SignRequest = { keyId: string; digest: Buffer; hashAlgorithm: HashAlgorithm };
+
+/** A gRPC message with its 5-byte prefix (not compressed, 32-bit length). */
+function grpcFrame(msg: Buffer): Buffer {
+  const framed = Buffer.alloc(5 + msg.length);
+  framed.writeUInt32BE(msg.length, 1);
+  msg.copy(framed, 5);
+  return framed;
+}
+
+/** h2-echo and h2-sign: Sign answered on node:http2 alone (see the modes above); anything else is reset. */
+async function startHttp2Server(start: BenchServerStart, hsm: Hsm | undefined): Promise<{ port: number; close: () => Promise<void> }> {
+  const { createSecureServer } = await import("node:http2");
+  const Signer = loadSignerClientClass();
+  const sign = (Signer.service as unknown as Record<string, { path: string; responseSerialize: (v: unknown) => Buffer; requestDeserialize: (b: Buffer) => SignRequest }>).Sign!;
+  const fixed = grpcFrame(sign.responseSerialize(start.fixed ?? {}));
+  const keys = start.mode === "h2-sign" ? hsm?.keys : undefined;
+  const server = createSecureServer({ key: Buffer.from(start.tls.serverKey), cert: Buffer.from(start.tls.serverCert) });
+  server.on("stream", (stream, headers) => {
+    if (headers[":path"] !== sign.path) return stream.close(7 /* REFUSED_STREAM */);
+    const chunks: Buffer[] = [];
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("end", () => {
+      const answer = (body: Buffer): void => {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+        stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+        stream.end(body);
+      };
+      if (!keys) return answer(fixed);
+      const req = sign.requestDeserialize(Buffer.concat(chunks).subarray(5));
+      keys
+        .getKey(req.keyId)
+        .then((key) => keys.signDigest(key, req.hashAlgorithm, req.digest))
+        .then(
+          (signature) => answer(grpcFrame(sign.responseSerialize({ ...start.fixed, signature }))),
+          () => stream.close(2 /* INTERNAL_ERROR */),
+        );
+    });
+  });
+  const port = await new Promise<number>((res) => server.listen(0, "127.0.0.1", () => res((server.address() as { port: number }).port)));
+  return { port, close: () => new Promise<void>((res) => server.close(() => res())) };
 }
 
 process.once("message", (start: BenchServerStart) => {

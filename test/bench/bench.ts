@@ -223,6 +223,7 @@ function medianResult(runs: LoadResult[]): LoadResult {
     main: m((r) => r.cpu.main),
     sign: m((r) => r.cpu.sign),
     libuv: m((r) => r.cpu.libuv),
+    audit: m((r) => r.cpu.audit),
     other: m((r) => r.cpu.other),
     user: m((r) => r.cpu.user),
     system: m((r) => r.cpu.system),
@@ -243,7 +244,7 @@ function medianResult(runs: LoadResult[]): LoadResult {
 }
 
 function printTable(rows: { name: string; r: LoadResult; spread?: string; note?: string }[]): void {
-  const head = ["", "calls/s", "p50 ms", "p99 ms", "calls", "CPU ms/call", "rounds", "main", "sign thr", "libuv", "V8/other", "client", "others", ""];
+  const head = ["", "calls/s", "p50 ms", "p99 ms", "calls", "CPU ms/call", "rounds", "main", "sign thr", "audit thr", "libuv", "V8/other", "client", "others", ""];
   const cells = rows.map((x) => [
     x.name,
     fmt(x.r.rate, 0),
@@ -254,6 +255,7 @@ function printTable(rows: { name: string; r: LoadResult; spread?: string; note?:
     x.spread ?? "",
     fmt(x.r.cpu.main, 3),
     fmt(x.r.cpu.sign, 3),
+    fmt(x.r.cpu.audit, 3),
     fmt(x.r.cpu.libuv, 3),
     fmt(x.r.cpu.other, 3),
     fmt(x.r.clientCores ?? Number.NaN, 2),
@@ -523,7 +525,9 @@ async function main(): Promise<boolean> {
   console.log(`hsm-signer benchmark: node ${process.version}, ${availableParallelism()} CPUs, HSM session pool 4 (4 signing threads), load client ${LOAD_CLIENT}`);
   console.log(`closed loop; each row: ${WARMUP_MS / 1000} s and ${WARMUP_CALLS} calls of warm-up, then ${DURATION_MS / 1000} s measured; ${ROUNDS} rounds, median shown`);
   console.log("CPU ms/call = the server process's CPU (all threads, user + system) over the window / calls answered in it; rounds = its range over the rounds;");
-  console.log("  main = its event-loop thread, sign thr = the HSM signing threads, libuv = the libuv pool, V8/other = the audit writer thread (write, fdatasync), GC and compiler threads;");
+  console.log(
+    "  main = its event-loop thread, sign thr = the HSM signing threads, audit thr = the audit writer thread (write, fdatasync), libuv = the libuv pool, V8/other = GC and compiler threads;",
+  );
   console.log("  a) is a process of its own whose callers run in it; client = the load client process (cores), others = every other process (cores)");
   const targets: { name: string; value: string; pass: boolean }[] = [];
   const ratios: Record<string, unknown> = {};

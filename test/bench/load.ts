@@ -24,8 +24,10 @@ export interface ThreadGroups {
   main: string[];
   /** The HSM signing threads (sign-threads.ts). */
   sign: string[];
-  /** The libuv pool (the audit's fdatasync, file I/O). */
+  /** The libuv pool (file I/O the service does not do on its own threads). */
   libuv: string[];
+  /** The audit log's writer thread (audit-writer.ts: its writes and fdatasyncs), when the server has one. */
+  audit?: string[];
 }
 
 /** A server's CPU per completed call over the window, in ms, all threads and by kind of thread. */
@@ -34,6 +36,8 @@ export interface ServerCpu {
   main: number;
   sign: number;
   libuv: number;
+  /** The audit writer thread (0 when the server has none). */
+  audit: number;
   other: number;
   user: number;
   system: number;
@@ -98,7 +102,17 @@ function cpuPerCall(a: CpuSample, b: CpuSample, threads: ThreadGroups, calls: nu
   const main = group(threads.main);
   const sign = group(threads.sign);
   const libuv = group(threads.libuv);
-  return { total: (user + system) / n, main: main / n, sign: sign / n, libuv: libuv / n, other: Math.max(0, user + system - main - sign - libuv) / n, user: user / n, system: system / n };
+  const audit = group(threads.audit ?? []);
+  return {
+    total: (user + system) / n,
+    main: main / n,
+    sign: sign / n,
+    libuv: libuv / n,
+    audit: audit / n,
+    other: Math.max(0, user + system - main - sign - libuv - audit) / n,
+    user: user / n,
+    system: system / n,
+  };
 }
 
 /** Busy CPU time of the whole machine so far, in ms (Linux /proc/stat), or NaN. */
