@@ -6,6 +6,16 @@ const COMMANDS = ["get-plugin-metadata", "describe-key", "generate-signature"] a
 /** notation sends small documents; anything this large is not a request. */
 const MAX_STDIN_BYTES = 64 * 1024 * 1024;
 
+/** How long a non-blocking standard input may give nothing, neither data nor its end. */
+const STDIN_IDLE_LIMIT_MS = 10_000;
+
+/** Sleeps a little before the next read of a non-blocking stdin: 1 ms at first, up to 20 ms; returns the ms slept. */
+function waitForWriter(idleMs: number): number {
+  const ms = Math.min(20, 1 + Math.floor(idleMs / 10));
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+  return ms;
+}
+
 /**
  * Reads the request with one synchronous read of fd 0: process.stdin would load the stream and
  * net machinery, milliseconds of start-up on each of notation's three calls.
@@ -15,6 +25,7 @@ function readStdin(): string {
   if (fstatSync(0).isCharacterDevice()) return "";
   const chunks: Buffer[] = [];
   let total = 0;
+  let idleMs = 0;
   for (;;) {
     const chunk = Buffer.allocUnsafe(64 * 1024);
     let n: number;
@@ -22,16 +33,20 @@ function readStdin(): string {
       n = readSync(0, chunk, 0, chunk.length, null);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === "EAGAIN" && total === 0) return "";
       if (code === "EAGAIN") {
-        // A non-blocking pipe whose writer is behind: wait for it.
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        // A non-blocking pipe whose writer is behind (or has not written yet): wait for it, as a
+        // blocking read would, but not forever: a writer that neither writes nor closes is an error.
+        idleMs += waitForWriter(idleMs);
+        if (idleMs >= STDIN_IDLE_LIMIT_MS) {
+          throw new PluginError("VALIDATION_ERROR", `no request on standard input for ${STDIN_IDLE_LIMIT_MS / 1000} s, and it was not closed: notation writes its request and closes standard input`);
+        }
         continue;
       }
       if (code === "EOF") break;
       throw new PluginError("VALIDATION_ERROR", `cannot read the request on standard input: ${code ?? (e as Error).message}`);
     }
     if (n === 0) break;
+    idleMs = 0;
     total += n;
     // Checked as it comes: standard input could be endless.
     if (total > MAX_STDIN_BYTES) throw new PluginError("VALIDATION_ERROR", "the request on standard input is larger than 64 MiB");

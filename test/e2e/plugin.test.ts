@@ -267,6 +267,47 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
     });
   });
 
+  describe("standard input", () => {
+    /**
+     * Perl (in every Debian: perl-base) gives the plugin a pipe whose read end is non-blocking, and
+     * a writer process that waits `delaySeconds` after the plugin started, then writes the request
+     * and closes the pipe (or, with `write` false, only holds it open): the first reads get EAGAIN.
+     */
+    const nonBlockingStdin = (delaySeconds: number, write: boolean): { file: string; args: string[] } => ({
+      file: "perl",
+      args: [
+        "-e",
+        [
+          "use Fcntl;",
+          "pipe(my $r, my $w) or die $!;",
+          "fcntl($r, F_SETFL, fcntl($r, F_GETFL, 0) | O_NONBLOCK) or die $!;",
+          "my $req = do { local $/; <STDIN> };",
+          "if (fork() == 0) {",
+          '  close $r; open(STDOUT, ">", "/dev/null"); open(STDERR, ">", "/dev/null");',
+          `  select(undef, undef, undef, ${delaySeconds}); ${write ? "print $w $req;" : ""} close $w; exit 0;`,
+          "}",
+          'close $w; open(STDIN, "<&", $r) or die $!; exec @ARGV or die $!;',
+        ].join(" "),
+      ],
+    });
+
+    it("a non-blocking stdin whose writer is late: the plugin waits for the request and reads it to its end", async () => {
+      const endpoint = `127.0.0.1:${await closedPort()}`;
+      const request = json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", { endpoint, ca_file: f.tls.caFile, key_spec: "EC-384" }));
+      const r = await runPlugin("describe-key", request, undefined, { prefix: nonBlockingStdin(0.3, true) });
+      assert.deepEqual(success(r), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
+      assert.ok(r.ms >= 300, `answered after ${r.ms} ms, before the request was written`);
+    });
+
+    it("a non-blocking stdin that stays open with nothing in it: VALIDATION_ERROR after 10 s, not a hang", async function () {
+      this.timeout(30_000);
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", cfg)), undefined, { prefix: nonBlockingStdin(15, false) });
+      assert.equal(r.timedOut, false, "killed: the plugin hung");
+      failure(r, "VALIDATION_ERROR", /standard input for 10 s/);
+      assert.ok(r.ms >= 10_000 && r.ms < 15_000, `gave up after ${r.ms} ms`);
+    });
+  });
+
   describe("mTLS", () => {
     it("signs with client_cert_file and client_key_file", async () => {
       const c = { endpoint: `127.0.0.1:${mtlsServer.port}`, ca_file: f.tls.caFile, client_cert_file: f.tls.clientCertFile, client_key_file: f.tls.clientKeyFile };
