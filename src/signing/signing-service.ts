@@ -59,6 +59,20 @@ export function auditKeyId(keyId: string): string {
 }
 
 /**
+ * Why a key's certificate cannot vouch for a signature made `at` (expired, or not yet valid), or
+ * undefined. A verifier checks the signing certificate at signing time (notation does, and then
+ * refuses the whole signature), so the service does not sign with a key it would not accept.
+ */
+export function certificateOutsideValidity(key: KeyRecord, at: Date): string | undefined {
+  const c = key.certificate;
+  if (!c) return undefined;
+  const version = `key "${key.keyId}" version ${key.version}`;
+  if (at > c.notAfter) return `the certificate of ${version} expired at ${c.notAfter.toISOString()}: a custodian must rotate the key or import a renewed certificate`;
+  if (at < c.notBefore) return `the certificate of ${version} is not valid before ${c.notBefore.toISOString()}`;
+  return undefined;
+}
+
+/**
  * The domain core: the whole sequence of each Signer call (validate, authorize, resolve the key,
  * hash, sign), behind its ports. Each call fills the AuditFacts it is given as it learns them, so
  * that the edge can record a call however it ends; it is the only writer of those facts.
@@ -117,13 +131,14 @@ export class SigningService<C extends Caller = Caller> {
   }
 
   /**
-   * ListKeys: only keys that can sign (CA keys and keys without a complete chain are not
-   * offered), and only those the caller may use.
+   * ListKeys: only keys that can sign (CA keys, keys without a complete chain and keys whose
+   * certificate has expired or is not yet valid are not offered), and only those the caller may use.
    */
   async listKeys(caller: C, facts: AuditFacts = {}): Promise<KeyRecord[]> {
     this.authorize(caller, "ListKeys", undefined, facts);
     const keys = await this.keys.listKeys();
-    return keys.filter((k) => !k.unusableReason && !k.disabledReason && this.authorizer.mayUseKey(caller, k.keyId));
+    const now = new Date();
+    return keys.filter((k) => !k.unusableReason && !k.disabledReason && !certificateOutsideValidity(k, now) && this.authorizer.mayUseKey(caller, k.keyId));
   }
 
   /** Checks the shape of a request before anything else is looked up. */
@@ -194,6 +209,8 @@ export class SigningService<C extends Caller = Caller> {
     }
     if (key.disabledReason) throw new SignerError("KEY_DISABLED", key.disabledReason);
     if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
+    const outside = certificateOutsideValidity(key, new Date());
+    if (outside) throw new SignerError("KEY_UNUSABLE", outside);
     return key;
   }
 }

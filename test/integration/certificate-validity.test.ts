@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import { ObjectClass } from "graphene-pk11";
+import { auditFilesIn } from "../../src/audit/index.js";
+import { generateKeyPair, storeCertificate } from "../../src/hsm/index.js";
+import { keyIdBytes } from "../../src/hsm/key-factory.js";
+import { createLeafCertificate } from "../../src/signing/x509-builder.js";
+import { getFixture, keyIdOf, startTestServer, type Fixture, type TestServer } from "../helpers/fixture.js";
+import { callSigner, signerClient, type KeyInfo } from "../helpers/signer-client.js";
+
+const DAY = 86400_000;
+/** The fixture's EC-256 key was certified by this HSM root key (createTestChain's naming). */
+const ROOT_KEY_ID = `${keyIdOf("EC-256")}-root-ca`;
+const EXPIRED = "validity-expired";
+const NOT_YET = "validity-not-yet";
+
+/**
+ * A verifier checks the signing certificate at signing time (notation refuses the whole signature
+ * otherwise), so the service refuses to sign with a key whose certificate has expired or is not
+ * yet valid, and does not offer it in ListKeys. Keys made in SoftHSM with the service's own key
+ * factory, their certificates issued by the fixture's HSM root, served by the real gRPC server.
+ */
+describe("keys whose certificate is outside its validity (SoftHSM, gRPC)", function () {
+  this.timeout(60_000);
+  let f: Fixture;
+  let server: TestServer;
+  let client: grpc.Client;
+
+  /** A new EC-256 key on the token and a code-signing leaf for it, issued as if `now` were `issuedAt`. */
+  async function keyWithCertificate(keyId: string, issuedAt: Date, validityDays: number): Promise<void> {
+    await f.hsm.pool.use((s) => generateKeyPair(s, keyId, "EC-256"));
+    await f.hsm.keys.refresh();
+    const root = await f.hsm.keys.getKey(ROOT_KEY_ID);
+    const rootSpki = f.hsm.keys.publicKeySpki(ROOT_KEY_ID);
+    const spki = f.hsm.keys.publicKeySpki(keyId);
+    assert.ok(rootSpki && spki);
+    const der = await createLeafCertificate({
+      subject: `CN=${keyId}, O=hsm-signer test`,
+      spki,
+      issuerCertificate: root.chain[root.chain.length - 1] as Buffer,
+      issuerKey: { spec: root.spec, spki: rootSpki, signDigest: (hash, digest) => f.hsm.keys.signDigest(root, hash, digest) },
+      validityDays,
+      now: issuedAt,
+    });
+    await f.hsm.pool.use((s) => storeCertificate(s, keyId, keyIdBytes(s, keyId), der));
+    await f.hsm.keys.refresh();
+  }
+
+  before(async () => {
+    f = await getFixture();
+    // Issued 60 days ago for 30 days; and issued (notBefore) 10 days from now.
+    await keyWithCertificate(EXPIRED, new Date(Date.now() - 60 * DAY), 30);
+    await keyWithCertificate(NOT_YET, new Date(Date.now() + 10 * DAY), 30);
+    server = await startTestServer(f);
+    client = signerClient(f.tls.ca, server.port);
+  });
+
+  after(async () => {
+    client?.close();
+    await server?.close();
+    await f.hsm.pool.use((s) => {
+      for (const label of [EXPIRED, NOT_YET])
+        for (const cls of [ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
+          const found = s.find({ class: cls, label });
+          for (let i = 0; i < found.length; i++) found.items(i).destroy();
+        }
+    });
+    await f.hsm.keys.refresh();
+  });
+
+  async function refused(keyId: string): Promise<grpc.ServiceError> {
+    return callSigner(client, "Sign", { keyId, payload: randomBytes(32) }).then(
+      () => assert.fail(`${keyId} signed`),
+      (e: grpc.ServiceError) => e,
+    );
+  }
+
+  it("Sign with a key whose certificate expired: FAILED_PRECONDITION naming the date, and the refusal is audited", async () => {
+    const key = await f.hsm.keys.getKey(EXPIRED);
+    assert.equal(key.unusableReason, undefined, "the chain itself is complete");
+    const e = await refused(EXPIRED);
+    assert.equal(e.code, grpc.status.FAILED_PRECONDITION);
+    assert.match(e.details, new RegExp(`certificate of key "${EXPIRED}" version 1 expired at ${key.certificate?.notAfter.toISOString().slice(0, 10)}`));
+    const lines = auditFilesIn(server.auditDir).flatMap((file) =>
+      readFileSync(file, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    );
+    const line = lines.find((l) => l.method === "Sign" && l.keyId === EXPIRED);
+    assert.ok(line, "the refused Sign has its audit line");
+    assert.notEqual(line.result, "ok");
+  });
+
+  it("Sign with a key whose certificate is not valid yet: FAILED_PRECONDITION", async () => {
+    const e = await refused(NOT_YET);
+    assert.equal(e.code, grpc.status.FAILED_PRECONDITION);
+    assert.match(e.details, new RegExp(`certificate of key "${NOT_YET}" version 1 is not valid before`));
+  });
+
+  it("ListKeys offers neither; DescribeKey still describes them, and the fixture's keys still sign", async () => {
+    const { keys } = await callSigner<{ keys: KeyInfo[] }>(client, "ListKeys", {});
+    const ids = keys.map((k) => k.keyId);
+    assert.ok(!ids.includes(EXPIRED) && !ids.includes(NOT_YET), ids.join(", "));
+    assert.ok(ids.includes(keyIdOf("EC-256")));
+    const { key } = await callSigner<{ key: KeyInfo }>(client, "DescribeKey", { keyId: EXPIRED });
+    assert.equal(key.keyId, EXPIRED);
+    assert.ok(new Date(key.notAfter).getTime() < Date.now(), key.notAfter);
+    const ok = await callSigner<{ signature: Buffer }>(client, "Sign", { keyId: keyIdOf("EC-256"), payload: randomBytes(32) });
+    assert.equal(ok.signature.length, 64);
+  });
+});
