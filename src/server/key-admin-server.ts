@@ -19,6 +19,7 @@ import {
   type ServiceHandlers,
 } from "./grpc-common.js";
 import type { Logger } from "../log/index.js";
+import type { AuditEvent } from "../signing/ports.js";
 import type { TlsHandshakeFailure } from "./tls-listener.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 
@@ -105,6 +106,25 @@ export function inventoryKey(view: CustodyKey, warnDays = DEFAULT_EXPIRY_WARNING
   };
 }
 
+/** Longest string of a request that an intent line copies (a subject, a reason, a label). */
+const INTENT_STRING_MAX = 300;
+
+/**
+ * The line a token-changing KeyAdmin call writes before it changes anything (result STARTED):
+ * who asked for what, with the request's scalar fields (strings cut at INTENT_STRING_MAX; lists,
+ * such as a chain's certificates, by their length). The call's own line follows with its result,
+ * under the same request id; a STARTED line without one means the process ended in between.
+ */
+export function intentEvent(record: AuditEvent, req: object): AuditEvent {
+  const request: Record<string, string | number | boolean> = {};
+  for (const [k, v] of Object.entries(req)) {
+    if (typeof v === "string") request[k] = v.length <= INTENT_STRING_MAX ? v : `${v.slice(0, INTENT_STRING_MAX)}...(${v.length - INTENT_STRING_MAX} more characters)`;
+    else if (typeof v === "number" || typeof v === "boolean") request[k] = v;
+    else if (Array.isArray(v)) request[k] = v.length;
+  }
+  return { ...record, result: "STARTED", latencyMs: 0, admin: { request } };
+}
+
 /** A slot as the wire has it: slot_id is a uint64, the custody port's decimal string. */
 function slotInfo(s: SlotDetails): SlotInfo {
   return { ...s, slotId: Number(s.slotId) };
@@ -126,6 +146,9 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
         const version = (req as { keyVersion?: unknown }).keyVersion;
         if (typeof version === "number" && version) ctx.record.keyVersion = version;
         o.access.authorizeCustodian(ctx, method);
+        // A change to the token is audited before it starts: if the audit cannot take this line
+        // (disk full, database gone), the call fails here and the token is left as it was.
+        if (m?.mutates) await o.audit.append(intentEvent(ctx.record, req as object));
         return fn(req, ctx);
       },
       m,

@@ -26,7 +26,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
 import { auditFilesIn } from "../../src/audit/index.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
+import { adminClient, freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { spawnCollect } from "../helpers/process.js";
 
@@ -48,6 +48,7 @@ interface Service {
   child: ChildProcess;
   port: number;
   metricsPort: number;
+  adminPort: number;
   client: grpc.Client;
   health: grpc.Client;
   /** Everything the process printed on stdout (its JSON log lines). */
@@ -68,6 +69,7 @@ interface Line {
   requestId: string;
   method: string;
   result: string;
+  keyId?: string;
   repair?: { cutBytes: number };
 }
 
@@ -96,6 +98,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
       child,
       port,
       metricsPort,
+      adminPort,
       client: signerClient(ca, port),
       health: new Health(`127.0.0.1:${port}`, grpc.credentials.createSsl(ca), { "grpc.ssl_target_name_override": "localhost" }),
       stdout: () => out,
@@ -273,6 +276,52 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     assert.equal(lines.find((l) => l.seq === ok.receipt?.sequence)?.result, "OK");
     const v = await run(HSM_SIGNER, ["audit", "verify", "--dir", auditDir]);
     assert.match(v.stdout, /^OK: /);
+  });
+
+  it("a full disk: a KeyAdmin change is refused before it starts (its intent line cannot be written), and the token stays as it was", async function () {
+    const problem = mountProblem();
+    if (problem) {
+      console.log(`      skipped: ${problem}`);
+      this.skip();
+    }
+    const mnt = mountTmpfs("admin-full", "1m");
+    const auditDir = join(mnt, "audit");
+    const s = await startService(auditDir);
+    assert.equal((await sign(s)).ok, true);
+    const admin = adminClient(ca, s.adminPort, { key: readFileSync(join(data, "tls/custodian-key.pem")), cert: readFileSync(join(data, "tls/custodian.pem")) });
+    const call = <T>(method: string, req: object): Promise<T> =>
+      new Promise<T>((resolve, reject) =>
+        (admin as unknown as Record<string, (r: object, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: T) => void) => void>)[method]!.call(
+          admin,
+          req,
+          { deadline: Date.now() + 15_000 },
+          (e, r) => (e ? reject(e) : resolve(r)),
+        ),
+      );
+    try {
+      const filler = join(mnt, "filler");
+      writeFileSync(filler, Buffer.alloc(statfsSync(mnt).bavail * statfsSync(mnt).bsize));
+      // The audit file's last page may still hold a few lines: sign until a call finds the disk full.
+      await until("a Sign finds the audit disk full", async () => !(await sign(s)).ok, 15_000, 10);
+      const refused = await call("generateKey", { keyId: "never-made", keySpec: "EC-256" }).then(
+        () => assert.fail("GenerateKey succeeded with the audit disk full"),
+        (e: grpc.ServiceError) => e,
+      );
+      assert.equal(refused.code, grpc.status.UNAVAILABLE, refused.details);
+      assert.match(refused.details, /audit/i);
+      rmSync(filler);
+      // The key was never made: once the audit is back, the inventory does not know it.
+      await until("the audit recovers", async () => (await sign(s)).ok, 15_000, 250);
+      const inv = await call<{ keys: unknown[] }>("getInventory", { keyId: "never-made" }).then(
+        (r) => r.keys.length,
+        (e: grpc.ServiceError) => e.code,
+      );
+      assert.ok(inv === 0 || inv === grpc.status.NOT_FOUND, `inventory of never-made: ${inv}`);
+      const lines = linesIn(auditDir);
+      assert.ok(!lines.some((l) => l.keyId === "never-made" && (l.result === "OK" || l.result === "STARTED")), "no line says the change started or happened");
+    } finally {
+      admin.close();
+    }
   });
 
   it("a disk full in the middle of a burst, SIGKILL before recovery, space freed, restart: answers and lines agree; a torn tail is cut, logged, counted and verified", async function () {

@@ -344,9 +344,10 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       .trim()
       .split("\n")
       .map((l) => JSON.parse(l) as { method: string; result: string });
+    // The intent line written before the key was generated, then the call's own line.
     assert.deepEqual(
       records.filter((x) => x.method === "KeyAdmin.GenerateKey").map((x) => x.result),
-      ["OK"],
+      ["STARTED", "OK"],
     );
   });
 
@@ -355,9 +356,21 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     const records = r.stdout
       .trim()
       .split("\n")
-      .map((l) => JSON.parse(l) as { method: string; decision: string; identity: string });
-    const adminRecords = records.filter((x) => x.method.startsWith("KeyAdmin."));
+      .map((l) => JSON.parse(l) as { method: string; decision: string; identity: string; requestId: string; result: string });
+    // One line per call, and before each call that changes the token its intent line (STARTED),
+    // followed later by that call's own line.
+    const adminRecords = records.filter((x) => x.method.startsWith("KeyAdmin.") && x.result !== "STARTED");
     assert.equal(adminRecords.length, adminCalls);
+    const intents = records.filter((x) => x.result === "STARTED");
+    assert.ok(intents.length > 0);
+    for (const i of intents) {
+      assert.equal(i.decision, "allow", "only an allowed call gets as far as its intent");
+      const at = records.indexOf(i);
+      assert.ok(
+        records.slice(at + 1).some((x) => x.requestId === i.requestId && x.result !== "STARTED"),
+        `${i.method} ${i.requestId}: no line after its intent`,
+      );
+    }
     assert.ok(adminRecords.some((x) => x.decision === "deny" && x.identity === "spiffe://hsm-signer.dev/builder"));
     assert.match((await run(HSM_SIGNER, ["audit", "verify", "--dir", svc.auditDir])).stdout, /^OK: /);
   });
