@@ -3,7 +3,7 @@ import { CheckpointingStore, FileCheckpointSink, type CheckpointAlgorithm, type 
 import { PostgresAuditStore } from "../audit/postgres-store.js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
-import type { KeyStore } from "../signing/ports.js";
+import type { KeyRecord, KeyStore } from "../signing/ports.js";
 import { postgresConnection } from "./audit-cluster-config.js";
 import type { Config } from "./config.js";
 
@@ -42,6 +42,18 @@ export async function openPostgresAudit(config: Readonly<Config>, logger: Logger
 }
 
 /**
+ * Why the audit key may not sign a checkpoint, as the Signer refuses a key for a signature: a
+ * custodian disabled it (revoked, perhaps compromised), or it cannot be trusted (its private key
+ * may have existed outside the HSM, or it has no complete certificate chain for verifiers).
+ * Whoever holds a copy of the key could forge checkpoints, and `audit verify` trusts them.
+ */
+function cannotSignCheckpoints(key: KeyRecord): SignerError | undefined {
+  if (key.disabledReason) return new SignerError("KEY_DISABLED", `the audit key "${key.keyId}": ${key.disabledReason}`);
+  if (key.unusableReason) return new SignerError("KEY_UNUSABLE", `the audit key "${key.keyId}": ${key.unusableReason}`);
+  return undefined;
+}
+
+/**
  * Wraps the store so that the audit key (audit.checkpoints.keyId, an EC key in the HSM) signs
  * checkpoints of its chain; the store itself when no key is configured. The key must exist now:
  * a service that was told to protect its audit with checkpoints does not start without them.
@@ -54,6 +66,8 @@ export async function withCheckpoints(store: AuditStore, config: Readonly<Config
   });
   const alg = ALG_OF_SPEC[first.spec];
   if (!alg) throw new SignerError("CONFIG_INVALID", `audit.checkpoints.keyId: "${c.keyId}" is ${first.spec}; checkpoints are signed with an EC key (EC-256, EC-384 or EC-521)`);
+  const refused = cannotSignCheckpoints(first);
+  if (refused) throw new SignerError("CONFIG_INVALID", `audit.checkpoints.keyId: ${refused.message}`);
   const sink: CheckpointSink = store instanceof PostgresAuditStore ? { write: (cp) => store.appendCheckpoint(cp) } : new FileCheckpointSink(config.audit.dir);
   let failing = false;
   return new CheckpointingStore(store, {
@@ -68,6 +82,8 @@ export async function withCheckpoints(store: AuditStore, config: Readonly<Config
       signDigest: async (digest) => {
         const key = await keys.getKey(c.keyId);
         if (ALG_OF_SPEC[key.spec] !== alg) throw new SignerError("KEY_UNUSABLE", `the audit key "${c.keyId}" is now ${key.spec}`);
+        const problem = cannotSignCheckpoints(key);
+        if (problem) throw problem;
         return keys.signDigest(key, key.info.hash, digest);
       },
     },
