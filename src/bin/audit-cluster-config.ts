@@ -182,11 +182,46 @@ function readSecret(file: string, what: string): string {
 }
 
 /** node-postgres settings for audit.postgres, reading the password or connection string now. */
+/** sslmode values with which node-postgres encrypts the connection (pg-connection-string). */
+const TLS_SSLMODES = new Set(["prefer", "require", "verify-ca", "verify-full", "no-verify"]);
+
+/**
+ * The host a connection string reaches in the clear: not loopback or a Unix socket, and neither
+ * TLS (sslmode, ssl=true) nor an explicit sslmode=disable. The same rule as for host settings: the
+ * records and the password do not cross a network in the clear unless the operator says so. A
+ * string that is not a URL is left to the driver (which names the problem without echoing it).
+ */
+export function plaintextRemoteHost(connectionString: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(connectionString);
+  } catch {
+    return undefined;
+  }
+  const q = u.searchParams;
+  const host = u.hostname || q.get("host") || "";
+  if (host === "" || host.startsWith("/") || LOOPBACK.test(host)) return undefined;
+  const sslmode = q.get("sslmode");
+  if (sslmode === "disable" || (sslmode !== null && TLS_SSLMODES.has(sslmode))) return undefined;
+  const sslParam = q.get("ssl");
+  if (sslmode === null && (sslParam === "true" || sslParam === "1")) return undefined;
+  return host;
+}
+
 export function postgresConnection(c: AuditPostgresConfig, env: NodeJS.ProcessEnv = process.env): pg.ClientConfig {
   const ssl = c.tls.caFile ? { ca: readFileSync(c.tls.caFile), rejectUnauthorized: true, servername: c.tls.serverName } : undefined;
   if (c.urlFile || c.urlEnv) {
     const url = c.urlFile ? readSecret(c.urlFile, "connection string") : env[c.urlEnv as string];
     if (!url) throw new SignerError("CONFIG_INVALID", `no audit database connection string: the environment variable ${c.urlEnv} is empty`);
+    if (!ssl && !c.tls.disable) {
+      const plaintextTo = plaintextRemoteHost(url);
+      if (plaintextTo) {
+        throw new SignerError(
+          "CONFIG_INVALID",
+          `the audit database connection string (${c.urlFile ? "audit.postgres.urlFile" : c.urlEnv}) reaches ${plaintextTo} without TLS: add sslmode=verify-full with sslrootcert (or set audit.postgres.tls.caFile), or sslmode=disable on a network you trust`,
+        );
+      }
+    }
     return { connectionString: url, ...(ssl ? { ssl } : {}) };
   }
   const password = c.passwordFile ? readSecret(c.passwordFile, "password") : c.passwordEnv ? env[c.passwordEnv] : undefined;

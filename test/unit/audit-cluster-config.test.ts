@@ -51,6 +51,30 @@ describe("configuration: audit.postgres, audit.replicaId and audit.checkpoints",
     assert.equal(postgresConnection(c.audit.postgres!, env).connectionString, env.HSM_SIGNER_AUDIT_DATABASE_URL);
   });
 
+  it("a connection string to a remote database without TLS is refused (naming the host, never the string); TLS, an explicit sslmode=disable, loopback and sockets pass", () => {
+    const c = loadConfig(write(""), { HSM_SIGNER_AUDIT_DATABASE_URL: "x" });
+    const conn = (url: string): unknown => postgresConnection(c.audit.postgres!, { HSM_SIGNER_AUDIT_DATABASE_URL: url });
+    for (const url of ["postgres://u:pw-SECRET@db.example:5432/audit", "postgres://u:pw-SECRET@10.0.0.5/audit?sslmode=allow", "postgresql://u:pw-SECRET@db.example/audit?application_name=x"]) {
+      assert.throws(
+        () => conn(url),
+        (e: SignerError) => e.code === "CONFIG_INVALID" && /HSM_SIGNER_AUDIT_DATABASE_URL\) reaches (db\.example|10\.0\.0\.5) without TLS/.test(e.message) && !e.message.includes("pw-SECRET"),
+        url,
+      );
+    }
+    for (const url of [
+      "postgres://u:p@db.example/audit?sslmode=verify-full&sslrootcert=/etc/ca.crt",
+      "postgres://u:p@db.example/audit?sslmode=require",
+      "postgres://u:p@db.example/audit?ssl=true",
+      "postgres://u:p@db.example/audit?sslmode=disable",
+      "postgres://u:p@127.0.0.1:5432/audit",
+      "postgres://u:p@localhost/audit",
+      "postgres://u:p@[::1]/audit",
+      "postgres:///audit?host=/var/run/postgresql",
+    ]) {
+      assert.equal((conn(url) as { connectionString: string }).connectionString, url);
+    }
+  });
+
   it("secrets in the YAML, plaintext to a remote database, and every other problem are listed at once", () => {
     const msg = problems("audit:\n  postgres: { host: db.example, password: hunter2, url: x, timeoutSeconds: 0, bogus: 1 }\n  checkpoints: { everyRecords: 0 }\n");
     assert.match(msg, /audit\.postgres\.password: secrets never go in the configuration file/);
