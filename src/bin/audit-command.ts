@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
-import { dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -42,7 +42,7 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
       if (values.json) console.log(JSON.stringify(r));
       else {
         const a = r.artifact as { digest?: string } | undefined;
-        console.log([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId ?? "-", r.result, a?.digest ?? r.payloadDigest ?? "-"].join("  "));
+        console.log(auditSearchLine([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, a?.digest ?? r.payloadDigest]));
       }
     }
     if (!values.json) console.log(`${n} record(s)`);

@@ -9,7 +9,7 @@ import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type Sto
 import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
-import { dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 /** A client for the audit database, connected; bounded waits so that a hung database fails the command. */
 async function connect(configFile: string | undefined, database: boolean | undefined): Promise<pg.Client> {
@@ -114,7 +114,7 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
         n++;
         // The same output as over files; the sequence number names its replica, since each has its own.
         if (values.json) console.log(JSON.stringify(r));
-        else console.log([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId ?? "-", r.result, artifactDigestOf(r) ?? r.payloadDigest ?? "-"].join("  "));
+        else console.log(auditSearchLine([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, artifactDigestOf(r) ?? r.payloadDigest]));
       }
     } finally {
       await client.end().catch(() => undefined);

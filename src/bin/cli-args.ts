@@ -26,3 +26,17 @@ export function dateFlag(v: string | undefined, flag: string): Date | undefined 
 export function refuseKeyFlag(key: string | undefined): void {
   if (key !== undefined) throw new UsageError("audit search takes the key id as --key-id (--key is the TLS private-key file in other commands)");
 }
+
+/**
+ * Text a caller chose (a key id, an identity, an error) made safe to print on a terminal: control
+ * characters (C0, DEL and C1, which includes the CSI that starts escape sequences) are shown as
+ * \xNN, so an audit record cannot move the cursor, rewrite lines or retitle a custodian's window.
+ */
+export function terminalText(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}
+
+/** One `audit search` row (over files or the database): its fields two spaces apart, terminal-safe. */
+export function auditSearchLine(fields: unknown[]): string {
+  return fields.map((f) => terminalText(f === undefined || f === null ? "-" : String(f))).join("  ");
+}
