@@ -2,7 +2,7 @@ import { createHash, createPublicKey, X509Certificate } from "node:crypto";
 import { CertificateType, ObjectClass, KeyType, type ITemplate, type Session } from "graphene-pk11";
 import { summarize } from "../signing/certificates.js";
 import { keySpecFor, type KeySpec } from "../signing/key-spec.js";
-import { exposureOf, type ScannedCertificate, type ScannedPrivateKey, type TokenScan } from "../signing/key-versions.js";
+import { exposureOf, type KeyExposureAttributes, type ScannedCertificate, type ScannedPrivateKey, type TokenScan } from "../signing/key-versions.js";
 import type { CertificateSummary } from "../signing/ports.js";
 import { readTokenState, type TokenState } from "./key-state.js";
 import { curveOfEcParams } from "./mechanisms.js";
@@ -129,13 +129,22 @@ function readPrivateKeys(session: Session): Map<string, ScannedPrivateKey[]> {
   return byLabel;
 }
 
-/** CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE, judged by exposureOf; a module that cannot report them is trusted. */
+const EXPOSURE_ATTRIBUTES = ["extractable", "neverExtractable", "sensitive", "alwaysSensitive"] as const;
+
+/**
+ * CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE and CKA_ALWAYS_SENSITIVE, judged by
+ * exposureOf. Each is read on its own: a module that cannot report one still reports the others
+ * (read together, one refusal would hide them all); one it cannot report is trusted.
+ */
 function exposure(o: { getAttribute(t: ITemplate): ITemplate }): string | undefined {
-  let a: { alwaysSensitive?: boolean; neverExtractable?: boolean };
-  try {
-    a = o.getAttribute({ alwaysSensitive: null, neverExtractable: null } as unknown as ITemplate) as typeof a;
-  } catch {
-    return undefined;
+  const a: KeyExposureAttributes = {};
+  for (const name of EXPOSURE_ATTRIBUTES) {
+    try {
+      const v = (o.getAttribute({ [name]: null } as unknown as ITemplate) as Record<string, unknown>)[name];
+      if (typeof v === "boolean") a[name] = v;
+    } catch {
+      // not reported by this module
+    }
   }
   return exposureOf(a);
 }

@@ -103,14 +103,26 @@ export interface KeyView {
   current: VersionView | undefined;
 }
 
+/** The private key attributes exposureOf judges; one a module does not report is undefined. */
+export interface KeyExposureAttributes {
+  alwaysSensitive?: boolean | undefined;
+  neverExtractable?: boolean | undefined;
+  sensitive?: boolean | undefined;
+  extractable?: boolean | undefined;
+}
+
 /**
  * Why a private key may have existed outside the HSM, from CKA_ALWAYS_SENSITIVE and
  * CKA_NEVER_EXTRACTABLE: a key made in the HSM as sensitive and not extractable has both set
  * (hsm-signer's keys and pkcs11-tool --keypairgen's alike); a key that was imported, or could be
- * exported at some time, has not. An attribute the module does not report is trusted.
+ * exported at some time, has not. CKA_EXTRACTABLE and CKA_SENSITIVE, the key's present state,
+ * are judged too, for a module that reports those but not the history. An attribute the module
+ * does not report is trusted.
  */
-export function exposureOf(a: { alwaysSensitive?: boolean | undefined; neverExtractable?: boolean | undefined }): string | undefined {
+export function exposureOf(a: KeyExposureAttributes): string | undefined {
+  if (a.extractable === true) return "is extractable (CKA_EXTRACTABLE is true)";
   if (a.neverExtractable === false) return "was extractable at some time (CKA_NEVER_EXTRACTABLE is false)";
+  if (a.sensitive === false) return "is not sensitive (CKA_SENSITIVE is false)";
   if (a.alwaysSensitive === false) return "was not sensitive at some time (CKA_ALWAYS_SENSITIVE is false)";
   return undefined;
 }

@@ -81,6 +81,12 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(exposureOf({ alwaysSensitive: false, neverExtractable: true }), "was not sensitive at some time (CKA_ALWAYS_SENSITIVE is false)");
       assert.match(exposureOf({ alwaysSensitive: false, neverExtractable: false }) ?? "", /extractable/, "extractable is named first");
     });
+    it("a module that reports only the present state: an extractable or not sensitive key is refused too", () => {
+      assert.equal(exposureOf({ extractable: true }), "is extractable (CKA_EXTRACTABLE is true)");
+      assert.equal(exposureOf({ sensitive: false }), "is not sensitive (CKA_SENSITIVE is false)");
+      assert.equal(exposureOf({ sensitive: true, extractable: false }), undefined);
+      assert.equal(exposureOf({ extractable: true, neverExtractable: false }), "is extractable (CKA_EXTRACTABLE is true)", "the present state is named first");
+    });
   });
 
   describe("supersedes", () => {
