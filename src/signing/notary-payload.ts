@@ -48,6 +48,12 @@ const COSE_ALGORITHMS: ReadonlyMap<number, string> = new Map([
 const MAX_DIGEST_LENGTH = 200;
 const MAX_MEDIA_TYPE_LENGTH = 255;
 const MAX_ALG_LENGTH = 32;
+/**
+ * A JWS header time as the Notary signature spec writes it: RFC 3339 (section 5.6), as notation's
+ * Go encoder emits it (at most nanoseconds). Date.parse alone would take "Jan 1 2026 (" plus any
+ * number of characters plus ")"; this grammar is at most 35 characters long.
+ */
+const RFC3339_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$/i;
 const OCI_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 const JWS_SIGNING_INPUT = /^([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$/;
 /** Deeper nesting than this is not a Notary header; the bound keeps hostile input off the stack. */
@@ -74,11 +80,17 @@ function parseJws(payload: Buffer): ParsedNotaryPayload | undefined {
   if (!target) return undefined;
   const artifact: NotaryArtifact = { ...target };
   if (typeof header.alg === "string" && header.alg !== "" && header.alg.length <= MAX_ALG_LENGTH) artifact.signingAlgorithm = header.alg;
-  const signingTime = header[SIGNING_TIME];
-  if (typeof signingTime === "string" && !Number.isNaN(Date.parse(signingTime))) artifact.signingTime = signingTime;
-  const expiry = header[EXPIRY];
-  if (typeof expiry === "string" && !Number.isNaN(Date.parse(expiry))) artifact.expiry = expiry;
+  const signingTime = jwsTime(header[SIGNING_TIME]);
+  if (signingTime !== undefined) artifact.signingTime = signingTime;
+  const expiry = jwsTime(header[EXPIRY]);
+  if (expiry !== undefined) artifact.expiry = expiry;
   return { kind: "notary-jws", artifact };
+}
+
+/** An RFC 3339 header time, kept as the caller signed it (offset, fraction); anything else is left out. */
+function jwsTime(v: unknown): string | undefined {
+  if (typeof v !== "string" || !RFC3339_TIME.test(v) || Number.isNaN(Date.parse(v))) return undefined;
+  return v;
 }
 
 function parseCose(payload: Buffer): ParsedNotaryPayload | undefined {

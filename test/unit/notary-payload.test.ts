@@ -127,6 +127,26 @@ describe("parseNotaryPayload: the artifact a Notary signing input names", () => 
       assert.equal(r.artifact?.signingTime, undefined);
       assert.equal(r.artifact?.digest, DIGEST);
     });
+
+    it("a header time of any length Date.parse takes is not copied: the audit line stays small", () => {
+      // V8 reads "Jan 1 2026 (...)" as a date whatever the parenthesis holds.
+      const huge = `Jan 1 2026 (${"x".repeat(700_000)})`;
+      assert.ok(!Number.isNaN(Date.parse(huge)), "the input is one Date.parse accepts");
+      const header = { ...JWS_HEADER, "io.cncf.notary.signingTime": huge, "io.cncf.notary.expiry": huge };
+      const r = parseNotaryPayload(jwsInput(header, JSON.parse(TARGET.toString()) as unknown));
+      assert.equal(r.kind, "notary-jws");
+      assert.equal(r.artifact?.digest, DIGEST);
+      assert.equal(r.artifact?.signingTime, undefined);
+      assert.equal(r.artifact?.expiry, undefined);
+      assert.ok(JSON.stringify(r).length < 1000, `recorded ${JSON.stringify(r).length} characters`);
+    });
+
+    it("an RFC 3339 header time is recorded as signed, with its offset and fraction; other date forms are not", () => {
+      const target = JSON.parse(TARGET.toString()) as unknown;
+      const time = (t: string): string | undefined => parseNotaryPayload(jwsInput({ ...JWS_HEADER, "io.cncf.notary.signingTime": t }, target)).artifact?.signingTime;
+      for (const t of ["2026-01-02T03:04:05Z", "2026-01-02T04:04:05.123456789+01:00", "2026-01-02t03:04:05z"]) assert.equal(time(t), t);
+      for (const t of ["Jan 2 2026", "2026-01-02", "2026-01-02T03:04:05", "2026-13-02T03:04:05Z", "2026-01-02T03:04:05.1234567890Z"]) assert.equal(time(t), undefined, t);
+    });
   });
 
   describe("COSE", () => {
