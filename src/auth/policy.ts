@@ -2,10 +2,9 @@ import { watch, type FSWatcher } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import * as v from "valibot";
-import { parseDocument } from "yaml";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
-import { at, deepFreeze, isMapping, mapping, nonEmptyString, validate } from "../schema/index.js";
+import { at, deepFreeze, isMapping, mapping, nonEmptyString, parseYamlText, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
 import { SIGNER_METHODS, type SignerMethod } from "../signing/ports.js";
 import type { TokenBucketSpec } from "./rate-limiter.js";
@@ -336,14 +335,10 @@ export class Policy {
 
   /** Parses YAML or JSON (JSON is YAML); throws PolicyInvalidError (CONFIG_INVALID) listing every problem. */
   static parse(text: string, source: string): Policy {
-    // prettyErrors puts "at line L, column C" in each message; the code frame after it is dropped.
-    const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
-    if (doc.errors.length > 0)
-      throw new PolicyInvalidError(
-        source,
-        doc.errors.map((e) => (e.message.split("\n")[0] ?? e.message).replace(/:$/, "")),
-      );
-    const root: unknown = doc.toJS();
+    // Each problem says where (line, column), never what the line holds.
+    const yaml = parseYamlText(text);
+    if (!yaml.ok) throw new PolicyInvalidError(source, yaml.problems);
+    const root = yaml.value;
     // An empty file is more likely a half-written one than a wish to deny everything.
     if (root === undefined || root === null) throw new PolicyInvalidError(source, ["the policy is empty (write `rules: []` to deny every call)"]);
     const r = validate(policySchema, root, { rules: "name" });

@@ -2,7 +2,6 @@ import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { parse as parseYaml } from "yaml";
 import { parseAuditCertificate } from "../audit/checkpoints.js";
 import { migrateSchema } from "../audit/postgres-store.js";
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
@@ -10,17 +9,13 @@ import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
 import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { readConfigYaml } from "./config-fields.js";
 
 /** A client for the audit database, connected; bounded waits so that a hung database fails the command. */
 async function connect(configFile: string | undefined, database: boolean | undefined): Promise<pg.Client> {
   let conn: pg.ClientConfig;
   if (configFile) {
-    let raw: unknown;
-    try {
-      raw = parseYaml(readFileSync(configFile, "utf8"));
-    } catch (e) {
-      throw new SignerError("CONFIG_INVALID", `cannot read configuration ${configFile}: ${(e as Error).message}`);
-    }
+    const raw = readConfigYaml(configFile);
     const audit = ((raw ?? {}) as { audit?: unknown }).audit;
     const c = parseAuditCluster(audit, dirname(resolve(configFile)), process.env, configFile);
     if (!c.postgres) throw new UsageError(`${configFile} has no audit.postgres`);

@@ -1,6 +1,25 @@
-// Field schemas the service configuration's sections share (config.ts, audit-cluster-config.ts).
+// Field schemas the service configuration's sections share (config.ts, audit-cluster-config.ts),
+// and the reading of the file itself (config.ts, audit-pg-command.ts).
 import { readFileSync } from "node:fs";
 import * as v from "valibot";
+import { SignerError } from "../errors/index.js";
+import { parseYamlText } from "../schema/index.js";
+
+/**
+ * The configuration file's YAML as a value; CONFIG_INVALID when it cannot be read or parsed. A
+ * syntax error says where (line, column), never what the line holds: it may hold a secret.
+ */
+export function readConfigYaml(file: string): unknown {
+  let yaml: ReturnType<typeof parseYamlText>;
+  try {
+    // What throws here (a read error, too many aliases) quotes none of the file's text.
+    yaml = parseYamlText(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new SignerError("CONFIG_INVALID", `cannot read configuration ${file}: ${(e as Error).message}`);
+  }
+  if (!yaml.ok) throw new SignerError("CONFIG_INVALID", `cannot read configuration ${file}: ${yaml.problems.join("; ")}`);
+  return yaml.value;
+}
 
 /**
  * A string setting that may be left out: missing, null and "" all mean unset (an environment

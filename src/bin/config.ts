@@ -1,7 +1,6 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import * as v from "valibot";
-import { parse as parseYaml } from "yaml";
 import { auditDirProblem, DEFAULT_COMMIT_DELAY_MS, DEFAULT_WRITE_TIMEOUT_MS, MAX_COMMIT_DELAY_MS } from "../audit/index.js";
 import { jwtIssuersSchema, mtlsIdentityFromSchema } from "../auth/index.js";
 import { SignerError } from "../errors/index.js";
@@ -14,7 +13,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
-import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readProblem, secondsAsMs } from "./config-fields.js";
+import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs } from "./config-fields.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -238,12 +237,7 @@ function configFilesOf(value: unknown, bad: (path: string) => boolean): ConfigFi
  * relative to the file. The result is deep-frozen.
  */
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, checkFiles?: ConfigFilesCheck): Readonly<Config> {
-  let raw: unknown;
-  try {
-    raw = parseYaml(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw new SignerError("CONFIG_INVALID", `cannot read configuration ${file}: ${(e as Error).message}`);
-  }
+  const raw = readConfigYaml(file);
   const result = v.safeParse(configSchema(dirname(resolve(file)), env), withEnv(raw ?? {}, env));
   const problems = result.success ? [] : problemsOf(result.issues);
   // `config check`: what serve would open (policy, PIN, module, TLS and JWKS files...), listed with the rest.

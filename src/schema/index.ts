@@ -1,7 +1,8 @@
 // What every configuration schema shares (issue 12 §5): valibot issues turned into the project's
 // "path: message" problems, every one of them at once, and the validated result deep-frozen.
-// A bottom layer like errors/ and log/: it imports valibot and nothing of the project.
+// A bottom layer like errors/ and log/: it imports valibot and yaml, and nothing of the project.
 import * as v from "valibot";
+import { parseDocument } from "yaml";
 
 export type Issue = v.BaseIssue<unknown>;
 
@@ -45,6 +46,19 @@ export function problemsOf(issues: readonly Issue[], labels?: ItemLabels): strin
 export function validate<S extends v.GenericSchema>(schema: S, input: unknown, labels?: ItemLabels): { ok: true; value: v.InferOutput<S> } | { ok: false; problems: string[] } {
   const r = v.safeParse(schema, input);
   return r.success ? { ok: true, value: r.output } : { ok: false, problems: problemsOf(r.issues, labels) };
+}
+
+/**
+ * YAML (or JSON, which is YAML) text as a value, or each syntax error as "message at line L,
+ * column C". The yaml library's pretty message goes on with a code frame that quotes the source
+ * line, and a configuration line may hold a secret (a PIN or a password written where it does not
+ * belong): only the first line of each message is kept. Warnings (an unknown tag...) are not
+ * printed either, as yaml's parse() would print them, code frame and all, on stderr.
+ */
+export function parseYamlText(text: string): { ok: true; value: unknown } | { ok: false; problems: string[] } {
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true });
+  if (doc.errors.length > 0) return { ok: false, problems: doc.errors.map((e) => (e.message.split("\n")[0] ?? e.message).replace(/:$/, "")) };
+  return { ok: true, value: doc.toJS() };
 }
 
 /** Freezes plain objects and arrays all the way down (Buffers and class instances are left as they are). */

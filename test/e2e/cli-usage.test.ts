@@ -149,6 +149,23 @@ describe("hsm-signer config check: what serve would open (the built CLI)", funct
     assert.equal(good.code, 0, good.stderr);
     assert.match(good.stdout, /^configuration is valid \(checked: settings, policy, PIN file, PKCS#11 module, TLS files, audit directory\)$/m);
   });
+
+  it("a YAML syntax error says where it is, never what the line holds (it may hold a secret): config check and audit migrate", async () => {
+    const file = join(dir, "secret-line.yaml");
+    writeFileSync(file, "hsm:\n  pin: s3cr3t-PIN: 1234\n");
+    // A tag yaml does not know is a warning, which yaml's parse() printed with its code frame.
+    const tagged = join(dir, "secret-tag.yaml");
+    writeFileSync(tagged, "hsm:\n  pin: !secret s3cr3t-PIN\n");
+    const runs = await Promise.all([cli(["config", "check", "--config", file]), cli(["audit", "migrate", "--config", file]), cli(["config", "check", "--config", tagged])]);
+    for (const r of runs) {
+      assert.notEqual(r.code, 0, r.stderr);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes("s3cr3t-PIN"), `the secret is echoed:\n${r.stdout}${r.stderr}`);
+    }
+    for (const r of runs.slice(0, 2)) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^hsm-signer: cannot read configuration .*secret-line\.yaml: .* at line 2, column 8$/m);
+    }
+  });
 });
 
 describe("hsm-signer custodian commands against an endpoint that accepts TCP and never speaks TLS", function () {
