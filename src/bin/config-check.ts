@@ -1,10 +1,11 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
-import { accessSync, constants, readFileSync, statSync, type Stats } from "node:fs";
+import { accessSync, constants, statSync, type Stats } from "node:fs";
 import { dirname } from "node:path";
 import { createLocalJWKSet, type JSONWebKeySet } from "jose";
 import { Policy, PolicyInvalidError } from "../auth/policy.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
 import { loadConfig, type ConfigFiles } from "./config.js";
+import { readRegular, readSettingFile } from "./config-fields.js";
 
 /**
  * `hsm-signer config check`: the configuration (loadConfig) and what serve opens at start-up
@@ -58,18 +59,6 @@ function statOf(path: string): Stats | string {
   }
 }
 
-/** The file's bytes, or the problem; only regular files (a FIFO or a device would hang or never end). */
-function readRegular(setting: string, path: string): Buffer | string {
-  const st = statOf(path);
-  if (typeof st === "string") return `${setting}: cannot read ${path} (${st})`;
-  if (!st.isFile()) return `${setting}: ${path} is not a regular file`;
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    return `${setting}: cannot read ${path} (${errno(e)})`;
-  }
-}
-
 function checkModule(module: string | undefined): string[] {
   if (!module) return [];
   const st = statOf(module);
@@ -117,12 +106,8 @@ function certificates(pem: Buffer): X509Certificate[] {
 
 /** Files loadConfig could not read were reported there; here: what they hold. */
 function readable(path: string | undefined): Buffer | undefined {
-  if (!path) return undefined;
-  try {
-    return statSync(path).isFile() ? readFileSync(path) : undefined;
-  } catch {
-    return undefined;
-  }
+  const r = path ? readSettingFile(path) : undefined;
+  return typeof r === "string" ? undefined : r;
 }
 
 /** TLS certificates, keys and CA bundles parse, each key fits its certificate; each file is reported once (admin falls back to tls). */

@@ -203,7 +203,8 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
     if (!files.clientCaFile) problem("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
     for (const k of ["certFile", "keyFile", "clientCaFile"] as const) {
       const p = files[k];
-      if (p && readProblem(p) !== undefined) problem(`admin.${k}: cannot read ${p}`);
+      const why = p === undefined ? undefined : readProblem(p);
+      if (why !== undefined) problem(`admin.${k}: ${why}`);
     }
   }
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -148,6 +149,29 @@ describe("hsm-signer config check: what serve would open (the built CLI)", funct
     assert.match(bad.stderr, /^ {2}- policy\.file: .*bad-policy\.yaml: /m);
     assert.equal(good.code, 0, good.stderr);
     assert.match(good.stdout, /^configuration is valid \(checked: settings, policy, PIN file, PKCS#11 module, TLS files, audit directory\)$/m);
+  });
+
+  it("a FIFO named by a file setting is refused at once, naming the setting (it used to hang config check and serve), so is a file over 1 MiB; a symlink to a file is fine", async () => {
+    const fifo = join(dir, "cert.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const big = join(dir, "big-key.pem");
+    writeFileSync(big, Buffer.alloc(2 * 1024 * 1024, "A"));
+    const link = join(dir, "ca-link.pem");
+    symlinkSync(tls.caFile, link);
+    const file = join(dir, "fifo.yaml");
+    writeFileSync(
+      file,
+      `listen: 127.0.0.1:8443\ntls: { certFile: ${fifo}, keyFile: ${big}, clientCaFile: ${link} }\nhsm: { module: ${softHsmModule()}, tokenLabel: t, pinFile: pin }\npolicy: { file: policy.yaml }\naudit: { dir: audit }\n`,
+    );
+    // cli() kills each run after CLI_TIMEOUT_MS and fails the test if it had to.
+    const [check, serve] = await Promise.all([cli(["config", "check", "--config", file]), cli(["serve", "--config", file])]);
+    for (const r of [check, serve]) {
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /^ {2}- tls\.certFile: .*cert\.fifo is not a regular file \(a FIFO\)$/m);
+      assert.match(r.stderr, /^ {2}- tls\.keyFile: .*big-key\.pem is larger than the limit of 1048576 bytes \(1 MiB\)$/m);
+      assert.doesNotMatch(r.stderr, /clientCaFile/);
+      assert.ok(r.ms < 15_000, `took ${Math.round(r.ms)} ms`);
+    }
   });
 
   it("a YAML syntax error says where it is, never what the line holds (it may hold a secret): config check and audit migrate", async () => {
