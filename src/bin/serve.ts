@@ -192,19 +192,37 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     // In-flight calls finish (and are audited) first; then the audit is flushed and closed.
     clearInterval(keyMetricsTimer);
     const grace = config.shutdown.graceMs;
-    void Promise.all([server.close(grace), admin?.close(grace), healthServer?.close(Math.min(grace, 1000))])
-      .then(() => ops?.close())
-      .then(() => audit.close())
-      .then(() => {
-        policy.close();
-        authenticator.close();
-        tlsFailures.close();
-        return hsm.close();
-      })
-      .then(() => {
-        finalizeModule(config.hsm.module);
-        logger.info("stopped");
-      });
+    // Each step runs whatever the ones before it did (the HSM is closed and the module finalized
+    // even when the audit cannot be): a failure is logged, and the exit code (1) says the
+    // shutdown was not clean.
+    const failed: string[] = [];
+    const step = async (name: string, run: () => unknown): Promise<void> => {
+      try {
+        await run();
+      } catch (e) {
+        failed.push(name);
+        logger.error("shutdown: a step failed; the others still run", { step: name, error: e instanceof Error ? e.message : String(e) });
+      }
+    };
+    void (async () => {
+      await Promise.all([
+        step("signer listener", () => server.close(grace)),
+        step("admin listener", () => admin?.close(grace)),
+        step("health listener", () => healthServer?.close(Math.min(grace, 1000))),
+      ]);
+      await step("metrics listener", () => ops?.close());
+      await step("audit", () => audit.close());
+      await step("policy", () => policy.close());
+      await step("authenticator", () => authenticator.close());
+      await step("TLS failure log", () => tlsFailures.close());
+      await step("HSM", () => hsm.close());
+      await step("PKCS#11 module", () => finalizeModule(config.hsm.module));
+      if (failed.length === 0) logger.info("stopped");
+      else {
+        logger.error("stopped, not cleanly", { failed });
+        process.exitCode = 1;
+      }
+    })();
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));

@@ -386,6 +386,48 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     assert.match(v.stdout, new RegExp(`repaired: .*\\(seq ${repaired[0]?.seq}\\) records that the writer cut ${Buffer.byteLength(torn)} bytes`));
   });
 
+  it("a file system frozen at shutdown: the audit cannot close, that is logged, the HSM is still closed, exit 1 (no unhandled rejection)", async function () {
+    const problem = mountProblem();
+    if (problem) {
+      console.log(`      skipped: ${problem}`);
+      this.skip();
+    }
+    let mnt: string;
+    try {
+      mnt = mountExt4("frozen-at-stop");
+      execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
+      execFileSync("fsfreeze", ["-u", mnt], { stdio: "pipe", timeout: 10_000 });
+    } catch (e) {
+      console.log(`      skipped: loop-mounted ext4 with fsfreeze not available here (${(e as Error).message.split("\n")[0]})`);
+      this.skip();
+    }
+    const s = await startService(join(mnt, "audit"));
+    let stderr = "";
+    s.child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+    assert.equal((await sign(s)).ok, true);
+
+    // Idle, then frozen (a snapshot, say): closing the audit must release its directory lock,
+    // which the frozen file system holds up until the close times out.
+    execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
+    const stopped = waitForLog(s.child, "stopped, not cleanly", 30_000);
+    s.child.kill("SIGTERM");
+    const line = await stopped;
+    execFileSync("fsfreeze", ["-u", mnt], { stdio: "pipe", timeout: 10_000 });
+    const code = await Promise.race([s.exited, sleep(20_000).then(() => "still running")]);
+
+    assert.deepEqual(line.failed, ["audit"], JSON.stringify(line));
+    const logged = s
+      .stdout()
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { msg: string; step?: string; error?: string });
+    const failure = logged.find((l) => l.msg === "shutdown: a step failed; the others still run");
+    assert.equal(failure?.step, "audit");
+    assert.match(failure?.error ?? "", /the audit disk did not finish/);
+    assert.equal(code, 1, `exit code; stderr: ${stderr}`);
+    assert.doesNotMatch(stderr, /Unhandled|UnhandledPromiseRejection|\n\s+at /);
+  });
+
   it("an audit.dir under /proc: exit 1 with a clear message within seconds (no endless mkdir)", async () => {
     const r = await spawnCollect(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], "", {
       env: env({
