@@ -31,7 +31,7 @@ interface Mount {
 interface Volume {
   name: string;
   configMap?: { name: string };
-  secret?: { secretName: string };
+  secret?: { secretName: string; defaultMode?: number };
   persistentVolumeClaim?: { claimName: string };
 }
 interface Container {
@@ -45,7 +45,7 @@ interface Container {
 }
 interface PodTemplate {
   metadata?: { labels?: Labels };
-  spec: { containers: Container[]; volumes: Volume[] };
+  spec: { containers: Container[]; volumes: Volume[]; securityContext?: { runAsUser?: number; runAsGroup?: number; fsGroup?: number } };
 }
 /** The parts of the rendered objects these checks read (the Service's selector is plain labels). */
 interface Obj {
@@ -145,6 +145,22 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     assert.ok(!selects(byService, { "app.kubernetes.io/name": "postgresql" }));
     const servicePorts = service.spec.ports.map((p) => p.name);
     for (const e of monitor.spec.endpoints) assert.ok(servicePorts.includes(e.port), `ServiceMonitor port ${e.port} is not a Service port`);
+  });
+
+  it("the audit-migrate Job can read its 0400 Secret files as uid 10001: fsGroup, as in the Deployment", () => {
+    const job = one(objects, "Job").spec.template;
+    for (const [where, p] of [
+      ["Deployment", pod],
+      ["Job", job],
+    ] as [string, PodTemplate][]) {
+      const sc = p.spec.securityContext ?? {};
+      // A Secret volume's files are root's; mode 0400 leaves them unreadable to another uid unless
+      // fsGroup makes them that group's (kubelet adds group read then).
+      const ownerOnly = p.spec.volumes.filter((v) => v.secret && ((v.secret.defaultMode ?? 0o644) & 0o044) === 0);
+      if (ownerOnly.length > 0 && sc.runAsUser !== 0)
+        assert.equal(sc.fsGroup, sc.runAsGroup, `${where}: ${ownerOnly.map((v) => v.name).join(", ")} mode 0400 without fsGroup: EACCES for uid ${String(sc.runAsUser)}`);
+    }
+    assert.deepEqual(job.spec.securityContext, pod.spec.securityContext, "the Job's pod securityContext matches the Deployment's");
   });
 
   it("every volume, port, ConfigMap, Secret and claim it names exists, or the README says the operator provides it", () => {
