@@ -138,6 +138,14 @@ describe("deploy/base as kubectl kustomize renders it", function () {
       assert.ok(selects(matchLabels, podLabels), `${where} does not select the Deployment's pods`);
       for (const other of neighbours) assert.ok(!selects(matchLabels, other), `${where} also selects a pod labelled ${JSON.stringify(other)}`);
     }
+    // The audit-migrate Job's pod (no readiness probe: Ready while it runs) is no server: the
+    // Service would route gRPC calls to it (connection refused), the PDB count it, the
+    // NetworkPolicy apply to it. The Deployment's selector may match it (immutable, left as
+    // released): its ReplicaSet never adopts a pod the Job owns.
+    const jobPodLabels = one(objects, "Job").spec.template.metadata?.labels ?? {};
+    assert.equal(jobPodLabels["app.kubernetes.io/name"], "hsm-signer", "kustomize labels the Job's pod as the app's (the case checked here)");
+    for (const [where, sel] of [...selectors.slice(1), ["Service spec.selector", { matchLabels: service.spec.selector }] as [string, Selector]])
+      assert.ok(!selects(sel?.matchLabels, jobPodLabels), `${where} selects the audit-migrate Job's pod ${JSON.stringify(jobPodLabels)}`);
     // The ServiceMonitor selects the Service (by its labels), and scrapes a port the Service has.
     const monitor = one(objects, "ServiceMonitor");
     const byService = monitor.spec.selector?.matchLabels ?? {};
