@@ -11,6 +11,7 @@ import { isAuditStoreCommand } from "./audit-store-args.js";
 interface LocalCommand {
   /** "serve", "config check": the words that name the command. */
   path: string;
+  /** Its usage lines: one that starts with `path` is another form of the command, the others continue the line before. */
   synopsis: string[];
   about: string[];
 }
@@ -30,11 +31,12 @@ const LOCAL_COMMANDS: LocalCommand[] = [
   },
   {
     path: "audit verify",
-    synopsis: ["audit verify (--dir DIR | FILE... | --config FILE | --database) [--cert FILE] [--replica ID] [--json]"],
+    synopsis: ["audit verify (--dir DIR | FILE...)", "audit verify (--dir DIR | --config FILE | --database) --cert FILE [--replica ID] [--json]"],
     about: [
-      "check the audit hash chain (files or the database); with --cert, also the HSM-signed",
-      "checkpoints: names each edited, inserted, deleted, reordered record, cut tail, removed",
-      "chain, re-hashed chain, forged checkpoint, and the records not yet checkpointed",
+      "check the audit hash chain (of files: the first form); with --cert, required for the",
+      "database, also the HSM-signed checkpoints: names each edited, inserted, deleted, reordered",
+      "record, cut tail, removed chain, re-hashed chain, forged checkpoint, and the records not",
+      "yet checkpointed",
     ],
   },
   {
@@ -63,9 +65,12 @@ const LOCAL_COMMANDS: LocalCommand[] = [
 const ABOUT_COLUMN = 38;
 const PIN_NOTE = "The HSM user PIN comes from hsm.pinFile or the environment variable in hsm.pinEnv (default HSM_SIGNER_PIN).";
 
+/** A usage line that starts another form of the command (not a continuation of the line before). */
+const isForm = (c: LocalCommand, line: string): boolean => line.startsWith(`${c.path} `);
+
 function synopsisOf(c: LocalCommand): string {
   const [first = "", ...more] = c.synopsis;
-  const lines = [`  ${first}`, ...more.map((l) => `             ${l}`)];
+  const lines = [`  ${first}`, ...more.map((l) => (isForm(c, l) ? `  ${l}` : `             ${l}`))];
   const about = [...c.about];
   if (lines.length === 1 && first.length + 2 < ABOUT_COLUMN) lines[0] = `${(lines[0] as string).padEnd(ABOUT_COLUMN)}${about.shift() ?? ""}`;
   return [...lines, ...about.map((a) => `${" ".repeat(ABOUT_COLUMN)}${a}`)].join("\n");
@@ -92,7 +97,7 @@ hsm-signer <command> --help prints one command's usage; hsm-signer --help prints
 function usageOf(c: LocalCommand): string {
   const [first = "", ...more] = c.synopsis;
   const pin = ["serve", "config check", "test-chain"].includes(c.path) ? `\n\n${PIN_NOTE}` : "";
-  return [`usage: hsm-signer ${first}`, ...more.map((l) => `         ${l}`), "", ...c.about].join("\n") + pin;
+  return [`usage: hsm-signer ${first}`, ...more.map((l) => (isForm(c, l) ? `       hsm-signer ${l}` : `         ${l}`)), "", ...c.about].join("\n") + pin;
 }
 
 /** The usage of every "audit ..." (or "config ...", "token ...") command; undefined for a word that names none. */

@@ -73,6 +73,16 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
     for (const c of [...LOCAL, ...ADMIN]) assert.ok(all.stdout.includes(` ${c}`), `--help lists ${c}`);
   });
 
+  it("audit verify --help: files without --cert; the database only with --cert (as the command requires)", async () => {
+    const r = await cli(["audit", "verify", "--help"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /^usage: hsm-signer audit verify \(--dir DIR \| FILE\.\.\.\)\n {7}hsm-signer audit verify \(--dir DIR \| --config FILE \| --database\) --cert FILE \[--replica ID\] \[--json\]\n/,
+    );
+    assert.doesNotMatch(r.stdout, /\[--cert FILE\]/, "--cert is not optional with --config or --database");
+  });
+
   it("usage errors: exit 2, the problem named, then only that command's usage", async () => {
     const cases: { args: string[]; says: RegExp; usage: string }[] = [
       { args: ["test-chain", "--bogus"], says: /Unknown option '--bogus'/, usage: "test-chain" },
@@ -82,6 +92,7 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
       { args: ["config", "check", "--bogus"], says: /Unknown option '--bogus'/, usage: "config check" },
       { args: ["token", "init", "--label", "x"], says: /--module is required/, usage: "token init" },
       { args: ["audit", "verify"], says: /give audit files, or --dir DIR/, usage: "audit verify" },
+      { args: ["audit", "verify", "--database"], says: /needs --cert FILE/, usage: "audit verify" },
       { args: ["audit", "search", "audit-0001.log", "--from", "yesterday"], says: /--from must be a date/, usage: "audit search" },
       { args: ["keys", "generate", "--key-id", "k"], says: /--key-spec is required/, usage: "keys generate" },
       { args: ["certs", "csr", "--nope"], says: /Unknown option '--nope'/, usage: "certs csr" },
