@@ -26,7 +26,10 @@ function whatIsChecked(f: ConfigFiles): string[] {
   const out = ["settings", "policy", f.hsm.pinFile ? "PIN file" : `PIN variable ${f.hsm.pinEnv}`, "PKCS#11 module"];
   if (f.tls.certFile || f.tls.keyFile || f.tls.clientCaFile || f.admin.listen) out.push("TLS files");
   if (f.jwt.some((j) => j.jwksFile || j.jwksCaFile)) out.push("JWKS files");
-  out.push("audit directory");
+  // What was checked of the audit: the directory, or the database's settings and the files and
+  // variables they name (password, connection string, CA), without connecting.
+  if (f.auditDir) out.push("audit directory");
+  if (f.auditPostgres) out.push("audit database settings (not connected)");
   return out;
 }
 

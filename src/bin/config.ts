@@ -53,6 +53,8 @@ export interface ConfigFiles {
   jwt: JwtIssuerConfig[];
   policyFile: string | undefined;
   auditDir: string | undefined;
+  /** audit.postgres is configured (its files and variables are checked by the schema; nothing connects). */
+  auditPostgres: boolean;
   admin: { listen: string | undefined; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined };
 }
 
@@ -228,6 +230,7 @@ function configFilesOf(value: unknown, bad: (path: string) => boolean): ConfigFi
     jwt,
     policyFile: str(policy.file),
     auditDir: bad("audit.dir") ? undefined : str(audit.dir),
+    auditPostgres: isMapping(audit.postgres),
     admin: { listen: str(admin.listen), ...adminFiles(admin, tls) },
   };
 }

@@ -22,7 +22,11 @@ const LOCAL_COMMANDS: LocalCommand[] = [
   {
     path: "config check",
     synopsis: ["config check --config FILE"],
-    about: ["validate a configuration and what it names (policy, PIN, PKCS#11 module,", "TLS and JWKS files, audit directory) as serve would; every problem at once"],
+    about: [
+      "validate a configuration and what it names (policy, PIN, PKCS#11 module,",
+      "TLS and JWKS files, audit directory or database settings; no connection to the database)",
+      "as serve would; every problem at once",
+    ],
   },
   {
     path: "test-chain",

@@ -124,6 +124,15 @@ describe("config check: what serve would open, every problem at once", () => {
     for (const what of ["policy", "PIN file", "PKCS#11 module", "TLS files", "audit directory"]) assert.ok(checked.includes(what), `${what} in ${checked.join(", ")}`);
   });
 
+  it("with audit.postgres and no audit.dir, it says the database's settings were checked, not an audit directory", () => {
+    writeFileSync(f("db-password"), "secret\n");
+    const file = config("postgres.yaml", { audit: `audit: { postgres: { host: 127.0.0.1, database: a, user: u, passwordFile: db-password } }` });
+    const checked = checkConfig(file, {});
+    assert.ok(checked.includes("audit database settings (not connected)"), checked.join(", "));
+    assert.ok(!checked.includes("audit directory"), checked.join(", "));
+    assert.ok(!checkConfig(config("dir.yaml"), {}).includes("audit database settings (not connected)"));
+  });
+
   it("an invalid policy, a missing PIN file and a missing PKCS#11 module are each reported, all at once", () => {
     const file = config("three.yaml", { hsm: `hsm: { module: ${f("no-such-lib.so")}, tokenLabel: t, pinFile: no-pin }`, policy: "policy: { file: bad-policy.yaml }" });
     // loadConfig alone (what it did before) finds nothing wrong.
