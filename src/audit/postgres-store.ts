@@ -44,6 +44,50 @@ const MIGRATIONS: readonly string[] = [
    );`,
 ];
 
+/**
+ * What the service's role needs on the schema, and nothing more (README "Roles and GRANTs"): it
+ * adds records, checkpoints and its replica's row, and reads them; it never updates or deletes.
+ */
+export const SERVICE_ROLE_PRIVILEGES: readonly { privileges: string; tables: string }[] = [
+  { privileges: "SELECT, INSERT", tables: "audit_records, audit_checkpoints, audit_replicas" },
+  { privileges: "SELECT", tables: "audit_schema_version" },
+];
+
+/** PostgreSQL's longest role name in bytes; a longer one is truncated, and could name another role. */
+const MAX_ROLE_NAME_BYTES = 63;
+
+/**
+ * Why `role` cannot be given the service's privileges, or undefined. Refused: an empty name, a
+ * NUL, a name longer than PostgreSQL keeps, "public" in any case (PostgreSQL reads a quoted
+ * "public" as PUBLIC: every role) and the predefined pg_* roles.
+ */
+export function serviceRoleProblem(role: string): string | undefined {
+  if (role === "") return "the role name is empty";
+  if (role.includes("\0")) return "the role name holds a NUL character";
+  if (Buffer.byteLength(role, "utf8") > MAX_ROLE_NAME_BYTES) return `the role name is longer than ${MAX_ROLE_NAME_BYTES} bytes (PostgreSQL would cut it)`;
+  if (role.toLowerCase() === "public") return '"public" is every role; name the service\'s own role';
+  if (role.toLowerCase().startsWith("pg_")) return `${role} is a predefined PostgreSQL role (pg_*); name the service's own role`;
+  return undefined;
+}
+
+/**
+ * Grants the service's role exactly SERVICE_ROLE_PRIVILEGES (idempotent), in one transaction; the
+ * schema must exist (migrateSchema first). The name is quoted as an identifier, never pasted.
+ */
+export async function grantServiceRole(client: pg.ClientBase, role: string): Promise<void> {
+  const problem = serviceRoleProblem(role);
+  if (problem) throw new SignerError("INVALID_ARGUMENT", problem);
+  const grantee = client.escapeIdentifier(role);
+  await client.query("BEGIN");
+  try {
+    for (const g of SERVICE_ROLE_PRIVILEGES) await client.query(`GRANT ${g.privileges} ON ${g.tables} TO ${grantee}`);
+    await client.query("COMMIT");
+  } catch (e) {
+    await client.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  }
+}
+
 /** Any fixed number: the advisory lock that serializes migrations. */
 const MIGRATION_LOCK = 7_262_019_231;
 /** Rows per statement of a group commit; more wait for the next one. */

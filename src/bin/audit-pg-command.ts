@@ -3,7 +3,7 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { parseAuditCertificate } from "../audit/checkpoints.js";
-import { migrateSchema } from "../audit/postgres-store.js";
+import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVILEGES } from "../audit/postgres-store.js";
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
 import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
@@ -71,9 +71,16 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
       "to": { type: "string" },
       "limit": { type: "string" },
       "json": { type: "boolean" },
+      "grant-to": { type: "string" },
     },
   });
   refuseKeyFlag(values.key);
+  const grantTo = values["grant-to"];
+  if (grantTo !== undefined) {
+    if (sub !== "migrate") throw new UsageError("--grant-to is an option of audit migrate only");
+    const problem = serviceRoleProblem(grantTo);
+    if (problem) throw new UsageError(`--grant-to: ${problem}`);
+  }
   const cert = values.cert ? parseAuditCertificate(readFileSync(values.cert)) : undefined;
   if (sub === "verify") {
     if (!cert) throw new UsageError("audit verify with checkpoints needs --cert FILE (the audit key's certificate)");
@@ -134,6 +141,12 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
     try {
       const applied = await migrateSchema(client);
       console.log(applied.length ? `audit schema migrated to version ${applied.at(-1)}` : "audit schema is up to date");
+      if (grantTo !== undefined) {
+        await grantServiceRole(client, grantTo).catch((e: unknown) => {
+          throw new SignerError("AUDIT_UNAVAILABLE", `cannot grant the service's privileges to role ${grantTo}: ${(e as Error).message}`);
+        });
+        console.log(`granted to role ${grantTo}: ${SERVICE_ROLE_PRIVILEGES.map((g) => `${g.privileges} on ${g.tables}`).join("; ")}`);
+      }
     } finally {
       await client.end().catch(() => undefined);
     }

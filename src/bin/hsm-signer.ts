@@ -37,10 +37,9 @@ const LOCAL_COMMANDS: LocalCommand[] = [
     path: "audit verify",
     synopsis: ["audit verify (--dir DIR | FILE...)", "audit verify (--dir DIR | --config FILE | --database) --cert FILE [--replica ID] [--json]"],
     about: [
-      "check the audit hash chain (of files: the first form); with --cert, required for the",
-      "database, also the HSM-signed checkpoints: names each edited, inserted, deleted, reordered",
-      "record, cut tail, removed chain, re-hashed chain, forged checkpoint, and the records not",
-      "yet checkpointed",
+      "check the audit hash chain (files: the first form); with --cert (required for the database)",
+      "also the HSM-signed checkpoints: names each edited, inserted, deleted, reordered record,",
+      "cut tail, removed chain, re-hashed chain, forged checkpoint, and records not yet checkpointed",
     ],
   },
   {
@@ -55,8 +54,13 @@ const LOCAL_COMMANDS: LocalCommand[] = [
   },
   {
     path: "audit migrate",
-    synopsis: ["audit migrate (--config FILE | --database)"],
-    about: ["create or migrate the audit database's schema (as its owner); --database: the", "connection string in $HSM_SIGNER_AUDIT_DATABASE_URL or the PG* variables"],
+    synopsis: ["audit migrate (--config FILE | --database) [--grant-to ROLE]"],
+    about: [
+      "create or migrate the audit schema (as its owner); --grant-to: then grant ROLE (the",
+      "service's) SELECT, INSERT on audit_records, audit_checkpoints, audit_replicas and SELECT on",
+      "audit_schema_version, nothing else; --database: the connection string in",
+      "$HSM_SIGNER_AUDIT_DATABASE_URL or the PG* variables",
+    ],
   },
   {
     path: "token init",

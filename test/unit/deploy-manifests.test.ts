@@ -171,6 +171,15 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     assert.deepEqual(job.spec.securityContext, pod.spec.securityContext, "the Job's pod securityContext matches the Deployment's");
   });
 
+  it("the audit-migrate Job grants the service's database role (audit.postgres.user), which nothing else would", () => {
+    const cm = objects.find((o) => o.kind === "ConfigMap" && typeof o.data?.["config.yaml"] === "string");
+    const user = (parse(cm?.data?.["config.yaml"] ?? "") as { audit: { postgres?: { user?: string } } }).audit.postgres?.user;
+    assert.ok(user, "config.yaml names the service's database user");
+    const args = (one(objects, "Job").spec.template.spec.containers[0] as Container).args;
+    assert.deepEqual(args.slice(0, 2), ["audit", "migrate"]);
+    assert.equal(args[args.indexOf("--grant-to") + 1], user, `the Job's --grant-to is ${user}`);
+  });
+
   it("every volume, port, ConfigMap, Secret and claim it names exists, or the README says the operator provides it", () => {
     const rendered = (kind: string): string[] => objects.filter((o) => o.kind === kind).map((o) => o.metadata.name);
     const operatorProvided = (what: string, name: string): void => {
