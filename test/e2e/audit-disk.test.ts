@@ -175,6 +175,27 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     return dir;
   }
 
+  /**
+   * A loop-mounted ext4 that fsfreeze can freeze (tried once), or the test is skipped with the
+   * reason: no root, a missing tool, or a kernel that refuses loop devices or freezing.
+   */
+  function freezableMount(test: Mocha.Context, name: string): string {
+    const problem = mountProblem();
+    if (problem) {
+      console.log(`      skipped: ${problem}`);
+      test.skip();
+    }
+    try {
+      const mnt = mountExt4(name);
+      execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
+      execFileSync("fsfreeze", ["-u", mnt], { stdio: "pipe", timeout: 10_000 });
+      return mnt;
+    } catch (e) {
+      console.log(`      skipped: loop-mounted ext4 with fsfreeze not available here (${(e as Error).message.split("\n")[0]})`);
+      return test.skip();
+    }
+  }
+
   /** Thaws (harmless if not frozen) and unmounts; a frozen file system left behind would hang other processes. */
   function release(dir: string): void {
     spawnSync("fsfreeze", ["-u", dir], { stdio: "ignore", timeout: 10_000 });
@@ -216,21 +237,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   });
 
   it("a frozen file system: /healthz answers, /readyz and gRPC health say not serving, Sign is UNAVAILABLE within its deadline; after the thaw, signing resumes by itself", async function () {
-    const problem = mountProblem();
-    if (problem) {
-      console.log(`      skipped: ${problem}`);
-      this.skip();
-    }
-    let mnt: string;
-    try {
-      mnt = mountExt4("frozen");
-      execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
-      execFileSync("fsfreeze", ["-u", mnt], { stdio: "pipe", timeout: 10_000 });
-    } catch (e) {
-      // Kernels in some sandboxes refuse loop devices or freezing.
-      console.log(`      skipped: loop-mounted ext4 with fsfreeze not available here (${(e as Error).message.split("\n")[0]})`);
-      this.skip();
-    }
+    const mnt = freezableMount(this, "frozen");
     const auditDir = join(mnt, "audit");
     const s = await startService(auditDir);
     assert.equal((await sign(s)).ok, true);
@@ -387,20 +394,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   });
 
   it("a file system frozen at shutdown: the audit cannot close, that is logged, the HSM is still closed, exit 1 (no unhandled rejection)", async function () {
-    const problem = mountProblem();
-    if (problem) {
-      console.log(`      skipped: ${problem}`);
-      this.skip();
-    }
-    let mnt: string;
-    try {
-      mnt = mountExt4("frozen-at-stop");
-      execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
-      execFileSync("fsfreeze", ["-u", mnt], { stdio: "pipe", timeout: 10_000 });
-    } catch (e) {
-      console.log(`      skipped: loop-mounted ext4 with fsfreeze not available here (${(e as Error).message.split("\n")[0]})`);
-      this.skip();
-    }
+    const mnt = freezableMount(this, "frozen-at-stop");
     const s = await startService(join(mnt, "audit"));
     let stderr = "";
     s.child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
