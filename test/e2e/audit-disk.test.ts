@@ -175,16 +175,20 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
     return dir;
   }
 
+  /** Skips the test, saying why, when this machine cannot mount file systems for it (mountProblem). */
+  function skipWithoutMounts(test: Mocha.Context): void {
+    const problem = mountProblem();
+    if (!problem) return;
+    console.log(`      skipped: ${problem}`);
+    test.skip();
+  }
+
   /**
    * A loop-mounted ext4 that fsfreeze can freeze (tried once), or the test is skipped with the
    * reason: no root, a missing tool, or a kernel that refuses loop devices or freezing.
    */
   function freezableMount(test: Mocha.Context, name: string): string {
-    const problem = mountProblem();
-    if (problem) {
-      console.log(`      skipped: ${problem}`);
-      test.skip();
-    }
+    skipWithoutMounts(test);
     try {
       const mnt = mountExt4(name);
       execFileSync("fsfreeze", ["-f", mnt], { stdio: "pipe", timeout: 10_000 });
@@ -286,11 +290,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   });
 
   it("a full disk: a KeyAdmin change is refused before it starts (its intent line cannot be written), and the token stays as it was", async function () {
-    const problem = mountProblem();
-    if (problem) {
-      console.log(`      skipped: ${problem}`);
-      this.skip();
-    }
+    skipWithoutMounts(this);
     const mnt = mountTmpfs("admin-full", "1m");
     const auditDir = join(mnt, "audit");
     const s = await startService(auditDir);
@@ -332,11 +332,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   });
 
   it("a disk full in the middle of a burst, SIGKILL before recovery, space freed, restart: answers and lines agree; a torn tail is cut, logged, counted and verified", async function () {
-    const problem = mountProblem();
-    if (problem) {
-      console.log(`      skipped: ${problem}`);
-      this.skip();
-    }
+    skipWithoutMounts(this);
     const mnt = mountTmpfs("full", "2m");
     const auditDir = join(mnt, "audit");
     let s = await startService(auditDir);
