@@ -1,5 +1,5 @@
 // Layer rules (issue 12 §6, design.md §3): imports point down,
-//   bin → edges (server, plugin, admin) → adapters (hsm, auth, audit, metrics, client, tls) → signing → errors, log, schema
+//   bin → edges (server, plugin, admin) → adapters (hsm, auth, audit, metrics, client, tls) → signing → errors, log, schema, fs
 // and edges never import each other. Each folder lists what it may not import; test/unit/layers.test.ts
 // shows that a wrong import fails lint.
 // src/gen/ (generated from proto/ by npm run generate, not linted) is the wire contract: it imports only @bufbuild/protobuf/wire.
@@ -20,8 +20,8 @@ function layer(files, patterns, paths = []) {
 
 export const layerRules = [
   layer(
-    ["src/errors/**/*.ts", "src/log/**/*.ts", "src/schema/**/*.ts"],
-    [forbid(["bin", ...EDGES, ...ADAPTERS, "signing", "schema"], "errors/, log/ and schema/ are the bottom layer: they import nothing of the project")],
+    ["src/errors/**/*.ts", "src/log/**/*.ts", "src/schema/**/*.ts", "src/fs/**/*.ts"],
+    [forbid(["bin", ...EDGES, ...ADAPTERS, "signing", "schema", "fs"], "errors/, log/, schema/ and fs/ are the bottom layer: they import nothing of the project")],
   ),
   layer(["src/signing/**/*.ts"], [forbid(["bin", ...EDGES, ...ADAPTERS], "signing/ is the domain core: it imports only errors/ and log/; adapters implement its ports")]),
   ...ADAPTERS.map((name) => layer([`src/${name}/**/*.ts`], [forbid(["bin", ...EDGES], `${name}/ is an adapter: it never imports an edge or bin/`)])),

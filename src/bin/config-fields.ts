@@ -1,8 +1,9 @@
 // Field schemas the service configuration's sections share (config.ts, audit-cluster-config.ts),
 // and the reading of the file itself (config.ts, audit-pg-command.ts).
-import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
+import { MAX_SETTING_FILE_BYTES, readRegularFile } from "../fs/regular-file.js";
 import { parseYamlText } from "../schema/index.js";
 
 /**
@@ -92,40 +93,14 @@ export function readRegular(setting: string, path: string): Buffer | string {
   return typeof r === "string" ? `${setting}: ${r}` : r;
 }
 
-/** The largest file a setting may name: certificates, keys, CA bundles, a PIN, a policy, a JWKS are far smaller. */
-export const MAX_SETTING_FILE_BYTES = 1024 * 1024;
-
 /**
- * The bytes of a file a setting names, or the problem: a regular file (a symlink to one is fine)
- * of at most MAX_SETTING_FILE_BYTES, nothing else. Opened non-blocking and checked with fstat on
- * the open descriptor before any read, so a FIFO with no writer, a device (/dev/zero, a terminal)
- * or a socket is refused at once instead of hanging `config check` or `serve`, or never ending.
+ * The bytes of a file a setting names, or the problem ("cannot read P (ENOENT)", "P is not a
+ * regular file (a FIFO)", "P is larger than the limit..."): see readRegularFile.
  */
 export function readSettingFile(path: string): Buffer | string {
-  const errno = (e: unknown): string => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  } catch (e) {
-    return `cannot read ${path} (${errno(e)})`;
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile())
-      return `${path} is not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "a device"})`;
-    const tooLarge = `${path} is larger than the limit of ${MAX_SETTING_FILE_BYTES} bytes (1 MiB)`;
-    if (st.size > MAX_SETTING_FILE_BYTES) return tooLarge;
-    // Read to the end, whatever fstat said (a file that grows meanwhile), but never past the limit.
-    const buf = Buffer.allocUnsafe(MAX_SETTING_FILE_BYTES + 1);
-    let n = 0;
-    for (let r = -1; r !== 0; n += r) {
-      if (n > MAX_SETTING_FILE_BYTES) return tooLarge;
-      r = readSync(fd, buf, n, buf.length - n, null);
-    }
-    return Buffer.from(buf.subarray(0, n));
-  } catch (e) {
-    return `cannot read ${path} (${errno(e)})`;
-  } finally {
-    closeSync(fd);
-  }
+  const r = readRegularFile(path);
+  if (Buffer.isBuffer(r)) return r;
+  if (r.kind === "unreadable") return `cannot read ${path} (${r.code})`;
+  if (r.kind === "not-regular") return `${path} is not a regular file (${r.what})`;
+  return `${path} is larger than the limit of ${MAX_SETTING_FILE_BYTES} bytes (1 MiB)`;
 }

@@ -1,4 +1,4 @@
-import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { MAX_SETTING_FILE_BYTES, readRegularFile } from "../fs/regular-file.js";
 import * as v from "valibot";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 import { PluginError } from "./contract.js";
@@ -30,42 +30,26 @@ export function parseDuration(v: string): number | undefined {
   return Math.round(unit === "ms" ? n : unit === "m" ? n * 60_000 : n * 1000);
 }
 
-/** The largest file a pluginConfig path may name: CA bundles, a certificate and key, a token are far smaller. */
-export const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+/** The largest file a pluginConfig path may name (readRegularFile's limit). */
+export const MAX_CONFIG_FILE_BYTES = MAX_SETTING_FILE_BYTES;
 
 /**
  * Reads a file named by pluginConfig: a regular file of at most MAX_CONFIG_FILE_BYTES, and
- * nothing else. Opened non-blocking and checked with fstat on the open descriptor (no race
- * with a path swapped in between), so a FIFO with no writer, /dev/zero, /dev/urandom or a
- * terminal is refused at once instead of hanging past the timeout or growing without bound.
+ * nothing else (readRegularFile), so a FIFO with no writer, /dev/zero, /dev/urandom or a terminal
+ * is refused at once instead of hanging past the timeout or growing without bound.
  */
 function readConfigFile(key: string, path: string): Buffer {
-  const refuse = (why: string): PluginError => new PluginError("VALIDATION_ERROR", `pluginConfig ${key}: cannot read ${path}: ${why}`);
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  } catch (e) {
-    throw refuse((e as NodeJS.ErrnoException).code ?? (e as Error).message);
-  }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile())
-      throw refuse(`not a regular file (${st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "a device"})`);
-    if (st.size > MAX_CONFIG_FILE_BYTES) throw refuse(`${st.size} bytes; the limit is ${MAX_CONFIG_FILE_BYTES} bytes (1 MiB)`);
-    // Read to the end, whatever fstat said (a file that grows meanwhile), but never past the limit.
-    const buf = Buffer.allocUnsafe(MAX_CONFIG_FILE_BYTES + 1);
-    let n = 0;
-    for (let r = -1; r !== 0; n += r) {
-      if (n > MAX_CONFIG_FILE_BYTES) throw refuse(`larger than the limit of ${MAX_CONFIG_FILE_BYTES} bytes (1 MiB)`);
-      r = readSync(fd, buf, n, buf.length - n, null);
-    }
-    return Buffer.from(buf.subarray(0, n));
-  } catch (e) {
-    if (e instanceof PluginError) throw e;
-    throw refuse((e as NodeJS.ErrnoException).code ?? (e as Error).message);
-  } finally {
-    closeSync(fd);
-  }
+  const r = readRegularFile(path);
+  if (Buffer.isBuffer(r)) return r;
+  const why =
+    r.kind === "unreadable"
+      ? r.code
+      : r.kind === "not-regular"
+        ? `not a regular file (${r.what})`
+        : r.size !== undefined
+          ? `${r.size} bytes; the limit is ${MAX_CONFIG_FILE_BYTES} bytes (1 MiB)`
+          : `larger than the limit of ${MAX_CONFIG_FILE_BYTES} bytes (1 MiB)`;
+  throw new PluginError("VALIDATION_ERROR", `pluginConfig ${key}: cannot read ${path}: ${why}`);
 }
 
 const SECRETS_HINT = " Never put secrets in pluginConfig (notation prints it with --debug): use token_file or token_env.";

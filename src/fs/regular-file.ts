@@ -1,0 +1,43 @@
+// Reading a file that a setting names (the service's configuration, the plugin's pluginConfig).
+// A bottom layer like errors/ and log/: it imports node:fs and nothing of the project.
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+
+/** The largest file a setting may name: certificates, keys, CA bundles, a PIN, a policy, a JWKS, a token are far smaller. */
+export const MAX_SETTING_FILE_BYTES = 1024 * 1024;
+
+/** Why a file was not read: the errno code, what it is instead of a regular file, or that it is too large. */
+export type RegularFileProblem = { kind: "unreadable"; code: string } | { kind: "not-regular"; what: string } | { kind: "too-large"; size: number | undefined };
+
+/**
+ * The bytes of a regular file (a symlink to one is fine) of at most MAX_SETTING_FILE_BYTES, or
+ * why not. Opened non-blocking and checked with fstat on the open descriptor (no race with a path
+ * swapped in between) before any read, so a FIFO with no writer, a device (/dev/zero, a
+ * terminal) or a socket is refused at once instead of hanging, or never ending.
+ */
+export function readRegularFile(path: string): Buffer | RegularFileProblem {
+  const unreadable = (e: unknown): RegularFileProblem => ({ kind: "unreadable", code: (e as NodeJS.ErrnoException).code ?? (e as Error).message });
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  } catch (e) {
+    return unreadable(e);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile())
+      return { kind: "not-regular", what: st.isDirectory() ? "a directory" : st.isFIFO() ? "a FIFO" : st.isCharacterDevice() ? "a character device" : st.isSocket() ? "a socket" : "a device" };
+    if (st.size > MAX_SETTING_FILE_BYTES) return { kind: "too-large", size: st.size };
+    // Read to the end, whatever fstat said (a file that grows meanwhile), but never past the limit.
+    const buf = Buffer.allocUnsafe(MAX_SETTING_FILE_BYTES + 1);
+    let n = 0;
+    for (let r = -1; r !== 0; n += r) {
+      if (n > MAX_SETTING_FILE_BYTES) return { kind: "too-large", size: undefined };
+      r = readSync(fd, buf, n, buf.length - n, null);
+    }
+    return Buffer.from(buf.subarray(0, n));
+  } catch (e) {
+    return unreadable(e);
+  } finally {
+    closeSync(fd);
+  }
+}
