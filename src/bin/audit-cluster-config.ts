@@ -43,6 +43,8 @@ export interface AuditClusterConfig {
 }
 
 const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|::1|\[::1\])$/;
+/** A database host reached without crossing a network: loopback, or a Unix socket's directory. */
+const isLocalHost = (host: string): boolean => LOOPBACK.test(host) || host.startsWith("/");
 const SECRETS = "secrets never go in the configuration file; use audit.postgres.passwordFile/passwordEnv or urlFile/urlEnv";
 
 /**
@@ -91,7 +93,7 @@ export function auditClusterEntries(path: (p: string) => string, env: NodeJS.Pro
       // Without TLS the records (and the password) cross the network in the clear: only over
       // loopback or a Unix socket, unless the operator says so (a network they trust).
       const host = p.host;
-      if (!byUrl && typeof host === "string" && !tls.caFile && tls.disable !== true && !LOOPBACK.test(host) && !host.startsWith("/")) {
+      if (!byUrl && typeof host === "string" && !tls.caFile && tls.disable !== true && !isLocalHost(host)) {
         addIssue({ message: `required for ${host} (TLS to the database), or tls.disable: true on a network you trust`, path: [at(p, "tls"), at(tls, "caFile")] });
       }
     }),
@@ -181,7 +183,6 @@ function readSecret(file: string, what: string): string {
   }
 }
 
-/** node-postgres settings for audit.postgres, reading the password or connection string now. */
 /** sslmode values with which node-postgres encrypts the connection (pg-connection-string). */
 const TLS_SSLMODES = new Set(["prefer", "require", "verify-ca", "verify-full", "no-verify"]);
 
@@ -200,7 +201,7 @@ export function plaintextRemoteHost(connectionString: string): string | undefine
   }
   const q = u.searchParams;
   const host = u.hostname || q.get("host") || "";
-  if (host === "" || host.startsWith("/") || LOOPBACK.test(host)) return undefined;
+  if (host === "" || isLocalHost(host)) return undefined;
   const sslmode = q.get("sslmode");
   if (sslmode === "disable" || (sslmode !== null && TLS_SSLMODES.has(sslmode))) return undefined;
   const sslParam = q.get("ssl");
@@ -208,6 +209,7 @@ export function plaintextRemoteHost(connectionString: string): string | undefine
   return host;
 }
 
+/** node-postgres settings for audit.postgres, reading the password or connection string now. */
 export function postgresConnection(c: AuditPostgresConfig, env: NodeJS.ProcessEnv = process.env): pg.ClientConfig {
   const ssl = c.tls.caFile ? { ca: readFileSync(c.tls.caFile), rejectUnauthorized: true, servername: c.tls.serverName } : undefined;
   if (c.urlFile || c.urlEnv) {
