@@ -4,6 +4,7 @@ import { PostgresAuditStore } from "../audit/postgres-store.js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
+import { keyRefusal } from "../signing/signing-service.js";
 import { postgresConnection } from "./audit-cluster-config.js";
 import type { Config } from "./config.js";
 
@@ -48,9 +49,8 @@ export async function openPostgresAudit(config: Readonly<Config>, logger: Logger
  * Whoever holds a copy of the key could forge checkpoints, and `audit verify` trusts them.
  */
 function cannotSignCheckpoints(key: KeyRecord): SignerError | undefined {
-  if (key.disabledReason) return new SignerError("KEY_DISABLED", `the audit key "${key.keyId}": ${key.disabledReason}`);
-  if (key.unusableReason) return new SignerError("KEY_UNUSABLE", `the audit key "${key.keyId}": ${key.unusableReason}`);
-  return undefined;
+  const refused = keyRefusal(key);
+  return refused && new SignerError(refused.code, `the audit key "${key.keyId}": ${refused.message}`);
 }
 
 /**

@@ -58,6 +58,13 @@ export function auditKeyId(keyId: string): string {
   return keyId.length <= AUDIT_KEY_ID_MAX ? keyId : `${keyId.slice(0, AUDIT_KEY_ID_MAX)}...(${keyId.length - AUDIT_KEY_ID_MAX} more characters)`;
 }
 
+/** Why a key may not sign anything now: a custodian disabled it, or it is unusable (KeyRecord's reasons). */
+export function keyRefusal(key: KeyRecord): SignerError | undefined {
+  if (key.disabledReason) return new SignerError("KEY_DISABLED", key.disabledReason);
+  if (key.unusableReason) return new SignerError("KEY_UNUSABLE", key.unusableReason);
+  return undefined;
+}
+
 /**
  * Why a key's certificate cannot vouch for a signature made `at` (expired, or not yet valid), or
  * undefined. A verifier checks the signing certificate at signing time (notation does, and then
@@ -207,8 +214,8 @@ export class SigningService<C extends Caller = Caller> {
     if (input.hashAlgorithm && input.hashAlgorithm !== key.info.hash) {
       throw new SignerError("INVALID_ARGUMENT", `hash_algorithm ${input.hashAlgorithm} does not fit key "${key.keyId}" (${key.spec} signs ${key.info.hash} digests)`);
     }
-    if (key.disabledReason) throw new SignerError("KEY_DISABLED", key.disabledReason);
-    if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
+    const refused = keyRefusal(key);
+    if (refused) throw refused;
     const outside = certificateOutsideValidity(key, new Date());
     if (outside) throw new SignerError("KEY_UNUSABLE", outside);
     return key;
