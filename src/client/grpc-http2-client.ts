@@ -482,7 +482,7 @@ export class GrpcHttp2Channel {
 }
 
 /** The gRPC length-prefixed message: no compression flag, 4-byte length, the bytes. */
-function frameMessage(body: Buffer): Buffer {
+export function frameMessage(body: Buffer): Buffer {
   const frame = Buffer.alloc(5 + body.length);
   frame.writeUInt32BE(body.length, 1);
   body.copy(frame, 5);

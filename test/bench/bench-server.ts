@@ -29,6 +29,7 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { AuditLog } from "../../src/audit/index.js";
+import { frameMessage } from "../../src/client/grpc-http2-client.js";
 import { openHsm, type Hsm } from "../../src/hsm/index.js";
 import { digest as hashBytes, keySpecInfo, type HashAlgorithm, type KeySpec } from "../../src/signing/key-spec.js";
 import { keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
@@ -191,20 +192,12 @@ async function main(start: BenchServerStart): Promise<void> {
 
 type SignRequest = { keyId: string; digest: Buffer; hashAlgorithm: HashAlgorithm };
 
-/** A gRPC message with its 5-byte prefix (not compressed, 32-bit length). */
-function grpcFrame(msg: Buffer): Buffer {
-  const framed = Buffer.alloc(5 + msg.length);
-  framed.writeUInt32BE(msg.length, 1);
-  msg.copy(framed, 5);
-  return framed;
-}
-
 /** h2-echo and h2-sign: Sign answered on node:http2 alone (see the modes above); anything else is reset. */
 async function startHttp2Server(start: BenchServerStart, hsm: Hsm | undefined): Promise<{ port: number; close: () => Promise<void> }> {
   const { createSecureServer } = await import("node:http2");
   const Signer = loadSignerClientClass();
   const sign = (Signer.service as unknown as Record<string, { path: string; responseSerialize: (v: unknown) => Buffer; requestDeserialize: (b: Buffer) => SignRequest }>).Sign!;
-  const fixed = grpcFrame(sign.responseSerialize(start.fixed ?? {}));
+  const fixed = frameMessage(sign.responseSerialize(start.fixed ?? {}));
   const keys = start.mode === "h2-sign" ? hsm?.keys : undefined;
   const server = createSecureServer({ key: Buffer.from(start.tls.serverKey), cert: Buffer.from(start.tls.serverCert) });
   server.on("stream", (stream, headers) => {
@@ -223,7 +216,7 @@ async function startHttp2Server(start: BenchServerStart, hsm: Hsm | undefined): 
         .getKey(req.keyId)
         .then((key) => keys.signDigest(key, req.hashAlgorithm, req.digest))
         .then(
-          (signature) => answer(grpcFrame(sign.responseSerialize({ ...start.fixed, signature }))),
+          (signature) => answer(frameMessage(sign.responseSerialize({ ...start.fixed, signature }))),
           () => stream.close(2 /* INTERNAL_ERROR */),
         );
     });
