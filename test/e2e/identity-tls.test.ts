@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { get as httpGet } from "node:http";
 import { connect as netConnect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -9,7 +9,6 @@ import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { exportJWK, SignJWT } from "jose";
-import { auditFilesIn } from "../../src/audit/index.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { runPlugin } from "../helpers/plugin-process.js";
 import { spawnCollect } from "../helpers/process.js";
@@ -17,6 +16,7 @@ import { adminClient, callAdmin, freePort, HSM_SIGNER, isolatedToken, startServi
 import { callSigner, signerClient } from "../helpers/signer-client.js";
 import type { SoftHsmToken } from "../helpers/softhsm.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
+import { auditRecordsIn } from "../helpers/audit-records.js";
 
 const ISSUER = "https://token.actions.githubusercontent.com";
 
@@ -120,12 +120,7 @@ rules:
     );
     none.close();
     assert.equal(e.code, grpc.status.UNAUTHENTICATED, e.details);
-    const lines = auditFilesIn(svc.auditDir).flatMap((f) =>
-      readFileSync(f, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    );
+    const lines = auditRecordsIn(svc.auditDir);
     const signer = lines.filter((l) => l.method === "Sign" || l.method === "DescribeKey");
     assert.deepEqual(
       signer.filter((l) => l.result !== "NOT_FOUND").map((l) => [l.method, l.result, l.identity, l.identityKind]),

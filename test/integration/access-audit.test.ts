@@ -13,6 +13,7 @@ import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { runPlugin } from "../helpers/plugin-process.js";
 import { callSigner, signerClient, type KeyInfo, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
+import { auditRecordsIn } from "../helpers/audit-records.js";
 
 const run = promisify(execFile);
 const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
@@ -20,14 +21,7 @@ const HSM_SIGNER = join(PROJECT_ROOT, "dist/hsm-signer");
 type Receipt = { sequence: number; lineHash: string };
 type Signed = SignResponse & { receipt: Receipt };
 
-function records(dir: string): Record<string, unknown>[] {
-  return auditFilesIn(dir).flatMap((f) =>
-    readFileSync(f, "utf8")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>),
-  );
-}
+const records = (dir: string): Record<string, unknown>[] => auditRecordsIn(dir);
 
 async function expectCode(p: Promise<unknown>, code: grpc.status, re?: RegExp): Promise<grpc.ServiceError> {
   const e = await p.then(

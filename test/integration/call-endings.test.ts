@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import { auditFilesIn } from "../../src/audit/index.js";
 import type { KeyStore } from "../../src/signing/ports.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture, type TestServer } from "../helpers/fixture.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
+import { auditRecordsIn } from "../helpers/audit-records.js";
 
 interface Line {
   requestId: string;
@@ -14,14 +13,7 @@ interface Line {
   keyId?: string;
 }
 
-function lines(dir: string): Line[] {
-  return auditFilesIn(dir).flatMap((f) =>
-    readFileSync(f, "utf8")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Line),
-  );
-}
+const lines = (dir: string): Line[] => auditRecordsIn<Line>(dir);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

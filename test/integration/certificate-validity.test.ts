@@ -1,14 +1,13 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ObjectClass } from "graphene-pk11";
-import { auditFilesIn } from "../../src/audit/index.js";
 import { generateKeyPair, storeCertificate } from "../../src/hsm/index.js";
 import { keyIdBytes } from "../../src/hsm/key-factory.js";
 import { createLeafCertificate } from "../../src/signing/x509-builder.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture, type TestServer } from "../helpers/fixture.js";
 import { callSigner, signerClient, type KeyInfo } from "../helpers/signer-client.js";
+import { auditRecordsIn } from "../helpers/audit-records.js";
 
 const DAY = 86400_000;
 /** The fixture's EC-256 key was certified by this HSM root key (createTestChain's naming). */
@@ -83,12 +82,7 @@ describe("keys whose certificate is outside its validity (SoftHSM, gRPC)", funct
     const e = await refused(EXPIRED);
     assert.equal(e.code, grpc.status.FAILED_PRECONDITION);
     assert.match(e.details, new RegExp(`certificate of key "${EXPIRED}" version 1 expired at ${key.certificate?.notAfter.toISOString().slice(0, 10)}`));
-    const lines = auditFilesIn(server.auditDir).flatMap((file) =>
-      readFileSync(file, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    );
+    const lines = auditRecordsIn(server.auditDir);
     const line = lines.find((l) => l.method === "Sign" && l.keyId === EXPIRED);
     assert.ok(line, "the refused Sign has its audit line");
     assert.notEqual(line.result, "ok");

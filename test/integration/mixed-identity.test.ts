@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { exportJWK, SignJWT } from "jose";
-import { AuditLog, auditFilesIn } from "../../src/audit/index.js";
+import { AuditLog } from "../../src/audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter } from "../../src/auth/index.js";
 import { createLogger, silentLogger } from "../../src/log/index.js";
 import { SignerMetrics } from "../../src/metrics/index.js";
@@ -20,6 +20,7 @@ import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { OpensslCa } from "../helpers/openssl-ca.js";
 import { runPlugin } from "../helpers/plugin-process.js";
 import { loadSignerClientClass, type SignResponse } from "../helpers/signer-client.js";
+import { auditRecordsIn } from "../helpers/audit-records.js";
 
 const ISSUER = "https://token.actions.githubusercontent.com";
 const AUDIENCE = "hsm-signer";
@@ -36,14 +37,7 @@ interface Pem {
 
 type AuditLine = Record<string, unknown>;
 
-function auditLines(dir: string): AuditLine[] {
-  return auditFilesIn(dir).flatMap((f) =>
-    readFileSync(f, "utf8")
-      .split("\n")
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as AuditLine),
-  );
-}
+const auditLines = (dir: string): AuditLine[] => auditRecordsIn<AuditLine>(dir);
 
 async function code(p: Promise<unknown>): Promise<grpc.ServiceError> {
   return p.then(
