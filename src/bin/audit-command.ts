@@ -16,9 +16,20 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
       "from": { type: "string" },
       "to": { type: "string" },
       "json": { type: "boolean" },
+      // Options of the database form (audit-pg-command.ts): named here to say why they do not apply.
+      "replica": { type: "string" },
+      "limit": { type: "string" },
     },
   });
   refuseKeyFlag(values.key);
+  if (values.replica !== undefined) {
+    throw new UsageError(
+      sub === "verify"
+        ? "--replica applies to the checkpoints (--cert FILE) or the audit database (--config FILE, --database)"
+        : "--replica applies to the audit database (--config FILE or --database); audit files (--dir, FILE...) hold one replica's chain",
+    );
+  }
+  if (values.limit !== undefined) throw new UsageError("--limit applies to audit search over the audit database (--config FILE or --database)");
   const files = values.dir ? auditFilesIn(values.dir) : positionals;
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {

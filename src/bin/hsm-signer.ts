@@ -44,8 +44,11 @@ const LOCAL_COMMANDS: LocalCommand[] = [
   },
   {
     path: "audit search",
-    synopsis: ["audit search (--dir DIR | FILE... | --config FILE | --database) [--artifact sha256:...] [--key-id GLOB]", "[--identity GLOB] [--from TIME] [--to TIME] [--replica ID] [--json]"],
-    about: ['find audit records ("who signed sha256:...?"), across replicas in the database'],
+    synopsis: [
+      "audit search (--dir DIR | FILE...) [--artifact sha256:...] [--key-id GLOB] [--identity GLOB] [--from TIME] [--to TIME] [--json]",
+      "audit search (--config FILE | --database) [the same filters] [--replica ID] [--limit N] [--json]",
+    ],
+    about: ['find audit records ("who signed sha256:...?") in files, or across replicas in the database'],
   },
   {
     path: "audit export",

@@ -94,6 +94,9 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
       { args: ["audit", "verify"], says: /give audit files, or --dir DIR/, usage: "audit verify" },
       { args: ["audit", "verify", "--database"], says: /needs --cert FILE/, usage: "audit verify" },
       { args: ["audit", "search", "audit-0001.log", "--from", "yesterday"], says: /--from must be a date/, usage: "audit search" },
+      { args: ["audit", "search", "--dir", "audit", "--replica", "r1"], says: /--replica applies to the audit database/, usage: "audit search" },
+      { args: ["audit", "search", "audit-0001.log", "--limit", "5"], says: /--limit applies to audit search over the audit database/, usage: "audit search" },
+      { args: ["audit", "verify", "--dir", "audit", "--replica", "r1"], says: /--replica applies to the checkpoints \(--cert FILE\)/, usage: "audit verify" },
       { args: ["keys", "generate", "--key-id", "k"], says: /--key-spec is required/, usage: "keys generate" },
       { args: ["certs", "csr", "--nope"], says: /Unknown option '--nope'/, usage: "certs csr" },
     ];
