@@ -173,18 +173,23 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
     prev = { seq, hash, where: e.where, file: e.file };
   }
   const lastSeq = prev?.seq;
+  // One cut tail is one finding, named by the last checkpoint past the end, however many were.
+  let cutTo: { seq: number; time: string } | undefined;
   for (const [seq, cp] of valid) {
     if (matched.includes(seq) || mismatched.includes(seq)) continue;
     if (records === 0) continue;
     if (lastSeq === undefined || seq > lastSeq) {
-      add({
-        kind: "tail-cut",
-        seq,
-        message: `the chain ends at seq ${lastSeq ?? 0} but a checkpoint signed at ${cp.time} covers it up to seq ${seq}: records ${(lastSeq ?? 0) + 1} to ${seq} were cut off`,
-      });
+      if (!cutTo || seq > cutTo.seq) cutTo = { seq, time: cp.time };
     } else if (!mine.some((f) => f.kind === "deleted" || f.kind === "reordered" || f.kind === "edited")) {
       add({ kind: "deleted", seq, message: `the record with seq ${seq}, which a checkpoint signed, is missing` });
     }
+  }
+  if (cutTo) {
+    add({
+      kind: "tail-cut",
+      seq: cutTo.seq,
+      message: `the chain ends at seq ${lastSeq ?? 0} but a checkpoint signed at ${cutTo.time} covers it up to seq ${cutTo.seq}: records ${(lastSeq ?? 0) + 1} to ${cutTo.seq} were cut off`,
+    });
   }
   if (records === 0 && valid.size > 0) {
     const top = Math.max(...valid.keys());

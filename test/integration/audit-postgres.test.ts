@@ -203,8 +203,8 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
       (await admin.query<{ line: string }>("SELECT line FROM audit_records WHERE replica_id = $1 AND seq = $2", [replica, seq])).rows[0]!.line;
     // UPDATE a record.
     await admin.query("UPDATE audit_records SET line = replace(line, 'spiffe://ci/build', 'spiffe://ci/other') WHERE replica_id = 't-edit' AND seq = 17");
-    // DELETE the tail past a checkpoint (the last checkpoint signed seq 50).
-    await admin.query("DELETE FROM audit_records WHERE replica_id = 't-tail' AND seq > 44");
+    // DELETE the tail past three checkpoints (they signed seq 30, 40 and 50): one cut, one finding.
+    await admin.query("DELETE FROM audit_records WHERE replica_id = 't-tail' AND seq > 24");
     // DELETE a whole chain; and one that never had a checkpoint, with its checkpoints table rows gone too.
     await admin.query("DELETE FROM audit_records WHERE replica_id = 't-gone'");
     await (await open("never-wrote")).close();
@@ -244,8 +244,9 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(report.ok, false);
     const at = (replica: string, kind: string): Finding | undefined => report.findings.find((f) => f.replica === replica && f.kind === kind);
     assert.equal(at("t-edit", "edited")?.seq, 17, JSON.stringify(report.findings));
+    assert.deepEqual(kinds(report.findings, "t-tail"), ["tail-cut"]);
     assert.equal(at("t-tail", "tail-cut")?.seq, 50);
-    assert.match(at("t-tail", "tail-cut")!.message, /records 45 to 50 were cut off/);
+    assert.match(at("t-tail", "tail-cut")!.message, /records 25 to 50 were cut off/);
     assert.ok(at("t-gone", "chain-removed"), JSON.stringify(kinds(report.findings, "t-gone")));
     assert.match(at("t-gone-registry", "chain-removed")!.message, /the replicas registry lists it, but it has no records/);
     assert.equal(
