@@ -1,9 +1,8 @@
-import { constants, watch, type FSWatcher } from "node:fs";
-import { open } from "node:fs/promises";
+import { watch, type FSWatcher } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
-import { MAX_SETTING_FILE_BYTES } from "../fs/regular-file.js";
 import type { Logger } from "../log/index.js";
 import { at, deepFreeze, isMapping, mapping, nonEmptyString, parseYamlText, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
@@ -408,28 +407,12 @@ function isSignerMethod(m: string): m is SignerMethod {
   return (SIGNER_METHODS as readonly string[]).includes(m);
 }
 
-/**
- * The policy's text. Opened non-blocking and checked with fstat before any read, as every file a
- * setting names (fs/regular-file.ts; asynchronous here, since a reload runs on the event loop): a
- * FIFO, a device or a directory named by mistake is refused instead of hanging the start or a
- * reload on a read that never ends.
- */
 async function readPolicyText(file: string): Promise<string> {
-  let problem: string;
   try {
-    const fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-    try {
-      const st = await fh.stat();
-      if (!st.isFile()) problem = "not a regular file";
-      else if (st.size > MAX_SETTING_FILE_BYTES) problem = `larger than the limit of ${MAX_SETTING_FILE_BYTES} bytes (1 MiB)`;
-      else return await fh.readFile("utf8");
-    } finally {
-      await fh.close();
-    }
+    return await readFile(file, "utf8");
   } catch (e) {
-    problem = `cannot read the file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+    throw new PolicyInvalidError(file, [`cannot read the file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`]);
   }
-  throw new PolicyInvalidError(file, [problem]);
 }
 
 /**
