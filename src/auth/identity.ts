@@ -48,10 +48,18 @@ function configInvalid(problems: string[]): SignerError {
  * runs as someone other than they asked to be); otherwise the TLS-verified client certificate.
  */
 export class Authenticator {
+  private readonly onSighup = (): void => {
+    this.reload().then(
+      () => this.logger.info("JWKS reloaded", { issuers: this.issuers.size }),
+      (e: unknown) => this.logger.error("JWKS reload failed; the keys in use stay", { error: (e as Error).message }),
+    );
+  };
+
   private constructor(
     private readonly mtlsFrom: readonly MtlsIdentitySource[],
     private readonly issuers: ReadonlyMap<string, IssuerVerifier>,
     private readonly abort: AbortController,
+    private readonly logger: Logger,
   ) {}
 
   /**
@@ -94,7 +102,7 @@ export class Authenticator {
       throw configInvalid(problems);
     }
     for (const v of issuers.values()) v.keys.start();
-    return new Authenticator(o.mtlsIdentityFrom ?? DEFAULT_MTLS_IDENTITY_FROM, issuers, abort);
+    return new Authenticator(o.mtlsIdentityFrom ?? DEFAULT_MTLS_IDENTITY_FROM, issuers, abort, logger);
   }
 
   /** undefined: the call carries no credentials at all (the caller decides whether anonymous is allowed). */
@@ -117,7 +125,17 @@ export class Authenticator {
     if (problems.length > 0) throw configInvalid(problems);
   }
 
+  /**
+   * Reloads on SIGHUP, as the policy does: a key the operator took out of a jwksFile (or that an
+   * issuer dropped from its JWKS) is no longer trusted, without a restart. A source that fails
+   * keeps its keys; the failure is logged.
+   */
+  watch(): void {
+    if (this.issuers.size > 0) process.on("SIGHUP", this.onSighup);
+  }
+
   close(): void {
+    process.off("SIGHUP", this.onSighup);
     this.abort.abort();
     for (const v of this.issuers.values()) v.keys.stop();
   }

@@ -39,7 +39,7 @@ export interface Jwks {
   stop(): void;
 }
 
-/** The keys in a file, read at start-up and on reload() only: files change when the operator says so. */
+/** The keys in a file, read at start-up and on reload() only (SIGHUP, Authenticator.watch): files change when the operator says so. */
 export class FileJwks implements Jwks {
   private getKey: JWTVerifyGetKey | undefined;
   private inflight: Promise<void> | undefined;

@@ -91,6 +91,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const policy = opened(await PolicyStore.open(config.policy.file, logger), (p) => p.close());
   policy.watch();
   const authenticator = opened(await Authenticator.create({ mtlsIdentityFrom: config.auth.mtlsIdentityFrom, jwt: config.auth.jwt }, logger), (a) => a.close());
+  authenticator.watch();
   const hsm = opened(await openFromConfig(config, (spec, seconds) => metrics.observeHsmSign(spec, seconds), logger), async (h) => {
     await h.close();
     finalizeModule(config.hsm.module);

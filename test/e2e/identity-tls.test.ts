@@ -170,6 +170,71 @@ rules:
     assert.equal((await fetchText(metricsPort, "/readyz")).status, 200);
   });
 
+  it("SIGHUP re-reads a jwksFile: a key taken out is refused from then on, a key put in is accepted, and a bad file keeps the keys in use", async () => {
+    await svc?.stop();
+    svc = undefined;
+    const [a, b] = [generateKeyPairSync("ec", { namedCurve: "P-256" }), generateKeyPairSync("ec", { namedCurve: "P-256" })];
+    const jwk = async (k: typeof a, kid: string): Promise<object> => ({ ...(await exportJWK(k.publicKey)), kid, alg: "ES256", use: "sig" });
+    const jwksFile = join(dir, "jwks-reload.json");
+    writeFileSync(jwksFile, JSON.stringify({ keys: [await jwk(a, "a")] }));
+    svc = await startServiceProcess({
+      name: "jwks-reload",
+      dir,
+      token,
+      tls,
+      policy: `rules:\n  - name: ci\n    match: { jwt: { issuer: "${ISSUER}" } }\n    keys: ["*"]\n`,
+      extraConfig: ["auth:", "  jwt:", `    - { issuer: "${ISSUER}", audience: hsm-signer, jwksFile: ${jwksFile}, algorithms: [ES256] }`],
+    });
+    const child = svc.child;
+    const log: Record<string, unknown>[] = [];
+    child.stdout?.on("data", (d: Buffer) => {
+      for (const line of d.toString().split("\n")) if (line.startsWith("{")) log.push(JSON.parse(line) as Record<string, unknown>);
+    });
+    const jwtOf = (k: typeof a, kid: string): Promise<string> =>
+      new SignJWT({}).setProtectedHeader({ alg: "ES256", kid }).setIssuer(ISSUER).setAudience("hsm-signer").setSubject("repo:corp/app").setIssuedAt().setExpirationTime("10m").sign(k.privateKey);
+    const [tokenA, tokenB] = [await jwtOf(a, "a"), await jwtOf(b, "b")];
+    const client = signerClient(tls.ca, svc.port);
+    const listKeys = (jwt: string): Promise<string> => {
+      const md = new grpc.Metadata();
+      md.set("authorization", `Bearer ${jwt}`);
+      const fn = (client as unknown as Record<string, (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null) => void) => void>).ListKeys!.bind(client);
+      return new Promise((resolve) => fn({}, md, { deadline: Date.now() + 20_000 }, (e) => resolve(e ? `${grpc.status[e.code]}: ${e.details}` : "OK")));
+    };
+    const eventually = async (what: string, cond: () => Promise<boolean>): Promise<void> => {
+      const end = Date.now() + 10_000;
+      while (!(await cond())) {
+        if (Date.now() > end) assert.fail(`${what} within 10 s of SIGHUP`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    try {
+      assert.equal(await listKeys(tokenA), "OK");
+      assert.match(await listKeys(tokenB), /^UNAUTHENTICATED: .*no key of issuer/);
+
+      // The operator takes key a out (compromised) and puts key b in, then sends SIGHUP.
+      writeFileSync(jwksFile, JSON.stringify({ keys: [await jwk(b, "b")] }));
+      child.kill("SIGHUP");
+      await eventually("a token of the removed key is refused", async () => (await listKeys(tokenA)) !== "OK");
+      assert.match(await listKeys(tokenA), /^UNAUTHENTICATED: .*no key of issuer/);
+      assert.equal(await listKeys(tokenB), "OK");
+      assert.ok(
+        log.some((l) => l.msg === "JWKS reloaded"),
+        "the reload is logged",
+      );
+
+      // A file that is not a JWKS: logged, and the keys in use stay.
+      writeFileSync(jwksFile, "{ not json");
+      child.kill("SIGHUP");
+      await eventually("the failed reload is logged", () => Promise.resolve(log.some((l) => l.msg === "JWKS reload failed; the keys in use stay")));
+      assert.match(String(log.find((l) => l.msg === "JWKS reload failed; the keys in use stay")?.error), /jwks-reload\.json: not valid JSON/);
+      assert.equal(await listKeys(tokenB), "OK");
+      assert.equal(child.exitCode, null, "SIGHUP did not stop the service");
+    } finally {
+      client.close();
+    }
+    for (const l of log) assert.ok(!JSON.stringify(l).includes(tokenA.split(".")[2] as string), "no token in the log");
+  });
+
   it("refuses to start, with a clear message, when its listener cannot complete a TLS handshake", async () => {
     // OpenSSL loads a DSA certificate and key, but no TLS 1.2/1.3 client and server can agree on
     // a cipher for it: every handshake fails. The service must not come up looking ready.
