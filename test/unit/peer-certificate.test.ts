@@ -73,6 +73,17 @@ describe("checkServerCertificate (ca_file verification done in the plugin)", fun
     pki.issue("leaf-client-only", "/CN=signer", "subjectAltName=DNS:signer.example.com\nextendedKeyUsage=clientAuth", "root");
     pki.issue("not-a-ca", "/CN=not-a-ca", "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature", "root");
     pki.issue("leaf-under-not-a-ca", "/CN=signer", SERVER_EXT, "not-a-ca");
+    // A team's CA, name-constrained to its own domain, and one that may issue leaves only.
+    const CA = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash";
+    pki.ca("team", { issuer: "root", ext: `${CA}\nnameConstraints=critical,permitted;DNS:team.example.com,excluded;IP:127.0.0.0/255.0.0.0` });
+    pki.issue("team-leaf-outside", "/CN=signer", SERVER_EXT, "team");
+    pki.issue("team-leaf-inside", "/CN=svc", "subjectAltName=DNS:svc.team.example.com\nextendedKeyUsage=serverAuth", "team");
+    pki.ca("team-excluding", { issuer: "root", ext: `${CA}\nnameConstraints=critical,excluded;DNS:signer.example.com` });
+    pki.issue("team-excluding-leaf", "/CN=signer", SERVER_EXT, "team-excluding");
+    pki.ca("leaves-only", { issuer: "root", ext: CA.replace("CA:TRUE", "CA:TRUE,pathlen:0") });
+    pki.ca("sub-of-leaves-only", { issuer: "leaves-only" });
+    pki.issue("leaf-under-sub", "/CN=signer", SERVER_EXT, "sub-of-leaves-only");
+    pki.issue("leaf-under-leaves-only", "/CN=signer", SERVER_EXT, "leaves-only");
   });
 
   after(() => rmSync(dir, { recursive: true, force: true }));
@@ -102,6 +113,37 @@ describe("checkServerCertificate (ca_file verification done in the plugin)", fun
   it("refuses a chain through a presented certificate that is not a CA", () => {
     const leaf = pki.cert("leaf-under-not-a-ca");
     assert.match(checkServerCertificate(leaf, [leaf, pki.cert("not-a-ca")], anchors(), "signer.example.com") ?? "", /not issued by a CA in ca_file/);
+  });
+
+  it("honours the name constraints of the CAs on the path (a team's CA cannot issue the service's name)", () => {
+    const chain = (leaf: string, ...cas: string[]): X509Certificate[] => [pki.cert(leaf), ...cas.map((c) => pki.cert(c))];
+    // OpenSSL agrees: these are the expectations of any RFC 5280 verifier.
+    const opensslVerify = (leaf: string, inter: string, name: string): boolean => {
+      try {
+        execFileSync("openssl", ["verify", "-CAfile", join(dir, "root.pem"), "-untrusted", join(dir, `${inter}.pem`), ...(name ? ["-verify_hostname", name] : []), join(dir, `${leaf}.pem`)], {
+          stdio: "ignore",
+        });
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    assert.equal(opensslVerify("team-leaf-outside", "team", "signer.example.com"), false);
+    assert.match(checkServerCertificate(pki.cert("team-leaf-outside"), chain("team-leaf-outside", "team"), anchors(), "signer.example.com") ?? "", /name constraints of "CN=team"/);
+    assert.match(checkServerCertificate(pki.cert("team-leaf-outside"), chain("team-leaf-outside", "team"), anchors(), "127.0.0.1") ?? "", /name constraints of "CN=team"/);
+    assert.match(
+      checkServerCertificate(pki.cert("team-excluding-leaf"), chain("team-excluding-leaf", "team-excluding"), anchors(), "signer.example.com") ?? "",
+      /name constraints of "CN=team-excluding"/,
+    );
+    assert.equal(opensslVerify("team-leaf-inside", "team", "svc.team.example.com"), true);
+    assert.equal(checkServerCertificate(pki.cert("team-leaf-inside"), chain("team-leaf-inside", "team"), anchors(), "svc.team.example.com"), undefined);
+  });
+
+  it("honours a CA's path length: a CA that may issue only leaves cannot vouch for another CA", () => {
+    const leaf = pki.cert("leaf-under-sub");
+    assert.match(checkServerCertificate(leaf, [leaf, pki.cert("sub-of-leaves-only"), pki.cert("leaves-only")], anchors(), "signer.example.com") ?? "", /path length/);
+    const direct = pki.cert("leaf-under-leaves-only");
+    assert.equal(checkServerCertificate(direct, [direct, pki.cert("leaves-only")], anchors(), "signer.example.com"), undefined);
   });
 
   it("accepts a server certificate pinned in ca_file itself", () => {
