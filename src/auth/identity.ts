@@ -82,7 +82,7 @@ export class Authenticator {
             try {
               ca = await withSystemRoots(j.jwksCaFile);
             } catch (e) {
-              problems.push(`jwt (${j.issuer}).jwksCaFile: cannot read ${j.jwksCaFile} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+              problems.push(`jwt (${j.issuer}).jwksCaFile: ${(e as Error).message}`);
               return;
             }
           }

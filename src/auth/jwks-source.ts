@@ -1,7 +1,7 @@
-import { readFile } from "node:fs/promises";
 import { get as httpsGet } from "node:https";
 import { rootCertificates } from "node:tls";
 import type { FetchImplementation, JSONWebKeySet } from "jose";
+import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
 
 /** A JWKS is a few kilobytes; refusing more bounds what a misbehaving issuer can make us hold. */
 const JWKS_MAX_BYTES = 1024 * 1024;
@@ -21,13 +21,20 @@ export function parseJwks(text: string): JSONWebKeySet {
   return v as JSONWebKeySet;
 }
 
-export async function readJwksFile(file: string): Promise<JSONWebKeySet> {
-  return parseJwks(await readFile(file, "utf8"));
+/** A file's text: a regular file of at most 1 MiB (readRegularFile), as `config check` requires, so that a FIFO never hangs a start or a reload. */
+function readSmallFile(file: string): string {
+  const r = readRegularFile(file);
+  if (Buffer.isBuffer(r)) return r.toString("utf8");
+  throw Object.assign(new Error(regularFileProblem(file, r)), r.kind === "unreadable" ? { code: r.code } : {});
+}
+
+export function readJwksFile(file: string): Promise<JSONWebKeySet> {
+  return Promise.resolve().then(() => parseJwks(readSmallFile(file)));
 }
 
 /** The CAs for a JWKS URL with an extra CA (PEM file): Node's `ca` replaces the system roots, so keep them and the extra CA only adds. */
-export async function withSystemRoots(caFile: string): Promise<string[]> {
-  return [...rootCertificates, await readFile(caFile, "utf8")];
+export function withSystemRoots(caFile: string): Promise<string[]> {
+  return Promise.resolve().then(() => [...rootCertificates, readSmallFile(caFile)]);
 }
 
 /**

@@ -1,8 +1,8 @@
 import { watch, type FSWatcher } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { basename, dirname, resolve } from "node:path";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
+import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
 import type { Logger } from "../log/index.js";
 import { at, deepFreeze, isMapping, mapping, nonEmptyString, parseYamlText, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
@@ -348,7 +348,7 @@ export class Policy {
   }
 
   static async load(file: string): Promise<Policy> {
-    return Policy.parse(await readPolicyText(file), file);
+    return Policy.parse(readPolicyText(file), file);
   }
 
   decide(caller: CallerIdentity, method: string, keyId: string | undefined): PolicyDecision {
@@ -407,12 +407,14 @@ function isSignerMethod(m: string): m is SignerMethod {
   return (SIGNER_METHODS as readonly string[]).includes(m);
 }
 
-async function readPolicyText(file: string): Promise<string> {
-  try {
-    return await readFile(file, "utf8");
-  } catch (e) {
-    throw new PolicyInvalidError(file, [`cannot read the file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`]);
-  }
+/**
+ * The policy file's text: a regular file of at most 1 MiB (readRegularFile), as `config check`
+ * requires, so that a FIFO or a device never hangs a start or a reload.
+ */
+function readPolicyText(file: string): string {
+  const r = readRegularFile(file);
+  if (Buffer.isBuffer(r)) return r.toString("utf8");
+  throw new PolicyInvalidError(file, [r.kind === "unreadable" ? `cannot read the file (${r.code})` : regularFileProblem(file, r)]);
 }
 
 /**
@@ -445,7 +447,7 @@ export class PolicyStore {
   /** Loads the policy; an invalid policy at start-up throws CONFIG_INVALID (there is nothing to keep). */
   static async open(file: string, logger: Logger): Promise<PolicyStore> {
     const path = resolve(file);
-    const text = await readPolicyText(path);
+    const text = readPolicyText(path);
     const store = new PolicyStore(path, logger, Policy.parse(text, path), text);
     logger.info("policy loaded", { file: path, rules: store.policy.ruleNames.length });
     return store;
@@ -504,7 +506,7 @@ export class PolicyStore {
 
   private async load(onlyIfChanged: boolean): Promise<boolean> {
     try {
-      const text = await readPolicyText(this.file);
+      const text = readPolicyText(this.file);
       if (onlyIfChanged && text === this.lastText) return true;
       this.lastText = text;
       const next = Policy.parse(text, this.file);

@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
-import { MAX_SETTING_FILE_BYTES, readRegularFile } from "../fs/regular-file.js";
+import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
 import { parseYamlText } from "../schema/index.js";
 
 /**
@@ -99,8 +99,5 @@ export function readRegular(setting: string, path: string): Buffer | string {
  */
 export function readSettingFile(path: string): Buffer | string {
   const r = readRegularFile(path);
-  if (Buffer.isBuffer(r)) return r;
-  if (r.kind === "unreadable") return `cannot read ${path} (${r.code})`;
-  if (r.kind === "not-regular") return `${path} is not a regular file (${r.what})`;
-  return `${path} is larger than the limit of ${MAX_SETTING_FILE_BYTES} bytes (1 MiB)`;
+  return Buffer.isBuffer(r) ? r : regularFileProblem(path, r);
 }

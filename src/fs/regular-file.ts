@@ -1,4 +1,4 @@
-// Reading a file that a setting names (the service's configuration, the plugin's pluginConfig).
+// Reading a file that a setting names (the service's configuration, the policy and JWKS files, the plugin's pluginConfig).
 // A bottom layer like errors/ and log/: it imports node:fs and nothing of the project.
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 
@@ -40,4 +40,11 @@ export function readRegularFile(path: string): Buffer | RegularFileProblem {
   } finally {
     closeSync(fd);
   }
+}
+
+/** What a refusal says: "cannot read P (ENOENT)", "P is not a regular file (a FIFO)", "P is larger than the limit...". */
+export function regularFileProblem(path: string, r: RegularFileProblem): string {
+  if (r.kind === "unreadable") return `cannot read ${path} (${r.code})`;
+  if (r.kind === "not-regular") return `${path} is not a regular file (${r.what})`;
+  return `${path} is larger than the limit of ${MAX_SETTING_FILE_BYTES} bytes (1 MiB)`;
 }

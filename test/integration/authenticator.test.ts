@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { KeyObject, randomBytes, type webcrypto } from "node:crypto";
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, constants as fsConstants, mkdtempSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -56,6 +57,32 @@ async function rejects(auth: Authenticator, jwt: string, why: RegExp, peerCertif
   assert.match(caught.message, why);
   assert.ok(!caught.message.includes(jwt), "the message must not contain the token");
   for (const part of jwt.split(".")) if (part.length > 8) assert.ok(!caught.message.includes(part), "the message must not contain any part of the token");
+}
+
+/** A FIFO with no writer: reading it blocks until someone writes, so a reader that does not check what a file is hangs. */
+function fifo(path: string): string {
+  execFileSync("mkfifo", [path]);
+  return path;
+}
+
+/** Lets a reader blocked on a FIFO go (a test that failed must not leave a thread of libuv's pool behind). */
+function releaseFifo(path: string): void {
+  try {
+    closeSync(openSync(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK));
+  } catch {
+    // no reader waiting
+  }
+}
+
+/** `p`, or a failure when it has not settled within 3 s (a hang). */
+async function settles<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} hung`)), 3000)));
+  try {
+    return await Promise.race([p, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function configInvalid(o: AuthenticatorOptions, ...mentions: RegExp[]): Promise<void> {
@@ -355,6 +382,27 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
         /ENOENT/,
         /has no keys/,
       );
+      // A FIFO or a file above 1 MiB: refused at once, as `config check` refuses them, never read.
+      const pipe = fifo(join(dir, "jwks.fifo"));
+      const large = join(dir, "large.json");
+      writeFileSync(large, JSON.stringify({ keys: [rsa.jwk], pad: "x".repeat(1024 * 1024) }));
+      try {
+        await settles(
+          configInvalid(
+            {
+              jwt: [
+                { ...fileIssuer(), jwksFile: pipe },
+                { ...fileIssuer(), issuer: "https://l", jwksFile: large },
+              ],
+            },
+            /jwks\.fifo is not a regular file \(a FIFO\)/,
+            /large\.json is larger than the limit of 1048576 bytes/,
+          ),
+          "reading a FIFO JWKS file",
+        );
+      } finally {
+        releaseFifo(pipe);
+      }
       const s = new JwksServer(tls);
       const url = await s.start();
       await s.stop();
@@ -472,6 +520,26 @@ describe("policy reload (PolicyStore)", function () {
     writeFileSync(file, "rules: 3\n");
     await assert.rejects(PolicyStore.open(file, logger()), (e: unknown) => e instanceof SignerError && e.code === "CONFIG_INVALID" && /rules: must be a list/.test(e.message));
     await assert.rejects(PolicyStore.open(join(dir, "missing.yaml"), logger()), /ENOENT/);
+  });
+
+  it("refuses a policy file that is a FIFO or larger than 1 MiB at once, at start-up and on reload (the old policy stays)", async () => {
+    const pipe = fifo(join(dir, "policy.fifo"));
+    const large = join(dir, "large.yaml");
+    writeFileSync(large, `${policyFor("*")}# ${"x".repeat(1024 * 1024)}\n`);
+    try {
+      await settles(
+        assert.rejects(PolicyStore.open(pipe, logger()), (e: unknown) => e instanceof SignerError && e.code === "CONFIG_INVALID" && /is not a regular file \(a FIFO\)/.test(e.message)),
+        "opening a FIFO policy",
+      );
+      await assert.rejects(PolicyStore.open(large, logger()), (e: unknown) => e instanceof SignerError && /larger than the limit of 1048576 bytes/.test(e.message));
+      rmSync(file);
+      execFileSync("mkfifo", [file]);
+      assert.equal(await settles(store?.reload() ?? Promise.resolve(true), "reloading a FIFO policy"), false);
+      assert.equal(allowed("build-1"), true, "the previous policy stays in force");
+    } finally {
+      releaseFifo(pipe);
+      releaseFifo(file);
+    }
   });
 
   it("applies a good change and rejects a bad one, keeping the old policy and logging every problem on one line", async () => {
