@@ -38,6 +38,10 @@ export class IssuerVerifier {
       }
     }
     if (typeof payload.sub !== "string" || payload.sub === "") throw unauthenticated('bearer token rejected: the "sub" claim must be a non-empty string');
+    // jose checks "iat" only against a maximum age; a token stamped later than now (beyond the
+    // skew) comes from an issuer whose clock is wrong, or was made ahead of time to be used later.
+    if (typeof payload.iat === "number" && payload.iat > Date.now() / 1000 + o.clockSkewSeconds)
+      throw unauthenticated('bearer token rejected: the token was issued in the future (its "iat" is later than now plus the clock skew)');
     return { kind: "jwt", id: `${o.issuer}#${payload.sub}`, subject: payload.sub, issuer: o.issuer, claims: Object.freeze({ ...payload }) };
   }
 }

@@ -193,6 +193,19 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
       await rejects(auth, await token(rsa, FILE_ISSUER, { nbf: now() + 120 }), /not yet valid/);
     });
 
+    it("refuses a token issued in the future (iat beyond the clock skew); one within the skew is accepted", async () => {
+      const issuedAt = async (iat: number): Promise<string> =>
+        new SignJWT({ sub: "repo:corp/app" })
+          .setProtectedHeader({ alg: "ES256", kid: ec.kid })
+          .setIssuer(FILE_ISSUER)
+          .setAudience(AUDIENCE)
+          .setIssuedAt(iat)
+          .setExpirationTime(iat + 300)
+          .sign(ec.privateKey);
+      await rejects(auth, await issuedAt(now() + 3600), /issued in the future/);
+      assert.equal((await auth.authenticate({ authorization: `Bearer ${await issuedAt(now() + 10)}` }))?.kind, "jwt");
+    });
+
     it("refuses a token from an issuer that is not configured", async () => {
       await rejects(auth, await token(rsa, "https://evil.example"), /issuer "https:\/\/evil\.example" is not trusted/);
     });
