@@ -170,10 +170,23 @@ const CLAIM_VALUE = "must be a string (glob), a number, a boolean or a list of t
 const claimScalar = v.custom<string | number | boolean>((x) => typeof x === "string" || typeof x === "number" || typeof x === "boolean", CLAIM_VALUE);
 const claimSchema = v.lazy((input) => (Array.isArray(input) ? v.pipe(v.array(claimScalar), v.minLength(1, "must not be an empty list")) : claimScalar));
 
-const jwtMatcherSchema = mapping({
-  issuer: nonEmptyString(),
-  claims: v.optional(v.pipe(v.custom<Obj>(isMapping, "must be a mapping"), v.record(v.string(), claimSchema))),
-});
+/**
+ * Claims are required: an issuer alone admits every token it mints for this audience (with GitHub
+ * Actions, every workflow of every repository). `sub: "*"` admits them all, written on purpose.
+ */
+const JWT_CLAIMS_REQUIRED =
+  'required: an issuer alone admits every token it issues for this audience (with GitHub Actions: any workflow of any repository); name the claims that pick your callers, e.g. { repository: "corp/app" }, or write { sub: "*" } to admit them all';
+const jwtMatcherSchema = mapping(
+  {
+    issuer: nonEmptyString(),
+    claims: v.pipe(
+      v.custom<Obj>(isMapping, "must be a mapping"),
+      v.record(v.string(), claimSchema),
+      v.check((c) => Object.keys(c).length > 0, `must name at least one claim: ${JWT_CLAIMS_REQUIRED.slice("required: ".length)}`),
+    ),
+  },
+  { claims: JWT_CLAIMS_REQUIRED },
+);
 
 const matcherSchema = exactlyOne(MATCHER_KINDS, { mtls: mtlsSchema, jwt: jwtMatcherSchema, anonymous: v.literal(true, "must be true") });
 

@@ -182,7 +182,7 @@ rules:
       dir,
       token,
       tls,
-      policy: `rules:\n  - name: ci\n    match: { jwt: { issuer: "${ISSUER}" } }\n    keys: ["*"]\n`,
+      policy: `rules:\n  - name: ci\n    match: { jwt: { issuer: "${ISSUER}", claims: { sub: "*" } } }\n    keys: ["*"]\n`,
       extraConfig: ["auth:", "  jwt:", `    - { issuer: "${ISSUER}", audience: hsm-signer, jwksFile: ${jwksFile}, algorithms: [ES256] }`],
     });
     const child = svc.child;

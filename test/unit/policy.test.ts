@@ -114,6 +114,25 @@ rules:
       for (const p of expected) assert.ok(e.message.includes(p));
     });
 
+    it("a jwt match names at least one claim: an issuer alone would admit all its tokens", () => {
+      const e = invalid(`
+rules:
+  - name: issuer-only
+    match: { jwt: { issuer: "${GH}" } }
+    keys: ["*"]
+  - name: no-claims
+    match: [{ mtls: "spiffe://corp/*" }, { jwt: { issuer: "${GH}", claims: {} } }]
+    keys: ["*"]
+`);
+      assert.deepEqual(e.problems, [
+        'rules[0] (issuer-only).match.jwt.claims: required: an issuer alone admits every token it issues for this audience (with GitHub Actions: any workflow of any repository); name the claims that pick your callers, e.g. { repository: "corp/app" }, or write { sub: "*" } to admit them all',
+        'rules[1] (no-claims).match[1].jwt.claims: must name at least one claim: an issuer alone admits every token it issues for this audience (with GitHub Actions: any workflow of any repository); name the claims that pick your callers, e.g. { repository: "corp/app" }, or write { sub: "*" } to admit them all',
+      ]);
+      // Every subject of the issuer, said on purpose.
+      const all = Policy.parse(`rules:\n  - name: all\n    match: { jwt: { issuer: "${GH}", claims: { sub: "*" } } }\n    keys: ["*"]\n`, "all");
+      assert.equal(all.decide(jwt(GH, { repository: "anyone/x" }), "Sign", "k").allow, true);
+    });
+
     it("reports YAML syntax errors and duplicate keys with their line", () => {
       const e = invalid("rules:\n  - name: a\n    name: b\n    keys: [\n");
       assert.ok(e.problems.length >= 2, e.problems.join("\n"));
@@ -215,7 +234,7 @@ rules:
     it("reports the first rule, in file order, that allows a call", () => {
       const q = Policy.parse(
         `rules:\n  - name: narrow\n    match: { mtls: "spiffe://corp/ci/*" }\n    keys: ["release-*"]\n    rateLimit: { ratePerSecond: 1, burst: 1 }\n` +
-          `  - name: broad\n    match: [{ mtls: "spiffe://corp/*" }, { jwt: { issuer: "${GH}" } }]\n    keys: ["*"]\n    allowOldVersions: true\n`,
+          `  - name: broad\n    match: [{ mtls: "spiffe://corp/*" }, { jwt: { issuer: "${GH}", claims: { sub: "*" } } }]\n    keys: ["*"]\n    allowOldVersions: true\n`,
         "q",
       );
       assert.equal(q.decide(mtls("spiffe://corp/ci/a"), "Sign", "release-1").rule, "narrow");
