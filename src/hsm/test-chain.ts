@@ -1,5 +1,6 @@
 import { SignerError } from "../errors/index.js";
 import type { KeySpec } from "../signing/key-spec.js";
+import { selectVersion } from "../signing/key-versions.js";
 import type { KeyRecord } from "../signing/ports.js";
 import { createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, keyIdBytes, privateKeyExists, storeCertificate } from "./key-factory.js";
@@ -42,6 +43,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let root = await keys.getKey(rootKeyId);
   const rootSigner = asDigestSigner(keys, root);
   if (root.chain.length === 0) {
+    await assertCertifiable(keys, rootKeyId);
     const der = await createRootCertificate({
       subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`,
       key: rootSigner,
@@ -57,6 +59,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let key = await keys.getKey(p.keyId);
   if (key.spec !== p.keySpec) throw new SignerError("INVALID_ARGUMENT", `key "${p.keyId}" already exists as ${key.spec}, not ${p.keySpec}`);
   if (key.chain.length === 0) {
+    await assertCertifiable(keys, p.keyId);
     const spki = keys.publicKeySpki(p.keyId);
     if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${p.keyId}" has no public key object on the token to certify`);
     const der = await createLeafCertificate({
@@ -74,6 +77,12 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   }
   if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
   return { chain: key.chain, root: key.chain[key.chain.length - 1] as Buffer, created };
+}
+
+/** A key pair that could not sign whatever its certificate (a CKA_ID another key carries too, a key that may exist outside the HSM) gets none. */
+async function assertCertifiable(keys: Pkcs11KeyStore, keyId: string): Promise<void> {
+  const problem = selectVersion(await keys.view(keyId))?.problem;
+  if (problem) throw new SignerError("KEY_UNUSABLE", problem);
 }
 
 function asDigestSigner(keys: Pkcs11KeyStore, key: KeyRecord): DigestSigningKey {

@@ -89,6 +89,8 @@ export interface VersionView {
   /** CKA_ID, lowercase hex. */
   idHex: string;
   state: "enabled" | "disabled" | "destroyed";
+  /** Why the version's key pair cannot sign whatever its certificate (destroyed, exposed, ambiguous); undefined when none. */
+  problem: string | undefined;
   created: string | undefined;
   disabled: Disabled | undefined;
   hasSigned: boolean;
@@ -130,11 +132,31 @@ export function exposureOf(a: KeyExposureAttributes): string | undefined {
 /** Every key id the scan found (by private key label or state object) that has at least one version. */
 export function keyViews(scan: TokenScan): Map<string, KeyView> {
   const views = new Map<string, KeyView>();
+  const sharedIds = privateKeysById(scan);
   for (const keyId of new Set([...scan.privateKeys.keys(), ...scan.states.keys()])) {
-    const view = keyView(keyId, scan.states.get(keyId), scan.privateKeys.get(keyId) ?? [], scan);
+    const view = keyView(keyId, scan.states.get(keyId), scan.privateKeys.get(keyId) ?? [], scan, sharedIds);
     if (view.versions.length > 0) views.set(keyId, view);
   }
   return views;
+}
+
+/**
+ * The labels of the private keys of each CKA_ID (hex) that more than one private key carries
+ * (pkcs11-tool --id 01 for two keys). The CKA_ID links a private key to its public key object and
+ * its certificate: shared, the certificate or public key of one key pair is taken for the other's,
+ * and its signatures would not verify against the chain it is served with.
+ */
+function privateKeysById(scan: Pick<TokenScan, "privateKeys">): Map<string, string[]> {
+  const labels = new Map<string, string[]>();
+  for (const [label, privs] of scan.privateKeys) {
+    for (const p of privs) {
+      if (p.id.length === 0) continue;
+      const hex = p.id.toString("hex");
+      labels.set(hex, [...(labels.get(hex) ?? []), label]);
+    }
+  }
+  for (const [hex, l] of labels) if (l.length < 2) labels.delete(hex);
+  return labels;
 }
 
 /**
@@ -143,7 +165,13 @@ export function keyViews(scan: TokenScan): Map<string, KeyView> {
  * every one unusable: which one signs would be a guess). The current version is the newest one
  * that is usable and enabled.
  */
-function keyView(keyId: string, state: KeyState | undefined, privs: ScannedPrivateKey[], scan: Pick<TokenScan, "publicKeys" | "certificates" | "signed">): KeyView {
+function keyView(
+  keyId: string,
+  state: KeyState | undefined,
+  privs: ScannedPrivateKey[],
+  scan: Pick<TokenScan, "publicKeys" | "certificates" | "signed">,
+  sharedIds = new Map<string, string[]>(),
+): KeyView {
   const slots: { version: number; id: Buffer; priv: ScannedPrivateKey | undefined; vs: VersionState | undefined; problem?: string }[] = [];
   if (state) {
     for (const vs of state.versions) slots.push({ version: vs.version, id: Buffer.from(vs.id, "hex"), priv: privs.find((p) => p.id.toString("hex") === vs.id), vs });
@@ -170,10 +198,15 @@ function keyView(keyId: string, state: KeyState | undefined, privs: ScannedPriva
     if (!spec) continue; // not a Notation key spec: not offered at all
     const record = recordFor(keyId, s.version, spec, s.id, spki, scan.certificates);
     const destroyed = !s.priv || s.vs?.destroyed !== undefined;
-    if (destroyed) record.unusableReason = `version ${s.version} of key "${keyId}" was destroyed`;
+    const sharing = s.priv ? sharedIds.get(idHex) : undefined;
+    let problem: string | undefined;
+    if (destroyed) problem = `version ${s.version} of key "${keyId}" was destroyed`;
     else if (s.priv?.exposed)
-      record.unusableReason = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
-    else if (s.problem) record.unusableReason = s.problem;
+      problem = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
+    else if (sharing)
+      problem = `${sharing.length} private keys on the token carry the CKA_ID ${idHex} (labels ${[...new Set(sharing)].map((l) => `"${l}"`).join(", ")}), which links a key to its public key and certificate; give each key pair its own CKA_ID`;
+    else problem = s.problem;
+    if (problem) record.unusableReason = problem;
     const disabled = s.vs?.disabled;
     if (state?.disabled) record.disabledReason = disabledMessage(`key "${keyId}"`, state.disabled);
     else if (disabled) record.disabledReason = disabledMessage(`version ${s.version} of key "${keyId}"`, disabled);
@@ -183,6 +216,7 @@ function keyView(keyId: string, state: KeyState | undefined, privs: ScannedPriva
       spki,
       idHex,
       state: destroyed ? "destroyed" : disabled ? "disabled" : "enabled",
+      problem,
       created: s.vs?.created,
       disabled,
       hasSigned: scan.signed.has(idHex),

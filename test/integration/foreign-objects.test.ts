@@ -6,6 +6,7 @@ import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
 import { digest } from "../../src/signing/key-spec.js";
 import { SigningService } from "../../src/signing/signing-service.js";
 import { allowEverything } from "../helpers/memory-key-store.js";
+import { createTestChain } from "../../src/hsm/index.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
 
@@ -18,6 +19,7 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   this.timeout(60_000);
   let f: Fixture;
   const id = randomBytes(8);
+  const sharedId = randomBytes(8);
 
   before(async () => {
     f = await getFixture();
@@ -26,8 +28,10 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   after(async () => {
     await f.hsm.pool.use((s) => {
       for (const cls of [ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
-        const found = s.find({ class: cls, id });
-        for (let i = 0; i < found.length; i++) found.items(i).destroy();
+        for (const objectId of [id, sharedId]) {
+          const found = s.find({ class: cls, id: objectId });
+          for (let i = 0; i < found.length; i++) found.items(i).destroy();
+        }
       }
     });
     await f.hsm.keys.refresh();
@@ -79,5 +83,34 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
     });
     // The keys hsm-signer made (sensitive, never extractable) are unaffected.
     assert.equal((await f.hsm.keys.getKey(keyIdOf("EC-256"))).unusableReason, undefined);
+  });
+
+  // pkcs11-tool --id 01 twice (other labels): two key pairs share one CKA_ID, the link between a
+  // key, its public key object and its certificate. The certificate of one was taken for the
+  // other, and a leaf could certify the other key's public key: signatures that do not verify.
+  it("two key pairs another tool gave the same CKA_ID: both unusable, saying why; no certificate is made for either", async () => {
+    await f.hsm.pool.use((s) => {
+      for (const label of ["shared-id-a", "shared-id-b"]) {
+        const common = { token: true, label, id: sharedId };
+        s.generateKeyPair(
+          KeyGenMechanism.EC,
+          { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+          { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true },
+        );
+      }
+    });
+    const certificates = (): Promise<number> => f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, id: sharedId }).length);
+    const before = await certificates();
+    await assert.rejects(createTestChain(f.hsm.pool, f.hsm.keys, { keyId: "shared-id-a", keySpec: "EC-256", rootKeyId: keyIdOf("EC-384") + "-root-ca" }), (e: SignerError) => {
+      assert.equal(e.code, "KEY_UNUSABLE");
+      assert.match(e.message, /2 private keys on the token carry the CKA_ID/);
+      return true;
+    });
+    assert.equal(await certificates(), before, "no certificate was stored under the shared CKA_ID");
+    await f.hsm.keys.refresh();
+    for (const label of ["shared-id-a", "shared-id-b"]) {
+      const key = await f.hsm.keys.getKey(label);
+      assert.match(key.unusableReason ?? "", /2 private keys on the token carry the CKA_ID [0-9a-f]+ .*give each key pair its own CKA_ID/, label);
+    }
   });
 });

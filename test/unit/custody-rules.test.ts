@@ -37,7 +37,7 @@ function fails(code: ErrorCode, message: RegExp | string): (e: unknown) => boole
 function version(n: number, o: Partial<Omit<VersionView, "record">> & { spec?: KeySpec } = {}): VersionView {
   const spec = o.spec ?? "EC-256";
   const record = { keyId: "k", version: n, spec, info: keySpecInfo(spec), chain: [], certificate: undefined, unusableReason: undefined, disabledReason: undefined, current: false };
-  return { record, handle: Buffer.from(`h${n}`), spki: undefined, idHex: `0${n}`, state: "enabled", created: undefined, disabled: undefined, hasSigned: false, ...o };
+  return { record, handle: Buffer.from(`h${n}`), spki: undefined, idHex: `0${n}`, state: "enabled", problem: undefined, created: undefined, disabled: undefined, hasSigned: false, ...o };
 }
 
 function view(versions: VersionView[], state?: KeyState): KeyView {

@@ -155,6 +155,32 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(view.current, undefined);
     });
 
+    it("two key pairs under other labels with one CKA_ID (pkcs11-tool --id 01 twice): each unusable, whichever public key the id finds", () => {
+      const views = keyViews(
+        scan({
+          privateKeys: new Map([
+            ["a", [priv(id(1))]],
+            ["b", [priv(id(1))]],
+            ["c", [priv(id(2))]],
+          ]),
+          publicKeys: new Map([
+            [id(1).toString("hex"), leaves.a.spki],
+            [id(2).toString("hex"), leaves.b.spki],
+          ]),
+          certificates: [cert(leaves.a.der, id(1)), cert(leaves.b.der, id(2)), cert(root.certDer)],
+        }),
+      );
+      const shared = `2 private keys on the token carry the CKA_ID ${id(1).toString("hex")} (labels "a", "b"), which links a key to its public key and certificate; give each key pair its own CKA_ID`;
+      for (const keyId of ["a", "b"]) {
+        const view = only(views, keyId);
+        assert.equal(view.versions[0]?.record.unusableReason, shared, keyId);
+        assert.equal(view.versions[0]?.problem, shared, keyId);
+        assert.equal(view.current, undefined, keyId);
+      }
+      assert.equal(only(views, "c").current?.record.version, 1, "a key with its own CKA_ID is unaffected");
+      assert.equal(only(views, "c").versions[0]?.problem, undefined);
+    });
+
     it("versions follow the state object: a destroyed one keeps its number and spec, the newest usable one is current", () => {
       const st = state("k", [
         { version: 1, id: id(1).toString("hex"), spec: "EC-384", destroyed: "2026-01-02T00:00:00Z" },
