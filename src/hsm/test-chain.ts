@@ -3,7 +3,7 @@ import type { KeySpec } from "../signing/key-spec.js";
 import { selectVersion } from "../signing/key-versions.js";
 import type { KeyRecord } from "../signing/ports.js";
 import { createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
-import { generateKeyPair, keyIdBytes, privateKeyExists, storeCertificate } from "./key-factory.js";
+import { generateKeyPair, privateKeyExists, storeCertificate } from "./key-factory.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import type { SessionPool } from "./session-pool.js";
 import type { TestChainParams, TestChainResult } from "../signing/custody.js";
@@ -43,13 +43,13 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let root = await keys.getKey(rootKeyId);
   const rootSigner = asDigestSigner(keys, root);
   if (root.chain.length === 0) {
-    await assertCertifiable(keys, rootKeyId);
+    const rootId = await certifiableId(keys, rootKeyId);
     const der = await createRootCertificate({
       subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`,
       key: rootSigner,
       validityDays: d.validityDays * 2,
     });
-    await pool.use((s) => storeCertificate(s, rootKeyId, keyIdBytes(s, rootKeyId), der));
+    await pool.use((s) => storeCertificate(s, rootKeyId, rootId, der));
     created.rootCertificate = true;
     await keys.refresh();
     root = await keys.getKey(rootKeyId);
@@ -59,7 +59,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   let key = await keys.getKey(p.keyId);
   if (key.spec !== p.keySpec) throw new SignerError("INVALID_ARGUMENT", `key "${p.keyId}" already exists as ${key.spec}, not ${p.keySpec}`);
   if (key.chain.length === 0) {
-    await assertCertifiable(keys, p.keyId);
+    const id = await certifiableId(keys, p.keyId);
     const spki = keys.publicKeySpki(p.keyId);
     if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${p.keyId}" has no public key object on the token to certify`);
     const der = await createLeafCertificate({
@@ -70,7 +70,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
       issuerKey: rootSigner,
       validityDays: d.validityDays,
     });
-    await pool.use((s) => storeCertificate(s, p.keyId, keyIdBytes(s, p.keyId), der));
+    await pool.use((s) => storeCertificate(s, p.keyId, id, der));
     created.leafCertificate = true;
     await keys.refresh();
     key = await keys.getKey(p.keyId);
@@ -79,10 +79,17 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   return { chain: key.chain, root: key.chain[key.chain.length - 1] as Buffer, created };
 }
 
-/** A key pair that could not sign whatever its certificate (a CKA_ID another key carries too, a key that may exist outside the HSM) gets none. */
-async function assertCertifiable(keys: Pkcs11KeyStore, keyId: string): Promise<void> {
-  const problem = selectVersion(await keys.view(keyId))?.problem;
-  if (problem) throw new SignerError("KEY_UNUSABLE", problem);
+/**
+ * The CKA_ID to store a certificate under: that of the version getKey() and publicKeySpki() name
+ * (of a rotated key, the newest; not whichever private key with the label the token finds first).
+ * A key pair that could not sign whatever its certificate (a CKA_ID another key carries too, a key
+ * that may exist outside the HSM) gets none.
+ */
+async function certifiableId(keys: Pkcs11KeyStore, keyId: string): Promise<Buffer> {
+  const v = selectVersion(await keys.view(keyId));
+  if (v?.problem) throw new SignerError("KEY_UNUSABLE", v.problem);
+  if (!v?.idHex) throw new SignerError("KEY_UNUSABLE", `key "${keyId}" has no CKA_ID, so no certificate can be linked to it`);
+  return Buffer.from(v.idHex, "hex");
 }
 
 function asDigestSigner(keys: Pkcs11KeyStore, key: KeyRecord): DigestSigningKey {

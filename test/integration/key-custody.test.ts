@@ -55,4 +55,19 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
       (e: SignerError) => e.code === "FAILED_PRECONDITION" && /already destroyed/.test(e.message),
     );
   });
+
+  it("a test chain for a rotated key certifies the newest version under its own CKA_ID", async () => {
+    const rotated = "custody-test-chain";
+    await custody.generateKey(rotated, "EC-256");
+    await custody.rotateKey(rotated);
+    const r = await custody.createTestChain({ keyId: rotated, keySpec: "EC-256" });
+    const view = await f.hsm.keys.view(rotated);
+    const v2 = view.versions.find((v) => v.record.version === 2);
+    assert.equal(v2?.record.unusableReason, undefined, "version 2 got its chain");
+    assert.equal(view.current?.record.version, 2);
+    assert.deepEqual(v2?.record.chain, r.chain);
+    const v1 = view.versions.find((v) => v.record.version === 1);
+    const v1Certificates = await f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, id: Buffer.from(v1?.idHex ?? "", "hex") }).length);
+    assert.equal(v1Certificates, 0, "nothing was stored under version 1's CKA_ID");
+  });
 });
