@@ -113,9 +113,11 @@ function readPrivateKeys(session: Session): Map<string, ScannedPrivateKey[]> {
     const a = o.getAttribute({ label: null, id: null, keyType: null }) as { label?: string; id?: Buffer; keyType?: number };
     if (!a.label) continue;
     let spec: KeySpec | undefined;
+    let spki: Buffer | undefined;
     if (a.keyType === KeyType.RSA) {
       const { modulus } = o.getAttribute({ modulus: null }) as { modulus?: Buffer };
       spec = keySpecFor("RSA", modulus ? bitLength(modulus) : 0);
+      spki = modulus ? spkiFromPublicObject(KeyType.RSA, { modulus, publicExponent: publicExponentOf(o) }) : undefined;
     } else if (a.keyType === KeyType.EC) {
       // graphene reads CKA_EC_PARAMS back under the name paramsECDSA.
       const { paramsECDSA } = o.getAttribute({ paramsECDSA: null }) as { paramsECDSA?: Buffer };
@@ -123,10 +125,20 @@ function readPrivateKeys(session: Session): Map<string, ScannedPrivateKey[]> {
       spec = curve ? keySpecFor("EC", curve) : undefined;
     }
     const list = byLabel.get(a.label) ?? [];
-    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, exposed: exposure(o) });
+    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, exposed: exposure(o), spki });
     byLabel.set(a.label, list);
   }
   return byLabel;
+}
+
+/** An RSA private key's CKA_PUBLIC_EXPONENT, read on its own: a module may not report it. */
+function publicExponentOf(o: { getAttribute(t: ITemplate): ITemplate }): Buffer | undefined {
+  try {
+    const { publicExponent } = o.getAttribute({ publicExponent: null }) as { publicExponent?: Buffer };
+    return publicExponent && publicExponent.length > 0 ? publicExponent : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const EXPOSURE_ATTRIBUTES = ["extractable", "neverExtractable", "sensitive", "alwaysSensitive"] as const;

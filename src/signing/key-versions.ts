@@ -64,6 +64,8 @@ export interface ScannedPrivateKey {
   spec: KeySpec | undefined;
   /** Why the key may have existed outside the HSM (see exposureOf), if it may have. */
   exposed: string | undefined;
+  /** DER SubjectPublicKeyInfo from the private key's own attributes (RSA: modulus and public exponent); undefined when it has none (EC). */
+  spki?: Buffer | undefined;
 }
 
 /** Everything a scan of the token found that the rules need. */
@@ -192,7 +194,8 @@ function keyView(
   const versions: VersionView[] = [];
   for (const s of slots) {
     const idHex = s.id.toString("hex");
-    const spki = scan.publicKeys.get(idHex);
+    const objectSpki = scan.publicKeys.get(idHex);
+    const spki = objectSpki ?? s.priv?.spki;
     const ownCert = scan.certificates.find((c) => c.id.equals(s.id));
     const spec = s.priv?.spec ?? s.vs?.spec ?? (ownCert ? keySpecOfCertificate(ownCert.der) : undefined);
     if (!spec) continue; // not a Notation key spec: not offered at all
@@ -205,6 +208,10 @@ function keyView(
       problem = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
     else if (sharing)
       problem = `${sharing.length} private keys on the token carry the CKA_ID ${idHex} (labels ${[...new Set(sharing)].map((l) => `"${l}"`).join(", ")}), which links a key to its public key and certificate; give each key pair its own CKA_ID`;
+    else if (s.priv && !spki)
+      problem = `key "${keyId}" has no public key object on the token (a CKO_PUBLIC_KEY with its CKA_ID ${idHex || "(none)"}), so no certificate can be checked against its private key; keep the public key of every key pair on the token`;
+    else if (objectSpki && s.priv?.spki && !objectSpki.equals(s.priv.spki))
+      problem = `the public key object with the CKA_ID ${idHex} of key "${keyId}" does not hold the public key of its private key; give each key pair its own CKA_ID`;
     else problem = s.problem;
     if (problem) record.unusableReason = problem;
     const disabled = s.vs?.disabled;

@@ -6,7 +6,7 @@ import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
 import { digest } from "../../src/signing/key-spec.js";
 import { SigningService } from "../../src/signing/signing-service.js";
 import { allowEverything } from "../helpers/memory-key-store.js";
-import { createTestChain } from "../../src/hsm/index.js";
+import { createTestChain, storeCertificate } from "../../src/hsm/index.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
 
@@ -20,6 +20,8 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   let f: Fixture;
   const id = randomBytes(8);
   const sharedId = randomBytes(8);
+  const noPublicId = randomBytes(8);
+  const rsaNoPublicId = randomBytes(8);
 
   before(async () => {
     f = await getFixture();
@@ -28,7 +30,7 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   after(async () => {
     await f.hsm.pool.use((s) => {
       for (const cls of [ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
-        for (const objectId of [id, sharedId]) {
+        for (const objectId of [id, sharedId, noPublicId, rsaNoPublicId]) {
           const found = s.find({ class: cls, id: objectId });
           for (let i = 0; i < found.length; i++) found.items(i).destroy();
         }
@@ -112,5 +114,50 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
       const key = await f.hsm.keys.getKey(label);
       assert.match(key.unusableReason ?? "", /2 private keys on the token carry the CKA_ID [0-9a-f]+ .*give each key pair its own CKA_ID/, label);
     }
+  });
+
+  // The public key object is what a certificate is checked against: without it, any certificate
+  // with the key's CKA_ID was taken (here one for another EC-256 key), and the key signed with a
+  // chain its signatures never verify against.
+  it("a key pair whose public key object is gone and whose CKA_ID has a certificate for another key: unusable, saying why", async () => {
+    const otherLeaf = (await f.hsm.keys.getKey(keyIdOf("EC-256"))).chain[0] as Buffer;
+    await f.hsm.pool.use((s) => {
+      const common = { token: true, label: "no-public-key", id: noPublicId };
+      s.generateKeyPair(
+        KeyGenMechanism.EC,
+        { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+        { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true },
+      );
+      const pub = s.find({ class: ObjectClass.PUBLIC_KEY, id: noPublicId });
+      for (let i = 0; i < pub.length; i++) pub.items(i).destroy();
+      storeCertificate(s, "no-public-key", noPublicId, otherLeaf);
+    });
+    await f.hsm.keys.refresh();
+    const key = await f.hsm.keys.getKey("no-public-key");
+    assert.match(key.unusableReason ?? "", /no public key object on the token/);
+    await assert.rejects(new SigningService({ keys: f.hsm.keys, authorizer: allowEverything }).sign({ keyId: "no-public-key", payload: randomBytes(10) }, { id: "test" }), (e: SignerError) => {
+      assert.equal(e.code, "KEY_UNUSABLE");
+      return true;
+    });
+  });
+
+  it("an RSA key pair whose public key object is gone: its private key's modulus is the public key; certified, it signs and verifies", async () => {
+    await f.hsm.pool.use(async (s) => {
+      const common = { token: true, label: "rsa-no-public-key", id: rsaNoPublicId };
+      s.generateKeyPair(
+        KeyGenMechanism.RSA,
+        { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, modulusBits: 2048, publicExponent: Buffer.from([1, 0, 1]) },
+        { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true },
+      );
+      const pub = s.find({ class: ObjectClass.PUBLIC_KEY, id: rsaNoPublicId });
+      for (let i = 0; i < pub.length; i++) pub.items(i).destroy();
+      return Promise.resolve();
+    });
+    await createTestChain(f.hsm.pool, f.hsm.keys, { keyId: "rsa-no-public-key", keySpec: "RSA-2048", rootKeyId: `${keyIdOf("EC-384")}-root-ca` });
+    const key = await f.hsm.keys.getKey("rsa-no-public-key");
+    assert.equal(key.unusableReason, undefined);
+    const payload = randomBytes(100);
+    const signature = await f.hsm.keys.signDigest(key, key.info.hash, digest(key.info.hash, payload));
+    assert.ok(verifyNotarySignature(payload, signature, key.chain[0] as Buffer, "RSA-2048"));
   });
 });

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isSignerError } from "../../src/errors/index.js";
-import { summarize } from "../../src/signing/certificates.js";
+import { spkiOfCertificate, summarize } from "../../src/signing/certificates.js";
 import type { KeySpec } from "../../src/signing/key-spec.js";
 import {
   exposureOf,
@@ -33,8 +33,10 @@ const priv = (idBytes: Buffer, spec: KeySpec | null = "EC-256", exposed?: string
   exposed,
 });
 
+/** A scan; without publicKeys, each certificate with a CKA_ID has the public key object of its key under that id (as a key pair and its certificate are). */
 function scan(o: Partial<TokenScan>): TokenScan {
-  return { states: new Map(), signed: new Set(), certificates: [], publicKeys: new Map(), privateKeys: new Map(), ...o };
+  const publicKeys = new Map((o.certificates ?? []).filter((c) => c.id.length > 0).map((c) => [c.id.toString("hex"), spkiOfCertificate(c.der)]));
+  return { states: new Map(), signed: new Set(), certificates: [], publicKeys, privateKeys: new Map(), ...o };
 }
 
 function state(keyId: string, versions: KeyState["versions"], disabled?: KeyState["disabled"]): KeyState {
@@ -130,7 +132,7 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
     });
 
     it("a key without a certificate is listed but unusable, and no version is current", () => {
-      const view = only(keyViews(scan({ privateKeys: new Map([["k", [priv(id(1))]]]) })), "k");
+      const view = only(keyViews(scan({ privateKeys: new Map([["k", [priv(id(1))]]]), publicKeys: new Map([[id(1).toString("hex"), leaves.a.spki]]) })), "k");
       assert.deepEqual(summary(view), [
         { version: 1, state: "enabled", current: false, unusable: 'key "k" has no certificate on the token (a CKO_CERTIFICATE with the same CKA_ID)', disabled: undefined },
       ]);
@@ -263,7 +265,7 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
     it("certificate problems: not the key's public key, another key spec, a CA certificate, a chain without its intermediate", () => {
       const reason = (certs: ScannedCertificate[], o: { spki?: Buffer; spec?: KeySpec } = {}): string | undefined => {
         const views = keyViews(
-          scan({ privateKeys: new Map([["k", [priv(id(1), o.spec ?? "EC-256")]]]), publicKeys: o.spki ? new Map([[id(1).toString("hex"), o.spki]]) : new Map(), certificates: certs }),
+          scan({ privateKeys: new Map([["k", [priv(id(1), o.spec ?? "EC-256")]]]), ...(o.spki ? { publicKeys: new Map([[id(1).toString("hex"), o.spki]]) } : {}), certificates: certs }),
         );
         return views.get("k")?.versions[0]?.record.unusableReason;
       };
@@ -272,6 +274,22 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(reason([cert(leaves.ca.der, id(1)), cert(root.certDer)], { spki: leaves.ca.spki }), 'key "k" is a CA key; CA keys do not sign artifacts');
       assert.match(reason([cert(leaves.viaInter.der, id(1)), cert(root.certDer)]) ?? "", /^the certificate chain of key "k" is incomplete: /);
       assert.equal(reason([cert(leaves.viaInter.der, id(1)), cert(inter.certDer), cert(root.certDer)]), undefined, "with its intermediate the chain is complete");
+    });
+
+    it("the public key a certificate is checked against: the public key object's, else the private key's own (RSA); without either, unusable", () => {
+      const withCert = (o: Partial<TokenScan>): KeyView =>
+        only(keyViews(scan({ privateKeys: new Map([["k", [priv(id(1))]]]), certificates: [cert(leaves.a.der, id(1)), cert(root.certDer)], ...o })), "k");
+      const noPublic = withCert({ publicKeys: new Map() });
+      assert.equal(
+        noPublic.versions[0]?.record.unusableReason,
+        `key "k" has no public key object on the token (a CKO_PUBLIC_KEY with its CKA_ID ${id(1).toString("hex")}), so no certificate can be checked against its private key; keep the public key of every key pair on the token`,
+      );
+      assert.equal(noPublic.current, undefined);
+      const own = withCert({ publicKeys: new Map(), privateKeys: new Map([["k", [{ ...priv(id(1)), spki: leaves.a.spki }]]]) });
+      assert.equal(own.current?.record.version, 1, "the private key's own public key (an RSA key's modulus) is enough");
+      assert.deepEqual(own.versions[0]?.spki, leaves.a.spki);
+      const other = withCert({ privateKeys: new Map([["k", [{ ...priv(id(1)), spki: leaves.b.spki }]]]) });
+      assert.match(other.versions[0]?.record.unusableReason ?? "", /^the public key object with the CKA_ID [0-9a-f]+ of key "k" does not hold the public key of its private key/);
     });
 
     it("of several certificates with the key's CKA_ID, the one that holds its public key is the leaf", () => {
