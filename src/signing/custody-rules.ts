@@ -98,16 +98,26 @@ export interface DestroyOptions {
 }
 
 /**
- * The version a destroy may act on: it exists, it (or the key) is disabled, it is not destroyed
- * already (unless its key pair is still there, from a destroy that failed half-way, or its
- * certificate goes now), and a certificate that verifies past signatures goes only when the
- * custodian acknowledged that. `keyPairLeft` asks the token, only when the answer matters.
+ * Whether a version is a key pair under a managed key id that its state does not record (a
+ * rotation that stopped between the key pair and its record, or another tool): it never signs,
+ * and it cannot be disabled, since the state has no entry to disable.
+ */
+function unrecorded(view: KeyView, v: VersionView): boolean {
+  return view.state !== undefined && !view.state.versions.some((x) => x.id === v.idHex);
+}
+
+/**
+ * The version a destroy may act on: it exists, it (or the key) is disabled or it is a key pair the
+ * state does not record (unrecorded), it is not destroyed already (unless its key pair is still
+ * there, from a destroy that failed half-way, or its certificate goes now), and a certificate that
+ * verifies past signatures goes only when the custodian acknowledged that. `keyPairLeft` asks the
+ * token, only when the answer matters.
  */
 export async function versionToDestroy(view: KeyView, version: number, o: DestroyOptions, keyPairLeft: (v: VersionView) => Promise<boolean>): Promise<VersionView> {
   const keyId = view.keyId;
   const v = view.versions.find((x) => x.record.version === version);
   if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${keyId}" has no version ${version}`);
-  if (v.state === "enabled" && !view.state?.disabled) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
+  if (v.state === "enabled" && !view.state?.disabled && !unrecorded(view, v)) throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is enabled; disable it first`);
   if (v.state === "destroyed" && !o.destroyCertificate && !(await keyPairLeft(v))) {
     throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" is already destroyed`);
   }
@@ -120,11 +130,20 @@ export async function versionToDestroy(view: KeyView, version: number, o: Destro
   return v;
 }
 
-/** The state with the version recorded as destroyed (the first time of a retried destroy is kept). */
+/**
+ * The state with the version recorded as destroyed (the first time of a retried destroy is kept);
+ * a key pair the state did not record gets its entry, so that its number is not given again.
+ */
 export function withDestroyed(view: KeyView, version: number, at: string): EditableKeyState {
   const state = stateOf(view);
-  const entry = state.versions.find((x) => x.version === version) as VersionState;
-  entry.destroyed ??= at;
+  const entry = state.versions.find((x) => x.version === version);
+  if (entry) {
+    entry.destroyed ??= at;
+    return state;
+  }
+  const v = view.versions.find((x) => x.record.version === version);
+  if (!v) throw new SignerError("KEY_NOT_FOUND", `key "${view.keyId}" has no version ${version}`);
+  state.versions.push({ version, id: v.idHex, spec: v.record.spec, destroyed: at });
   return state;
 }
 

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { ObjectClass } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
 import { KeyCustody } from "../../src/hsm/index.js";
+import { generateKeyPair } from "../../src/hsm/key-factory.js";
 import { writeKeyState } from "../../src/hsm/key-state.js";
 import { getFixture, type Fixture } from "../helpers/fixture.js";
 
@@ -69,5 +70,36 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     const v1 = view.versions.find((v) => v.record.version === 1);
     const v1Certificates = await f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, id: Buffer.from(v1?.idHex ?? "", "hex") }).length);
     assert.equal(v1Certificates, 0, "nothing was stored under version 1's CKA_ID");
+  });
+
+  it("a rotation that stopped between the key pair and its record: the stray key pair is listed as unusable and a custodian can destroy it", async () => {
+    const stopped = "custody-stopped-rotation";
+    await custody.generateKey(stopped, "EC-256");
+    // What rotateKey does before it records the version; the process stops there.
+    await f.hsm.pool.use((s) => generateKeyPair(s, stopped, "EC-256", { allowExistingLabel: true }));
+    await f.hsm.keys.refresh();
+    const view = await f.hsm.keys.view(stopped);
+    const stray = view.versions.find((v) => v.record.version === 2);
+    assert.match(stray?.record.unusableReason ?? "", /is not a version hsm-signer made/);
+    assert.equal(view.versions.find((v) => v.record.version === 1)?.problem, undefined, "version 1 is unaffected");
+    const labelled = (): Promise<number> => f.hsm.pool.use((s) => s.find({ class: ObjectClass.PRIVATE_KEY, label: stopped }).length);
+    assert.equal(await labelled(), 2);
+    const r = await custody.destroyVersion(stopped, 2, { confirm: `${stopped}@v2`, destroyCertificate: false, acknowledgeSigned: false });
+    assert.deepEqual(r.destroyed, ["private key", "public key"]);
+    assert.equal(await labelled(), 1);
+    assert.equal(r.view.versions.find((v) => v.record.version === 2)?.state, "destroyed", "recorded as destroyed: its number is not given again");
+    assert.equal(r.view.versions.find((v) => v.record.version === 1)?.state, "enabled");
+    assert.equal((await custody.rotateKey(stopped)).version, 3);
+  });
+
+  it("destroying a stray key pair of a disabled key is no internal error either", async () => {
+    const stopped = "custody-stopped-disabled";
+    await custody.generateKey(stopped, "EC-256");
+    await custody.setState(stopped, 0, false, "retired");
+    await f.hsm.pool.use((s) => generateKeyPair(s, stopped, "EC-256", { allowExistingLabel: true }));
+    await f.hsm.keys.refresh();
+    const r = await custody.destroyVersion(stopped, 2, { confirm: `${stopped}@v2`, destroyCertificate: false, acknowledgeSigned: false });
+    assert.deepEqual(r.destroyed, ["private key", "public key"]);
+    assert.equal(r.view.state?.disabled?.reason, "retired");
   });
 });

@@ -193,6 +193,18 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
       assert.equal((await versionToDestroy(v, 1, keep, never)).record.version, 1, "keeping the certificate needs no acknowledgement");
     });
 
+    it("a key pair the state does not record (a rotation that stopped before its record): destroyed without a disable, then recorded as destroyed", async () => {
+      const st = managed([{ version: 1, id: "01" }]);
+      const v = view([version(1), version(2, { idHex: "0f" })], st);
+      assert.equal((await versionToDestroy(v, 2, keep, never)).record.version, 2);
+      await assert.rejects(versionToDestroy(v, 1, keep, never), fails("FAILED_PRECONDITION", 'version 1 of key "k" is enabled; disable it first'));
+      assert.deepEqual(withDestroyed(v, 2, AT).versions, [
+        { version: 1, id: "01" },
+        { version: 2, id: "0f", spec: "EC-256", destroyed: AT },
+      ]);
+      assert.equal(st.versions.length, 1, "the view's state is not changed");
+    });
+
     it("withDestroyed records the time once: a retried destroy keeps the first", () => {
       const st = managed([
         { version: 1, id: "01" },
