@@ -313,17 +313,24 @@ export class KeyCustody {
   }
 }
 
-/** Stores the leaf under the key's CKA_ID and each CA certificate not yet on the token under its own label. */
+/**
+ * Stores the leaf under the key's CKA_ID unless it is there already, and each CA certificate not
+ * yet on the token under its own label. A leaf on the token under another CKA_ID (or none: another
+ * tool wrote it without --id) is not the key's certificate, so it is stored again under the key's.
+ */
 function storeChain(s: Session, keyId: string, id: Buffer, chain: Buffer[]): number {
   const present = new Set<string>();
+  const leafPresent = new Set<string>();
   const found = s.find({ class: ObjectClass.CERTIFICATE });
   for (let i = 0; i < found.length; i++) {
-    const { value } = found.items(i).getAttribute({ value: null }) as { value?: Buffer };
-    if (value) present.add(value.toString("base64"));
+    const { value, id: objectId } = found.items(i).getAttribute({ value: null, id: null }) as { value?: Buffer; id?: Buffer };
+    if (!value) continue;
+    present.add(value.toString("base64"));
+    if (objectId?.equals(id)) leafPresent.add(value.toString("base64"));
   }
   let stored = 0;
   chain.forEach((der, i) => {
-    if (present.has(der.toString("base64"))) return;
+    if ((i === 0 ? leafPresent : present).has(der.toString("base64"))) return;
     storeCertificate(s, i === 0 ? keyId : `${keyId}-ca-${i}`, i === 0 ? id : Buffer.alloc(0), der);
     stored++;
   });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { ObjectClass } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
 import { KeyCustody } from "../../src/hsm/index.js";
-import { generateKeyPair } from "../../src/hsm/key-factory.js";
+import { generateKeyPair, storeCertificate } from "../../src/hsm/key-factory.js";
 import { writeKeyState } from "../../src/hsm/key-state.js";
 import { getFixture, type Fixture } from "../helpers/fixture.js";
 
@@ -101,5 +101,21 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     const r = await custody.destroyVersion(stopped, 2, { confirm: `${stopped}@v2`, destroyCertificate: false, acknowledgeSigned: false });
     assert.deepEqual(r.destroyed, ["private key", "public key"]);
     assert.equal(r.view.state?.disabled?.reason, "retired");
+  });
+
+  it("importing a chain whose leaf is on the token without the key's CKA_ID (pkcs11-tool --write-object without --id) links the leaf to the key", async () => {
+    const keyId2 = "custody-unlinked-leaf";
+    const made = await custody.createTestChain({ keyId: keyId2, keySpec: "EC-256" });
+    const leaf = made.chain[0] as Buffer;
+    await f.hsm.pool.use((s) => {
+      const found = s.find({ class: ObjectClass.CERTIFICATE, label: keyId2 });
+      for (let i = 0; i < found.length; i++) found.items(i).destroy();
+      storeCertificate(s, keyId2, Buffer.alloc(0), leaf);
+    });
+    await f.hsm.keys.refresh();
+    assert.match((await f.hsm.keys.getKey(keyId2)).unusableReason ?? "", /has no certificate/);
+    const r = await custody.importChain(keyId2, 0, made.chain, false);
+    assert.equal(r.stored, 1, "the leaf is stored under the key's CKA_ID; the CA certificates were there");
+    assert.equal((await f.hsm.keys.getKey(keyId2)).unusableReason, undefined);
   });
 });
