@@ -125,10 +125,20 @@ function readPrivateKeys(session: Session): Map<string, ScannedPrivateKey[]> {
       spec = curve ? keySpecFor("EC", curve) : undefined;
     }
     const list = byLabel.get(a.label) ?? [];
-    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, exposed: exposure(o), spki });
+    list.push({ handle: o.handle, id: a.id ?? Buffer.alloc(0), spec, exposed: exposure(o), spki, sign: signAllowed(o) });
     byLabel.set(a.label, list);
   }
   return byLabel;
+}
+
+/** CKA_SIGN, read on its own; undefined when the module does not report it. */
+function signAllowed(o: { getAttribute(t: ITemplate): ITemplate }): boolean | undefined {
+  try {
+    const { sign } = o.getAttribute({ sign: null }) as { sign?: unknown };
+    return typeof sign === "boolean" ? sign : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** An RSA private key's CKA_PUBLIC_EXPONENT, read on its own: a module may not report it. */

@@ -66,6 +66,8 @@ export interface ScannedPrivateKey {
   exposed: string | undefined;
   /** DER SubjectPublicKeyInfo from the private key's own attributes (RSA: modulus and public exponent); undefined when it has none (EC). */
   spki?: Buffer | undefined;
+  /** CKA_SIGN; undefined when the module does not report it. */
+  sign?: boolean | undefined;
 }
 
 /** Everything a scan of the token found that the rules need. */
@@ -206,6 +208,7 @@ function keyView(
     if (destroyed) problem = `version ${s.version} of key "${keyId}" was destroyed`;
     else if (s.priv?.exposed)
       problem = `the private key of key "${keyId}" ${s.priv.exposed}, so copies of it may exist outside the HSM; hsm-signer signs only with keys that never left it: generate a new key in the HSM`;
+    else if (s.priv?.sign === false) problem = `the private key of key "${keyId}" may not sign (CKA_SIGN is false); generate a key pair for signing`;
     else if (sharing)
       problem = `${sharing.length} private keys on the token carry the CKA_ID ${idHex} (labels ${[...new Set(sharing)].map((l) => `"${l}"`).join(", ")}), which links a key to its public key and certificate; give each key pair its own CKA_ID`;
     else if (s.priv && !spki)

@@ -22,6 +22,7 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   const sharedId = randomBytes(8);
   const noPublicId = randomBytes(8);
   const rsaNoPublicId = randomBytes(8);
+  const noSignId = randomBytes(8);
 
   before(async () => {
     f = await getFixture();
@@ -30,7 +31,7 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
   after(async () => {
     await f.hsm.pool.use((s) => {
       for (const cls of [ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
-        for (const objectId of [id, sharedId, noPublicId, rsaNoPublicId]) {
+        for (const objectId of [id, sharedId, noPublicId, rsaNoPublicId, noSignId]) {
           const found = s.find({ class: cls, id: objectId });
           for (let i = 0; i < found.length; i++) found.items(i).destroy();
         }
@@ -159,5 +160,26 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
     const payload = randomBytes(100);
     const signature = await f.hsm.keys.signDigest(key, key.info.hash, digest(key.info.hash, payload));
     assert.ok(verifyNotarySignature(payload, signature, key.chain[0] as Buffer, "RSA-2048"));
+  });
+
+  // pkcs11-tool --usage-derive, or a key meant for decryption: C_SignInit answers
+  // CKR_KEY_FUNCTION_NOT_PERMITTED, which reached callers as INTERNAL while ListKeys offered the key.
+  it("a key pair whose private key may not sign (CKA_SIGN false): unusable, saying why, and not offered; no signature is attempted", async () => {
+    await f.hsm.pool.use((s) => {
+      const common = { token: true, label: "no-sign-key", id: noSignId };
+      s.generateKeyPair(
+        KeyGenMechanism.EC,
+        { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+        { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: false, derive: true },
+      );
+    });
+    await createTestChain(f.hsm.pool, f.hsm.keys, { keyId: "no-sign-key", keySpec: "EC-256", rootKeyId: `${keyIdOf("EC-384")}-root-ca` }).catch(() => undefined);
+    await f.hsm.keys.refresh();
+    const key = await f.hsm.keys.getKey("no-sign-key");
+    assert.match(key.unusableReason ?? "", /may not sign \(CKA_SIGN is false\)/);
+    await assert.rejects(new SigningService({ keys: f.hsm.keys, authorizer: allowEverything }).sign({ keyId: "no-sign-key", payload: randomBytes(10) }, { id: "test" }), (e: SignerError) => {
+      assert.equal(e.code, "KEY_UNUSABLE");
+      return true;
+    });
   });
 });

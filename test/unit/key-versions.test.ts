@@ -262,6 +262,14 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(view.current, undefined);
     });
 
+    it("a private key that may not sign (CKA_SIGN false) is unusable; one whose module does not report CKA_SIGN is trusted", () => {
+      const withSign = (sign: boolean | undefined): KeyView =>
+        only(keyViews(scan({ privateKeys: new Map([["k", [{ ...priv(id(1)), sign }]]]), certificates: [cert(leaves.a.der, id(1)), cert(root.certDer)] })), "k");
+      assert.equal(withSign(false).versions[0]?.record.unusableReason, 'the private key of key "k" may not sign (CKA_SIGN is false); generate a key pair for signing');
+      assert.equal(withSign(undefined).current?.record.version, 1);
+      assert.equal(withSign(true).current?.record.version, 1);
+    });
+
     it("certificate problems: not the key's public key, another key spec, a CA certificate, a chain without its intermediate", () => {
       const reason = (certs: ScannedCertificate[], o: { spki?: Buffer; spec?: KeySpec } = {}): string | undefined => {
         const views = keyViews(
