@@ -27,6 +27,8 @@ function rdn(v: string): string {
  */
 export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p: TestChainParams): Promise<TestChainResult> {
   const rootKeyId = p.rootKeyId ?? `${p.keyId}-root-ca`;
+  // Else the key became its own root: a key pair and a CA certificate under the key id, then a refusal.
+  if (rootKeyId === p.keyId) throw new SignerError("INVALID_ARGUMENT", `the root key id must differ from the key id ("${p.keyId}"): the root is a CA key, which never signs artifacts`);
   const d = { ...TEST_CHAIN_DEFAULTS, ...stripUndefined(p) };
   const created = { rootKey: false, rootCertificate: false, key: false, leafCertificate: false };
   await pool.use(async (s) => {

@@ -118,4 +118,15 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     assert.equal(r.stored, 1, "the leaf is stored under the key's CKA_ID; the CA certificates were there");
     assert.equal((await f.hsm.keys.getKey(keyId2)).unusableReason, undefined);
   });
+
+  it("a test chain whose root key id is the key id itself is refused before anything is made", async () => {
+    const same = "custody-own-root";
+    await assert.rejects(custody.createTestChain({ keyId: same, keySpec: "EC-256", rootKeyId: same }), (e: SignerError) => {
+      assert.equal(e.code, "INVALID_ARGUMENT");
+      assert.match(e.message, /root key id must differ from the key id/);
+      return true;
+    });
+    const objects = await f.hsm.pool.use((s) => s.find({ label: same }).length);
+    assert.equal(objects, 0, "no key pair and no CA certificate were left under the key id");
+  });
 });
