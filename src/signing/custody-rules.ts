@@ -160,10 +160,16 @@ export function checkCsrSubject(subject: string): void {
   if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
 }
 
-/** The version a CSR is made for (default: the newest): its key pair must still be there. */
+/**
+ * The version a CSR is made for (default: the newest): its key pair must still be there, and be
+ * one that can sign with a certificate (not exposed, CKA_SIGN set, its own CKA_ID, made by
+ * hsm-signer under a managed key id): a CA would certify a key that never signs, or the HSM would
+ * refuse the request's own signature.
+ */
 export function versionForCsr(view: KeyView, version: number): VersionView & { handle: Buffer } {
   const v = pickVersion(view, version);
   if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${view.keyId}" was destroyed`);
+  if (v.problem) throw new SignerError("FAILED_PRECONDITION", `no CSR for version ${v.record.version} of key "${view.keyId}": ${v.problem}`);
   return v as VersionView & { handle: Buffer };
 }
 

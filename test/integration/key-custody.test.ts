@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import { ObjectClass } from "graphene-pk11";
+import { randomBytes } from "node:crypto";
+import { KeyGenMechanism, ObjectClass } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
 import { KeyCustody } from "../../src/hsm/index.js";
 import { generateKeyPair, storeCertificate } from "../../src/hsm/key-factory.js";
 import { writeKeyState } from "../../src/hsm/key-state.js";
+import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
 import { getFixture, type Fixture } from "../helpers/fixture.js";
 
 /**
@@ -128,5 +130,30 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     });
     const objects = await f.hsm.pool.use((s) => s.find({ label: same }).length);
     assert.equal(objects, 0, "no key pair and no CA certificate were left under the key id");
+  });
+
+  it("a CSR for a key pair that cannot sign (CKA_SIGN false) is refused with the reason, not an internal error", async () => {
+    const noSign = "custody-no-sign";
+    await f.hsm.pool.use((s) => {
+      const common = { token: true, label: noSign, id: randomBytes(16) };
+      s.generateKeyPair(
+        KeyGenMechanism.EC,
+        { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+        { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: false, derive: true },
+      );
+    });
+    await f.hsm.keys.refresh();
+    await assert.rejects(custody.createCsr(noSign, 0, "CN=x, O=Example, ST=WA, C=US"), (e: SignerError) => {
+      assert.equal(e.code, "FAILED_PRECONDITION");
+      assert.match(e.message, /may not sign \(CKA_SIGN is false\)/);
+      return true;
+    });
+    await f.hsm.pool.use((s) => {
+      for (const cls of [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
+        const found = s.find({ class: cls, label: noSign });
+        for (let i = 0; i < found.length; i++) found.items(i).destroy();
+      }
+    });
+    await f.hsm.keys.refresh();
   });
 });
