@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { ObjectClass, type Session } from "graphene-pk11";
 import { checkBasedOn } from "../signing/custody-rules.js";
-import { supersedes, type KeyState } from "../signing/key-versions.js";
+import { isKeyState, supersedes, type KeyState } from "../signing/key-versions.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
 
 /**
@@ -43,8 +43,8 @@ function dataObjects(session: Session): { handle: Buffer; label: string; value: 
 
 function parseState(value: Buffer): KeyState | undefined {
   try {
-    const s = JSON.parse(value.toString("utf8")) as KeyState;
-    return s.schema === 1 && typeof s.keyId === "string" && Number.isInteger(s.generation) && Array.isArray(s.versions) ? s : undefined;
+    const s: unknown = JSON.parse(value.toString("utf8"));
+    return isKeyState(s) ? s : undefined;
   } catch {
     return undefined;
   }

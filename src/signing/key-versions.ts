@@ -1,6 +1,6 @@
 import { SignerError } from "../errors/index.js";
 import { buildChain, keySpecOfCertificate, spkiOfCertificate } from "./certificates.js";
-import { keySpecInfo, type KeySpec } from "./key-spec.js";
+import { isKeySpec, keySpecInfo, type KeySpec } from "./key-spec.js";
 import type { CertificateSummary, KeyRecord } from "./ports.js";
 
 /*
@@ -35,6 +35,31 @@ export interface KeyState {
   generation: number;
   disabled?: Disabled;
   versions: VersionState[];
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const optionalString = (v: unknown): boolean => v === undefined || typeof v === "string";
+const isDisabled = (v: unknown): boolean => v === undefined || (isRecord(v) && optionalString(v.at) && optionalString(v.reason));
+
+/**
+ * Whether a state object's parsed JSON has the shape the rules read (schema 1): another writer's
+ * object in another shape is left out rather than failing the whole scan, which every key, the
+ * start and each rescan after an HSM recovery depend on.
+ */
+export function isKeyState(s: unknown): s is KeyState {
+  if (!isRecord(s) || s.schema !== 1 || typeof s.keyId !== "string" || !Number.isSafeInteger(s.generation) || !Array.isArray(s.versions) || !isDisabled(s.disabled)) return false;
+  return s.versions.every(
+    (v: unknown) =>
+      isRecord(v) &&
+      Number.isSafeInteger(v.version) &&
+      (v.version as number) >= 1 &&
+      typeof v.id === "string" &&
+      /^(?:[0-9a-f]{2})*$/.test(v.id) &&
+      (v.spec === undefined || (typeof v.spec === "string" && isKeySpec(v.spec))) &&
+      optionalString(v.created) &&
+      optionalString(v.destroyed) &&
+      isDisabled(v.disabled),
+  );
 }
 
 /**

@@ -182,4 +182,35 @@ describe("objects other tools leave on the token (SoftHSM)", function () {
       return true;
     });
   });
+
+  // A state object is JSON on the token: one that another writer (an older or newer hsm-signer, a
+  // script) left in another shape must not stop the scan, which every key, the start and each
+  // rescan after an HSM recovery depend on.
+  it("a key state object whose versions are not in the expected shape is ignored; every other key still signs", async () => {
+    const broken = [
+      { label: "hsm-signer:key:state-no-id", value: { schema: 1, keyId: "state-no-id", generation: 1, versions: [{ version: 1 }] } },
+      { label: "hsm-signer:key:state-null", value: { schema: 1, keyId: "state-null", generation: 1, versions: [null] } },
+      { label: "hsm-signer:key:state-odd-id", value: { schema: 1, keyId: "state-odd-id", generation: 1, versions: [{ version: 1, id: 7 }] } },
+    ];
+    try {
+      await f.hsm.pool.use((s) => {
+        for (const b of broken) {
+          s.create({ class: ObjectClass.DATA, token: true, private: true, application: "hsm-signer", label: b.label, value: Buffer.from(JSON.stringify(b.value)) } as ITemplate);
+        }
+      });
+      await f.hsm.keys.refresh();
+      const key = await f.hsm.keys.getKey(keyIdOf("EC-256"));
+      const payload = randomBytes(100);
+      const signature = await f.hsm.keys.signDigest(key, key.info.hash, digest(key.info.hash, payload));
+      assert.ok(verifyNotarySignature(payload, signature, key.chain[0] as Buffer, "EC-256"));
+    } finally {
+      await f.hsm.pool.use((s) => {
+        for (const b of broken) {
+          const found = s.find({ class: ObjectClass.DATA, label: b.label });
+          for (let i = 0; i < found.length; i++) found.items(i).destroy();
+        }
+      });
+      await f.hsm.keys.refresh();
+    }
+  });
 });

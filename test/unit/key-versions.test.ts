@@ -8,6 +8,7 @@ import { spkiOfCertificate, summarize } from "../../src/signing/certificates.js"
 import type { KeySpec } from "../../src/signing/key-spec.js";
 import {
   exposureOf,
+  isKeyState,
   keyViews,
   publicKeyOf,
   selectVersion,
@@ -88,6 +89,37 @@ describe("key versions (src/signing/key-versions.ts): what a token scan makes of
       assert.equal(exposureOf({ sensitive: false }), "is not sensitive (CKA_SENSITIVE is false)");
       assert.equal(exposureOf({ sensitive: true, extractable: false }), undefined);
       assert.equal(exposureOf({ extractable: true, neverExtractable: false }), "is extractable (CKA_EXTRACTABLE is true)", "the present state is named first");
+    });
+  });
+
+  describe("isKeyState", () => {
+    it("a state object in the shape the rules read passes; one in another shape is left out", () => {
+      const good = {
+        schema: 1,
+        keyId: "k",
+        generation: 2,
+        disabled: { at: "2026-01-01T00:00:00Z", reason: "x" },
+        versions: [
+          { version: 1, id: "0a0b", spec: "EC-256", created: "2026-01-01T00:00:00Z" },
+          { version: 2, id: "", destroyed: "2026-01-02T00:00:00Z" },
+        ],
+      };
+      assert.ok(isKeyState(good));
+      const bad: unknown[] = [
+        null,
+        { ...good, schema: 2 },
+        { ...good, generation: 1.5 },
+        { ...good, versions: {} },
+        { ...good, versions: [null] },
+        { ...good, versions: [{ version: 1 }] },
+        { ...good, versions: [{ version: 0, id: "0a" }] },
+        { ...good, versions: [{ version: 1, id: 7 }] },
+        { ...good, versions: [{ version: 1, id: "xyz" }] },
+        { ...good, versions: [{ version: 1, id: "0a", spec: "RSA-1024" }] },
+        { ...good, versions: [{ version: 1, id: "0a", disabled: "yes" }] },
+        { ...good, disabled: 1 },
+      ];
+      for (const b of bad) assert.equal(isKeyState(b), false, JSON.stringify(b));
     });
   });
 
