@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { assertNever } from "../errors/index.js";
 import { toPem } from "../signing/pem.js";
 import { ADMIN_USAGE, AdminUsageError, parseAdminArgs, type AdminCommand, type ConnectionOptions } from "./admin-args.js";
-import { GrpcCallError, KeyAdminClient, type InventoryKey, type KeyAdminClientOptions } from "../client/index.js";
+import { GrpcCallError, KeyAdminClient, Status, type InventoryKey, type KeyAdminClientOptions } from "../client/index.js";
 import { describeCallFailure } from "./describe-call-failure.js";
 import { chainToPem, DEFAULT_WARN_DAYS, describeChain, formatInventory, formatJson, formatSlots } from "./admin-format.js";
 import { defaultNotationDir, notationCertAddCommand, notationKeyAddCommand, shellQuote, subjectIdentityProblems, trustPolicyFor, trustStoreRootPath } from "./notation-setup.js";
@@ -72,6 +72,7 @@ export async function runAdminCommand(argv: string[]): Promise<number> {
 export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
   let client: KeyAdminApi | undefined;
   let connection: ConnectionOptions | undefined;
+  let command: AdminCommand | undefined;
   try {
     const parsed = parseAdminArgs(argv, io.env);
     if (parsed.help) {
@@ -79,6 +80,7 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
       return 0;
     }
     connection = parsed.connection;
+    command = parsed.command;
     client = io.connect(clientOptions(connection));
     await withinBudget(execute(parsed.command, client, io, parsed.json), connection);
     return 0;
@@ -88,11 +90,13 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
       return 2;
     }
     if (e instanceof GrpcCallError && connection) {
-      io.err(`hsm-signer: ${describeCallFailure(e, { endpoint: connection.endpoint, timeoutMs: connection.timeoutMs, caGiven: connection.caFile !== undefined })}`);
+      const hint = isTimeout(e) && command ? unfinishedChange(command) : "";
+      io.err(`hsm-signer: ${describeCallFailure(e, { endpoint: connection.endpoint, timeoutMs: connection.timeoutMs, caGiven: connection.caFile !== undefined })}${hint}`);
       return 1;
     }
     if (e instanceof AdminFailure) {
-      io.err(`hsm-signer: ${e.message}`);
+      const hint = e instanceof CommandTimeout && command ? unfinishedChange(command) : "";
+      io.err(`hsm-signer: ${e.message}${hint}`);
       return 1;
     }
     io.err(`hsm-signer: unexpected failure: ${(e as Error).message}`);
@@ -102,12 +106,40 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
   }
 }
 
+/** The command's own --timeout budget ran out (not a call's deadline). */
+class CommandTimeout extends AdminFailure {
+  override name = "CommandTimeout";
+}
+
+function isTimeout(e: GrpcCallError): boolean {
+  return e.errorCode !== undefined ? e.errorCode === "DEADLINE_EXCEEDED" : e.code === Status.DEADLINE_EXCEEDED;
+}
+
+/**
+ * After a change timed out, the service may still make it (a key generation runs to its end
+ * whatever the caller's deadline): what to look at before running the command again, which for
+ * a rotation would make one more version.
+ */
+function unfinishedChange(cmd: AdminCommand): string {
+  switch (cmd.kind) {
+    case "keys-generate":
+    case "keys-rotate":
+    case "keys-set-state":
+    case "keys-destroy":
+    case "keys-test-chain":
+    case "certs-import":
+      return `; the service may still make the change: look with hsm-signer keys list --key-id ${shellQuote(cmd.keyId)} before running the command again${cmd.kind === "keys-rotate" ? " (another rotate makes another version)" : ""}`;
+    default:
+      return "";
+  }
+}
+
 /** The command's work, or a failure once --timeout (and a margin) has passed. */
 async function withinBudget<T>(work: Promise<T>, c: ConnectionOptions): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new AdminFailure(`the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)),
+      () => reject(new CommandTimeout(`the command did not finish within ${c.timeoutMs / 1000}s (--timeout) against KeyAdmin at ${c.endpoint}`)),
       c.timeoutMs + COMMAND_TIMEOUT_MARGIN_MS,
     );
   });

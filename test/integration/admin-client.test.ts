@@ -72,6 +72,10 @@ describe("admin command line: KeyAdmin client over mTLS against a stand-in serve
         // Never answers: the client's deadline must end the call.
         seen.push({ method: "GetInventory", request: call.request, peerCn: peerCn(call) });
       }) as grpc.handleUnaryCall<unknown, unknown>,
+      RotateKey: ((call: grpc.ServerUnaryCall<unknown, unknown>) => {
+        // Never answers, as a rotation that outlives the command's --timeout (it still completes on the service).
+        seen.push({ method: "RotateKey", request: call.request, peerCn: peerCn(call) });
+      }) as grpc.handleUnaryCall<unknown, unknown>,
       GetCertificateChain: unary("GetCertificateChain", (req) => ({ keyId: req.keyId, keyVersion: 3, certificateChain: [Buffer.from("leaf"), Buffer.from("root")], leafSubject: "CN=a,O=b,ST=c,C=d" })),
     });
     port = await new Promise<number>((ok, fail) =>
@@ -121,6 +125,15 @@ describe("admin command line: KeyAdmin client over mTLS against a stand-in serve
     assert.equal(r.code, 1);
     assert.match(r.err, new RegExp(`^hsm-signer: KeyAdmin at 127\\.0\\.0\\.1:${port} did not answer within 0\\.5s`));
     assert.ok(Date.now() - started < 5000);
+  });
+
+  it("a change that timed out may still be made by the service: the message says to look before running it again", async () => {
+    const r = await run(["keys", "rotate", "--key-id", "release", "--timeout", "0.5"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, new RegExp(`^hsm-signer: KeyAdmin at 127\\.0\\.0\\.1:${port} did not answer within 0\\.5s`));
+    assert.match(r.err, /the service may still make the change: look with hsm-signer keys list --key-id release before running the command again \(another rotate makes another version\)\n$/);
+    const list = await run(["keys", "list", "--timeout", "0.5"]);
+    assert.doesNotMatch(list.err, /may still make the change/, "a read changes nothing");
   });
 
   it("names the endpoint when it cannot be reached, or when TLS fails", async () => {
