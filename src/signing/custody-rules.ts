@@ -188,6 +188,8 @@ export function chainToImport(view: KeyView, version: number, inputs: Buffer[], 
     return spki !== undefined && certs.some((c) => spkiOfCertificate(c).equals(spki));
   });
   const which = version ? `key "${keyId}" version ${version}` : `any version of key "${keyId}"`;
+  if (version && target && !target.handle)
+    throw new SignerError("FAILED_PRECONDITION", `version ${version} of key "${keyId}" was destroyed; a chain is imported for a version whose key pair is on the token`);
   if (!target?.handle) throw new SignerError("CHAIN_INVALID", `the chain for key "${keyId}" was rejected:\n${formatChainProblems(leafKeyMismatch(certs, which))}`);
   const spki = publicKeyOf(target) as Buffer;
   const ordered = strictOrder ? { chain: certs, problems: [] } : orderChain(certs, spki);

@@ -274,6 +274,11 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
       assert.throws(() => chainToImport(v, 1, [leaf, inter.certDer, root.certDer], false), fails("CHAIN_INVALID", /^the chain for key "k" was rejected:\n.*key "k" version 1/s));
       assert.throws(() => chainToImport(v, 0, [leaf, inter.certDer, root.certDer], false), fails("CHAIN_INVALID", /any version of key "k"/));
       assert.throws(() => chainToImport(v, 3, [leaf], false), fails("KEY_NOT_FOUND", 'key "k" has no version 3'));
+      // Named, the destroyed version that holds the leaf's key is named as destroyed, not as another key.
+      assert.throws(
+        () => chainToImport(v, 2, [leaf, inter.certDer, root.certDer], false),
+        fails("FAILED_PRECONDITION", 'version 2 of key "k" was destroyed; a chain is imported for a version whose key pair is on the token'),
+      );
     });
 
     it("strict order: a chain that does not start with the leaf is refused", () => {
