@@ -46,9 +46,20 @@ export function checkBasedOn(keyId: string, tokenGeneration: number, basedOn: nu
   }
 }
 
-/** The key's state object, or the state it implicitly has (version n = its n-th key pair) before hsm-signer managed it; a copy to edit. */
+/**
+ * The key's state object, or the state it implicitly has (version 1 = its key pair) before
+ * hsm-signer managed it; a copy to edit. Several key pairs under one label without a state object
+ * are each unusable (which one signs would be a guess): a state written for them would adopt them
+ * all as versions and make them usable, even by a disable, so any change is refused.
+ */
 export function stateOf(view: KeyView): EditableKeyState {
   if (view.state) return structuredClone({ keyId: view.keyId, disabled: view.state.disabled, versions: view.state.versions });
+  if (view.versions.length > 1) {
+    throw new SignerError(
+      "FAILED_PRECONDITION",
+      `${view.versions.length} private keys on the token carry the label "${view.keyId}" and hsm-signer has no record of which is which; give each key a unique label before changing the key`,
+    );
+  }
   return { keyId: view.keyId, versions: view.versions.map((v) => ({ version: v.record.version, id: v.idHex, spec: v.record.spec })) };
 }
 

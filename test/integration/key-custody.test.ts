@@ -156,4 +156,33 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     });
     await f.hsm.keys.refresh();
   });
+
+  // Two key pairs with one label and no state object are both unusable: which one signs would be a
+  // guess. A custodian's disable of one of them wrote a state that adopted both as versions, and
+  // the other one then signed: a disable made a key usable.
+  it("changes to a key id whose label two key pairs of another tool carry are refused; neither key becomes usable", async () => {
+    const dup = "custody-dup-label";
+    for (const tmp of [`${dup}-a`, `${dup}-b`]) {
+      await f.hsm.pool.use((s) => {
+        const common = { token: true, label: tmp, id: randomBytes(16) };
+        s.generateKeyPair(
+          KeyGenMechanism.EC,
+          { ...common, class: ObjectClass.PUBLIC_KEY, verify: true, paramsEC: EC_PARAMS["P-256"] },
+          { ...common, class: ObjectClass.PRIVATE_KEY, private: true, sensitive: true, extractable: false, sign: true },
+        );
+      });
+      await custody.createTestChain({ keyId: tmp, keySpec: "EC-256", rootKeyId: `${dup}-root` });
+      await f.hsm.pool.use((s) => s.find({ class: ObjectClass.PRIVATE_KEY, label: tmp }).items(0).setAttribute({ label: dup }));
+    }
+    await f.hsm.keys.refresh();
+    const usable = async (): Promise<number[]> => (await f.hsm.keys.view(dup)).versions.filter((v) => !v.record.unusableReason).map((v) => v.record.version);
+    assert.deepEqual(await usable(), [], "both unusable to begin with");
+    const refused = (e: SignerError): boolean => e.code === "FAILED_PRECONDITION" && /2 private keys on the token carry the label "custody-dup-label"/.test(e.message);
+    await assert.rejects(custody.setState(dup, 1, false, "the other one is ours"), refused);
+    await assert.rejects(custody.setState(dup, 0, true, ""), refused);
+    await assert.rejects(custody.rotateKey(dup), refused);
+    await f.hsm.keys.refresh();
+    assert.equal((await f.hsm.keys.view(dup)).state, undefined, "no state object was written");
+    assert.deepEqual(await usable(), []);
+  });
 });

@@ -82,15 +82,16 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
       assert.equal(st.versions[0]?.destroyed, undefined, "editing the copy leaves the view alone");
       assert.equal(generationOf(v), 7);
 
-      const unmanaged = view([version(1, { idHex: "aa" }), version(2, { idHex: "bb", spec: "RSA-2048" })]);
-      assert.deepEqual(stateOf(unmanaged), {
-        keyId: "k",
-        versions: [
-          { version: 1, id: "aa", spec: "EC-256" },
-          { version: 2, id: "bb", spec: "RSA-2048" },
-        ],
-      });
+      const unmanaged = view([version(1, { idHex: "aa", spec: "RSA-2048" })]);
+      assert.deepEqual(stateOf(unmanaged), { keyId: "k", versions: [{ version: 1, id: "aa", spec: "RSA-2048" }] });
       assert.equal(generationOf(unmanaged), 0);
+    });
+
+    it("stateOf: several key pairs under one label without a state are not adopted (a change would make them usable, even a disable)", () => {
+      const twoPairs = view([version(1, { idHex: "aa" }), version(2, { idHex: "bb" })]);
+      const refused = fails("FAILED_PRECONDITION", /^2 private keys on the token carry the label "k" and hsm-signer has no record of which is which/);
+      assert.throws(() => stateOf(twoPairs), refused);
+      assert.throws(() => withEnabled(twoPairs, 1, false, "x", AT), refused);
     });
 
     it("nextVersion: one past the highest ever recorded, destroyed versions included (numbers are never reused)", () => {
