@@ -130,7 +130,31 @@ export function openSession(slot: Slot): Session {
 }
 
 /** C_Login as the user; login state is per process and token, so CKR_USER_ALREADY_LOGGED_IN is fine. */
+const CKF_USER_PIN_FINAL_TRY = 0x20000;
+const CKF_USER_PIN_LOCKED = 0x40000;
+
+/**
+ * Why a login is not even tried, from the token's flags: its user PIN is locked, or one more wrong
+ * PIN would lock it. A PIN that is wrong in a pod that Kubernetes restarts would otherwise be tried
+ * once per restart until the HSM locks the token (SoftHSM does not count attempts; HSMs do).
+ */
+export function pinAttemptRefusal(flags: number): string | undefined {
+  if (flags & CKF_USER_PIN_LOCKED) return "the user PIN is locked on the token (CKF_USER_PIN_LOCKED); a security officer must unlock it";
+  if (flags & CKF_USER_PIN_FINAL_TRY) {
+    return "the token has one user PIN attempt left (CKF_USER_PIN_FINAL_TRY) and a wrong PIN would lock it, so hsm-signer does not try: check the PIN, log in once with it by another tool (pkcs11-tool --login --test) to reset the count, then restart";
+  }
+  return undefined;
+}
+
 export function login(session: Session, pin: string): void {
+  let flags: number | undefined;
+  try {
+    flags = session.slot.getToken().flags;
+  } catch {
+    // No token information: the login below says what is wrong.
+  }
+  const refusal = flags === undefined ? undefined : pinAttemptRefusal(flags);
+  if (refusal) throw new SignerError("HSM_PIN_INCORRECT", `C_Login not tried: ${refusal}`);
   try {
     session.login(pin, UserType.USER);
   } catch (e) {
