@@ -180,15 +180,18 @@ function firstSequenceInName(file: string): number | undefined {
  * first would let an invalid UTF-8 sequence pass for the U+FFFD it decodes to.
  */
 export async function* readRawLines(file: string): AsyncGenerator<{ bytes: Buffer; terminated: boolean }> {
-  let rest: Buffer = Buffer.alloc(0);
+  // The start of a line that continues past its chunk, joined once its newline (or the end) comes:
+  // joining it to each next chunk instead was quadratic in a long run without a newline.
+  let rest: Buffer[] = [];
   for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
-    const buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
     let start = 0;
-    for (let nl = buf.indexOf(0x0a, start); nl >= 0; nl = buf.indexOf(0x0a, start)) {
-      yield { bytes: buf.subarray(start, nl), terminated: true };
+    for (let nl = chunk.indexOf(0x0a, start); nl >= 0; nl = chunk.indexOf(0x0a, start)) {
+      const tail = chunk.subarray(start, nl);
+      yield { bytes: rest.length > 0 ? Buffer.concat([...rest, tail]) : tail, terminated: true };
+      rest = [];
       start = nl + 1;
     }
-    rest = buf.subarray(start);
+    if (start < chunk.length) rest.push(chunk.subarray(start));
   }
-  if (rest.length > 0) yield { bytes: rest, terminated: false };
+  if (rest.length > 0) yield { bytes: Buffer.concat(rest), terminated: false };
 }

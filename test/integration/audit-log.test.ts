@@ -384,6 +384,22 @@ describe("AuditLog: hash-chained, group-committed JSON lines on real files", fun
       assert.match(result.firstBad?.reason ?? "", /64 zeros/);
     });
 
+    it("a large tail without a newline (zeros a crash left, a wrong file) is reported in time linear in its size", async () => {
+      const d = freshDir();
+      mkdirSync(d);
+      const file = join(d, auditFileName(1));
+      writeFileSync(file, `${original[0]!}\n`);
+      // 64 MiB, the default file size limit. Joining each 64 KiB chunk to the bytes before it was
+      // quadratic: about 30 s here, and hours for a file of a few GiB.
+      appendFileSync(file, Buffer.alloc(64 * 1024 * 1024));
+      const started = Date.now();
+      const result = await verifyAuditFiles([file]);
+      const ms = Date.now() - started;
+      assert.equal(result.ok, false);
+      assert.deepEqual(result.firstBad, { file, line: 2, reason: "the last line has no newline: a torn write or a truncated file" });
+      assert.ok(ms < 8_000, `verify took ${ms} ms for 64 MiB`);
+    });
+
     it("across files: an edit of a file's last line is reported at the next file's first line", async () => {
       const d = freshDir();
       const log = await AuditLog.open({ dir: d, maxFileBytes: 900 });
