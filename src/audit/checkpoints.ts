@@ -128,9 +128,17 @@ export interface CheckpointingOptions {
   everyRecords?: number;
   /** And at least this often while records are added (default 60 s). */
   everyMs?: number;
+  /**
+   * How long close() waits for the last checkpoint (default DEFAULT_CLOSE_CHECKPOINT_MS): a hung
+   * HSM never returns from a signature, and the store must still close (and the shutdown go on).
+   */
+  closeTimeoutMs?: number;
   onCheckpoint?: (cp: StoredCheckpoint) => void;
   onError?: (e: unknown) => void;
 }
+
+/** CheckpointingOptions.closeTimeoutMs: well within a pod's termination grace period. */
+export const DEFAULT_CLOSE_CHECKPOINT_MS = 5_000;
 
 /**
  * An audit store that signs checkpoints of the chain it sees committed: it observes each
@@ -189,11 +197,21 @@ export class CheckpointingStore implements AuditStore {
     await this.running;
   }
 
+  /**
+   * A last checkpoint, waited for at most closeTimeoutMs (one the HSM never signs is reported,
+   * onError), then closes the inner store.
+   */
   async close(): Promise<void> {
     clearInterval(this.timer);
+    const ms = this.o.closeTimeoutMs ?? DEFAULT_CLOSE_CHECKPOINT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<boolean>((res) => (timer = setTimeout(() => res(true), ms)));
     try {
-      await this.checkpoint();
+      if (await Promise.race([this.checkpoint().then(() => false), timedOut])) {
+        this.o.onError?.(new Error(`the last audit checkpoint was not made within ${ms} ms (the HSM does not answer?); the store closes without it`));
+      }
     } finally {
+      clearTimeout(timer);
       await this.inner.close();
     }
   }
