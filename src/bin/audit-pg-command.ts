@@ -11,6 +11,14 @@ import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit
 import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
+/**
+ * How long a command waits for a lock (a table another session holds: a VACUUM FULL, an ALTER
+ * TABLE, a transaction left open) before it fails, and for any one answer of a hung server or
+ * network. A page of verify, search or export is one indexed query.
+ */
+const LOCK_TIMEOUT_MS = 10_000;
+const QUERY_TIMEOUT_MS = 300_000;
+
 /** A client for the audit database, connected; bounded waits so that a hung database fails the command. */
 async function connect(configFile: string | undefined, database: boolean | undefined): Promise<pg.Client> {
   let conn: pg.ClientConfig;
@@ -26,7 +34,7 @@ async function connect(configFile: string | undefined, database: boolean | undef
   } else {
     throw new UsageError("give --config FILE (its audit.postgres) or --database (the connection from the environment)");
   }
-  const client = new pg.Client({ ...conn, connectionTimeoutMillis: 10_000, application_name: "hsm-signer-audit-cli" });
+  const client = new pg.Client({ ...conn, connectionTimeoutMillis: 10_000, lock_timeout: LOCK_TIMEOUT_MS, query_timeout: QUERY_TIMEOUT_MS, application_name: "hsm-signer-audit-cli" });
   client.on("error", () => undefined); // a lost connection fails the query in flight
   try {
     await client.connect();

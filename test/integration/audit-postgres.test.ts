@@ -310,6 +310,31 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.match(table.stdout, /search-b#2 {2}spiffe:\/\/corp\/deploy {2}Sign {2}k-search {2}OK {2}-\n3 record\(s\)\n$/);
   });
 
+  it("audit verify, search and export over the database fail with a message, never wait for ever, when a table stays locked", async () => {
+    const env = { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: db.database };
+    // A session holding the table (a VACUUM FULL, an ALTER TABLE, a forgotten transaction in psql).
+    const holder = await server.admin(db.database);
+    try {
+      await holder.query("BEGIN");
+      await holder.query("LOCK TABLE audit_records IN ACCESS EXCLUSIVE MODE");
+      const certFile = join(root, "locked-cert.pem");
+      writeFileSync(certFile, (await hsmSigner()).cert.toString());
+      const runs = await Promise.all([
+        spawnCollect(HSM_SIGNER, ["audit", "verify", "--database", "--cert", certFile], "", { env, timeoutMs: 45_000 }),
+        spawnCollect(HSM_SIGNER, ["audit", "search", "--database", "--key-id", "k-search"], "", { env, timeoutMs: 45_000 }),
+        spawnCollect(HSM_SIGNER, ["audit", "export", "--database", "--replica", "search-a", "--out", join(root, "locked-export")], "", { env, timeoutMs: 45_000 }),
+      ]);
+      for (const r of runs) {
+        assert.equal(r.timedOut, false, "the command ended by itself");
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(r.stderr, /lock timeout/);
+      }
+    } finally {
+      await holder.query("ROLLBACK").catch(() => undefined);
+      await holder.end();
+    }
+  });
+
   it("export writes files an auditor verifies offline with the audit certificate alone; an edit of the export is found", async () => {
     const { signer, cert } = await hsmSigner();
     const inner = await open("exported");
