@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, open } from "node:fs/promises";
+import { mkdir, open, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { X509Certificate } from "node:crypto";
 import type pg from "pg";
@@ -415,34 +415,43 @@ export async function* searchDatabase(client: pg.ClientBase, q: DbAuditQuery): A
  * Records are written as stored, so that an export of a tampered chain shows the tampering.
  */
 export async function exportReplica(client: pg.ClientBase, replica: string, dir: string, maxFileBytes = 64 * 1024 * 1024): Promise<{ records: number; files: number; checkpoints: number }> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  // The first directory this made, if any: removed again, with the files, when the export fails.
+  const made = await mkdir(dir, { recursive: true, mode: 0o700 });
   if (auditFilesIn(dir).length > 0 || existsSync(join(dir, CHECKPOINTS_FILE))) throw new Error(`${dir} already holds audit files`);
+  const written: string[] = [];
+  const create = (path: string): ReturnType<typeof open> => open(path, "wx", 0o600).then((f) => (written.push(path), f));
   let fh: Awaited<ReturnType<typeof open>> | undefined;
   let size = 0;
-  let files = 0;
   let records = 0;
   try {
-    for await (const e of dbEntries(client, replica)) {
-      const bytes = Buffer.concat([e.bytes, Buffer.from("\n")]);
-      if (!fh || (size > 0 && size + bytes.length > maxFileBytes)) {
-        await fh?.close();
-        fh = await open(join(dir, auditFileName(e.storedSeq ?? records + 1)), "wx", 0o600);
-        size = 0;
-        files++;
+    try {
+      for await (const e of dbEntries(client, replica)) {
+        const bytes = Buffer.concat([e.bytes, Buffer.from("\n")]);
+        if (!fh || (size > 0 && size + bytes.length > maxFileBytes)) {
+          await fh?.close();
+          fh = await create(join(dir, auditFileName(e.storedSeq ?? records + 1)));
+          size = 0;
+        }
+        await fh.write(bytes);
+        size += bytes.length;
+        records++;
       }
-      await fh.write(bytes);
-      size += bytes.length;
-      records++;
+    } finally {
+      await fh?.close();
     }
-  } finally {
-    await fh?.close();
+    const cps = await dbCheckpoints(client, replica);
+    const cpFile = await create(join(dir, CHECKPOINTS_FILE));
+    try {
+      for (const cp of cps) await cpFile.write(`${JSON.stringify(cp)}\n`);
+    } finally {
+      await cpFile.close();
+    }
+    return { records, files: written.length - 1, checkpoints: cps.length };
+  } catch (e) {
+    // Part of a chain (records without their checkpoints, or cut short) would verify as a
+    // shorter, intact one: nothing of a failed export stays.
+    for (const f of written) await rm(f, { force: true });
+    if (made !== undefined) await rm(made, { recursive: true, force: true });
+    throw e;
   }
-  const cps = await dbCheckpoints(client, replica);
-  const cpFile = await open(join(dir, CHECKPOINTS_FILE), "wx", 0o600);
-  try {
-    for (const cp of cps) await cpFile.write(`${JSON.stringify(cp)}\n`);
-  } finally {
-    await cpFile.close();
-  }
-  return { records, files, checkpoints: cps.length };
 }

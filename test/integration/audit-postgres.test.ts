@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, sign as nodeSign, X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -333,6 +333,37 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
       await holder.query("ROLLBACK").catch(() => undefined);
       await holder.end();
     }
+  });
+
+  it("an export that fails half-way leaves nothing an auditor could take for the chain; run again, it succeeds", async () => {
+    const { signer, cert } = await hsmSigner();
+    const inner = await open("half-exported");
+    const store = new CheckpointingStore(inner, { replicaId: "half-exported", signer, everyRecords: 1000, everyMs: 3_600_000, sink: { write: (cp) => inner.appendCheckpoint(cp) } });
+    for (let i = 1; i <= 6; i++) await store.append(record(i));
+    await store.checkpoint();
+    await store.close();
+    const env = { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: db.database };
+    const out = join(root, "half-export", "hsm-signer-0");
+    const exportCli = (): ReturnType<typeof spawnCollect> => spawnCollect(HSM_SIGNER, ["audit", "export", "--database", "--replica", "half-exported", "--out", out], "", { env, timeoutMs: 45_000 });
+    // The records are read, then the checkpoints: the connection fails in between (here: the
+    // checkpoints table stays locked, so the command gives up).
+    const holder = await server.admin(db.database);
+    try {
+      await holder.query("BEGIN");
+      await holder.query("LOCK TABLE audit_checkpoints IN ACCESS EXCLUSIVE MODE");
+      const failed = await exportCli();
+      assert.equal(failed.code, 1, failed.stderr);
+    } finally {
+      await holder.query("ROLLBACK").catch(() => undefined);
+      await holder.end();
+    }
+    // Records without their checkpoints would verify "OK" (unprotected) even if cut short.
+    assert.equal(existsSync(out), false, `${out} is not left behind: ${existsSync(out) ? readdirSync(out).join(", ") : ""}`);
+    const again = await exportCli();
+    assert.equal(again.code, 0, again.stderr);
+    const report = await verifyAuditDir(out, cert);
+    assert.deepEqual(report.findings, []);
+    assert.equal(report.chains[0]?.checkpoints, 1);
   });
 
   it("export writes files an auditor verifies offline with the audit certificate alone; an edit of the export is found", async () => {
