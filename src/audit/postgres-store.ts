@@ -206,6 +206,8 @@ export class PostgresAuditStore implements AuditStore {
   private retrying = false;
   /** This replica has its row in audit_replicas. */
   private registered = false;
+  /** The server process (pg_backend_pid) of the last connection that held this replica's lock. */
+  private session: number | undefined;
   /** Group commit's wait for the records of calls that have started. */
   private readonly gate: CommitGate;
 
@@ -353,12 +355,24 @@ export class PostgresAuditStore implements AuditStore {
       throw new SignerError("CONFIG_INVALID", `the audit database has schema version ${v}, this hsm-signer needs ${AUDIT_SCHEMA_VERSION}: run hsm-signer audit migrate as the schema owner`);
     }
     const key = replicaLockKey(this.replicaId);
-    const deadline = Date.now() + lockWaitMs;
+    let deadline = Date.now() + lockWaitMs;
+    let ended = false;
     for (;;) {
-      const r = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1::bigint) AS ok", [key]);
-      if (r.rows[0]?.ok) break;
+      const r = await client.query<{ ok: boolean; pid: number }>("SELECT pg_try_advisory_lock($1::bigint) AS ok, pg_backend_pid() AS pid", [key]);
+      if (r.rows[0]?.ok) {
+        this.session = r.rows[0].pid;
+        break;
+      }
+      // The holder may be this store's own session, of the connection it lost: after a network
+      // partition its close never reached the server, which keeps the session (and the lock)
+      // until TCP keepalive notices, two hours by default. It is ours, and no longer used: it is
+      // ended (its open transaction, if any, rolled back), and the lock taken once it is gone.
+      if (!ended && this.session !== undefined && (await this.endLostSession(client, key, this.session))) {
+        ended = true;
+        deadline = Math.max(deadline, Date.now() + this.timeoutMs);
+      }
       if (Date.now() >= deadline) throw new SignerError("AUDIT_UNAVAILABLE", `another process writes the audit chain of replica "${this.replicaId}"`);
-      await new Promise((res) => setTimeout(res, Math.min(500, Math.max(1, deadline - Date.now()))));
+      await new Promise((res) => setTimeout(res, Math.min(ended ? 50 : 500, Math.max(1, deadline - Date.now()))));
     }
     // The registry row comes with the first record (writeBatch), not before: a registered replica
     // without records is what a removed chain looks like to `audit verify`.
@@ -368,6 +382,20 @@ export class PostgresAuditStore implements AuditStore {
     const row = tail.rows[0];
     this.assigned = row ? { sequence: Number(row.seq), hash: hashLine(row.line) } : { sequence: 0, hash: GENESIS_HASH };
     this.durableSequence = this.assigned.sequence;
+  }
+
+  /**
+   * Ends the server session `pid` if it is the one holding this replica's lock (advisory lock
+   * `key`: pg_locks shows a bigint key as classid, the high 32 bits, and objid, the low ones);
+   * whether it did. The service's role may end its own sessions.
+   */
+  private async endLostSession(client: pg.Client, key: string, pid: number): Promise<boolean> {
+    const k = BigInt.asUintN(64, BigInt(key));
+    const r = await client.query<{ ended: boolean }>(
+      "SELECT pg_terminate_backend(pid) AS ended FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 AND classid::bigint = $2 AND objid::bigint = $3 AND objsubid = 1",
+      [pid, String(k >> 32n), String(k & 0xffffffffn)],
+    );
+    return r.rows[0]?.ended === true;
   }
 
   /** Forgets the connection without waiting for it: a hung server must not hang us too. */

@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import type pg from "pg";
 import { AuditLog, auditFilesIn, hashLine, verifyAuditFiles, type AuditReceipt, type AuditRecordInput } from "../../src/audit/index.js";
 import { CheckpointingStore, FileCheckpointSink, makeCheckpoint, CHECKPOINTS_FILE, type CheckpointSigner } from "../../src/audit/checkpoints.js";
@@ -493,6 +494,53 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     } finally {
       for (const pid of pids) process.kill(pid, "SIGCONT");
       await own.destroy();
+    }
+  });
+
+  it("a network partition: the lost connection's session outlives it on the server, holding the replica's lock; the store recovers by itself once the network is back", async () => {
+    // Between the store and PostgreSQL, a TCP relay that can drop everything both ways, as a
+    // partition (a failed switch, a lost conntrack entry) does: the store's close of its lost
+    // connection never reaches the server, whose session stays until its TCP keepalive (two hours
+    // by default) notices.
+    let partitioned = false;
+    const sockets: Socket[] = [];
+    const relay = createServer((downstream) => {
+      const upstream = connect(server.port, server.host);
+      sockets.push(downstream, upstream);
+      const pass = (from: Socket, to: Socket): void => {
+        from.on("data", (c: Buffer) => {
+          if (!partitioned) to.write(c);
+        });
+        from.on("close", () => {
+          if (!partitioned) to.destroy();
+        });
+        from.on("error", () => undefined);
+      };
+      pass(downstream, upstream);
+      pass(upstream, downstream);
+    });
+    await new Promise<void>((res) => relay.listen(0, "127.0.0.1", res));
+    const failures: string[] = [];
+    try {
+      const store = await open("partitioned", {
+        connection: { ...appConnection(), host: "127.0.0.1", port: (relay.address() as AddressInfo).port },
+        timeoutMs: 1000,
+        retry: { minMs: 200, maxMs: 1000, onFailed: (e) => failures.push(e.message) },
+      });
+      await store.append(record(1));
+      partitioned = true;
+      await assert.rejects(store.append(record(2)), (e: unknown) => e instanceof SignerError && e.code === "AUDIT_UNAVAILABLE");
+      await sleep(1500);
+      partitioned = false;
+      const deadline = Date.now() + 20_000;
+      while (!store.healthy && Date.now() < deadline) await sleep(100);
+      assert.equal(store.healthy, true, `recovered once the network is back; the attempts since: ${[...new Set(failures)].join("; ")}`);
+      assert.equal((await store.append(record(3))).sequence >= 3, true);
+      const report = await verifyDatabase(admin, undefined, "partitioned");
+      assert.deepEqual(report.findings, []);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((res) => relay.close(res));
     }
   });
 
