@@ -1,6 +1,12 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
+import { SignerError } from "../errors/index.js";
 import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+
+/** `audit verify|search --dir DIR` where DIR holds no audit file (audit-pg-command.ts says the same). */
+export function noAuditFiles(dir: string, what: "verify" | "search"): SignerError {
+  return new SignerError("INVALID_ARGUMENT", `${dir} holds no audit files (audit-<first seq>.jsonl): nothing to ${what}`);
+}
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -31,6 +37,8 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
   }
   if (values.limit !== undefined) throw new UsageError("--limit applies to audit search over the audit database (--config FILE or --database)");
   const files = values.dir ? auditFilesIn(values.dir) : positionals;
+  // An emptied directory, or the wrong one, is not an intact log.
+  if (values.dir !== undefined && files.length === 0) throw noAuditFiles(values.dir, sub === "search" ? "search" : "verify");
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {
     const r = await verifyAuditFiles(files);

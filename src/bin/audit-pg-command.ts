@@ -1,13 +1,15 @@
-import { readFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
-import { parseAuditCertificate } from "../audit/checkpoints.js";
+import { auditFilesIn } from "../audit/audit-log.js";
+import { CHECKPOINTS_FILE, parseAuditCertificate } from "../audit/checkpoints.js";
 import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVILEGES } from "../audit/postgres-store.js";
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
 import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
+import { noAuditFiles } from "./audit-command.js";
 import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
@@ -93,8 +95,11 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
   if (sub === "verify") {
     if (!cert) throw new UsageError("audit verify with checkpoints needs --cert FILE (the audit key's certificate)");
     let report: StoreVerifyReport;
-    if (values.dir) report = await verifyAuditDir(values.dir, cert, values.replica);
-    else {
+    if (values.dir) {
+      // Without audit files, a checkpoints.jsonl still proves a chain was removed; without both, nothing is there.
+      if (auditFilesIn(values.dir).length === 0 && !existsSync(join(values.dir, CHECKPOINTS_FILE))) throw noAuditFiles(values.dir, "verify");
+      report = await verifyAuditDir(values.dir, cert, values.replica);
+    } else {
       const client = await connect(values.config, values.database);
       try {
         report = await verifyDatabase(client, cert, values.replica);

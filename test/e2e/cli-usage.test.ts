@@ -83,6 +83,31 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
     assert.doesNotMatch(r.stdout, /\[--cert FILE\]/, "--cert is not optional with --config or --database");
   });
 
+  it("audit verify of a directory that holds no audit log (emptied, the wrong mount) is no OK: exit 1 naming it, with or without --cert", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hsm-signer-empty-audit-"));
+    try {
+      const certFile = join(dir, "..", `${dir.slice(dir.lastIndexOf("/") + 1)}.pem`);
+      execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "/dev/null", "-out", certFile, "-subj", "/CN=audit", "-days", "1"], {
+        stdio: "ignore",
+      });
+      try {
+        for (const args of [
+          ["audit", "verify", "--dir", dir],
+          ["audit", "verify", "--dir", dir, "--cert", certFile],
+        ]) {
+          const r = await cli(args);
+          assert.equal(r.code, 1, `hsm-signer ${args.join(" ")}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+          assert.doesNotMatch(r.stdout, /OK/);
+          assert.equal(r.stderr, `hsm-signer: ${dir} holds no audit files (audit-<first seq>.jsonl): nothing to verify\n`);
+        }
+      } finally {
+        rmSync(certFile, { force: true });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("usage errors: exit 2, the problem named, then only that command's usage", async () => {
     const cases: { args: string[]; says: RegExp; usage: string }[] = [
       { args: ["test-chain", "--bogus"], says: /Unknown option '--bogus'/, usage: "test-chain" },
