@@ -349,6 +349,10 @@ export class PostgresAuditStore implements AuditStore {
     });
     this.client = client;
     await client.connect();
+    // A record must be durable once its commit returns: never an asynchronous commit, which a
+    // database's or role's default (synchronous_commit = off) would make, and a crash of the
+    // server then lose. The durable levels it may name (local, remote_write, on, remote_apply) stay.
+    await client.query("SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'");
     if (migrate) await migrateSchema(client);
     const v = await schemaVersion(client);
     if (v !== AUDIT_SCHEMA_VERSION) {

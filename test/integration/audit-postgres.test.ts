@@ -544,6 +544,53 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     }
   });
 
+  it("a record is durable before its append resolves, even where the database's default is synchronous_commit = off", async () => {
+    const own = await startPostgres();
+    try {
+      const d = await own.createDatabase("async_commit");
+      const c = await own.admin(d.database);
+      try {
+        // A DBA's speed-up (or a managed database's default): commits return before their WAL is
+        // written. The WAL writer is made slow here so that the window is wide and certain.
+        await c.query(`ALTER DATABASE ${d.database} SET synchronous_commit = off`);
+        await c.query("ALTER SYSTEM SET wal_writer_delay = '10s'");
+        await c.query("SELECT pg_reload_conf()");
+      } finally {
+        await c.end();
+      }
+      const store = await PostgresAuditStore.open({ connection: { host: own.socketDir, port: own.port, database: d.database, user: "postgres" }, replicaId: "durable" });
+      const receipts: AuditReceipt[] = [];
+      for (let i = 1; i <= 5; i++) receipts.push(await store.append(record(i)));
+      // The server crashes right after the answers left (immediate shutdown: no checkpoint, no WAL flush).
+      const postmaster = Number(readFileSync(join(own.dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+      process.kill(postmaster, "SIGQUIT");
+      for (let alive = true; alive;) {
+        await sleep(50);
+        try {
+          process.kill(postmaster, 0);
+        } catch {
+          alive = false;
+        }
+      }
+      await store.close();
+      own.running = false;
+      await own.start();
+      const after = await own.admin(d.database);
+      try {
+        const rows = (await after.query<{ line: string }>("SELECT line FROM audit_records WHERE replica_id = 'durable' ORDER BY seq")).rows;
+        assert.deepEqual(
+          rows.map((r) => hashLine(r.line)),
+          receipts.map((r) => r.lineHash),
+          "every answered record survived the crash",
+        );
+      } finally {
+        await after.end();
+      }
+    } finally {
+      await own.destroy();
+    }
+  });
+
   it("fails closed when the database goes down and recovers by itself when it is back", async () => {
     const own = await startPostgres();
     try {
