@@ -3,6 +3,7 @@ import { mkdir, open, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { X509Certificate } from "node:crypto";
 import type pg from "pg";
+import { SignerError } from "../errors/index.js";
 import { auditFileName, auditFilesIn, AUDIT_FILE_PATTERN, GENESIS_HASH, hashLine } from "./audit-log.js";
 import type { AuditLine } from "./audit-store.js";
 import { CHECKPOINTS_FILE, checkpointProblem, type StoredCheckpoint } from "./checkpoints.js";
@@ -333,7 +334,10 @@ export async function dbReplicas(client: pg.ClientBase): Promise<{ replica: stri
 
 /** Verifies every chain in the database (or only `replica`) with its checkpoints. */
 export async function verifyDatabase(client: pg.ClientBase, cert: X509Certificate | undefined, replica?: string): Promise<StoreVerifyReport> {
-  const replicas = replica ? [{ replica, registered: true }] : await dbReplicas(client);
+  const known = await dbReplicas(client);
+  const replicas = replica === undefined ? known : known.filter((r) => r.replica === replica);
+  // One nothing names was never there (a typo): saying its chain was removed would be a false alarm.
+  if (replica !== undefined && replicas.length === 0) throw new SignerError("INVALID_ARGUMENT", `the audit database knows no replica "${replica}" (no record, checkpoint or registry row names it)`);
   const findings: Finding[] = [];
   const chains: ChainSummary[] = [];
   for (const r of replicas) {

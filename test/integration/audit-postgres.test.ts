@@ -282,6 +282,11 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(cli.code, 1, cli.stderr);
     for (const k of ["EDITED", "TAIL-CUT", "CHAIN-REMOVED", "REHASHED", "FORGED-CHECKPOINT", "DELETED", "REORDERED"]) assert.match(cli.stdout, new RegExp(`^${k}: `, "m"));
     assert.match(cli.stdout, /replica t-clean: 53 record\(s\).*the last at seq 50\n {2}3 record\(s\) after the last checkpoint, since 20/);
+    // A replica id the database never knew (a typo) is an error of the auditor's, not a removed chain.
+    const typo = await spawnCollect(HSM_SIGNER, ["audit", "verify", "--database", "--cert", certFile, "--replica", "t-cleen"], "", { env, timeoutMs: 60_000 });
+    assert.equal(typo.code, 1, typo.stderr);
+    assert.doesNotMatch(typo.stdout, /CHAIN-REMOVED/);
+    assert.equal(typo.stderr, 'hsm-signer: the audit database knows no replica "t-cleen" (no record, checkpoint or registry row names it)\n');
   });
 
   it("searches across replicas by digest, key, identity (globs) and time, with the same JSON lines as stored", async () => {
