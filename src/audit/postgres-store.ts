@@ -206,6 +206,10 @@ export class PostgresAuditStore implements AuditStore {
   private retrying = false;
   /** This replica has its row in audit_replicas. */
   private registered = false;
+  /** The last record this process knows committed. */
+  private durable: { sequence: number; hash: string } | undefined;
+  /** Records this process committed that the database it reconnected to lacks (connect()), until recorded. */
+  private missing: { fromSeq: number; toSeq: number } | undefined;
   /** The server process (pg_backend_pid) of the last connection that held this replica's lock. */
   private session: number | undefined;
   /** Group commit's wait for the records of calls that have started. */
@@ -384,8 +388,19 @@ export class PostgresAuditStore implements AuditStore {
     this.registered = (registered.rowCount ?? 0) > 0;
     const tail = await client.query<{ seq: string; line: string }>("SELECT seq::text AS seq, line FROM audit_records WHERE replica_id = $1 ORDER BY audit_records.seq DESC LIMIT 1", [this.replicaId]);
     const row = tail.rows[0];
-    this.assigned = row ? { sequence: Number(row.seq), hash: hashLine(row.line) } : { sequence: 0, hash: GENESIS_HASH };
+    const stored = row ? { sequence: Number(row.seq), hash: hashLine(row.line) } : { sequence: 0, hash: GENESIS_HASH };
+    const mine = this.durable;
+    if (mine && stored.sequence < mine.sequence) {
+      // The database lacks records this process committed, whose calls were answered (a failover
+      // to a standby that had not received them, a restore). Continuing from its end would give
+      // their sequence numbers (their callers' receipts) to other records and hide the loss: the
+      // chain goes on from the last committed record instead, so the missing ones are a gap that
+      // `audit verify` reports, and the AuditLog.Recovered record names them.
+      this.missing = { fromSeq: stored.sequence + 1, toSeq: mine.sequence };
+      this.assigned = mine;
+    } else this.assigned = stored;
     this.durableSequence = this.assigned.sequence;
+    this.durable = this.assigned;
   }
 
   /**
@@ -453,7 +468,9 @@ export class PostgresAuditStore implements AuditStore {
       this.fail(e, batch);
       return;
     }
-    this.durableSequence = batch[batch.length - 1]!.seq;
+    const last = batch[batch.length - 1]!;
+    this.durableSequence = last.seq;
+    this.durable = { sequence: last.seq, hash: last.receipt.lineHash };
     this.registered = true;
     try {
       this.o.onCommit?.(Number(process.hrtime.bigint() - started) / 1e9, batch.length);
@@ -491,7 +508,13 @@ export class PostgresAuditStore implements AuditStore {
     this.retrying = true;
     try {
       await this.recover();
-      await this.append(recoveredRecord(failure, waitedMs));
+      const missing = this.missing;
+      await this.append(
+        missing
+          ? { ...recoveredRecord(failure, waitedMs), missingRecords: { ...missing, reason: "committed and answered, but not in the database reconnected to" } }
+          : recoveredRecord(failure, waitedMs),
+      );
+      if (this.missing === missing) this.missing = undefined;
       this.retryAttempts = 0;
       if (!this.closed) r.onRecovered?.();
     } catch (e) {

@@ -549,6 +549,34 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     }
   });
 
+  it("a database that comes back without records this process committed (a failover to a standby behind it, a restore): the loss shows as a gap, no answered seq is reused", async () => {
+    const failures: string[] = [];
+    const store = await open("lost-tail", { retry: { minMs: 200, maxMs: 1000, onFailed: (e) => failures.push(e.message) } });
+    const answered: AuditReceipt[] = [];
+    for (let i = 1; i <= 5; i++) answered.push(await store.append(record(i)));
+    // The database the store reconnects to lacks the last two records (committed, and answered).
+    await admin.query("DELETE FROM audit_records WHERE replica_id = 'lost-tail' AND seq > 3");
+    await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hsm-signer-audit'");
+    const deadline = Date.now() + 20_000;
+    while (store.healthy && Date.now() < deadline) await sleep(20); // the lost connection is noticed
+    while (!store.healthy && Date.now() < deadline) await sleep(50);
+    assert.equal(store.healthy, true, failures.join("; "));
+    const later = await store.append(record(6));
+    assert.ok(later.sequence > 5, `seq ${later.sequence} was the receipt of an answered record already`);
+    const rows = (await admin.query<{ line: string }>("SELECT line FROM audit_records WHERE replica_id = 'lost-tail' ORDER BY seq")).rows.map((r) => JSON.parse(r.line) as Record<string, unknown>);
+    const recovered = rows.find((r) => r.method === "AuditLog.Recovered");
+    assert.ok(recovered, "the outage is recorded");
+    assert.deepEqual((recovered as { missingRecords?: unknown }).missingRecords, { fromSeq: 4, toSeq: 5, reason: "committed and answered, but not in the database reconnected to" });
+    const report = await verifyDatabase(admin, undefined, "lost-tail");
+    assert.deepEqual(
+      report.findings.map((f) => [f.kind, f.seq]),
+      [["deleted", 4]],
+      "audit verify shows the records the database lost",
+    );
+    assert.match(report.findings[0]!.message, /records 4 to 5 are missing/);
+    assert.ok(answered.every((r) => r.sequence <= 5));
+  });
+
   it("a record is durable before its append resolves, even where the database's default is synchronous_commit = off", async () => {
     const own = await startPostgres();
     try {
