@@ -1,5 +1,5 @@
 import { createHash, verify as verifySignature, X509Certificate } from "node:crypto";
-import { open } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { SignerError } from "../errors/index.js";
 import type { AuditLogStats, AuditReceipt, AuditRecordInput } from "./audit-log.js";
@@ -109,15 +109,37 @@ export class FileCheckpointSink implements CheckpointSink {
     return join(this.dir, CHECKPOINTS_FILE);
   }
 
+  /**
+   * A torn last line (a crash, or a full disk, in the middle of a checkpoint: no signature can be
+   * whole there) is cut away first; otherwise this checkpoint would continue that line, and
+   * neither would verify.
+   */
   async write(cp: StoredCheckpoint): Promise<void> {
-    const fh = await open(this.path, "a", 0o600);
+    const fh = await open(this.path, "a+", 0o600);
     try {
-      await fh.write(`${JSON.stringify(cp)}\n`);
+      const { size } = await fh.stat();
+      const end = await endOfLastLine(fh, size);
+      if (end < size) await fh.truncate(end);
+      // writeFile writes it all (a single write may take only part of it).
+      await fh.writeFile(`${JSON.stringify(cp)}\n`);
       await fh.datasync();
     } finally {
       await fh.close();
     }
   }
+}
+
+/** How far a file's complete lines go: the length up to and including its last newline. */
+async function endOfLastLine(fh: FileHandle, size: number): Promise<number> {
+  const chunk = Buffer.alloc(4096);
+  for (let end = size; end > 0;) {
+    const start = Math.max(0, end - chunk.length);
+    const { bytesRead } = await fh.read(chunk, 0, end - start, start);
+    const nl = chunk.subarray(0, bytesRead).lastIndexOf(0x0a);
+    if (nl >= 0) return start + nl + 1;
+    end = start;
+  }
+  return 0;
 }
 
 export interface CheckpointingOptions {

@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AuditLog, LOCK_FILE_NAME, type AuditRecordInput } from "../../src/audit/index.js";
-import { CheckpointingStore, FileCheckpointSink } from "../../src/audit/checkpoints.js";
+import { CHECKPOINTS_FILE, CheckpointingStore, FileCheckpointSink } from "../../src/audit/checkpoints.js";
+import { verifyAuditDir } from "../../src/audit/store-verify.js";
 import { SignerError } from "../../src/errors/index.js";
+import { getFixture, keyIdOf } from "../helpers/fixture.js";
 
 function record(i: number): AuditRecordInput {
   return { requestId: `req-${i}`, peer: "ipv4:127.0.0.1:50000", identity: "spiffe://ci/build", method: "Sign", keyId: "release-2026", decision: "allow", result: "OK", latencyMs: 3 };
@@ -44,5 +47,47 @@ describe("CheckpointingStore: closing with a hung HSM", function () {
       errors.some((e) => /checkpoint/.test((e as Error).message)),
       `the missing checkpoint is reported: ${errors.map((e) => (e as Error).message).join("; ")}`,
     );
+  });
+});
+
+describe("FileCheckpointSink: checkpoints.jsonl after a crash in the middle of a checkpoint", function () {
+  this.timeout(60_000);
+  let root: string;
+
+  before(() => {
+    root = mkdtempSync(join(tmpdir(), "hsm-signer-cp-torn-"));
+  });
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  it("a torn last line is cut away before the next checkpoint is written, which stands on its own line and verifies", async () => {
+    const f = await getFixture();
+    const keyId = keyIdOf("EC-256");
+    const key = await f.hsm.keys.getKey(keyId);
+    const cert = new X509Certificate(key.chain[0]!);
+    const dir = join(root, "audit");
+    const log = await AuditLog.open({ dir });
+    const store = new CheckpointingStore(log, {
+      replicaId: "torn",
+      signer: { keyId, alg: "ES256", signDigest: (d) => f.hsm.keys.signDigest(key, "SHA-256", d) },
+      sink: new FileCheckpointSink(dir),
+      everyRecords: 1000,
+      everyMs: 3_600_000,
+    });
+    for (let i = 1; i <= 3; i++) await store.append(record(i));
+    await store.checkpoint();
+    const file = join(dir, CHECKPOINTS_FILE);
+    const first = readFileSync(file, "utf8");
+    // The process (or the machine) died while the next checkpoint was being written: part of a line.
+    appendFileSync(file, first.slice(0, 120).replace('"seq":3', '"seq":5'));
+    for (let i = 4; i <= 6; i++) await store.append(record(i));
+    await store.checkpoint();
+    await store.close();
+    const lines = readFileSync(file, "utf8").split("\n");
+    assert.equal(lines.length, 3, "two checkpoints, each on its own line");
+    assert.equal(lines[0], first.trimEnd());
+    const report = await verifyAuditDir(dir, cert);
+    assert.deepEqual(report.findings, []);
+    assert.equal(report.chains[0]?.checkpoints, 2);
+    assert.equal(report.chains[0]?.lastCheckpointSeq, 6);
   });
 });
