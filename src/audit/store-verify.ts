@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { mkdir, open, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { X509Certificate } from "node:crypto";
@@ -236,20 +236,23 @@ function seqOf(bytes: Buffer): number | undefined {
 // ---- files ----------------------------------------------------------------------------------
 
 /** The checkpoints of an audit directory (checkpoints.jsonl); a line that is no checkpoint is forged. */
-export function readFileCheckpoints(dir: string): StoredCheckpoint[] {
+export async function readFileCheckpoints(dir: string): Promise<StoredCheckpoint[]> {
   const path = join(dir, CHECKPOINTS_FILE);
   if (!existsSync(path)) return [];
-  return readFileSync(path, "utf8")
-    .split("\n")
-    .filter((l) => l.trim() !== "")
-    .map((l) => {
-      try {
-        const o = JSON.parse(l) as Partial<StoredCheckpoint>;
-        return { replica: String(o.replica), seq: Number(o.seq), hash: String(o.hash), time: String(o.time), keyId: String(o.keyId), statement: String(o.statement), signature: String(o.signature) };
-      } catch {
-        return { replica: "?", seq: 0, hash: "", time: "", keyId: "", statement: "", signature: "" };
-      }
-    });
+  // Streamed, line by line: the file grows by a checkpoint a minute or more, and read as one
+  // string it passed V8's longest string (512 MiB) within two years.
+  const out: StoredCheckpoint[] = [];
+  for await (const { bytes } of readRawLines(path)) {
+    const l = bytes.toString("utf8");
+    if (l.trim() === "") continue;
+    try {
+      const o = JSON.parse(l) as Partial<StoredCheckpoint>;
+      out.push({ replica: String(o.replica), seq: Number(o.seq), hash: String(o.hash), time: String(o.time), keyId: String(o.keyId), statement: String(o.statement), signature: String(o.signature) });
+    } catch {
+      out.push({ replica: "?", seq: 0, hash: "", time: "", keyId: "", statement: "", signature: "" });
+    }
+  }
+  return out;
 }
 
 async function* fileEntries(files: string[]): AsyncGenerator<ChainEntry> {
@@ -268,7 +271,7 @@ async function* fileEntries(files: string[]): AsyncGenerator<ChainEntry> {
  */
 export async function verifyAuditDir(dir: string, cert: X509Certificate | undefined, replica?: string): Promise<StoreVerifyReport> {
   const files = auditFilesIn(dir);
-  const checkpoints = readFileCheckpoints(dir);
+  const checkpoints = await readFileCheckpoints(dir);
   const name = replica ?? checkpoints.find((c) => c.replica !== "?")?.replica ?? basename(dir);
   const findings: Finding[] = [];
   const summary = await verifyChain(name, fileEntries(files), checkpoints, cert, findings);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AuditLog, LOCK_FILE_NAME, type AuditRecordInput } from "../../src/audit/index.js";
@@ -89,5 +89,40 @@ describe("FileCheckpointSink: checkpoints.jsonl after a crash in the middle of a
     assert.deepEqual(report.findings, []);
     assert.equal(report.chains[0]?.checkpoints, 2);
     assert.equal(report.chains[0]?.lastCheckpointSeq, 6);
+  });
+
+  it("a checkpoints.jsonl over 512 MiB (two years of a checkpoint a minute) is verified, not refused as too long a string", async function () {
+    this.timeout(120_000);
+    const f = await getFixture();
+    const keyId = keyIdOf("EC-256");
+    const key = await f.hsm.keys.getKey(keyId);
+    const cert = new X509Certificate(key.chain[0]!);
+    const dir = join(root, "big");
+    const log = await AuditLog.open({ dir });
+    const store = new CheckpointingStore(log, {
+      replicaId: "big",
+      signer: { keyId, alg: "ES256", signDigest: (d) => f.hsm.keys.signDigest(key, "SHA-256", d) },
+      sink: new FileCheckpointSink(dir),
+      everyRecords: 1000,
+      everyMs: 3_600_000,
+    });
+    for (let i = 1; i <= 3; i++) await store.append(record(i));
+    await store.close();
+    // The volume of about a million checkpoint lines (about 560 bytes each), as blank lines, which
+    // verify skips: signing a million real ones would take the test minutes.
+    const fd = openSync(join(dir, CHECKPOINTS_FILE), "a");
+    try {
+      const block = Buffer.from(`${" ".repeat(559)}\n`.repeat(64 * 1024));
+      for (let written = 0; written < 600 * 1024 * 1024; written += block.length) writeSync(fd, block);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      const report = await verifyAuditDir(dir, cert);
+      assert.deepEqual(report.findings, []);
+      assert.equal(report.chains[0]?.lastCheckpointSeq, 3);
+    } finally {
+      rmSync(join(dir, CHECKPOINTS_FILE), { force: true });
+    }
   });
 });
