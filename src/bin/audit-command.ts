@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
 import { SignerError } from "../errors/index.js";
-import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchLine, dateFlag, LineOutput, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 /** `audit verify|search --dir DIR` where DIR holds no audit file (audit-pg-command.ts says the same). */
 export function noAuditFiles(dir: string, what: "verify" | "search"): SignerError {
@@ -55,16 +55,16 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
   if (sub === "search") {
     // --key-id and --identity are globs, as in the policy: `*` any run of characters, `?` one.
     const q = { artifactDigest: values.artifact, keyId: values["key-id"], identity: values.identity, from: dateFlag(values.from, "--from"), to: dateFlag(values.to, "--to") };
+    const out = new LineOutput();
     let n = 0;
     for await (const r of searchAudit(files, q)) {
       n++;
-      if (values.json) console.log(JSON.stringify(r));
-      else {
-        const a = r.artifact as { digest?: string } | undefined;
-        console.log(auditSearchLine([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, a?.digest ?? r.payloadDigest]));
-      }
+      const a = r.artifact as { digest?: string } | undefined;
+      const text = values.json ? JSON.stringify(r) : auditSearchLine([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, a?.digest ?? r.payloadDigest]);
+      // The reader is gone (| head): the search stops.
+      if (!(await out.line(text))) return 0;
     }
-    if (!values.json) console.log(`${n} record(s)`);
+    if (!values.json) await out.line(`${n} record(s)`);
     return 0;
   }
   throw new UsageError("usage: hsm-signer audit verify|search ...");

@@ -10,7 +10,7 @@ import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
 import { noAuditFiles } from "./audit-command.js";
-import { auditSearchLine, dateFlag, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchLine, dateFlag, LineOutput, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
 /**
@@ -123,18 +123,20 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
       limit,
     };
     const client = await connect(values.config, values.database);
+    const out = new LineOutput();
     let n = 0;
     try {
       for await (const { replica, record: r } of searchDatabase(client, q)) {
         n++;
         // The same output as over files; the sequence number names its replica, since each has its own.
-        if (values.json) console.log(JSON.stringify(r));
-        else console.log(auditSearchLine([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, artifactDigestOf(r) ?? r.payloadDigest]));
+        const text = values.json ? JSON.stringify(r) : auditSearchLine([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, artifactDigestOf(r) ?? r.payloadDigest]);
+        // The reader is gone (| head): the search stops.
+        if (!(await out.line(text))) return 0;
       }
     } finally {
       await client.end().catch(() => undefined);
     }
-    if (!values.json) console.log(`${n} record(s)`);
+    if (!values.json) await out.line(`${n} record(s)`);
     return 0;
   }
   if (sub === "export") {

@@ -40,3 +40,40 @@ export function terminalText(s: string): string {
 export function auditSearchLine(fields: unknown[]): string {
   return fields.map((f) => terminalText(f === undefined || f === null ? "-" : String(f))).join("  ");
 }
+
+/**
+ * A command's output, line by line, for output that may be long (`audit search`): a write waits
+ * while the reader is behind (a pager, a slow pipe), so the output is never gathered in memory,
+ * and once the reader is gone (EPIPE: `| head` has its lines) `line` answers false and the
+ * command stops, quietly, rather than dying on the stream's error.
+ */
+export class LineOutput {
+  private gone = false;
+
+  constructor(private readonly out: NodeJS.WritableStream = process.stdout) {
+    out.on("error", (e: NodeJS.ErrnoException) => {
+      this.gone = true;
+      // The reader left: nothing to say. Anything else is worth a word, once.
+      if (e.code !== "EPIPE") console.error(`hsm-signer: cannot write the output: ${e.message}`);
+    });
+  }
+
+  /** Writes one line; false when the reader is gone and nothing more should be written. */
+  async line(text: string): Promise<boolean> {
+    if (this.gone) return false;
+    if (!this.out.write(`${text}\n`)) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.out.off("drain", done);
+          this.out.off("error", done);
+          this.out.off("close", done);
+          resolve();
+        };
+        this.out.on("drain", done);
+        this.out.on("error", done);
+        this.out.on("close", done);
+      });
+    }
+    return !this.gone;
+  }
+}
