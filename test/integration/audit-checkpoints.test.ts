@@ -59,20 +59,24 @@ describe("FileCheckpointSink: checkpoints.jsonl after a crash in the middle of a
   });
   after(() => rmSync(root, { recursive: true, force: true }));
 
-  it("a torn last line is cut away before the next checkpoint is written, which stands on its own line and verifies", async () => {
+  /** A file log in root/name whose checkpoints (only when asked for) the fixture's EC-256 key signs into checkpoints.jsonl. */
+  async function checkpointedLog(name: string): Promise<{ dir: string; store: CheckpointingStore; cert: X509Certificate }> {
     const f = await getFixture();
     const keyId = keyIdOf("EC-256");
     const key = await f.hsm.keys.getKey(keyId);
-    const cert = new X509Certificate(key.chain[0]!);
-    const dir = join(root, "audit");
-    const log = await AuditLog.open({ dir });
-    const store = new CheckpointingStore(log, {
-      replicaId: "torn",
+    const dir = join(root, name);
+    const store = new CheckpointingStore(await AuditLog.open({ dir }), {
+      replicaId: name,
       signer: { keyId, alg: "ES256", signDigest: (d) => f.hsm.keys.signDigest(key, "SHA-256", d) },
       sink: new FileCheckpointSink(dir),
       everyRecords: 1000,
       everyMs: 3_600_000,
     });
+    return { dir, store, cert: new X509Certificate(key.chain[0]!) };
+  }
+
+  it("a torn last line is cut away before the next checkpoint is written, which stands on its own line and verifies", async () => {
+    const { dir, store, cert } = await checkpointedLog("torn");
     for (let i = 1; i <= 3; i++) await store.append(record(i));
     await store.checkpoint();
     const file = join(dir, CHECKPOINTS_FILE);
@@ -93,19 +97,7 @@ describe("FileCheckpointSink: checkpoints.jsonl after a crash in the middle of a
 
   it("a checkpoints.jsonl over 512 MiB (two years of a checkpoint a minute) is verified, not refused as too long a string", async function () {
     this.timeout(120_000);
-    const f = await getFixture();
-    const keyId = keyIdOf("EC-256");
-    const key = await f.hsm.keys.getKey(keyId);
-    const cert = new X509Certificate(key.chain[0]!);
-    const dir = join(root, "big");
-    const log = await AuditLog.open({ dir });
-    const store = new CheckpointingStore(log, {
-      replicaId: "big",
-      signer: { keyId, alg: "ES256", signDigest: (d) => f.hsm.keys.signDigest(key, "SHA-256", d) },
-      sink: new FileCheckpointSink(dir),
-      everyRecords: 1000,
-      everyMs: 3_600_000,
-    });
+    const { dir, store, cert } = await checkpointedLog("big");
     for (let i = 1; i <= 3; i++) await store.append(record(i));
     await store.close();
     // The volume of about a million checkpoint lines (about 560 bytes each), as blank lines, which
