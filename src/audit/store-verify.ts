@@ -91,9 +91,9 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
     }
     if (cert) valid.set(cp.seq, cp);
   }
-  const matched: number[] = [];
+  const matched = new Set<number>();
   /** Checkpoints whose seq is in the chain but whose record differs: reported once, at the first. */
-  const mismatched: number[] = [];
+  const mismatched = new Set<number>();
   let lastGoodCheckpoint = 0;
   let brokenSinceCheckpoint = false;
   let prev: { seq: number; hash: string; where: string; file?: string } | undefined;
@@ -152,10 +152,10 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
     const cp = valid.get(seq);
     if (cp) {
       if (cp.hash === hash) {
-        matched.push(seq);
+        matched.add(seq);
         lastGoodCheckpoint = Math.max(lastGoodCheckpoint, seq);
         brokenSinceCheckpoint = false;
-      } else if (mismatched.push(seq) > 1) {
+      } else if (mismatched.add(seq).size > 1) {
         // Every later checkpoint differs too once the chain was rewritten: the first one says it.
       } else if (!brokenSinceCheckpoint) {
         // The links all hold, yet the record is not the one that was signed: rewritten, prevs and all.
@@ -177,7 +177,7 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
   // One cut tail is one finding, named by the last checkpoint past the end, however many were.
   let cutTo: { seq: number; time: string } | undefined;
   for (const [seq, cp] of valid) {
-    if (matched.includes(seq) || mismatched.includes(seq)) continue;
+    if (matched.has(seq) || mismatched.has(seq)) continue;
     if (records === 0) continue;
     if (lastSeq === undefined || seq > lastSeq) {
       if (!cutTo || seq > cutTo.seq) cutTo = { seq, time: cp.time };
@@ -202,7 +202,7 @@ async function verifyChain(replica: string, entries: AsyncIterable<ChainEntry>, 
     records,
     firstSeq,
     lastSeq,
-    checkpoints: matched.length,
+    checkpoints: matched.size,
     lastCheckpointSeq: lastGoodCheckpoint || undefined,
     unprotected: lastSeq === undefined ? 0 : Math.max(0, lastSeq - lastGoodCheckpoint),
     unprotectedSince: firstUnprotected?.time,
