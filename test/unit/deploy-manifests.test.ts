@@ -19,7 +19,9 @@ interface Port {
 }
 interface Probe {
   grpc?: { port: number };
-  httpGet?: { port: number | string };
+  httpGet?: { port: number | string; path?: string };
+  periodSeconds?: number;
+  failureThreshold?: number;
   tcpSocket?: { port: number | string };
 }
 interface Mount {
@@ -42,10 +44,17 @@ interface Container {
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   startupProbe?: Probe;
+  lifecycle?: { preStop?: { exec?: { command: string[] }; sleep?: { seconds: number } } };
 }
 interface PodTemplate {
   metadata?: { labels?: Labels };
-  spec: { containers: Container[]; volumes: Volume[]; securityContext?: { runAsUser?: number; runAsGroup?: number; fsGroup?: number } };
+  spec: {
+    containers: Container[];
+    volumes: Volume[];
+    securityContext?: { runAsUser?: number; runAsGroup?: number; fsGroup?: number };
+    terminationGracePeriodSeconds?: number;
+    topologySpreadConstraints?: { topologyKey: string; labelSelector?: Selector }[];
+  };
 }
 /** The parts of the rendered objects these checks read (the Service's selector is plain labels). */
 interface Obj {
@@ -67,7 +76,8 @@ interface ServiceConfig {
   tls: { certFile?: string; keyFile?: string; clientCaFile?: string };
   hsm: { module?: string; pinFile?: string };
   policy: { file: string };
-  audit: { dir?: string; postgres?: { passwordFile?: string; tls?: { caFile?: string } } };
+  audit: { dir?: string; postgres?: { passwordFile?: string; tls?: { caFile?: string }; timeoutSeconds?: number; lockWaitSeconds?: number } };
+  shutdown?: { graceSeconds?: number };
   metrics?: { listen?: string; grpcHealthListen?: string };
   admin?: { listen?: string; clientCaFile?: string };
 }
@@ -153,6 +163,26 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     assert.ok(!selects(byService, { "app.kubernetes.io/name": "postgresql" }));
     const servicePorts = service.spec.ports.map((p) => p.name);
     for (const e of monitor.spec.endpoints) assert.ok(servicePorts.includes(e.port), `ServiceMonitor port ${e.port} is not a Service port`);
+  });
+
+  it("a slow start is not restarted in a loop, a stopping pod first leaves the endpoints, replicas spread over nodes", () => {
+    const config = parse(objects.find((o) => o.kind === "ConfigMap" && typeof o.data?.["config.yaml"] === "string")?.data?.["config.yaml"] ?? "") as ServiceConfig;
+    // /healthz is served only once the audit store and the HSM are open (serve.ts): until then the
+    // liveness probe would fail and restart the container, so a startup probe holds it back for
+    // longer than the audit database's connect and lock wait (defaults 10 s and 60 s) take.
+    const startup = container.startupProbe;
+    assert.equal(startup?.httpGet?.path, "/healthz", "a startup probe on /healthz");
+    const window = (startup?.periodSeconds ?? 10) * (startup?.failureThreshold ?? 3);
+    const pg = config.audit.postgres;
+    const needed = (pg?.timeoutSeconds ?? 10) + (pg?.lockWaitSeconds ?? 60);
+    assert.ok(window > needed + 30, `the startup probe allows ${window} s; the database alone may take ${needed} s, and the HSM more`);
+    // preStop, then the service's own grace, inside the pod's termination grace period.
+    const preStop = container.lifecycle?.preStop;
+    const pause = preStop?.sleep?.seconds ?? Number(preStop?.exec?.command[1] ?? 0);
+    assert.ok(pause > 0, "a preStop pause while the endpoints are removed");
+    assert.ok(pause + (config.shutdown?.graceSeconds ?? 10) < (pod.spec.terminationGracePeriodSeconds ?? 30), "preStop + shutdown.graceSeconds fit the termination grace period");
+    const spread = pod.spec.topologySpreadConstraints?.find((t) => t.topologyKey === "kubernetes.io/hostname");
+    assert.ok(spread && selects(spread.labelSelector?.matchLabels, podLabels), "replicas spread over nodes, selecting the server pods");
   });
 
   it("the audit-migrate Job can read its 0400 Secret files as uid 10001: fsGroup, as in the Deployment", () => {
