@@ -32,7 +32,11 @@ COPY --from=build /src/dist/hsm-signer ./dist/hsm-signer
 # The notation plugin package, for copying out of the image: docker cp / an init container.
 COPY --from=build /src/dist/notation-hsm-signer_*.tar.gz* /opt/notation-plugin/
 # `hsm-signer` on PATH, as npm link makes it outside the image (docker exec ... hsm-signer keys list).
-RUN ln -s /app/dist/hsm-signer /usr/local/bin/hsm-signer
+# The base image's package managers (npm, npx, corepack, yarn) go: the service never runs them,
+# and they would ship their own dependencies (and their advisories) in a signing service's image.
+RUN ln -s /app/dist/hsm-signer /usr/local/bin/hsm-signer \
+ && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /opt/yarn-v* \
+      /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg
 USER 10001:10001
 EXPOSE 8443 9443 9464
 ENTRYPOINT ["node", "/app/dist/src/bin/hsm-signer.js"]

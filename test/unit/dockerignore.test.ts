@@ -124,3 +124,37 @@ describe(".dockerignore keeps secrets and build output out of the Docker build c
     if (existsSync(data)) for (const file of files(data)) assert.equal(ignored(rules, relative(PROJECT_ROOT, file)), true, file);
   });
 });
+
+/** The instructions of one stage of the Dockerfile (from its FROM to the next), continuation lines joined. */
+function stage(dockerfile: string, name: string): string[] {
+  const lines = dockerfile.replace(/\\\n/g, " ").split("\n");
+  const start = lines.findIndex((l) => new RegExp(`^FROM\\s+\\S+\\s+AS\\s+${name}\\s*$`, "i").test(l));
+  assert.ok(start >= 0, `no stage ${name}`);
+  const end = lines.findIndex((l, i) => i > start && /^FROM\s/i.test(l));
+  return lines.slice(start, end < 0 ? undefined : end);
+}
+
+describe("the runtime image", () => {
+  const dockerfile = readFileSync(join(PROJECT_ROOT, "Dockerfile"), "utf8");
+
+  it("runs as uid 10001 and leaves out the base image's package managers, which the service never runs", () => {
+    const runtime = stage(dockerfile, "runtime");
+    assert.ok(runtime.some((l) => /^USER\s+10001:10001\s*$/.test(l)));
+    const removed = runtime.filter((l) => /^RUN\s/.test(l)).join(" ");
+    for (const path of [
+      "/usr/local/lib/node_modules/npm",
+      "/usr/local/lib/node_modules/corepack",
+      "/usr/local/bin/npm",
+      "/usr/local/bin/npx",
+      "/usr/local/bin/corepack",
+      "/usr/local/bin/yarn",
+      "/opt/yarn-v*",
+    ]) {
+      assert.match(removed, new RegExp(`rm -rf [^&]*${path.replace(/[.*]/g, (c) => `\\${c}`)}(\\s|$)`), `the runtime stage keeps ${path}`);
+    }
+    // Nothing after the removal runs npm in that image (the softhsm stage builds on it).
+    for (const l of dockerfile.split("\n").slice(dockerfile.split("\n").findIndex((x) => /^FROM\s+\S+\s+AS\s+runtime/i.test(x)))) {
+      assert.doesNotMatch(l, /^RUN\s.*\b(npm|npx|yarn|corepack)\s/, l);
+    }
+  });
+});
