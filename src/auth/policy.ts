@@ -45,14 +45,18 @@ export class PolicyInvalidError extends SignerError {
 class Glob {
   private readonly re: RegExp;
 
-  constructor(readonly pattern: string) {
+  /** ignoreCase: for DNS names, which compare without case (RFC 4343). */
+  constructor(
+    readonly pattern: string,
+    ignoreCase = false,
+  ) {
     let src = "";
     for (const ch of pattern) {
       if (ch === "*") src += "[\\s\\S]*";
       else if (ch === "?") src += "[\\s\\S]";
       else src += ch.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
     }
-    this.re = new RegExp(`^${src}$`, "u");
+    this.re = new RegExp(`^${src}$`, ignoreCase ? "ui" : "u");
   }
 
   matches(value: string): boolean {
@@ -298,7 +302,7 @@ function matcherOf(m: MatcherDoc): Matcher {
   if (typeof m.mtls === "string") return { kind: "mtls", source: "uri", id: new Glob(m.mtls) };
   const mtls = m.mtls;
   const source = MTLS_SOURCES.find((k) => mtls[k] !== undefined) as MtlsIdentitySource;
-  return { kind: "mtls", source, id: new Glob(mtls[source] as string) };
+  return { kind: "mtls", source, id: new Glob(mtls[source] as string, source === "dns") };
 }
 
 /** The checked document as the Policy evaluates it (globs compiled), deep-frozen. */

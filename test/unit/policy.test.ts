@@ -374,6 +374,12 @@ rules:
       assert.equal(any.decide(mtlsIdentity("dns", "x.example"), "Sign", "k").allow, false);
     });
 
+    it("a DNS SAN matches without case, as DNS names compare (RFC 4343); CNs and URI SANs keep theirs", () => {
+      assert.equal(p.decide(mtlsIdentity("dns", "RUNNER-1.Corp.Example"), "Sign", "dns-1").rule, "by-dns");
+      assert.equal(p.decide(mtlsIdentity("cn", "LEGACY-7"), "Sign", "legacy-1").allow, false);
+      assert.equal(p.isCustodian(mtlsIdentity("uri", "SPIFFE://corp/custodian/alice")), false);
+    });
+
     it("mtls: { dns } and { cn } match their own kind only", () => {
       assert.equal(p.decide(mtlsIdentity("dns", "runner-1.corp.example"), "Sign", "dns-1").rule, "by-dns");
       assert.equal(p.decide(mtlsIdentity("cn", "runner-1.corp.example"), "Sign", "dns-1").allow, false);
