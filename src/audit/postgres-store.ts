@@ -94,6 +94,8 @@ const MIGRATION_LOCK = 7_262_019_231;
 const MAX_BATCH = 1000;
 /** Appends waiting beyond this are refused at once: a database this far behind is as good as down. */
 const DEFAULT_MAX_QUEUE = 20_000;
+/** An idle store checks its connection after this long without a statement (SELECT 1). */
+export const DEFAULT_IDLE_CHECK_MS = 5_000;
 
 export interface PostgresAuditOptions {
   /** node-postgres connection settings (host, port, database, user, password, ssl...). */
@@ -113,6 +115,12 @@ export interface PostgresAuditOptions {
   onCommit?: (seconds: number, records: number) => void;
   /** As AuditLogOptions.commitDelayMs: a commit waits this long at most for the records of calls that have started. */
   commitDelayMs?: number;
+  /**
+   * After this long without a statement, SELECT 1 checks the connection (default
+   * DEFAULT_IDLE_CHECK_MS; 0: never): a connection lost while idle (a partition, a failover) fails
+   * the store, and /readyz, within this plus timeoutMs instead of at the next call.
+   */
+  idleCheckMs?: number;
 }
 
 /** The searchable columns of a record, taken at append (the caller may change its record afterwards). */
@@ -214,6 +222,10 @@ export class PostgresAuditStore implements AuditStore {
   private session: number | undefined;
   /** Group commit's wait for the records of calls that have started. */
   private readonly gate: CommitGate;
+  /** When the last statement finished (Date.now()), and the idle check's timer and whether it waits for an answer. */
+  private lastActivity = Date.now();
+  private idleTimer: NodeJS.Timeout | undefined;
+  private checking = false;
 
   private constructor(o: PostgresAuditOptions) {
     this.o = o;
@@ -236,6 +248,7 @@ export class PostgresAuditStore implements AuditStore {
       store.dropClient();
       throw asUnavailable(e, "opened");
     }
+    store.startIdleCheck();
     return store;
   }
 
@@ -327,6 +340,7 @@ export class PostgresAuditStore implements AuditStore {
     if (this.closed) return;
     this.closed = true;
     this.gate.close();
+    if (this.idleTimer) clearInterval(this.idleTimer);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     while (this.flushing) await this.flushing;
@@ -401,6 +415,7 @@ export class PostgresAuditStore implements AuditStore {
     } else this.assigned = stored;
     this.durableSequence = this.assigned.sequence;
     this.durable = this.assigned;
+    this.lastActivity = Date.now();
   }
 
   /**
@@ -418,6 +433,33 @@ export class PostgresAuditStore implements AuditStore {
   }
 
   /** Forgets the connection without waiting for it: a hung server must not hang us too. */
+  private startIdleCheck(): void {
+    const every = this.o.idleCheckMs ?? DEFAULT_IDLE_CHECK_MS;
+    if (!(every > 0)) return;
+    this.idleTimer = setInterval(() => void this.checkIdle(every), every);
+    this.idleTimer.unref();
+  }
+
+  /**
+   * A connection that died while idle says nothing until the next statement: the server went away
+   * without a FIN (a partition, a failover behind a virtual IP), and the TCP keepalive takes hours.
+   * SELECT 1, bounded by timeoutMs, finds it; the store then fails, as a failed write would, and
+   * recovers by itself (retry).
+   */
+  private async checkIdle(every: number): Promise<void> {
+    const client = this.client;
+    if (!client || this.closed || this.failure || this.flushing || this.checking || Date.now() - this.lastActivity < every) return;
+    this.checking = true;
+    try {
+      await client.query("SELECT 1");
+      this.lastActivity = Date.now();
+    } catch (e) {
+      if (this.client === client && !this.closed) this.fail(e, []);
+    } finally {
+      this.checking = false;
+    }
+  }
+
   private dropClient(): void {
     const client = this.client;
     this.client = undefined;
@@ -469,6 +511,7 @@ export class PostgresAuditStore implements AuditStore {
       return;
     }
     const last = batch[batch.length - 1]!;
+    this.lastActivity = Date.now();
     this.durableSequence = last.seq;
     this.durable = { sequence: last.seq, hash: last.receipt.lineHash };
     this.registered = true;

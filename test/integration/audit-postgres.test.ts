@@ -530,10 +530,16 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
       const store = await open("partitioned", {
         connection: { ...appConnection(), host: "127.0.0.1", port: (relay.address() as AddressInfo).port },
         timeoutMs: 1000,
+        idleCheckMs: 300,
         retry: { minMs: 200, maxMs: 1000, onFailed: (e) => failures.push(e.message) },
       });
       await store.append(record(1));
       partitioned = true;
+      // No call comes: the idle check finds the lost connection by itself (300 ms idle, then a
+      // SELECT 1 that times out after 1 s), so /readyz says so before a caller waits for it.
+      const noticed = Date.now() + 5_000;
+      while (store.healthy && Date.now() < noticed) await sleep(50);
+      assert.equal(store.healthy, false, "an idle store notices its lost connection without a call");
       await assert.rejects(store.append(record(2)), (e: unknown) => e instanceof SignerError && e.code === "AUDIT_UNAVAILABLE");
       await sleep(1500);
       partitioned = false;
