@@ -174,6 +174,9 @@ export class CheckpointingStore implements AuditStore {
   private newest: { seq: number; hash: string } | undefined;
   private lastSeq = 0;
   private running: Promise<void> | undefined;
+  /** The running checkpoint's seq, when it started, at which tick of the timer; and whether its stall was reported. */
+  private runningSince: { seq: number; at: Date; tick: number; reported: boolean } | undefined;
+  private ticks = 0;
   private again = false;
   private readonly timer: NodeJS.Timeout;
   private readonly everyRecords: number;
@@ -183,7 +186,7 @@ export class CheckpointingStore implements AuditStore {
     private readonly o: CheckpointingOptions,
   ) {
     this.everyRecords = o.everyRecords ?? 1000;
-    this.timer = setInterval(() => this.trigger(), o.everyMs ?? 60_000);
+    this.timer = setInterval(() => this.tick(), o.everyMs ?? 60_000);
     this.timer.unref();
   }
 
@@ -238,6 +241,26 @@ export class CheckpointingStore implements AuditStore {
     }
   }
 
+  /**
+   * The timer: a checkpoint still running after two of its intervals is reported once (onError),
+   * since it holds back every later one (the HSM does not answer its signature, or the
+   * checkpoints' file system stalls): else checkpoints would stop without a word.
+   */
+  private tick(): void {
+    this.ticks++;
+    const r = this.runningSince;
+    if (r && !r.reported && this.ticks - r.tick >= 2) {
+      r.reported = true;
+      const s = Math.round((Date.now() - r.at.getTime()) / 1000);
+      this.o.onError?.(
+        new Error(
+          `the audit checkpoint of seq ${r.seq}, started at ${r.at.toISOString()}, has not finished after ${s} s (the HSM does not answer its signature, or the checkpoint file does not take it); no later checkpoint is made until it does`,
+        ),
+      );
+    }
+    this.trigger();
+  }
+
   private trigger(): void {
     if (this.running) {
       this.again = true;
@@ -245,6 +268,7 @@ export class CheckpointingStore implements AuditStore {
     }
     const target = this.newest;
     if (!target || target.seq <= this.lastSeq) return;
+    this.runningSince = { seq: target.seq, at: new Date(), tick: this.ticks, reported: false };
     this.running = (async () => {
       try {
         const cp = await makeCheckpoint(this.o.signer, this.o.replicaId, target.seq, target.hash);
@@ -256,6 +280,7 @@ export class CheckpointingStore implements AuditStore {
       }
     })().finally(() => {
       this.running = undefined;
+      this.runningSince = undefined;
       if (this.again) {
         this.again = false;
         if (this.newest && this.newest.seq - this.lastSeq >= this.everyRecords) this.trigger();

@@ -50,6 +50,37 @@ describe("CheckpointingStore: closing with a hung HSM", function () {
   });
 });
 
+describe("CheckpointingStore: a checkpoint that never finishes", function () {
+  this.timeout(20_000);
+
+  it("is reported once after two checkpoint intervals, since it holds back every later checkpoint", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "hsm-signer-cp-stall-"));
+    const errors: string[] = [];
+    const store = new CheckpointingStore(await AuditLog.open({ dir }), {
+      replicaId: "r",
+      // A hung HSM: the checkpoint's signature never comes.
+      signer: { keyId: "audit", alg: "ES256", signDigest: () => new Promise<Buffer>(() => undefined) },
+      sink: new FileCheckpointSink(dir),
+      everyRecords: 1000,
+      everyMs: 150,
+      closeTimeoutMs: 100,
+      onError: (e) => errors.push((e as Error).message),
+    });
+    try {
+      for (let i = 1; i <= 3; i++) await store.append(record(i));
+      const deadline = Date.now() + 5_000;
+      while (errors.length === 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+      assert.match(errors[0] ?? "(nothing reported)", /the audit checkpoint of seq 3, started at .*, has not finished after \d+ s .*no later checkpoint is made until it does/);
+      await store.append(record(4));
+      await new Promise((res) => setTimeout(res, 600));
+      assert.equal(errors.length, 1, `reported once: ${errors.join("; ")}`);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("FileCheckpointSink: checkpoints.jsonl after a crash in the middle of a checkpoint", function () {
   this.timeout(60_000);
   let root: string;
