@@ -432,7 +432,6 @@ export class PostgresAuditStore implements AuditStore {
     return r.rows[0]?.ended === true;
   }
 
-  /** Forgets the connection without waiting for it: a hung server must not hang us too. */
   private startIdleCheck(): void {
     const every = this.o.idleCheckMs ?? DEFAULT_IDLE_CHECK_MS;
     if (!(every > 0)) return;
@@ -460,6 +459,7 @@ export class PostgresAuditStore implements AuditStore {
     }
   }
 
+  /** Forgets the connection without waiting for it: a hung server must not hang us too. */
   private dropClient(): void {
     const client = this.client;
     this.client = undefined;

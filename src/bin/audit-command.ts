@@ -1,12 +1,6 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
-import { SignerError } from "../errors/index.js";
-import { auditSearchLine, dateFlag, LineOutput, refuseKeyFlag, UsageError } from "./cli-args.js";
-
-/** `audit verify|search --dir DIR` where DIR holds no audit file (audit-pg-command.ts says the same). */
-export function noAuditFiles(dir: string, what: "verify" | "search"): SignerError {
-  return new SignerError("INVALID_ARGUMENT", `${dir} holds no audit files (audit-<first seq>.jsonl): nothing to ${what}`);
-}
+import { auditSearchText, dateFlag, LineOutput, noAuditFiles, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -37,7 +31,6 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
   }
   if (values.limit !== undefined) throw new UsageError("--limit applies to audit search over the audit database (--config FILE or --database)");
   const files = values.dir ? auditFilesIn(values.dir) : positionals;
-  // An emptied directory, or the wrong one, is not an intact log.
   if (values.dir !== undefined && files.length === 0) throw noAuditFiles(values.dir, sub === "search" ? "search" : "verify");
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {
@@ -59,10 +52,8 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
     let n = 0;
     for await (const r of searchAudit(files, q)) {
       n++;
-      const a = r.artifact as { digest?: string } | undefined;
-      const text = values.json ? JSON.stringify(r) : auditSearchLine([r.time, `#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, a?.digest ?? r.payloadDigest]);
       // The reader is gone (| head): the search stops.
-      if (!(await out.line(text))) return 0;
+      if (!(await out.line(auditSearchText(r, `#${String(r.seq)}`, values.json)))) return 0;
     }
     if (!values.json) await out.line(`${n} record(s)`);
     return 0;

@@ -6,11 +6,9 @@ import { auditFilesIn } from "../audit/audit-log.js";
 import { CHECKPOINTS_FILE, parseAuditCertificate } from "../audit/checkpoints.js";
 import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVILEGES } from "../audit/postgres-store.js";
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
-import { artifactDigestOf } from "../audit/audit-store.js";
 import { SignerError } from "../errors/index.js";
 import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
-import { noAuditFiles } from "./audit-command.js";
-import { auditSearchLine, dateFlag, LineOutput, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchText, dateFlag, LineOutput, noAuditFiles, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
 /**
@@ -128,10 +126,8 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
     try {
       for await (const { replica, record: r } of searchDatabase(client, q)) {
         n++;
-        // The same output as over files; the sequence number names its replica, since each has its own.
-        const text = values.json ? JSON.stringify(r) : auditSearchLine([r.time, `${replica}#${String(r.seq)}`, r.identity, r.method, r.keyId, r.result, artifactDigestOf(r) ?? r.payloadDigest]);
         // The reader is gone (| head): the search stops.
-        if (!(await out.line(text))) return 0;
+        if (!(await out.line(auditSearchText(r, `${replica}#${String(r.seq)}`, values.json)))) return 0;
       }
     } finally {
       await client.end().catch(() => undefined);

@@ -1,3 +1,5 @@
+import { artifactDigestOf, type AuditLine } from "../audit/audit-store.js";
+import { SignerError } from "../errors/index.js";
 import { isKeySpec, type KeySpec } from "../signing/key-spec.js";
 
 /** A command line mistake: the command prints its usage and exits 2. */
@@ -39,6 +41,19 @@ export function terminalText(s: string): string {
 /** One `audit search` row (over files or the database): its fields two spaces apart, terminal-safe. */
 export function auditSearchLine(fields: unknown[]): string {
   return fields.map((f) => terminalText(f === undefined || f === null ? "-" : String(f))).join("  ");
+}
+
+/**
+ * One `audit search` result as printed: its JSON line, or a table line whose `seq` names the
+ * record (`#12` in files; `replica#12` over the database, where each replica has its own chain).
+ */
+export function auditSearchText(r: AuditLine, seq: string, json: boolean | undefined): string {
+  return json ? JSON.stringify(r) : auditSearchLine([r.time, seq, r.identity, r.method, r.keyId, r.result, artifactDigestOf(r) ?? r.payloadDigest]);
+}
+
+/** `audit verify|search --dir DIR` where DIR holds no audit file: an emptied or wrong directory is not an intact log. */
+export function noAuditFiles(dir: string, what: "verify" | "search"): SignerError {
+  return new SignerError("INVALID_ARGUMENT", `${dir} holds no audit files (audit-<first seq>.jsonl): nothing to ${what}`);
 }
 
 /**

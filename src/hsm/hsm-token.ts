@@ -129,7 +129,6 @@ export function openSession(slot: Slot): Session {
   return slot.open(SessionFlag.SERIAL_SESSION | SessionFlag.RW_SESSION);
 }
 
-/** C_Login as the user; login state is per process and token, so CKR_USER_ALREADY_LOGGED_IN is fine. */
 const CKF_USER_PIN_FINAL_TRY = 0x20000;
 const CKF_USER_PIN_LOCKED = 0x40000;
 
@@ -146,6 +145,10 @@ export function pinAttemptRefusal(flags: number): string | undefined {
   return undefined;
 }
 
+/**
+ * C_Login as the user, unless the token's flags say it could lock the PIN (pinAttemptRefusal);
+ * login state is per process and token, so CKR_USER_ALREADY_LOGGED_IN is fine.
+ */
 export function login(session: Session, pin: string): void {
   let flags: number | undefined;
   try {

@@ -131,24 +131,31 @@ function readPrivateKeys(session: Session): Map<string, ScannedPrivateKey[]> {
   return byLabel;
 }
 
-/** CKA_SIGN, read on its own; undefined when the module does not report it. */
-function signAllowed(o: { getAttribute(t: ITemplate): ITemplate }): boolean | undefined {
+type AttributeReader = { getAttribute(t: ITemplate): ITemplate };
+
+/**
+ * One attribute, read on its own: a module that cannot report it (CKR_ATTRIBUTE_TYPE_INVALID,
+ * CKR_ATTRIBUTE_SENSITIVE) still reports the others, which a read of several together would hide.
+ * undefined when it is not reported.
+ */
+function optionalAttribute(o: AttributeReader, name: string): unknown {
   try {
-    const { sign } = o.getAttribute({ sign: null }) as { sign?: unknown };
-    return typeof sign === "boolean" ? sign : undefined;
+    return (o.getAttribute({ [name]: null } as unknown as ITemplate) as Record<string, unknown>)[name];
   } catch {
     return undefined;
   }
 }
 
-/** An RSA private key's CKA_PUBLIC_EXPONENT, read on its own: a module may not report it. */
-function publicExponentOf(o: { getAttribute(t: ITemplate): ITemplate }): Buffer | undefined {
-  try {
-    const { publicExponent } = o.getAttribute({ publicExponent: null }) as { publicExponent?: Buffer };
-    return publicExponent && publicExponent.length > 0 ? publicExponent : undefined;
-  } catch {
-    return undefined;
-  }
+/** CKA_SIGN; undefined when the module does not report it. */
+function signAllowed(o: AttributeReader): boolean | undefined {
+  const v = optionalAttribute(o, "sign");
+  return typeof v === "boolean" ? v : undefined;
+}
+
+/** An RSA private key's CKA_PUBLIC_EXPONENT; undefined when the module does not report it. */
+function publicExponentOf(o: AttributeReader): Buffer | undefined {
+  const v = optionalAttribute(o, "publicExponent");
+  return Buffer.isBuffer(v) && v.length > 0 ? v : undefined;
 }
 
 const EXPOSURE_ATTRIBUTES = ["extractable", "neverExtractable", "sensitive", "alwaysSensitive"] as const;
@@ -158,15 +165,11 @@ const EXPOSURE_ATTRIBUTES = ["extractable", "neverExtractable", "sensitive", "al
  * exposureOf. Each is read on its own: a module that cannot report one still reports the others
  * (read together, one refusal would hide them all); one it cannot report is trusted.
  */
-function exposure(o: { getAttribute(t: ITemplate): ITemplate }): string | undefined {
+function exposure(o: AttributeReader): string | undefined {
   const a: KeyExposureAttributes = {};
   for (const name of EXPOSURE_ATTRIBUTES) {
-    try {
-      const v = (o.getAttribute({ [name]: null } as unknown as ITemplate) as Record<string, unknown>)[name];
-      if (typeof v === "boolean") a[name] = v;
-    } catch {
-      // not reported by this module
-    }
+    const v = optionalAttribute(o, name);
+    if (typeof v === "boolean") a[name] = v;
   }
   return exposureOf(a);
 }
