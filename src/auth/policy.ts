@@ -1,8 +1,8 @@
-import { watch, type FSWatcher } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
 import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
+import { ReloadTrigger } from "../fs/reload-trigger.js";
 import type { Logger } from "../log/index.js";
 import { at, deepFreeze, isMapping, mapping, nonEmptyString, parseYamlText, validate } from "../schema/index.js";
 import type { CallerIdentity, MtlsIdentitySource } from "./identity.js";
@@ -443,13 +443,8 @@ export class PolicyStore {
   private policy: Policy;
   /** The last text read (applied or rejected), so repeated file events for one edit reload once. */
   private lastText: string;
-  private watcher: FSWatcher | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  /** A pending SIGHUP reloads even an unchanged file: the operator asked, so they get a log line. */
-  private forceNext = false;
-  /** Reloads run one at a time, in order. */
-  private queue: Promise<unknown> = Promise.resolve();
-  private readonly onSighup = (): void => this.schedule(true);
+  /** SIGHUP and file events; reloads run one at a time, in order. */
+  private readonly trigger: ReloadTrigger;
 
   private constructor(
     readonly file: string,
@@ -459,6 +454,12 @@ export class PolicyStore {
   ) {
     this.policy = policy;
     this.lastText = text;
+    this.trigger = new ReloadTrigger([file], {
+      reload: (force) => this.load(!force),
+      onError: (e) => this.logger.error("policy reload failed", { file: this.file, error: e }),
+      onWatchError: (_dir, e) => this.logger.warn("policy file watch failed; reload with SIGHUP", { file: this.file, error: e }),
+      debounceMs: POLICY_RELOAD_DEBOUNCE_MS,
+    });
   }
 
   /** Loads the policy; an invalid policy at start-up throws CONFIG_INVALID (there is nothing to keep). */
@@ -476,49 +477,16 @@ export class PolicyStore {
 
   /** Re-reads the file now. true: the new policy is in force; false: rejected (logged), the old one stays. */
   reload(): Promise<boolean> {
-    return this.enqueue(() => this.load(false));
+    return this.trigger.run(() => this.load(false));
   }
 
   /** Reloads on SIGHUP and when the file changes, debounced. Watches the directory because editors and Kubernetes replace files. */
   watch(): void {
-    if (this.watcher) return;
-    const name = basename(this.file);
-    this.watcher = watch(dirname(this.file), { persistent: false }, (_event, filename) => {
-      // Kubernetes ConfigMaps swap a "..data" symlink instead of touching the file itself.
-      if (filename === null || filename === name || filename.startsWith("..")) this.schedule(false);
-    });
-    this.watcher.on("error", (e) => {
-      this.logger.warn("policy file watch failed; reload with SIGHUP", { file: this.file, error: e });
-      this.watcher?.close();
-      this.watcher = undefined;
-    });
-    process.on("SIGHUP", this.onSighup);
+    this.trigger.start();
   }
 
   close(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    this.watcher?.close();
-    this.watcher = undefined;
-    process.off("SIGHUP", this.onSighup);
-  }
-
-  private schedule(force: boolean): void {
-    this.forceNext ||= force;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      const onlyIfChanged = !this.forceNext;
-      this.forceNext = false;
-      this.enqueue(() => this.load(onlyIfChanged)).catch((e: unknown) => this.logger.error("policy reload failed", { file: this.file, error: e }));
-    }, POLICY_RELOAD_DEBOUNCE_MS);
-    this.timer.unref();
-  }
-
-  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(fn, fn);
-    this.queue = run.catch(() => undefined);
-    return run;
+    this.trigger.close();
   }
 
   private async load(onlyIfChanged: boolean): Promise<boolean> {
