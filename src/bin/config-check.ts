@@ -3,6 +3,7 @@ import { accessSync, constants, statSync, type Stats } from "node:fs";
 import { dirname } from "node:path";
 import { createLocalJWKSet, type JSONWebKeySet } from "jose";
 import { Policy, PolicyInvalidError } from "../auth/policy.js";
+import { loadTlsMaterial } from "../server/tls-material.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
 import { loadConfig, type ConfigFiles } from "./config.js";
 import { readRegular, readSettingFile } from "./config-fields.js";
@@ -25,6 +26,7 @@ export function checkConfig(file: string, env: NodeJS.ProcessEnv = process.env):
 function whatIsChecked(f: ConfigFiles): string[] {
   const out = ["settings", "policy", f.hsm.pinFile ? "PIN file" : `PIN variable ${f.hsm.pinEnv}`, "PKCS#11 module"];
   if (f.tls.certFile || f.tls.keyFile || f.tls.clientCaFile || f.admin.listen) out.push("TLS files");
+  if (f.tls.clientCrlFile || (f.admin.listen && f.admin.clientCrlFile)) out.push("client CRLs");
   if (f.jwt.some((j) => j.jwksFile || j.jwksCaFile)) out.push("JWKS files");
   // What was checked of the audit: the directory, or the database's settings and the files and
   // variables they name (password, connection string, CA), without connecting.
@@ -146,8 +148,22 @@ function checkTls(f: ConfigFiles): string[] {
     const caPem = readable(caFile);
     if (caFile && caPem && certificates(caPem).length === 0) once(caFile, `${section}.clientCaFile: ${caFile} holds no PEM certificate`);
   };
+  // With CRLs, the whole material as serve loads it (which CA each CRL is from, its signature, its nextUpdate).
+  const crls = (section: string, x: { certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined; clientCrlFile: string | undefined }): void => {
+    const { certFile, keyFile, clientCaFile, clientCrlFile } = x;
+    if (!certFile || !keyFile || !clientCrlFile || problems.length > 0 || reported.has(clientCrlFile)) return;
+    try {
+      const m = loadTlsMaterial({ section, certFile, keyFile, clientCaFile, clientCrlFile });
+      for (const w of m.warnings) once(`${clientCrlFile}\0${w}`, w);
+    } catch (e) {
+      once(clientCrlFile, (e as Error).message);
+    }
+    reported.add(clientCrlFile);
+  };
   pair("tls", f.tls.certFile, f.tls.keyFile, f.tls.clientCaFile);
   if (f.admin.listen !== undefined) pair("admin", f.admin.certFile, f.admin.keyFile, f.admin.clientCaFile);
+  crls("tls", f.tls);
+  if (f.admin.listen !== undefined) crls("admin", f.admin);
   return problems;
 }
 

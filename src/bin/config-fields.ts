@@ -70,20 +70,20 @@ export function optionalPath(resolvePath: (p: string) => string) {
 }
 
 /** The same, and a file that must be readable when given (serve reads it at once): see readSettingFile. */
-export function readablePath(resolvePath: (p: string) => string) {
+export function readablePath(resolvePath: (p: string) => string, maxBytes?: number) {
   return v.pipe(
     optionalPath(resolvePath),
     v.rawCheck(({ dataset, addIssue }) => {
       if (!dataset.typed || dataset.value === undefined) return;
-      const problem = readProblem(dataset.value);
+      const problem = readProblem(dataset.value, maxBytes);
       if (problem !== undefined) addIssue({ message: problem });
     }),
   );
 }
 
 /** Why `path` cannot be read as a setting's file ("cannot read P (ENOENT)", "P is not a regular file (a FIFO)"...), or undefined when it can. */
-export function readProblem(path: string): string | undefined {
-  const r = readSettingFile(path);
+export function readProblem(path: string, maxBytes?: number): string | undefined {
+  const r = readSettingFile(path, maxBytes);
   return typeof r === "string" ? r : undefined;
 }
 
@@ -97,7 +97,7 @@ export function readRegular(setting: string, path: string): Buffer | string {
  * The bytes of a file a setting names, or the problem ("cannot read P (ENOENT)", "P is not a
  * regular file (a FIFO)", "P is larger than the limit..."): see readRegularFile.
  */
-export function readSettingFile(path: string): Buffer | string {
-  const r = readRegularFile(path);
+export function readSettingFile(path: string, maxBytes?: number): Buffer | string {
+  const r = readRegularFile(path, maxBytes);
   return Buffer.isBuffer(r) ? r : regularFileProblem(path, r);
 }

@@ -12,6 +12,9 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 /** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
+import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";
+import { DEFAULT_MAX_CONNECTION_IDLE_MS } from "../server/bind-server.js";
+import { MAX_CRL_FILE_BYTES } from "../fs/regular-file.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
 import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs } from "./config-fields.js";
 
@@ -19,9 +22,10 @@ export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
 export interface Config {
   listen: string;
-  tls: { insecure: boolean; certFile?: string; keyFile?: string; clientCaFile?: string };
+  tls: { insecure: boolean; certFile?: string; keyFile?: string; clientCaFile?: string; clientCrlFile?: string };
   hsm: { module: string; tokenLabel?: string; tokenSerial?: string; pinFile?: string; pinEnv: string; sessions: number; keyRefreshMs: number; signStallMs: number; answerHoldMs: number };
-  limits: { maxPayloadBytes: number; maxDeadlineMs: number };
+  /** Per call, and per listener: open connections, how long a TLS handshake may take, how long a connection without calls is kept. */
+  limits: { maxPayloadBytes: number; maxDeadlineMs: number; maxConnections: number; tlsHandshakeTimeoutMs: number; connectionIdleMs: number };
   log: { level: LogLevel };
   auth: { mtlsIdentityFrom: ("uri" | "dns" | "cn")[]; jwt: JwtIssuerConfig[] };
   policy: { file: string };
@@ -31,7 +35,7 @@ export interface Config {
   /** SIGTERM: how long in-flight calls may take to finish before they are cancelled. */
   shutdown: { graceMs: number };
   /** The KeyAdmin listener (mTLS only); none when unset. */
-  admin: { listen: string | undefined; certFile?: string; keyFile?: string; clientCaFile?: string };
+  admin: { listen: string | undefined; certFile?: string; keyFile?: string; clientCaFile?: string; clientCrlFile?: string };
 }
 
 export interface JwtIssuerConfig {
@@ -48,14 +52,14 @@ export const DEFAULT_AUDIT_MAX_FILE_BYTES = 64 * 1024 * 1024;
 
 /** The files and settings serve opens, as the configuration names them (undefined: missing, already a problem); for `config check`. */
 export interface ConfigFiles {
-  tls: { insecure: boolean; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined };
+  tls: { insecure: boolean; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined; clientCrlFile: string | undefined };
   hsm: { module: string | undefined; pinFile: string | undefined; pinEnv: string };
   jwt: JwtIssuerConfig[];
   policyFile: string | undefined;
   auditDir: string | undefined;
   /** audit.postgres is configured (its files and variables are checked by the schema; nothing connects). */
   auditPostgres: boolean;
-  admin: { listen: string | undefined; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined };
+  admin: { listen: string | undefined; certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined; clientCrlFile: string | undefined };
 }
 
 /** Opens what the configuration names and returns each problem (config-check.ts). */
@@ -114,6 +118,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
   const path = optionalPath(resolvePath);
   /** TLS material: serve reads it at once. */
   const readable = readablePath(resolvePath);
+  const crlPath = readablePath(resolvePath, MAX_CRL_FILE_BYTES);
   const section = <E extends v.ObjectEntries>(entries: E) => {
     const m = mapping(entries);
     return v.optional(m, () => ({}) as v.InferInput<typeof m>);
@@ -124,7 +129,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         v.custom<string>(isHostPort, (issue) => `"${String(issue.input)}" is not host:port`),
         "127.0.0.1:8443",
       ),
-      tls: section({ insecure: v.optional(v.boolean("true or false"), false), certFile: readable, keyFile: readable, clientCaFile: readable }),
+      tls: section({ insecure: v.optional(v.boolean("true or false"), false), certFile: readable, keyFile: readable, clientCaFile: readable, clientCrlFile: crlPath }),
       hsm: section({
         module: path,
         tokenLabel: optionalString,
@@ -140,7 +145,13 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         signStallSeconds: secondsAsMs(1, 3600, DEFAULT_SIGN_STALL_MS / 1000),
         answerHoldMs: integer(0, MAX_ANSWER_HOLD_MS, DEFAULT_ANSWER_HOLD_MS),
       }),
-      limits: section({ maxPayloadBytes: integer(1, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES), maxDeadlineSeconds: secondsAsMs(1, 3600, DEFAULT_MAX_DEADLINE_MS / 1000) }),
+      limits: section({
+        maxPayloadBytes: integer(1, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES),
+        maxDeadlineSeconds: secondsAsMs(1, 3600, DEFAULT_MAX_DEADLINE_MS / 1000),
+        maxConnections: integer(1, 65536, DEFAULT_MAX_CONNECTIONS),
+        tlsHandshakeTimeoutSeconds: secondsAsMs(1, 120, DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000),
+        connectionIdleSeconds: secondsAsMs(10, 86400, DEFAULT_MAX_CONNECTION_IDLE_MS / 1000),
+      }),
       log: section({
         level: v.optional(
           v.custom<LogLevel>(
@@ -171,7 +182,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         ...auditClusterEntries(resolvePath, env),
       }),
       metrics: section({ listen: optionalHostPort, grpcHealthListen: optionalHostPort }),
-      admin: section({ listen: optionalHostPort, certFile: path, keyFile: path, clientCaFile: path }),
+      admin: section({ listen: optionalHostPort, certFile: path, keyFile: path, clientCaFile: path, clientCrlFile: crlPath }),
       shutdown: section({ graceSeconds: secondsAsMs(0, 3600, 10) }),
     },
     {},
@@ -194,6 +205,7 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
   } else {
     if (!tls.certFile) problem("tls.certFile: required (or tls.insecure: true on a loopback address)");
     if (!tls.keyFile) problem("tls.keyFile: required (or tls.insecure: true on a loopback address)");
+    if (tls.clientCrlFile && !tls.clientCaFile) problem("tls.clientCrlFile: needs tls.clientCaFile (the CAs whose revocations it lists)");
   }
   if (!hsm.module) problem("hsm.module: required (path of the PKCS#11 library)");
   if (!hsm.tokenLabel && !hsm.tokenSerial) problem("hsm.tokenLabel or hsm.tokenSerial: one is required");
@@ -203,6 +215,7 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
     const files = adminFiles(admin, tls);
     if (!files.certFile || !files.keyFile) problem("admin.certFile and admin.keyFile (or tls.certFile and tls.keyFile): required, KeyAdmin is TLS only");
     if (!files.clientCaFile) problem("admin.clientCaFile (or tls.clientCaFile): required, KeyAdmin callers are identified by client certificates only");
+    if (str(admin.clientCrlFile) && !str(admin.clientCaFile)) problem("admin.clientCrlFile: needs admin.clientCaFile (without it KeyAdmin uses tls.clientCaFile and tls.clientCrlFile)");
     for (const k of ["certFile", "keyFile", "clientCaFile"] as const) {
       const p = files[k];
       const why = p === undefined ? undefined : readProblem(p);
@@ -213,9 +226,15 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
 
 const str = (x: unknown): string | undefined => (typeof x === "string" && x !== "" ? x : undefined);
 
-/** KeyAdmin's TLS material: its own, else the Signer listener's. */
-function adminFiles(admin: Obj, tls: Obj): { certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined } {
-  return { certFile: str(admin.certFile) ?? str(tls.certFile), keyFile: str(admin.keyFile) ?? str(tls.keyFile), clientCaFile: str(admin.clientCaFile) ?? str(tls.clientCaFile) };
+/** KeyAdmin's TLS material: its own, else the Signer listener's; its own client CAs come with its own CRLs only. */
+function adminFiles(admin: Obj, tls: Obj): { certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined; clientCrlFile: string | undefined } {
+  const ownCa = str(admin.clientCaFile);
+  return {
+    certFile: str(admin.certFile) ?? str(tls.certFile),
+    keyFile: str(admin.keyFile) ?? str(tls.keyFile),
+    clientCaFile: ownCa ?? str(tls.clientCaFile),
+    clientCrlFile: ownCa ? str(admin.clientCrlFile) : str(tls.clientCrlFile),
+  };
 }
 
 /** What `config check` opens, from what was parsed (a setting with a problem of its own is left out: already reported). */
@@ -225,7 +244,7 @@ function configFilesOf(value: unknown, bad: (path: string) => boolean): ConfigFi
   const [tls, hsm, policy, audit, admin, auth] = ["tls", "hsm", "policy", "audit", "admin", "auth"].map(sec) as [Obj, Obj, Obj, Obj, Obj, Obj];
   const jwt = (Array.isArray(auth.jwt) ? (auth.jwt as unknown[]) : []).filter(isMapping).map((j) => ({ ...j, jwksFile: str(j.jwksFile), jwksCaFile: str(j.jwksCaFile) }) as JwtIssuerConfig);
   return {
-    tls: { insecure: tls.insecure === true, certFile: str(tls.certFile), keyFile: str(tls.keyFile), clientCaFile: str(tls.clientCaFile) },
+    tls: { insecure: tls.insecure === true, certFile: str(tls.certFile), keyFile: str(tls.keyFile), clientCaFile: str(tls.clientCaFile), clientCrlFile: str(tls.clientCrlFile) },
     hsm: { module: str(hsm.module), pinFile: str(hsm.pinFile), pinEnv: str(hsm.pinEnv) ?? DEFAULT_PIN_ENV },
     jwt,
     policyFile: str(policy.file),
@@ -272,7 +291,13 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
       signStallMs: c.hsm.signStallSeconds,
       answerHoldMs: c.hsm.answerHoldMs,
     },
-    limits: { maxPayloadBytes: c.limits.maxPayloadBytes, maxDeadlineMs: c.limits.maxDeadlineSeconds },
+    limits: {
+      maxPayloadBytes: c.limits.maxPayloadBytes,
+      maxDeadlineMs: c.limits.maxDeadlineSeconds,
+      maxConnections: c.limits.maxConnections,
+      tlsHandshakeTimeoutMs: c.limits.tlsHandshakeTimeoutSeconds,
+      connectionIdleMs: c.limits.connectionIdleSeconds,
+    },
     log: c.log,
     auth: c.auth,
     policy: { file: c.policy.file as string },

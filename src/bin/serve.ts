@@ -11,7 +11,8 @@ import type { KeySpec } from "../signing/key-spec.js";
 import { SigningService } from "../signing/signing-service.js";
 import { toPem } from "../signing/pem.js";
 import { startHealthServer } from "../server/health-service.js";
-import { startSignerServer } from "../server/signer-server.js";
+import { startSignerServer, type RunningServer } from "../server/signer-server.js";
+import { loadTlsMaterial, TlsMaterialWatch, type TlsFiles, type TlsMaterial } from "../server/tls-material.js";
 import { TlsHandshakeFailureLog } from "../server/tls-listener.js";
 import { need, spec, UsageError } from "./cli-args.js";
 import { loadConfig, readPin, type Config } from "./config.js";
@@ -61,6 +62,32 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const logger = createLogger(config.log.level);
   const version = (JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
   const metrics = new SignerMetrics({ version });
+  // The listeners' TLS material, read and checked before anything opens (a bad CRL fails the start at once).
+  const signerFiles: TlsFiles | undefined = config.tls.insecure
+    ? undefined
+    : { section: "tls", certFile: config.tls.certFile as string, keyFile: config.tls.keyFile as string, clientCaFile: config.tls.clientCaFile, clientCrlFile: config.tls.clientCrlFile };
+  const adminFiles: TlsFiles | undefined = config.admin.listen
+    ? {
+        section: "admin",
+        certFile: config.admin.certFile as string,
+        keyFile: config.admin.keyFile as string,
+        clientCaFile: config.admin.clientCaFile,
+        clientCrlFile: config.admin.clientCrlFile,
+      }
+    : undefined;
+  const signerTls = signerFiles && loadTlsMaterial(signerFiles);
+  const adminTls = adminFiles && loadTlsMaterial(adminFiles);
+  /** Reloads a listener's certificate, key, client CAs and CRLs on SIGHUP and file changes. */
+  const watchTls = (listener: "signer" | "admin", files: TlsFiles, material: TlsMaterial, running: RunningServer): void => {
+    const w = new TlsMaterialWatch(files, material, {
+      apply: (m) => running.setTlsMaterial(m),
+      logger,
+      onApplied: (m) => metrics.setTlsMaterial(listener, m),
+      onReload: (result) => metrics.observeTlsReload(listener, result),
+    });
+    opened(w, (x) => x.close()).watch();
+  };
+  const listenerLimits = { handshakeTimeoutMs: config.limits.tlsHandshakeTimeoutMs, maxConnections: config.limits.maxConnections };
   // With audit.postgres the database is the store (audit-setup.ts); else the local files.
   const storeAudit = opened(
     (await openPostgresAudit(config, logger, metrics.onAuditFsync)) ??
@@ -98,21 +125,22 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   });
   // HSM-signed checkpoints of the chain (audit.checkpoints); the Signer API never sees their key.
   const audit = await withCheckpoints(storeAudit, config, hsm.keys, logger);
-  const clientCa = config.tls.clientCaFile ? readFileSync(config.tls.clientCaFile) : undefined;
   // With bearer tokens configured, a client certificate is optional; one that is presented must
   // verify (the TLS listener refuses it otherwise) and AccessControl checks it again.
-  const optionalClientCerts = clientCa !== undefined && config.auth.jwt.length > 0;
+  const optionalClientCerts = signerTls?.clientCa !== undefined && config.auth.jwt.length > 0;
   const access = new AccessControl({ authenticator, policy, limiter: new RateLimiter() });
   // Connections refused in their TLS handshake never reach the audit: counted and logged (rate-limited).
   const tlsFailures = opened(new TlsHandshakeFailureLog(logger, metrics.observeTlsHandshakeFailure), (l) => l.close());
   const signing = new SigningService({ keys: withoutAuditKey(hsm.keys, config), authorizer: access, maxPayloadBytes: config.limits.maxPayloadBytes });
-  const tls = config.tls.insecure
+  const tls = !signerTls
     ? { insecure: true as const }
     : {
         insecure: false as const,
-        cert: readFileSync(config.tls.certFile as string),
-        key: readFileSync(config.tls.keyFile as string),
-        clientCa,
+        cert: signerTls.cert,
+        key: signerTls.key,
+        clientCa: signerTls.clientCa,
+        crl: signerTls.crl,
+        ...listenerLimits,
         requireClientCertificate: !optionalClientCerts,
         onHandshakeFailure: tlsFailures.report,
       };
@@ -127,6 +155,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
       signing,
       logger,
       maxDeadlineMs: config.limits.maxDeadlineMs,
+      connectionIdleMs: config.limits.connectionIdleMs,
       access,
       audit,
       ready,
@@ -147,28 +176,34 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   const keyMetricsTimer = setInterval(() => void refreshKeyMetrics().catch(() => undefined), KEY_METRICS_REFRESH_MS);
   keyMetricsTimer.unref();
   undo.unshift(() => clearInterval(keyMetricsTimer));
-  const admin = config.admin.listen
-    ? await startKeyAdminServer({
-        listen: config.admin.listen,
-        tls: {
-          cert: readFileSync(config.admin.certFile as string),
-          key: readFileSync(config.admin.keyFile as string),
-          clientCa: readFileSync(config.admin.clientCaFile as string),
-          onHandshakeFailure: tlsFailures.report,
-        },
-        custody: new KeyCustody(hsm.pool, hsm.keys),
-        keys: hsm.keys,
-        // KeyAdmin's TLS verifies client certificates against admin.clientCaFile itself; the
-        // Signer's check against tls.clientCaFile (bearer tokens on) would refuse custodians
-        // whose CA is another one.
-        access: new AccessControl({ authenticator, policy, limiter: new RateLimiter() }),
-        audit,
-        logger,
-        maxDeadlineMs: config.limits.maxDeadlineMs,
-        onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
-      })
-    : undefined;
+  if (signerFiles && signerTls) watchTls("signer", signerFiles, signerTls, server);
+  const admin =
+    config.admin.listen && adminTls
+      ? await startKeyAdminServer({
+          listen: config.admin.listen,
+          tls: {
+            cert: adminTls.cert,
+            key: adminTls.key,
+            clientCa: adminTls.clientCa as Buffer,
+            crl: adminTls.crl,
+            ...listenerLimits,
+            onHandshakeFailure: tlsFailures.report,
+          },
+          custody: new KeyCustody(hsm.pool, hsm.keys),
+          keys: hsm.keys,
+          // KeyAdmin's TLS verifies client certificates against admin.clientCaFile itself; the
+          // Signer's check against tls.clientCaFile (bearer tokens on) would refuse custodians
+          // whose CA is another one.
+          access: new AccessControl({ authenticator, policy, limiter: new RateLimiter() }),
+          audit,
+          logger,
+          maxDeadlineMs: config.limits.maxDeadlineMs,
+          connectionIdleMs: config.limits.connectionIdleMs,
+          onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
+        })
+      : undefined;
   if (admin) opened(admin, (a) => a.close(0));
+  if (admin && adminFiles && adminTls) watchTls("admin", adminFiles, adminTls, admin);
   const healthServer = config.metrics.grpcHealthListen ? opened(await startHealthServer(config.metrics.grpcHealthListen, ready), (h) => h.close(0)) : undefined;
   const ops = config.metrics.listen
     ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy, signing: signingAnswers() } }) })

@@ -72,6 +72,8 @@ export class SignerMetrics {
   private readonly reg = new Registry();
   private knownKeys: ReadonlySet<string> = new Set();
   private expiries = new Map<string, number>();
+  /** Per TLS listener ("signer", "admin"): its certificate's notAfter and its CRLs' earliest nextUpdate (ms). */
+  private readonly tlsDates = new Map<string, { certNotAfter: number; crlNextUpdate: number | undefined }>();
   private sessionPool: (() => SessionPoolGauges) | undefined;
   private audit: (() => AuditGauges) | undefined;
   private hsmUp: (() => boolean) | undefined;
@@ -86,6 +88,7 @@ export class SignerMetrics {
   private readonly auditFsyncDuration: Histogram;
   private readonly auditLinesPerFsync: Histogram;
   private readonly tlsHandshakeFailures: Counter<"reason">;
+  private readonly tlsReloads: Counter<"listener" | "result">;
   private readonly auditTailRepairs: Counter;
   private readonly auditRepairedBytes: Counter;
 
@@ -171,6 +174,33 @@ export class SignerMetrics {
       registers,
     });
     for (const reason of TLS_HANDSHAKE_FAILURE_REASONS) this.tlsHandshakeFailures.inc({ reason }, 0);
+    this.tlsReloads = new Counter({
+      name: "hsm_signer_tls_reloads_total",
+      help: "Reloads of a TLS listener's certificate, key, client CAs and CRLs (SIGHUP or a file change): applied, or rejected (the previous material stays).",
+      labelNames: ["listener", "result"] as const,
+      registers,
+    });
+    const tlsCertificateExpiry: Gauge<"listener"> = new Gauge({
+      name: "hsm_signer_tls_certificate_expiry_seconds",
+      help: "Seconds until the certificate a TLS listener presents expires (negative once expired).",
+      labelNames: ["listener"] as const,
+      registers,
+      collect: () => {
+        const now = Date.now();
+        for (const [listener, d] of this.tlsDates) tlsCertificateExpiry.set({ listener }, (d.certNotAfter - now) / 1000);
+      },
+    });
+    const tlsCrlNextUpdate: Gauge<"listener"> = new Gauge({
+      name: "hsm_signer_tls_crl_next_update_seconds",
+      help: "Seconds until the earliest nextUpdate of a TLS listener's client CRLs; negative: clients of that CA are refused until a newer CRL is loaded.",
+      labelNames: ["listener"] as const,
+      registers,
+      collect: () => {
+        const now = Date.now();
+        tlsCrlNextUpdate.reset();
+        for (const [listener, d] of this.tlsDates) if (d.crlNextUpdate !== undefined) tlsCrlNextUpdate.set({ listener }, (d.crlNextUpdate - now) / 1000);
+      },
+    });
 
     // Scrape-time gauges: prom-client calls collect() before reading each metric.
     const poolSessions: Gauge<"state"> = new Gauge({
@@ -290,6 +320,16 @@ export class SignerMetrics {
   readonly observeTlsHandshakeFailure = (reason: string): void => {
     this.tlsHandshakeFailures.inc({ reason: bounded(reason, TLS_FAILURE_REASONS) });
   };
+
+  /** The TLS material a listener now uses (at start and after each applied reload). */
+  setTlsMaterial(listener: "signer" | "admin", m: { certNotAfter: Date; crlNextUpdate: Date | undefined }): void {
+    this.tlsDates.set(listener, { certNotAfter: m.certNotAfter.getTime(), crlNextUpdate: m.crlNextUpdate?.getTime() });
+  }
+
+  /** One reload of a listener's TLS material, applied or rejected. */
+  observeTlsReload(listener: "signer" | "admin", result: "applied" | "rejected"): void {
+    this.tlsReloads.inc({ listener, result });
+  }
 
   /** One signature in the HSM (Pkcs11KeyStoreOptions.onSign). */
   observeHsmSign(keySpec: string, seconds: number): void {

@@ -1,7 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import type { InFlight } from "./in-flight.js";
-import { TlsListener, type TlsHandshakeFailure } from "./tls-listener.js";
+import { TlsListener, type TlsContextMaterial, type TlsHandshakeFailure } from "./tls-listener.js";
 
 export type TlsOptions =
   | {
@@ -9,6 +9,11 @@ export type TlsOptions =
       cert: Buffer;
       key: Buffer;
       clientCa?: Buffer | undefined;
+      /** CRLs of the client CAs, one PEM each (loadTlsMaterial). */
+      crl?: Buffer[] | undefined;
+      /** TlsListenerOptions.handshakeTimeoutMs and maxConnections. */
+      handshakeTimeoutMs?: number;
+      maxConnections?: number;
       /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
       requireClientCertificate?: boolean;
       /** Each connection refused during its TLS handshake (TlsHandshakeFailureLog.report counts and logs them). */
@@ -21,7 +26,12 @@ export interface RunningServer {
   server: grpc.Server;
   /** Stops accepting, waits for in-flight calls up to graceMs, then cancels the rest. */
   close(graceMs?: number): Promise<void>;
+  /** New certificate, key, client CAs and CRLs for the connections that arrive from now on (TlsListener.setMaterial); a plaintext listener throws. */
+  setTlsMaterial(m: TlsContextMaterial): void;
 }
+
+/** How long a connection with no call in progress is kept (grpc-js sends GOAWAY; a client reconnects when it next calls). */
+export const DEFAULT_MAX_CONNECTION_IDLE_MS = 300_000;
 
 /**
  * A grpc-js server as every listener of the service builds it. channelz (grpc-js's call and
@@ -29,7 +39,12 @@ export interface RunningServer {
  * per-call bookkeeping was about 4% of the event loop's CPU per Sign call.
  */
 export function newGrpcServer(options: grpc.ServerOptions = {}): grpc.Server {
-  return new grpc.Server({ ...options, "grpc.enable_channelz": 0 });
+  return new grpc.Server({ "grpc.max_connection_idle_ms": DEFAULT_MAX_CONNECTION_IDLE_MS, ...options, "grpc.enable_channelz": 0 });
+}
+
+/** The grpc-js option for SignerServerOptions.connectionIdleMs (none: the default). */
+export function idleOption(ms: number | undefined): grpc.ServerOptions {
+  return ms === undefined ? {} : { "grpc.max_connection_idle_ms": ms };
 }
 
 export function isLoopbackAddress(listen: string): boolean {
@@ -59,7 +74,10 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
       cert: tls.cert,
       key: tls.key,
       clientCa: tls.clientCa,
+      crl: tls.crl,
       requireClientCertificate: tls.requireClientCertificate !== false,
+      handshakeTimeoutMs: tls.handshakeTimeoutMs,
+      maxConnections: tls.maxConnections,
       onHandshakeFailure: tls.onHandshakeFailure,
     });
     port = listener.port;
@@ -67,6 +85,10 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
   return {
     port,
     server,
+    setTlsMaterial(m) {
+      if (!listener) throw new SignerError("CONFIG_INVALID", `the listener on ${listen} is plaintext (tls.insecure): it has no TLS material to replace`);
+      listener.setMaterial(m);
+    },
     async close(graceMs = 10_000) {
       listener?.stopAccepting();
       await new Promise<void>((res) => {

@@ -9,6 +9,7 @@ import type { AccessControl } from "./access-control.js";
 import {
   auditKeyId,
   bindServer,
+  idleOption,
   newGrpcServer,
   serviceDefinition,
   unaryHandler,
@@ -27,7 +28,15 @@ export interface KeyAdminServerOptions {
   /** host:port; port 0 picks a free port. */
   listen: string;
   /** mTLS only: every caller presents a certificate issued by clientCa. */
-  tls: { cert: Buffer; key: Buffer; clientCa: Buffer; onHandshakeFailure?: (f: TlsHandshakeFailure) => void };
+  tls: {
+    cert: Buffer;
+    key: Buffer;
+    clientCa: Buffer;
+    crl?: Buffer[] | undefined;
+    handshakeTimeoutMs?: number;
+    maxConnections?: number;
+    onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
+  };
   /** The custody port (hsm/'s KeyCustody in the service). */
   custody: KeyCustodian;
   /** The keys with all their versions (hsm/'s Pkcs11KeyStore in the service). */
@@ -36,6 +45,8 @@ export interface KeyAdminServerOptions {
   audit: AuditSink;
   logger: Logger;
   maxDeadlineMs?: number;
+  /** How long a connection without calls is kept (default DEFAULT_MAX_CONNECTION_IDLE_MS). */
+  connectionIdleMs?: number;
   onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
 }
 
@@ -135,7 +146,7 @@ function slotInfo(s: SlotDetails): SlotInfo {
  * custodian of the policy get in; every call, allowed or not, is audited like a signing request.
  */
 export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
-  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
+  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024, ...idleOption(o.connectionIdleMs) });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
   const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
     unary<Req, Res>(
@@ -260,10 +271,5 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
     }),
   };
   server.addService(serviceDefinition(KeyAdminDefinition), handlers);
-  return bindServer(
-    server,
-    o.listen,
-    { insecure: false, cert: o.tls.cert, key: o.tls.key, clientCa: o.tls.clientCa, requireClientCertificate: true, onHandshakeFailure: o.tls.onHandshakeFailure },
-    unary.inFlight,
-  );
+  return bindServer(server, o.listen, { insecure: false, ...o.tls, requireClientCertificate: true }, unary.inFlight);
 }

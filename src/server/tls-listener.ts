@@ -1,6 +1,6 @@
 import { lookup } from "node:dns/promises";
 import { isIP, type Socket } from "node:net";
-import { connect as tlsConnect, createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
+import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
 import type * as grpc from "@grpc/grpc-js";
 import { ServerCredentials } from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
@@ -25,9 +25,28 @@ export interface TlsListenerOptions {
   key: Buffer;
   /** Client CA(s); without it no client certificate is requested. */
   clientCa?: Buffer | undefined;
+  /** CRLs of the client CAs, one PEM each (tls-material.ts): a revoked client certificate is refused. */
+  crl?: Buffer[] | undefined;
   /** true: a client certificate from clientCa is required; false: optional (bearer tokens), but one that is presented must verify. */
   requireClientCertificate: boolean;
+  /** A connection whose TLS handshake has not finished after this long is closed (default DEFAULT_HANDSHAKE_TIMEOUT_MS). */
+  handshakeTimeoutMs?: number;
+  /** Connections open at once, per bound address; one more is closed at once and reported as connection_limit (default DEFAULT_MAX_CONNECTIONS). */
+  maxConnections?: number;
   onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
+}
+
+/** TlsListenerOptions.handshakeTimeoutMs: Node's own default (120 s) lets idle TCP connections hold a slot for two minutes. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** TlsListenerOptions.maxConnections. */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+
+/** The parts of a listener's secure context that may change while it runs (TlsListener.setMaterial). */
+export interface TlsContextMaterial {
+  cert: Buffer;
+  key: Buffer;
+  clientCa?: Buffer | undefined;
+  crl?: Buffer[] | undefined;
 }
 
 /** How long the start-up self-check waits for its loopback handshake. */
@@ -44,6 +63,15 @@ const CERTIFICATE_REASONS: Record<string, TlsHandshakeFailureReason> = {
   SELF_SIGNED_CERT_IN_CHAIN: "unknown_ca",
   DEPTH_ZERO_SELF_SIGNED_CERT: "unknown_ca",
   CERT_UNTRUSTED: "unknown_ca",
+  CERT_REVOKED: "certificate_revoked",
+  UNABLE_TO_GET_CRL: "crl_unavailable",
+  CRL_HAS_EXPIRED: "crl_unavailable",
+  CRL_NOT_YET_VALID: "crl_unavailable",
+  CRL_SIGNATURE_FAILURE: "crl_unavailable",
+  UNABLE_TO_DECRYPT_CRL_SIGNATURE: "crl_unavailable",
+  UNABLE_TO_GET_CRL_ISSUER: "crl_unavailable",
+  ERROR_IN_CRL_LAST_UPDATE_FIELD: "crl_unavailable",
+  ERROR_IN_CRL_NEXT_UPDATE_FIELD: "crl_unavailable",
 };
 
 function bounded(s: string | undefined): string | undefined {
@@ -145,6 +173,17 @@ export class TlsListener {
     return l;
   }
 
+  /**
+   * Replaces the certificate, key, client CAs and CRLs for the connections that arrive from now on
+   * (those open keep theirs). The material must have been checked (loadTlsMaterial): Node throws
+   * on a key that is not the certificate's, and this throws with it before changing anything.
+   */
+  setMaterial(m: TlsContextMaterial): void {
+    const context = { cert: m.cert, key: m.key, ca: m.clientCa, crl: m.crl };
+    createSecureContext(context);
+    for (const s of this.servers) s.setSecureContext(context);
+  }
+
   /** Stops accepting connections; established ones are ended by the grpc.Server's shutdown. */
   stopAccepting(): void {
     for (const s of this.servers) if (s.listening) s.close();
@@ -178,6 +217,8 @@ export class TlsListener {
         cert: o.cert,
         key: o.key,
         ca: o.clientCa,
+        crl: o.crl,
+        handshakeTimeout: o.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
         requestCert,
         // Required certificates: OpenSSL refuses a client without one (alert "certificate
         // required", which the plugin explains) and Node closes on one that does not verify.
@@ -191,6 +232,11 @@ export class TlsListener {
       });
       s.on("secureConnection", (socket: TLSSocket) => this.accepted(socket));
       s.on("tlsClientError", (err: NodeJS.ErrnoException, socket: TLSSocket) => this.refused(err, socket));
+      // Over the limit Node closes the new connection itself, before any TLS ('drop', Node >= 18.6).
+      s.maxConnections = o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+      s.on("drop", (d?: { remoteAddress?: string; remotePort?: number }) =>
+        this.o.onHandshakeFailure?.({ peer: hostPort(d?.remoteAddress, d?.remotePort), reason: "connection_limit", code: "MAX_CONNECTIONS" }),
+      );
       await new Promise<void>((resolve, reject) => {
         s.once("error", (e) => reject(new SignerError("CONFIG_INVALID", `cannot listen on ${this.listen}: ${e.message}`, { cause: e })));
         s.listen({ host: address, port: this.portNumber || port }, () => resolve());

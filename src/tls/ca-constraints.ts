@@ -3,40 +3,7 @@
 // (4.2.1.10), read from the certificate's DER. OpenSSL applies both when it verifies a chain;
 // peer-certificate.ts verifies chains itself and applies them here.
 import { isIPv4, isIPv6 } from "node:net";
-
-interface Tlv {
-  tag: number;
-  /** First byte of the content. */
-  start: number;
-  /** One past its last byte. */
-  end: number;
-}
-
-/** One DER element at `pos`, within `end`; throws on anything malformed. */
-function tlv(der: Buffer, pos: number, end: number): Tlv {
-  const tag = der[pos];
-  let len = der[pos + 1];
-  if (tag === undefined || len === undefined || (tag & 0x1f) === 0x1f) throw new Error("malformed DER");
-  let p = pos + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    if (n === 0 || n > 4) throw new Error("malformed DER");
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + (der[p++] ?? NaN);
-  }
-  if (!Number.isInteger(len) || p + len > end) throw new Error("malformed DER");
-  return { tag, start: p, end: p + len };
-}
-
-function children(der: Buffer, parent: Tlv): Tlv[] {
-  const out: Tlv[] = [];
-  for (let p = parent.start; p < parent.end;) {
-    const c = tlv(der, p, parent.end);
-    out.push(c);
-    p = c.end;
-  }
-  return out;
-}
+import { children, tlv, type Tlv } from "./der.js";
 
 /** A permitted or excluded subtree this code evaluates; the other name forms do not constrain DNS names or IP addresses. */
 type Subtree = { kind: "dns"; name: string } | { kind: "ip"; address: Buffer; mask: Buffer };

@@ -9,6 +9,7 @@
  *   const leaf = inter.leaf({ subject: "/C=US/ST=WA/O=Acme/CN=release" });   // { der, keyPem }
  *   const hsmLeaf = inter.signPublicKey(spkiDer, { subject: "/C=US/ST=WA/O=Acme/CN=hsm" });
  *   const chain = [leaf.der, inter.certDer, root.certDer];
+ *   inter.revoke(leaf.der); const crlPem = inter.crl();                       // a CRL listing it
  */
 import { execFileSync } from "node:child_process";
 import { randomBytes, X509Certificate } from "node:crypto";
@@ -164,6 +165,40 @@ export class OpensslCa {
     const keyFile = this.file("key");
     newKey(keyFile, o.key);
     return { der: this.signToDer(this.csrFor(keyFile), o), keyPem: readFileSync(keyFile, "utf8") };
+  }
+
+  /** Revokes a certificate this CA issued (DER), for the CRLs made from now on. */
+  revoke(der: Buffer): void {
+    const pem = this.file("revoke.pem");
+    writeFileSync(pem, new X509Certificate(der).toString());
+    openssl(["ca", "-batch", "-config", join(this.dir, "ca.cnf"), "-keyfile", this.keyFile, "-cert", this.certFile, "-md", "sha256", "-revoke", pem]);
+  }
+
+  /** A PEM CRL of the certificates revoked so far, lastUpdate 5 minutes ago, nextUpdate in 7 days unless given (a past one: a stale CRL). */
+  crl(o: { nextUpdate?: Date } = {}): string {
+    const out = this.file("crl.pem");
+    const last = new Date(Date.now() - SKEW_MS);
+    const next = o.nextUpdate ?? new Date(Date.now() + 7 * DAY_MS);
+    openssl([
+      "ca",
+      "-gencrl",
+      "-batch",
+      "-config",
+      join(this.dir, "ca.cnf"),
+      "-keyfile",
+      this.keyFile,
+      "-cert",
+      this.certFile,
+      "-md",
+      "sha256",
+      "-crl_lastupdate",
+      asn1Time(last),
+      "-crl_nextupdate",
+      asn1Time(next),
+      "-out",
+      out,
+    ]);
+    return readFileSync(out, "utf8");
   }
 
   private static prepare(parent: string): string {

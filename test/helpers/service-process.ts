@@ -39,11 +39,13 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Waits for a JSON log line with this msg on the child's stdout. */
+/** Waits for a JSON log line with this msg on the child's stdout; a failure carries stdout and stderr. */
 export function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     let buf = "";
-    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}`)), ms);
+    let err = "";
+    child.stderr?.on("data", (d: Buffer) => (err += d.toString()));
+    const t = setTimeout(() => reject(new Error(`no "${msg}" log line within ${ms} ms; output: ${buf}; stderr: ${err}`)), ms);
     child.stdout?.on("data", (d: Buffer) => {
       buf += d.toString();
       for (const line of buf.split("\n")) {
@@ -58,7 +60,7 @@ export function waitForLog(child: ChildProcess, msg: string, ms = 30_000): Promi
         }
       }
     });
-    child.on("exit", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}`)));
+    child.on("close", (code) => reject(new Error(`exited with ${code} before "${msg}"; output: ${buf}; stderr: ${err}`)));
   });
 }
 
@@ -87,6 +89,8 @@ export async function startServiceProcess(o: {
   adminClientCaFile?: string;
   /** More top-level configuration lines (YAML). */
   extraConfig?: string[];
+  /** More lines of the tls section, e.g. "  clientCrlFile: /path". */
+  tlsConfig?: string[];
 }): Promise<ServiceProcess> {
   const dir = join(o.dir, o.name);
   mkdirSync(dir, { recursive: true });
@@ -103,6 +107,7 @@ export async function startServiceProcess(o: {
       `  certFile: ${join(o.tls.dir, "server.pem")}`,
       `  keyFile: ${join(o.tls.dir, "server-key.pem")}`,
       `  clientCaFile: ${o.tls.caFile}`,
+      ...(o.tlsConfig ?? []),
       "hsm:",
       `  module: ${o.token.module}`,
       `  tokenLabel: ${o.token.label}`,

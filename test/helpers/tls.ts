@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import { PROJECT_ROOT } from "./softhsm.js";
 
 export interface TlsMaterial {
@@ -34,4 +35,25 @@ export function createTlsMaterial(dir: string, clientName = "test-client", extra
     clientKey: readFileSync(f("client-key.pem")),
     extra,
   };
+}
+
+/**
+ * One TLS connection attempt to 127.0.0.1:port; resolves once the connection is closed (or
+ * after 5 s), with whether the client saw its handshake complete. With TLS 1.3 the server judges
+ * the client's certificate after the client thinks the handshake is done, so the client stays
+ * until the server closes, unless `closeWhenSecure` (a handshake expected to be accepted).
+ */
+export function attempt(port: number, o: ConnectionOptions, closeWhenSecure = false): Promise<{ secure: boolean; error?: string }> {
+  return new Promise((resolve) => {
+    const s = tlsConnect({ host: "127.0.0.1", port, servername: "localhost", ALPNProtocols: ["h2"], ...o });
+    const r: { secure: boolean; error?: string } = { secure: false };
+    s.on("secureConnect", () => {
+      r.secure = true;
+      if (closeWhenSecure) s.end();
+    });
+    s.on("error", (e) => (r.error = e.message));
+    s.on("close", () => resolve(r));
+    s.resume();
+    setTimeout(() => s.destroy(), 5000).unref();
+  });
 }

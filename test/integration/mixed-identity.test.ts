@@ -5,12 +5,13 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
+import type { ConnectionOptions } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { exportJWK, SignJWT } from "jose";
 import { AuditLog } from "../../src/audit/index.js";
 import { Authenticator, PolicyStore, RateLimiter } from "../../src/auth/index.js";
 import { createLogger, silentLogger } from "../../src/log/index.js";
+import { attempt } from "../helpers/tls.js";
 import { SignerMetrics } from "../../src/metrics/index.js";
 import { AccessControl } from "../../src/server/access-control.js";
 import { startSignerServer, type RunningServer } from "../../src/server/signer-server.js";
@@ -52,27 +53,6 @@ async function waitFor(what: string, cond: () => boolean, ms = 20_000): Promise<
     if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
-}
-
-/**
- * One TLS connection attempt to 127.0.0.1:port; resolves once the connection is closed (or
- * after 5 s), with whether the client saw its handshake complete. With TLS 1.3 the server judges
- * the client's certificate after the client thinks the handshake is done, so the client stays
- * until the server closes, unless `closeWhenSecure` (a handshake expected to be accepted).
- */
-function attempt(port: number, o: ConnectionOptions, closeWhenSecure = false): Promise<{ secure: boolean; error?: string }> {
-  return new Promise((resolve) => {
-    const s = tlsConnect({ host: "127.0.0.1", port, servername: "localhost", ALPNProtocols: ["h2"], ...o });
-    const r: { secure: boolean; error?: string } = { secure: false };
-    s.on("secureConnect", () => {
-      r.secure = true;
-      if (closeWhenSecure) s.end();
-    });
-    s.on("error", (e) => (r.error = e.message));
-    s.on("close", () => resolve(r));
-    s.resume();
-    setTimeout(() => s.destroy(), 5000).unref();
-  });
 }
 
 describe("identity on one TLS listener: mTLS and bearer tokens mixed, identity kinds, refused handshakes", function () {

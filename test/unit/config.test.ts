@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { checkConfig } from "../../src/bin/config-check.js";
 import { loadConfig } from "../../src/bin/config.js";
 import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
+import { OpensslCa } from "../helpers/openssl-ca.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
 
 describe("configuration: file, environment overrides, every problem at once", () => {
@@ -118,6 +119,33 @@ describe("config check: what serve would open, every problem at once", () => {
     writeFileSync(f("a-file"), "");
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("tls.clientCrlFile: needs tls.clientCaFile, and must hold a CRL from each client CA (a CRL of another CA is named as missing)", () => {
+    const other = OpensslCa.root(join(dir, "pki"), { subject: "/O=Elsewhere/CN=Other Root" });
+    writeFileSync(f("other.crl"), other.crl());
+    const tlsLine = (extra: string): string => `tls: { certFile: ${tls.dir}/server.pem, keyFile: ${tls.dir}/server-key.pem${extra} }`;
+    assert.throws(() => loadConfig(config("crl-no-ca.yaml", { tls: tlsLine(", clientCrlFile: other.crl") }), {}), /tls\.clientCrlFile: needs tls\.clientCaFile/);
+    const file = config("crl-other.yaml", { tls: tlsLine(`, clientCaFile: ${tls.caFile}, clientCrlFile: other.crl`) });
+    assert.equal(loadConfig(file, {}).tls.clientCrlFile, f("other.crl"));
+    const problems = problemsOf(() => checkConfig(file, {}));
+    assert.ok(
+      problems.some((p) => /^tls\.clientCrlFile: no CRL from ".*" of tls\.clientCaFile; /.test(p)),
+      problems.join("\n"),
+    );
+    // KeyAdmin with its own client CA takes only its own CRLs.
+    assert.throws(() => loadConfig(config("admin-crl.yaml", { admin: "admin: { listen: 127.0.0.1:8444, clientCrlFile: other.crl }" }), {}), /admin\.clientCrlFile: needs admin\.clientCaFile/);
+  });
+
+  it("limits: 1024 connections, a 10 s TLS handshake and 300 s idle connections by default, each bounded", () => {
+    const c = loadConfig(config("limits.yaml"), {});
+    assert.deepEqual([c.limits.maxConnections, c.limits.tlsHandshakeTimeoutMs, c.limits.connectionIdleMs], [1024, 10_000, 300_000]);
+    const set = loadConfig(config("limits-set.yaml", { limits: "limits: { maxConnections: 50, tlsHandshakeTimeoutSeconds: 3, connectionIdleSeconds: 60 }" }), {});
+    assert.deepEqual([set.limits.maxConnections, set.limits.tlsHandshakeTimeoutMs, set.limits.connectionIdleMs], [50, 3_000, 60_000]);
+    assert.throws(
+      () => loadConfig(config("limits-bad.yaml", { limits: "limits: { maxConnections: 0, tlsHandshakeTimeoutSeconds: 600 }" }), {}),
+      /limits\.maxConnections: .*\n.*limits\.tlsHandshakeTimeoutSeconds: /,
+    );
+  });
 
   it("a configuration whose files are all good is valid, and says what was checked", () => {
     const checked = checkConfig(config("good.yaml"), {});
