@@ -339,6 +339,8 @@ export class Policy {
   readonly allowAnonymousOnLoopback: boolean;
   /** Rule names in evaluation order (the first rule that allows a call is the one reported). */
   readonly ruleNames: readonly string[];
+  /** Parts that are valid but can never take effect (logged as warnings when the policy is loaded). */
+  readonly notes: readonly string[];
   private readonly data: PolicyData;
   private readonly rulesByName: ReadonlyMap<string, Rule>;
 
@@ -348,6 +350,11 @@ export class Policy {
     this.allowAnonymousOnLoopback = data.allowAnonymousOnLoopback;
     this.ruleNames = Object.freeze(data.rules.map((r) => r.name));
     this.rulesByName = new Map(data.rules.map((r) => [r.name, r]));
+    // KeyAdmin identifies custodians by client certificate only: a jwt entry is accepted (the
+    // document stays valid, as published examples have one) but matches no one.
+    this.notes = Object.freeze(
+      data.custodians.flatMap((m, i) => (m.kind === "jwt" ? [`custodians[${i}] names a jwt issuer: KeyAdmin accepts client certificates only, so this entry never matches`] : [])),
+    );
   }
 
   /** Parses YAML or JSON (JSON is YAML); throws PolicyInvalidError (CONFIG_INVALID) listing every problem. */
@@ -468,6 +475,7 @@ export class PolicyStore {
     const text = readPolicyText(path);
     const store = new PolicyStore(path, logger, Policy.parse(text, path), text);
     logger.info("policy loaded", { file: path, rules: store.policy.ruleNames.length });
+    for (const note of store.policy.notes) logger.warn(`policy ${path}: ${note}`, { file: path });
     return store;
   }
 
@@ -497,6 +505,7 @@ export class PolicyStore {
       const next = Policy.parse(text, this.file);
       this.policy = next;
       this.logger.info("policy reloaded", { file: this.file, rules: next.ruleNames.length });
+      for (const note of next.notes) this.logger.warn(`policy ${this.file}: ${note}`, { file: this.file });
       return true;
     } catch (e) {
       if (!(e instanceof PolicyInvalidError)) throw e;

@@ -303,6 +303,11 @@ rules:
       assert.equal(p.isCustodian(anonymous), false);
       assert.equal(Policy.parse("rules: []\n", "none").isCustodian(mtls("spiffe://corp/custodian/alice")), false);
     });
+
+    it("notes a jwt custodian entry, which KeyAdmin (client certificates only) never meets", () => {
+      assert.deepEqual(p.notes, ["custodians[1] names a jwt issuer: KeyAdmin accepts client certificates only, so this entry never matches"]);
+      assert.deepEqual(Policy.parse('custodians: [ { mtls: "spiffe://corp/custodian/*" } ]\nrules: []\n', "mtls").notes, []);
+    });
   });
 
   describe("rateLimitsFor", () => {
