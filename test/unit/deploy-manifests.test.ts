@@ -310,3 +310,43 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     }
   });
 });
+
+describe("deploy/base/prometheusrule.yaml", () => {
+  interface Rule {
+    alert: string;
+    expr: string;
+    labels?: { severity?: string };
+    annotations?: { summary?: string };
+  }
+  const doc = parse(readFileSync(join(BASE, "prometheusrule.yaml"), "utf8")) as { kind: string; spec: { groups: { rules: Rule[] }[] } };
+  const rules = doc.spec.groups.flatMap((g) => g.rules);
+
+  it("is part of the base, and every alert has a severity and a summary", () => {
+    const k = parse(readFileSync(join(BASE, "kustomization.yaml"), "utf8")) as { resources: string[] };
+    assert.ok(k.resources.includes("prometheusrule.yaml"));
+    assert.equal(doc.kind, "PrometheusRule");
+    assert.ok(rules.length >= 8);
+    for (const r of rules) {
+      assert.match(r.labels?.severity ?? "", /^(critical|warning)$/, r.alert);
+      assert.ok((r.annotations?.summary ?? "").length > 0, r.alert);
+    }
+  });
+
+  it("alerts only on metrics and label values the service exports (a renamed metric fails here, not silently in production)", async () => {
+    const { SignerMetrics } = await import("../../src/metrics/index.js");
+    const { ERROR_CODES } = await import("../../src/errors/index.js");
+    const { TLS_HANDSHAKE_FAILURE_REASONS } = await import("../../src/tls/handshake-failure-reasons.js");
+    const exported = new Set(new SignerMetrics({ version: "test" }).registry.getMetricsAsArray().map((m) => m.name));
+    const labelValues: Record<string, Set<string>> = {
+      reason: new Set(TLS_HANDSHAKE_FAILURE_REASONS),
+      result: new Set(["OK", ...ERROR_CODES, "applied", "rejected"]),
+    };
+    for (const r of rules) {
+      const names = [...r.expr.matchAll(/hsm_signer_[a-z_]+/g)].map((m) => m[0].replace(/_(bucket|sum|count)$/, ""));
+      assert.ok(names.length > 0, r.alert);
+      for (const n of names) assert.ok(exported.has(n), `${r.alert}: ${n} is not exported`);
+      for (const [, label, values] of r.expr.matchAll(/(reason|result)=~?"([^"]+)"/g))
+        for (const v of (values as string).split("|")) assert.ok(labelValues[label as string]?.has(v), `${r.alert}: ${label}="${v}" never appears`);
+    }
+  });
+});
