@@ -7,6 +7,7 @@ import { builtinModules } from "node:module";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
 import protobuf from "protobufjs";
 import { KEY_SPECS, type KeySpec } from "../../src/signing/key-spec.js";
 import type { RunningServer } from "../../src/server/signer-server.js";
@@ -858,6 +859,52 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       assert.ok(statSync(installed).mode & 0o100);
       const r = await runPlugin("get-plugin-metadata", "{}", undefined, { executable: installed });
       assert.equal(success(r).name, "hsm-signer");
+    });
+  });
+  describe("standalone package (Node single executable, for hosts without Node)", function () {
+    this.timeout(300_000);
+    let exe: string;
+    const STANDALONE = `dist/notation-hsm-signer_${PKG_VERSION}_linux_${process.arch === "x64" ? "amd64" : process.arch}.tar.gz`;
+    /** The one executable of a package, as notation plugin install takes it out (ustar: a 512-byte header, then the file). */
+    const unpack = (gz: Buffer, to: string): void => {
+      const tar = gunzipSync(gz);
+      assert.equal(tar.subarray(0, 100).toString("latin1").replace(/\0+$/, ""), "notation-hsm-signer");
+      const size = Number.parseInt(tar.subarray(124, 136).toString("latin1"), 8);
+      writeFileSync(to, tar.subarray(512, 512 + size), { mode: 0o755 });
+    };
+    const packStandalone = (): Buffer => {
+      execFileSync(process.execPath, [join(PROJECT_ROOT, "scripts/package-plugin.mjs"), "--standalone"], { stdio: "ignore", timeout: 240_000 });
+      const gz = readFileSync(join(PROJECT_ROOT, STANDALONE));
+      assert.equal(readFileSync(join(PROJECT_ROOT, `${STANDALONE}.sha256`), "utf8").split(" ")[0], createHash("sha256").update(gz).digest("hex"));
+      return gz;
+    };
+
+    before(() => {
+      const gz = packStandalone();
+      exe = join(tmp, "standalone", "notation-hsm-signer");
+      mkdirSync(join(tmp, "standalone"));
+      unpack(gz, exe);
+    });
+
+    it("signs and describes with no node on PATH, answering as the bundle does", async () => {
+      const env = { PATH: "/nonexistent" };
+      const meta = success(await runPlugin("get-plugin-metadata", "{}", env, { executable: exe }));
+      assert.deepEqual(meta, success(await runPlugin("get-plugin-metadata", "{}")));
+      const keyId = keyIdOf("EC-256");
+      assert.deepEqual(success(await runPlugin("describe-key", json(requestFor("describe-key", keyId, "EC-256", cfg)), env, { executable: exe })), { keyId, keySpec: "EC-256" });
+      const req = requestFor("generate-signature-jws", keyId, "EC-256", cfg);
+      const out = success(await runPlugin("generate-signature", json(req), env, { executable: exe }));
+      const leaf = certsOf(out.certificateChain)[0] as X509Certificate;
+      assert.equal(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature as string, "base64"), leaf.raw, "EC-256"), true);
+      // Its errors are the plugin's too: a JSON error on stderr and exit 1.
+      failure(await runPlugin("describe-key", "{ not json", env, { executable: exe }), "VALIDATION_ERROR");
+    });
+
+    it("packaging again with the same Node gives the same bytes", () => {
+      const first = createHash("sha256")
+        .update(readFileSync(join(PROJECT_ROOT, STANDALONE)))
+        .digest("hex");
+      assert.equal(createHash("sha256").update(packStandalone()).digest("hex"), first);
     });
   });
 });
