@@ -180,27 +180,29 @@ export class SignerMetrics {
       labelNames: ["listener", "result"] as const,
       registers,
     });
-    const tlsCertificateExpiry: Gauge<"listener"> = new Gauge({
-      name: "hsm_signer_tls_certificate_expiry_seconds",
-      help: "Seconds until the certificate a TLS listener presents expires (negative once expired).",
-      labelNames: ["listener"] as const,
-      registers,
-      collect: () => {
-        const now = Date.now();
-        for (const [listener, d] of this.tlsDates) tlsCertificateExpiry.set({ listener }, (d.certNotAfter - now) / 1000);
-      },
-    });
-    const tlsCrlNextUpdate: Gauge<"listener"> = new Gauge({
-      name: "hsm_signer_tls_crl_next_update_seconds",
-      help: "Seconds until the earliest nextUpdate of a TLS listener's client CRLs; negative: clients of that CA are refused until a newer CRL is loaded.",
-      labelNames: ["listener"] as const,
-      registers,
-      collect: () => {
-        const now = Date.now();
-        tlsCrlNextUpdate.reset();
-        for (const [listener, d] of this.tlsDates) if (d.crlNextUpdate !== undefined) tlsCrlNextUpdate.set({ listener }, (d.crlNextUpdate - now) / 1000);
-      },
-    });
+    /** Seconds from now to a date each TLS listener has (none: no series for that listener). */
+    const listenerSeconds = (name: string, help: string, read: (d: { certNotAfter: number; crlNextUpdate: number | undefined }) => number | undefined): void => {
+      const g: Gauge<"listener"> = new Gauge({
+        name,
+        help,
+        labelNames: ["listener"] as const,
+        registers,
+        collect: () => {
+          const now = Date.now();
+          g.reset();
+          for (const [listener, d] of this.tlsDates) {
+            const at = read(d);
+            if (at !== undefined) g.set({ listener }, (at - now) / 1000);
+          }
+        },
+      });
+    };
+    listenerSeconds("hsm_signer_tls_certificate_expiry_seconds", "Seconds until the certificate a TLS listener presents expires (negative once expired).", (d) => d.certNotAfter);
+    listenerSeconds(
+      "hsm_signer_tls_crl_next_update_seconds",
+      "Seconds until the earliest nextUpdate of a TLS listener's client CRLs; negative: clients of that CA are refused until a newer CRL is loaded.",
+      (d) => d.crlNextUpdate,
+    );
 
     // Scrape-time gauges: prom-client calls collect() before reading each metric.
     const poolSessions: Gauge<"state"> = new Gauge({

@@ -8,11 +8,10 @@ import * as grpc from "@grpc/grpc-js";
 import { freePort, isolatedToken, startServiceProcess, type ServiceProcess } from "../helpers/service-process.js";
 import { callSigner, signerClient } from "../helpers/signer-client.js";
 import type { SoftHsmToken } from "../helpers/softhsm.js";
-import { OpensslCa } from "../helpers/openssl-ca.js";
+import { CLIENT_LEAF_EXT, OpensslCa, SERVER_LEAF_EXT } from "../helpers/openssl-ca.js";
 import type { TlsMaterial } from "../helpers/tls.js";
 
-const SERVER_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1";
-const clientExt = (name: string): string => `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:spiffe://corp/build/${name}`;
+const clientExt = (name: string): string => `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/${name}`;
 
 function metricsText(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -47,7 +46,7 @@ describe("hsm-signer serve: client CRLs and TLS material reloaded without a rest
   it("a client revoked in a new CRL file is refused from then on, the others go on; a bad file is refused and logged, and what was in force stays", async () => {
     const tlsDir = join(dir, "tls");
     mkdirSync(tlsDir);
-    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_EXT });
+    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_LEAF_EXT });
     writeFileSync(join(tlsDir, "server.pem"), new X509Certificate(server.der).toString());
     writeFileSync(join(tlsDir, "server-key.pem"), server.keyPem);
     writeFileSync(join(tlsDir, "ca.pem"), root.certPem);

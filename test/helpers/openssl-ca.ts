@@ -36,6 +36,10 @@ export interface CertOptions {
 
 export const CODE_SIGNING_LEAF_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning";
 export const CA_EXT = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign";
+/** A TLS server certificate for the tests' loopback listeners. */
+export const SERVER_LEAF_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1";
+/** A TLS client certificate; add a subjectAltName line to name the caller. */
+export const CLIENT_LEAF_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
 
 const KEY_ARGS: Record<KeyType, string[]> = {
   "ec-256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],

@@ -18,15 +18,13 @@ import { startSignerServer, type RunningServer } from "../../src/server/signer-s
 import { TlsHandshakeFailureLog, TlsListener, type TlsHandshakeFailure } from "../../src/server/tls-listener.js";
 import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
-import { OpensslCa } from "../helpers/openssl-ca.js";
+import { CLIENT_LEAF_EXT, OpensslCa, SERVER_LEAF_EXT } from "../helpers/openssl-ca.js";
 import { runPlugin } from "../helpers/plugin-process.js";
 import { loadSignerClientClass, type SignResponse } from "../helpers/signer-client.js";
 import { auditRecordsIn } from "../helpers/audit-records.js";
 
 const ISSUER = "https://token.actions.githubusercontent.com";
 const AUDIENCE = "hsm-signer";
-const CLIENT_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
-const SERVER_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1";
 const DAY = 24 * 3600_000;
 
 interface Pem {
@@ -170,27 +168,32 @@ rules:
     tmp = mkdtempSync(join(tmpdir(), "mixed-identity-"));
     root = OpensslCa.root(join(tmp, "pki"), { subject: "/CN=clients and server root" });
     const other = OpensslCa.root(join(tmp, "pki"), { subject: "/CN=another root" });
-    server = pem("server", root.leaf({ subject: "/CN=localhost", extensions: SERVER_EXT }));
-    uriClient = pem("uri", root.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
+    server = pem("server", root.leaf({ subject: "/CN=localhost", extensions: SERVER_LEAF_EXT }));
+    uriClient = pem("uri", root.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
     // No SAN at all; the CN spells the same SPIFFE id (openssl -subj needs "/" escaped).
-    cnSpiffeClient = pem("cn-spiffe", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: CLIENT_EXT }));
-    cnLegacyClient = pem("cn-legacy", root.leaf({ subject: "/CN=legacy-1", extensions: CLIENT_EXT }));
-    dnsClient = pem("dns", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: `${CLIENT_EXT}\nsubjectAltName=DNS:runner-1.corp.example` }));
+    cnSpiffeClient = pem("cn-spiffe", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: CLIENT_LEAF_EXT }));
+    cnLegacyClient = pem("cn-legacy", root.leaf({ subject: "/CN=legacy-1", extensions: CLIENT_LEAF_EXT }));
+    dnsClient = pem("dns", root.leaf({ subject: "/CN=spiffe:\\/\\/corp\\/build\\/a", extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=DNS:runner-1.corp.example` }));
     // A client certificate from an intermediate CA: the client sends leaf + intermediate, the
     // service trusts only the root (the configuration most PKIs hand out).
     const inter = root.intermediate({ subject: "/CN=clients intermediate" });
-    const viaInter = inter.leaf({ subject: "/CN=build-b", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/b` });
+    const viaInter = inter.leaf({ subject: "/CN=build-b", extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/b` });
     viaIntermediateClient = pem("via-intermediate", viaInter);
     writeFileSync(viaIntermediateClient.certFile, new X509Certificate(viaInter.der).toString() + new X509Certificate(inter.certDer).toString());
     viaIntermediateClient.cert = readFileSync(viaIntermediateClient.certFile);
-    foreignClient = pem("foreign", other.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
+    foreignClient = pem("foreign", other.leaf({ subject: "/CN=build-a", extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }));
     expiredClient = pem(
       "expired",
-      root.leaf({ subject: "/CN=old", notBefore: new Date(Date.now() - 30 * DAY), notAfter: new Date(Date.now() - DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }),
+      root.leaf({ subject: "/CN=old", notBefore: new Date(Date.now() - 30 * DAY), notAfter: new Date(Date.now() - DAY), extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }),
     );
     notYetValidClient = pem(
       "future",
-      root.leaf({ subject: "/CN=future", notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 30 * DAY), extensions: `${CLIENT_EXT}\nsubjectAltName=URI:spiffe://corp/build/a` }),
+      root.leaf({
+        subject: "/CN=future",
+        notBefore: new Date(Date.now() + DAY),
+        notAfter: new Date(Date.now() + 30 * DAY),
+        extensions: `${CLIENT_LEAF_EXT}\nsubjectAltName=URI:spiffe://corp/build/a`,
+      }),
     );
     signingKey = generateKeyPairSync("ec", { namedCurve: "P-256" });
     jwksFile = join(tmp, "jwks.json");

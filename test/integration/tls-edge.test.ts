@@ -9,11 +9,8 @@ import * as grpc from "@grpc/grpc-js";
 import { bindServer, idleOption, newGrpcServer, type RunningServer } from "../../src/server/bind-server.js";
 import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from "../../src/server/tls-material.js";
 import type { TlsHandshakeFailure } from "../../src/server/tls-listener.js";
-import { OpensslCa } from "../helpers/openssl-ca.js";
+import { CLIENT_LEAF_EXT, OpensslCa, SERVER_LEAF_EXT } from "../helpers/openssl-ca.js";
 import { attempt } from "../helpers/tls.js";
-
-const SERVER_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1";
-const CLIENT_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
 
 interface Client {
   cert: string;
@@ -57,7 +54,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     return f;
   };
   const client = (ca: OpensslCa, cn: string, chain: string): Client => {
-    const l = ca.leaf({ subject: `/CN=${cn}`, extensions: CLIENT_EXT });
+    const l = ca.leaf({ subject: `/CN=${cn}`, extensions: CLIENT_LEAF_EXT });
     return { cert: new X509Certificate(l.der).toString() + chain, key: l.keyPem, der: l.der };
   };
   const as = (c: Client): ConnectionOptions => ({ ca: root.certPem, cert: c.cert, key: c.key });
@@ -84,7 +81,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     dir = mkdtempSync(join(tmpdir(), "tls-edge-"));
     root = OpensslCa.root(dir, { subject: "/O=Corp/CN=Client Root" });
     inter = root.intermediate({ subject: "/O=Corp/CN=Build Agents" });
-    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_EXT });
+    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_LEAF_EXT });
     // Clients of the intermediate send it with their certificate; the listener trusts the root only.
     agent = client(inter, "agent-1", inter.certPem);
     leaver = client(inter, "agent-2", inter.certPem);
@@ -126,7 +123,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     open.on("error", () => undefined);
 
     inter.revoke(agent.der);
-    const renewed = root.leaf({ subject: "/CN=localhost", extensions: SERVER_EXT });
+    const renewed = root.leaf({ subject: "/CN=localhost", extensions: SERVER_LEAF_EXT });
     const next = loadTlsMaterial({ ...files, certFile: file(new X509Certificate(renewed.der).toString()), keyFile: file(renewed.keyPem), clientCrlFile: file(root.crl() + inter.crl()) });
     s.setTlsMaterial(next);
 
@@ -145,7 +142,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     open.destroy();
 
     // A key that is not the certificate's never reaches the listener.
-    assert.throws(() => s.setTlsMaterial({ ...next, key: Buffer.from(root.leaf({ extensions: SERVER_EXT }).keyPem) }), /key values mismatch/);
+    assert.throws(() => s.setTlsMaterial({ ...next, key: Buffer.from(root.leaf({ extensions: SERVER_LEAF_EXT }).keyPem) }), /key values mismatch/);
     assert.equal((await attempt(s.port, as(rootClient), true)).secure, true, "the listener still serves with what it had");
   });
 

@@ -6,10 +6,8 @@ import { join } from "node:path";
 import { SignerError } from "../../src/errors/index.js";
 import { loadTlsMaterial, sameTlsMaterial, type TlsFiles } from "../../src/server/tls-material.js";
 import { crlSignedBy, parseCrls, subjectDer } from "../../src/tls/crl.js";
-import { OpensslCa } from "../helpers/openssl-ca.js";
+import { CLIENT_LEAF_EXT, OpensslCa, SERVER_LEAF_EXT } from "../helpers/openssl-ca.js";
 
-const SERVER_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost";
-const CLIENT_EXT = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
 const DAY = 24 * 3600_000;
 
 describe("client CRLs and a listener's TLS material (tls/crl.ts, server/tls-material.ts)", function () {
@@ -41,7 +39,7 @@ describe("client CRLs and a listener's TLS material (tls/crl.ts, server/tls-mate
     inter = root.intermediate({ subject: "/O=Corp/CN=Build Agents" });
     // Another CA with the very same name: its CRL names the right issuer, but it did not sign it.
     impostor = OpensslCa.root(dir, { subject: "/O=Corp/CN=Build Agents" });
-    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_EXT });
+    const server = root.leaf({ subject: "/CN=localhost", extensions: SERVER_LEAF_EXT });
     base = {
       section: "tls",
       certFile: file(new X509Certificate(server.der).toString()),
@@ -54,7 +52,7 @@ describe("client CRLs and a listener's TLS material (tls/crl.ts, server/tls-mate
 
   it("reads each CRL of a PEM bundle and a DER CRL: issuer, dates, and who signed it", () => {
     const next = new Date(Math.floor((Date.now() + 3 * DAY) / 1000) * 1000);
-    const revoked = inter.leaf({ subject: "/CN=gone", extensions: CLIENT_EXT });
+    const revoked = inter.leaf({ subject: "/CN=gone", extensions: CLIENT_LEAF_EXT });
     inter.revoke(revoked.der);
     const crls = parseCrls(Buffer.from(root.crl() + inter.crl({ nextUpdate: next })));
     assert.equal(crls.length, 2);
@@ -98,7 +96,7 @@ describe("client CRLs and a listener's TLS material (tls/crl.ts, server/tls-mate
     assert.match(problem({ ...base, clientCrlFile: file(root.crl() + impostor.crl()) }), /^tls\.clientCrlFile: the CRL from "O=Corp, CN=Build Agents" is not signed by that CA of tls\.clientCaFile$/);
     assert.match(problem({ ...base, clientCrlFile: file("no CRL here\n") }), /^tls\.clientCrlFile: .* holds no CRL/);
     assert.match(problem({ ...base, clientCaFile: undefined, clientCrlFile: file(root.crl()) }), /^tls\.clientCrlFile: needs tls\.clientCaFile/);
-    assert.match(problem({ ...base, section: "admin", keyFile: file(root.leaf({ extensions: SERVER_EXT }).keyPem) }), /^admin\.keyFile: .* is not the key of the certificate in admin\.certFile$/);
+    assert.match(problem({ ...base, section: "admin", keyFile: file(root.leaf({ extensions: SERVER_LEAF_EXT }).keyPem) }), /^admin\.keyFile: .* is not the key of the certificate in admin\.certFile$/);
   });
 
   it("warns, without refusing, about a CRL past its nextUpdate: OpenSSL refuses every client of that CA until a newer one comes", () => {
