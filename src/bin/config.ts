@@ -12,8 +12,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 /** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
-import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";
-import { DEFAULT_MAX_CONNECTION_IDLE_MS } from "../server/bind-server.js";
+import { DEFAULT_CONNECTION_IDLE_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";
 import { MAX_CRL_FILE_BYTES } from "../fs/regular-file.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
 import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs } from "./config-fields.js";
@@ -150,7 +149,7 @@ function configSchema(base: string, env: NodeJS.ProcessEnv) {
         maxDeadlineSeconds: secondsAsMs(1, 3600, DEFAULT_MAX_DEADLINE_MS / 1000),
         maxConnections: integer(1, 65536, DEFAULT_MAX_CONNECTIONS),
         tlsHandshakeTimeoutSeconds: secondsAsMs(1, 120, DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000),
-        connectionIdleSeconds: secondsAsMs(10, 86400, DEFAULT_MAX_CONNECTION_IDLE_MS / 1000),
+        connectionIdleSeconds: secondsAsMs(10, 86400, DEFAULT_CONNECTION_IDLE_MS / 1000),
       }),
       log: section({
         level: v.optional(
@@ -207,6 +206,10 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
     if (!tls.keyFile) problem("tls.keyFile: required (or tls.insecure: true on a loopback address)");
     if (tls.clientCrlFile && !tls.clientCaFile) problem("tls.clientCrlFile: needs tls.clientCaFile (the CAs whose revocations it lists)");
   }
+  const limits = sec("limits");
+  // The listeners close a connection that received nothing this long: a call in progress receives nothing.
+  if (typeof limits.connectionIdleSeconds === "number" && typeof limits.maxDeadlineSeconds === "number" && limits.connectionIdleSeconds <= limits.maxDeadlineSeconds)
+    problem("limits.connectionIdleSeconds: must be longer than limits.maxDeadlineSeconds (a connection waiting for an answer receives nothing meanwhile)");
   if (!hsm.module) problem("hsm.module: required (path of the PKCS#11 library)");
   if (!hsm.tokenLabel && !hsm.tokenSerial) problem("hsm.tokenLabel or hsm.tokenSerial: one is required");
   if (!policy.file) problem("policy.file: required (who may use which key; deny by default)");

@@ -87,7 +87,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
     });
     opened(w, (x) => x.close()).watch();
   };
-  const listenerLimits = { handshakeTimeoutMs: config.limits.tlsHandshakeTimeoutMs, maxConnections: config.limits.maxConnections };
+  const listenerLimits = { handshakeTimeoutMs: config.limits.tlsHandshakeTimeoutMs, maxConnections: config.limits.maxConnections, idleMs: config.limits.connectionIdleMs };
   // With audit.postgres the database is the store (audit-setup.ts); else the local files.
   const storeAudit = opened(
     (await openPostgresAudit(config, logger, metrics.onAuditFsync)) ??
@@ -155,7 +155,6 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
       signing,
       logger,
       maxDeadlineMs: config.limits.maxDeadlineMs,
-      connectionIdleMs: config.limits.connectionIdleMs,
       access,
       audit,
       ready,
@@ -198,7 +197,6 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
           audit,
           logger,
           maxDeadlineMs: config.limits.maxDeadlineMs,
-          connectionIdleMs: config.limits.connectionIdleMs,
           onRequest: (method, result, seconds, keyId) => metrics.observeRequest(method, result, seconds, keyId),
         })
       : undefined;

@@ -11,9 +11,10 @@ export type TlsOptions =
       clientCa?: Buffer | undefined;
       /** CRLs of the client CAs, one PEM each (loadTlsMaterial). */
       crl?: Buffer[] | undefined;
-      /** TlsListenerOptions.handshakeTimeoutMs and maxConnections. */
+      /** TlsListenerOptions.handshakeTimeoutMs, maxConnections and idleMs. */
       handshakeTimeoutMs?: number;
       maxConnections?: number;
+      idleMs?: number;
       /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
       requireClientCertificate?: boolean;
       /** Each connection refused during its TLS handshake (TlsHandshakeFailureLog.report counts and logs them). */
@@ -30,21 +31,13 @@ export interface RunningServer {
   setTlsMaterial(m: TlsContextMaterial): void;
 }
 
-/** How long a connection with no call in progress is kept (grpc-js sends GOAWAY; a client reconnects when it next calls). */
-export const DEFAULT_MAX_CONNECTION_IDLE_MS = 300_000;
-
 /**
  * A grpc-js server as every listener of the service builds it. channelz (grpc-js's call and
  * socket counters for its debugging service, which this service does not serve) is off: its
  * per-call bookkeeping was about 4% of the event loop's CPU per Sign call.
  */
 export function newGrpcServer(options: grpc.ServerOptions = {}): grpc.Server {
-  return new grpc.Server({ "grpc.max_connection_idle_ms": DEFAULT_MAX_CONNECTION_IDLE_MS, ...options, "grpc.enable_channelz": 0 });
-}
-
-/** The grpc-js option for SignerServerOptions.connectionIdleMs (none: the default). */
-export function idleOption(ms: number | undefined): grpc.ServerOptions {
-  return ms === undefined ? {} : { "grpc.max_connection_idle_ms": ms };
+  return new grpc.Server({ ...options, "grpc.enable_channelz": 0 });
 }
 
 export function isLoopbackAddress(listen: string): boolean {
@@ -78,6 +71,7 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
       requireClientCertificate: tls.requireClientCertificate !== false,
       handshakeTimeoutMs: tls.handshakeTimeoutMs,
       maxConnections: tls.maxConnections,
+      idleMs: tls.idleMs,
       onHandshakeFailure: tls.onHandshakeFailure,
     });
     port = listener.port;

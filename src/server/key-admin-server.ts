@@ -9,7 +9,6 @@ import type { AccessControl } from "./access-control.js";
 import {
   auditKeyId,
   bindServer,
-  idleOption,
   newGrpcServer,
   serviceDefinition,
   unaryHandler,
@@ -35,6 +34,7 @@ export interface KeyAdminServerOptions {
     crl?: Buffer[] | undefined;
     handshakeTimeoutMs?: number;
     maxConnections?: number;
+    idleMs?: number;
     onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
   };
   /** The custody port (hsm/'s KeyCustody in the service). */
@@ -45,8 +45,6 @@ export interface KeyAdminServerOptions {
   audit: AuditSink;
   logger: Logger;
   maxDeadlineMs?: number;
-  /** How long a connection without calls is kept (default DEFAULT_MAX_CONNECTION_IDLE_MS). */
-  connectionIdleMs?: number;
   onRequest?: (method: string, result: string, seconds: number, keyId: string | undefined) => void;
 }
 
@@ -146,7 +144,7 @@ function slotInfo(s: SlotDetails): SlotInfo {
  * custodian of the policy get in; every call, allowed or not, is audited like a signing request.
  */
 export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
-  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024, ...idleOption(o.connectionIdleMs) });
+  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
   const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
     unary<Req, Res>(

@@ -6,7 +6,7 @@ import type { KeyRecord } from "../signing/ports.js";
 import type { SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
 import { addHealthService } from "./health-service.js";
-import { bindServer, idleOption, isLoopbackAddress, newGrpcServer, serviceDefinition, unaryHandler, type AuditSink, type RunningServer, type ServiceHandlers, type TlsOptions } from "./grpc-common.js";
+import { bindServer, isLoopbackAddress, newGrpcServer, serviceDefinition, unaryHandler, type AuditSink, type RunningServer, type ServiceHandlers, type TlsOptions } from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -21,8 +21,6 @@ export interface SignerServerOptions {
   signing: SigningService<CallerIdentity>;
   logger: Logger;
   maxDeadlineMs?: number;
-  /** How long a connection without calls is kept (default DEFAULT_MAX_CONNECTION_IDLE_MS). */
-  connectionIdleMs?: number;
   /** Who is calling: every call is authenticated here, and authorized by the signing core. */
   access: AccessControl;
   /** Every call is recorded here before its answer leaves (an AuditLog). */
@@ -53,7 +51,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   if (o.tls.insecure && !isLoopbackAddress(o.listen)) {
     throw new SignerError("CONFIG_INVALID", `plaintext (tls.insecure) is only allowed on a loopback address, not ${o.listen}`);
   }
-  const server = newGrpcServer({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES, ...idleOption(o.connectionIdleMs) });
+  const server = newGrpcServer({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
   const handlers: ServiceHandlers<typeof SignerDefinition> = {
     // Each handler decodes, lets the core run the call (it fills ctx.facts, which the shared

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tlsConnect, type ConnectionOptions } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { bindServer, idleOption, newGrpcServer, type RunningServer } from "../../src/server/bind-server.js";
+import { bindServer, newGrpcServer, type RunningServer } from "../../src/server/bind-server.js";
 import { loadTlsMaterial, type TlsFiles, type TlsMaterial } from "../../src/server/tls-material.js";
 import type { TlsHandshakeFailure } from "../../src/server/tls-listener.js";
 import { CLIENT_LEAF_EXT, OpensslCa, SERVER_LEAF_EXT } from "../helpers/openssl-ca.js";
@@ -62,7 +62,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
   /** A grpc-js server behind the service's own TLS listener (bindServer), with mTLS required. */
   const start = async (m: TlsMaterial, o: { handshakeTimeoutMs?: number; maxConnections?: number; idleMs?: number } = {}): Promise<{ s: RunningServer; failures: TlsHandshakeFailure[] }> => {
     const failures: TlsHandshakeFailure[] = [];
-    const s = await bindServer(newGrpcServer(idleOption(o.idleMs)), "127.0.0.1:0", {
+    const s = await bindServer(newGrpcServer(), "127.0.0.1:0", {
       insecure: false,
       cert: m.cert,
       key: m.key,
@@ -71,6 +71,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
       requireClientCertificate: true,
       handshakeTimeoutMs: o.handshakeTimeoutMs,
       maxConnections: o.maxConnections,
+      idleMs: o.idleMs,
       onHandshakeFailure: (f) => failures.push(f),
     });
     servers.push(s);
@@ -173,8 +174,8 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     b.destroy();
   });
 
-  it("ends a connection that carried no call for the idle time (GOAWAY); the client reconnects on its next call", async () => {
-    const { s } = await start(loadTlsMaterial(files), { idleMs: 500 });
+  it("closes a connection that received nothing for the idle time: a client's after its last call (it reconnects on the next), and one that never calls", async () => {
+    const { s } = await start(loadTlsMaterial(files), { idleMs: 600 });
     const creds = grpc.credentials.createSsl(Buffer.from(root.certPem), Buffer.from(rootClient.key), Buffer.from(rootClient.cert));
     const c = new grpc.Client(`127.0.0.1:${s.port}`, creds, { "grpc.ssl_target_name_override": "localhost" });
     const call = (): Promise<number> =>
@@ -188,13 +189,33 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
           (e) => resolve(e?.code ?? grpc.status.OK),
         ),
       );
+    // A TLS connection that completes its handshake and then sends nothing (no HTTP/2 at all).
+    const silent = tlsConnect({ host: "127.0.0.1", port: s.port, servername: "localhost", ALPNProtocols: ["h2"], ...as(rootClient) });
+    silent.on("error", () => undefined);
+    silent.resume();
+    let silentClosed = 0;
+    silent.on("close", () => (silentClosed = Date.now()));
+    const opened = Date.now();
     try {
       assert.equal(await call(), grpc.status.UNIMPLEMENTED);
       assert.equal(c.getChannel().getConnectivityState(false), grpc.connectivityState.READY);
-      await waitFor("the channel goes idle after the server's GOAWAY", () => c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY, 5000);
+      // Calls keep a connection: five calls 200 ms apart span more than the idle time, and the
+      // channel never leaves READY meanwhile (a closed connection would show, even if the next call reconnected).
+      let left = false;
+      const poll = setInterval(() => (left ||= c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY), 5);
+      for (let i = 0; i < 5; i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(await call(), grpc.status.UNIMPLEMENTED);
+      }
+      clearInterval(poll);
+      assert.equal(left, false, "the connection stayed open while calls came");
+      await waitFor("the idle client connection is closed", () => c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY, 5000);
       assert.equal(await call(), grpc.status.UNIMPLEMENTED, "the next call reconnects");
+      await waitFor("the silent connection is closed", () => silentClosed !== 0, 5000);
+      assert.ok(silentClosed - opened >= 550, `closed after ${silentClosed - opened} ms`);
     } finally {
       c.close();
+      silent.destroy();
     }
   });
 });

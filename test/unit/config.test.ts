@@ -139,8 +139,12 @@ describe("config check: what serve would open, every problem at once", () => {
   it("limits: 1024 connections, a 10 s TLS handshake and 300 s idle connections by default, each bounded", () => {
     const c = loadConfig(config("limits.yaml"), {});
     assert.deepEqual([c.limits.maxConnections, c.limits.tlsHandshakeTimeoutMs, c.limits.connectionIdleMs], [1024, 10_000, 300_000]);
-    const set = loadConfig(config("limits-set.yaml", { limits: "limits: { maxConnections: 50, tlsHandshakeTimeoutSeconds: 3, connectionIdleSeconds: 60 }" }), {});
-    assert.deepEqual([set.limits.maxConnections, set.limits.tlsHandshakeTimeoutMs, set.limits.connectionIdleMs], [50, 3_000, 60_000]);
+    const set = loadConfig(config("limits-set.yaml", { limits: "limits: { maxConnections: 50, tlsHandshakeTimeoutSeconds: 3, connectionIdleSeconds: 90 }" }), {});
+    assert.deepEqual([set.limits.maxConnections, set.limits.tlsHandshakeTimeoutMs, set.limits.connectionIdleMs], [50, 3_000, 90_000]);
+    assert.throws(
+      () => loadConfig(config("limits-idle.yaml", { limits: "limits: { connectionIdleSeconds: 30, maxDeadlineSeconds: 60 }" }), {}),
+      /limits\.connectionIdleSeconds: must be longer than limits\.maxDeadlineSeconds/,
+    );
     assert.throws(
       () => loadConfig(config("limits-bad.yaml", { limits: "limits: { maxConnections: 0, tlsHandshakeTimeoutSeconds: 600 }" }), {}),
       /limits\.maxConnections: .*\n.*limits\.tlsHandshakeTimeoutSeconds: /,
