@@ -175,7 +175,7 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
   });
 
   it("closes a connection that received nothing for the idle time: a client's after its last call (it reconnects on the next), and one that never calls", async () => {
-    const { s } = await start(loadTlsMaterial(files), { idleMs: 600 });
+    const { s } = await start(loadTlsMaterial(files), { idleMs: 1500 });
     const creds = grpc.credentials.createSsl(Buffer.from(root.certPem), Buffer.from(rootClient.key), Buffer.from(rootClient.cert));
     const c = new grpc.Client(`127.0.0.1:${s.port}`, creds, { "grpc.ssl_target_name_override": "localhost" });
     const call = (): Promise<number> =>
@@ -199,20 +199,20 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     try {
       assert.equal(await call(), grpc.status.UNIMPLEMENTED);
       assert.equal(c.getChannel().getConnectivityState(false), grpc.connectivityState.READY);
-      // Calls keep a connection: five calls 200 ms apart span more than the idle time, and the
+      // Calls keep a connection: six calls 300 ms apart span more than the idle time, and the
       // channel never leaves READY meanwhile (a closed connection would show, even if the next call reconnected).
       let left = false;
       const poll = setInterval(() => (left ||= c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY), 5);
-      for (let i = 0; i < 5; i++) {
-        await new Promise((r) => setTimeout(r, 200));
+      for (let i = 0; i < 6; i++) {
+        await new Promise((r) => setTimeout(r, 300));
         assert.equal(await call(), grpc.status.UNIMPLEMENTED);
       }
       clearInterval(poll);
       assert.equal(left, false, "the connection stayed open while calls came");
-      await waitFor("the idle client connection is closed", () => c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY, 5000);
+      await waitFor("the idle client connection is closed", () => c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY, 8000);
       assert.equal(await call(), grpc.status.UNIMPLEMENTED, "the next call reconnects");
-      await waitFor("the silent connection is closed", () => silentClosed !== 0, 5000);
-      assert.ok(silentClosed - opened >= 550, `closed after ${silentClosed - opened} ms`);
+      await waitFor("the silent connection is closed", () => silentClosed !== 0, 8000);
+      assert.ok(silentClosed - opened >= 1450, `closed after ${silentClosed - opened} ms`);
     } finally {
       c.close();
       silent.destroy();
