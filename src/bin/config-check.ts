@@ -6,7 +6,7 @@ import { Policy, PolicyInvalidError } from "../auth/policy.js";
 import { loadTlsMaterial } from "../server/tls-material.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
 import { loadConfig, type ConfigFiles } from "./config.js";
-import { readRegular, readSettingFile } from "./config-fields.js";
+import { readRegular, readSettingFile } from "../fs/regular-file.js";
 
 /**
  * `hsm-signer config check`: the configuration (loadConfig) and what serve opens at start-up

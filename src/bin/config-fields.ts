@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
-import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
+import { readSettingFile } from "../fs/regular-file.js";
 import { parseYamlText } from "../schema/index.js";
 
 /**
@@ -85,19 +85,4 @@ export function readablePath(resolvePath: (p: string) => string, maxBytes?: numb
 export function readProblem(path: string, maxBytes?: number): string | undefined {
   const r = readSettingFile(path, maxBytes);
   return typeof r === "string" ? r : undefined;
-}
-
-/** readSettingFile, its problem prefixed with the setting's name ("tls.certFile: ..."). */
-export function readRegular(setting: string, path: string): Buffer | string {
-  const r = readSettingFile(path);
-  return typeof r === "string" ? `${setting}: ${r}` : r;
-}
-
-/**
- * The bytes of a file a setting names, or the problem ("cannot read P (ENOENT)", "P is not a
- * regular file (a FIFO)", "P is larger than the limit..."): see readRegularFile.
- */
-export function readSettingFile(path: string, maxBytes?: number): Buffer | string {
-  const r = readRegularFile(path, maxBytes);
-  return Buffer.isBuffer(r) ? r : regularFileProblem(path, r);
 }

@@ -51,3 +51,18 @@ export function regularFileProblem(path: string, r: RegularFileProblem): string 
   if (r.kind === "not-regular") return `${path} is not a regular file (${r.what})`;
   return `${path} is larger than the limit of ${r.limit} bytes (${r.limit / (1024 * 1024)} MiB)`;
 }
+
+/**
+ * The bytes of a file a setting names, or the problem ("cannot read P (ENOENT)", "P is not a
+ * regular file (a FIFO)", "P is larger than the limit..."): see readRegularFile.
+ */
+export function readSettingFile(path: string, maxBytes?: number): Buffer | string {
+  const r = readRegularFile(path, maxBytes);
+  return Buffer.isBuffer(r) ? r : regularFileProblem(path, r);
+}
+
+/** readSettingFile, its problem prefixed with the setting's name ("tls.certFile: ..."). */
+export function readRegular(setting: string, path: string, maxBytes?: number): Buffer | string {
+  const r = readSettingFile(path, maxBytes);
+  return typeof r === "string" ? `${setting}: ${r}` : r;
+}

@@ -1,25 +1,17 @@
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import type { InFlight } from "./in-flight.js";
-import { TlsListener, type TlsContextMaterial, type TlsHandshakeFailure } from "./tls-listener.js";
+import { TlsListener, type ListenerLimits, type TlsContextMaterial, type TlsHandshakeFailure } from "./tls-listener.js";
 
 export type TlsOptions =
-  | {
-      insecure: false;
-      cert: Buffer;
-      key: Buffer;
-      clientCa?: Buffer | undefined;
-      /** CRLs of the client CAs, one PEM each (loadTlsMaterial). */
-      crl?: Buffer[] | undefined;
-      /** TlsListenerOptions.handshakeTimeoutMs, maxConnections and idleMs. */
-      handshakeTimeoutMs?: number;
-      maxConnections?: number;
-      idleMs?: number;
-      /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
-      requireClientCertificate?: boolean;
-      /** Each connection refused during its TLS handshake (TlsHandshakeFailureLog.report counts and logs them). */
-      onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
-    }
+  | (TlsContextMaterial &
+      ListenerLimits & {
+        insecure: false;
+        /** true: every client must present a certificate from clientCa (mTLS only); false: a certificate is optional (bearer tokens too). */
+        requireClientCertificate?: boolean;
+        /** Each connection refused during its TLS handshake (TlsHandshakeFailureLog.report counts and logs them). */
+        onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
+      })
   | { insecure: true };
 
 export interface RunningServer {
@@ -63,17 +55,7 @@ export async function bindServer(server: grpc.Server, listen: string, tls: TlsOp
       );
     });
   } else {
-    listener = await TlsListener.open(server, listen, {
-      cert: tls.cert,
-      key: tls.key,
-      clientCa: tls.clientCa,
-      crl: tls.crl,
-      requireClientCertificate: tls.requireClientCertificate !== false,
-      handshakeTimeoutMs: tls.handshakeTimeoutMs,
-      maxConnections: tls.maxConnections,
-      idleMs: tls.idleMs,
-      onHandshakeFailure: tls.onHandshakeFailure,
-    });
+    listener = await TlsListener.open(server, listen, { ...tls, requireClientCertificate: tls.requireClientCertificate !== false });
     port = listener.port;
   }
   return {

@@ -20,23 +20,14 @@ import {
 } from "./grpc-common.js";
 import type { Logger } from "../log/index.js";
 import type { AuditEvent } from "../signing/ports.js";
-import type { TlsHandshakeFailure } from "./tls-listener.js";
+import type { ListenerLimits, TlsContextMaterial, TlsHandshakeFailure } from "./tls-listener.js";
 import { goSubjectString, sha256Hex } from "../signing/certificates.js";
 
 export interface KeyAdminServerOptions {
   /** host:port; port 0 picks a free port. */
   listen: string;
   /** mTLS only: every caller presents a certificate issued by clientCa. */
-  tls: {
-    cert: Buffer;
-    key: Buffer;
-    clientCa: Buffer;
-    crl?: Buffer[] | undefined;
-    handshakeTimeoutMs?: number;
-    maxConnections?: number;
-    idleMs?: number;
-    onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
-  };
+  tls: TlsContextMaterial & ListenerLimits & { clientCa: Buffer; onHandshakeFailure?: (f: TlsHandshakeFailure) => void };
   /** The custody port (hsm/'s KeyCustody in the service). */
   custody: KeyCustodian;
   /** The keys with all their versions (hsm/'s Pkcs11KeyStore in the service). */

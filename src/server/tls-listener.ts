@@ -20,21 +20,29 @@ export interface TlsHandshakeFailure {
   issuer?: string;
 }
 
-export interface TlsListenerOptions {
+/** The parts of a listener's secure context that may change while it runs (TlsListener.setMaterial). */
+export interface TlsContextMaterial {
   cert: Buffer;
   key: Buffer;
   /** Client CA(s); without it no client certificate is requested. */
   clientCa?: Buffer | undefined;
   /** CRLs of the client CAs, one PEM each (tls-material.ts): a revoked client certificate is refused. */
   crl?: Buffer[] | undefined;
-  /** true: a client certificate from clientCa is required; false: optional (bearer tokens), but one that is presented must verify. */
-  requireClientCertificate: boolean;
+}
+
+/** How long and how many connections a listener keeps (limits.* in the configuration). */
+export interface ListenerLimits {
   /** A connection whose TLS handshake has not finished after this long is closed (default DEFAULT_HANDSHAKE_TIMEOUT_MS). */
   handshakeTimeoutMs?: number;
   /** Connections open at once, per bound address; one more is closed at once and reported as connection_limit (default DEFAULT_MAX_CONNECTIONS). */
   maxConnections?: number;
   /** A connection that received no byte for this long is closed (default DEFAULT_CONNECTION_IDLE_MS; see TlsListener.sweep). */
   idleMs?: number;
+}
+
+export interface TlsListenerOptions extends TlsContextMaterial, ListenerLimits {
+  /** true: a client certificate from clientCa is required; false: optional (bearer tokens), but one that is presented must verify. */
+  requireClientCertificate: boolean;
   onHandshakeFailure?: (f: TlsHandshakeFailure) => void;
 }
 
@@ -44,14 +52,6 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** TlsListenerOptions.idleMs. */
 export const DEFAULT_CONNECTION_IDLE_MS = 300_000;
-
-/** The parts of a listener's secure context that may change while it runs (TlsListener.setMaterial). */
-export interface TlsContextMaterial {
-  cert: Buffer;
-  key: Buffer;
-  clientCa?: Buffer | undefined;
-  crl?: Buffer[] | undefined;
-}
 
 /** How long the start-up self-check waits for its loopback handshake. */
 const SELF_CHECK_TIMEOUT_MS = 10_000;

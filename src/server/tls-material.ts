@@ -1,7 +1,7 @@
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { createSecureContext } from "node:tls";
 import { SignerError } from "../errors/index.js";
-import { MAX_CRL_FILE_BYTES, readRegularFile, regularFileProblem } from "../fs/regular-file.js";
+import { MAX_CRL_FILE_BYTES, readRegular } from "../fs/regular-file.js";
 import { ReloadTrigger } from "../fs/reload-trigger.js";
 import type { Logger } from "../log/index.js";
 import { crlSignedBy, parseCrls, subjectDer, type Crl } from "../tls/crl.js";
@@ -32,10 +32,10 @@ export interface TlsMaterial {
   warnings: string[];
 }
 
-function read(path: string, setting: string, maxBytes?: number): Buffer {
-  const r = readRegularFile(path, maxBytes);
-  if (Buffer.isBuffer(r)) return r;
-  throw new SignerError("CONFIG_INVALID", `${setting}: ${regularFileProblem(path, r)}`);
+function read(setting: string, path: string, maxBytes?: number): Buffer {
+  const r = readRegular(setting, path, maxBytes);
+  if (typeof r === "string") throw new SignerError("CONFIG_INVALID", r);
+  return r;
 }
 
 /**
@@ -49,10 +49,10 @@ function read(path: string, setting: string, maxBytes?: number): Buffer {
  */
 export function loadTlsMaterial(f: TlsFiles, now = new Date()): TlsMaterial {
   const s = f.section;
-  const cert = read(f.certFile, `${s}.certFile`);
-  const key = read(f.keyFile, `${s}.keyFile`);
-  const clientCa = f.clientCaFile ? read(f.clientCaFile, `${s}.clientCaFile`) : undefined;
-  const crlBytes = f.clientCrlFile ? read(f.clientCrlFile, `${s}.clientCrlFile`, MAX_CRL_FILE_BYTES) : undefined;
+  const cert = read(`${s}.certFile`, f.certFile);
+  const key = read(`${s}.keyFile`, f.keyFile);
+  const clientCa = f.clientCaFile ? read(`${s}.clientCaFile`, f.clientCaFile) : undefined;
+  const crlBytes = f.clientCrlFile ? read(`${s}.clientCrlFile`, f.clientCrlFile, MAX_CRL_FILE_BYTES) : undefined;
   const invalid = (message: string, cause?: unknown): SignerError => new SignerError("CONFIG_INVALID", message, { cause });
 
   let leaf: X509Certificate;
@@ -90,7 +90,8 @@ export function loadTlsMaterial(f: TlsFiles, now = new Date()): TlsMaterial {
     }
     if (crls.length === 0) throw invalid(`${s}.clientCrlFile: ${f.clientCrlFile} holds no CRL (PEM "X509 CRL" blocks or one DER CRL)`);
     for (const ca of cas) {
-      const own = crls.filter((c) => c.issuer.equals(subjectDer(ca)));
+      const subject = subjectDer(ca);
+      const own = crls.filter((c) => c.issuer.equals(subject));
       const name = ca.subject.replace(/\n/g, ", ");
       if (own.length === 0)
         throw invalid(
@@ -169,21 +170,21 @@ export class TlsMaterialWatch {
     this.trigger.close();
   }
 
-  private load(force: boolean): Promise<boolean> {
+  private async load(force: boolean): Promise<boolean> {
     let next: TlsMaterial;
     try {
       next = loadTlsMaterial(this.files);
-      if (!force && sameTlsMaterial(next, this.current)) return Promise.resolve(true);
+      if (!force && sameTlsMaterial(next, this.current)) return true;
       this.o.apply(next);
     } catch (e) {
       this.o.logger.error(`${this.files.section} TLS material rejected, the previous one stays in force: ${(e as Error).message}`, { listener: this.files.section });
       this.o.onReload?.("rejected");
-      return Promise.resolve(false);
+      return false;
     }
     this.current = next;
     this.o.onReload?.("applied");
     this.report(next, "TLS material reloaded");
-    return Promise.resolve(true);
+    return true;
   }
 
   private report(m: TlsMaterial, message: string): void {
