@@ -1,4 +1,3 @@
-import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import * as v from "valibot";
 import { auditDirProblem, DEFAULT_COMMIT_DELAY_MS, DEFAULT_WRITE_TIMEOUT_MS, MAX_COMMIT_DELAY_MS } from "../audit/index.js";
@@ -13,7 +12,7 @@ import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
 import { DEFAULT_CONNECTION_IDLE_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";
-import { MAX_CRL_FILE_BYTES } from "../fs/regular-file.js";
+import { MAX_CRL_FILE_BYTES, readRegular } from "../fs/regular-file.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
 import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs } from "./config-fields.js";
 
@@ -321,11 +320,13 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
 /** The user PIN, from hsm.pinFile or the environment variable hsm.pinEnv; never from argv. */
 export function readPin(c: Config["hsm"], env: NodeJS.ProcessEnv = process.env): string {
   if (c.pinFile) {
-    try {
-      return readFileSync(c.pinFile, "utf8").replace(/\r?\n$/, "");
-    } catch (e) {
-      throw new SignerError("CONFIG_INVALID", `cannot read the PIN file ${c.pinFile} (${(e as NodeJS.ErrnoException).code ?? "error"})`);
-    }
+    // A regular file only: a FIFO with no writer would block the start for ever, a device never end.
+    const r = readRegular("hsm.pinFile", c.pinFile);
+    if (typeof r === "string") throw new SignerError("CONFIG_INVALID", r);
+    const pin = r.toString("utf8").replace(/\r?\n$/, "");
+    r.fill(0);
+    if (!pin) throw new SignerError("CONFIG_INVALID", `hsm.pinFile: ${c.pinFile} is empty`);
+    return pin;
   }
   const pin = env[c.pinEnv];
   if (!pin) throw new SignerError("CONFIG_INVALID", `no HSM PIN: set hsm.pinFile, or the environment variable ${c.pinEnv}`);

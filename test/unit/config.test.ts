@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { checkConfig } from "../../src/bin/config-check.js";
-import { loadConfig } from "../../src/bin/config.js";
+import { loadConfig, readPin } from "../../src/bin/config.js";
 import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
 import { OpensslCa } from "../helpers/openssl-ca.js";
 import { createTlsMaterial, type TlsMaterial } from "../helpers/tls.js";
@@ -71,6 +72,43 @@ describe("configuration: file, environment overrides, every problem at once", ()
         return true;
       },
     );
+  });
+});
+
+describe("the HSM PIN as serve reads it", () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-pin-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const hsm = (pinFile?: string) => ({ pinFile, pinEnv: "TEST_PIN" }) as Parameters<typeof readPin>[0];
+  const refused = (pinFile: string, want: RegExp): void =>
+    assert.throws(
+      () => readPin(hsm(pinFile), { TEST_PIN: "from-env" }),
+      (e: Error & { code?: string }) => e.code === "CONFIG_INVALID" && want.test(e.message) && !e.message.includes("from-env"),
+    );
+
+  it("hsm.pinFile: one trailing newline dropped; it wins over the environment variable", () => {
+    const f = join(dir, "pin");
+    writeFileSync(f, "12 34\n\n", { mode: 0o600 });
+    assert.equal(readPin(hsm(f), { TEST_PIN: "from-env" }), "12 34\n");
+  });
+
+  it("a FIFO (no writer), a directory, an empty, a missing or a too large PIN file is refused at once with the setting named", () => {
+    const fifo = join(dir, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    refused(fifo, /^hsm\.pinFile: .*fifo is not a regular file \(a FIFO\)$/);
+    refused(dir, /not a regular file \(a directory\)/);
+    writeFileSync(join(dir, "empty"), "\n");
+    refused(join(dir, "empty"), /^hsm\.pinFile: .*empty is empty$/);
+    refused(join(dir, "missing"), /^hsm\.pinFile: cannot read .*missing \(ENOENT\)$/);
+    writeFileSync(join(dir, "large"), Buffer.alloc(1024 * 1024 + 1, 0x31));
+    refused(join(dir, "large"), /larger than the limit/);
+  });
+
+  it("without hsm.pinFile: the environment variable hsm.pinEnv names, and a clear error when it is unset", () => {
+    assert.equal(readPin(hsm(), { TEST_PIN: "from-env" }), "from-env");
+    assert.throws(() => readPin(hsm(), {}), /no HSM PIN: set hsm\.pinFile, or the environment variable TEST_PIN/);
   });
 });
 
