@@ -30,6 +30,7 @@ export function pluginCodeOfError(code: ErrorCode): PluginErrorCode {
     case "DEADLINE_EXCEEDED":
       return "TIMEOUT";
     case "ALREADY_EXISTS":
+    case "UNIMPLEMENTED":
     case "HSM_UNAVAILABLE":
     case "HSM_PIN_INCORRECT":
     case "AUDIT_UNAVAILABLE":

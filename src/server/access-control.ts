@@ -24,7 +24,7 @@ function isLoopbackPeer(peer: string): boolean {
 export class AccessControl implements Authorizer<CallerIdentity> {
   constructor(private readonly o: AccessControlOptions) {}
 
-  async authenticate(call: grpc.ServerUnaryCall<unknown, unknown>, loopbackListener: boolean): Promise<CallerIdentity> {
+  async authenticate(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext" | "metadata" | "getPeer">, loopbackListener: boolean): Promise<CallerIdentity> {
     // A certificate here was verified in the TLS handshake, with the intermediates the client
     // sent, by the service's own listener (server/tls-listener.ts), which closes a connection
     // whose presented certificate does not verify even when certificates are optional; grpc-js

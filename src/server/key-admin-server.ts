@@ -9,6 +9,8 @@ import type { AccessControl } from "./access-control.js";
 import {
   auditKeyId,
   bindServer,
+  EarlyAnswers,
+  methodNames,
   newGrpcServer,
   serviceDefinition,
   unaryHandler,
@@ -135,8 +137,9 @@ function slotInfo(s: SlotDetails): SlotInfo {
  * custodian of the policy get in; every call, allowed or not, is audited like a signing request.
  */
 export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<RunningServer> {
-  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest, allowAnonymous: false });
+  const definition = serviceDefinition(KeyAdminDefinition);
+  const server = newGrpcServer({ "grpc.max_receive_message_length": 4 * 1024 * 1024 }, new EarlyAnswers(unary, new Map(methodNames(definition, "KeyAdmin."))));
   const admin = <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions): grpc.handleUnaryCall<Req, Res> =>
     unary<Req, Res>(
       `KeyAdmin.${method}`,
@@ -259,6 +262,6 @@ export async function startKeyAdminServer(o: KeyAdminServerOptions): Promise<Run
       return { keyId: key.keyId, keyVersion: key.version, certificateChain: key.chain, leafSubject: goSubjectString(key.chain[0] as Buffer) };
     }),
   };
-  server.addService(serviceDefinition(KeyAdminDefinition), handlers);
+  server.addService(definition, handlers);
   return bindServer(server, o.listen, { insecure: false, ...o.tls, requireClientCertificate: true }, unary.inFlight);
 }

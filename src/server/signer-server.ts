@@ -6,7 +6,19 @@ import type { KeyRecord } from "../signing/ports.js";
 import type { SigningService } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
 import { addHealthService } from "./health-service.js";
-import { bindServer, isLoopbackAddress, newGrpcServer, serviceDefinition, unaryHandler, type AuditSink, type RunningServer, type ServiceHandlers, type TlsOptions } from "./grpc-common.js";
+import {
+  bindServer,
+  EarlyAnswers,
+  isLoopbackAddress,
+  methodNames,
+  newGrpcServer,
+  serviceDefinition,
+  unaryHandler,
+  type AuditSink,
+  type RunningServer,
+  type ServiceHandlers,
+  type TlsOptions,
+} from "./grpc-common.js";
 
 export { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress, type AuditSink, type CallContext, type RunningServer, type TlsOptions } from "./grpc-common.js";
 
@@ -51,8 +63,9 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
   if (o.tls.insecure && !isLoopbackAddress(o.listen)) {
     throw new SignerError("CONFIG_INVALID", `plaintext (tls.insecure) is only allowed on a loopback address, not ${o.listen}`);
   }
-  const server = newGrpcServer({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES });
   const unary = unaryHandler({ logger: o.logger, access: o.access, audit: o.audit, listen: o.listen, maxDeadlineMs: o.maxDeadlineMs, onRequest: o.onRequest });
+  const definition = serviceDefinition(SignerDefinition);
+  const server = newGrpcServer({ "grpc.max_receive_message_length": MAX_RECEIVE_BYTES }, new EarlyAnswers(unary, new Map(methodNames(definition))));
   const handlers: ServiceHandlers<typeof SignerDefinition> = {
     // Each handler decodes, lets the core run the call (it fills ctx.facts, which the shared
     // unary handler copies into the call's one audit line), and encodes the answer.
@@ -89,7 +102,7 @@ export async function startSignerServer(o: SignerServerOptions): Promise<Running
     }),
     ListKeys: unary("ListKeys", async (_req, ctx) => ({ keys: (await o.signing.listKeys(ctx.caller, ctx.facts)).map(keyInfo) })),
   };
-  server.addService(serviceDefinition(SignerDefinition), handlers);
+  server.addService(definition, handlers);
 
   addHealthService(server, o.ready ?? (() => true));
   return bindServer(server, o.listen, o.tls, unary.inFlight);

@@ -15,6 +15,8 @@ export function grpcStatusOf(code: ErrorCode): status {
       return status.FAILED_PRECONDITION;
     case "ALREADY_EXISTS":
       return status.ALREADY_EXISTS;
+    case "UNIMPLEMENTED":
+      return status.UNIMPLEMENTED;
     case "UNAUTHENTICATED":
       return status.UNAUTHENTICATED;
     case "PERMISSION_DENIED":

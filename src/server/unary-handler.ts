@@ -7,6 +7,7 @@ import type { Logger } from "../log/index.js";
 import type { AuditEvent, AuditFacts, AuditReceipt, AuditSink } from "../signing/ports.js";
 import type { AccessControl } from "./access-control.js";
 import { isLoopbackAddress } from "./bind-server.js";
+import { takeCall, type CallStatus, type EarlyAnswerSink, type EarlyCall } from "./early-answers.js";
 import { InFlight } from "./in-flight.js";
 import { malformedReason as malformed } from "./service-definitions.js";
 import { grpcStatusOf } from "./status.js";
@@ -72,10 +73,11 @@ export interface MethodOptions {
   mutates?: boolean;
 }
 
-export type UnaryHandler = (<Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions) => grpc.handleUnaryCall<Req, Res>) & {
-  /** The calls whose handlers are still running; bindServer's close() waits for them. */
-  readonly inFlight: InFlight;
-};
+export type UnaryHandler = (<Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m?: MethodOptions) => grpc.handleUnaryCall<Req, Res>) &
+  EarlyAnswerSink & {
+    /** The calls whose handlers are still running; bindServer's close() waits for them. */
+    readonly inFlight: InFlight;
+  };
 
 /** Answers this long before the caller's deadline, so that the audited DEADLINE_EXCEEDED leaves before grpc-js's own. */
 const DEADLINE_MARGIN_MS = 25;
@@ -94,6 +96,32 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
   const maxDeadline = o.maxDeadlineMs ?? DEFAULT_MAX_DEADLINE_MS;
   const loopbackListener = o.allowAnonymous !== false && isLoopbackAddress(o.listen);
   const inFlight = new InFlight();
+  /**
+   * A failed call's end: its audit line (the result is the error's code), then the status to send,
+   * with the request id and the catalog code; AUDIT_UNAVAILABLE instead when the line cannot be written.
+   */
+  const failure = async (err: unknown, record: AuditEvent, facts: AuditFacts, started: number): Promise<grpc.StatusObject> => {
+    const { requestId, method } = record;
+    let e = toSignerError(err);
+    record.result = e.code;
+    record.latencyMs = round(performance.now() - started);
+    try {
+      await o.audit.append(auditEvent(record, facts));
+    } catch (auditError) {
+      e = toSignerError(auditError);
+    }
+    const code = grpcStatusOf(e.code);
+    o.onRequest?.(method, e.code, (performance.now() - started) / 1000, facts.keyId ?? record.keyId);
+    if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
+    else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
+    const md = new grpc.Metadata();
+    md.set("request-id", requestId);
+    // The catalog code itself, so that clients need not guess it back from the gRPC status
+    // (HSM_PIN_INCORRECT and HSM_UNAVAILABLE are both UNAVAILABLE; only one is worth a retry).
+    md.set(ERROR_CODE_TRAILER, e.code);
+    if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
+    return { code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md };
+  };
   const deadlineOf = (call: grpc.ServerUnaryCall<unknown, unknown>): number => {
     const d = call.getDeadline();
     const t = d instanceof Date ? d.getTime() : d;
@@ -102,6 +130,8 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
   const handler =
     <Req, Res extends object>(method: string, fn: (req: Req, ctx: CallContext) => Promise<Res>, m: MethodOptions = {}): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
+      // grpc-js refused the call already (early-answers.ts), and that answer has the call's line.
+      if (!takeCall(call.metadata)) return;
       // Every call appends exactly one line (below): a write may wait a moment for it (group commit).
       o.audit.expect?.();
       const requestId = newRequestId();
@@ -119,25 +149,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         return true;
       };
       const answerError = async (err: unknown): Promise<void> => {
-        let e = toSignerError(err);
-        record.result = e.code;
-        record.latencyMs = round(performance.now() - started);
-        try {
-          await o.audit.append(auditEvent(record, facts));
-        } catch (auditError) {
-          e = toSignerError(auditError);
-        }
-        const code = grpcStatusOf(e.code);
-        o.onRequest?.(method, e.code, (performance.now() - started) / 1000, facts.keyId ?? record.keyId);
-        if (e.code === "INTERNAL" || e.code === "AUDIT_UNAVAILABLE") o.logger.error("request failed", { requestId, method, code: e.code, error: e.cause ?? e });
-        else o.logger.info("request refused", { requestId, method, code: e.code, message: e.message, identity: record.identity });
-        const md = new grpc.Metadata();
-        md.set("request-id", requestId);
-        // The catalog code itself, so that clients need not guess it back from the gRPC status
-        // (HSM_PIN_INCORRECT and HSM_UNAVAILABLE are both UNAVAILABLE; only one is worth a retry).
-        md.set(ERROR_CODE_TRAILER, e.code);
-        if (e.retryAfterMs !== undefined) md.set("retry-after-ms", String(e.retryAfterMs));
-        callback({ code, details: `${e.message}${e.message.includes("\n") ? "\n" : " "}[request ${requestId}]`, metadata: md });
+        callback(await failure(err, record, facts, started));
       };
       const answerErrorSafely = (err: unknown): Promise<void> => answerError(err).catch((e: unknown) => o.logger.error("request failed while failing", { requestId, error: e }));
       const run = async (): Promise<void> => {
@@ -188,5 +200,24 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
         })
         .finally(() => inFlight.leave());
     };
-  return Object.assign(handler, { inFlight });
+  /** A call grpc-js refused before any method ran (early-answers.ts): audited like any refusal, the caller named when it can be. */
+  const answerEarly = async (call: EarlyCall, method: string, e: SignerError): Promise<CallStatus> => {
+    const started = performance.now();
+    o.audit.expect?.();
+    const record: AuditEvent = { requestId: newRequestId(), peer: call.getPeer(), identity: "-", method, decision: "none", result: "", latencyMs: 0 };
+    try {
+      const caller = await o.access.authenticate(call, loopbackListener);
+      record.identity = caller.id;
+      record.identityKind = identityKind(caller);
+    } catch {
+      // No identity (or a bad one): the line says "-", and the answer stays the refusal itself.
+    }
+    return failure(e, record, {}, started);
+  };
+  /** A path no service of this listener serves: a call like any other, audited, UNIMPLEMENTED. */
+  const unknownMethod = (path: string): grpc.handleUnaryCall<Buffer, Buffer> =>
+    handler<Buffer, Buffer>(path, async () => {
+      throw new SignerError("UNIMPLEMENTED", `no method ${path} on this listener`);
+    });
+  return Object.assign(handler, { inFlight, answerEarly, unknownMethod });
 }

@@ -89,6 +89,35 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       const e = await rejected(call("GetInventory", {}, notCustodian));
       assert.equal(e.code, status.PERMISSION_DENIED);
       assert.match(e.details, /spiffe:\/\/hsm-signer.dev\/builder may not call KeyAdmin.GetInventory/);
+      // What grpc-js would refuse by itself, before any method, is answered and audited on this
+      // listener too: an unknown method, and a message over 4 MiB (counted in adminCalls: KeyAdmin.GenerateKey).
+      const raw = (path: string, body: Buffer): Promise<grpc.ServiceError> =>
+        rejected(
+          new Promise((res, rej) =>
+            notCustodian.makeUnaryRequest(
+              path,
+              (b: Buffer) => b,
+              (b: Buffer) => b,
+              body,
+              (err, r) => (err ? rej(err) : res(r)),
+            ),
+          ),
+        );
+      const unknown = await raw("/hsm_signer.v1.KeyAdmin/ExportKey", Buffer.alloc(0));
+      assert.equal(unknown.code, status.UNIMPLEMENTED);
+      assert.match(unknown.details, /^no method \/hsm_signer\.v1\.KeyAdmin\/ExportKey on this listener \[request [0-9a-f]+\]$/);
+      adminCalls++;
+      const large = await raw("/hsm_signer.v1.KeyAdmin/GenerateKey", Buffer.alloc(4 * 1024 * 1024 + 1));
+      assert.equal(large.code, status.INVALID_ARGUMENT);
+      assert.match(large.details, /^the request message is too large: /);
+      const lines = (await run(HSM_SIGNER, ["audit", "search", "--dir", svc.auditDir, "--identity", "spiffe://hsm-signer.dev/builder", "--json"])).stdout.trim().split("\n");
+      assert.deepEqual(
+        lines.slice(-2).map((l) => ((r: { method: string; result: string }) => [r.method, r.result])(JSON.parse(l))),
+        [
+          ["/hsm_signer.v1.KeyAdmin/ExportKey", "UNIMPLEMENTED"],
+          ["KeyAdmin.GenerateKey", "PAYLOAD_TOO_LARGE"],
+        ],
+      );
     } finally {
       notCustodian.close();
     }

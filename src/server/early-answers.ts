@@ -1,0 +1,127 @@
+import * as grpc from "@grpc/grpc-js";
+import { SignerError } from "../errors/index.js";
+
+/**
+ * Answers that grpc-js gives by itself, before any method's handler runs, made to go through the
+ * audit like every other answer (README, "Audit"):
+ *
+ * - a path no service of the listener serves (grpc-js: UNIMPLEMENTED) reaches a handler of its
+ *   own, which the unary handler runs like any method: audited with the path, UNIMPLEMENTED;
+ * - a request message over the receive limit (grpc-js: RESOURCE_EXHAUSTED, after the 5-byte
+ *   message prefix, so without buffering the message), a grpc-timeout header that does not parse,
+ *   a compression the server does not take, no request message or a second one: the call's one
+ *   answer becomes the catalog's (PAYLOAD_TOO_LARGE, DEADLINE_EXCEEDED, INVALID_ARGUMENT), with a
+ *   request id, and leaves only once its audit line is durable; if it cannot be written, the call
+ *   fails UNAVAILABLE as any other.
+ *
+ * grpc-js has no public hook for either. This relies on two of its internals (1.14, pinned by
+ * package-lock.json): Server._retrieveHandler(path), and the base server call, which an interceptor
+ * receives and which answers these cases with this.sendStatus() and carries the request's metadata
+ * as `metadata`. test/integration/early-answers.test.ts fails if an upgrade changes either.
+ */
+
+/** A status as grpc-js's server call sends it (its PartialStatusObject, which it does not export). */
+export interface CallStatus {
+  code: grpc.status;
+  details?: string;
+  metadata?: grpc.Metadata | null;
+}
+
+/** How far the base server call of grpc-js is relied on (server-interceptors.ts, BaseServerInterceptingCall). */
+interface BaseCall {
+  metadata: grpc.Metadata;
+  getPeer(): string;
+  getAuthContext(): ReturnType<grpc.ServerUnaryCall<unknown, unknown>["getAuthContext"]>;
+  sendStatus(status: CallStatus): void;
+}
+
+/** What an early answer knows of its call: enough to name the caller. */
+export type EarlyCall = Pick<BaseCall, "metadata" | "getPeer" | "getAuthContext">;
+
+/** The unary handler's side: it audits an early answer and gives the status to send, and it takes the calls that reach a method. */
+export interface EarlyAnswerSink {
+  answerEarly(call: EarlyCall, method: string, e: SignerError): Promise<CallStatus>;
+  unknownMethod(path: string): grpc.handleUnaryCall<Buffer, Buffer>;
+}
+
+const STATE = Symbol("hsm-signer call state");
+/** The codec of unknown paths' bodies (the bytes as they came); also how the interceptor tells those calls. */
+const RAW = (b: Buffer): Buffer => b;
+type Marked = grpc.Metadata & { [STATE]?: "handler" | "early" };
+
+/**
+ * The method's handler takes the call (the unary handler, first thing); false when an early
+ * answer went already, and then the handler neither answers nor audits: the call has its line.
+ */
+export function takeCall(metadata: grpc.Metadata): boolean {
+  const m = metadata as Marked;
+  if (m[STATE] === "early") return false;
+  m[STATE] = "handler";
+  return true;
+}
+
+/** The longest path an audit line or a log line repeats. */
+const MAX_PATH_CHARS = 200;
+
+function shownPath(path: string): string {
+  return path.length <= MAX_PATH_CHARS ? path : `${path.slice(0, MAX_PATH_CHARS)}...(${path.length - MAX_PATH_CHARS} more characters)`;
+}
+
+/** The catalog error for a status grpc-js gives before the handler runs. */
+function earlyError(s: CallStatus): SignerError {
+  const details = s.details ?? "";
+  if (s.code === grpc.status.RESOURCE_EXHAUSTED) return new SignerError("PAYLOAD_TOO_LARGE", `the request message is too large: ${details}`);
+  if (s.code === grpc.status.DEADLINE_EXCEEDED) return new SignerError("DEADLINE_EXCEEDED", "the deadline passed before the request message arrived");
+  return new SignerError("INVALID_ARGUMENT", `the request was refused before its method ran: ${details}`);
+}
+
+/**
+ * Installs both on a server built with `serverOptions().interceptors`. `methods` names the
+ * audit's method for each path served (e.g. "/hsm_signer.v1.Signer/Sign" → "Sign").
+ */
+export class EarlyAnswers {
+  constructor(
+    private readonly sink: EarlyAnswerSink,
+    private readonly methods: ReadonlyMap<string, string>,
+  ) {}
+
+  /**
+   * The interceptor to build the server with: nothing per call but one closure and one property.
+   * Only the audited methods and unknown paths: grpc.health.v1 is never audited (README, "Audit").
+   */
+  readonly interceptor: grpc.ServerInterceptor = (method, call) => {
+    if (!this.methods.has(method.path) && method.requestDeserialize !== RAW) return call as grpc.ServerInterceptingCall;
+    const base = call as unknown as BaseCall;
+    base.sendStatus = (s) => this.guarded(base, method.path, s);
+    // The same call, not a wrapper (a ServerInterceptingCall per call would cost the hot path).
+    return call as grpc.ServerInterceptingCall;
+  };
+
+  private guarded(base: BaseCall, path: string, s: CallStatus): void {
+    const send = (Object.getPrototypeOf(base) as BaseCall).sendStatus;
+    const m = base.metadata as Marked;
+    if (m[STATE] === "handler" || s.code === grpc.status.OK) return send.call(base, s);
+    // Answered early already: grpc-js may refuse the same call again (each further data frame of
+    // an oversized message, the half-close), but the first answer is the call's one answer.
+    if (m[STATE] === "early") return;
+    m[STATE] = "early";
+    void this.sink
+      .answerEarly(base, this.methods.get(path) ?? shownPath(path), earlyError(s))
+      // answerEarly turns an audit failure into UNAVAILABLE itself; a rejection would be a bug, never an unaudited refusal.
+      .catch((): CallStatus => ({ code: grpc.status.INTERNAL, details: "internal error" }))
+      .then((answer) => send.call(base, answer));
+  }
+
+  /** Routes paths no service serves to the sink's unknown-method handler instead of grpc-js's own UNIMPLEMENTED. */
+  install(server: grpc.Server): void {
+    const s = server as unknown as { _retrieveHandler?: (path: string) => unknown };
+    const own = s._retrieveHandler;
+    if (typeof own !== "function") throw new Error("grpc-js no longer has Server._retrieveHandler: unknown methods would go unaudited (server/early-answers.ts)");
+    s._retrieveHandler = (path: string) => own.call(server, path) ?? { func: this.sink.unknownMethod(shownPath(path)), serialize: RAW, deserialize: RAW, type: "unary", path };
+  }
+}
+
+/** The audit's method names of a service's paths: "/<service>/<Method>" → prefix + Method. */
+export function methodNames(definition: grpc.ServiceDefinition, prefix = ""): [string, string][] {
+  return Object.values(definition).map((d) => [d.path, `${prefix}${d.path.slice(d.path.lastIndexOf("/") + 1)}`]);
+}
