@@ -311,6 +311,65 @@ describe("deploy/base as kubectl kustomize renders it", function () {
   });
 });
 
+describe("deploy/components/egress: the egress NetworkPolicy, with the patch its kustomization documents", function () {
+  this.timeout(120_000);
+  interface EgressRule {
+    to?: { namespaceSelector?: Selector; podSelector?: Selector; ipBlock?: { cidr: string } }[];
+    ports: { port: number; protocol: string }[];
+  }
+  interface EgressPolicy {
+    kind: string;
+    metadata: { name: string; namespace?: string };
+    spec: { podSelector: Selector; policyTypes: string[]; egress: EgressRule[] };
+  }
+
+  it("an overlay of the base with it: the server's and the Job's pods reach DNS, the audit database and the patched HSM address, in the base's namespace", function () {
+    if (!kubectlAvailable()) this.skip();
+    const component = join(PROJECT_ROOT, "deploy/components/egress");
+    // The overlay lines the component's kustomization.yaml shows in its comment, as a user copies them.
+    const documented = readFileSync(join(component, "kustomization.yaml"), "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("#   "))
+      .map((l) => l.slice(4))
+      .join("\n");
+    const overlay = mkdtempSync(join(tmpdir(), "hsm-signer-egress-"));
+    try {
+      const rel = (dir: string): string => posix.relative(overlay, dir);
+      writeFileSync(join(overlay, "kustomization.yaml"), `resources: [${rel(BASE)}]\n${documented.replace("../../components/egress", rel(component))}\n`);
+      const objects = render(overlay);
+      const policy = objects.find((o) => o.kind === "NetworkPolicy" && o.metadata.name === "hsm-signer-egress") as unknown as EgressPolicy | undefined;
+      assert.ok(policy, "the overlay renders the egress policy");
+      const deployment = one(objects, "Deployment") as Obj & { metadata: { namespace?: string } };
+      assert.equal(policy.metadata.namespace, deployment.metadata.namespace);
+      assert.deepEqual(policy.spec.policyTypes, ["Egress"]);
+      const matchLabels = policy.spec.podSelector.matchLabels as Labels;
+      assert.ok(Object.keys(matchLabels).length > 0, "an empty podSelector would be every pod in the namespace");
+      assert.ok(selects(matchLabels, deployment.spec.template.metadata?.labels ?? {}), "the server's pods");
+      assert.ok(selects(matchLabels, one(objects, "Job").spec.template.metadata?.labels ?? {}), "the schema Job's pod (it reaches the database too)");
+      const [dns, db, hsm] = policy.spec.egress;
+      assert.deepEqual(
+        dns?.ports.map((p) => `${p.port}/${p.protocol}`),
+        ["53/UDP", "53/TCP"],
+      );
+      // The database rule names the namespace of audit.postgres.host (<service>.<namespace>.svc), on PostgreSQL's port.
+      const config = parse(readFileSync(join(BASE, "config.yaml"), "utf8")) as ServiceConfig & { audit: { postgres: { host: string; port?: number } } };
+      const namespace = config.audit.postgres.host.split(".")[1];
+      assert.equal(db?.to?.[0]?.namespaceSelector?.matchLabels?.["kubernetes.io/metadata.name"], namespace);
+      assert.deepEqual(
+        db?.ports.map((p) => p.port),
+        [config.audit.postgres.port ?? 5432],
+      );
+      assert.equal(hsm?.to?.[0]?.ipBlock?.cidr, "10.20.0.15/32", "the documented patch replaced the placeholder");
+      assert.deepEqual(
+        hsm?.ports.map((p) => p.port),
+        [1792],
+      );
+    } finally {
+      rmSync(overlay, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("deploy/base/prometheusrule.yaml", () => {
   interface Rule {
     alert: string;
