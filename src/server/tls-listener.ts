@@ -6,6 +6,7 @@ import { ServerCredentials } from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason } from "../tls/handshake-failure-reasons.js";
+import { casWithoutIssuer, parseCaBundle } from "../tls/peer-certificate.js";
 
 export { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason };
 
@@ -52,6 +53,44 @@ export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
 /** TlsListenerOptions.idleMs. */
 export const DEFAULT_CONNECTION_IDLE_MS = 300_000;
+
+/**
+ * Whether a client CA bundle holds a CA without its issuer (an intermediate alone), which must then
+ * be trusted on its own. A bundle Node cannot read is left to Node, which says why.
+ */
+function needsPartialChain(clientCa: Buffer | undefined): boolean {
+  if (!clientCa) return false;
+  try {
+    return casWithoutIssuer(parseCaBundle(clientCa)).length > 0;
+  } catch {
+    return false;
+  }
+}
+
+type PartialChainContext = { setAllowPartialTrustChain?: () => void } | undefined;
+
+/**
+ * The server's own secure context. OpenSSL's X509_V_FLAG_PARTIAL_CHAIN (trust a CA of the bundle
+ * without its issuer) is createSecureContext's allowPartialTrustChain in Node >= 20.18, but
+ * tls.Server passes only its own list of options to it (not this one), at creation and in
+ * setSecureContext: so the flag is set on the context it made, with the call createSecureContext
+ * makes for that option. test/integration/tls-edge.test.ts fails if Node changes either.
+ */
+function partialChainContext(s: TlsServer): PartialChainContext {
+  return (s as unknown as { _sharedCreds?: { context?: PartialChainContext } })._sharedCreds?.context;
+}
+
+function allowPartialChain(s: TlsServer): void {
+  const context = partialChainContext(s);
+  if (typeof context?.setAllowPartialTrustChain !== "function") throw noPartialChain();
+  context.setAllowPartialTrustChain();
+}
+
+const noPartialChain = (): SignerError =>
+  new SignerError(
+    "CONFIG_INVALID",
+    `the client CA bundle holds an intermediate CA without its issuer, which this Node (${process.version}) cannot trust on its own (Node 20.18 or later can): add its issuer to the bundle`,
+  );
 
 /** How long the start-up self-check waits for its loopback handshake. */
 const SELF_CHECK_TIMEOUT_MS = 10_000;
@@ -188,8 +227,13 @@ export class TlsListener {
    */
   setMaterial(m: TlsContextMaterial): void {
     const context = { cert: m.cert, key: m.key, ca: m.clientCa, crl: m.crl };
-    createSecureContext(context);
-    for (const s of this.servers) s.setSecureContext(context);
+    const partial = needsPartialChain(m.clientCa);
+    createSecureContext({ ...context, allowPartialTrustChain: partial });
+    if (partial && this.servers.some((s) => typeof partialChainContext(s)?.setAllowPartialTrustChain !== "function")) throw noPartialChain();
+    for (const s of this.servers) {
+      s.setSecureContext(context);
+      if (partial) allowPartialChain(s);
+    }
   }
 
   /** Stops accepting connections; established ones are ended by the grpc.Server's shutdown. */
@@ -234,6 +278,7 @@ export class TlsListener {
         rejectUnauthorized: requestCert && o.requireClientCertificate,
         ALPNProtocols: ["h2"],
       });
+      if (needsPartialChain(o.clientCa)) allowPartialChain(s);
       s.on("connection", (raw: Socket) => {
         this.sockets.add(raw);
         this.peers.set(raw, hostPort(raw.remoteAddress, raw.remotePort));

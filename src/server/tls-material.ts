@@ -5,7 +5,7 @@ import { MAX_CRL_FILE_BYTES, readRegular } from "../fs/regular-file.js";
 import { ReloadTrigger } from "../fs/reload-trigger.js";
 import type { Logger } from "../log/index.js";
 import { crlSignedBy, parseCrls, subjectDer, type Crl } from "../tls/crl.js";
-import { parseCaBundle } from "../tls/peer-certificate.js";
+import { casWithoutIssuer, parseCaBundle } from "../tls/peer-certificate.js";
 
 /** The files of one TLS listener, with the names of the settings that name them (for messages). */
 export interface TlsFiles {
@@ -89,6 +89,14 @@ export function loadTlsMaterial(f: TlsFiles, now = new Date()): TlsMaterial {
       throw invalid(`${s}.clientCrlFile: ${f.clientCrlFile}: ${(e as Error).message}`, e);
     }
     if (crls.length === 0) throw invalid(`${s}.clientCrlFile: ${f.clientCrlFile} holds no CRL (PEM "X509 CRL" blocks or one DER CRL)`);
+    // An intermediate CA trusted on its own (tls-listener.ts, partial chains): with CRLs, OpenSSL
+    // checks its own revocation too, against its issuer's CRL, which it cannot verify without the
+    // issuer's certificate; every client would be refused (UNABLE_TO_GET_CRL, CRL_SIGNATURE_FAILURE).
+    const alone = casWithoutIssuer(cas)[0];
+    if (alone)
+      throw invalid(
+        `${s}.clientCrlFile: ${s}.clientCaFile holds "${alone.subject.replace(/\n/g, ", ")}" without its issuer (trusted on its own); with CRLs OpenSSL also checks that CA's own revocation, which needs its issuer, so every client would be refused: add the issuer to ${s}.clientCaFile (and its CRL to ${s}.clientCrlFile), or leave ${s}.clientCrlFile out`,
+      );
     for (const ca of cas) {
       const subject = subjectDer(ca);
       const own = crls.filter((c) => c.issuer.equals(subject));

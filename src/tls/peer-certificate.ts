@@ -16,6 +16,15 @@ export function parseCaBundle(bundle: Buffer): X509Certificate[] {
   return pems.map((p) => new X509Certificate(p));
 }
 
+/**
+ * The CAs of a bundle whose issuer is not in it (a root is its own issuer): an intermediate CA
+ * there alone is meant as a trust anchor, so that only its clients get in, not those of other
+ * CAs under the same root.
+ */
+export function casWithoutIssuer(cas: X509Certificate[]): X509Certificate[] {
+  return cas.filter((c) => !cas.some((o) => c.checkIssued(o)));
+}
+
 function validAt(c: X509Certificate, now: number): boolean {
   return Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
 }

@@ -26,6 +26,27 @@ async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<
   }
 }
 
+/** One gRPC call to a path the server does not serve, with a client certificate: UNIMPLEMENTED when the listener let the client in. */
+async function callAs(port: number, rootPem: string, c: Client): Promise<grpc.status> {
+  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(rootPem), Buffer.from(c.key), Buffer.from(c.cert)), {
+    "grpc.ssl_target_name_override": "localhost",
+  });
+  try {
+    return await new Promise((resolve) =>
+      client.makeUnaryRequest(
+        "/nothing.Here/Call",
+        (x: Buffer) => x,
+        (x: Buffer) => x,
+        Buffer.alloc(0),
+        { deadline: Date.now() + 5000 },
+        (e) => resolve(e?.code ?? grpc.status.OK),
+      ),
+    );
+  } finally {
+    client.close();
+  }
+}
+
 /** A raw TCP connection to the listener; resolves once it is open. */
 function tcp(port: number): Promise<Socket & { closedAt?: number }> {
   return new Promise((resolve, reject) => {
@@ -145,6 +166,33 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
     // A key that is not the certificate's never reaches the listener.
     assert.throws(() => s.setTlsMaterial({ ...next, key: Buffer.from(root.leaf({ extensions: SERVER_LEAF_EXT }).keyPem) }), /key values mismatch/);
     assert.equal((await attempt(s.port, as(rootClient), true)).secure, true, "the listener still serves with what it had");
+  });
+
+  it("a client CA bundle of one intermediate alone admits that CA's clients only, not another's under the same root, after a reload too; with CRLs it is refused at load", async () => {
+    const laptops = root.intermediate({ subject: "/O=Corp/CN=Laptops" });
+    const builder = client(inter, "builder-7", inter.certPem);
+    const laptop = client(laptops, "laptop-3", laptops.certPem);
+    const onlyAgents = { ...files, clientCaFile: file(inter.certPem) };
+    const { s, failures } = await start(loadTlsMaterial(onlyAgents));
+    // (A TLS 1.3 client sees its handshake done before the server has checked its certificate: a call shows it got in.)
+    assert.equal(await callAs(s.port, root.certPem, builder), grpc.status.UNIMPLEMENTED, "a client of the bundle's intermediate gets in");
+    await attempt(s.port, as(laptop));
+    await attempt(s.port, as(rootClient));
+    await waitFor("both refusals are reported", () => failures.length === 2);
+    assert.deepEqual(
+      failures.map((f) => f.code).sort(),
+      ["SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY"],
+      "another intermediate's client, and the root's own (the root is no anchor here)",
+    );
+    // setSecureContext makes a new context: the listener trusts the intermediate alone again.
+    s.setTlsMaterial(loadTlsMaterial(onlyAgents));
+    assert.equal(await callAs(s.port, root.certPem, builder), grpc.status.UNIMPLEMENTED, "after a reload");
+    await attempt(s.port, as(laptop));
+    await waitFor("the refusal after the reload is reported", () => failures.length === 3);
+    assert.throws(
+      () => loadTlsMaterial({ ...onlyAgents, clientCrlFile: file(inter.crl() + root.crl()) }),
+      /tls\.clientCrlFile: tls\.clientCaFile holds "O=Corp, CN=Build Agents" without its issuer .* every client would be refused/,
+    );
   });
 
   it("closes a connection that does not finish its handshake in time (timeout) instead of holding it for Node's two minutes", async () => {
