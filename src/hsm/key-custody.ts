@@ -158,6 +158,15 @@ export class KeyCustody {
   }
 
   listSlots(): SlotDetails[] {
+    try {
+      return this.readSlots();
+    } catch (e) {
+      // A token gone from under the module (SoftHSM: CKR_GENERAL_ERROR), a network HSM away: the code, not "internal error".
+      throw translatePkcs11Error(e, "listing the slots and their tokens");
+    }
+  }
+
+  private readSlots(): SlotDetails[] {
     const mod: Module = this.slot.module;
     const slots = mod.getSlots(false);
     const managedId = this.slot.handle.toString("hex");

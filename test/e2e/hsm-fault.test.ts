@@ -27,7 +27,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
 import { verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
+import { adminClient, callAdmin, freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
 
 const run = promisify(execFile);
@@ -56,6 +56,7 @@ describe("HSM faults made real against the service process, and recovery without
   let data: string;
   let port: number;
   let metricsPort: number;
+  let adminPort: number;
   let child: ChildProcess | undefined;
   let client: grpc.Client;
   let health: grpc.Client;
@@ -108,7 +109,7 @@ describe("HSM faults made real against the service process, and recovery without
       HSM_SIGNER_DATA: data,
       HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
       HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
-      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
+      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${(adminPort = await freePort())}`,
       DEMO_KEY_ID: KEY,
       DEMO_KEY_SPEC: "EC-256",
       DEMO_TOKEN_LABEL: TOKEN_LABEL,
@@ -157,6 +158,20 @@ describe("HSM faults made real against the service process, and recovery without
         assert.match(e.details, /\[request [0-9a-f]+\]/);
         assert.ok(ms < FAST_MS, `refused in ${ms.toFixed(0)} ms`);
         assert.ok(Number(e.metadata.get("retry-after-ms")[0]) >= 100, "a retry-after hint");
+      }
+      // A custodian listing the slots meanwhile gets the PKCS#11 code in the message, not "internal error".
+      const custodian = adminClient(readFileSync(join(data, "tls/ca.pem")), adminPort, {
+        key: readFileSync(join(data, "tls/custodian-key.pem")),
+        cert: readFileSync(join(data, "tls/custodian.pem")),
+      });
+      try {
+        const e = await callAdmin(custodian, "listSlots", {}).then(
+          () => assert.fail("ListSlots answered while the token is away"),
+          (err: grpc.ServiceError) => err,
+        );
+        assert.match(e.details, /^listing the slots and their tokens: (HSM operation failed|the HSM is unavailable) \(CKR_\w+\) \[request [0-9a-f]+\]$/);
+      } finally {
+        custodian.close();
       }
       // Listing keys does not need the HSM: the last view of the token is served meanwhile.
       const keys = await callSigner<{ keys: { keyId: string }[] }>(client, "ListKeys", {});
