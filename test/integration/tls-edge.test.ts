@@ -26,22 +26,32 @@ async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<
   }
 }
 
-/** One gRPC call to a path the server does not serve, with a client certificate: UNIMPLEMENTED when the listener let the client in. */
-async function callAs(port: number, rootPem: string, c: Client): Promise<grpc.status> {
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(rootPem), Buffer.from(c.key), Buffer.from(c.cert)), {
+/** A client of the listener with a client certificate (and the root that verifies the server). */
+function grpcClient(port: number, rootPem: string, c: Client): grpc.Client {
+  return new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(rootPem), Buffer.from(c.key), Buffer.from(c.cert)), {
     "grpc.ssl_target_name_override": "localhost",
   });
+}
+
+/** One call to a path the server does not serve: UNIMPLEMENTED when the listener let the client in. */
+function unknownCall(client: grpc.Client): Promise<grpc.status> {
+  return new Promise((resolve) =>
+    client.makeUnaryRequest(
+      "/nothing.Here/Call",
+      (x: Buffer) => x,
+      (x: Buffer) => x,
+      Buffer.alloc(0),
+      { deadline: Date.now() + 5000 },
+      (e) => resolve(e?.code ?? grpc.status.OK),
+    ),
+  );
+}
+
+/** unknownCall on a connection of its own. */
+async function callAs(port: number, rootPem: string, c: Client): Promise<grpc.status> {
+  const client = grpcClient(port, rootPem, c);
   try {
-    return await new Promise((resolve) =>
-      client.makeUnaryRequest(
-        "/nothing.Here/Call",
-        (x: Buffer) => x,
-        (x: Buffer) => x,
-        Buffer.alloc(0),
-        { deadline: Date.now() + 5000 },
-        (e) => resolve(e?.code ?? grpc.status.OK),
-      ),
-    );
+    return await unknownCall(client);
   } finally {
     client.close();
   }
@@ -224,19 +234,8 @@ describe("the TLS edge as production runs it: client CRLs, reloaded material, ha
 
   it("closes a connection that received nothing for the idle time: a client's after its last call (it reconnects on the next), and one that never calls", async () => {
     const { s } = await start(loadTlsMaterial(files), { idleMs: 1500 });
-    const creds = grpc.credentials.createSsl(Buffer.from(root.certPem), Buffer.from(rootClient.key), Buffer.from(rootClient.cert));
-    const c = new grpc.Client(`127.0.0.1:${s.port}`, creds, { "grpc.ssl_target_name_override": "localhost" });
-    const call = (): Promise<number> =>
-      new Promise((resolve) =>
-        c.makeUnaryRequest(
-          "/nothing.Here/Call",
-          (x: Buffer) => x,
-          (x: Buffer) => x,
-          Buffer.alloc(0),
-          { deadline: Date.now() + 5000 },
-          (e) => resolve(e?.code ?? grpc.status.OK),
-        ),
-      );
+    const c = grpcClient(s.port, root.certPem, rootClient);
+    const call = (): Promise<number> => unknownCall(c);
     // A TLS connection that completes its handshake and then sends nothing (no HTTP/2 at all).
     const silent = tlsConnect({ host: "127.0.0.1", port: s.port, servername: "localhost", ALPNProtocols: ["h2"], ...as(rootClient) });
     silent.on("error", () => undefined);
