@@ -5,7 +5,7 @@ import { createLocalJWKSet, type JSONWebKeySet } from "jose";
 import { Policy, PolicyInvalidError } from "../auth/policy.js";
 import { loadTlsMaterial } from "../server/tls-material.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
-import { loadConfig, type ConfigFiles } from "./config.js";
+import { loadConfig, readPin, type ConfigFiles } from "./config.js";
 import { readRegular, readSettingFile } from "../fs/regular-file.js";
 
 /**
@@ -77,16 +77,15 @@ function checkModule(module: string | undefined): string[] {
   return [];
 }
 
-/** As readPin (config.ts) reads it at start-up; the PIN itself is never shown. */
+/** readPin, as serve calls it at start-up; the PIN itself is never shown. */
 function checkPin(hsm: ConfigFiles["hsm"], env: NodeJS.ProcessEnv): string[] {
-  if (hsm.pinFile) {
-    const r = readRegular("hsm.pinFile", hsm.pinFile);
-    if (typeof r === "string") return [r];
-    if (r.toString("utf8").replace(/\r?\n$/, "") === "") return [`hsm.pinFile: ${hsm.pinFile} is empty`];
+  if (!hsm.pinFile && !env[hsm.pinEnv]) return [`hsm.pinEnv: the environment variable ${hsm.pinEnv} is not set (and there is no hsm.pinFile): serve would have no HSM PIN`];
+  try {
+    readPin(hsm, env);
     return [];
+  } catch (e) {
+    return [(e as Error).message];
   }
-  if (!env[hsm.pinEnv]) return [`hsm.pinEnv: the environment variable ${hsm.pinEnv} is not set (and there is no hsm.pinFile): serve would have no HSM PIN`];
-  return [];
 }
 
 function checkPolicy(file: string): string[] {

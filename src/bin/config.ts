@@ -318,7 +318,7 @@ export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env, c
 }
 
 /** The user PIN, from hsm.pinFile or the environment variable hsm.pinEnv; never from argv. */
-export function readPin(c: Config["hsm"], env: NodeJS.ProcessEnv = process.env): string {
+export function readPin(c: Pick<Config["hsm"], "pinFile" | "pinEnv">, env: NodeJS.ProcessEnv = process.env): string {
   if (c.pinFile) {
     // A regular file only: a FIFO with no writer would block the start for ever, a device never end.
     const r = readRegular("hsm.pinFile", c.pinFile);

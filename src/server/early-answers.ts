@@ -1,5 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
+import { auditText } from "../signing/signing-service.js";
 
 /**
  * Answers that grpc-js gives by itself, before any method's handler runs, made to go through the
@@ -64,7 +65,7 @@ export function takeCall(metadata: grpc.Metadata): boolean {
 const MAX_PATH_CHARS = 200;
 
 function shownPath(path: string): string {
-  return path.length <= MAX_PATH_CHARS ? path : `${path.slice(0, MAX_PATH_CHARS)}...(${path.length - MAX_PATH_CHARS} more characters)`;
+  return auditText(path, MAX_PATH_CHARS);
 }
 
 /** The catalog error for a status grpc-js gives before the handler runs. */

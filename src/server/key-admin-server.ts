@@ -8,6 +8,7 @@ import { validateKeyId } from "../signing/signing-service.js";
 import type { AccessControl } from "./access-control.js";
 import {
   auditKeyId,
+  auditText,
   bindServer,
   EarlyAnswers,
   methodNames,
@@ -120,7 +121,7 @@ const INTENT_STRING_MAX = 300;
 export function intentEvent(record: AuditEvent, req: object): AuditEvent {
   const request: Record<string, string | number | boolean> = {};
   for (const [k, v] of Object.entries(req)) {
-    if (typeof v === "string") request[k] = v.length <= INTENT_STRING_MAX ? v : `${v.slice(0, INTENT_STRING_MAX)}...(${v.length - INTENT_STRING_MAX} more characters)`;
+    if (typeof v === "string") request[k] = auditText(v, INTENT_STRING_MAX);
     else if (typeof v === "number" || typeof v === "boolean") request[k] = v;
     else if (Array.isArray(v)) request[k] = v.length;
   }

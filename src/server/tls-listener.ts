@@ -70,27 +70,23 @@ function needsPartialChain(clientCa: Buffer | undefined): boolean {
 type PartialChainContext = { setAllowPartialTrustChain?: () => void } | undefined;
 
 /**
- * The server's own secure context. OpenSSL's X509_V_FLAG_PARTIAL_CHAIN (trust a CA of the bundle
- * without its issuer) is createSecureContext's allowPartialTrustChain in Node >= 20.18, but
- * tls.Server passes only its own list of options to it (not this one), at creation and in
- * setSecureContext: so the flag is set on the context it made, with the call createSecureContext
- * makes for that option. test/integration/tls-edge.test.ts fails if Node changes either.
+ * What sets OpenSSL's X509_V_FLAG_PARTIAL_CHAIN (trust a CA of the bundle without its issuer) on
+ * the server's current secure context; throws CONFIG_INVALID on a Node without it. The flag is
+ * createSecureContext's allowPartialTrustChain in Node >= 20.18, but tls.Server passes only its
+ * own list of options to it (not this one), at creation and in setSecureContext: so the flag is
+ * set on the context it made, with the call createSecureContext makes for that option.
+ * test/integration/tls-edge.test.ts fails if Node changes either.
  */
-function partialChainContext(s: TlsServer): PartialChainContext {
-  return (s as unknown as { _sharedCreds?: { context?: PartialChainContext } })._sharedCreds?.context;
+function partialChainFlag(s: TlsServer): () => void {
+  const context = (s as unknown as { _sharedCreds?: { context?: PartialChainContext } })._sharedCreds?.context;
+  const set = context?.setAllowPartialTrustChain;
+  if (typeof set !== "function")
+    throw new SignerError(
+      "CONFIG_INVALID",
+      `the client CA bundle holds an intermediate CA without its issuer, which this Node (${process.version}) cannot trust on its own (Node 20.18 or later can): add its issuer to the bundle`,
+    );
+  return () => set.call(context);
 }
-
-function allowPartialChain(s: TlsServer): void {
-  const context = partialChainContext(s);
-  if (typeof context?.setAllowPartialTrustChain !== "function") throw noPartialChain();
-  context.setAllowPartialTrustChain();
-}
-
-const noPartialChain = (): SignerError =>
-  new SignerError(
-    "CONFIG_INVALID",
-    `the client CA bundle holds an intermediate CA without its issuer, which this Node (${process.version}) cannot trust on its own (Node 20.18 or later can): add its issuer to the bundle`,
-  );
 
 /** How long the start-up self-check waits for its loopback handshake. */
 const SELF_CHECK_TIMEOUT_MS = 10_000;
@@ -229,10 +225,11 @@ export class TlsListener {
     const context = { cert: m.cert, key: m.key, ca: m.clientCa, crl: m.crl };
     const partial = needsPartialChain(m.clientCa);
     createSecureContext({ ...context, allowPartialTrustChain: partial });
-    if (partial && this.servers.some((s) => typeof partialChainContext(s)?.setAllowPartialTrustChain !== "function")) throw noPartialChain();
+    // A Node without the flag throws here, before any listener changes.
+    if (partial) for (const s of this.servers) partialChainFlag(s);
     for (const s of this.servers) {
       s.setSecureContext(context);
-      if (partial) allowPartialChain(s);
+      if (partial) partialChainFlag(s)();
     }
   }
 
@@ -265,6 +262,7 @@ export class TlsListener {
     this.injector = server.createConnectionInjector(ServerCredentials.createInsecure());
     const o = this.o;
     const requestCert = o.clientCa !== undefined;
+    const partial = needsPartialChain(o.clientCa);
     for (const address of addresses) {
       const s = createTlsServer({
         cert: o.cert,
@@ -278,7 +276,7 @@ export class TlsListener {
         rejectUnauthorized: requestCert && o.requireClientCertificate,
         ALPNProtocols: ["h2"],
       });
-      if (needsPartialChain(o.clientCa)) allowPartialChain(s);
+      if (partial) partialChainFlag(s)();
       s.on("connection", (raw: Socket) => {
         this.sockets.add(raw);
         this.peers.set(raw, hostPort(raw.remoteAddress, raw.remotePort));

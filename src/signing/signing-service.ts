@@ -50,12 +50,17 @@ export function validateKeyId(keyId: string | undefined): string {
   return keyId;
 }
 
+/** A caller's text as an audit line copies it: at most `max` characters, then how many more there were. */
+export function auditText(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max)}...(${text.length - max} more characters)`;
+}
+
 /**
  * The key id as the audit records it. It is copied before the request is validated, so that a
  * refused request names what it asked for; a caller cannot make an audit line large with it.
  */
 export function auditKeyId(keyId: string): string {
-  return keyId.length <= AUDIT_KEY_ID_MAX ? keyId : `${keyId.slice(0, AUDIT_KEY_ID_MAX)}...(${keyId.length - AUDIT_KEY_ID_MAX} more characters)`;
+  return auditText(keyId, AUDIT_KEY_ID_MAX);
 }
 
 /** Why a key may not sign anything now: a custodian disabled it, or it is unusable (KeyRecord's reasons). */
