@@ -64,9 +64,7 @@ export function takeCall(metadata: grpc.Metadata): boolean {
 /** The longest path an audit line or a log line repeats. */
 const MAX_PATH_CHARS = 200;
 
-function shownPath(path: string): string {
-  return auditText(path, MAX_PATH_CHARS);
-}
+const shownPath = (path: string): string => auditText(path, MAX_PATH_CHARS);
 
 /** The catalog error for a status grpc-js gives before the handler runs. */
 function earlyError(s: CallStatus): SignerError {
@@ -77,7 +75,7 @@ function earlyError(s: CallStatus): SignerError {
 }
 
 /**
- * Installs both on a server built with `serverOptions().interceptors`. `methods` names the
+ * Both, for one server: newGrpcServer(options, early) builds it with `interceptor` and calls `install`. `methods` names the
  * audit's method for each path served (e.g. "/hsm_signer.v1.Signer/Sign" → "Sign").
  */
 export class EarlyAnswers {
