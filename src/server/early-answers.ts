@@ -1,3 +1,5 @@
+import type * as http2 from "node:http2";
+import { TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import { auditText } from "../signing/signing-service.js";
@@ -8,6 +10,9 @@ import { auditText } from "../signing/signing-service.js";
  *
  * - a path no service of the listener serves (grpc-js: UNIMPLEMENTED) reaches a handler of its
  *   own, which the unary handler runs like any method: audited with the path, UNIMPLEMENTED;
+ * - a request that is not gRPC at all (a content-type other than application/grpc*; grpc-js: HTTP
+ *   415 with no gRPC status) is audited INVALID_ARGUMENT with its path and the caller, then
+ *   answered 415 as grpc-js would, or 503 when its line cannot be written;
  * - a request message over the receive limit (grpc-js: RESOURCE_EXHAUSTED, after the 5-byte
  *   message prefix, so without buffering the message), a grpc-timeout header that does not parse,
  *   a compression the server does not take, no request message or a second one: the call's one
@@ -15,8 +20,9 @@ import { auditText } from "../signing/signing-service.js";
  *   request id, and leaves only once its audit line is durable; if it cannot be written, the call
  *   fails UNAVAILABLE as any other.
  *
- * grpc-js has no public hook for either. This relies on two of its internals (1.14, pinned by
- * package-lock.json): Server._retrieveHandler(path), and the base server call, which an interceptor
+ * grpc-js has no public hook for any of these. This relies on three of its internals (1.14, pinned by
+ * package-lock.json): Server._retrieveHandler(path), Server._verifyContentType(stream, headers)
+ * (true, or false once it has answered 415), and the base server call, which an interceptor
  * receives and which answers these cases with this.sendStatus() and carries the request's metadata
  * as `metadata`. test/integration/early-answers.test.ts fails if an upgrade changes either.
  */
@@ -114,13 +120,65 @@ export class EarlyAnswers {
       .then((answer) => send.call(base, answer));
   }
 
-  /** Routes paths no service serves to the sink's unknown-method handler instead of grpc-js's own UNIMPLEMENTED. */
+  /**
+   * Routes paths no service serves to the sink's unknown-method handler instead of grpc-js's own
+   * UNIMPLEMENTED, and audits requests that are not gRPC before their 415.
+   */
   install(server: grpc.Server): void {
-    const s = server as unknown as { _retrieveHandler?: (path: string) => unknown };
+    const s = server as unknown as {
+      _retrieveHandler?: (path: string) => unknown;
+      _verifyContentType?: (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
+    };
     const own = s._retrieveHandler;
     if (typeof own !== "function") throw new Error("grpc-js no longer has Server._retrieveHandler: unknown methods would go unaudited (server/early-answers.ts)");
+    if (typeof s._verifyContentType !== "function") throw new Error("grpc-js no longer has Server._verifyContentType: requests that are not gRPC would go unaudited (server/early-answers.ts)");
     s._retrieveHandler = (path: string) => own.call(server, path) ?? { func: this.sink.unknownMethod(shownPath(path)), serialize: RAW, deserialize: RAW, type: "unary", path };
+    // grpc-js's own test, word for word; it answers 415 at once, so the refusal is answered here instead.
+    s._verifyContentType = (stream, headers) => {
+      const type = headers["content-type"];
+      if (typeof type === "string" && type.startsWith("application/grpc")) return true;
+      this.notGrpc(stream, headers, type);
+      return false;
+    };
   }
+
+  /** A request that is not gRPC: its line (path, caller, INVALID_ARGUMENT), then grpc-js's 415, or 503 when the line cannot be written. */
+  private notGrpc(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, type: string | undefined): void {
+    const path = headers[":path"] ?? "-";
+    const e = new SignerError("INVALID_ARGUMENT", `not a gRPC request: content-type ${type === undefined ? "missing" : shownPath(type)}`);
+    void this.sink
+      .answerEarly(streamCall(stream, headers), this.methods.get(path) ?? shownPath(path), e)
+      .catch((): CallStatus => ({ code: grpc.status.INTERNAL }))
+      .then((answer) => {
+        if (stream.closed || stream.destroyed) return;
+        const status = answer.code === grpc.status.INVALID_ARGUMENT ? 415 : answer.code === grpc.status.UNAVAILABLE ? 503 : 500;
+        try {
+          stream.respond({ ":status": status }, { endStream: true });
+        } catch {
+          // The client went away meanwhile: its line is written, there is no one to answer.
+        }
+      });
+  }
+}
+
+/** The caller of a raw HTTP/2 stream as grpc-js's base call would name it (server-interceptors.ts: getPeer, getAuthContext). */
+function streamCall(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): EarlyCall {
+  const socket = stream.session?.socket;
+  let metadata: grpc.Metadata;
+  try {
+    metadata = grpc.Metadata.fromHttp2Headers(headers);
+  } catch {
+    metadata = new grpc.Metadata();
+  }
+  return {
+    metadata,
+    getPeer: () => (socket?.remoteAddress ? (socket.remotePort ? `${socket.remoteAddress}:${socket.remotePort}` : socket.remoteAddress) : "unknown"),
+    getAuthContext: () => {
+      if (!(socket instanceof TLSSocket) || !socket.authorized) return {};
+      const cert = socket.getPeerCertificate();
+      return { transportSecurityType: "ssl", sslPeerCertificate: cert.raw ? cert : undefined };
+    },
+  };
 }
 
 /** The audit's method names of a service's paths: "/<service>/<Method>" → prefix + Method. */

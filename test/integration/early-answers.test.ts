@@ -137,6 +137,44 @@ describe("answers grpc-js gives before any method runs: audited, with a request 
     }
   });
 
+  it("a request that is not gRPC (another content-type, none): HTTP 415 once its line is durable, with the path and the caller", async () => {
+    const session = connect(`https://127.0.0.1:${s.port}`, { ca: f.tls.ca, cert: f.tls.clientCert, key: f.tls.clientKey, servername: "localhost" });
+    session.on("error", () => undefined);
+    try {
+      const cases: [string, Record<string, string>, string][] = [
+        ["/hsm_signer.v1.Signer/Sign", { "content-type": "application/json" }, "Sign"],
+        ["/hsm_signer.v1.KeyAdmin/ListSlots", { "content-type": "text/plain" }, "/hsm_signer.v1.KeyAdmin/ListSlots"],
+      ];
+      for (const [path, headers, method] of cases) {
+        let t: IncomingHttpHeaders = {};
+        const recs = await added(async () => (t = await h2Request(session, { [H2.HTTP2_HEADER_PATH]: path, ...headers }, Buffer.from("{}"))));
+        assert.equal(t[H2.HTTP2_HEADER_STATUS], 415, JSON.stringify(t));
+        assert.equal(t["grpc-status"], undefined);
+        assert.deepEqual(
+          recs.map((r) => [r.method, r.result, r.identity, r.identityKind]),
+          [[method, "INVALID_ARGUMENT", CLIENT_ID, "mtls-uri"]],
+        );
+      }
+      // No content-type at all (an HTTP/2 GET): the same, and the connection still serves gRPC.
+      const noType = await added(async () => {
+        const req = session.request({ [H2.HTTP2_HEADER_PATH]: "/" });
+        const status = await new Promise<unknown>((resolve, reject) => {
+          req.on("response", (h) => resolve(h[H2.HTTP2_HEADER_STATUS]));
+          req.on("error", reject);
+        });
+        req.close();
+        assert.equal(status, 415);
+      });
+      assert.deepEqual(
+        noType.map((r) => [r.method, r.result, r.identity]),
+        [["/", "INVALID_ARGUMENT", CLIENT_ID]],
+      );
+      assert.equal((await rawCall(client, "/hsm_signer.v1.Signer/Nope", Buffer.from("x"))).code, grpc.status.UNIMPLEMENTED);
+    } finally {
+      session.close();
+    }
+  });
+
   it("when the audit cannot be written, the early answer is UNAVAILABLE (AUDIT_UNAVAILABLE), as for any call", async () => {
     const dir = mkdtempSync(join(f.token.dir, "early-audit-"));
     const audit = await AuditLog.open({ dir: join(dir, "audit"), maxFileBytes: 1 }); // a new file for each line
@@ -153,6 +191,15 @@ describe("answers grpc-js gives before any method runs: audited, with a request 
         const e = await rawCall(c, path, body);
         assert.equal(e.code, grpc.status.UNAVAILABLE, `${path}: ${e.details}`);
         assert.deepEqual(e.metadata.get(ERROR_CODE_TRAILER), ["AUDIT_UNAVAILABLE"]);
+      }
+      // A request that is not gRPC: 503 rather than 415, since its line could not be written.
+      const session = connect(`https://127.0.0.1:${broken.port}`, { ca: f.tls.ca, cert: f.tls.clientCert, key: f.tls.clientKey, servername: "localhost" });
+      session.on("error", () => undefined);
+      try {
+        const t = await h2Request(session, { [H2.HTTP2_HEADER_PATH]: "/hsm_signer.v1.Signer/Sign", "content-type": "application/json" }, Buffer.from("{}"));
+        assert.equal(t[H2.HTTP2_HEADER_STATUS], 503, JSON.stringify(t));
+      } finally {
+        session.close();
       }
     } finally {
       c.close();
