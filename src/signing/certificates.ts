@@ -1,7 +1,7 @@
 import "reflect-metadata";
 import { createHash, X509Certificate as NodeX509 } from "node:crypto";
 import * as x509 from "@peculiar/x509";
-import type { CertificateSummary } from "./ports.js";
+import type { CertificateSummary, IssuersValidity } from "./ports.js";
 import { keySpecFor, type KeySpec } from "./key-spec.js";
 
 export function sha256Hex(der: Uint8Array): string {
@@ -54,15 +54,23 @@ export function isSelfSigned(cert: NodeX509): boolean {
  * Orders a leaf's chain from a pool of certificates: leaf, then each issuer (matching subject
  * and a verifying signature), up to a self-signed root. Returns the chain and, when it stops
  * short of a root, the reason.
+ *
+ * A CA renewed with the same name and key leaves two issuers that both verify (the token keeps
+ * every certificate ever imported): the one valid at `at` is taken, and of several the one valid
+ * longest, so that an expired copy never reaches a verifier while a valid one is on the token
+ * (notation refuses a signature whose chain holds a certificate outside its validity).
  */
-export function buildChain(leafDer: Buffer, pool: Buffer[]): { chain: Buffer[]; problem: string | undefined } {
+export function buildChain(leafDer: Buffer, pool: Buffer[], at: Date = new Date()): { chain: Buffer[]; problem: string | undefined } {
   const parsed = pool.map((der) => ({ der, cert: new NodeX509(der) }));
   const chain: Buffer[] = [leafDer];
+  const validAt = (c: NodeX509): number => Number(new Date(c.validFrom) <= at && at <= new Date(c.validTo));
   let current = new NodeX509(leafDer);
   for (let depth = 0; depth < 10; depth++) {
     if (isSelfSigned(current)) return { chain, problem: undefined };
     const cur = current;
-    const issuer = parsed.find((p) => p.cert.subject === cur.issuer && !chain.some((c) => c.equals(p.der)) && cur.verify(p.cert.publicKey));
+    const issuer = parsed
+      .filter((p) => p.cert.subject === cur.issuer && !chain.some((c) => c.equals(p.der)) && cur.verify(p.cert.publicKey))
+      .sort((x, y) => validAt(y.cert) - validAt(x.cert) || Date.parse(y.cert.validTo) - Date.parse(x.cert.validTo))[0];
     if (!issuer) {
       return { chain, problem: `the issuer of "${oneLine(cur.subject)}" ("${oneLine(cur.issuer)}") is not on the token` };
     }
@@ -70,6 +78,25 @@ export function buildChain(leafDer: Buffer, pool: Buffer[]): { chain: Buffer[]; 
     current = issuer.cert;
   }
   return { chain, problem: "the certificate chain is longer than 10 certificates" };
+}
+
+/**
+ * When the issuers of a chain (every certificate but the leaf) are all valid: from the latest
+ * notBefore to the earliest notAfter, each with the certificate that sets it. Undefined for a
+ * chain of the leaf alone.
+ */
+export function issuersValidity(chain: Buffer[]): IssuersValidity | undefined {
+  let v: IssuersValidity | undefined;
+  for (const der of chain.slice(1)) {
+    const c = new NodeX509(der);
+    const from = new Date(c.validFrom);
+    const until = new Date(c.validTo);
+    const subject = oneLine(c.subject);
+    if (!v) v = { from, fromSubject: subject, until, untilSubject: subject };
+    if (from > v.from) Object.assign(v, { from, fromSubject: subject });
+    if (until < v.until) Object.assign(v, { until, untilSubject: subject });
+  }
+  return v;
 }
 
 /**

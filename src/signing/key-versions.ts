@@ -1,5 +1,5 @@
 import { SignerError } from "../errors/index.js";
-import { buildChain, keySpecOfCertificate, spkiOfCertificate } from "./certificates.js";
+import { buildChain, issuersValidity, keySpecOfCertificate, spkiOfCertificate } from "./certificates.js";
 import { isKeySpec, keySpecInfo, type KeySpec } from "./key-spec.js";
 import type { CertificateSummary, KeyRecord } from "./ports.js";
 
@@ -295,6 +295,7 @@ function recordFor(keyId: string, version: number, spec: KeySpec, id: Buffer, sp
     certs.map((c) => c.der),
   );
   record.chain = chain;
+  record.issuersValidity = issuersValidity(chain);
   if (leaf.s.isCa) record.unusableReason = `key "${keyId}" is a CA key; CA keys do not sign artifacts`;
   else if (problem) record.unusableReason = `the certificate chain of key "${keyId}" is incomplete: ${problem}`;
   return record;

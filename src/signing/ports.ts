@@ -13,6 +13,14 @@ export interface CertificateSummary {
   isCa: boolean;
 }
 
+/** The span in which a chain's issuers are all valid, and the certificates that bound it (subjects). */
+export interface IssuersValidity {
+  from: Date;
+  fromSubject: string;
+  until: Date;
+  untilSubject: string;
+}
+
 export interface KeyRecord {
   keyId: string;
   version: number;
@@ -21,6 +29,8 @@ export interface KeyRecord {
   /** DER certificates, leaf first, root last; empty when the key has no certificate. */
   chain: Buffer[];
   certificate: CertificateSummary | undefined;
+  /** When every CA certificate of `chain` is valid (absent when the chain is the leaf alone). */
+  issuersValidity?: IssuersValidity;
   /** Why this key cannot sign artifacts (no certificate, incomplete chain, CA key...), if it cannot. */
   unusableReason: string | undefined;
   /** Set when a custodian disabled the key or this version: signing is refused with this message. */

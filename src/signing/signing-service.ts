@@ -71,9 +71,10 @@ export function keyRefusal(key: KeyRecord): SignerError | undefined {
 }
 
 /**
- * Why a key's certificate cannot vouch for a signature made `at` (expired, or not yet valid), or
- * undefined. A verifier checks the signing certificate at signing time (notation does, and then
- * refuses the whole signature), so the service does not sign with a key it would not accept.
+ * Why a key's certificate chain cannot vouch for a signature made `at` (its certificate, or one
+ * of its CA certificates, expired or not yet valid), or undefined. A verifier checks every
+ * certificate of the chain at signing time (notation does, and then refuses the whole
+ * signature), so the service does not sign with a key it would not accept.
  */
 export function certificateOutsideValidity(key: KeyRecord, at: Date): string | undefined {
   const c = key.certificate;
@@ -81,6 +82,11 @@ export function certificateOutsideValidity(key: KeyRecord, at: Date): string | u
   const version = `key "${key.keyId}" version ${key.version}`;
   if (at > c.notAfter) return `the certificate of ${version} expired at ${c.notAfter.toISOString()}: a custodian must rotate the key or import a renewed certificate`;
   if (at < c.notBefore) return `the certificate of ${version} is not valid before ${c.notBefore.toISOString()}`;
+  const v = key.issuersValidity;
+  if (v && at > v.until) {
+    return `the CA certificate "${v.untilSubject}" in the chain of ${version} expired at ${v.until.toISOString()}: a custodian must import the chain again with the renewed CA certificate (hsm-signer certs import) or rotate the key`;
+  }
+  if (v && at < v.from) return `the CA certificate "${v.fromSubject}" in the chain of ${version} is not valid before ${v.from.toISOString()}`;
   return undefined;
 }
 
