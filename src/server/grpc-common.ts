@@ -5,5 +5,5 @@ export { bindServer, isLoopbackAddress, newGrpcServer, type RunningServer, type 
 export { EarlyAnswers, methodNames } from "./early-answers.js";
 export { InFlight } from "./in-flight.js";
 export { DEFAULT_MAX_DEADLINE_MS, unaryHandler, type CallContext, type MethodOptions, type UnaryHandler, type UnaryOptions } from "./unary-handler.js";
-export { auditKeyId, auditText } from "../signing/signing-service.js";
+export { auditKeyId, auditText, quotedValue } from "../signing/signing-service.js";
 export type { AuditSink } from "../signing/ports.js";

@@ -9,6 +9,7 @@ import type { AccessControl } from "./access-control.js";
 import {
   auditKeyId,
   auditText,
+  quotedValue,
   bindServer,
   EarlyAnswers,
   methodNames,
@@ -49,7 +50,7 @@ const DAY_MS = 86_400_000;
 
 function keySpec(v: string, field: string, optional = false): KeySpec | undefined {
   if (!v && optional) return undefined;
-  if (!isKeySpec(v)) throw new SignerError("INVALID_ARGUMENT", `${field} "${v}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
+  if (!isKeySpec(v)) throw new SignerError("INVALID_ARGUMENT", `${field} ${quotedValue(v)} is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
   return v;
 }
 

@@ -7,6 +7,7 @@ import type { Logger } from "../log/index.js";
 import type { AuditEvent, AuditFacts, AuditReceipt, AuditSink } from "../signing/ports.js";
 import type { AccessControl } from "./access-control.js";
 import { isLoopbackAddress } from "./bind-server.js";
+import { auditText } from "../signing/signing-service.js";
 import { takeCall, type CallStatus, type EarlyAnswerSink, type EarlyCall } from "./early-answers.js";
 import { InFlight } from "./in-flight.js";
 import { malformedReason as malformed } from "./service-definitions.js";
@@ -83,6 +84,15 @@ export type UnaryHandler = (<Req, Res extends object>(method: string, fn: (req: 
 const DEADLINE_MARGIN_MS = 25;
 
 /**
+ * The longest error message an answer (and the log) carries. grpc-js sends it percent-encoded in
+ * the grpc-message trailer, and a trailer block over the client's header list limit (64 KiB in
+ * grpc-js and Go) is never delivered: the caller waited for its deadline and its connection
+ * stopped answering. Every message is written to be far shorter; this holds whatever a caller's
+ * input makes of one (up to 9 encoded bytes a character: 36 KiB).
+ */
+export const MAX_ERROR_MESSAGE_CHARS = 4096;
+
+/**
  * The one wrapper every RPC goes through: request id, deadline, caller identity, the audit record
  * (written, and fsynced, before any answer leaves), error mapping (once, here), logging.
  *
@@ -103,6 +113,7 @@ export function unaryHandler(o: UnaryOptions): UnaryHandler {
   const failure = async (err: unknown, record: AuditEvent, facts: AuditFacts, started: number): Promise<grpc.StatusObject> => {
     const { requestId, method } = record;
     let e = toSignerError(err);
+    if (e.message.length > MAX_ERROR_MESSAGE_CHARS) e = new SignerError(e.code, auditText(e.message, MAX_ERROR_MESSAGE_CHARS), { cause: e.cause, retryAfterMs: e.retryAfterMs });
     record.result = e.code;
     record.latencyMs = round(performance.now() - started);
     try {

@@ -55,6 +55,14 @@ export function auditText(text: string, max: number): string {
   return text.length <= max ? text : `${text.slice(0, max)}...(${text.length - max} more characters)`;
 }
 
+/** The longest part of a caller's value that a message quotes back, for fields whose right values are short names (hash_algorithm, key_spec). */
+export const QUOTED_VALUE_MAX = 64;
+
+/** A caller's value as an error message quotes it: cut, so that a huge value cannot make the answer's trailers huge. */
+export function quotedValue(v: string): string {
+  return JSON.stringify(auditText(v, QUOTED_VALUE_MAX));
+}
+
 /**
  * The key id as the audit records it. It is copied before the request is validated, so that a
  * refused request names what it asked for; a caller cannot make an audit line large with it.
@@ -170,7 +178,7 @@ export class SigningService<C extends Caller = Caller> {
     }
     if (hasDigest && !input.hashAlgorithm) throw new SignerError("INVALID_ARGUMENT", "hash_algorithm is required with digest");
     if (input.hashAlgorithm && !isHashAlgorithm(input.hashAlgorithm)) {
-      throw new SignerError("INVALID_ARGUMENT", `hash_algorithm "${input.hashAlgorithm}" is not one of SHA-256, SHA-384, SHA-512`);
+      throw new SignerError("INVALID_ARGUMENT", `hash_algorithm ${quotedValue(input.hashAlgorithm)} is not one of SHA-256, SHA-384, SHA-512`);
     }
     if (hasDigest && input.hashAlgorithm && isHashAlgorithm(input.hashAlgorithm)) {
       const want = HASH_LENGTHS[input.hashAlgorithm];
@@ -178,7 +186,7 @@ export class SigningService<C extends Caller = Caller> {
       if (got !== want) throw new SignerError("INVALID_ARGUMENT", `digest is ${got} bytes but a ${input.hashAlgorithm} digest is ${want} bytes`);
     }
     if (input.keySpec && !isKeySpec(input.keySpec)) {
-      throw new SignerError("INVALID_ARGUMENT", `key_spec "${input.keySpec}" is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
+      throw new SignerError("INVALID_ARGUMENT", `key_spec ${quotedValue(input.keySpec)} is not one of RSA-2048, RSA-3072, RSA-4096, EC-256, EC-384, EC-521`);
     }
   }
 

@@ -129,6 +129,12 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     const other = await rejected(call("GenerateKey", { keyId: "y", keySpec: "EC-256", tokenLabel: "another-token" }));
     assert.equal(other.code, status.FAILED_PRECONDITION);
     assert.match(other.details, /logged in to token "key-admin-test" only/);
+    // Whatever a caller's input makes of a message, the answer carries at most 4096 of its
+    // characters (a 100,000-character token label: whole, the trailer was never delivered).
+    const huge = await rejected(call("GenerateKey", { keyId: "y", keySpec: "EC-256", tokenLabel: "t".repeat(100_000) }));
+    assert.equal(huge.code, status.FAILED_PRECONDITION);
+    assert.match(huge.details, /^this service is logged in to token "key-admin-test" only; run a service for token "t+\.\.\.\(\d+ more characters\) \[request [0-9a-f]+\]$/);
+    assert.ok(huge.details.length < 4200, `${huge.details.length} characters`);
   });
 
   it("generate, CSR, chain from an outside openssl CA, import: the key signs through the plugin and the signature verifies", async () => {

@@ -246,6 +246,25 @@ describe("gRPC Signer API against the real server (TLS, SoftHSM)", function () {
       await expectStatus(call(client, "Sign", { keyId: ec, payload, keySpec: "EC-999" }), grpc.status.INVALID_ARGUMENT, /key_spec "EC-999"/);
     });
 
+    it("a 100,000-character hash_algorithm or key_spec → INVALID_ARGUMENT at once, the value cut in the message; the channel keeps serving", async () => {
+      // Echoed whole, the value made a grpc-message trailer over the client's 64 KiB header list limit: the answer never arrived.
+      const soon = (): number => Date.now() + 5_000;
+      const huge = "x".repeat(100_000);
+      const e1 = await expectStatus(
+        call(client, "Sign", { keyId: ec, payload, hashAlgorithm: huge }, soon()),
+        grpc.status.INVALID_ARGUMENT,
+        /^hash_algorithm "x{64}\.\.\.\(99936 more characters\)" is not one of/,
+      );
+      const e2 = await expectStatus(
+        call(client, "Sign", { keyId: ec, payload, keySpec: `é${huge}` }, soon()),
+        grpc.status.INVALID_ARGUMENT,
+        /^key_spec "éx{63}\.\.\.\(99937 more characters\)" is not one of/,
+      );
+      for (const e of [e1, e2]) assert.ok(e.details.length < 300, `${e.details.length} characters`);
+      const r = await call<SignResponse>(client, "Sign", { keyId: ec, payload }, soon());
+      assert.equal(r.signature.length, 64);
+    });
+
     it("errors carry the request id in metadata and details", async () => {
       const err = await expectStatus(call(client, "Sign", { keyId: "no-such-key", payload }), grpc.status.NOT_FOUND);
       const id = err.metadata.get("request-id")[0];
