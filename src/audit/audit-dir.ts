@@ -119,9 +119,9 @@ function isAlive(h: LockHolder): boolean {
   return h.startTicks === undefined || ticks === undefined || ticks === h.startTicks;
 }
 
-function readHolder(file: string): LockHolder | undefined {
+function parseHolder(text: string): LockHolder | undefined {
   try {
-    const h = JSON.parse(readFileSync(file, "utf8")) as Partial<LockHolder>;
+    const h = JSON.parse(text) as Partial<LockHolder>;
     if (typeof h.pid === "number" && Number.isSafeInteger(h.pid) && h.pid > 0 && typeof h.host === "string") {
       return { pid: h.pid, host: h.host, since: String(h.since ?? "?"), startTicks: typeof h.startTicks === "string" ? h.startTicks : undefined };
     }
@@ -131,26 +131,93 @@ function readHolder(file: string): LockHolder | undefined {
   return undefined;
 }
 
+function readHolder(file: string): LockHolder | undefined {
+  try {
+    return parseHolder(readFileSync(file, "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+/** A lock file as read: its text, and what tells this file from any later one at the same path (inode, time, size, text). */
+function readLock(file: string): { text: string; key: string; mtimeMs: number } | undefined {
+  try {
+    const st = statSync(file);
+    const text = readFileSync(file, "utf8");
+    return { text, key: `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}:${text}`, mtimeMs: st.mtimeMs };
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
+  }
+}
+
+function unlinkIfThere(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch (u) {
+    if ((u as NodeJS.ErrnoException).code !== "ENOENT") throw u;
+  }
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/** Waits synchronously (the lock is taken on the audit writer's thread, or before a start goes on). */
+function sleepMs(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/** How often a start tries for the lock while another starter takes a stale one over (10 ms apart: 2 s). */
+const LOCK_ATTEMPTS = 200;
+
+/**
+ * Removes a stale lock file, and only the one that was judged stale: under a second lock (the
+ * takeover file, O_EXCL) and only if the file is still the one read. Without it, two starters
+ * that both judged one dead process's lock stale could each remove it, the second removing the
+ * lock the first had just created in its place, and both would write to the directory. False when
+ * another starter holds the takeover (for a moment; one left by a starter that died in it is
+ * removed once old).
+ */
+function removeStaleLock(file: string, judged: string): boolean {
+  const takeover = `${file}.takeover`;
+  let fd: number;
+  try {
+    fd = openSync(takeover, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    const age = Date.now() - (statOrUndefined(takeover)?.mtimeMs ?? Date.now());
+    if (age >= UNREADABLE_LOCK_STALE_MS) unlinkIfThere(takeover);
+    return false;
+  }
+  closeSync(fd);
+  try {
+    if (readLock(file)?.key === judged) unlinkIfThere(file);
+  } finally {
+    unlinkIfThere(takeover);
+  }
+  return true;
+}
+
 /**
  * Takes the directory's lock: a file created with O_EXCL that names this process. A lock left by
  * a process that is gone (same host, pid not running or running another program) is stale and
- * taken over; a lock of a live process, or of another host (whose processes cannot be checked
- * from here), refuses the start with a message naming its holder. O_EXCL is atomic on local file
- * systems and on NFSv3+; a lock held by a crashed writer on another host must be removed by hand.
+ * taken over (removeStaleLock); a lock of a live process, or of another host (whose processes
+ * cannot be checked from here), refuses the start with a message naming its holder. O_EXCL is
+ * atomic on local file systems and on NFSv3+; a lock held by a crashed writer on another host must
+ * be removed by hand.
  */
 export function acquireDirLock(dir: string): DirLock {
   const file = join(dir, LOCK_FILE_NAME);
   const holder: LockHolder = { pid: process.pid, startTicks: processStartTicks(process.pid), host: hostname(), since: new Date().toISOString() };
-  for (let attempt = 0; attempt < 3; attempt++) {
+  for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
     let fd: number;
     try {
       fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-      const other = readHolder(file);
+      const seen = readLock(file);
+      if (seen === undefined) continue; // removed meanwhile: try again
+      const other = parseHolder(seen.text);
       if (other === undefined) {
-        const age = Date.now() - (statOrUndefined(file)?.mtimeMs ?? 0);
-        if (age < UNREADABLE_LOCK_STALE_MS) throw new Error(`the audit directory ${dir} is being locked by another process (${file} is not complete yet)`);
+        if (Date.now() - seen.mtimeMs < UNREADABLE_LOCK_STALE_MS) throw new Error(`the audit directory ${dir} is being locked by another process (${file} is not complete yet)`);
       } else if (other.host !== holder.host || isAlive(other)) {
         const self = other.host === holder.host && other.pid === process.pid ? ", this process" : "";
         throw new Error(
@@ -158,12 +225,8 @@ export function acquireDirLock(dir: string): DirLock {
             "two writers would interleave two chains in one file. Give each service its own audit.dir; if that process is gone, remove the lock file",
         );
       }
-      // Stale: its writer is gone. Another starter may be taking it over too; O_EXCL decides.
-      try {
-        unlinkSync(file);
-      } catch (u) {
-        if ((u as NodeJS.ErrnoException).code !== "ENOENT") throw u;
-      }
+      // Stale: its writer is gone. Another starter may be taking it over too; the takeover file and O_EXCL decide.
+      if (!removeStaleLock(file, seen.key)) sleepMs(10);
       continue;
     }
     try {

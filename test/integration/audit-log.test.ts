@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Worker } from "node:worker_threads";
 import { SignerError } from "../../src/errors/index.js";
 import { spawnCollect } from "../helpers/process.js";
 import {
@@ -664,6 +665,59 @@ console.log(JSON.stringify({ durable, batch: batch.map((r) => r.status === "fulf
 
       writeFileSync(lockFile, JSON.stringify({ pid: deadPid, host: "elsewhere.example", since: "2026-01-01T00:00:00.000Z" }));
       await assert.rejects(AuditLog.open({ dir }), refused(/in use by another writer: pid \d+ on host elsewhere\.example/));
+    });
+
+    it("two starters that find the same stale lock at the same moment: exactly one gets the directory (300 races)", async () => {
+      // Each worker thread calls acquireDirLock once per race, both released at the same instant
+      // by a spin barrier on shared memory. Before the takeover file, the second starter could
+      // remove the lock the first had just written in place of the stale one, and both held it.
+      const gone = await spawnCollect(process.execPath, ["-e", "console.log(process.pid)"], "", { timeoutMs: 10_000 });
+      const stale = JSON.stringify({ pid: Number(gone.stdout.trim()), startTicks: "1", host: hostname(), since: "2026-01-01T00:00:00.000Z" });
+      const barrier = new Int32Array(new SharedArrayBuffer(8));
+      const source = `
+        const { parentPort, workerData } = require("node:worker_threads");
+        const barrier = new Int32Array(workerData.barrier);
+        import(workerData.module).then(({ acquireDirLock }) => {
+          parentPort.on("message", (dir) => {
+            Atomics.add(barrier, 0, 1);
+            while (Atomics.load(barrier, 0) < 2);
+            let got = false;
+            try { acquireDirLock(dir); got = true; } catch {}
+            parentPort.postMessage(got);
+          });
+          parentPort.postMessage("ready");
+        });`;
+      const module = new URL("../../src/audit/audit-dir.js", import.meta.url).href;
+      const workers = [0, 1].map(() => new Worker(source, { eval: true, workerData: { barrier: barrier.buffer, module } }));
+      const next = (w: Worker): Promise<unknown> =>
+        new Promise((res, rej) => {
+          const fail = (e: Error): void => rej(e);
+          w.once("error", fail).once("message", (m) => {
+            w.off("error", fail);
+            res(m);
+          });
+        });
+      try {
+        await Promise.all(workers.map(next));
+        const base = freshDir();
+        mkdirSync(base);
+        const tally = new Map<string, number>();
+        for (let i = 0; i < 300; i++) {
+          const dir = join(base, String(i));
+          mkdirSync(dir);
+          writeFileSync(join(dir, LOCK_FILE_NAME), stale);
+          Atomics.store(barrier, 0, 0);
+          const answers = workers.map(next);
+          for (const w of workers) w.postMessage(dir);
+          const got = (await Promise.all(answers)).filter((a) => a === true).length;
+          tally.set(`${got} got it`, (tally.get(`${got} got it`) ?? 0) + 1);
+          assert.equal((JSON.parse(readFileSync(join(dir, LOCK_FILE_NAME), "utf8")) as { pid: number }).pid, process.pid);
+          assert.ok(!existsSync(join(dir, `${LOCK_FILE_NAME}.takeover`)), "the takeover file is gone");
+        }
+        assert.deepEqual([...tally], [["1 got it", 300]]);
+      } finally {
+        await Promise.all(workers.map((w) => w.terminate()));
+      }
     });
   });
 
