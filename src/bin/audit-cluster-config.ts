@@ -5,7 +5,7 @@ import type pg from "pg";
 import * as v from "valibot";
 import { SignerError } from "../errors/index.js";
 import { at, deepFreeze, isMapping, mapping, validate } from "../schema/index.js";
-import { integer, optionalString, readablePath, secondsAsMs } from "./config-fields.js";
+import { integer, optionalString, readablePath, secondsAsMs, variableNotSet } from "./config-fields.js";
 
 /** The whole connection string, when the configuration has no audit.postgres (compose, simple setups). */
 export const DATABASE_URL_ENV = "HSM_SIGNER_AUDIT_DATABASE_URL";
@@ -59,7 +59,7 @@ export function auditClusterEntries(path: (p: string) => string, env: NodeJS.Pro
     optionalString,
     v.check(
       (name) => name === undefined || Boolean(env[name]),
-      (issue) => `the environment variable ${String(issue.input)} is not set`,
+      (issue) => variableNotSet(String(issue.input)),
     ),
   );
   const postgres = v.pipe(
@@ -214,7 +214,7 @@ export function postgresConnection(c: AuditPostgresConfig, env: NodeJS.ProcessEn
   const ssl = c.tls.caFile ? { ca: readFileSync(c.tls.caFile), rejectUnauthorized: true, servername: c.tls.serverName } : undefined;
   if (c.urlFile || c.urlEnv) {
     const url = c.urlFile ? readSecret(c.urlFile, "connection string") : env[c.urlEnv as string];
-    if (!url) throw new SignerError("CONFIG_INVALID", `no audit database connection string: the environment variable ${c.urlEnv} is empty`);
+    if (!url) throw new SignerError("CONFIG_INVALID", `no audit database connection string: ${c.urlFile ? `${c.urlFile} is empty` : `audit.postgres.urlEnv: ${variableNotSet(c.urlEnv as string)}`}`);
     if (!ssl && !c.tls.disable) {
       const plaintextTo = plaintextRemoteHost(url);
       if (plaintextTo) {

@@ -6,6 +6,7 @@ import { Policy, PolicyInvalidError } from "../auth/policy.js";
 import { loadTlsMaterial } from "../server/tls-material.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
 import { loadConfig, readPin, type ConfigFiles } from "./config.js";
+import { variableNotSet } from "./config-fields.js";
 import { readRegular, readSettingFile } from "../fs/regular-file.js";
 
 /**
@@ -79,7 +80,7 @@ function checkModule(module: string | undefined): string[] {
 
 /** readPin, as serve calls it at start-up; the PIN itself is never shown. */
 function checkPin(hsm: ConfigFiles["hsm"], env: NodeJS.ProcessEnv): string[] {
-  if (!hsm.pinFile && !env[hsm.pinEnv]) return [`hsm.pinEnv: the environment variable ${hsm.pinEnv} is not set (and there is no hsm.pinFile): serve would have no HSM PIN`];
+  if (!hsm.pinFile && !env[hsm.pinEnv]) return [`hsm.pinEnv: ${variableNotSet(hsm.pinEnv)} (and there is no hsm.pinFile): serve would have no HSM PIN`];
   try {
     readPin(hsm, env);
     return [];

@@ -32,6 +32,26 @@ export const optionalString = v.pipe(
   v.transform((s): string | undefined => (s === null || s === "" ? undefined : s)),
 );
 
+/**
+ * A variable's name as the settings that name one (hsm.pinEnv, audit.postgres.passwordEnv and
+ * urlEnv) expect it: POSIX's convention for environment variables, upper-case letters, digits and
+ * `_`, and short. A value of any other form is likely the secret itself pasted in its place.
+ */
+const VARIABLE_NAME = /^[A-Z_][A-Z0-9_]{0,63}$/;
+
+export const looksLikeVariableName = (name: string): boolean => VARIABLE_NAME.test(name);
+
+/**
+ * The problem of a setting that names an environment variable which is not set: the name, when
+ * it looks like one; else nothing of the value (a password, a PIN or a connection string written
+ * where its variable's name goes would be echoed on stderr and into the start-up log).
+ */
+export function variableNotSet(name: string): string {
+  return looksLikeVariableName(name)
+    ? `the environment variable ${name} is not set`
+    : "is not the name of a set environment variable, nor does it look like one (upper-case letters, digits and _): it may be the secret itself (a password, a PIN, a connection string), so it is not shown; give the NAME of a variable that holds the secret";
+}
+
 /** A whole number from min to max, `def` when missing. */
 export function integer(min: number, max: number, def: number) {
   return v.optional(

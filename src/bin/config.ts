@@ -14,7 +14,7 @@ import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-ser
 import { DEFAULT_CONNECTION_IDLE_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";
 import { MAX_CRL_FILE_BYTES, readRegular } from "../fs/regular-file.js";
 import { auditClusterConfig, auditClusterEntries, withAuditEnv, type AuditClusterConfig } from "./audit-cluster-config.js";
-import { integer, isHostPort, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs } from "./config-fields.js";
+import { integer, isHostPort, looksLikeVariableName, optionalHostPort, optionalPath, optionalString, readablePath, readConfigYaml, readProblem, secondsAsMs, variableNotSet } from "./config-fields.js";
 
 export const DEFAULT_PIN_ENV = "HSM_SIGNER_PIN";
 
@@ -329,6 +329,11 @@ export function readPin(c: Pick<Config["hsm"], "pinFile" | "pinEnv">, env: NodeJ
     return pin;
   }
   const pin = env[c.pinEnv];
-  if (!pin) throw new SignerError("CONFIG_INVALID", `no HSM PIN: set hsm.pinFile, or the environment variable ${c.pinEnv}`);
+  if (!pin) {
+    throw new SignerError(
+      "CONFIG_INVALID",
+      `no HSM PIN: set hsm.pinFile, or ${looksLikeVariableName(c.pinEnv) ? `the environment variable ${c.pinEnv}` : `hsm.pinEnv, which ${variableNotSet(c.pinEnv)}`}`,
+    );
+  }
   return pin;
 }

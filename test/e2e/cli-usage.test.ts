@@ -231,6 +231,35 @@ describe("hsm-signer config check: what serve would open (the built CLI)", funct
   });
 });
 
+describe("hsm-signer: a secret written where a variable's name goes is never echoed (the built CLI)", function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-secret-name-"));
+    writeFileSync(join(dir, "url.yaml"), "audit:\n  dir: audit\n  postgres:\n    urlEnv: postgres://svc:hunter2SECRET@db.example/audit\n");
+    writeFileSync(join(dir, "password.yaml"), "audit:\n  dir: audit\n  postgres:\n    host: 127.0.0.1\n    passwordEnv: hunter2SECRET\n");
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("audit.postgres.urlEnv holding the connection string, passwordEnv the password: audit search, config check and serve say so without the value", async () => {
+    const runs = await Promise.all(
+      ["url.yaml", "password.yaml"].flatMap((file) =>
+        [
+          ["audit", "search", "--config"],
+          ["config", "check", "--config"],
+          ["serve", "--config"],
+        ].map((cmd) => cli([...cmd, join(dir, file)])),
+      ),
+    );
+    for (const r of runs) {
+      assert.equal(r.code, 1, r.stdout + r.stderr);
+      assert.match(r.stderr, /^ {2}- audit\.postgres\.(urlEnv|passwordEnv): is not the name of a set environment variable/m);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes("hunter2SECRET"), `the secret is echoed:\n${r.stdout}${r.stderr}`);
+    }
+  });
+});
+
 describe("hsm-signer custodian commands against an endpoint that accepts TCP and never speaks TLS", function () {
   this.timeout(60_000);
   let server: Server;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { postgresConnection } from "../../src/bin/audit-cluster-config.js";
+import { parseAuditCluster, postgresConnection } from "../../src/bin/audit-cluster-config.js";
 import { loadConfig } from "../../src/bin/config.js";
 import { SignerError } from "../../src/errors/index.js";
 
@@ -87,5 +87,24 @@ describe("configuration: audit.postgres, audit.replicaId and audit.checkpoints",
     assert.equal(msg.includes("hunter2"), false, "the secret is not echoed");
     assert.match(problems(""), /audit\.dir: required \(every request is audited\), or audit\.postgres/);
     assert.match(problems("audit:\n  postgres: { urlEnv: NOPE }\n"), /the environment variable NOPE is not set/);
+  });
+
+  it("a connection string or a password written where its variable's name goes (urlEnv, passwordEnv) is not echoed; a variable's name is", () => {
+    const url = "postgres://svc:hunter2SECRET@db.example/audit";
+    for (const [yaml, setting] of [
+      [`audit:\n  postgres: { urlEnv: "${url}" }\n`, "urlEnv"],
+      ["audit:\n  postgres: { host: 127.0.0.1, passwordEnv: hunter2SECRET }\n", "passwordEnv"],
+      ["audit:\n  postgres: { host: 127.0.0.1, passwordEnv: 'pw with spaces hunter2SECRET' }\n", "passwordEnv"],
+    ] as const) {
+      const msg = problems(yaml);
+      assert.match(msg, new RegExp(`audit\\.postgres\\.${setting}: is not the name of a set environment variable.*so it is not shown; give the NAME of a variable`), msg);
+      assert.equal(msg.includes("hunter2SECRET"), false, `the secret is not echoed:\n${msg}`);
+    }
+    assert.match(problems("audit:\n  postgres: { host: 127.0.0.1, passwordEnv: AUDIT_DB_PASSWORD }\n"), /audit\.postgres\.passwordEnv: the environment variable AUDIT_DB_PASSWORD is not set/);
+    // The service's own path (audit search --config, serve): parseAuditCluster, the same rule.
+    assert.throws(
+      () => parseAuditCluster({ postgres: { urlEnv: url } }, dir, {}, "c2.yaml"),
+      (e: SignerError) => e.code === "CONFIG_INVALID" && /audit\.postgres\.urlEnv: is not the name/.test(e.message) && !e.message.includes("hunter2SECRET"),
+    );
   });
 });

@@ -110,6 +110,14 @@ describe("the HSM PIN as serve reads it", () => {
     assert.equal(readPin(hsm(), { TEST_PIN: "from-env" }), "from-env");
     assert.throws(() => readPin(hsm(), {}), /no HSM PIN: set hsm\.pinFile, or the environment variable TEST_PIN/);
   });
+
+  it("a PIN written in hsm.pinEnv (instead of its variable's name) is not echoed when serve starts", () => {
+    assert.throws(
+      () => readPin({ pinFile: undefined, pinEnv: "9876-s3cret" }, {}),
+      (e: Error & { code?: string }) =>
+        e.code === "CONFIG_INVALID" && /^no HSM PIN: set hsm\.pinFile, or hsm\.pinEnv, which is not the name of a set environment variable/.test(e.message) && !e.message.includes("9876-s3cret"),
+    );
+  });
 });
 
 describe("config check: what serve would open, every problem at once", () => {
@@ -250,6 +258,21 @@ describe("config check: what serve would open, every problem at once", () => {
     const withPin = problemsOf(() => checkConfig(file, { HSM_SIGNER_TEST_PIN_UNSET: "s3cret-pin" }));
     assert.equal(withPin.length, want.length - 1);
     assert.ok(!withPin.join("\n").includes("s3cret-pin"));
+  });
+
+  it("a PIN, a password or a connection string written where a variable's name goes is not echoed (hsm.pinEnv, audit.postgres.passwordEnv, urlEnv)", () => {
+    const problems = [
+      ...problemsOf(() => checkConfig(config("pin-env.yaml", { hsm: `hsm: { module: ${module}, tokenLabel: t, pinEnv: "9876 s3cret" }` }), {})),
+      ...problemsOf(() => checkConfig(config("url-env.yaml", { audit: 'audit: { postgres: { urlEnv: "postgres://svc:s3cret@db.example/audit" } }' }), {})),
+      ...problemsOf(() => checkConfig(config("password-env.yaml", { audit: "audit: { postgres: { host: 127.0.0.1, passwordEnv: s3cretPassword } }" }), {})),
+    ];
+    for (const setting of ["hsm.pinEnv", "audit.postgres.urlEnv", "audit.postgres.passwordEnv"])
+      assert.ok(
+        problems.some((p) => p.startsWith(`${setting}: is not the name of a set environment variable`)),
+        `${setting} in:\n${problems.join("\n")}`,
+      );
+    assert.equal(problems.length, 3, problems.join("\n"));
+    assert.ok(!problems.join("\n").includes("s3cret"), problems.join("\n"));
   });
 
   it("an audit directory that does not exist yet is fine when it can be created", () => {
