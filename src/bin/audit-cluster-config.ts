@@ -209,21 +209,50 @@ export function plaintextRemoteHost(connectionString: string): string | undefine
   return host;
 }
 
+/**
+ * CONFIG_INVALID when the connection string reaches a remote host in the clear
+ * (plaintextRemoteHost). `source` says where it came from, never what it is: it holds the password.
+ */
+function refusePlaintext(connectionString: string, source: string, otherFix = ""): void {
+  const host = plaintextRemoteHost(connectionString);
+  if (host === undefined) return;
+  throw new SignerError(
+    "CONFIG_INVALID",
+    `the audit database connection string (${source}) reaches ${host} without TLS: add sslmode=verify-full with sslrootcert${otherFix}, or sslmode=disable on a network you trust`,
+  );
+}
+
+/**
+ * node-postgres settings for the audit commands' --database: $HSM_SIGNER_AUDIT_DATABASE_URL, else
+ * the PG* variables the driver reads itself (PGHOST, PGSSLMODE...). The rule of audit.postgres
+ * holds here too: nothing in the clear to a host that is not loopback or a Unix socket, checked
+ * before connecting (the password would be sent in the clear otherwise).
+ */
+export function databaseFlagConnection(env: NodeJS.ProcessEnv = process.env): pg.ClientConfig {
+  const url = env[DATABASE_URL_ENV];
+  if (url) {
+    refusePlaintext(url, DATABASE_URL_ENV);
+    return { connectionString: url };
+  }
+  // node-postgres without settings: PGHOST (default localhost), TLS when PGSSLMODE asks for it.
+  const host = env.PGHOST ?? "";
+  const sslmode = env.PGSSLMODE ?? "";
+  if (host !== "" && !isLocalHost(host) && sslmode !== "disable" && !TLS_SSLMODES.has(sslmode)) {
+    throw new SignerError(
+      "CONFIG_INVALID",
+      `the audit database connection (PGHOST) reaches ${host} without TLS: set PGSSLMODE=verify-full (the system's CAs; for another CA, ${DATABASE_URL_ENV} with sslmode=verify-full and sslrootcert), or PGSSLMODE=disable on a network you trust`,
+    );
+  }
+  return {};
+}
+
 /** node-postgres settings for audit.postgres, reading the password or connection string now. */
 export function postgresConnection(c: AuditPostgresConfig, env: NodeJS.ProcessEnv = process.env): pg.ClientConfig {
   const ssl = c.tls.caFile ? { ca: readFileSync(c.tls.caFile), rejectUnauthorized: true, servername: c.tls.serverName } : undefined;
   if (c.urlFile || c.urlEnv) {
     const url = c.urlFile ? readSecret(c.urlFile, "connection string") : env[c.urlEnv as string];
     if (!url) throw new SignerError("CONFIG_INVALID", `no audit database connection string: ${c.urlFile ? `${c.urlFile} is empty` : `audit.postgres.urlEnv: ${variableNotSet(c.urlEnv as string)}`}`);
-    if (!ssl && !c.tls.disable) {
-      const plaintextTo = plaintextRemoteHost(url);
-      if (plaintextTo) {
-        throw new SignerError(
-          "CONFIG_INVALID",
-          `the audit database connection string (${c.urlFile ? "audit.postgres.urlFile" : c.urlEnv}) reaches ${plaintextTo} without TLS: add sslmode=verify-full with sslrootcert (or set audit.postgres.tls.caFile), or sslmode=disable on a network you trust`,
-        );
-      }
-    }
+    if (!ssl && !c.tls.disable) refusePlaintext(url, c.urlFile ? "audit.postgres.urlFile" : (c.urlEnv as string), " (or set audit.postgres.tls.caFile)");
     return { connectionString: url, ...(ssl ? { ssl } : {}) };
   }
   const password = c.passwordFile ? readSecret(c.passwordFile, "password") : c.passwordEnv ? env[c.passwordEnv] : undefined;

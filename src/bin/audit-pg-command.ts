@@ -7,7 +7,7 @@ import { CHECKPOINTS_FILE, parseAuditCertificate } from "../audit/checkpoints.js
 import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVILEGES } from "../audit/postgres-store.js";
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
 import { SignerError } from "../errors/index.js";
-import { parseAuditCluster, postgresConnection, DATABASE_URL_ENV } from "./audit-cluster-config.js";
+import { databaseFlagConnection, parseAuditCluster, postgresConnection } from "./audit-cluster-config.js";
 import { auditSearchText, dateFlag, LineOutput, noAuditFiles, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
@@ -29,8 +29,7 @@ async function connect(configFile: string | undefined, database: boolean | undef
     if (!c.postgres) throw new UsageError(`${configFile} has no audit.postgres`);
     conn = postgresConnection(c.postgres);
   } else if (database) {
-    const url = process.env[DATABASE_URL_ENV];
-    conn = url ? { connectionString: url } : {};
+    conn = databaseFlagConnection(process.env);
   } else {
     throw new UsageError("give --config FILE (its audit.postgres) or --database (the connection from the environment)");
   }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseAuditCluster, postgresConnection } from "../../src/bin/audit-cluster-config.js";
+import { databaseFlagConnection, parseAuditCluster, postgresConnection } from "../../src/bin/audit-cluster-config.js";
 import { loadConfig } from "../../src/bin/config.js";
 import { SignerError } from "../../src/errors/index.js";
 
@@ -72,6 +72,22 @@ describe("configuration: audit.postgres, audit.replicaId and audit.checkpoints",
       "postgres:///audit?host=/var/run/postgresql",
     ]) {
       assert.equal((conn(url) as { connectionString: string }).connectionString, url);
+    }
+  });
+
+  it("the audit commands' --database (HSM_SIGNER_AUDIT_DATABASE_URL, else PG*): the same rule, before connecting; loopback, sockets, TLS and an explicit disable pass", () => {
+    const refused = (env: NodeJS.ProcessEnv, source: RegExp): void =>
+      assert.throws(
+        () => databaseFlagConnection(env),
+        (e: SignerError) => e.code === "CONFIG_INVALID" && source.test(e.message) && / reaches db\.example without TLS/.test(e.message) && !e.message.includes("pw-SECRET"),
+      );
+    refused({ HSM_SIGNER_AUDIT_DATABASE_URL: "postgres://u:pw-SECRET@db.example/audit" }, /connection string \(HSM_SIGNER_AUDIT_DATABASE_URL\)/);
+    refused({ PGHOST: "db.example", PGPASSWORD: "pw-SECRET" }, /connection \(PGHOST\)/);
+    refused({ PGHOST: "db.example", PGSSLMODE: "allow" }, /connection \(PGHOST\)/);
+    const url = "postgres://u:p@db.example/audit?sslmode=verify-full&sslrootcert=/etc/ca.crt";
+    assert.deepEqual(databaseFlagConnection({ HSM_SIGNER_AUDIT_DATABASE_URL: url }), { connectionString: url });
+    for (const env of [{}, { PGHOST: "/var/run/postgresql" }, { PGHOST: "127.0.0.1" }, { PGHOST: "db.example", PGSSLMODE: "verify-full" }, { PGHOST: "db.example", PGSSLMODE: "disable" }]) {
+      assert.deepEqual(databaseFlagConnection(env), {}, JSON.stringify(env));
     }
   });
 
