@@ -335,12 +335,17 @@ export async function dbReplicas(client: pg.ClientBase): Promise<{ replica: stri
   return r.rows.map((x) => ({ replica: x.replica_id, registered: x.registered }));
 }
 
+/** A replica id no record, checkpoint or registry row names: a typo, not a removed chain. */
+function unknownReplica(replica: string): SignerError {
+  return new SignerError("INVALID_ARGUMENT", `the audit database knows no replica "${replica}" (no record, checkpoint or registry row names it)`);
+}
+
 /** Verifies every chain in the database (or only `replica`) with its checkpoints. */
 export async function verifyDatabase(client: pg.ClientBase, cert: X509Certificate | undefined, replica?: string): Promise<StoreVerifyReport> {
   const known = await dbReplicas(client);
   const replicas = replica === undefined ? known : known.filter((r) => r.replica === replica);
   // One nothing names was never there (a typo): saying its chain was removed would be a false alarm.
-  if (replica !== undefined && replicas.length === 0) throw new SignerError("INVALID_ARGUMENT", `the audit database knows no replica "${replica}" (no record, checkpoint or registry row names it)`);
+  if (replica !== undefined && replicas.length === 0) throw unknownReplica(replica);
   const findings: Finding[] = [];
   const chains: ChainSummary[] = [];
   for (const r of replicas) {
@@ -422,6 +427,8 @@ export async function* searchDatabase(client: pg.ClientBase, q: DbAuditQuery): A
  * Records are written as stored, so that an export of a tampered chain shows the tampering.
  */
 export async function exportReplica(client: pg.ClientBase, replica: string, dir: string, maxFileBytes = 64 * 1024 * 1024): Promise<{ records: number; files: number; checkpoints: number }> {
+  // As verify: an empty export of a name the database never knew would pass for a replica's (empty) chain.
+  if (!(await dbReplicas(client)).some((r) => r.replica === replica)) throw unknownReplica(replica);
   // The first directory this made, if any: removed again, with the files, when the export fails.
   const made = await mkdir(dir, { recursive: true, mode: 0o700 });
   if (auditFilesIn(dir).length > 0 || existsSync(join(dir, CHECKPOINTS_FILE))) throw new Error(`${dir} already holds audit files`);

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
-import { auditSearchText, dateFlag, LineOutput, noAuditFiles, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchText, dateFlag, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -35,6 +35,7 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
   if (files.length === 0) throw new UsageError("give audit files, or --dir DIR");
   if (sub === "verify") {
     const r = await verifyAuditFiles(files);
+    if (r.ok && r.lines === 0) throw noAuditRecords(values.dir ?? files.join(", "));
     if (r.ok) {
       console.log(`OK: ${r.lines} records in ${files.length} file(s), hash chain intact`);
       for (const p of r.repairs ?? []) {

@@ -8,7 +8,7 @@ import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVI
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
 import { SignerError } from "../errors/index.js";
 import { databaseFlagConnection, parseAuditCluster, postgresConnection } from "./audit-cluster-config.js";
-import { auditSearchText, dateFlag, LineOutput, noAuditFiles, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchText, dateFlag, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
 /**
@@ -103,6 +103,9 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
       } finally {
         await client.end().catch(() => undefined);
       }
+    }
+    if (report.findings.length === 0 && report.chains.every((c) => c.records === 0)) {
+      throw noAuditRecords(values.dir ?? (values.replica === undefined ? "the audit database" : `the audit database for replica "${values.replica}"`));
     }
     printReport(report, values.json);
     return report.ok ? 0 : 1;

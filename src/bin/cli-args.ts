@@ -57,6 +57,14 @@ export function noAuditFiles(dir: string, what: "verify" | "search"): SignerErro
 }
 
 /**
+ * `audit verify` that found no record and nothing wrong (empty audit files, an empty
+ * checkpoints.jsonl, a database without replicas): nothing was verified, so it is not an OK.
+ */
+export function noAuditRecords(where: string): SignerError {
+  return new SignerError("INVALID_ARGUMENT", `nothing to verify: no audit records in ${where}`);
+}
+
+/**
  * A command's output, line by line, for output that may be long (`audit search`): a write waits
  * while the reader is behind (a pager, a slow pipe), so the output is never gathered in memory,
  * and once the reader is gone (EPIPE: `| head` has its lines) `line` answers false and the

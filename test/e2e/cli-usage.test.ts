@@ -83,13 +83,19 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
     assert.doesNotMatch(r.stdout, /\[--cert FILE\]/, "--cert is not optional with --config or --database");
   });
 
-  it("audit verify of a directory that holds no audit log (emptied, the wrong mount) is no OK: exit 1 naming it, with or without --cert", async () => {
+  it("audit verify of a directory that holds no audit log (emptied, the wrong mount) or no record (empty files) is no OK: exit 1 naming it, with or without --cert", async () => {
     const dir = mkdtempSync(join(tmpdir(), "hsm-signer-empty-audit-"));
     try {
       const certFile = join(dir, "..", `${dir.slice(dir.lastIndexOf("/") + 1)}.pem`);
       execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "/dev/null", "-out", certFile, "-subj", "/CN=audit", "-days", "1"], {
         stdio: "ignore",
       });
+      const noRecords = async (args: string[], where: string): Promise<void> => {
+        const r = await cli(args);
+        assert.equal(r.code, 1, `hsm-signer ${args.join(" ")}: exit ${r.code}\n${r.stdout}${r.stderr}`);
+        assert.equal(r.stdout, "");
+        assert.equal(r.stderr, `hsm-signer: nothing to verify: no audit records in ${where}\n`);
+      };
       try {
         for (const args of [
           ["audit", "verify", "--dir", dir],
@@ -100,6 +106,13 @@ describe("hsm-signer: every command answers --help and -h with its own usage; a 
           assert.doesNotMatch(r.stdout, /OK/);
           assert.equal(r.stderr, `hsm-signer: ${dir} holds no audit files (audit-<first seq>.jsonl): nothing to verify\n`);
         }
+        // An empty checkpoints.jsonl (with --cert), then an empty audit file too (with and without):
+        // nothing was verified, which used to print "OK: every chain intact" and "OK: 0 records".
+        writeFileSync(join(dir, "checkpoints.jsonl"), "");
+        await noRecords(["audit", "verify", "--dir", dir, "--cert", certFile], dir);
+        const file = join(dir, "audit-0000000000000001.jsonl");
+        writeFileSync(file, "");
+        await Promise.all([noRecords(["audit", "verify", "--dir", dir, "--cert", certFile], dir), noRecords(["audit", "verify", "--dir", dir], dir), noRecords(["audit", "verify", file], file)]);
       } finally {
         rmSync(certFile, { force: true });
       }

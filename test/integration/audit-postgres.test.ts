@@ -287,6 +287,28 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     assert.equal(typo.code, 1, typo.stderr);
     assert.doesNotMatch(typo.stdout, /CHAIN-REMOVED/);
     assert.equal(typo.stderr, 'hsm-signer: the audit database knows no replica "t-cleen" (no record, checkpoint or registry row names it)\n');
+    // Export refuses it the same way: an empty export would verify offline as that replica's chain.
+    const typoOut = join(root, "export-t-cleen");
+    const typoExport = await spawnCollect(HSM_SIGNER, ["audit", "export", "--database", "--replica", "t-cleen", "--out", typoOut], "", { env, timeoutMs: 60_000 });
+    assert.equal(typoExport.code, 1, typoExport.stdout + typoExport.stderr);
+    assert.equal(typoExport.stdout, "");
+    assert.equal(typoExport.stderr, typo.stderr);
+    assert.equal(existsSync(typoOut), false, "nothing is written");
+    await assert.rejects(exportReplica(admin, "t-cleen", typoOut), (e: unknown) => e instanceof SignerError && e.code === "INVALID_ARGUMENT");
+    assert.equal(existsSync(typoOut), false, "nothing is written");
+  });
+
+  it("a database without any audit record: verify says there is nothing to verify (exit 1), not OK", async () => {
+    const empty = await server.createDatabase("audit_store_empty");
+    const env = { ...process.env, PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: empty.database };
+    const migrated = await spawnCollect(HSM_SIGNER, ["audit", "migrate", "--database"], "", { env, timeoutMs: 60_000 });
+    assert.equal(migrated.code, 0, migrated.stderr);
+    const certFile = join(root, "empty-cert.pem");
+    writeFileSync(certFile, (await hsmSigner()).cert.toString());
+    const r = await spawnCollect(HSM_SIGNER, ["audit", "verify", "--database", "--cert", certFile], "", { env, timeoutMs: 60_000 });
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.doesNotMatch(r.stdout, /OK/);
+    assert.equal(r.stderr, "hsm-signer: nothing to verify: no audit records in the audit database\n");
   });
 
   it("searches across replicas by digest, key, identity (globs) and time, with the same JSON lines as stored", async () => {
