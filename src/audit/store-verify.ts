@@ -406,13 +406,15 @@ export async function* searchDatabase(client: pg.ClientBase, q: DbAuditQuery): A
     const r = await client.query<{ replica_id: string; seq: string; t: string; line: string }>(sql, args);
     args.length = pageArgs;
     for (const row of r.rows) {
-      let record: AuditLine;
+      let record: unknown;
       try {
-        record = JSON.parse(row.line) as AuditLine;
+        record = JSON.parse(row.line);
       } catch {
         continue; // searching is not verifying
       }
-      yield { replica: row.replica_id, record };
+      // A line that is no JSON object (null, a number, an array) is no record either, as in files.
+      if (typeof record !== "object" || record === null || Array.isArray(record)) continue;
+      yield { replica: row.replica_id, record: record as AuditLine };
     }
     left -= r.rows.length;
     if (r.rows.length < PAGE || left <= 0) return;

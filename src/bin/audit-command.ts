@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { auditFilesIn, searchAudit, verifyAuditFiles } from "../audit/index.js";
-import { auditSearchText, dateFlag, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchText, dateFlag, fieldText, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
 
 export async function auditCommand(sub: string | undefined, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -54,7 +54,7 @@ export async function auditCommand(sub: string | undefined, args: string[]): Pro
     for await (const r of searchAudit(files, q)) {
       n++;
       // The reader is gone (| head): the search stops.
-      if (!(await out.line(auditSearchText(r, `#${String(r.seq)}`, values.json)))) return 0;
+      if (!(await out.line(auditSearchText(r, `#${fieldText(r.seq)}`, values.json)))) return 0;
     }
     if (!values.json) await out.line(`${n} record(s)`);
     return 0;

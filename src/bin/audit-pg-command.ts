@@ -8,7 +8,7 @@ import { grantServiceRole, migrateSchema, serviceRoleProblem, SERVICE_ROLE_PRIVI
 import { exportReplica, searchDatabase, verifyAuditDir, verifyDatabase, type StoreVerifyReport } from "../audit/store-verify.js";
 import { SignerError } from "../errors/index.js";
 import { databaseFlagConnection, parseAuditCluster, postgresConnection } from "./audit-cluster-config.js";
-import { auditSearchText, dateFlag, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
+import { auditSearchText, dateFlag, fieldText, LineOutput, noAuditFiles, noAuditRecords, refuseKeyFlag, UsageError } from "./cli-args.js";
 import { readConfigYaml } from "./config-fields.js";
 
 /**
@@ -129,7 +129,7 @@ export async function auditStoreCommand(sub: string | undefined, args: string[])
       for await (const { replica, record: r } of searchDatabase(client, q)) {
         n++;
         // The reader is gone (| head): the search stops.
-        if (!(await out.line(auditSearchText(r, `${replica}#${String(r.seq)}`, values.json)))) return 0;
+        if (!(await out.line(auditSearchText(r, `${replica}#${fieldText(r.seq)}`, values.json)))) return 0;
       }
     } finally {
       await client.end().catch(() => undefined);

@@ -38,9 +38,20 @@ export function terminalText(s: string): string {
   return s.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
+/**
+ * A record's field as `audit search` shows it: "-" when missing, a string, number or boolean as
+ * it is, anything else (an object or array in a tampered record) as its JSON text. Not String():
+ * it calls the value's own toString, and one record such as {"payloadDigest":{"toString":1}}
+ * made it throw and ended the whole search. Search is not verify: it goes on.
+ */
+export function fieldText(f: unknown): string {
+  if (f === undefined || f === null) return "-";
+  return typeof f === "object" ? JSON.stringify(f) : String(f);
+}
+
 /** One `audit search` row (over files or the database): its fields two spaces apart, terminal-safe. */
 export function auditSearchLine(fields: unknown[]): string {
-  return fields.map((f) => terminalText(f === undefined || f === null ? "-" : String(f))).join("  ");
+  return fields.map((f) => terminalText(fieldText(f))).join("  ");
 }
 
 /**

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { getFixture, startTestServer, type Fixture, type TestServer } from "../helpers/fixture.js";
 import { spawnCollect } from "../helpers/process.js";
@@ -47,5 +50,42 @@ describe("audit search shows a caller's control characters as text (CLI)", funct
       .map((l) => JSON.parse(l) as { keyId?: string })
       .find((r) => r.keyId?.startsWith("evil"));
     assert.equal(rec?.keyId, keyId);
+  });
+});
+
+/**
+ * A tampered audit file may hold any JSON. Search shows what it finds and goes on: an object
+ * where text belongs is printed as its JSON text (String() on {"toString":1} threw, and the whole
+ * search ended "unexpected failure: Cannot convert object to primitive value"). Only verify
+ * judges the records. Files on disk, the built CLI as a process.
+ */
+describe("audit search over a tampered record goes on (CLI)", function () {
+  this.timeout(60_000);
+  let dir: string;
+  const normal = { seq: 2, time: "2026-11-24T10:00:00.000Z", identity: "spiffe://ci/build", method: "Sign", keyId: "release", result: "OK", payloadDigest: `sha256:${"a".repeat(64)}` };
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "hsm-signer-tampered-search-"));
+    writeFileSync(join(dir, "audit-0000000000000001.jsonl"), `{"seq":1,"payloadDigest":{"toString":1}}\n${JSON.stringify(normal)}\n{"seq":{"toString":1},"keyId":{"valueOf":1}}\n`);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('a record whose payloadDigest is {"toString":1} beside a normal one: exit 0, every record shown, the normal one found by a filter', async () => {
+    const search = (...args: string[]): ReturnType<typeof spawnCollect> => spawnCollect(HSM_SIGNER, ["audit", "search", "--dir", dir, ...args], "", { timeoutMs: 30_000 });
+    const [all, byKey, json] = await Promise.all([search(), search("--key-id", "release"), search("--json")]);
+    for (const r of [all, byKey, json]) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, "");
+    }
+    const row = `2026-11-24T10:00:00.000Z  #2  spiffe://ci/build  Sign  release  OK  sha256:${"a".repeat(64)}`;
+    assert.equal(all.stdout, `-  #1  -  -  -  -  {"toString":1}\n${row}\n-  #{"toString":1}  -  -  {"valueOf":1}  -  -\n3 record(s)\n`);
+    assert.equal(byKey.stdout, `${row}\n1 record(s)\n`);
+    assert.deepEqual(
+      json.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as unknown)[1],
+      normal,
+    );
   });
 });

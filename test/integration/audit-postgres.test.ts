@@ -336,6 +336,17 @@ describe("PostgreSQL audit store: group commit, replica chains, checkpoints, ver
     );
     const table = await spawnCollect(HSM_SIGNER, ["audit", "search", "--database", "--key-id", "k-search"], "", { env, timeoutMs: 60_000 });
     assert.match(table.stdout, /search-b#2 {2}spiffe:\/\/corp\/deploy {2}Sign {2}k-search {2}OK {2}-\n3 record\(s\)\n$/);
+    // Tampered lines in SQL: a field that is an object whose toString is no function (String()
+    // threw on it, ending the search) and a line that is no object. Search is not verify: it goes on.
+    await (await open("search-tampered")).append(record(4, { keyId: "k-tampered" }));
+    await admin.query("INSERT INTO audit_records (replica_id, seq, time, line, key_id) VALUES ('search-tampered', 2, now(), $1, 'k-tampered'), ('search-tampered', 3, now(), 'null', 'k-tampered')", [
+      '{"seq":{"toString":1},"payloadDigest":{"toString":1}}',
+    ]);
+    const tampered = await spawnCollect(HSM_SIGNER, ["audit", "search", "--database", "--key-id", "k-tampered"], "", { env, timeoutMs: 60_000 });
+    assert.equal(tampered.code, 0, tampered.stderr);
+    assert.equal(tampered.stderr, "");
+    assert.match(tampered.stdout, /^\S+ {2}search-tampered#1 {2}spiffe:\/\/ci\/build {2}Sign {2}k-tampered {2}OK {2}-\n/);
+    assert.match(tampered.stdout, /\n- {2}search-tampered#\{"toString":1\} {2}- {2}- {2}- {2}- {2}\{"toString":1\}\n2 record\(s\)\n$/);
   });
 
   it("audit verify, search and export over the database fail with a message, never wait for ever, when a table stays locked", async () => {
