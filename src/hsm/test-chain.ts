@@ -1,8 +1,8 @@
 import { SignerError } from "../errors/index.js";
 import type { KeySpec } from "../signing/key-spec.js";
-import { selectVersion } from "../signing/key-versions.js";
+import { publicKeyOf, selectVersion, type VersionView } from "../signing/key-versions.js";
 import type { KeyRecord } from "../signing/ports.js";
-import { createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
+import { checkEncodableSubject, createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, privateKeyExists, storeCertificate } from "./key-factory.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import type { SessionPool } from "./session-pool.js";
@@ -24,19 +24,32 @@ function rdn(v: string): string {
  * The HSM equivalent of `notation cert generate-test`: a root CA key and a signing key in the
  * HSM, a self-signed root and a code-signing leaf whose signatures the HSM makes, both stored on
  * the token. Safe to run again: what already exists is kept, only what is missing is made.
+ * Everything that can refuse is checked against the token before anything is written: a refusal
+ * that came after the root was made (a key of another spec) left a CA key and certificate behind.
  */
 export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p: TestChainParams): Promise<TestChainResult> {
   const rootKeyId = p.rootKeyId ?? `${p.keyId}-root-ca`;
   // Else the key became its own root: a key pair and a CA certificate under the key id, then a refusal.
   if (rootKeyId === p.keyId) throw new SignerError("INVALID_ARGUMENT", `the root key id must differ from the key id ("${p.keyId}"): the root is a CA key, which never signs artifacts`);
   const d = { ...TEST_CHAIN_DEFAULTS, ...stripUndefined(p) };
+  // Encoded C, ST, O, CN: the conventional order, so tools print it as notation users expect.
+  const subjectOf = (cn: string): string => `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${cn}`;
+  const subjects = { root: subjectOf(`${rdn(p.keyId)} Root CA`), leaf: subjectOf(rdn(p.keyId)) };
+  checkEncodableSubject(subjects.root, "the root certificate's subject (from the organization, state and country)");
+  checkEncodableSubject(subjects.leaf, "the leaf certificate's subject (from the organization, state and country)");
+  await keys.refresh();
+  const existingRoot = await versionOnToken(pool, keys, rootKeyId);
+  const existingKey = await versionOnToken(pool, keys, p.keyId);
+  checkExistingKey(existingKey, p.keyId, p.keySpec, existingRoot);
+  checkExistingRoot(existingRoot, rootKeyId, !existingKey || existingKey.record.chain.length === 0);
+
   const created = { rootKey: false, rootCertificate: false, key: false, leafCertificate: false };
   await pool.use(async (s) => {
-    if (!privateKeyExists(s, rootKeyId)) {
+    if (!existingRoot) {
       await generateKeyPair(s, rootKeyId, d.rootKeySpec);
       created.rootKey = true;
     }
-    if (!privateKeyExists(s, p.keyId)) {
+    if (!existingKey) {
       await generateKeyPair(s, p.keyId, p.keySpec);
       created.key = true;
     }
@@ -46,11 +59,7 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   const rootSigner = asDigestSigner(keys, root);
   if (root.chain.length === 0) {
     const rootId = await certifiableId(keys, rootKeyId);
-    const der = await createRootCertificate({
-      subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)} Root CA`,
-      key: rootSigner,
-      validityDays: d.validityDays * 2,
-    });
+    const der = await createRootCertificate({ subject: subjects.root, key: rootSigner, validityDays: d.validityDays * 2 });
     await pool.use((s) => storeCertificate(s, rootKeyId, rootId, der));
     created.rootCertificate = true;
     await keys.refresh();
@@ -59,19 +68,11 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   const rootDer = root.chain[root.chain.length - 1];
   if (!rootDer || !root.certificate?.isCa) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" exists but its certificate is not a CA certificate`);
   let key = await keys.getKey(p.keyId);
-  if (key.spec !== p.keySpec) throw new SignerError("INVALID_ARGUMENT", `key "${p.keyId}" already exists as ${key.spec}, not ${p.keySpec}`);
   if (key.chain.length === 0) {
     const id = await certifiableId(keys, p.keyId);
     const spki = keys.publicKeySpki(p.keyId);
     if (!spki) throw new SignerError("KEY_UNUSABLE", `key "${p.keyId}" has no public key object on the token to certify`);
-    const der = await createLeafCertificate({
-      // Encoded C, ST, O, CN: the conventional order, so tools print it as notation users expect.
-      subject: `C=${rdn(d.country)}, ST=${rdn(d.state)}, O=${rdn(d.organization)}, CN=${rdn(p.keyId)}`,
-      spki,
-      issuerCertificate: rootDer,
-      issuerKey: rootSigner,
-      validityDays: d.validityDays,
-    });
+    const der = await createLeafCertificate({ subject: subjects.leaf, spki, issuerCertificate: rootDer, issuerKey: rootSigner, validityDays: d.validityDays });
     await pool.use((s) => storeCertificate(s, p.keyId, id, der));
     created.leafCertificate = true;
     await keys.refresh();
@@ -79,6 +80,54 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   }
   if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
   return { chain: key.chain, root: key.chain[key.chain.length - 1] as Buffer, created };
+}
+
+/**
+ * The version of a key id that the test chain would certify or sign with (the one getKey()
+ * names), or undefined when the token has no key under that id and one is to be made. A key id
+ * with a state but no key pair left (every version destroyed), or a private key of a kind
+ * notation does not sign with, cannot be made again under that id: a key pair made there would
+ * never sign.
+ */
+async function versionOnToken(pool: SessionPool, keys: Pkcs11KeyStore, keyId: string): Promise<VersionView | undefined> {
+  const hasPrivateKey = await pool.use((s) => privateKeyExists(s, keyId));
+  const view = await keys.view(keyId).catch((e: unknown) => {
+    if ((e as SignerError).code === "KEY_NOT_FOUND") return undefined;
+    throw e;
+  });
+  if (!view && !hasPrivateKey) return undefined;
+  if (!view) throw new SignerError("KEY_UNUSABLE", `a private key labelled "${keyId}" is on the token, but not of a key spec notation signs with; choose another key id`);
+  if (!hasPrivateKey)
+    throw new SignerError("FAILED_PRECONDITION", `key "${keyId}" has no key pair left on the token (its versions were destroyed); rotate it to make a new version, or choose another key id`);
+  return selectVersion(view);
+}
+
+/**
+ * An existing signing key is certified (when it has no certificate yet) or kept: it must be of the
+ * asked spec and able to sign. One that has a certificate but cannot sign is refused unless the
+ * root certificate this call makes for an existing root key may be the issuer its chain lacks.
+ */
+function checkExistingKey(v: VersionView | undefined, keyId: string, spec: KeySpec, root: VersionView | undefined): void {
+  if (!v) return;
+  if (v.record.spec !== spec) throw new SignerError("INVALID_ARGUMENT", `key "${keyId}" already exists as ${v.record.spec}, not ${spec}`);
+  if (v.problem) throw new SignerError("KEY_UNUSABLE", v.problem);
+  if (v.record.chain.length === 0) {
+    if (!v.idHex) throw new SignerError("KEY_UNUSABLE", `key "${keyId}" has no CKA_ID, so no certificate can be linked to it`);
+    if (!publicKeyOf(v)) throw new SignerError("KEY_UNUSABLE", `key "${keyId}" has no public key object on the token to certify`);
+  } else if (v.record.unusableReason && !(root && root.record.chain.length === 0)) {
+    throw new SignerError("KEY_UNUSABLE", v.record.unusableReason);
+  }
+}
+
+/** An existing root is kept: with a certificate, a CA one; when it is to sign (its own certificate, the leaf), a key pair that can. */
+function checkExistingRoot(v: VersionView | undefined, rootKeyId: string, signsLeaf: boolean): void {
+  if (!v) return;
+  const hasCertificate = v.record.chain.length > 0;
+  if (hasCertificate && !v.record.certificate?.isCa) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" exists but its certificate is not a CA certificate`);
+  if (hasCertificate && !signsLeaf) return;
+  if (v.problem) throw new SignerError("KEY_UNUSABLE", v.problem);
+  if (!hasCertificate && !v.idHex) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" has no CKA_ID, so no certificate can be linked to it`);
+  if (!publicKeyOf(v)) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" has no public key on the token`);
 }
 
 /**

@@ -1,6 +1,7 @@
 import "reflect-metadata";
 import { randomBytes, webcrypto } from "node:crypto";
 import * as x509 from "@peculiar/x509";
+import { SignerError } from "../errors/index.js";
 import { digest as hashBytes, keySpecInfo, type HashAlgorithm, type KeySpec } from "./key-spec.js";
 
 /** A key that signs digests somewhere else (the HSM): what a certificate or CSR signer needs. */
@@ -56,6 +57,20 @@ export function newSerialHex(): string {
   const b = randomBytes(16);
   b[0] = ((b[0] as number) & 0x7f) | 0x01;
   return b.toString("hex");
+}
+
+/**
+ * Checks that a subject can be encoded in a certificate or CSR, and throws INVALID_ARGUMENT
+ * naming `what` when it cannot (@peculiar/x509 throws a URIError for text that is not valid
+ * Unicode, such as a lone surrogate): callers check before they write or sign anything.
+ */
+export function checkEncodableSubject(subject: string, what: string): void {
+  try {
+    new x509.Name(subject).toArrayBuffer();
+  } catch (e) {
+    const why = e instanceof URIError ? "it holds text that is not valid Unicode" : (e as Error).message;
+    throw new SignerError("INVALID_ARGUMENT", `${what} "${subject}" cannot be encoded in a certificate: ${why}`, { cause: e });
+  }
 }
 
 async function publicKeyOf(spki: Buffer): Promise<x509.PublicKey> {

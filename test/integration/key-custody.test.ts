@@ -132,6 +132,67 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
     assert.equal(objects, 0, "no key pair and no CA certificate were left under the key id");
   });
 
+  describe("a refused test chain leaves the token as it was", () => {
+    const labelled = (label: string): Promise<number> => f.hsm.pool.use((s) => s.find({ label }).length);
+
+    it("an existing key of another spec: INVALID_ARGUMENT, and no root CA key or certificate is made", async () => {
+      const rel = "custody-spec-mismatch";
+      await custody.generateKey(rel, "EC-256");
+      await assert.rejects(custody.createTestChain({ keyId: rel, keySpec: "EC-384" }), (e: SignerError) => {
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.equal(e.message, `key "${rel}" already exists as EC-256, not EC-384`);
+        return true;
+      });
+      assert.equal(await labelled(`${rel}-root-ca`), 0, "no root CA key pair or certificate");
+    });
+
+    it("an organization that cannot be encoded in a subject (a lone surrogate): INVALID_ARGUMENT, and no key pair is made", async () => {
+      const odd = "custody-odd-organization";
+      await assert.rejects(custody.createTestChain({ keyId: odd, keySpec: "EC-256", organization: "Example \uD800" }), (e: SignerError) => {
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.match(e.message, /^the root certificate's subject \(from the organization, state and country\) ".*" cannot be encoded in a certificate: it holds text that is not valid Unicode$/);
+        return true;
+      });
+      assert.equal(await labelled(odd), 0);
+      assert.equal(await labelled(`${odd}-root-ca`), 0);
+    });
+
+    it("a key id whose every version was destroyed: FAILED_PRECONDITION, and no key pair that could never sign is made under it", async () => {
+      const gone = "custody-all-destroyed";
+      await custody.generateKey(gone, "EC-256");
+      await custody.setState(gone, 1, false, "retired");
+      await custody.destroyVersion(gone, 1, { confirm: `${gone}@v1`, destroyCertificate: false, acknowledgeSigned: false });
+      await assert.rejects(custody.createTestChain({ keyId: gone, keySpec: "EC-256" }), (e: SignerError) => {
+        assert.equal(e.code, "FAILED_PRECONDITION");
+        assert.match(e.message, /has no key pair left on the token \(its versions were destroyed\); rotate it/);
+        return true;
+      });
+      const privateKeys = await f.hsm.pool.use((s) => s.find({ class: ObjectClass.PRIVATE_KEY, label: gone }).length);
+      assert.equal(privateKeys, 0);
+      assert.equal(await labelled(`${gone}-root-ca`), 0);
+    });
+
+    it("a key whose chain lacks its issuer: KEY_UNUSABLE before a root that could not complete it is made; a root key without its certificate gets it again", async () => {
+      const leafKey = "custody-incomplete-chain";
+      const otherRoot = `${leafKey}-other-root`;
+      await custody.createTestChain({ keyId: leafKey, keySpec: "EC-256", rootKeyId: otherRoot });
+      await f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, label: otherRoot }).items(0).destroy());
+      await f.hsm.keys.refresh();
+      assert.match((await f.hsm.keys.getKey(leafKey)).unusableReason ?? "", /chain of key "custody-incomplete-chain" is incomplete/);
+      // The default root (<key id>-root-ca) would be a new key: it cannot have issued the leaf.
+      await assert.rejects(custody.createTestChain({ keyId: leafKey, keySpec: "EC-256" }), (e: SignerError) => {
+        assert.equal(e.code, "KEY_UNUSABLE");
+        assert.match(e.message, /is incomplete/);
+        return true;
+      });
+      assert.equal(await labelled(`${leafKey}-root-ca`), 0);
+      // The root key that issued it is still there: its certificate is made again, and completes the chain.
+      const r = await custody.createTestChain({ keyId: leafKey, keySpec: "EC-256", rootKeyId: otherRoot });
+      assert.deepEqual(r.created, { rootKey: false, rootCertificate: true, key: false, leafCertificate: false });
+      assert.equal((await f.hsm.keys.getKey(leafKey)).unusableReason, undefined);
+    });
+  });
+
   it("a CSR for a key pair that cannot sign (CKA_SIGN false) is refused with the reason, not an internal error", async () => {
     const noSign = "custody-no-sign";
     await f.hsm.pool.use((s) => {
