@@ -2,6 +2,7 @@ import { SignerError } from "../errors/index.js";
 import type { KeySpec } from "../signing/key-spec.js";
 import { publicKeyOf, selectVersion, type VersionView } from "../signing/key-versions.js";
 import type { KeyRecord } from "../signing/ports.js";
+import { MAX_KEY_ID_LENGTH, validateKeyId } from "../signing/signing-service.js";
 import { checkEncodableSubject, createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, privateKeyExists, storeCertificate } from "./key-factory.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
@@ -11,6 +12,9 @@ import type { TestChainParams, TestChainResult } from "../signing/custody.js";
 export type { TestChainParams, TestChainResult };
 
 export const TEST_CHAIN_DEFAULTS = { rootKeySpec: "EC-384" as KeySpec, organization: "hsm-signer test", state: "WA", country: "US", validityDays: 365 };
+
+/** What the default root key id adds to the key id. */
+const ROOT_KEY_SUFFIX = "-root-ca";
 
 /** RFC 4514 attribute value escaping for the characters that matter in a DN string. */
 function rdn(v: string): string {
@@ -28,7 +32,8 @@ function rdn(v: string): string {
  * that came after the root was made (a key of another spec) left a CA key and certificate behind.
  */
 export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p: TestChainParams): Promise<TestChainResult> {
-  const rootKeyId = p.rootKeyId ?? `${p.keyId}-root-ca`;
+  const rootKeyId = p.rootKeyId ?? `${p.keyId}${ROOT_KEY_SUFFIX}`;
+  if (p.rootKeyId === undefined) checkDefaultRootKeyId(rootKeyId);
   // Else the key became its own root: a key pair and a CA certificate under the key id, then a refusal.
   if (rootKeyId === p.keyId) throw new SignerError("INVALID_ARGUMENT", `the root key id must differ from the key id ("${p.keyId}"): the root is a CA key, which never signs artifacts`);
   const d = { ...TEST_CHAIN_DEFAULTS, ...stripUndefined(p) };
@@ -80,6 +85,21 @@ export async function createTestChain(pool: SessionPool, keys: Pkcs11KeyStore, p
   }
   if (key.unusableReason) throw new SignerError("KEY_UNUSABLE", key.unusableReason);
   return { chain: key.chain, root: key.chain[key.chain.length - 1] as Buffer, created };
+}
+
+/**
+ * The root is a key like any other: custodians look it up, disable and destroy it by its id
+ * through KeyAdmin, which refuses an id longer than MAX_KEY_ID_LENGTH. The key id with
+ * ROOT_KEY_SUFFIX is, for a key id of more than 120 characters: refused before anything is made.
+ */
+function checkDefaultRootKeyId(rootKeyId: string): void {
+  if (rootKeyId.length > MAX_KEY_ID_LENGTH) {
+    throw new SignerError(
+      "INVALID_ARGUMENT",
+      `the root key id would be "${rootKeyId}" (the key id and "${ROOT_KEY_SUFFIX}"), ${rootKeyId.length} characters: longer than the ${MAX_KEY_ID_LENGTH} characters a key id may have, so custodians could not manage the root; name the root with root_key_id (--root-key-id), or use a key id of at most ${MAX_KEY_ID_LENGTH - ROOT_KEY_SUFFIX.length} characters`,
+    );
+  }
+  validateKeyId(rootKeyId);
 }
 
 /**

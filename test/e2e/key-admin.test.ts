@@ -334,6 +334,18 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.equal(byId.get("release")?.versions[1]?.expiringSoon, false);
   });
 
+  it("CreateTestChain for a 128-character key id, whose default root key id would exceed the limit: INVALID_ARGUMENT, and no key is made", async () => {
+    const long = `long-${"k".repeat(123)}`;
+    const e = await rejected(call("CreateTestChain", { keyId: long, keySpec: "EC-256" }));
+    assert.equal(e.code, status.INVALID_ARGUMENT, e.details);
+    assert.match(e.details, /^the root key id would be "long-k+-root-ca" \(the key id and "-root-ca"\), 136 characters: longer than the 128 characters a key id may have/);
+    const inv = await call<{ keys: InventoryKey[] }>("GetInventory", {});
+    assert.deepEqual(
+      inv.keys.filter((k) => k.keyId.startsWith("long-")),
+      [],
+    );
+  });
+
   // RSA-4096 generation takes seconds on SoftHSM. Run on the event loop, it froze the whole
   // service: no Sign, health probe or scrape was answered until the key pair was made.
   it("an RSA-4096 generation runs beside signing: Sign calls keep completing while it is under way", async () => {

@@ -157,6 +157,21 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
       assert.equal(await labelled(`${odd}-root-ca`), 0);
     });
 
+    it("a key id of 128 characters, whose default root key id would be 136: INVALID_ARGUMENT naming the limit, and nothing is made; with a root key id of its own it is made", async () => {
+      const long = `custody-long-${"k".repeat(115)}`;
+      assert.equal(long.length, 128);
+      await assert.rejects(custody.createTestChain({ keyId: long, keySpec: "EC-256" }), (e: SignerError) => {
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.match(e.message, /^the root key id would be "custody-long-k+-root-ca" \(the key id and "-root-ca"\), 136 characters: longer than the 128 characters a key id may have/);
+        assert.match(e.message, /name the root with root_key_id \(--root-key-id\), or use a key id of at most 120 characters$/);
+        return true;
+      });
+      assert.equal(await labelled(long), 0);
+      assert.equal(await labelled(`${long}-root-ca`), 0);
+      const r = await custody.createTestChain({ keyId: long, keySpec: "EC-256", rootKeyId: "custody-long-root" });
+      assert.equal(r.chain.length, 2);
+    });
+
     it("a key id whose every version was destroyed: FAILED_PRECONDITION, and no key pair that could never sign is made under it", async () => {
       const gone = "custody-all-destroyed";
       await custody.generateKey(gone, "EC-256");
