@@ -8,6 +8,7 @@ import { X509Certificate as NodeX509 } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { SignerError } from "../errors/index.js";
 import { keySpecOfCertificate } from "./certificates.js";
+import { GO_NAME_ATTRIBUTES, GO_NAME_EXTRA } from "./distinguished-name.js";
 
 export interface ChainProblem {
   /** Index in the chain being judged (leaf = 0), or -1 for the chain as a whole. */
@@ -48,12 +49,6 @@ const FORBIDDEN_LEAF_EKUS: Record<string, string> = {
 };
 const GOOD_SIGNATURE_HASHES = ["SHA-256", "SHA-384", "SHA-512"];
 const CA_CURVES = ["prime256v1", "secp384r1", "secp521r1"];
-/**
- * Attribute names as @peculiar/x509 spells them, for the attributes Go's pkix.Name.String()
- * names (§5.4); any other renders as OID=#hex, which notation rejects.
- */
-const GO_NAME_EXTRA = { SERIALNUMBER: "2.5.4.5", STREET: "2.5.4.9", POSTALCODE: "2.5.4.17" };
-const GO_NAME_ATTRIBUTES = new Set(["C", "O", "OU", "CN", "L", "ST", ...Object.keys(GO_NAME_EXTRA)]);
 const REQUIRED_LEAF_ATTRIBUTES = ["C", "ST", "O"];
 
 const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
@@ -84,15 +79,34 @@ function pemCertificates(text: string, where: string): Buffer[] {
   });
 }
 
-/** The DER itself when it is exactly one X.509 certificate, otherwise INVALID_ARGUMENT. */
+/**
+ * The DER itself when it is exactly one X.509 certificate whose public key can be read,
+ * otherwise INVALID_ARGUMENT. Node parses a certificate with a public key algorithm OpenSSL does
+ * not know (an unknown OID) and throws only when the key is read, which every rule does.
+ */
 function checkedDer(der: Buffer, what: string): Buffer {
+  let cert: NodeX509;
   try {
-    const cert = new NodeX509(der);
+    cert = new NodeX509(der);
     if (!cert.raw.equals(der)) throw new Error("trailing bytes after the certificate");
     new x509.X509Certificate(der); // the rules read extensions with it, so it must parse too
-    return der;
   } catch (e) {
     throw new SignerError("INVALID_ARGUMENT", `${what} is not a valid X.509 certificate: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    void cert.publicKey;
+  } catch (e) {
+    throw new SignerError("INVALID_ARGUMENT", `${what} has a public key that cannot be read (algorithm ${publicKeyAlgorithm(der)}): ${(e as Error).message}`, { cause: e });
+  }
+  return der;
+}
+
+/** A certificate's public key algorithm as its OID (or @peculiar/x509's name for it). */
+function publicKeyAlgorithm(der: Buffer): string {
+  try {
+    return new x509.X509Certificate(der).publicKey.algorithm.name;
+  } catch {
+    return "unknown";
   }
 }
 

@@ -1,8 +1,9 @@
 import { SignerError } from "../errors/index.js";
 import { spkiOfCertificate } from "./certificates.js";
 import { checkCodeSigningChain, formatChainProblems, leafKeyMismatch, orderChain, parseCertificateBundle } from "./chain-rules.js";
-import { subjectIdentityProblems } from "./distinguished-name.js";
+import { GO_NAME_ATTRIBUTES, parseDn, subjectIdentityProblems } from "./distinguished-name.js";
 import type { KeySpec } from "./key-spec.js";
+import { checkEncodableSubject } from "./x509-builder.js";
 import { publicKeyOf, type KeyState, type KeyView, type VersionState, type VersionView } from "./key-versions.js";
 
 /*
@@ -165,10 +166,27 @@ export function pickVersion(view: KeyView, version: number): VersionView {
   return v;
 }
 
-/** A CSR's subject must be one notation trust policies can name (protocol §5.4). */
+/**
+ * A CSR's subject must be one notation trust policies can name (protocol §5.4): C, ST and O, and
+ * only attribute types Go names (a leaf with another is refused by the chain import anyway; one
+ * @peculiar/x509 has no OID for failed the CSR as an internal error). It must also encode.
+ */
 export function checkCsrSubject(subject: string): void {
   const problems = subjectIdentityProblems(subject);
+  const types = attributeTypes(subject);
+  const odd = [...new Set(types.filter((t) => !GO_NAME_ATTRIBUTES.has(t)))];
+  if (odd.length > 0) problems.push(`it has ${odd.join(", ")}, which notation cannot match in a trust policy; use only ${[...GO_NAME_ATTRIBUTES].join(", ")} (in capitals)`);
   if (problems.length > 0) throw new SignerError("INVALID_ARGUMENT", `subject "${subject}" cannot name a notation identity: ${problems.join("; ")}`);
+  checkEncodableSubject(subject, "subject");
+}
+
+/** The attribute types of a DN as typed; none when it does not parse (subjectIdentityProblems says why). */
+function attributeTypes(subject: string): string[] {
+  try {
+    return parseDn(subject).flatMap((rdn) => rdn.map((a) => a.type));
+  } catch {
+    return [];
+  }
 }
 
 /**

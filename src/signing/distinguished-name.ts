@@ -2,6 +2,15 @@
 // (notation-plugin-protocol.md §5.4, §6.2): shared by the CSR check (custody-rules.ts) and
 // the notation setup helper (admin/notation-setup.ts).
 
+/**
+ * Attribute names as @peculiar/x509 spells them, for the attributes Go's pkix.Name.String()
+ * names (§5.4) that @peculiar/x509 does not know by name; any other renders as OID=#hex, which
+ * notation rejects.
+ */
+export const GO_NAME_EXTRA = { SERIALNUMBER: "2.5.4.5", STREET: "2.5.4.9", POSTALCODE: "2.5.4.17" };
+/** The attribute types notation can match in an `x509.subject:` trusted identity. */
+export const GO_NAME_ATTRIBUTES = new Set(["C", "O", "OU", "CN", "L", "ST", ...Object.keys(GO_NAME_EXTRA)]);
+
 export interface DnAttribute {
   type: string;
   value: string;

@@ -2,6 +2,7 @@ import "reflect-metadata";
 import { randomBytes, webcrypto } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { SignerError } from "../errors/index.js";
+import { GO_NAME_EXTRA } from "./distinguished-name.js";
 import { digest as hashBytes, keySpecInfo, type HashAlgorithm, type KeySpec } from "./key-spec.js";
 
 /** A key that signs digests somewhere else (the HSM): what a certificate or CSR signer needs. */
@@ -66,7 +67,7 @@ export function newSerialHex(): string {
  */
 export function checkEncodableSubject(subject: string, what: string): void {
   try {
-    new x509.Name(subject).toArrayBuffer();
+    new x509.Name(subject, GO_NAME_EXTRA).toArrayBuffer();
   } catch (e) {
     const why = e instanceof URIError ? "it holds text that is not valid Unicode" : (e as Error).message;
     throw new SignerError("INVALID_ARGUMENT", `${what} "${subject}" cannot be encoded in a certificate: ${why}`, { cause: e });
@@ -166,7 +167,8 @@ export async function createCsr(p: CsrParams): Promise<string> {
   const { signingKey, signingAlgorithm } = signingParams(p.key);
   const csr = await x509.Pkcs10CertificateRequestGenerator.create(
     {
-      name: p.subject,
+      // SERIALNUMBER, STREET and POSTALCODE, which notation names, by their OIDs.
+      name: new x509.Name(p.subject, GO_NAME_EXTRA),
       keys: { publicKey, privateKey: signingKey },
       signingAlgorithm: signingAlgorithm as unknown as x509.Pkcs10CertificateRequestCreateParams["signingAlgorithm"],
       extensions: [

@@ -164,6 +164,19 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
     assert.ok(verifyNotarySignature(Buffer.from(req.payload as string, "base64"), Buffer.from(out.signature, "base64"), leafDer, "EC-256"));
   });
 
+  it("a CSR subject with an attribute type notation cannot match, and a certificate whose public key cannot be read: INVALID_ARGUMENT naming the problem, not INTERNAL", async () => {
+    const csr = await rejected(call("CreateCsr", { keyId: "release", subject: "C=US, ST=WA, O=x, FOO=bar" }));
+    assert.equal(csr.code, status.INVALID_ARGUMENT, csr.details);
+    assert.match(csr.details, /^subject "C=US, ST=WA, O=x, FOO=bar" cannot name a notation identity: it has FOO, which notation cannot match in a trust policy/);
+    // id-ecPublicKey (1.2.840.10045.2.1) patched to 1.2.840.10045.2.9: Node parses the certificate but cannot read its key.
+    const oid = Buffer.from("06072a8648ce3d0201", "hex");
+    const odd = Buffer.from(outsideCa.certDer);
+    odd[odd.indexOf(oid) + oid.length - 1] = 0x09;
+    const imported = await rejected(call("ImportCertificateChain", { keyId: "release", certificates: [odd] }));
+    assert.equal(imported.code, status.INVALID_ARGUMENT, imported.details);
+    assert.match(imported.details, /^input 1 of 1 \(not PEM, so read as DER\) has a public key that cannot be read \(algorithm 1\.2\.840\.10045\.2\.9\)/);
+  });
+
   describe("a bad chain is rejected with its own reason", () => {
     let csrPem: string;
     before(async () => {

@@ -1,12 +1,14 @@
+import "reflect-metadata";
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
+import * as x509 from "@peculiar/x509";
 import { KeyGenMechanism, ObjectClass } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
 import { KeyCustody } from "../../src/hsm/index.js";
 import { generateKeyPair, storeCertificate } from "../../src/hsm/key-factory.js";
 import { writeKeyState } from "../../src/hsm/key-state.js";
 import { EC_PARAMS } from "../../src/hsm/mechanisms.js";
-import { getFixture, type Fixture } from "../helpers/fixture.js";
+import { getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
 
 /**
  * Custody changes against the real SoftHSM token when another replica changes the same key, or
@@ -231,6 +233,50 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
       }
     });
     await f.hsm.keys.refresh();
+  });
+
+  describe("bad custodian input is INVALID_ARGUMENT naming the problem, not an internal error", () => {
+    const keyId3 = "custody-bad-input";
+    before(() => custody.generateKey(keyId3, "EC-256"));
+
+    it("a CSR subject with an attribute type notation cannot match (@peculiar/x509 has no OID for FOO)", async () => {
+      await assert.rejects(custody.createCsr(keyId3, 0, "C=US, ST=WA, O=x, FOO=bar"), (e: SignerError) => {
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.match(
+          e.message,
+          /^subject "C=US, ST=WA, O=x, FOO=bar" cannot name a notation identity: it has FOO, which notation cannot match in a trust policy; use only C, O, OU, CN, L, ST, SERIALNUMBER, STREET, POSTALCODE/,
+        );
+        return true;
+      });
+    });
+
+    it("a CSR subject with SERIALNUMBER, STREET and POSTALCODE (which notation names) is made, with those attributes", async () => {
+      const { pem } = await custody.createCsr(keyId3, 0, "CN=bad-input, SERIALNUMBER=42, STREET=1 Main St, POSTALCODE=98101, O=Example, ST=WA, C=US");
+      const csr = new x509.Pkcs10CertificateRequest(pem);
+      const types = csr.subjectName.toJSON().flatMap((rdn) => Object.keys(rdn));
+      assert.deepEqual(
+        types,
+        ["C", "ST", "STREET", "POSTALCODE", "O", "CN", "SERIALNUMBER"].map((t) => ({ STREET: "2.5.4.9", POSTALCODE: "2.5.4.17", SERIALNUMBER: "2.5.4.5" })[t] ?? t),
+      );
+    });
+
+    it("a certificate whose public key algorithm Node cannot decode (an unknown OID), given to import", async () => {
+      const leaf = (await f.hsm.keys.getKey(keyIdOf("EC-256"))).chain[0] as Buffer;
+      // id-ecPublicKey (1.2.840.10045.2.1) becomes 1.2.840.10045.2.9, which OpenSSL does not know.
+      const oid = Buffer.from("06072a8648ce3d0201", "hex");
+      const at = leaf.indexOf(oid);
+      assert.ok(at > 0);
+      const odd = Buffer.from(leaf);
+      odd[at + oid.length - 1] = 0x09;
+      assert.throws(() => new X509Certificate(odd).publicKey, /decode error/, "Node parses the certificate but cannot read its key");
+      await assert.rejects(custody.importChain(keyId3, 0, [odd], false), (e: SignerError) => {
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.match(e.message, /^input 1 of 1 \(not PEM, so read as DER\) has a public key that cannot be read \(algorithm 1\.2\.840\.10045\.2\.9\): .*decode error/);
+        return true;
+      });
+      const certificates = await f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, label: keyId3 }).length);
+      assert.equal(certificates, 0);
+    });
   });
 
   // Two key pairs with one label and no state object are both unusable: which one signs would be a

@@ -238,6 +238,24 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
       assert.throws(() => checkCsrSubject("CN=release"), fails("INVALID_ARGUMENT", /^subject "CN=release" cannot name a notation identity: it lacks C, ST, O/));
       assert.throws(() => checkCsrSubject("CN=a, CN=b, O=Ex, ST=WA, C=US"), fails("INVALID_ARGUMENT", /CN appears more than once/));
     });
+
+    it("checkCsrSubject: only attribute types notation can match, and text that encodes (else INVALID_ARGUMENT, not an internal error)", () => {
+      checkCsrSubject("CN=release, OU=Build, O=Example, L=Seattle, ST=WA, C=US, SERIALNUMBER=42, STREET=1 Main St, POSTALCODE=98101");
+      const odd = /it has (.+), which notation cannot match in a trust policy; use only C, O, OU, CN, L, ST, SERIALNUMBER, STREET, POSTALCODE \(in capitals\)$/;
+      assert.throws(() => checkCsrSubject("C=US, ST=WA, O=x, FOO=bar"), fails("INVALID_ARGUMENT", /^subject "C=US, ST=WA, O=x, FOO=bar" cannot name a notation identity: it has FOO, which/));
+      for (const [subject, types] of [
+        ["C=US, ST=WA, O=x, 1.2.3.4=bar", "1.2.3.4"],
+        ["C=US, ST=WA, O=x, E=a@example.com, DC=example", "E, DC"],
+        ["c=US, st=WA, o=x", "c, st, o"],
+      ] as const) {
+        assert.throws(
+          () => checkCsrSubject(subject),
+          (e: unknown) => isSignerError(e) && e.code === "INVALID_ARGUMENT" && odd.exec(e.message)?.[1] === types,
+          subject,
+        );
+      }
+      assert.throws(() => checkCsrSubject("C=US, ST=WA, O=x\uD800"), fails("INVALID_ARGUMENT", /^subject ".*" cannot be encoded in a certificate: it holds text that is not valid Unicode$/));
+    });
   });
 
   describe("chain import (openssl-made chains)", function () {
