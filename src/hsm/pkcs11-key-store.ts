@@ -3,6 +3,7 @@ import { SignerError } from "../errors/index.js";
 import type { HashAlgorithm } from "../signing/key-spec.js";
 import { keyViews, publicKeyOf, selectVersion, signableVersion, type KeyView, type VersionView } from "../signing/key-versions.js";
 import type { KeyRecord, KeyStore } from "../signing/ports.js";
+import { disabledRefusal } from "../signing/signing-service.js";
 import { digestSigningMechanism } from "./mechanisms.js";
 import { markSigned, readTokenState } from "./key-state.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
@@ -144,12 +145,19 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   /** Signs for the service itself (a CSR's self-signature): not an artifact signature, so not marked. */
-  signInternal(key: KeyRecord, hash: HashAlgorithm, digest: Buffer): Promise<Buffer> {
+  async signInternal(key: KeyRecord, hash: HashAlgorithm, digest: Buffer): Promise<Buffer> {
     return this.signWithHandle(key, this.signable(key).handle, hash, digest, undefined);
   }
 
+  /**
+   * The version's key pair as the token holds it now. A version disabled since `key` was read
+   * signs nothing, whoever asks (Sign, a CSR, a test chain's root, a checkpoint): KEY_DISABLED.
+   */
   private signable(key: KeyRecord): VersionView & { handle: Buffer } {
-    return signableVersion(this.views.get(key.keyId), key);
+    const v = signableVersion(this.views.get(key.keyId), key);
+    const disabled = disabledRefusal(v.record);
+    if (disabled) throw disabled;
+    return v;
   }
 
   private markSigned(v: VersionView, deadline: number | undefined): Promise<void> {

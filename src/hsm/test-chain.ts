@@ -2,7 +2,7 @@ import { SignerError } from "../errors/index.js";
 import type { KeySpec } from "../signing/key-spec.js";
 import { publicKeyOf, selectVersion, type VersionView } from "../signing/key-versions.js";
 import type { KeyRecord } from "../signing/ports.js";
-import { MAX_KEY_ID_LENGTH, validateKeyId } from "../signing/signing-service.js";
+import { disabledRefusal, MAX_KEY_ID_LENGTH, validateKeyId } from "../signing/signing-service.js";
 import { checkEncodableSubject, createLeafCertificate, createRootCertificate, type DigestSigningKey } from "../signing/x509-builder.js";
 import { generateKeyPair, privateKeyExists, storeCertificate } from "./key-factory.js";
 import type { Pkcs11KeyStore } from "./pkcs11-key-store.js";
@@ -139,12 +139,18 @@ function checkExistingKey(v: VersionView | undefined, keyId: string, spec: KeySp
   }
 }
 
-/** An existing root is kept: with a certificate, a CA one; when it is to sign (its own certificate, the leaf), a key pair that can. */
+/**
+ * An existing root is kept: with a certificate, a CA one; when it is to sign (its own
+ * certificate, the leaf), a key pair that can and that a custodian has not disabled (a root
+ * disabled as compromised certified new leaves: KEY_DISABLED, as Sign answers).
+ */
 function checkExistingRoot(v: VersionView | undefined, rootKeyId: string, signsLeaf: boolean): void {
   if (!v) return;
   const hasCertificate = v.record.chain.length > 0;
   if (hasCertificate && !v.record.certificate?.isCa) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" exists but its certificate is not a CA certificate`);
   if (hasCertificate && !signsLeaf) return;
+  const disabled = disabledRefusal(v.record);
+  if (disabled) throw disabled;
   if (v.problem) throw new SignerError("KEY_UNUSABLE", v.problem);
   if (!hasCertificate && !v.idHex) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" has no CKA_ID, so no certificate can be linked to it`);
   if (!publicKeyOf(v)) throw new SignerError("KEY_UNUSABLE", `key "${rootKeyId}" has no public key on the token`);

@@ -4,6 +4,7 @@ import { checkCodeSigningChain, formatChainProblems, leafKeyMismatch, orderChain
 import { GO_NAME_ATTRIBUTES, parseDn, subjectIdentityProblems } from "./distinguished-name.js";
 import type { KeySpec } from "./key-spec.js";
 import { checkEncodableSubject } from "./x509-builder.js";
+import { disabledRefusal } from "./signing-service.js";
 import { publicKeyOf, type KeyState, type KeyView, type VersionState, type VersionView } from "./key-versions.js";
 
 /*
@@ -190,14 +191,17 @@ function attributeTypes(subject: string): string[] {
 }
 
 /**
- * The version a CSR is made for (default: the newest): its key pair must still be there, and be
- * one that can sign with a certificate (not exposed, CKA_SIGN set, its own CKA_ID, made by
- * hsm-signer under a managed key id): a CA would certify a key that never signs, or the HSM would
- * refuse the request's own signature.
+ * The version a CSR is made for (default: the newest): its key pair must still be there, not be
+ * disabled (the request is signed by that key, and a disabled key signs nothing: KEY_DISABLED, as
+ * Sign answers), and be one that can sign with a certificate (not exposed, CKA_SIGN set, its own
+ * CKA_ID, made by hsm-signer under a managed key id): a CA would certify a key that never signs,
+ * or the HSM would refuse the request's own signature.
  */
 export function versionForCsr(view: KeyView, version: number): VersionView & { handle: Buffer } {
   const v = pickVersion(view, version);
   if (!v.handle) throw new SignerError("FAILED_PRECONDITION", `version ${v.record.version} of key "${view.keyId}" was destroyed`);
+  const disabled = disabledRefusal(v.record);
+  if (disabled) throw disabled;
   if (v.problem) throw new SignerError("FAILED_PRECONDITION", `no CSR for version ${v.record.version} of key "${view.keyId}": ${v.problem}`);
   return v as VersionView & { handle: Buffer };
 }

@@ -71,9 +71,18 @@ export function auditKeyId(keyId: string): string {
   return auditText(keyId, AUDIT_KEY_ID_MAX);
 }
 
+/**
+ * Why a key version may sign nothing at all, not even a CSR or a certificate for the service:
+ * a custodian disabled it or its key ("compromised"), and the disable must hold for every use.
+ */
+export function disabledRefusal(key: KeyRecord): SignerError | undefined {
+  return key.disabledReason ? new SignerError("KEY_DISABLED", key.disabledReason) : undefined;
+}
+
 /** Why a key may not sign anything now: a custodian disabled it, or it is unusable (KeyRecord's reasons). */
 export function keyRefusal(key: KeyRecord): SignerError | undefined {
-  if (key.disabledReason) return new SignerError("KEY_DISABLED", key.disabledReason);
+  const disabled = disabledRefusal(key);
+  if (disabled) return disabled;
   if (key.unusableReason) return new SignerError("KEY_UNUSABLE", key.unusableReason);
   return undefined;
 }

@@ -9,6 +9,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { exportJWK, generateKeyPair } from "jose";
 import type { InventoryKey } from "../../src/client/index.js";
 import { status } from "@grpc/grpc-js";
+import { ERROR_CODE_TRAILER } from "../../src/errors/index.js";
 import { checkCodeSigningChain as checkChain } from "../helpers/chain-checker.js";
 import { requestFor, verifyNotarySignature } from "../helpers/notation.js";
 import { CA_EXT, CODE_SIGNING_LEAF_EXT, OpensslCa } from "../helpers/openssl-ca.js";
@@ -308,6 +309,24 @@ describe("KeyAdmin: key custodians manage keys and certificates end to end (Soft
       client2.close();
       await second.stop();
     }
+  });
+
+  it("a disabled key signs no CSR and, as a root CA key, certifies no test chain leaf: KEY_DISABLED (PERMISSION_DENIED) with the reason", async () => {
+    await call("GenerateKey", { keyId: "compromised", keySpec: "EC-256" });
+    await call("SetKeyState", { keyId: "compromised", enabled: false, reason: "suspected compromise, ticket SEC-2" });
+    const csr = await rejected(call("CreateCsr", { keyId: "compromised", subject: "CN=compromised, O=Example Corp, ST=WA, C=US" }));
+    assert.equal(csr.code, status.PERMISSION_DENIED, csr.details);
+    assert.deepEqual(csr.metadata.get(ERROR_CODE_TRAILER), ["KEY_DISABLED"]);
+    assert.match(csr.details, /^key "compromised" is disabled by a custodian: suspected compromise, ticket SEC-2 \[request [0-9a-f]+\]$/);
+    const chain = await rejected(call("CreateTestChain", { keyId: "leaf-of-compromised", keySpec: "EC-256", rootKeyId: "compromised" }));
+    assert.equal(chain.code, status.PERMISSION_DENIED, chain.details);
+    assert.deepEqual(chain.metadata.get(ERROR_CODE_TRAILER), ["KEY_DISABLED"]);
+    const inv = await call<{ keys: InventoryKey[] }>("GetInventory", {});
+    assert.deepEqual(
+      inv.keys.filter((k) => k.keyId === "leaf-of-compromised"),
+      [],
+      "no key was made for the refused leaf",
+    );
   });
 
   it("destroy: only a disabled version, only with the exact confirmation; its certificate stays unless acknowledged", async () => {

@@ -1,6 +1,6 @@
 import "reflect-metadata";
 import assert from "node:assert/strict";
-import { randomBytes, X509Certificate } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { KeyGenMechanism, ObjectClass } from "graphene-pk11";
 import type { SignerError } from "../../src/errors/index.js";
@@ -276,6 +276,54 @@ describe("key custody: concurrent replicas and interrupted changes (SoftHSM)", f
       });
       const certificates = await f.hsm.pool.use((s) => s.find({ class: ObjectClass.CERTIFICATE, label: keyId3 }).length);
       assert.equal(certificates, 0);
+    });
+  });
+
+  describe("a disabled key or version signs nothing for custodians either (KEY_DISABLED, as Sign answers)", () => {
+    it("CreateCsr for a disabled key, or a disabled version, is refused with the custodian's reason", async () => {
+      const compromised = "custody-disabled-csr";
+      await custody.generateKey(compromised, "EC-256");
+      await custody.setState(compromised, 0, false, "compromised");
+      await assert.rejects(custody.createCsr(compromised, 0, "CN=x, O=Example, ST=WA, C=US"), (e: SignerError) => {
+        assert.equal(e.code, "KEY_DISABLED");
+        assert.equal(e.message, `key "${compromised}" is disabled by a custodian: compromised`);
+        return true;
+      });
+      await custody.setState(compromised, 0, true, "");
+      await custody.setState(compromised, 1, false, "superseded");
+      await assert.rejects(custody.createCsr(compromised, 1, "CN=x, O=Example, ST=WA, C=US"), (e: SignerError) => {
+        assert.equal(e.code, "KEY_DISABLED");
+        assert.equal(e.message, `version 1 of key "${compromised}" is disabled by a custodian: superseded`);
+        return true;
+      });
+    });
+
+    it("a test chain under a disabled root CA key is refused before anything is made: the root certifies no new leaf", async () => {
+      const root = "custody-disabled-root";
+      await custody.createTestChain({ keyId: "custody-disabled-root-leaf-1", keySpec: "EC-256", rootKeyId: root });
+      await custody.setState(root, 0, false, "compromised");
+      const leaf2 = "custody-disabled-root-leaf-2";
+      await assert.rejects(custody.createTestChain({ keyId: leaf2, keySpec: "EC-256", rootKeyId: root }), (e: SignerError) => {
+        assert.equal(e.code, "KEY_DISABLED");
+        assert.equal(e.message, `key "${root}" is disabled by a custodian: compromised`);
+        return true;
+      });
+      assert.equal(await f.hsm.pool.use((s) => s.find({ label: leaf2 }).length), 0, "no key pair and no certificate for the new leaf");
+    });
+
+    it("a key record read before its key was disabled does not sign through the key store", async () => {
+      const keyId4 = "custody-disabled-after-read";
+      await custody.createTestChain({ keyId: keyId4, keySpec: "EC-256" });
+      const record = await f.hsm.keys.getKey(keyId4);
+      await custody.setState(keyId4, 0, false, "compromised");
+      const digest = createHash("sha256").update("x").digest();
+      for (const sign of [() => f.hsm.keys.signDigest(record, "SHA-256", digest), () => f.hsm.keys.signInternal(record, "SHA-256", digest)]) {
+        await assert.rejects(sign(), (e: SignerError) => {
+          assert.equal(e.code, "KEY_DISABLED");
+          assert.equal(e.message, `key "${keyId4}" is disabled by a custodian: compromised`);
+          return true;
+        });
+      }
     });
   });
 

@@ -226,6 +226,9 @@ describe("custody rules (src/signing/custody-rules.ts): whether a custodian's ch
       assert.throws(() => pickVersion(v, 5), fails("KEY_NOT_FOUND", 'key "k" has no version 5'));
       assert.equal(versionForCsr(v, 1).handle.toString(), "h1");
       assert.throws(() => versionForCsr(v, 0), fails("FAILED_PRECONDITION", 'version 2 of key "k" was destroyed'));
+      const disabled = version(1);
+      disabled.record.disabledReason = 'key "k" is disabled by a custodian: compromised';
+      assert.throws(() => versionForCsr(view([disabled]), 1), fails("KEY_DISABLED", 'key "k" is disabled by a custodian: compromised'));
       const cannotSign = view([version(1, { problem: 'the private key of key "k" may not sign (CKA_SIGN is false); generate a key pair for signing' })]);
       assert.throws(
         () => versionForCsr(cannotSign, 1),
