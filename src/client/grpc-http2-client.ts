@@ -46,6 +46,11 @@ export class GrpcCallError extends Error {
     readonly permanent = false,
     /** The service's error catalog code (the `hsm-signer-error-code` trailer), when it sent one. */
     readonly errorCode?: ErrorCode,
+    /**
+     * True when the status is the server's answer (its grpc-status and grpc-message); false when
+     * this client made it up: its own deadline, a connection that failed, an answer it refused.
+     */
+    readonly received = false,
   ) {
     super(`${STATUS_NAMES[code] ?? code}: ${details}`);
     this.name = "GrpcCallError";
@@ -455,7 +460,7 @@ export class GrpcHttp2Channel {
       const errorCode = catalogCodeOf(first(statusBlock[ERROR_CODE_TRAILER]));
       // The catalog says for certain what a retry can do: only a passing outage or a limit can clear.
       const permanent = errorCode !== undefined && !RETRYABLE_CODES.has(errorCode);
-      return [new GrpcCallError(Number.isInteger(status) ? status : Status.UNKNOWN, message, retryAfter, permanent, errorCode)];
+      return [new GrpcCallError(Number.isInteger(status) ? status : Status.UNKNOWN, message, retryAfter, permanent, errorCode, true)];
     }
     const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     if (data.length < 5) return [new GrpcCallError(Status.INTERNAL, "empty gRPC response")];

@@ -8,6 +8,13 @@ import type { PluginSettings } from "./plugin-config.js";
 export const RETRY = { attempts: 4, baseDelayMs: 200 };
 
 /**
+ * A DEADLINE_EXCEEDED the service sends this close to the plugin's own deadline is that deadline,
+ * passed on in grpc-timeout (the service answers 25 ms before it runs out, unary-handler.ts): the
+ * pluginConfig timeout is what ran out. One sent earlier is the service's own limit.
+ */
+const OWN_DEADLINE_ECHO_MS = 1000;
+
+/**
  * The one place where the service's error codes become notation error codes (README, "Error
  * codes"): exhaustive over the catalog, so a new code that is not mapped does not compile.
  */
@@ -82,7 +89,7 @@ export class RemoteSigner {
     } catch (e) {
       if (e instanceof GrpcCallError) {
         const name = STATUS_NAMES[e.code] ?? String(e.code);
-        const detail = e.code === Status.DEADLINE_EXCEEDED ? `no answer within the ${this.s.timeoutMs} ms timeout (pluginConfig timeout)` : e.details;
+        const detail = e.code === Status.DEADLINE_EXCEEDED ? this.timeoutDetail(e) : e.details;
         // RESOURCE_EXHAUSTED is a rate limit (THROTTLED) when the service says when to come back;
         // without that it is a refusal that the same call meets again, such as gRPC's message size limit.
         const code = e.errorCode !== undefined ? pluginCodeOfError(e.errorCode) : e.code === Status.RESOURCE_EXHAUSTED && e.retryAfterMs === undefined ? "ERROR" : pluginCodeOf(e.code);
@@ -92,6 +99,18 @@ export class RemoteSigner {
     } finally {
       this.channel.close();
     }
+  }
+
+  /**
+   * Which deadline passed: the plugin's own (no answer; the pluginConfig timeout is the setting),
+   * or the service's, in the service's words with its request id (its limits.maxDeadlineSeconds,
+   * an HSM that did not answer), which a longer pluginConfig timeout does not change.
+   */
+  private timeoutDetail(e: GrpcCallError): string {
+    const timeout = `${this.s.timeoutMs} ms timeout (pluginConfig timeout)`;
+    if (!e.received) return `no answer within the ${timeout}`;
+    if (this.deadline - Date.now() <= OWN_DEADLINE_ECHO_MS) return `the plugin's ${timeout} ran out at the service: ${e.details}`;
+    return `the service gave up before the plugin's ${timeout}: ${e.details}`;
   }
 
   async describeKey(keyId: string): Promise<KeyInfo> {

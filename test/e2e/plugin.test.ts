@@ -392,8 +392,32 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       assert.equal(out.keySpec, "EC-256");
     });
 
-    it("timeout=1ms → TIMEOUT", async () => {
-      failure(await runPlugin("generate-signature", json(requestFor("generate-signature-jws", keyIdOf("RSA-4096"), "RSA-4096", { ...cfg, timeout: "1ms" }))), "TIMEOUT", /timeout/i);
+    it("timeout=1ms → TIMEOUT naming the pluginConfig timeout (the plugin's own deadline)", async () => {
+      failure(
+        await runPlugin("generate-signature", json(requestFor("generate-signature-jws", keyIdOf("RSA-4096"), "RSA-4096", { ...cfg, timeout: "1ms" }))),
+        "TIMEOUT",
+        "no answer within the 1 ms timeout (pluginConfig timeout)",
+      );
+    });
+
+    // The service's own limit (limits.maxDeadlineSeconds, here 0) ends the call long before the
+    // plugin's 30 s: a longer pluginConfig timeout would not help, and the service's words do.
+    it("a DEADLINE_EXCEEDED the service answers before the plugin's timeout → TIMEOUT with the service's message and request id", async () => {
+      const capped = await startTestServer(f, { maxDeadlineMs: 0 });
+      try {
+        const c = { endpoint: `127.0.0.1:${capped.port}`, ca_file: f.tls.caFile };
+        // Sign: a call that takes the HSM a moment, so the service's 0 ms limit always passes first.
+        const r = await runPlugin("generate-signature", json(requestFor("generate-signature-jws", keyIdOf("RSA-4096"), "RSA-4096", c)));
+        const m = failure(
+          r,
+          "TIMEOUT",
+          /^signing with key "test-rsa-4096" at hsm-signer .* failed \(DEADLINE_EXCEEDED\): the service gave up before the plugin's 30000 ms timeout \(pluginConfig timeout\): the deadline passed .*\[request [0-9a-f]{16}\]$/,
+        );
+        assert.doesNotMatch(m, /no answer within/);
+        assert.ok(r.ms < 10_000, `took ${r.ms} ms`);
+      } finally {
+        await capped.close(1000);
+      }
     });
 
     it('a secret-like pluginConfig key ("password") → VALIDATION_ERROR mentioning secrets', async () => {
@@ -438,6 +462,8 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       message?: string;
       body?: Buffer;
       extra?: Record<string, string>;
+      /** Answer this long after the request, not at once. */
+      afterMs?: number;
     }
     const proto = protobuf.loadSync(join(PROJECT_ROOT, "proto/hsm_signer/v1/signer.proto"));
     const msg = (name: string, v: Record<string, unknown>): Buffer => {
@@ -459,17 +485,22 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
           const call = { path: String(headers[":path"]), headers, body: frame.subarray(5, 5 + frame.readUInt32BE(1)) };
           calls.push(call);
           const r = reply(call);
-          if (r.status !== 0) {
-            stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(r.status), "grpc-message": r.message ?? "", ...r.extra }, { endStream: true });
-            return;
-          }
-          const body = r.body ?? Buffer.alloc(0);
-          const out = Buffer.alloc(5 + body.length);
-          out.writeUInt32BE(body.length, 1);
-          body.copy(out, 5);
-          stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
-          stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
-          stream.end(out);
+          const answer = (): void => {
+            if (stream.closed) return;
+            if (r.status !== 0) {
+              stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(r.status), "grpc-message": r.message ?? "", ...r.extra }, { endStream: true });
+              return;
+            }
+            const body = r.body ?? Buffer.alloc(0);
+            const out = Buffer.alloc(5 + body.length);
+            out.writeUInt32BE(body.length, 1);
+            body.copy(out, 5);
+            stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+            stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+            stream.end(out);
+          };
+          if (r.afterMs === undefined) answer();
+          else setTimeout(answer, r.afterMs);
         });
       });
       await new Promise<void>((res) => fake.listen(0, "127.0.0.1", res));
@@ -597,6 +628,19 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       reply = () => (calls.length < 2 ? { status: 14, message: "hsm busy" } : okSign());
       success(await runPlugin("generate-signature", signReq()));
       assert.equal(calls.length, 2);
+    });
+
+    // What the real service does when the plugin's deadline (grpc-timeout) is the one that passes:
+    // it answers DEADLINE_EXCEEDED a moment before it, so the answer beats the plugin's own timer.
+    it("a DEADLINE_EXCEEDED the service answers as the plugin's timeout runs out → TIMEOUT naming the pluginConfig timeout and the service's message", async () => {
+      reply = (c) => ({
+        status: 4,
+        message: "the deadline passed before the answer was ready [request 0123456789abcdef]",
+        afterMs: Math.max(0, Number.parseInt(String(c.headers["grpc-timeout"]), 10) - 300),
+      });
+      const r = await runPlugin("generate-signature", signReq("EC-256", { ...fakeCfg(), timeout: "3s" }));
+      failure(r, "TIMEOUT", "the plugin's 3000 ms timeout (pluginConfig timeout) ran out at the service: the deadline passed before the answer was ready [request 0123456789abcdef]");
+      assert.equal(calls.length, 1, "not retried");
     });
 
     it("a signature of the wrong length → ERROR", async () => {

@@ -145,7 +145,7 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     assert.ok(Number(String(seen?.["grpc-timeout"]).slice(0, -1)) <= 10_000);
   });
 
-  it("a trailers-only gRPC error is a GrpcCallError with its code, decoded message and retry-after-ms", async () => {
+  it("a trailers-only gRPC error is a GrpcCallError with its code, decoded message and retry-after-ms, marked received", async () => {
     const message = 'key "signing/k1" not found: 100% gone, naïve ✓';
     const t = await startServer((stream, headers) => {
       const extra = headers[":path"] === "/limited" ? { "retry-after-ms": "250" } : {};
@@ -159,6 +159,7 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     assert.equal(e.code, Status.NOT_FOUND);
     assert.equal(e.details, message);
     assert.equal(e.retryAfterMs, undefined);
+    assert.equal(e.received, true, "the server's own status");
     const l = await callError(call(c, "/limited"));
     assert.equal(l.code, Status.RESOURCE_EXHAUSTED);
     assert.equal(l.retryAfterMs, 250);
@@ -184,6 +185,7 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     const e = await callError(call(c, "/502"));
     assert.equal(e.code, Status.UNAVAILABLE);
     assert.match(e.details, /HTTP status 502/);
+    assert.equal(e.received, false, "no gRPC status came: the client's own");
     assert.equal((await callError(call(c, "/200"))).code, Status.INTERNAL);
   });
 
@@ -296,13 +298,14 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     });
   });
 
-  it("a call past its deadline is DEADLINE_EXCEEDED in time and its stream is cancelled at the server", async () => {
+  it("a call past its deadline is DEADLINE_EXCEEDED in time (the client's own, not received) and its stream is cancelled at the server", async () => {
     const closes: number[] = [];
     const t = await startServer((stream) => stream.on("close", () => closes.push(stream.rstCode)));
     const c = channel(t.port);
     const started = Date.now();
     const e = await callError(call(c, "/never", Buffer.from("x"), 300));
     assert.equal(e.code, Status.DEADLINE_EXCEEDED);
+    assert.equal(e.received, false);
     assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
     await until(() => closes.length === 1, "the server to see the reset");
     assert.equal(closes[0], constants.NGHTTP2_CANCEL);
