@@ -142,6 +142,20 @@ const first = (v: string | string[] | undefined): string | undefined => (Array.i
 /** Metadata that carries credentials: sent "never indexed" (RFC 7541 §7.1.3), kept out of HPACK tables. */
 const SENSITIVE = ["authorization"];
 
+/**
+ * A metadata value gRPC cannot carry (PROTOCOL-HTTP2.md: ASCII-Value is %x20-%x7E): node:http2
+ * drops a header holding a line break without a word (a token lost: the call goes out anonymous)
+ * and sends other characters mangled, so the call is refused instead. Names the key and the
+ * position, never the value (a token).
+ */
+function metadataProblem(metadata: Record<string, string> | undefined): string | undefined {
+  for (const [k, v] of Object.entries(metadata ?? {})) {
+    const i = v.search(/[^\x20-\x7e]/);
+    if (i >= 0) return `metadata "${k}" cannot be sent: character ${i + 1} of its value is not printable ASCII`;
+  }
+  return undefined;
+}
+
 type Http2Module = typeof import("node:http2");
 let http2Module: Http2Module | undefined;
 /**
@@ -324,6 +338,11 @@ export class GrpcHttp2Channel {
 
   unary(path: string, body: Buffer, opts: CallOptions): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
+      const bad = metadataProblem(opts.metadata);
+      if (bad) {
+        reject(new GrpcCallError(Status.INVALID_ARGUMENT, bad, undefined, true));
+        return;
+      }
       const remaining = opts.deadline - Date.now();
       if (remaining <= 0) {
         reject(new GrpcCallError(Status.DEADLINE_EXCEEDED, "deadline exceeded before the call started"));

@@ -52,6 +52,42 @@ function readConfigFile(key: string, path: string): Buffer {
   throw new PluginError("VALIDATION_ERROR", `pluginConfig ${key}: cannot read ${path}: ${why}`);
 }
 
+/** RFC 6750 §2.1 b64token, what `Authorization: Bearer` carries: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". */
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+const B64TOKEN_CHAR = /^[A-Za-z0-9\-._~+/]$/;
+const BEARER_RULE = "a bearer token is one line of A-Z a-z 0-9 - . _ ~ + / with = only at the end (RFC 6750)";
+
+/** What a character that cannot be in a token is, without showing it (it may be part of a secret). */
+function kindOf(ch: string): string {
+  const cp = ch.codePointAt(0) ?? 0;
+  if (ch === " " || ch === "\t") return "a space or tab";
+  if (cp < 0x20 || cp === 0x7f) return "a control character";
+  if (cp > 0x7f) return "a character outside ASCII";
+  if (ch === "=") return "an = (allowed only as padding at the end)";
+  return "a character RFC 6750 does not allow in a token";
+}
+
+/**
+ * The bearer token in a token_file's or token_env's text: its ends trimmed (a file usually ends
+ * in a newline), then one line of RFC 6750 token characters; "" when there is none. Anything
+ * else is refused rather than sent: node:http2 drops a header holding a line break without a
+ * word (the call then goes out anonymous) and sends other characters mangled. The problem says
+ * where, never what: the text is a secret even when it is not a token.
+ */
+function bearerTokenOf(text: string): { token: string } | { problem: string } {
+  const token = text.trim();
+  if (token === "" || B64TOKEN.test(token)) return { token };
+  const lines = token.split(/\r\n|\r|\n/).length;
+  if (lines > 1) return { problem: `holds ${lines} lines; ${BEARER_RULE}` };
+  // The first character out of place (an "=" followed by more is one), counted in characters
+  // from 1 after any leading whitespace.
+  const chars = [...token];
+  let i = 0;
+  while (i < chars.length && B64TOKEN_CHAR.test(chars[i] ?? "")) i++;
+  const skipped = text.length - text.trimStart().length;
+  return { problem: `has ${kindOf(chars[i] ?? "")} at character ${i + 1}${skipped > 0 ? ` (after ${skipped} leading whitespace characters)` : ""}; ${BEARER_RULE}` };
+}
+
 const SECRETS_HINT = " Never put secrets in pluginConfig (notation prints it with --debug): use token_file or token_env.";
 
 type ConfigKey = (typeof CONFIG_KEYS)[number];
@@ -133,11 +169,20 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
       return undefined;
     }
   };
-  let token = get("token_file") === undefined ? undefined : read("token_file")?.toString("utf8").trim();
+  const bearer = (text: string, source: string): string | undefined => {
+    const t = bearerTokenOf(text);
+    if ("token" in t) return t.token;
+    problems.push(`pluginConfig ${source} ${t.problem}`);
+    return undefined;
+  };
+  const tokenFile = get("token_file");
+  const tokenText = tokenFile === undefined ? undefined : read("token_file")?.toString("utf8");
+  let token = tokenText === undefined ? undefined : bearer(tokenText, `token_file ${tokenFile ?? ""}`);
   const tokenEnv = get("token_env");
   if (tokenEnv) {
-    token = env[tokenEnv]?.trim();
-    if (!token) problems.push(`pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
+    const text = env[tokenEnv];
+    if (!text?.trim()) problems.push(`pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
+    else token = bearer(text, `token_env: ${tokenEnv}`);
   }
   const settings: PluginSettings = {
     endpoint: get("endpoint") ?? "",

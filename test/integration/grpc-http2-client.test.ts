@@ -145,6 +145,26 @@ describe("GrpcHttp2Channel (node:http2) against node:http2's server over TLS", f
     assert.ok(Number(String(seen?.["grpc-timeout"]).slice(0, -1)) <= 10_000);
   });
 
+  it("a metadata value gRPC cannot carry (a line break, a character outside ASCII) is refused, not sent without it; the value is never shown", async () => {
+    let seen = 0;
+    const t = await startServer((stream) => {
+      seen++;
+      stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "0" }, { endStream: true });
+    });
+    const c = channel(t.port);
+    for (const [value, at] of [
+      ["Bearer SECRET1\nSECRET2", 15],
+      ["Bearer SECRET-é€", 15],
+      ["Bearer SECRET\r", 14],
+    ] as const) {
+      const e = await callError(call(c, "/x", Buffer.from("x"), 10_000, { authorization: value }));
+      assert.equal(e.code, Status.INVALID_ARGUMENT);
+      assert.equal(e.permanent, true);
+      assert.equal(e.details, `metadata "authorization" cannot be sent: character ${at} of its value is not printable ASCII`);
+    }
+    assert.equal(seen, 0, "nothing reached the server");
+  });
+
   it("a trailers-only gRPC error is a GrpcCallError with its code, decoded message and retry-after-ms, marked received", async () => {
     const message = 'key "signing/k1" not found: 100% gone, naïve ✓';
     const t = await startServer((stream, headers) => {

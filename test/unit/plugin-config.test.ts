@@ -199,6 +199,40 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
       rejects(() => parse({ ...EP, token_file: missing }), "VALIDATION_ERROR", missing, "token_file");
     });
 
+    it("a token_file that is not one line of RFC 6750 token characters → VALIDATION_ERROR naming token_file, the path and where, never the token", () => {
+      const cases: [string, string, (string | RegExp)[]][] = [
+        ["two lines", "SECRETLINE1\nSECRETLINE2\n", ["holds 2 lines"]],
+        ["CRLF lines", "SECRETLINE1\r\nSECRETLINE2\r\nSECRETLINE3", ["holds 3 lines"]],
+        ["a blank line between", "SECRETLINE1\n\nSECRETLINE2", ["holds 3 lines"]],
+        ["characters outside ASCII", "SECRET-é€-token", ["a character outside ASCII at character 8;"]],
+        ["an inner space", "SECRET token", ["a space or tab at character 7;"]],
+        ["an inner tab, after leading spaces", "  SECRET\ttoken\n", ["a space or tab at character 7 (after 2 leading whitespace characters)"]],
+        ["a control character", "SECRET\u0000token", ["a control character at character 7;"]],
+        ["a DEL", "SECRET\u007ftoken", ["a control character at character 7;"]],
+        ["a comma", "SECRET,token", ["not allow in a token at character 7;"]],
+        ["a quote", 'SECRET"token', ["not allow in a token at character 7;"]],
+        ["an = before the end", "SECRET==token", ["an = (allowed only as padding at the end) at character 7;"]],
+        ["only =", "==", ["at character 1;"]],
+      ];
+      for (const [what, content, mentions] of cases) {
+        const p = file(`bad-token-${what.replace(/\W+/g, "-")}`, content);
+        const m = rejects(() => parse({ ...EP, token_file: p }), "VALIDATION_ERROR", "token_file", p, "RFC 6750", ...mentions);
+        assert.doesNotMatch(m, /SECRET/, `${what}: the token must not be echoed`);
+      }
+    });
+
+    it("a token of every RFC 6750 token character, with = padding, is taken as it is", () => {
+      const t = "AZaz09-._~+/x==";
+      assert.equal(parse({ ...EP, token_file: file("b64token", `${t}\n`) }).token, t);
+      assert.equal(parse({ ...EP, token_file: file("jwt", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln\r\n") }).token, "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjaSJ9.c2ln");
+    });
+
+    it("token_env holding more than one line or other characters → VALIDATION_ERROR naming the variable, never its value", () => {
+      const m1 = rejects(() => parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, { HSM_SIGNER_TOKEN: "SECRETLINE1\nSECRETLINE2" }), "VALIDATION_ERROR", "token_env", "HSM_SIGNER_TOKEN", "holds 2 lines");
+      const m2 = rejects(() => parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, { HSM_SIGNER_TOKEN: "SECRET€" }), "VALIDATION_ERROR", "HSM_SIGNER_TOKEN", "outside ASCII at character 7");
+      for (const m of [m1, m2]) assert.doesNotMatch(m, /SECRET/);
+    });
+
     it("an empty token_file gives no token", () => {
       assert.equal(parse({ ...EP, token_file: file("empty-token", "\n") }).token, undefined);
     });
