@@ -26,4 +26,5 @@ process.on("unhandledRejection", die);
 
 // The answer is already written (synchronously): exit now rather than wait for the TLS session
 // to close gracefully, a few ms of each of notation's three calls.
-main(process.argv.slice(2)).then((code) => process.exit(code), die);
+// It also ends a read of standard input (a socket's, on the event loop) left open at its idle limit.
+main(process.argv.slice(2), { stdinIdleLimitMs: process.env.HSM_SIGNER_PLUGIN_STDIN_IDLE_MS }).then((code) => process.exit(code), die);

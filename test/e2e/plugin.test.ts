@@ -14,7 +14,7 @@ import type { RunningServer } from "../../src/server/signer-server.js";
 import { getFixture, keyIdOf, startTestServer, type Fixture } from "../helpers/fixture.js";
 import { NOTATION_FIXTURES, requestFor, verifyNotarySignature, NOTARY_KEY_SPECS } from "../helpers/notation.js";
 import { OpensslCa } from "../helpers/openssl-ca.js";
-import { PLUGIN_PATH, runPlugin, type PluginResult } from "../helpers/plugin-process.js";
+import { PLUGIN_KILL_AFTER_MS, PLUGIN_PATH, runPlugin, type PluginResult } from "../helpers/plugin-process.js";
 import { startServiceProcess } from "../helpers/service-process.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 
@@ -192,6 +192,32 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
       const foreign = dk.required.filter((m) => m !== PLUGIN_PATH && !builtinModules.includes(m.replace(/^node:/, "")));
       assert.deepEqual(foreign, [], "the plugin required something not built into Node");
     });
+
+    // notation gives standard input as a pipe (Go's os/exec); the plugin reads it with synchronous
+    // reads, without node:net and the stream machinery, which only a socket on stdin (Node's
+    // spawn, as runPlugin gives it) needs for its idle limit.
+    it("reads a request on a pipe, as notation gives it, without node:net or streams", async () => {
+      const preload = join(tmp, "record-native.cjs");
+      const out = join(tmp, "modules-pipe.json");
+      writeFileSync(
+        preload,
+        `process.on("exit", () => { require("fs").writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_OUT, JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith("NativeModule ")).map((m) => m.slice(13)))); });\n`,
+      );
+      // sh: printf REQUEST | exec node --require PRELOAD PLUGIN COMMAND (the last two appended by runPlugin)
+      const viaPipe = (request: string): { file: string; args: string[] } => ({
+        file: "/bin/sh",
+        args: ["-c", 'printf "%s" "$3" | exec "$1" --require "$2" "$4" "$5"', "sh", process.execPath, preload, request],
+      });
+      const env = { ...process.env, HSM_SIGNER_TEST_MODULES_OUT: out };
+      const request = json({ pluginConfig: { endpoint: "127.0.0.1:1" } });
+      assert.equal(success(await runPlugin("get-plugin-metadata", "", env, { prefix: viaPipe(request) })).name, "hsm-signer");
+      const native = JSON.parse(readFileSync(out, "utf8")) as string[];
+      assert.ok(native.includes("fs") && native.length > 20, "the probe must see Node's modules");
+      for (const name of ["net", "stream", "tty"]) assert.ok(!native.includes(name), `get-plugin-metadata on a pipe loaded Node's ${name}`);
+      // Control: the same probe sees node:net when standard input is a socket.
+      success(await runPlugin("get-plugin-metadata", request, env, { prefix: { file: process.execPath, args: ["--require", preload] } }));
+      assert.ok((JSON.parse(readFileSync(out, "utf8")) as string[]).includes("net"), "control: a socket on stdin is read through node:net");
+    });
   });
 
   for (const spec of KEY_SPECS) {
@@ -270,18 +296,19 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
 
   describe("standard input", () => {
     /**
-     * Perl (in every Debian: perl-base) gives the plugin a pipe whose read end is non-blocking, and
-     * a writer process that waits `delaySeconds` after the plugin started, then writes the request
-     * and closes the pipe (or, with `write` false, only holds it open): the first reads get EAGAIN.
+     * Perl (in every Debian: perl-base) gives the plugin a pipe, its read end non-blocking unless
+     * `blocking`, and a writer process that waits `delaySeconds` after the plugin started, then
+     * writes the request and closes the pipe (or, with `write` false, only holds it open): the
+     * first reads of a non-blocking pipe get EAGAIN, those of a blocking one wait.
      */
-    const nonBlockingStdin = (delaySeconds: number, write: boolean): { file: string; args: string[] } => ({
+    const pipedStdin = (delaySeconds: number, write: boolean, blocking = false): { file: string; args: string[] } => ({
       file: "perl",
       args: [
         "-e",
         [
           "use Fcntl;",
           "pipe(my $r, my $w) or die $!;",
-          "fcntl($r, F_SETFL, fcntl($r, F_GETFL, 0) | O_NONBLOCK) or die $!;",
+          blocking ? "" : "fcntl($r, F_SETFL, fcntl($r, F_GETFL, 0) | O_NONBLOCK) or die $!;",
           "my $req = do { local $/; <STDIN> };",
           "if (fork() == 0) {",
           '  close $r; open(STDOUT, ">", "/dev/null"); open(STDERR, ">", "/dev/null");',
@@ -291,21 +318,54 @@ process.on("exit", () => { fs.writeFileSync(process.env.HSM_SIGNER_TEST_MODULES_
         ].join(" "),
       ],
     });
+    /** The idle limit made short for a test (HSM_SIGNER_PLUGIN_STDIN_IDLE_MS). */
+    const SHORT_IDLE_MS = 1000;
+    const shortIdle = (): NodeJS.ProcessEnv => ({ ...process.env, HSM_SIGNER_PLUGIN_STDIN_IDLE_MS: String(SHORT_IDLE_MS) });
+    /** Gave up at the idle limit, with the error notation shows, not at the writer's end nor after 20 s. */
+    const gaveUpAtLimit = (r: PluginResult, limitMs: number, writerMs: number): void => {
+      assert.equal(r.timedOut, false, "killed: the plugin hung");
+      failure(r, "VALIDATION_ERROR", `no request on standard input for ${limitMs / 1000} s, and it was not closed`);
+      assert.ok(r.ms >= limitMs && r.ms < Math.min(limitMs + 5000, writerMs), `gave up after ${r.ms} ms`);
+    };
 
-    it("a non-blocking stdin whose writer is late: the plugin waits for the request and reads it to its end", async () => {
-      const endpoint = `127.0.0.1:${await closedPort()}`;
-      const request = json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", { endpoint, ca_file: f.tls.caFile, key_spec: "EC-384" }));
-      const r = await runPlugin("describe-key", request, undefined, { prefix: nonBlockingStdin(0.3, true) });
-      assert.deepEqual(success(r), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
-      assert.ok(r.ms >= 300, `answered after ${r.ms} ms, before the request was written`);
+    for (const blocking of [false, true]) {
+      it(`a ${blocking ? "blocking" : "non-blocking"} stdin whose writer is late: the plugin waits for the request and reads it to its end`, async () => {
+        const endpoint = `127.0.0.1:${await closedPort()}`;
+        const request = json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", { endpoint, ca_file: f.tls.caFile, key_spec: "EC-384" }));
+        const r = await runPlugin("describe-key", request, shortIdle(), { prefix: pipedStdin(0.3, true, blocking) });
+        assert.deepEqual(success(r), { keyId: keyIdOf("EC-384"), keySpec: "EC-384" });
+        assert.ok(r.ms >= 300, `answered after ${r.ms} ms, before the request was written`);
+      });
+    }
+
+    it("a non-blocking stdin that stays open with nothing in it: VALIDATION_ERROR after 10 s (the default), not a hang", async function () {
+      this.timeout(30_000);
+      const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", cfg)), undefined, { prefix: pipedStdin(15, false) });
+      gaveUpAtLimit(r, 10_000, 15_000);
     });
 
-    it("a non-blocking stdin that stays open with nothing in it: VALIDATION_ERROR after 10 s, not a hang", async function () {
+    // `sleep 30 | notation-hsm-signer get-plugin-metadata`: a synchronous read of a blocking pipe
+    // waited for the writer, however long; the idle limit held only for a non-blocking one.
+    it("a blocking pipe that stays open with nothing in it: VALIDATION_ERROR at the idle limit, not a hang", async function () {
       this.timeout(30_000);
-      const r = await runPlugin("describe-key", json(requestFor("describe-key", keyIdOf("EC-384"), "EC-384", cfg)), undefined, { prefix: nonBlockingStdin(15, false) });
-      assert.equal(r.timedOut, false, "killed: the plugin hung");
-      failure(r, "VALIDATION_ERROR", /standard input for 10 s/);
-      assert.ok(r.ms >= 10_000 && r.ms < 15_000, `gave up after ${r.ms} ms`);
+      for (const command of ["get-plugin-metadata", "describe-key"]) {
+        const r = await runPlugin(command, "", shortIdle(), { prefix: pipedStdin(15, false, true) });
+        gaveUpAtLimit(r, SHORT_IDLE_MS, 15_000);
+      }
+    });
+
+    it("a stdin the caller holds open and never writes (Node's spawn: a socket): VALIDATION_ERROR at the idle limit, not a hang", async function () {
+      this.timeout(30_000);
+      for (const command of ["get-plugin-metadata", "generate-signature"]) {
+        const r = await runPlugin(command, "", shortIdle(), { holdStdin: true });
+        gaveUpAtLimit(r, SHORT_IDLE_MS, PLUGIN_KILL_AFTER_MS);
+      }
+    });
+
+    it("HSM_SIGNER_PLUGIN_STDIN_IDLE_MS that is not a whole number of ms from 1 to 600000 → VALIDATION_ERROR naming it", async () => {
+      for (const v of ["abc", "0", "1.5", "600001", "-1"]) {
+        failure(await runPlugin("get-plugin-metadata", "{}", { ...process.env, HSM_SIGNER_PLUGIN_STDIN_IDLE_MS: v }), "VALIDATION_ERROR", "HSM_SIGNER_PLUGIN_STDIN_IDLE_MS", `"${v}"`);
+      }
     });
   });
 

@@ -18,6 +18,8 @@ export interface RunOptions {
   prefix?: { file: string; args: string[] };
   /** Extra arguments instead of the single command (for usage-error tests); undefined means [command]. */
   argv?: string[];
+  /** Keep stdin open and write nothing (stdinText is ignored), as a caller that never sends its request. */
+  holdStdin?: boolean;
 }
 
 /**
@@ -29,5 +31,5 @@ export function runPlugin(command: string | undefined, stdinText: string, env?: 
   const plugin = o.executable ?? PLUGIN_PATH;
   const file = o.prefix ? o.prefix.file : plugin;
   const argv = o.prefix ? [...o.prefix.args, plugin, ...args] : args;
-  return spawnCollect(file, argv, stdinText, { env: env ?? o.env ?? process.env, timeoutMs: PLUGIN_KILL_AFTER_MS });
+  return spawnCollect(file, argv, stdinText, { env: env ?? o.env ?? process.env, timeoutMs: PLUGIN_KILL_AFTER_MS, holdStdin: o.holdStdin });
 }

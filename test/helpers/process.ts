@@ -15,8 +15,10 @@ export interface ProcessResult {
 /**
  * Spawns a process without blocking the event loop, writes `input` to its stdin (no trailing
  * newline) and closes it, collects stdout and stderr to the end, and kills it after timeoutMs.
+ * With holdStdin, `input` is ignored: stdin (a pipe) stays open with nothing written until the
+ * process has exited.
  */
-export function spawnCollect(file: string, args: string[], input: string, o: { env?: NodeJS.ProcessEnv; timeoutMs: number }): Promise<ProcessResult> {
+export function spawnCollect(file: string, args: string[], input: string, o: { env?: NodeJS.ProcessEnv; timeoutMs: number; holdStdin?: boolean }): Promise<ProcessResult> {
   const started = performance.now();
   return new Promise<ProcessResult>((resolve, reject) => {
     const child = spawn(file, args, { env: o.env ?? process.env, stdio: ["pipe", "pipe", "pipe"] });
@@ -37,8 +39,9 @@ export function spawnCollect(file: string, args: string[], input: string, o: { e
     child.stdin.on("error", () => undefined);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
+      child.stdin.destroy();
       resolve({ code, signal, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8"), ms: performance.now() - started, timedOut });
     });
-    child.stdin.end(input);
+    if (!o.holdStdin) child.stdin.end(input);
   });
 }
