@@ -181,8 +181,14 @@ export function parsePluginConfig(cfg: Record<string, unknown> | undefined, env:
   const tokenEnv = get("token_env");
   if (tokenEnv) {
     const text = env[tokenEnv];
-    if (!text?.trim()) problems.push(`pluginConfig token_env names ${tokenEnv}, which is not set in the environment`);
-    else token = bearer(text, `token_env: ${tokenEnv}`);
+    if (!text?.trim()) {
+      // A value that is no variable's name may be the token itself, pasted in the wrong place: never shown.
+      problems.push(
+        /^[A-Z_][A-Z0-9_]{0,63}$/.test(tokenEnv)
+          ? `pluginConfig token_env names ${tokenEnv}, which is not set in the environment`
+          : "pluginConfig token_env is not the name of a set environment variable, nor does it look like one (upper-case letters, digits and _): it may be the token itself, so it is not shown; give the NAME of the variable that holds the token",
+      );
+    } else token = bearer(text, `token_env: ${tokenEnv}`);
   }
   const settings: PluginSettings = {
     endpoint: get("endpoint") ?? "",

@@ -246,6 +246,11 @@ describe("plugin pluginConfig parsing (parsePluginConfig)", () => {
       rejects(() => parse({ ...EP, token_env: "HSM_SIGNER_TOKEN" }, { HSM_SIGNER_TOKEN: "  " }), "VALIDATION_ERROR", "HSM_SIGNER_TOKEN");
     });
 
+    it("a token_env value that is no variable's name (the token pasted there) is not echoed", () => {
+      const m = rejects(() => parse({ ...EP, token_env: "eyJhbGciOiJFUzI1NiJ9.SECRET.sig" }, {}), "VALIDATION_ERROR", "token_env", "give the NAME of the variable");
+      assert.doesNotMatch(m, /SECRET/);
+    });
+
     it("uses the env passed in, not process.env by accident", () => {
       const name = "HSM_SIGNER_UNIT_TEST_ONLY_IN_PROCESS_ENV";
       process.env[name] = "from-process";
