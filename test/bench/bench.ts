@@ -32,10 +32,11 @@
 // BENCH_WARMUP_CALLS (200), BENCH_SERVER_WARMUP_MS (4000), BENCH_DURATION_MS (3000),
 // BENCH_PLUGIN_RUNS (20), BENCH_SOAK_MS (180000), BENCH_SOAK_CONCURRENCY (8).
 // Only the soak: node dist/test/bench/bench.js --only soak (or BENCH_ONLY=soak); without it: --skip soak.
-import { fork, type ChildProcess } from "node:child_process";
+import { execFileSync, fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { availableParallelism } from "node:os";
-import { join } from "node:path";
+import { mkdtempSync, rmSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { digest as hashBytes, keySpecInfo, type KeySpec } from "../../src/signing/key-spec.js";
 import { closeFixture, getFixture, keyIdOf, type Fixture } from "../helpers/fixture.js";
@@ -433,7 +434,12 @@ async function main(): Promise<boolean> {
     const genPayload = Buffer.from(genReqObj.payload as string, "base64");
     const metaReq = JSON.stringify({});
 
-    const commands: { name: string; file: string; args: string[]; input: string | undefined; check: (stdout: string) => void }[] = [
+    // notation (Go's os/exec) gives a plugin a pipe as stdin; Node's spawn gives a socket, which
+    // the plugin reads through process.stdin (node:net, a few ms) to keep its idle limit. The
+    // commands get notation's pipe; the last two rows show the socket's cost (information).
+    const fifo = join(mkdtempSync(join(tmpdir(), "hsm-signer-bench-stdin-")), "stdin");
+    execFileSync("mkfifo", [fifo]);
+    const commands: { name: string; file: string; args: string[]; input: string | undefined; socket?: boolean; check: (stdout: string) => void }[] = [
       { name: "node -e 0 (baseline)", file: process.execPath, args: ["-e", "0"], input: undefined, check: () => undefined },
       {
         name: "get-plugin-metadata",
@@ -474,6 +480,17 @@ async function main(): Promise<boolean> {
           }
         },
       },
+      { name: "node -e 0, stdin a socket (information)", file: process.execPath, args: ["-e", "0"], input: undefined, socket: true, check: () => undefined },
+      {
+        name: "get-plugin-metadata, stdin a socket (information)",
+        file: PLUGIN,
+        args: ["get-plugin-metadata"],
+        input: metaReq,
+        socket: true,
+        check: (out) => {
+          if ((JSON.parse(out) as { name?: string }).name !== "hsm-signer") throw new Error(`get-plugin-metadata answered ${out}`);
+        },
+      },
     ];
     // Rounds with the commands in turn, not each command's runs in a row: this machine's speed
     // drifts over minutes (node -e 0 took 34 to 48 ms in one session), and a drift should move
@@ -483,7 +500,7 @@ async function main(): Promise<boolean> {
     const noise = new MachineNoise();
     for (let i = 0; i < PLUGIN_WARMUP_RUNS + PLUGIN_RUNS; i++) {
       for (const [k, c] of commands.entries()) {
-        const p = await runProcess(c.file, c.args, c.input, env);
+        const p = await runProcess(c.file, c.args, c.input, env, { stdinFifo: c.socket ? undefined : fifo });
         if (p.code !== 0) throw new Error(`${c.name} exited with ${p.code ?? p.signal}: ${p.stderr.slice(0, 500)}`);
         c.check(p.stdout);
         if (i >= PLUGIN_WARMUP_RUNS) times[k]!.push(p.ms);
@@ -491,6 +508,7 @@ async function main(): Promise<boolean> {
     }
     const others = noise.otherCores();
     commands.forEach((c, k) => plugin.push(procStats(c.name, times[k]!, others)));
+    rmSync(dirname(fifo), { recursive: true, force: true });
   } finally {
     for (const c of clients) c.close();
     await loadClient.close();
@@ -614,7 +632,8 @@ async function main(): Promise<boolean> {
   const sum3Local = meta.median + descLocal.median + gen.median;
   console.log("");
   console.log(`d) plugin wall time per command as a process, ${PLUGIN_RUNS} rounds after ${PLUGIN_WARMUP_RUNS} warm-up rounds, the commands in turn;`);
-  console.log("   NODE_EXTRA_CA_CERTS UNSET in the child environment (it adds ~70 ms to every Node start)");
+  console.log("   NODE_EXTRA_CA_CERTS UNSET in the child environment (it adds ~70 ms to every Node start); stdin a pipe, as notation gives it,");
+  console.log("   but in the last two rows a socket, as Node's spawn gives it (the plugin then reads it through node:net: information)");
   console.log("");
   const pw = Math.max(...plugin.map((p) => p.name.length), "one notation signature (sum of 3 medians)".length);
   console.log(`${"".padEnd(pw)}  ${"median ms".padStart(9)}  ${"p90 ms".padStart(7)}  ${"min".padStart(6)}  ${"max".padStart(6)}  ${"others".padStart(6)}`);

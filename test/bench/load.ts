@@ -296,10 +296,12 @@ export class MachineNoise {
 
 /**
  * Runs one process asynchronously (the event loop stays free to serve the in-process gRPC
- * server), feeding `input` on stdin; wall time is spawn to "close" (exit and streams drained).
+ * server), feeding `input` on stdin (a socket, as Node's spawn makes it, or through `stdinFifo` a
+ * pipe, as notation's Go makes it); wall time is spawn to "close" (exit and streams drained).
  */
-export async function runProcess(file: string, args: string[], input: string | undefined, env: NodeJS.ProcessEnv, timeoutMs = 15_000): Promise<ProcessResult> {
-  const r = await spawnCollect(file, args, input ?? "", { env, timeoutMs });
+export async function runProcess(file: string, args: string[], input: string | undefined, env: NodeJS.ProcessEnv, o: { timeoutMs?: number; stdinFifo?: string } = {}): Promise<ProcessResult> {
+  const timeoutMs = o.timeoutMs ?? 15_000;
+  const r = await spawnCollect(file, args, input ?? "", { env, timeoutMs, stdinFifo: o.stdinFifo });
   if (r.timedOut) throw new Error(`${file} ${args.join(" ")} did not finish within ${timeoutMs} ms`);
   return r;
 }
