@@ -21,6 +21,7 @@ interface Probe {
   grpc?: { port: number };
   httpGet?: { port: number | string; path?: string };
   periodSeconds?: number;
+  timeoutSeconds?: number;
   failureThreshold?: number;
   tcpSocket?: { port: number | string };
 }
@@ -183,6 +184,19 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     assert.ok(pause + (config.shutdown?.graceSeconds ?? 10) < (pod.spec.terminationGracePeriodSeconds ?? 30), "preStop + shutdown.graceSeconds fit the termination grace period");
     const spread = pod.spec.topologySpreadConstraints?.find((t) => t.topologyKey === "kubernetes.io/hostname");
     assert.ok(spread && selects(spread.labelSelector?.matchLabels, podLabels), "replicas spread over nodes, selecting the server pods");
+  });
+
+  it("a slow or unreachable network HSM does not get replicas restarted: liveness outlasts the PKCS#11 calls that hold the event loop", () => {
+    // The token check (every 5 s) and each reconnection attempt call PKCS#11 synchronously on the
+    // event loop that answers /healthz, each for as long as the HSM's client waits for its network.
+    // Kubernetes' defaults (timeoutSeconds 1, failureThreshold 3) restarted a replica within 30 s
+    // of such waits, though a restart cannot bring the HSM back and a start without it exits.
+    const live = container.livenessProbe;
+    assert.equal(live?.httpGet?.path, "/healthz", "liveness on /healthz");
+    const timeout = live?.timeoutSeconds ?? 1;
+    assert.ok(timeout >= 10, `a liveness probe waits ${timeout} s for an answer; a PKCS#11 call to a network HSM may hold the event loop for longer`);
+    const window = (live?.periodSeconds ?? 10) * (live?.failureThreshold ?? 3);
+    assert.ok(window >= 60, `the container is restarted after ${window} s without an answer to /healthz; an HSM failover holds it longer`);
   });
 
   it("the audit-migrate Job can read its 0400 Secret files as uid 10001: fsGroup, as in the Deployment", () => {
