@@ -199,6 +199,15 @@ describe("deploy/base as kubectl kustomize renders it", function () {
     assert.ok(window >= 60, `the container is restarted after ${window} s without an answer to /healthz; an HSM failover holds it longer`);
   });
 
+  it("a PodDisruptionBudget that keeps 2 ready replicas, and lets unready ones be evicted (a lost HSM does not block node drains)", () => {
+    const pdb = one(objects, "PodDisruptionBudget").spec as Obj["spec"] & { minAvailable?: number; unhealthyPodEvictionPolicy?: string };
+    const replicas = (deployment.spec as Obj["spec"] & { replicas?: number }).replicas ?? 1;
+    assert.ok(pdb.minAvailable !== undefined && pdb.minAvailable < replicas, `minAvailable ${String(pdb.minAvailable)} of ${replicas} replicas leaves no eviction possible`);
+    // A lost HSM (or a refused PIN) makes every replica unready at once: with IfHealthyBudget,
+    // the default, no pod could then be evicted until the HSM came back.
+    assert.equal(pdb.unhealthyPodEvictionPolicy, "AlwaysAllow");
+  });
+
   it("the audit-migrate Job can read its 0400 Secret files as uid 10001: fsGroup, as in the Deployment", () => {
     const job = one(objects, "Job").spec.template;
     for (const [where, p] of [
