@@ -209,6 +209,7 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
   // The listeners close a connection that received nothing this long: a call in progress receives nothing.
   if (typeof limits.connectionIdleSeconds === "number" && typeof limits.maxDeadlineSeconds === "number" && limits.connectionIdleSeconds <= limits.maxDeadlineSeconds)
     problem("limits.connectionIdleSeconds: must be longer than limits.maxDeadlineSeconds (a connection waiting for an answer receives nothing meanwhile)");
+  listenerClashes(value, problem);
   if (!hsm.module) problem("hsm.module: required (path of the PKCS#11 library)");
   if (!hsm.tokenLabel && !hsm.tokenSerial) problem("hsm.tokenLabel or hsm.tokenSerial: one is required");
   if (!policy.file) problem("policy.file: required (who may use which key; deny by default)");
@@ -227,6 +228,35 @@ function crossChecks(value: unknown, addIssue: (info: { message: string }) => vo
 }
 
 const str = (x: unknown): string | undefined => (typeof x === "string" && x !== "" ? x : undefined);
+
+/** Addresses that take a port on every interface: another listener on that port cannot bind (EADDRINUSE). */
+const WILDCARD_HOSTS: ReadonlySet<string> = new Set(["0.0.0.0", "::", "[::]"]);
+
+/**
+ * Two listeners on one port: serve's second bind fails (EADDRINUSE) after the HSM and the audit
+ * are open, so `config check` says so first. Same host, or either on every interface; port 0 is
+ * a free port each time.
+ */
+function listenerClashes(value: Obj, problem: (message: string) => void): void {
+  const sec = (name: string): Obj => (isMapping(value[name]) ? value[name] : {});
+  const listeners: [string, unknown][] = [
+    ["listen", value.listen ?? "127.0.0.1:8443"],
+    ["admin.listen", sec("admin").listen],
+    ["metrics.listen", sec("metrics").listen],
+    ["metrics.grpcHealthListen", sec("metrics").grpcHealthListen],
+  ];
+  const parsed = listeners.flatMap(([setting, address]) => {
+    if (!isHostPort(address)) return [];
+    const at = address.lastIndexOf(":");
+    const port = Number(address.slice(at + 1));
+    return port === 0 ? [] : [{ setting, address, host: address.slice(0, at), port }];
+  });
+  parsed.forEach((a, i) => {
+    for (const b of parsed.slice(i + 1))
+      if (a.port === b.port && (a.host === b.host || WILDCARD_HOSTS.has(a.host) || WILDCARD_HOSTS.has(b.host)))
+        problem(`${b.setting}: ${b.address} takes the port of ${a.setting} (${a.address}); serve could not listen on both`);
+  });
+}
 
 /** KeyAdmin's TLS material: its own, else the Signer listener's; its own client CAs come with its own CRLs only. */
 function adminFiles(admin: Obj, tls: Obj): { certFile: string | undefined; keyFile: string | undefined; clientCaFile: string | undefined; clientCrlFile: string | undefined } {

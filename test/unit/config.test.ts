@@ -73,6 +73,26 @@ describe("configuration: file, environment overrides, every problem at once", ()
       },
     );
   });
+
+  it("two listeners on one port (same host, or either on every interface) are refused, which serve's second bind would be", () => {
+    const clash = (listeners: string): string => {
+      try {
+        loadConfig(write(`${minimal.replace("listen: 127.0.0.1:8443\n", "")}${listeners}`), {});
+        return "";
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    assert.match(
+      clash("listen: 127.0.0.1:8443\nmetrics: { listen: 127.0.0.1:9464, grpcHealthListen: 127.0.0.1:9464 }\n"),
+      /metrics\.grpcHealthListen: 127\.0\.0\.1:9464 takes the port of metrics\.listen/,
+    );
+    assert.match(clash("listen: 0.0.0.0:8443\nadmin: { listen: 127.0.0.1:8443 }\n"), /admin\.listen: 127\.0\.0\.1:8443 takes the port of listen \(0\.0\.0\.0:8443\)/);
+    // The default listen (127.0.0.1:8443) counts too.
+    assert.match(clash('metrics: { listen: "[::]:8443" }\n'), /metrics\.listen: \[::\]:8443 takes the port of listen \(127\.0\.0\.1:8443\)/);
+    // Other hosts, other ports, or port 0 (a free one each time) are fine.
+    assert.equal(clash("listen: 127.0.0.1:8443\nmetrics: { listen: 127.0.0.2:8443, grpcHealthListen: 127.0.0.1:0 }\nadmin: { listen: 127.0.0.1:0 }\n").includes("takes the port"), false);
+  });
 });
 
 describe("the HSM PIN as serve reads it", () => {
