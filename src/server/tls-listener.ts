@@ -6,7 +6,8 @@ import { ServerCredentials } from "@grpc/grpc-js";
 import { SignerError } from "../errors/index.js";
 import type { Logger } from "../log/index.js";
 import { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason } from "../tls/handshake-failure-reasons.js";
-import { casWithoutIssuer, parseCaBundle } from "../tls/peer-certificate.js";
+import { parseCrls, revokedBy, type Crl } from "../tls/crl.js";
+import { casWithoutIssuer, checkPeerChain, parseCaBundle, presentedChain } from "../tls/peer-certificate.js";
 
 export { TLS_HANDSHAKE_FAILURE_REASONS, type TlsHandshakeFailureReason };
 
@@ -185,11 +186,17 @@ export class TlsListener {
   /** Each connection's bytes received at the last sweep, and since when that count has not moved. */
   private readonly lastRead = new WeakMap<Socket, { bytes: number; since: number }>();
   private sweeper: NodeJS.Timeout | undefined;
+  /** Open connections whose client presented a certificate: checked again when the client CAs or CRLs change (setMaterial). */
+  private readonly withClientCertificate = new Set<TLSSocket>();
+  /** The client CAs and CRLs in force, to tell whether new material changes them. */
+  private clientTrust: Buffer;
 
   private constructor(
     private readonly listen: string,
     private readonly o: TlsListenerOptions,
-  ) {}
+  ) {
+    this.clientTrust = clientTrustOf(o);
+  }
 
   get port(): number {
     return this.portNumber;
@@ -217,9 +224,10 @@ export class TlsListener {
   }
 
   /**
-   * Replaces the certificate, key, client CAs and CRLs for the connections that arrive from now on
-   * (those open keep theirs). The material must have been checked (loadTlsMaterial): Node throws
-   * on a key that is not the certificate's, and this throws with it before changing anything.
+   * Replaces the certificate, key, client CAs and CRLs for the connections that arrive from now on.
+   * The material must have been checked (loadTlsMaterial): Node throws on a key that is not the
+   * certificate's, and this throws with it before changing anything. When the client CAs or CRLs
+   * change, the connections already open are checked against them too (recheckClients).
    */
   setMaterial(m: TlsContextMaterial): void {
     const context = { cert: m.cert, key: m.key, ca: m.clientCa, crl: m.crl };
@@ -230,6 +238,49 @@ export class TlsListener {
     for (const s of this.servers) {
       s.setSecureContext(context);
       if (partial) partialChainFlag(s)();
+    }
+    const trust = clientTrustOf(m);
+    if (!trust.equals(this.clientTrust)) {
+      this.clientTrust = trust;
+      this.recheckClients(m);
+    }
+  }
+
+  /**
+   * Closes the open connections whose client certificate the new client CAs and CRLs refuse:
+   * revoked (of the leaf or a CA of its chain), no longer issued by a client CA, or expired. A
+   * gRPC connection lives for hours and keepalives keep it from going idle, so a revoked build
+   * runner would otherwise go on signing on the connection it has. Its calls in flight end
+   * CANCELLED (and are audited so); its client's next handshake meets the new material. A
+   * check that refuses what OpenSSL would still take costs that client a reconnect, nothing more.
+   */
+  private recheckClients(m: TlsContextMaterial): void {
+    if (this.withClientCertificate.size === 0 || m.clientCa === undefined) return;
+    let anchors: ReturnType<typeof parseCaBundle>;
+    let crls: Crl[];
+    try {
+      anchors = parseCaBundle(m.clientCa);
+      crls = (m.crl ?? []).flatMap((c) => parseCrls(c));
+    } catch {
+      return; // loadTlsMaterial read them already; nothing here is left half-checked
+    }
+    const now = Date.now();
+    for (const socket of this.withClientCertificate) {
+      const { leaf, all } = presentedChain(socket);
+      if (!leaf) continue;
+      const path = all.filter((c) => !anchors.some((a) => a.fingerprint256 === c.fingerprint256));
+      const reason: TlsHandshakeFailureReason | undefined = path.some((c) => revokedBy(c, crls))
+        ? "certificate_revoked"
+        : checkPeerChain(leaf, all.slice(1), anchors, "client", now) !== undefined
+          ? now > Date.parse(leaf.validTo)
+            ? "certificate_expired"
+            : "unknown_ca"
+          : undefined;
+      if (reason === undefined) continue;
+      const cert = leaf;
+      this.report(socket, { reason, code: REFUSED_AFTER_RELOAD, subject: bounded(cert.subject.replace(/\n/g, ", ")), issuer: bounded(cert.issuer.replace(/\n/g, ", ")) });
+      this.withClientCertificate.delete(socket);
+      socket.destroy();
     }
   }
 
@@ -309,6 +360,10 @@ export class TlsListener {
       return;
     }
     if (socket.alpnProtocol !== "h2") this.report(socket, { reason: "no_h2", code: "NO_ALPN_H2" });
+    if (this.o.clientCa !== undefined && socket.authorized) {
+      this.withClientCertificate.add(socket);
+      socket.once("close", () => this.withClientCertificate.delete(socket));
+    }
     // node:http2 answers a client without h2 itself (a short explanation, then close).
     this.injector?.injectConnection(socket);
   }
@@ -401,6 +456,9 @@ export class TlsListener {
   }
 }
 
+/** The code of a connection closed because reloaded client CAs or CRLs refuse its certificate (TlsListener.setMaterial). */
+export const REFUSED_AFTER_RELOAD = "REFUSED_AFTER_RELOAD";
+
 /** Default for TlsHandshakeFailureLog: at most one line per reason per minute. */
 export const TLS_FAILURE_LOG_INTERVAL_MS = 60_000;
 
@@ -421,6 +479,11 @@ export class TlsHandshakeFailureLog {
 
   readonly report = (f: TlsHandshakeFailure): void => {
     this.count(f.reason);
+    if (f.code === REFUSED_AFTER_RELOAD) {
+      // One line each, never suppressed: a reload closes at most the connections open then.
+      this.logger.warn("connection closed: the reloaded client CAs or CRLs refuse its client certificate", { ...f });
+      return;
+    }
     const w = this.windows.get(f.reason);
     if (w) {
       w.suppressed++;
@@ -455,4 +518,9 @@ export class TlsHandshakeFailureLog {
   private summary(reason: TlsHandshakeFailureReason, suppressed: number): void {
     this.logger.warn("TLS handshakes refused (not logged one by one)", { reason, suppressed, seconds: this.intervalMs / 1000 });
   }
+}
+
+/** The client CAs and CRLs of some material, as one buffer to compare. */
+function clientTrustOf(m: TlsContextMaterial): Buffer {
+  return Buffer.concat([m.clientCa ?? Buffer.alloc(0), Buffer.from([0]), ...(m.crl ?? [])]);
 }

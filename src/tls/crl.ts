@@ -17,6 +17,13 @@ export interface Crl {
   tbs: Buffer;
   algorithm: string;
   signature: Buffer;
+  /** The serial numbers it revokes, as serialKey() writes them. */
+  revoked: ReadonlySet<string>;
+}
+
+/** A serial number as one key: upper-case hex without leading zeros (X509Certificate.serialNumber's digits). */
+export function serialKey(hex: string): string {
+  return hex.toUpperCase().replace(/^0+(?=.)/, "");
 }
 
 /** The CRLs of a PEM file (one or more "X509 CRL" blocks) or of a DER file (one CRL). Throws naming the CRL that cannot be read. */
@@ -43,6 +50,14 @@ function parseCrl(der: Buffer): Crl {
   if (fields[0]?.tag === 0x02) fields.shift();
   const [, issuer, thisUpdate, next] = fields;
   if (!issuer || issuer.tag !== 0x30 || !thisUpdate) throw new Error("not a DER TBSCertList");
+  // revokedCertificates SEQUENCE OF SEQUENCE { userCertificate INTEGER, revocationDate, extensions } OPTIONAL: the only SEQUENCE after thisUpdate.
+  const list = fields.slice(3).find((f) => f.tag === 0x30);
+  const revoked = new Set<string>();
+  for (const entry of list ? children(der, list) : []) {
+    const serial = entry.tag === 0x30 ? children(der, entry)[0] : undefined;
+    if (serial?.tag !== 0x02) throw new Error("not a DER revoked certificate entry");
+    revoked.add(serialKey(der.toString("hex", serial.start, serial.end)));
+  }
   const oid = children(der, alg)[0];
   if (oid?.tag !== 0x06) throw new Error("no signature algorithm");
   const bits = der.subarray(sig.start, sig.end);
@@ -55,6 +70,7 @@ function parseCrl(der: Buffer): Crl {
     tbs: Buffer.from(raw(der, tbs)),
     algorithm: der.toString("hex", oid.start, oid.end),
     signature: Buffer.from(bits.subarray(1)),
+    revoked,
   };
 }
 
@@ -90,11 +106,27 @@ export function crlSignedBy(crl: Crl, ca: X509Certificate): boolean | undefined 
 
 /** A certificate's subject Name, DER (tbsCertificate: [0] version, serial, signature, issuer, validity, subject). */
 export function subjectDer(cert: X509Certificate): Buffer {
+  return nameDer(cert, 4);
+}
+
+/** A certificate's issuer Name, DER (compared with a CRL's issuer). */
+export function issuerDer(cert: X509Certificate): Buffer {
+  return nameDer(cert, 2);
+}
+
+function nameDer(cert: X509Certificate, field: 2 | 4): Buffer {
   const der = cert.raw;
   const tbs = children(der, tlv(der, 0, der.length))[0] as Tlv;
   const fields = children(der, tbs);
   if (fields[0]?.tag === 0xa0) fields.shift();
-  const subject = fields[4];
-  if (!subject) throw new Error("malformed certificate");
-  return Buffer.from(raw(der, subject));
+  const name = fields[field];
+  if (!name) throw new Error("malformed certificate");
+  return Buffer.from(raw(der, name));
+}
+
+/** Whether one of `crls` (of the certificate's issuer) lists the certificate as revoked. */
+export function revokedBy(cert: X509Certificate, crls: readonly Crl[]): boolean {
+  const issuer = issuerDer(cert);
+  const serial = serialKey(cert.serialNumber);
+  return crls.some((c) => c.issuer.equals(issuer) && c.revoked.has(serial));
 }

@@ -97,13 +97,33 @@ describe("hsm-signer serve: client CRLs and TLS material reloaded without a rest
 
     assert.equal(await listKeys(a), "OK");
     assert.equal(await listKeys(b), "OK");
+    // And a connection each that stays open across the reload, as a build runner's does.
+    const [openA, openB] = [a, b].map((c) => signerClient(ca, svc?.port ?? 0, { cert: Buffer.from(new X509Certificate(c.der).toString()), key: Buffer.from(c.keyPem) })) as [grpc.Client, grpc.Client];
+    const onOpen = (client: grpc.Client): Promise<string> =>
+      callSigner(client, "ListKeys", {}, Date.now() + 10_000).then(
+        () => "OK",
+        (e: grpc.ServiceError) => grpc.status[e.code] ?? "?",
+      );
+    try {
+      assert.deepEqual([await onOpen(openA), await onOpen(openB)], ["OK", "OK"]);
 
-    // Client a leaves: the CA revokes it and the CRL file is replaced, no signal needed.
-    root.revoke(a.der);
-    replace(root.crl());
-    await eventually("the new CRL is in force for both listeners", () => logged("TLS material reloaded", "tls") && logged("TLS material reloaded", "admin"));
-    assert.equal(await listKeys(a), "UNAVAILABLE");
-    assert.equal(await listKeys(b), "OK");
+      // Client a leaves: the CA revokes it and the CRL file is replaced, no signal needed.
+      root.revoke(a.der);
+      replace(root.crl());
+      await eventually("the new CRL is in force for both listeners", () => logged("TLS material reloaded", "tls") && logged("TLS material reloaded", "admin"));
+      assert.equal(await listKeys(a), "UNAVAILABLE");
+      assert.equal(await listKeys(b), "OK");
+      // a's open connection was closed at the reload (it would sign on for hours), b's was not.
+      assert.deepEqual([await onOpen(openA), await onOpen(openB)], ["UNAVAILABLE", "OK"]);
+      const closed = log.filter((l) => l.code === "REFUSED_AFTER_RELOAD");
+      assert.deepEqual(
+        closed.map((l) => [l.msg, l.reason, l.subject]),
+        [["connection closed: the reloaded client CAs or CRLs refuse its client certificate", "certificate_revoked", "CN=a"]],
+      );
+    } finally {
+      openA.close();
+      openB.close();
+    }
 
     // A file that is no CRL, then SIGHUP: refused, logged, and the CRL in force stays.
     replace("not a CRL\n");
