@@ -1,3 +1,4 @@
+import { createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
 import { get as httpsGet } from "node:https";
 import { rootCertificates } from "node:tls";
 import type { FetchImplementation, JSONWebKeySet } from "jose";
@@ -6,7 +7,33 @@ import { readRegularFile, regularFileProblem } from "../fs/regular-file.js";
 /** A JWKS is a few kilobytes; refusing more bounds what a misbehaving issuer can make us hold. */
 const JWKS_MAX_BYTES = 1024 * 1024;
 
-/** A JWKS document: JSON with a non-empty "keys" list of objects; throws saying what is wrong. */
+/** The key types a JWS signature is verified with (RFC 7518 §6, RFC 8037); the others (oct, AKP, ...) are left alone. */
+const SIGNATURE_KEY_TYPES: readonly string[] = ["RSA", "EC", "OKP"];
+/** jose refuses RS* and PS* with a shorter modulus when a token comes (RFC 7518 §3.3). */
+const MIN_RSA_BITS = 2048;
+
+/** Why a JWKS member of a signature key type is of no use for verifying, or undefined when it is usable. */
+function signatureKeyProblem(k: Record<string, unknown>): string | undefined {
+  // A private member in a JWKS is a mistake that may have published a secret; jose would refuse it at the first token.
+  if (k.d !== undefined) return "is a private key (a JWKS holds public keys only)";
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: k as JsonWebKey, format: "jwk" });
+  } catch (e) {
+    return `is not a public key Node can read (${(e as Error).message})`;
+  }
+  const bits = key.asymmetricKeyDetails?.modulusLength;
+  if (k.kty === "RSA" && (bits === undefined || bits < MIN_RSA_BITS)) return `is an RSA key of ${bits ?? "unknown"} bits (at least ${MIN_RSA_BITS} are needed)`;
+  return undefined;
+}
+
+/**
+ * A JWKS document: JSON with a non-empty "keys" list of objects, each RSA, EC or OKP key meant for
+ * signatures (no "use", or "sig") a public key Node can read (RSA of at least 2048 bits), and at
+ * least one such key. Throws saying what is wrong, so that a file or an issuer answer whose keys
+ * could verify no token is refused when it is loaded, and the keys in use stay, rather than
+ * replacing them and refusing every token.
+ */
 export function parseJwks(text: string): JSONWebKeySet {
   let v: unknown;
   try {
@@ -18,7 +45,25 @@ export function parseJwks(text: string): JSONWebKeySet {
   if (!Array.isArray(keys)) throw new Error('not a JWKS (no "keys" list)');
   if (keys.length === 0) throw new Error("the JWKS has no keys");
   if (!keys.every((k) => typeof k === "object" && k !== null && !Array.isArray(k))) throw new Error("a JWKS key is not an object");
+  let usable = 0;
+  for (const [i, k] of (keys as Record<string, unknown>[]).entries()) {
+    const name = `key ${i + 1}${typeof k.kid === "string" ? ` (kid ${shownValue(k.kid)})` : ""}`;
+    if (typeof k.kty !== "string") throw new Error(`${name} has no "kty"`);
+    if (!SIGNATURE_KEY_TYPES.includes(k.kty) || (k.use !== undefined && k.use !== "sig")) continue;
+    // X25519 and X448 are OKP keys for key agreement, not signatures.
+    if (k.kty === "OKP" && k.crv !== "Ed25519" && k.crv !== "Ed448") continue;
+    const problem = signatureKeyProblem(k);
+    if (problem !== undefined) throw new Error(`${name} ${problem}`);
+    usable++;
+  }
+  if (usable === 0) throw new Error(`the JWKS has no ${SIGNATURE_KEY_TYPES.join(", ")} key for signatures`);
   return v as JSONWebKeySet;
+}
+
+/** A kid for a message: bounded (an issuer chooses it). */
+function shownValue(s: string): string {
+  const q = JSON.stringify(s);
+  return q.length > 66 ? `${q.slice(0, 63)}...` : q;
 }
 
 /** A file's text: a regular file of at most 1 MiB (readRegularFile), as `config check` requires, so that a FIFO never hangs a start or a reload. */

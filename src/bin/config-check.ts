@@ -1,7 +1,8 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
 import { accessSync, constants, statSync, type Stats } from "node:fs";
 import { dirname } from "node:path";
-import { createLocalJWKSet, type JSONWebKeySet } from "jose";
+import { createLocalJWKSet } from "jose";
+import { parseJwks } from "../auth/jwks-source.js";
 import { Policy, PolicyInvalidError } from "../auth/policy.js";
 import { loadTlsMaterial } from "../server/tls-material.js";
 import { parseCaBundle } from "../tls/peer-certificate.js";
@@ -179,7 +180,8 @@ function checkJwks(setting: string, file: string): string[] {
   const keys = (jwks as { keys?: unknown } | null)?.keys;
   if (!Array.isArray(keys) || keys.length === 0) return [`${setting}: ${file} is not a JWKS (a JSON object with a non-empty "keys" list)`];
   try {
-    createLocalJWKSet(jwks as JSONWebKeySet);
+    // The rule serve applies when it loads and reloads the file, so both refuse the same files.
+    createLocalJWKSet(parseJwks(r.toString("utf8")));
   } catch (e) {
     return [`${setting}: ${file}: ${(e as Error).message}`];
   }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { KeyObject, randomBytes, type webcrypto } from "node:crypto";
+import { KeyObject, generateKeyPairSync, randomBytes, type webcrypto } from "node:crypto";
 import { closeSync, constants as fsConstants, mkdtempSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
@@ -303,6 +303,53 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
         assert.equal((await a.authenticate({ authorization: `Bearer ${await token(next, FILE_ISSUER)}` }))?.kind, "jwt");
       } finally {
         a.close();
+      }
+    });
+
+    it("refuses a JWKS whose keys could verify no token (file or issuer, at start-up and on reload), keeping the keys in use", async () => {
+      const weak = generateKeyPairSync("rsa", { modulusLength: 1024 });
+      const strong = generateKeyPairSync("ec", { namedCurve: "P-256" });
+      const broken: [string, JWK[], RegExp][] = [
+        ["an EC point that is not on the curve", [{ ...ec.jwk, x: "AAAA", y: "BBBB" }], /key 1 \(kid "ec-1"\) is not a public key Node can read/],
+        ["an RSA key without its modulus", [{ kty: "RSA", e: "AQAB", kid: "no-n" }], /key 1 \(kid "no-n"\) is not a public key/],
+        ["a 1024-bit RSA key", [{ ...weak.publicKey.export({ format: "jwk" }), kid: "weak" }], /kid "weak"\) is an RSA key of 1024 bits/],
+        ["a private key", [rsa.jwk, { ...strong.privateKey.export({ format: "jwk" }), kid: "oops" }], /key 2 \(kid "oops"\) is a private key/],
+        ["keys for encryption only", [{ ...rsa.jwk, use: "enc" }], /has no RSA, EC, OKP key for signatures/],
+        ["a key without kty", [{ kid: "x" } as JWK], /key 1 \(kid "x"\) has no "kty"/],
+      ];
+      // A file: refused at start-up; on reload the old keys stay.
+      const file = join(dir, "broken-keys.json");
+      for (const [what, keys, why] of broken) {
+        writeFileSync(file, JSON.stringify({ keys }));
+        await configInvalid({ jwt: [{ ...fileIssuer(), jwksFile: file }] }, why);
+        writeFileSync(file, JSON.stringify({ keys: [rsa.jwk] }));
+        const a = await Authenticator.create({ jwt: [{ ...fileIssuer(), jwksFile: file }] });
+        try {
+          writeFileSync(file, JSON.stringify({ keys }));
+          await assert.rejects(a.reload(), (e: unknown) => e instanceof SignerError && e.code === "CONFIG_INVALID" && why.test(e.message), what);
+          assert.equal((await a.authenticate({ authorization: `Bearer ${await token(rsa, FILE_ISSUER)}` }))?.kind, "jwt", what);
+        } finally {
+          a.close();
+        }
+      }
+      // An issuer: a refresh (periodic, SIGHUP, unknown kid) that gets such keys keeps those in use.
+      const s = new JwksServer(tls);
+      s.body = JSON.stringify({ keys: [urlKey.jwk] });
+      const url = await s.start();
+      const a = await Authenticator.create({ jwt: [{ ...urlIssuer(), jwksUrl: url }], jwksTiming: { unknownKidCooldownMs: 0 } });
+      try {
+        for (const [what, keys, why] of broken) {
+          s.body = JSON.stringify({ keys });
+          await assert.rejects(a.reload(), (e: unknown) => e instanceof SignerError && why.test(e.message), what);
+          await rejects(a, await token(await signingKey("ES256", "made-up"), URL_ISSUER), /no key of issuer/);
+          assert.equal((await a.authenticate({ authorization: `Bearer ${await token(urlKey, URL_ISSUER)}` }))?.kind, "jwt", what);
+        }
+        // An issuer's JWKS may also hold keys this does not verify with (oct, X25519): they are left alone.
+        s.body = JSON.stringify({ keys: [{ kty: "oct", k: "c2VjcmV0", kid: "hmac" }, { kty: "OKP", crv: "X25519", x: "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo" }, urlKey.jwk] });
+        await a.reload();
+      } finally {
+        a.close();
+        await s.stop();
       }
     });
 
