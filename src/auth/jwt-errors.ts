@@ -12,7 +12,7 @@ export function isJoseCode(e: unknown, code: string): boolean {
   return (e as { code?: unknown } | null)?.code === code;
 }
 
-function safeHeader(token: string): { alg?: unknown; kid?: unknown } | undefined {
+function safeHeader(token: string): { alg?: unknown; kid?: unknown; crit?: unknown } | undefined {
   try {
     return decodeProtectedHeader(token);
   } catch {
@@ -58,7 +58,11 @@ export function jwtRejection(token: string, e: unknown, o: IssuerRules): SignerE
       why = "several of the issuer's keys match a token that names no kid";
       break;
     case "ERR_JOSE_NOT_SUPPORTED":
-      why = "the token's algorithm or key type is not supported";
+      // jose refuses a "crit" extension it does not process with the same code as an algorithm.
+      why =
+        Array.isArray(header?.crit) && header.crit.length > 0
+          ? `the token's "crit" header names an extension this service does not process (${shown(header.crit.slice(0, 5).map(String).join(", "))})`
+          : "the token's algorithm or key type is not supported";
       break;
     case "ERR_JWS_INVALID":
     case "ERR_JWT_INVALID":

@@ -206,6 +206,18 @@ describe("caller identity (Authenticator) with real JWTs, JWKS file and HTTPS JW
       assert.equal((await auth.authenticate({ authorization: `Bearer ${await issuedAt(now() + 10)}` }))?.kind, "jwt");
     });
 
+    it("refuses a token whose crit header names an extension nobody processes, saying so", async () => {
+      // The issuer's signer knows the extension (jose's crit option); the service does not.
+      const jwt = await new SignJWT({ sub: "repo:corp/app" })
+        .setProtectedHeader({ "alg": rsa.alg, "kid": rsa.kid, "crit": ["x-unknown"], "x-unknown": true })
+        .setIssuer(FILE_ISSUER)
+        .setAudience(AUDIENCE)
+        .setIssuedAt()
+        .setExpirationTime(now() + 300)
+        .sign(rsa.privateKey, { crit: { "x-unknown": true } });
+      await rejects(auth, jwt, /the token's "crit" header names an extension this service does not process \("x-unknown"\)/);
+    });
+
     it("refuses a token from an issuer that is not configured", async () => {
       await rejects(auth, await token(rsa, "https://evil.example"), /issuer "https:\/\/evil\.example" is not trusted/);
     });
