@@ -181,7 +181,7 @@ export class Pkcs11KeyStore implements KeyStore {
     let failed = false;
     const started = performance.now();
     try {
-      const signature = await this.threads.sign(session.handle, handle, mech, digest, key.info.signatureLength + 16);
+      const signature = await this.threads.sign(session.handle, handle, mech, digest, key.info.signatureLength + 16, deadline);
       this.options.onSign?.(key.spec, (performance.now() - started) / 1000);
       return signature;
     } catch (err) {

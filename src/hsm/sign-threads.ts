@@ -27,6 +27,16 @@ interface Job {
   pending: Pending;
 }
 
+/** A job waiting for a thread (threads starting, or a dead one being replaced). */
+interface Queued {
+  job: MailboxJob;
+  pending: Pending;
+  /** performance.now() when it was queued: it counts in longestRunningMs(). */
+  since: number;
+  /** Fails it with DEADLINE_EXCEEDED at the caller's deadline, if it has one. */
+  timer: NodeJS.Timeout | undefined;
+}
+
 /** A PKCS#11 error as it came out of a worker: same message and CKR_ code, so translation is unchanged. */
 class WorkerPkcs11Error extends Error {
   constructor(
@@ -72,7 +82,9 @@ export class SignThreads {
   private readonly idle: Thread[] = [];
   private readonly all = new Set<Thread>();
   /** Jobs waiting for a thread (there may be fewer threads than sessions). */
-  private readonly queue: { job: MailboxJob; pending: Pending }[] = [];
+  private readonly queue: Queued[] = [];
+  /** Why the last thread that tried to start died before it was ready; cleared when one is ready. */
+  private startFailure: unknown;
   private closing = false;
   /** Threads with a job out, and whether watch() is running for them. */
   private busy = 0;
@@ -115,6 +127,7 @@ export class SignThreads {
       w.on("message", (r: { ready?: true }) => {
         if (r.ready && !ready) {
           ready = true;
+          this.startFailure = undefined;
           this.release(t);
           started();
         }
@@ -130,6 +143,12 @@ export class SignThreads {
           if (!t.box.hasAnswered()) this.bell.forget();
           t.job.pending.reject(new SignerError("INTERNAL", "an HSM signing thread stopped", { cause: e }));
           t.job = undefined;
+        }
+        if (!ready) {
+          // No thread left and none could start (the module does not load in a thread, no memory
+          // for one): the jobs waiting for one fail now, as will new ones until a thread is ready.
+          this.startFailure = e;
+          if (this.all.size === 0) for (const q of this.queue.splice(0)) this.refuse(q, this.noThread());
         }
         if (!this.closing) this.spawnNext(ready ? 0 : RESTART_PAUSE_MS);
       };
@@ -198,18 +217,48 @@ export class SignThreads {
       this.idle.push(t);
       return;
     }
+    if (next.timer) clearTimeout(next.timer);
     this.start(t, next.job, next.pending);
   }
 
-  /** C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. */
-  sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number): Promise<Buffer> {
+  /**
+   * Queues a job no thread is free for. It waits at most until its deadline (ms since epoch): a
+   * signature its caller no longer waits for is not made, and its session goes back to the pool.
+   */
+  private enqueue(job: MailboxJob, pending: Pending, deadline: number | undefined): void {
+    if (this.all.size === 0 && this.startFailure !== undefined) return pending.reject(this.noThread());
+    const q: Queued = { job, pending, since: performance.now(), timer: undefined };
+    if (deadline !== undefined) {
+      q.timer = setTimeout(
+        () => {
+          const i = this.queue.indexOf(q);
+          if (i >= 0) this.refuse(this.queue.splice(i, 1)[0]!, new SignerError("DEADLINE_EXCEEDED", "the deadline passed while waiting for an HSM signing thread"));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+    }
+    this.queue.push(q);
+  }
+
+  private refuse(q: Queued, e: unknown): void {
+    if (q.timer) clearTimeout(q.timer);
+    q.pending.reject(e);
+  }
+
+  private noThread(): SignerError {
+    return new SignerError("HSM_UNAVAILABLE", "no HSM signing thread could be started", { cause: this.startFailure, retryAfterMs: RESTART_PAUSE_MS });
+  }
+
+  /**
+   * C_SignInit + C_Sign of `data` on `session` with `key`, in a signing thread. A job that has to
+   * wait for a thread fails with DEADLINE_EXCEEDED at `deadline` (ms since epoch), and with
+   * HSM_UNAVAILABLE when no thread can start; once in a thread it runs to its end.
+   */
+  sign(session: Buffer, key: Buffer, mechanism: pkcs11js.Mechanism, data: Buffer, outLength: number, deadline?: number): Promise<Buffer> {
     const job: MailboxJob = { session, key, mechanism, data, outLength };
     const p = new Promise<Buffer>((resolve, reject) => {
       const t = this.idle.pop();
-      if (!t) {
-        this.queue.push({ job, pending: { resolve, reject } });
-        return;
-      }
+      if (!t) return this.enqueue(job, { resolve, reject }, deadline);
       this.start(t, job, { resolve, reject });
     });
     const onError = this.options.onError;
@@ -222,12 +271,13 @@ export class SignThreads {
   }
 
   /**
-   * How long the oldest job still inside the HSM has been running (0: none). A signature takes
-   * milliseconds; one that has run for seconds means the HSM (or the network to it) hangs, and
-   * a native call cannot be interrupted, so the service reports it instead (serve: readiness).
+   * How long the oldest job still inside the HSM, or waiting for a thread, has been running (0:
+   * none). A signature takes milliseconds; one that has run for seconds means the HSM (or the
+   * network to it) hangs, and a native call cannot be interrupted, so the service reports it
+   * instead (serve: readiness). A job waits for a thread only while one starts.
    */
   longestRunningMs(): number {
-    let oldest = Infinity;
+    let oldest = this.queue[0]?.since ?? Infinity;
     for (const t of this.all) if (t.job) oldest = Math.min(oldest, t.job.since);
     return oldest === Infinity ? 0 : performance.now() - oldest;
   }
@@ -235,7 +285,7 @@ export class SignThreads {
   /** Stops the threads; call before C_Finalize (notes, trap 6). */
   async close(): Promise<void> {
     this.closing = true;
-    for (const q of this.queue.splice(0)) q.pending.reject(new SignerError("HSM_UNAVAILABLE", "the HSM signing threads are stopping"));
+    for (const q of this.queue.splice(0)) this.refuse(q, new SignerError("HSM_UNAVAILABLE", "the HSM signing threads are stopping"));
     for (const t of this.all) t.box.stop();
     await Promise.all([...this.all].map((t) => t.worker.terminate()));
   }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { constants, createHash, verify, X509Certificate } from "node:crypto";
 import { ObjectClass } from "graphene-pk11";
 import pkcs11js from "pkcs11js";
+import type { SignerError } from "../../src/errors/index.js";
 import { SignThreads } from "../../src/hsm/sign-threads.js";
 import { getFixture, keyIdOf } from "../helpers/fixture.js";
 
@@ -132,6 +133,47 @@ describe("SignThreads: C_SignInit + C_Sign in worker threads on pooled sessions"
       await threads.close();
     }
   });
+  // A job waits for a thread only while threads start or a dead one is replaced. It used to wait
+  // there with no deadline: signed long after its caller had been answered DEADLINE_EXCEEDED, and
+  // with no thread able to start (a module the threads cannot load), forever, holding its session
+  // (so the pool could never drain for a reconnection) while readiness saw no job running.
+  it("a job waiting for a thread: counted as running, DEADLINE_EXCEEDED at its deadline (never signed later); no thread can start: HSM_UNAVAILABLE, not a hang", async () => {
+    const f = await getFixture();
+    const session = await f.hsm.pool.acquire();
+    const handle = session.find({ class: ObjectClass.PRIVATE_KEY, label: keyIdOf("EC-256") }).items(0).handle;
+    const leaf = new X509Certificate((await f.hsm.keys.getKey(keyIdOf("EC-256"))).chain[0] as Buffer).publicKey;
+    const digest = createHash("sha256").update("queued").digest();
+    const ecdsa = { mechanism: pkcs11js.CKM_ECDSA };
+    const within = <T>(ms: number, p: Promise<T>): Promise<T> => Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
+    // Threads start one at a time in tens of ms: jobs posted right away wait for the first.
+    const threads = new SignThreads(f.token.module, 1);
+    try {
+      const late = threads.sign(session.handle, handle, ecdsa, digest, 80, Date.now() + 1);
+      const waiting = threads.sign(session.handle, handle, ecdsa, digest, 80, Date.now() + 10_000);
+      const t0 = performance.now();
+      while (performance.now() - t0 < 20); // the event loop busy: no thread can be ready meanwhile
+      assert.ok(threads.longestRunningMs() >= 20, `a job waiting for a thread counts (${threads.longestRunningMs()} ms)`);
+      await assert.rejects(late, (e: SignerError) => e.code === "DEADLINE_EXCEEDED" && /waiting for an HSM signing thread/.test(e.message));
+      assert.ok(verify("sha256", Buffer.from("queued"), { key: leaf, dsaEncoding: "ieee-p1363" }, await waiting), "the job with time left is signed");
+      assert.equal(threads.longestRunningMs(), 0);
+    } finally {
+      await threads.close();
+    }
+    const broken = new SignThreads("/nonexistent/libsofthsm2.so", 2);
+    try {
+      const t0 = Date.now();
+      const jobs = [0, 1].map(() => within(5_000, broken.sign(session.handle, handle, ecdsa, digest, 80, Date.now() + 60_000)));
+      for (const job of jobs) await assert.rejects(job, (e: SignerError) => e.code === "HSM_UNAVAILABLE" && /no HSM signing thread could be started/.test(e.message) && e.retryAfterMs !== undefined);
+      assert.ok(Date.now() - t0 < 3_000, `refused in ${Date.now() - t0} ms`);
+      // While the next start is pending, a new job is refused at once.
+      await assert.rejects(within(500, broken.sign(session.handle, handle, ecdsa, digest, 80, Date.now() + 60_000)), (e: SignerError) => e.code === "HSM_UNAVAILABLE");
+      assert.equal(broken.longestRunningMs(), 0);
+    } finally {
+      f.hsm.pool.release(session, true);
+      await broken.close();
+    }
+  });
+
   // Doorbell (sign-mailbox.ts): an answer finished while other jobs run may wait for them, so that
   // the event loop takes several per wake-up; at most answerHoldMs, and never for nothing.
   describe("answers held while other jobs run", () => {
