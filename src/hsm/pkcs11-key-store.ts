@@ -160,19 +160,32 @@ export class Pkcs11KeyStore implements KeyStore {
     return v;
   }
 
-  private markSigned(v: VersionView, deadline: number | undefined): Promise<void> {
-    let p = this.marking.get(v.idHex);
-    if (!p) {
-      p = this.pool
-        .use((s) => markSigned(s, v.idHex, v.record.keyId, v.record.version), deadline)
-        .then(() => {
-          this.signed.add(v.idHex);
-          v.hasSigned = true;
-        })
-        .finally(() => this.marking.delete(v.idHex));
-      this.marking.set(v.idHex, p);
+  /**
+   * Concurrent first signatures of a version share one marking, which waits (in the ObjectGate)
+   * until the deadline of the caller that started it. When that deadline ends it, a caller whose
+   * own deadline is later tries again with its own, rather than failing with another's.
+   */
+  private async markSigned(v: VersionView, deadline: number | undefined): Promise<void> {
+    for (;;) {
+      let p = this.marking.get(v.idHex);
+      const own = p === undefined;
+      if (!p) {
+        p = this.pool
+          .use((s) => markSigned(s, v.idHex, v.record.keyId, v.record.version), deadline)
+          .then(() => {
+            this.signed.add(v.idHex);
+            v.hasSigned = true;
+          })
+          .finally(() => this.marking.delete(v.idHex));
+        this.marking.set(v.idHex, p);
+      }
+      try {
+        return await p;
+      } catch (e) {
+        if (own || !(e instanceof SignerError && e.code === "DEADLINE_EXCEEDED")) throw e;
+        if (this.signed.has(v.idHex)) return;
+      }
     }
-    return p;
   }
 
   private async signWithHandle(key: KeyRecord, handle: Buffer, hash: HashAlgorithm, digest: Buffer, deadline: number | undefined): Promise<Buffer> {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createHash, verify, X509Certificate } from "node:crypto";
+import { createHash, createPublicKey, verify, X509Certificate } from "node:crypto";
 import { ObjectClass } from "graphene-pk11";
 import { findSlot, generateKeyPair, loadModule, SessionPool } from "../../src/hsm/index.js";
 import type { SignerError } from "../../src/errors/index.js";
@@ -99,5 +99,45 @@ describe("SessionPool on SoftHSM: a full pool under deadlines", function () {
     assert.ok((await first) > 0);
     await second;
     assert.deepEqual(order, ["first", "second"]);
+  });
+  // The first signature of a version records it on the token (one shared object operation per
+  // version). That operation carried the deadline of the caller that started it: a second caller
+  // with time to spare failed DEADLINE_EXCEEDED with the first, behind a long key generation.
+  it("first signatures of a version behind a long object operation: one caller's short deadline does not fail another's", async () => {
+    const f = await getFixture();
+    const keyId = `first-sign-${process.pid}`;
+    await f.hsm.pool.use((s) => generateKeyPair(s, keyId, "EC-256"));
+    await f.hsm.keys.refresh();
+    const key = await f.hsm.keys.getKey(keyId);
+    const spki = createPublicKey({ key: f.hsm.keys.publicKeySpki(keyId) as Buffer, format: "der", type: "spki" });
+    let release!: () => void;
+    const held = f.hsm.pool.use(() => new Promise<void>((r) => (release = r)));
+    try {
+      const digest = createHash("sha256").update("first").digest();
+      const short = f.hsm.keys.signDigest(key, "SHA-256", digest, Date.now() + 100);
+      const patient = f.hsm.keys.signDigest(key, "SHA-256", digest, Date.now() + 20_000);
+      await assert.rejects(short, (e: SignerError) => e.code === "DEADLINE_EXCEEDED");
+      release();
+      await held;
+      assert.ok(verify("sha256", Buffer.from("first"), { key: spki, dsaEncoding: "ieee-p1363" }, await patient), "the caller with time left is signed for");
+    } finally {
+      release();
+      await held;
+      await f.hsm.pool.use((s) => {
+        const ids = new Set<string>();
+        for (const cls of [ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY]) {
+          const found = s.find({ class: cls, label: keyId });
+          for (let i = 0; i < found.length; i++) {
+            ids.add((found.items(i).getAttribute("id") as Buffer).toString("hex"));
+            found.items(i).destroy();
+          }
+        }
+        for (const id of ids) {
+          const markers = s.find({ class: ObjectClass.DATA, label: `hsm-signer:signed:${id}` });
+          for (let i = 0; i < markers.length; i++) markers.items(i).destroy();
+        }
+      });
+      await f.hsm.keys.refresh();
+    }
   });
 });
