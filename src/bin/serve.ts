@@ -43,15 +43,35 @@ export async function serve(configFile: string): Promise<void> {
   // first: otherwise the listeners, the HSM threads and the watchers already started would keep
   // the process alive, reporting nothing, instead of exiting with the error.
   const undo: (() => unknown)[] = [];
-  try {
-    await start(config, undo);
-  } catch (e) {
-    for (const close of undo)
+  const closeOpened = async (): Promise<void> => {
+    for (const close of undo.splice(0))
       await Promise.resolve()
         .then(close)
         .catch(() => undefined);
+  };
+  // A stop asked for while the service starts (waiting for the HSM or the audit database, up to
+  // minutes): close what is open and exit. start() installs the running service's own handlers at
+  // its end; until then Node has none, and as a container's PID 1 it ignores SIGTERM, so the pod
+  // waited out its whole grace period for SIGKILL.
+  let stopping: Promise<never> | undefined;
+  const early = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    createLogger(config.log.level).info("stopping during start-up", { signal });
+    stopping = closeOpened().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", early);
+  process.on("SIGINT", early);
+  try {
+    await start(config, undo);
+  } catch (e) {
+    if (stopping) return stopping;
+    await closeOpened();
     throw e;
+  } finally {
+    process.off("SIGTERM", early);
+    process.off("SIGINT", early);
   }
+  if (stopping) await stopping;
 }
 
 async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise<void> {

@@ -230,6 +230,43 @@ describe("hsm-signer as a process: quick-start set-up, serve, sign through the p
     }
   });
 
+  // As a container's PID 1, Node ignores a SIGTERM no handler takes: a pod stopped while waiting
+  // for its audit database or HSM waited out its grace period for SIGKILL.
+  it("SIGTERM while the start waits for the audit database: closes what is open and exits 0 at once, with a line", async () => {
+    const sockets: import("node:net").Socket[] = [];
+    const stalled = createServer((c) => sockets.push(c)); // accepts, never answers: a hung database
+    await new Promise<void>((resolve) => stalled.listen(0, "127.0.0.1", () => resolve()));
+    try {
+      const dbPort = (stalled.address() as AddressInfo).port;
+      writeFileSync(join(data, "db-password"), "not-used\n");
+      const cfg = readFileSync(join(data, "config.yaml"), "utf8").replace(
+        "audit:\n  dir: audit\n",
+        `audit:\n  postgres: { host: 127.0.0.1, port: ${dbPort}, database: audit, user: svc, passwordFile: db-password, timeoutSeconds: 60 }\n`,
+      );
+      writeFileSync(join(data, "stalled-db.yaml"), cfg);
+      const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf"), HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`, HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}` };
+      const p = spawn(HSM_SIGNER, ["serve", "--config", join(data, "stalled-db.yaml")], { env, stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      p.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      p.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => p.on("exit", (code, signal) => resolve({ code, signal })));
+      const end = Date.now() + 15_000;
+      while (sockets.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(sockets.length > 0, `serve never reached the database: ${out}`);
+      const asked = Date.now();
+      p.kill("SIGTERM");
+      const timer = setTimeout(() => p.kill("SIGKILL"), 20_000);
+      const r = await exited;
+      clearTimeout(timer);
+      assert.deepEqual(r, { code: 0, signal: null }, out);
+      assert.ok(Date.now() - asked < 10_000, `took ${Date.now() - asked} ms`);
+      assert.match(out, /"msg":"stopping during start-up","signal":"SIGTERM"/);
+    } finally {
+      for (const c of sockets) c.destroy();
+      stalled.close();
+    }
+  });
+
   it("config check lists every problem at once and exits 1", async () => {
     const bad = join(data, "bad.yaml");
     writeFileSync(bad, "listen: nowhere\ntls:\n  insecure: false\nhsm:\n  pin: '1234'\n  sessions: 0\nbogus: 1\n");
