@@ -1,4 +1,4 @@
-import { createHash, X509Certificate } from "node:crypto";
+import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -166,6 +166,30 @@ function writeFile(path: string, data: string, what: string): void {
   }
 }
 
+/**
+ * A private key (PEM of any kind, or PKCS#8, SEC1 or PKCS#1 DER) given among the certificate
+ * files would leave this machine in the request and could reach the service's logs and audit.
+ */
+function holdsPrivateKey(data: Buffer): boolean {
+  if (/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(data.toString("latin1"))) return true;
+  for (const type of ["pkcs8", "sec1", "pkcs1"] as const) {
+    try {
+      createPrivateKey({ key: data, format: "der", type });
+      return true;
+    } catch {
+      // not this encoding
+    }
+  }
+  return false;
+}
+
+/** A file to import, read before any call; a private key is refused, its bytes never sent. */
+function certificateFile(path: string): Buffer {
+  const data = readFile(path, "certificate file");
+  if (holdsPrivateKey(data)) throw new AdminFailure(`refusing to send ${path}: it holds a private key, not a certificate; nothing was sent`);
+  return data;
+}
+
 function clientOptions(c: ConnectionOptions): KeyAdminClientOptions {
   return {
     endpoint: c.endpoint,
@@ -272,7 +296,7 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
       return;
     }
     case "certs-import": {
-      const certificates = cmd.files.map((f) => readFile(f, "certificate file"));
+      const certificates = cmd.files.map((f) => certificateFile(f));
       const r = await client.importCertificateChain({ keyId: cmd.keyId, keyVersion: cmd.version, certificates, strictOrder: cmd.strictOrder });
       print(r, () =>
         [

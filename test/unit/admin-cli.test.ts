@@ -690,6 +690,24 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.match(r.out, /1\. leaf: CN=root/);
   });
 
+  it("certs import refuses a private key given as a certificate file (PEM or DER), exits 1 and sends nothing", async () => {
+    const der = join(dir, "root-key.der");
+    execFileSync("openssl", ["pkey", "-in", join(dir, "root-key.pem"), "-outform", "DER", "-out", der], { stdio: "ignore" });
+    const sec1 = join(dir, "root-key.sec1.der");
+    execFileSync("openssl", ["ec", "-in", join(dir, "root-key.pem"), "-outform", "DER", "-out", sec1], { stdio: "ignore" });
+    for (const keyFile of [join(dir, "root-key.pem"), der, sec1]) {
+      const calls: { method: string; request: unknown }[] = [];
+      const r = await run(["certs", "import", "--key-id", "release", join(dir, "root.pem"), keyFile], fakeClient(calls, { importCertificateChain: {} }));
+      assert.equal(r.code, 1, keyFile);
+      assert.equal(r.err, `hsm-signer: refusing to send ${keyFile}: it holds a private key, not a certificate; nothing was sent\n`);
+      assert.equal(r.out, "");
+      assert.deepEqual(
+        calls.map((c) => c.method),
+        ["close"],
+      );
+    }
+  });
+
   it("a missing file fails with its name before any call; usage errors exit 2 with the usage", async () => {
     const calls: { method: string; request: unknown }[] = [];
     const missing = await run(["certs", "import", "--key-id", "k", join(dir, "nope.pem")], fakeClient(calls, {}));
