@@ -1,6 +1,6 @@
-import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
+import { createHash, createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
+import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assertNever } from "../errors/index.js";
 import { toPem } from "../signing/pem.js";
@@ -82,7 +82,7 @@ export async function runAdmin(argv: string[], io: AdminIo): Promise<number> {
     connection = parsed.connection;
     command = parsed.command;
     client = io.connect(clientOptions(connection));
-    await withinBudget(execute(parsed.command, client, io, parsed.json), connection);
+    await withinBudget(execute(parsed.command, client, io, parsed.json, { "--cert": connection.certFile, "--key": connection.keyFile, "--ca": connection.caFile }), connection);
     return 0;
   } catch (e) {
     if (e instanceof AdminUsageError) {
@@ -158,10 +158,53 @@ function readFile(path: string, what: string): Buffer {
   }
 }
 
-function writeFile(path: string, data: string, what: string): void {
+function statOf(path: string): Stats | undefined {
   try {
-    writeFileSync(path, data);
+    return statSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A new file beside `path` (owner-only, 0600), written in full and flushed, so that a failure
+ * leaves no half-written file at its name; the caller renames or links it into place.
+ */
+function writeTemporary(path: string, data: string): string {
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const fd = openSync(tmp, "wx", 0o600);
+  let done = false;
+  try {
+    writeFileSync(fd, data);
+    fsyncSync(fd);
+    done = true;
+  } finally {
+    closeSync(fd);
+    if (!done) rmSync(tmp, { force: true });
+  }
+  return tmp;
+}
+
+/**
+ * Writes an output file (--out, --root-out) whole or not at all, readable by its owner only. It
+ * replaces a regular file, never one of the command's own inputs (--cert, --key, --ca): an --out
+ * that names the mTLS key would otherwise destroy it.
+ */
+function writeFile(path: string, data: string, what: string, inputs: Partial<Record<string, string>>): void {
+  const target = statOf(path);
+  if (target && !target.isFile()) throw new AdminFailure(`refusing to write ${what} ${path}: it exists and is not a regular file`);
+  if (target) {
+    for (const [flag, input] of Object.entries(inputs)) {
+      const s = input === undefined ? undefined : statOf(input);
+      if (s && s.dev === target.dev && s.ino === target.ino) throw new AdminFailure(`refusing to write ${what} ${path}: it is the ${flag} file of this command`);
+    }
+  }
+  let tmp: string | undefined;
+  try {
+    tmp = writeTemporary(path, data);
+    renameSync(tmp, path);
   } catch (e) {
+    if (tmp) rmSync(tmp, { force: true });
     throw new AdminFailure(`cannot write ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 }
@@ -207,7 +250,7 @@ function keyTable(key: InventoryKey | undefined): string[] {
   return key ? ["", formatInventory([key])] : [];
 }
 
-async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json: boolean): Promise<void> {
+async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json: boolean, inputs: Partial<Record<string, string>>): Promise<void> {
   const print = (response: unknown, text: () => string): void => io.out(json ? formatJson(response) : text());
   switch (cmd.kind) {
     case "slots": {
@@ -276,7 +319,7 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
       const root = r.certificateChain[r.certificateChain.length - 1];
       if (cmd.rootOut) {
         if (!root) throw new AdminFailure(`KeyAdmin returned no certificates for "${cmd.keyId}"; nothing written to ${cmd.rootOut}`);
-        writeFile(cmd.rootOut, toPem(root), "--root-out");
+        writeFile(cmd.rootOut, toPem(root), "--root-out", inputs);
       }
       print(r, () => {
         const lines = [
@@ -290,7 +333,7 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
     }
     case "certs-csr": {
       const r = await client.createCsr({ keyId: cmd.keyId, keyVersion: cmd.version, subject: cmd.subject });
-      if (cmd.out) writeFile(cmd.out, r.csrPem, "--out");
+      if (cmd.out) writeFile(cmd.out, r.csrPem, "--out", inputs);
       if (json) io.out(formatJson(r));
       else io.out(cmd.out ? `CSR for ${ref(cmd.keyId, r.keyVersion)} written to ${cmd.out}` : r.csrPem);
       return;
@@ -308,7 +351,7 @@ async function execute(cmd: AdminCommand, client: KeyAdminApi, io: AdminIo, json
     }
     case "certs-chain": {
       const r = await client.getCertificateChain({ keyId: cmd.keyId, keyVersion: cmd.version });
-      if (cmd.out) writeFile(cmd.out, chainToPem(r.certificateChain), "--out");
+      if (cmd.out) writeFile(cmd.out, chainToPem(r.certificateChain), "--out", inputs);
       if (json) io.out(formatJson(r));
       else io.out(cmd.out ? `chain of ${r.certificateChain.length} certificates for ${ref(r.keyId || cmd.keyId, r.keyVersion)} written to ${cmd.out}` : chainToPem(r.certificateChain));
       return;

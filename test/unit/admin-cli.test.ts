@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ADMIN_USAGE, AdminUsageError, DEFAULT_ADMIN_ENDPOINT, parseAdminArgs, type AdminCommand, type ParsedAdminArgs } from "../../src/admin/admin-args.js";
@@ -706,6 +706,41 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
         ["close"],
       );
     }
+  });
+
+  it("--out and --root-out write owner-only files whole, and never over the command's --key, --cert or --ca file", async () => {
+    const outDir = join(dir, "out");
+    mkdirSync(outDir);
+    const csr = join(outDir, "release.csr");
+    const csrAnswer = { keyId: "release", keyVersion: 2, csrPem: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n" };
+    const ok = await run(["certs", "csr", "--key-id", "release", "--subject", "CN=a, O=b, ST=c, C=d", "--out", csr], fakeClient([], { createCsr: csrAnswer }));
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(readFileSync(csr, "utf8"), csrAnswer.csrPem);
+    assert.equal(statSync(csr).mode & 0o777, 0o600);
+    const root = join(outDir, "root.pem");
+    const chain = await run(
+      ["keys", "test-chain", "--key-id", "demo", "--key-spec", "EC-256", "--root-out", root],
+      fakeClient([], { createTestChain: { keyVersion: 1, certificateChain: [rootDer], created: [] } }),
+    );
+    assert.equal(chain.code, 0, chain.err);
+    assert.equal(statSync(root).mode & 0o777, 0o600);
+    assert.deepEqual(readdirSync(outDir).sort(), ["release.csr", "root.pem"]);
+
+    const key = join(dir, "client-key.pem");
+    const clash = await run(["certs", "chain", "--key-id", "release", "--out", key], fakeClient([], { getCertificateChain: chainAnswer() }));
+    assert.equal(clash.code, 1);
+    assert.equal(clash.err, `hsm-signer: refusing to write --out ${key}: it is the --key file of this command\n`);
+    assert.equal(readFileSync(key, "utf8"), "key");
+    const ca = join(dir, "other.pem");
+    const caClash = await run(["certs", "chain", "--key-id", "release", "--ca", ca, "--out", ca], fakeClient([], { getCertificateChain: chainAnswer() }));
+    assert.equal(caClash.code, 1);
+    assert.match(caClash.err, /it is the --ca file of this command/);
+    assert.equal(readFileSync(ca, "utf8"), otherPem);
+
+    const notFile = await run(["certs", "chain", "--key-id", "release", "--out", outDir], fakeClient([], { getCertificateChain: chainAnswer() }));
+    assert.equal(notFile.code, 1);
+    assert.match(notFile.err, /refusing to write --out .*out: it exists and is not a regular file/);
+    assert.deepEqual(readdirSync(outDir).sort(), ["release.csr", "root.pem"]);
   });
 
   it("a missing file fails with its name before any call; usage errors exit 2 with the usage", async () => {
