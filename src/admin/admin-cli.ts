@@ -1,5 +1,5 @@
 import { createHash, createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
-import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from "node:fs";
+import { closeSync, existsSync, fsyncSync, linkSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assertNever } from "../errors/index.js";
@@ -420,12 +420,19 @@ function installRoot(path: string, root: Buffer): boolean {
       `refusing to overwrite ${path}: it holds ${existing ? `another certificate (${existing.subject.split("\n").join(", ")}, SHA-256 ${existing.fingerprint256})` : "something that is not a certificate"}; remove it first if it should be replaced`,
     );
   }
+  let tmp: string | undefined;
   try {
-    mkdirSync(storeDir, { recursive: true });
-    // "wx": never replace a file that appeared since the check above.
-    writeFileSync(path, toPem(root), { flag: "wx" });
+    // Owner-only, as notation cert add makes its store (0700 folders, 0600 files).
+    mkdirSync(storeDir, { recursive: true, mode: 0o700 });
+    tmp = writeTemporary(path, toPem(root));
+    // A hard link puts the whole file at its name at once, and never replaces a file that
+    // appeared since the check above (EEXIST): it is then checked as any existing one.
+    linkSync(tmp, path);
   } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST" && tmp !== undefined) return installRoot(path, root);
     throw new AdminFailure(`cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  } finally {
+    if (tmp) rmSync(tmp, { force: true });
   }
   return true;
 }

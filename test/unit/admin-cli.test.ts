@@ -602,6 +602,10 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.equal(r.code, 0, r.err);
     const rootFile = join(notationDir, "truststore/x509/ca/hsm/release-root.crt");
     assert.equal(readFileSync(rootFile, "utf8"), rootPem.replace(/\r/g, ""));
+    // Owner-only as notation's own store, and no temporary file left beside the root.
+    for (const d of [notationDir, join(notationDir, "truststore"), join(notationDir, "truststore/x509/ca/hsm")]) assert.equal(statSync(d).mode & 0o777, 0o700, d);
+    assert.equal(statSync(rootFile).mode & 0o777, 0o600);
+    assert.deepEqual(readdirSync(join(notationDir, "truststore/x509/ca/hsm")), ["release-root.crt"]);
     assert.deepEqual(
       calls.map((c) => c.method),
       ["getCertificateChain", "getInventory", "close"],
