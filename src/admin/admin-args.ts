@@ -359,7 +359,8 @@ function connectionOf(v: Values, env: NodeJS.ProcessEnv, spec: CommandSpec, usag
   let timeoutMs = DEFAULT_ADMIN_TIMEOUT_SECONDS * 1000;
   if (t !== undefined) {
     const n = Number(t);
-    if (!/^\d+(\.\d+)?$/.test(t) || n <= 0 || n > MAX_TIMEOUT_SECONDS) throw new AdminUsageError(`--timeout must be a number of seconds above 0 and up to ${MAX_TIMEOUT_SECONDS}, not "${t}"`, usage);
+    // Below 0.001 it would round to a 0 ms budget: every call would fail "within 0s".
+    if (!/^\d+(\.\d+)?$/.test(t) || n < 0.001 || n > MAX_TIMEOUT_SECONDS) throw new AdminUsageError(`--timeout must be a number of seconds from 0.001 up to ${MAX_TIMEOUT_SECONDS}, not "${t}"`, usage);
     timeoutMs = Math.round(n * 1000);
   }
   return { endpoint, caFile: s(v, "ca") || env[ADMIN_ENV.ca] || undefined, certFile, keyFile, serverName: s(v, "server-name") || undefined, timeoutMs };

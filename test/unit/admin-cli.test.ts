@@ -153,6 +153,8 @@ describe("admin command line: argument parsing (parseAdminArgs)", () => {
     usageError(["keys", "disable", "--key-id", "k", "--version", "-1"], ENV, "--version");
     usageError(["keys", "test-chain", "--key-id", "k", "--key-spec", "EC-256", "--days", "4000"], ENV, "--days");
     usageError(["slots", "--timeout", "0"], ENV, "--timeout");
+    usageError(["slots", "--timeout", "0.0001"], ENV, "--timeout", "from 0.001");
+    assert.equal(parse(["slots", "--timeout", "0.001"]).connection.timeoutMs, 1);
     usageError(["slots", "--timeout", "ten"], ENV, "--timeout");
     usageError(["slots", "--endpoint", "no-port"], ENV, "no-port", "host:port");
     usageError(["slots", "--endpoint", "a:1", "--admin-endpoint", "b:2"], ENV, "not both");
