@@ -407,19 +407,31 @@ function certificateIn(data: Buffer): X509Certificate | undefined {
   }
 }
 
+function lstatOf(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A file already at the root's name: the same root is fine (false: nothing written), anything else is refused. */
+function keepExistingRoot(path: string, root: Buffer): false {
+  const existing = certificateIn(readFile(path, "trust store file"));
+  if (existing && existing.raw.equals(root)) return false;
+  throw new AdminFailure(
+    `refusing to overwrite ${path}: it holds ${existing ? `another certificate (${existing.subject.split("\n").join(", ")}, SHA-256 ${existing.fingerprint256})` : "something that is not a certificate"}; remove it first if it should be replaced`,
+  );
+}
+
 /** Writes the root into notation's trust store once; the same root already there is fine, another is refused. */
 function installRoot(path: string, root: Buffer): boolean {
   const storeDir = dirname(path);
   if (existsSync(storeDir) && lstatSync(storeDir).isSymbolicLink()) {
     throw new AdminFailure(`${storeDir} is a symbolic link, which notation refuses as a trust store (notation-plugin-protocol.md §6.1)`);
   }
-  if (existsSync(path)) {
-    const existing = certificateIn(readFile(path, "trust store file"));
-    if (existing && existing.raw.equals(root)) return false;
-    throw new AdminFailure(
-      `refusing to overwrite ${path}: it holds ${existing ? `another certificate (${existing.subject.split("\n").join(", ")}, SHA-256 ${existing.fingerprint256})` : "something that is not a certificate"}; remove it first if it should be replaced`,
-    );
-  }
+  // lstat: a dangling symbolic link is there too (and the link below would meet it).
+  if (lstatOf(path)) return keepExistingRoot(path, root);
   let tmp: string | undefined;
   try {
     // Owner-only, as notation cert add makes its store (0700 folders, 0600 files).
@@ -429,7 +441,7 @@ function installRoot(path: string, root: Buffer): boolean {
     // appeared since the check above (EEXIST): it is then checked as any existing one.
     linkSync(tmp, path);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST" && tmp !== undefined) return installRoot(path, root);
+    if ((e as NodeJS.ErrnoException).code === "EEXIST" && tmp !== undefined) return keepExistingRoot(path, root);
     throw new AdminFailure(`cannot write ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   } finally {
     if (tmp) rmSync(tmp, { force: true });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ADMIN_USAGE, AdminUsageError, DEFAULT_ADMIN_ENDPOINT, parseAdminArgs, type AdminCommand, type ParsedAdminArgs } from "../../src/admin/admin-args.js";
@@ -633,6 +633,19 @@ describe("admin command line: commands against a stand-in KeyAdmin (runAdmin)", 
     assert.equal(clash.code, 1);
     assert.match(clash.err, /^hsm-signer: refusing to overwrite .*release-root\.crt: it holds another certificate \(CN=other/);
     assert.equal(readFileSync(rootFile, "utf8"), otherPem);
+  });
+
+  it("keys notation-setup leaves a dangling symbolic link at the root's name alone and says so (exit 1)", async () => {
+    const notationDir = join(dir, "notation-dangling");
+    const storeDir = join(notationDir, "truststore/x509/ca/hsm");
+    mkdirSync(storeDir, { recursive: true });
+    const rootFile = join(storeDir, "release-root.crt");
+    symlinkSync(join(dir, "nowhere.crt"), rootFile);
+    const argv = ["keys", "notation-setup", "--key-id", "release", "--store", "hsm", "--notation-dir", notationDir, "--endpoint", "signer.example.com:8443"];
+    const r = await run(argv, fakeClient([], { getCertificateChain: chainAnswer(), getInventory: inventoryAnswer }));
+    assert.equal(r.code, 1);
+    assert.equal(r.err, `hsm-signer: cannot read trust store file ${rootFile}: ENOENT\n`);
+    assert.deepEqual(readdirSync(storeDir), ["release-root.crt"]);
   });
 
   it("keys notation-setup prints the plugin package as a path that works from the current directory, with its sha256, or how to build it", async () => {
