@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the service, the quick start and the tests need, if missing.
+# Installs the Debian packages the service, the quick start and the tests need, if missing
+# (including what npm ci needs to build the native addon pkcs11js).
 set -euo pipefail
 need=()
 [ -n "$(bash "$(dirname "$0")/find-softhsm.sh" 2>/dev/null)" ] || need+=(softhsm2)
@@ -8,6 +9,11 @@ command -v openssl >/dev/null || need+=(openssl)
 # The audit tests start their own PostgreSQL server (initdb, pg_ctl) from Debian's postgresql package.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v runuser >/dev/null || need+=(util-linux)
+# npm ci builds pkcs11js (a native addon with no prebuilt binary) with node-gyp: Python, make and
+# a C++ compiler, which a fresh Debian 12 lacks (the Dockerfile's build stage installs the same).
+command -v python3 >/dev/null || need+=(python3)
+command -v make >/dev/null || need+=(make)
+command -v g++ >/dev/null || need+=(g++)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing ${need[*]}" >&2
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
