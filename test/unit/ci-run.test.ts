@@ -33,6 +33,12 @@ describe(".ci/run summary line", () => {
     assert.equal(r.status, 0);
   });
 
+  it("mocha's counts when its output is coloured (FORCE_COLOR)", () => {
+    const r = ciRun("\\n\\x1b[92m \\x1b[0m\\x1b[32m 5 passing\\x1b[0m\\x1b[90m (3ms)\\x1b[0m\\n\\x1b[31m  1 failing\\x1b[0m\\n", 1);
+    assert.equal(r.last, "5 passed, 1 failed");
+    assert.notEqual(r.status, 0);
+  });
+
   it("a crash before mocha's summary (a test file that fails to load) does not claim success", () => {
     const r = ciRun("Error: Cannot find module 'x'\\n    at loadFilesAsync\\n", 1);
     assert.equal(r.last, "0 passed, 1 failed");
