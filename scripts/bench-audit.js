@@ -8,8 +8,9 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 
-const ROOT = resolve(process.env.BENCH_ROOT ?? new URL("..", import.meta.url).pathname);
+const ROOT = resolve(process.env.BENCH_ROOT ?? fileURLToPath(new URL("..", import.meta.url)));
 const { AuditLog } = await import(join(ROOT, "dist/src/audit/index.js"));
 const CONC = (process.env.BENCH_CONCURRENCY || "64,8").split(",").map(Number);
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5);

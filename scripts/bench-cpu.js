@@ -19,8 +19,9 @@ import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 
-const ROOT = resolve(process.env.BENCH_ROOT ?? new URL("..", import.meta.url).pathname);
+const ROOT = resolve(process.env.BENCH_ROOT ?? fileURLToPath(new URL("..", import.meta.url)));
 const DIST = join(ROOT, "dist/test");
 const { getFixture, closeFixture, keyIdOf } = await import(join(DIST, "helpers/fixture.js"));
 const { callSigner, signerClient } = await import(join(DIST, "helpers/signer-client.js"));

@@ -13,9 +13,11 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { constants, gzipSync } from "node:zlib";
 
-const root = new URL("..", import.meta.url).pathname;
+// fileURLToPath, not .pathname: a checkout under a path with a space would read "%20".
+const root = fileURLToPath(new URL("..", import.meta.url));
 const { version } = JSON.parse(readFileSync(`${root}package.json`, "utf8"));
 const standalone = process.argv.includes("--standalone");
 const mtime = Number.parseInt(process.env.SOURCE_DATE_EPOCH ?? "0", 10) || 0;

@@ -3,9 +3,10 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { initToken } from "../../src/hsm/index.js";
 
-export const PROJECT_ROOT = new URL("../../../", import.meta.url).pathname;
+export const PROJECT_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 
 export function softHsmModule(): string {
   return execFileSync("bash", [join(PROJECT_ROOT, "scripts/find-softhsm.sh")], { encoding: "utf8" }).trim();
