@@ -17,6 +17,9 @@ command -v g++ >/dev/null || need+=(g++)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing ${need[*]}" >&2
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+# On the command line, not exported: sudo's env_reset drops DEBIAN_FRONTEND, and a package's
+# debconf question would then wait for an answer. A fresh machine's unattended-upgrades may hold
+# the dpkg lock for a while: wait for it rather than fail at once.
+APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300)
+"${APT[@]}" update -qq
+"${APT[@]}" install -y -qq "${need[@]}" >/dev/null
