@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
@@ -55,6 +55,31 @@ describe(".ci/run summary line", () => {
     const r = ciRun("  ✔ a test\\n", 0);
     assert.equal(r.last, "0 passed, 1 failed");
     assert.notEqual(r.status, 0);
+  });
+
+  it("a SIGTERM to .ci/run (a CI timeout) stops the tests at once and does not claim success", async () => {
+    const pidFile = join(dir, "sleep.pid");
+    writeFileSync(join(dir, "scripts/test.sh"), `echo "  3 passing"\nsleep 60 &\necho $! > '${pidFile}'\necho started\nwait\n`);
+    const child = spawn("bash", [join(dir, ".ci/run")], { stdio: ["ignore", "pipe", "inherit"] });
+    let stdout = "";
+    child.stdout.setEncoding("utf8");
+    const ended = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    await new Promise<void>((resolve) =>
+      child.stdout.on("data", (d: string) => {
+        stdout += d;
+        if (stdout.includes("started")) resolve();
+      }),
+    );
+    const started = Date.now();
+    child.kill("SIGTERM");
+    const code = await ended;
+    assert.ok(Date.now() - started < 10_000, "ended at once, not when the tests would have");
+    assert.notEqual(code, 0);
+    const lines = stdout.trimEnd().split("\n");
+    assert.equal(lines.at(-1), "3 passed, 1 failed");
+    assert.match(stdout, /stopped by SIGTERM/);
+    const sleepPid = Number(readFileSync(pidFile, "utf8"));
+    assert.throws(() => process.kill(sleepPid, 0), /ESRCH/, "the tests' processes were stopped");
   });
 
   it("asks mocha to refuse an it.only or describe.only left in a test (--forbid-only)", () => {
