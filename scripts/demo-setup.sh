@@ -101,25 +101,29 @@ node -e '
 `);' "$SUBJECT" hsm-demo > "$DATA/notation-trustpolicy.json"
 
 PKG=${HSM_SIGNER_PLUGIN_PACKAGE:-$ROOT/dist/notation-hsm-signer_<version>.tar.gz}
+# The commands below are for copying into a shell: paths are quoted as bash reads them, so a
+# project under a folder with a space still works (a plain path prints unchanged).
+QDATA=$(printf '%q' "$DATA"); QMODULE=$(printf '%q' "$MODULE")
+QPKG=$PKG; [[ $PKG == *"<version>"* ]] || QPKG=$(printf '%q' "$PKG")
 CLIENT_CFG=""
-[ "$MTLS" = 1 ] && CLIENT_CFG=" --plugin-config client_cert_file=$DATA/tls/client.pem --plugin-config client_key_file=$DATA/tls/client-key.pem"
-ENV_SOFTHSM="SOFTHSM2_CONF=$SOFTHSM2_CONF"
+[ "$MTLS" = 1 ] && CLIENT_CFG=" --plugin-config client_cert_file=$QDATA/tls/client.pem --plugin-config client_key_file=$QDATA/tls/client-key.pem"
+ENV_SOFTHSM="SOFTHSM2_CONF=$(printf '%q' "$SOFTHSM2_CONF")"
 cat >&2 <<TXT
 
 hsm-signer is starting on $LISTEN with key "$KEY_ID" ($KEY_SPEC) on SoftHSM token "$TOKEN".
 In another terminal, sign with notation:
 
-  notation plugin install --file $PKG --sha256sum $(cut -d' ' -f1 "$PKG.sha256" 2>/dev/null || echo "<see $PKG.sha256>")
+  notation plugin install --file $QPKG --sha256sum $(cut -d' ' -f1 "$PKG.sha256" 2>/dev/null || echo "<see $PKG.sha256>")
   notation key add --plugin hsm-signer --id $KEY_ID \\
-      --plugin-config endpoint=$LISTEN --plugin-config ca_file=$DATA/tls/ca.pem \\
+      --plugin-config endpoint=$LISTEN --plugin-config ca_file=$QDATA/tls/ca.pem \\
       --plugin-config key_spec=$KEY_SPEC$CLIENT_CFG demo
   notation sign --key demo <registry>/<repository>@sha256:<digest>
 
 Verify: trust the demo root and import the trust policy in $DATA/notation-trustpolicy.json
 (below: its identity is the leaf's subject; add your repositories to its registryScopes):
 
-  notation cert add --type ca --store hsm-demo $DATA/$KEY_ID-root.pem
-  notation policy import $DATA/notation-trustpolicy.json
+  notation cert add --type ca --store hsm-demo $QDATA/$KEY_ID-root.pem
+  notation policy import $QDATA/notation-trustpolicy.json
   notation verify <registry>/<repository>@sha256:<digest>
 
 $(sed 's/^/    /' "$DATA/notation-trustpolicy.json")
@@ -133,17 +137,17 @@ Without a registry, in an OCI image layout folder (experimental in notation):
 
 Key custodians manage keys through KeyAdmin on $ADMIN_LISTEN (mTLS), for example:
 
-  export HSM_SIGNER_ADMIN_ENDPOINT=$ADMIN_LISTEN HSM_SIGNER_ADMIN_CA=$DATA/tls/ca.pem \\
-         HSM_SIGNER_ADMIN_CERT=$DATA/tls/custodian.pem HSM_SIGNER_ADMIN_KEY=$DATA/tls/custodian-key.pem
+  export HSM_SIGNER_ADMIN_ENDPOINT=$ADMIN_LISTEN HSM_SIGNER_ADMIN_CA=$QDATA/tls/ca.pem \\
+         HSM_SIGNER_ADMIN_CERT=$QDATA/tls/custodian.pem HSM_SIGNER_ADMIN_KEY=$QDATA/tls/custodian-key.pem
   hsm-signer keys list
   hsm-signer keys generate --key-id release --key-spec EC-384
 
 The demo token is found only through SOFTHSM2_CONF. To run the service again later, or to use
 the token directly:
 
-  $ENV_SOFTHSM hsm-signer serve --config $DATA/config.yaml
-  $ENV_SOFTHSM hsm-signer test-chain --config $DATA/config.yaml --key-id other --key-spec EC-384
-  $ENV_SOFTHSM pkcs11-tool --module $MODULE --token-label $TOKEN --list-objects
+  $ENV_SOFTHSM hsm-signer serve --config $QDATA/config.yaml
+  $ENV_SOFTHSM hsm-signer test-chain --config $QDATA/config.yaml --key-id other --key-spec EC-384
+  $ENV_SOFTHSM pkcs11-tool --module $QMODULE --token-label $TOKEN --list-objects
 
 Stop with Ctrl-C.
 TXT
