@@ -22,6 +22,8 @@ if [ "$(readlink -f "$(command -v hsm-signer 2>/dev/null || echo /nonexistent)")
     || say "npm link failed: run it as root in $PWD, or give npm a prefix of your own (npm config set prefix ~/.local, with ~/.local/bin on PATH) and run npm link"
 fi
 
-PKG=$(ls dist/notation-hsm-signer_*.tar.gz | head -n1)
+# By name, not the first match of a glob: after `package-plugin --standalone`, dist/ also holds
+# ..._<version>_linux_<arch>.tar.gz, which ls lists first in en_US.UTF-8 (it ignores punctuation).
+PKG="dist/notation-hsm-signer_$(node -p 'require("./package.json").version').tar.gz"
 export HSM_SIGNER_PLUGIN_PACKAGE="$PWD/$PKG"
 exec bash scripts/demo-setup.sh "$@"
