@@ -158,9 +158,10 @@ function readFile(path: string, what: string): Buffer {
   }
 }
 
-function statOf(path: string): Stats | undefined {
+/** The file's stat (of a symbolic link itself with `follow` false), or undefined when there is none. */
+function statOf(path: string, follow = true): Stats | undefined {
   try {
-    return statSync(path);
+    return follow ? statSync(path) : lstatSync(path);
   } catch {
     return undefined;
   }
@@ -407,14 +408,6 @@ function certificateIn(data: Buffer): X509Certificate | undefined {
   }
 }
 
-function lstatOf(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch {
-    return undefined;
-  }
-}
-
 /** A file already at the root's name: the same root is fine (false: nothing written), anything else is refused. */
 function keepExistingRoot(path: string, root: Buffer): false {
   const existing = certificateIn(readFile(path, "trust store file"));
@@ -431,7 +424,7 @@ function installRoot(path: string, root: Buffer): boolean {
     throw new AdminFailure(`${storeDir} is a symbolic link, which notation refuses as a trust store (notation-plugin-protocol.md §6.1)`);
   }
   // lstat: a dangling symbolic link is there too (and the link below would meet it).
-  if (lstatOf(path)) return keepExistingRoot(path, root);
+  if (statOf(path, false)) return keepExistingRoot(path, root);
   let tmp: string | undefined;
   try {
     // Owner-only, as notation cert add makes its store (0700 folders, 0600 files).
