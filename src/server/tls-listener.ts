@@ -1,4 +1,5 @@
 import { lookup } from "node:dns/promises";
+import type { X509Certificate } from "node:crypto";
 import { isIP, type Socket } from "node:net";
 import { connect as tlsConnect, createSecureContext, createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from "node:tls";
 import type * as grpc from "@grpc/grpc-js";
@@ -256,7 +257,7 @@ export class TlsListener {
    */
   private recheckClients(m: TlsContextMaterial): void {
     if (this.withClientCertificate.size === 0 || m.clientCa === undefined) return;
-    let anchors: ReturnType<typeof parseCaBundle>;
+    let anchors: X509Certificate[];
     let crls: Crl[];
     try {
       anchors = parseCaBundle(m.clientCa);
@@ -268,17 +269,9 @@ export class TlsListener {
     for (const socket of this.withClientCertificate) {
       const { leaf, all } = presentedChain(socket);
       if (!leaf) continue;
-      const path = all.filter((c) => !anchors.some((a) => a.fingerprint256 === c.fingerprint256));
-      const reason: TlsHandshakeFailureReason | undefined = path.some((c) => revokedBy(c, crls))
-        ? "certificate_revoked"
-        : checkPeerChain(leaf, all.slice(1), anchors, "client", now) !== undefined
-          ? now > Date.parse(leaf.validTo)
-            ? "certificate_expired"
-            : "unknown_ca"
-          : undefined;
+      const reason = refusalOf(leaf, all, anchors, crls, now);
       if (reason === undefined) continue;
-      const cert = leaf;
-      this.report(socket, { reason, code: REFUSED_AFTER_RELOAD, subject: bounded(cert.subject.replace(/\n/g, ", ")), issuer: bounded(cert.issuer.replace(/\n/g, ", ")) });
+      this.report(socket, { reason, code: REFUSED_AFTER_RELOAD, ...namesOf(leaf) });
       this.withClientCertificate.delete(socket);
       socket.destroy();
     }
@@ -371,7 +364,7 @@ export class TlsListener {
   private refused(err: NodeJS.ErrnoException | undefined, socket: TLSSocket): void {
     const r = classifyHandshakeFailure(err, socket);
     const cert = r.reason === "no_certificate" ? undefined : socket.getPeerX509Certificate?.();
-    this.report(socket, { ...r, subject: bounded(cert?.subject.replace(/\n/g, ", ")), issuer: bounded(cert?.issuer.replace(/\n/g, ", ")) });
+    this.report(socket, { ...r, ...namesOf(cert) });
     // Node leaves a socket that failed its handshake to the 'tlsClientError' listener.
     if (!socket.destroyed) socket.destroy();
   }
@@ -518,6 +511,22 @@ export class TlsHandshakeFailureLog {
   private summary(reason: TlsHandshakeFailureReason, suppressed: number): void {
     this.logger.warn("TLS handshakes refused (not logged one by one)", { reason, suppressed, seconds: this.intervalMs / 1000 });
   }
+}
+
+/** A refused client certificate's subject and issuer, as a report names them. */
+function namesOf(cert: X509Certificate | undefined): { subject: string | undefined; issuer: string | undefined } {
+  return { subject: bounded(cert?.subject.replace(/\n/g, ", ")), issuer: bounded(cert?.issuer.replace(/\n/g, ", ")) };
+}
+
+/**
+ * Why client CAs and CRLs refuse an open connection's certificate (`all`: its presented chain,
+ * leaf first), or undefined: revoked (the leaf or a CA of its chain not among the anchors), no
+ * longer issued by a client CA, or expired.
+ */
+function refusalOf(leaf: X509Certificate, all: X509Certificate[], anchors: X509Certificate[], crls: Crl[], now: number): TlsHandshakeFailureReason | undefined {
+  if (all.some((c) => !anchors.some((a) => a.fingerprint256 === c.fingerprint256) && revokedBy(c, crls))) return "certificate_revoked";
+  if (checkPeerChain(leaf, all.slice(1), anchors, "client", now) === undefined) return undefined;
+  return now > Date.parse(leaf.validTo) ? "certificate_expired" : "unknown_ca";
 }
 
 /** The client CAs and CRLs of some material, as one buffer to compare. */
