@@ -29,14 +29,30 @@ export function isolatedToken(dir: string, label: string): SoftHsmToken {
   return { dir, conf, module, label, pin, pinFile, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-export function freePort(): Promise<number> {
+/** Ports this process has handed out: the kernel may give a just-closed port again, and two listeners of one service on one port are refused. */
+const handedOut = new Set<number>();
+
+function ephemeralPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
+    s.on("error", reject);
     s.listen(0, "127.0.0.1", () => {
       const a = s.address();
       s.close(() => (a && typeof a === "object" ? resolve(a.port) : reject(new Error("no port"))));
     });
   });
+}
+
+/** A free loopback port not handed out before by this process, so that the ports one test asks for in a row differ. */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await ephemeralPort();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free port that this process has not handed out already, after 50 tries");
 }
 
 /** Waits for a JSON log line with this msg on the child's stdout; a failure carries stdout and stderr. */
