@@ -24,6 +24,17 @@ export const CKR = {
   CRYPTOKI_ALREADY_INITIALIZED: 0x191,
 } as const;
 
+/** A PKCS#11 error as it came out of another thread: same message and CKR_ code, so translation is unchanged. */
+export class ThreadPkcs11Error extends Error {
+  constructor(
+    message: string,
+    readonly code: number | undefined,
+  ) {
+    super(message);
+    this.name = "Pkcs11Error";
+  }
+}
+
 /** Return values after which a session (or the whole login) must be replaced. */
 const SESSION_LOST = new Set<number>([
   CKR.SESSION_CLOSED,

@@ -3,6 +3,8 @@ import { performance } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import type pkcs11js from "pkcs11js";
 import { SignerError } from "../errors/index.js";
+import { inAddonTurn } from "./addon-turn.js";
+import { ThreadPkcs11Error } from "./pkcs11-errors.js";
 import { Doorbell, Mailbox, type MailboxJob } from "./sign-mailbox.js";
 
 const WORKER_URL = new URL("./sign-worker.js", import.meta.url);
@@ -35,17 +37,6 @@ interface Queued {
   since: number;
   /** Fails it with DEADLINE_EXCEEDED at the caller's deadline, if it has one. */
   timer: NodeJS.Timeout | undefined;
-}
-
-/** A PKCS#11 error as it came out of a worker: same message and CKR_ code, so translation is unchanged. */
-class WorkerPkcs11Error extends Error {
-  constructor(
-    message: string,
-    readonly code: number | undefined,
-  ) {
-    super(message);
-    this.name = "Pkcs11Error";
-  }
 }
 
 export interface SignThreadsOptions {
@@ -106,13 +97,14 @@ export class SignThreads {
   }
 
   /**
-   * Starts one more thread once the previous one is ready. pkcs11js's addon initialization is not
-   * safe in several threads at once (a rare SIGSEGV in napi_create_reference while four threads
-   * loaded it together); jobs wait in the queue meanwhile. A thread that died before it was ready
-   * is replaced after a pause, never in a tight loop.
+   * Starts one more thread once the previous one is ready, in its addon turn (addon-turn.ts); jobs
+   * wait in the queue meanwhile. A thread that died before it was ready is replaced after a
+   * pause, never in a tight loop.
    */
   private spawnNext(delayMs: number): void {
-    this.spawning = this.spawning.then(() => (delayMs > 0 ? new Promise<void>((r) => setTimeout(r, delayMs).unref()) : undefined)).then(() => (this.closing ? undefined : this.spawn()));
+    this.spawning = this.spawning
+      .then(() => (delayMs > 0 ? new Promise<void>((r) => setTimeout(r, delayMs).unref()) : undefined))
+      .then(() => (this.closing ? undefined : inAddonTurn(() => this.spawn())));
   }
 
   private spawn(): Promise<void> {
@@ -206,7 +198,7 @@ export class SignThreads {
     t.worker.unref();
     const r = t.box.answer();
     this.release(t);
-    if ("error" in r) job.pending.reject(new WorkerPkcs11Error(r.error.message, r.error.code));
+    if ("error" in r) job.pending.reject(new ThreadPkcs11Error(r.error.message, r.error.code));
     else job.pending.resolve(r.signature);
   }
 
