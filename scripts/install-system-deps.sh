@@ -14,6 +14,8 @@ command -v runuser >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
 command -v make >/dev/null || need+=(make)
 command -v g++ >/dev/null || need+=(g++)
+# The network-HSM tests build a small PKCS#11 shim (test/fixtures/slow-pkcs11) with cc.
+command -v cc >/dev/null || need+=(gcc)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing ${need[*]}" >&2
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

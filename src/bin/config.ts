@@ -8,7 +8,7 @@ import type { LogLevel } from "../log/index.js";
 import { deepFreeze, isMapping, mapping, pathOf, problemsOf } from "../schema/index.js";
 import { MAX_PAYLOAD_BYTES } from "../signing/signing-service.js";
 
-/** A signature still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
+/** A signature, token check or key poll still inside the HSM after this long means the HSM or the network to it hangs (hsm.signStallSeconds). */
 const DEFAULT_SIGN_STALL_MS = 15_000;
 import { DEFAULT_MAX_DEADLINE_MS, isLoopbackAddress } from "../server/signer-server.js";
 import { DEFAULT_CONNECTION_IDLE_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS } from "../server/tls-listener.js";

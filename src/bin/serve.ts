@@ -167,7 +167,9 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   // A native call into a hung HSM cannot be interrupted: its callers get DEADLINE_EXCEEDED, and
   // the replica reports itself not ready so that traffic goes elsewhere until the HSM answers.
   const signingAnswers = (): boolean => hsm.longestSignMs() < config.hsm.signStallMs;
-  const ready = (): boolean => hsm.pool.healthy && audit.healthy && signingAnswers();
+  // The same for the housekeeping's reads (health check, key polls): they run on a thread of their own.
+  const hsmHealthy = (): boolean => hsm.pool.healthy && hsm.longestReadMs() < config.hsm.signStallMs;
+  const ready = (): boolean => hsmHealthy() && audit.healthy && signingAnswers();
   const server = opened(
     await startSignerServer({
       listen: config.listen,
@@ -186,6 +188,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   metrics.bindAudit(() => audit.stats);
   metrics.bindHsmUp(() => hsm.pool.healthy);
   metrics.bindLongestSign(() => hsm.longestSignMs() / 1000);
+  metrics.bindLongestRead(() => hsm.longestReadMs() / 1000);
   const refreshKeyMetrics = async (): Promise<void> => {
     const keys = await hsm.keys.listKeys();
     metrics.setKnownKeys(keys.map((k) => k.keyId));
@@ -224,7 +227,7 @@ async function start(config: Readonly<Config>, undo: (() => unknown)[]): Promise
   if (admin && adminFiles && adminTls) watchTls("admin", adminFiles, adminTls, admin);
   const healthServer = config.metrics.grpcHealthListen ? opened(await startHealthServer(config.metrics.grpcHealthListen, ready), (h) => h.close(0)) : undefined;
   const ops = config.metrics.listen
-    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsm.pool.healthy, audit: audit.healthy, signing: signingAnswers() } }) })
+    ? await startOpsServer({ listen: config.metrics.listen, metrics, ready: () => ({ ready: ready(), checks: { hsm: hsmHealthy(), audit: audit.healthy, signing: signingAnswers() } }) })
     : undefined;
   if (ops) opened(ops, (o) => o.close());
   const keys = await hsm.keys.listKeys();

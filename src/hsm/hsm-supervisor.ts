@@ -35,6 +35,8 @@ export interface SupervisedSessions {
   inUse(): number;
   /** Looks at the token and the login now (dropping sessions found lost); a fault, or undefined when all is well. */
   inspect(): HsmFault | undefined;
+  /** The same look for the periodic check, off the event loop where the sessions can (the HSM reader thread). */
+  inspectInBackground(): Promise<HsmFault | undefined>;
   /** Turns every waiter away with `error()` and closes the idle sessions. */
   shed(error: () => unknown): void;
   /** From now on on `slot`, when given: checks the token and opens sessions until the pool is full; throws when it cannot. */
@@ -88,6 +90,8 @@ export class HsmSupervisor {
   private attempts = 0;
   private recoveryTimer: NodeJS.Timeout | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
+  /** The background look running now (one at a time: behind a slow HSM they would pile up). */
+  private looking: Promise<void> | undefined;
   /** True only while onRecovered() starts, so that its acquire() calls get a session before the HSM is up. */
   private admitting = false;
   private readonly logger: Logger;
@@ -122,7 +126,7 @@ export class HsmSupervisor {
   start(): void {
     const every = this.options.healthCheckIntervalMs ?? DEFAULT_HEALTH_CHECK_MS;
     if (every > 0 && !this.healthTimer) {
-      this.healthTimer = setInterval(() => this.check(), every);
+      this.healthTimer = withoutLogContext(() => setInterval(() => void this.checkInBackground(), every));
       this.healthTimer.unref();
     }
   }
@@ -159,6 +163,30 @@ export class HsmSupervisor {
     if (!fault) return true;
     this.markDown(fault);
     return false;
+  }
+
+  /**
+   * The periodic check: check(), with the PKCS#11 calls off the event loop, one at a time (behind
+   * a slow HSM they would pile up). An HSM that does not answer it at all is reported by the
+   * reader's longestRunningMs() (serve: readiness), as a hung signature is: nothing here may
+   * wait for it, and C_Finalize must not run under a thread still inside the module.
+   */
+  checkInBackground(): Promise<void> {
+    if (this.current !== "up") return Promise.resolve();
+    this.looking ??= this.look().finally(() => {
+      this.looking = undefined;
+    });
+    return this.looking;
+  }
+
+  private async look(): Promise<void> {
+    try {
+      const fault = await this.sessions.inspectInBackground();
+      if (fault && this.current === "up") this.markDown(fault);
+    } catch (e) {
+      // The reader thread failed, not the HSM (or it is stopping): the next period looks again.
+      if (this.current === "up") this.logger.warn("HSM health check failed", { error: e instanceof Error ? e.message : String(e) });
+    }
   }
 
   /** C_Login refused the PIN (CKR_PIN_INCORRECT, CKR_PIN_LOCKED): stop for good. */

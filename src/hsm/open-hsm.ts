@@ -1,4 +1,5 @@
 import type { Logger } from "../log/index.js";
+import { HsmReader } from "./hsm-reader.js";
 import { findSlot, loadModule, reinitializeModule, type TokenSelector } from "./hsm-token.js";
 import { Pkcs11KeyStore } from "./pkcs11-key-store.js";
 import { SessionPool } from "./session-pool.js";
@@ -26,6 +27,8 @@ export interface Hsm {
   keys: Pkcs11KeyStore;
   /** How long the oldest signature still inside the HSM has been running, in ms (0: none). */
   longestSignMs(): number;
+  /** How long the oldest housekeeping read (health check, key poll or scan) still inside the HSM has been running, in ms (0: none). */
+  longestReadMs(): number;
   /** Stops the signing threads and closes the sessions; C_Finalize only after it resolves. */
   close(): Promise<void>;
 }
@@ -36,7 +39,10 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
   const slot = findSlot(mod, o);
   // The pool and the key store need each other: the store takes sessions, the pool rescans it after a recovery.
   const late: { keys?: Pkcs11KeyStore } = {};
+  // The housekeeping's reads (health check, key polls and scans) run on their own thread, off the event loop.
+  const reader = new HsmReader(o.modulePath);
   const pool = new SessionPool(slot, o.pin, {
+    reader,
     size: o.poolSize,
     maxWaiters: o.maxWaiters,
     logger: o.logger,
@@ -50,12 +56,13 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
   });
   pool.start();
   const threads = new SignThreads(o.modulePath, pool.size, { onError: (e) => pool.diagnose(e), answerHoldMs: o.answerHoldMs });
-  const store = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign });
+  const store = new Pkcs11KeyStore(pool, threads, { refreshIntervalMs: o.keyRefreshMs, onSign: o.onSign, reader });
   late.keys = store;
   const close = async (): Promise<void> => {
     store.stop();
     await threads.close();
     await pool.close();
+    await reader.close();
   };
   try {
     await store.start();
@@ -63,5 +70,5 @@ export async function openHsm(o: HsmOptions): Promise<Hsm> {
     await close();
     throw e;
   }
-  return { pool, keys: store, longestSignMs: () => threads.longestRunningMs(), close };
+  return { pool, keys: store, longestSignMs: () => threads.longestRunningMs(), longestReadMs: () => reader.longestRunningMs(), close };
 }

@@ -7,6 +7,7 @@ import { disabledRefusal } from "../signing/signing-service.js";
 import { digestSigningMechanism } from "./mechanisms.js";
 import { markSigned, readTokenState } from "./key-state.js";
 import { translatePkcs11Error } from "./pkcs11-errors.js";
+import type { HsmReader } from "./hsm-reader.js";
 import type { SessionPool } from "./session-pool.js";
 import type { SignThreads } from "./sign-threads.js";
 import { scanToken, tokenFingerprint } from "./token-scan.js";
@@ -20,6 +21,8 @@ export interface Pkcs11KeyStoreOptions {
   refreshIntervalMs?: number;
   /** Called after each HSM signature with its duration (metrics). */
   onSign?: (keySpec: string, seconds: number) => void;
+  /** The thread the polls and scans read the token on (hsm-reader.ts); without one they read it on the event loop. */
+  reader?: HsmReader;
 }
 
 /**
@@ -77,9 +80,10 @@ export class Pkcs11KeyStore implements KeyStore {
   refresh(o: { afterRecovery?: boolean } = {}): Promise<void> {
     // After a recovery, a new scan starts now: the pool admits it only while onRecovered() runs.
     if (this.scanning && !o.afterRecovery) return this.scanning;
+    const reader = this.options.reader;
     const scan: Promise<void> = this.pool
-      .use((s) => {
-        const { scan: found, fingerprint } = scanToken(s);
+      .use(async (s) => {
+        const { scan: found, fingerprint } = reader ? await reader.scan(s.handle) : scanToken(s);
         return { views: keyViews(found), signed: found.signed, fingerprint };
       })
       .then(({ views, signed, fingerprint }) => {
@@ -100,7 +104,8 @@ export class Pkcs11KeyStore implements KeyStore {
   /** A cheap look at the token (object handles and state objects); a full rescan only when it changed. */
   async refreshIfChanged(): Promise<void> {
     if (!this.pool.healthy) return; // the pool reloads the keys itself when it recovers
-    const now = await this.pool.use((s) => tokenFingerprint(s, readTokenState(s)));
+    const reader = this.options.reader;
+    const now = await this.pool.use((s) => (reader ? reader.fingerprint(s.handle) : tokenFingerprint(s, readTokenState(s))));
     if (now !== this.fingerprint) await this.refresh();
   }
 

@@ -3,8 +3,9 @@ import { SignerError } from "../errors/index.js";
 import { silentLogger, type Logger } from "../log/index.js";
 import { login, openSession, probeToken, sessionLoggedIn } from "./hsm-token.js";
 import { HsmSupervisor, type HsmFault, type HsmSupervisorCounters, type HsmSupervisorOptions } from "./hsm-supervisor.js";
+import type { HsmReader, SessionLook } from "./hsm-reader.js";
 import { ObjectGate } from "./object-gate.js";
-import { ckrName, translatePkcs11Error } from "./pkcs11-errors.js";
+import { ckrName, ThreadPkcs11Error, translatePkcs11Error } from "./pkcs11-errors.js";
 
 export const DEFAULT_POOL_SIZE = 4;
 export const DEFAULT_MAX_WAITERS = 256;
@@ -18,6 +19,8 @@ export interface SessionPoolOptions extends HsmSupervisorOptions {
   size?: number;
   /** Waiters beyond this many get POOL_EXHAUSTED instead of queueing. */
   maxWaiters?: number;
+  /** The thread the periodic check reads the token and the idle sessions on; without one it reads them on the event loop. */
+  reader?: HsmReader;
 }
 
 /** Counters since the pool was made, for metrics: the supervisor's faults and recoveries, and the pool's own. */
@@ -88,6 +91,7 @@ export class SessionPool {
       {
         inUse: () => this.owned.size - this.idle.length,
         inspect: () => this.inspect(),
+        inspectInBackground: () => this.inspectInBackground(options.reader),
         shed: (error) => this.shed(error),
         reopen: (slot) => this.reopen(slot),
       },
@@ -317,6 +321,46 @@ export class SessionPool {
       closeQuietly(s);
     }
     return undefined;
+  }
+
+  /**
+   * inspect(), with the PKCS#11 calls on the reader thread: the token first, then the idle
+   * sessions, which are kept from callers while it looks at them and then go back (or are dropped
+   * when lost). When every session is in use, only the token is looked at: the calls on them find
+   * out about the login.
+   */
+  private async inspectInBackground(reader: HsmReader | undefined): Promise<HsmFault | undefined> {
+    if (!reader) return this.inspect();
+    try {
+      await reader.probe(this.currentSlot.handle);
+    } catch (e) {
+      if (e instanceof SignerError) throw e; // the reader thread, not the HSM
+      return { reason: `C_GetTokenInfo failed with ${ckrName(e)}`, cause: e, reconnect: true };
+    }
+    if (!this.supervisor.admits) return undefined;
+    const lent = this.idle.splice(0);
+    let looks: SessionLook[] | undefined;
+    try {
+      looks = await reader.sessions(lent.map((s) => s.handle));
+    } finally {
+      // Back to the pool (or to a waiter); release() ignores a session of an earlier generation.
+      if (!looks) for (const s of lent) this.release(s);
+    }
+    let fault: HsmFault | undefined;
+    lent.forEach((s, i) => {
+      const look = looks[i];
+      if (look && "error" in look && this.owned.has(s)) {
+        // CKR_SESSION_HANDLE_INVALID / CKR_SESSION_CLOSED: this session is gone, the others may be fine.
+        this.owned.delete(s);
+        closeQuietly(s);
+        this.counters.sessionsReplaced++;
+        this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(new ThreadPkcs11Error(look.error.message, look.error.code)) });
+        return;
+      }
+      if (look && "loggedIn" in look && !look.loggedIn) fault ??= { reason: "the HSM user is no longer logged in", reconnect: false };
+      this.release(s);
+    });
+    return fault;
   }
 
   private handToWaiter(): void {

@@ -78,6 +78,7 @@ export class SignerMetrics {
   private audit: (() => AuditGauges) | undefined;
   private hsmUp: (() => boolean) | undefined;
   private longestSign: (() => number) | undefined;
+  private longestRead: (() => number) | undefined;
 
   private readonly requests: Counter<"method" | "result">;
   private readonly signRequests: Counter<"key" | "result">;
@@ -277,6 +278,12 @@ export class SignerMetrics {
       registers,
       collect: () => longestSign.set(safely(this.longestSign) ?? 0),
     });
+    const longestRead: Gauge = new Gauge({
+      name: "hsm_signer_hsm_longest_running_read_seconds",
+      help: "How long the oldest housekeeping read still inside the HSM (token check, key poll or rescan) has been running (0: none); seconds mean the HSM hangs.",
+      registers,
+      collect: () => longestRead.set(safely(this.longestRead) ?? 0),
+    });
     const certificateExpiry: Gauge<"key"> = new Gauge({
       name: "hsm_signer_certificate_expiry_seconds",
       help: "Seconds until the leaf certificate of each known key expires (negative once expired).",
@@ -383,6 +390,10 @@ export class SignerMetrics {
   /** Whether the HSM is up, read at each scrape. Unbound or throwing: 0. */
   bindLongestSign(fn: () => number): void {
     this.longestSign = fn;
+  }
+
+  bindLongestRead(fn: () => number): void {
+    this.longestRead = fn;
   }
 
   bindHsmUp(fn: () => boolean): void {

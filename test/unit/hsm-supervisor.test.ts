@@ -3,6 +3,7 @@ import type { Slot } from "graphene-pk11";
 import { isSignerError, SignerError } from "../../src/errors/index.js";
 import { HsmSupervisor, type HsmFault, type HsmSupervisorOptions, type SupervisedSessions } from "../../src/hsm/hsm-supervisor.js";
 import { ObjectGate } from "../../src/hsm/object-gate.js";
+import { createLogger } from "../../src/log/index.js";
 
 /** Sessions on a stand-in token: each answer is set by the test, each call recorded. */
 class FakeSessions implements SupervisedSessions {
@@ -20,6 +21,13 @@ class FakeSessions implements SupervisedSessions {
   }
   inspect(): HsmFault | undefined {
     this.calls.push("inspect");
+    return this.fault;
+  }
+  /** An answer the HSM holds back until the test lets it go. */
+  hold: Promise<void> | undefined;
+  async inspectInBackground(): Promise<HsmFault | undefined> {
+    this.calls.push("inspectInBackground");
+    await this.hold;
     return this.fault;
   }
   shed(error: () => unknown): void {
@@ -64,6 +72,35 @@ describe("HsmSupervisor (src/hsm/hsm-supervisor.ts) over stand-in sessions", () 
     assert.deepEqual(s.sessions.calls, ["inspect"]);
     assert.equal(supervisor.state, "up");
     assert.equal(supervisor.admits, true);
+  });
+
+  it("the periodic check looks through inspectInBackground (off the event loop), one look at a time behind a slow HSM; a fault it finds takes the HSM down", async () => {
+    const s = supervise({ healthCheckIntervalMs: 5 });
+    supervisor = s.supervisor;
+    let answer: () => void = () => undefined;
+    s.sessions.hold = new Promise<void>((r) => (answer = r));
+    supervisor.start();
+    await until("a look has started", () => s.sessions.calls.includes("inspectInBackground"));
+    await new Promise((r) => setTimeout(r, 60));
+    assert.deepEqual(s.sessions.calls, ["inspectInBackground"], "about 12 periods went by: one look, still unanswered, and never the synchronous inspect()");
+    assert.equal(supervisor.state, "up");
+    s.sessions.fault = { reason: "C_GetTokenInfo failed with CKR_DEVICE_REMOVED", reconnect: true };
+    answer();
+    await until("down", () => supervisor.state !== "up");
+    assert.deepEqual(s.sessions.calls.slice(0, 2), ["inspectInBackground", "shed"]);
+    assert.ok(isSignerError(s.sessions.turnedAway[0]) && /CKR_DEVICE_REMOVED/.test(s.sessions.turnedAway[0].message));
+  });
+
+  it("a background look that fails (the reader thread, not the HSM) leaves the HSM up and is logged; the next period looks again", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const s = supervise({ healthCheckIntervalMs: 5, logger: createLogger("debug", (l) => void lines.push(JSON.parse(l) as Record<string, unknown>)) });
+    supervisor = s.supervisor;
+    s.sessions.hold = Promise.reject(new Error("the HSM reader thread stopped: exit code 1"));
+    s.sessions.hold.catch(() => undefined);
+    supervisor.start();
+    await until("two looks", () => s.sessions.calls.filter((c) => c === "inspectInBackground").length >= 2);
+    assert.equal(supervisor.state, "up");
+    assert.ok(lines.some((l) => l.msg === "HSM health check failed" && /reader thread stopped/.test(String(l.error))));
   });
 
   it("a lost login: down at once (waiters turned away with HSM_UNAVAILABLE), repaired at once, rescanned before anyone else gets a session", async () => {
