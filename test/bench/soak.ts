@@ -20,7 +20,7 @@ import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { digest as hashBytes } from "../../src/signing/key-spec.js";
 import { verifyNotarySignature } from "../helpers/notation.js";
-import { freePort } from "../helpers/service-process.js";
+import { demoSetup } from "../helpers/service-process.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
 import { PROJECT_ROOT } from "../helpers/softhsm.js";
 import { percentile } from "./load.js";
@@ -197,23 +197,11 @@ async function call(client: grpc.Client, kind: Kind, verify: boolean): Promise<v
 
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const data = mkdtempSync(join(tmpdir(), "hsm-signer-soak-"));
-  const port = await freePort();
-  const metricsPort = await freePort();
   let child: ChildProcess | undefined;
   let client: grpc.Client | undefined;
   try {
     o.log(`soak: setting up a token with ${EC_KEY} (EC-256) and ${RSA_KEY} (RSA-2048) in ${data}...`);
-    const setupEnv = {
-      ...process.env,
-      HSM_SIGNER_DATA: data,
-      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
-      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
-      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
-      DEMO_KEY_ID: EC_KEY,
-      DEMO_KEY_SPEC: "EC-256",
-      DEMO_TOKEN_LABEL: "hsm-signer-soak",
-    };
-    await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 120_000 });
+    const { port, metricsPort } = await demoSetup({ data, keyId: EC_KEY, tokenLabel: "hsm-signer-soak", timeoutMs: 120_000 });
     const env = { ...process.env, SOFTHSM2_CONF: join(data, "softhsm2.conf") };
     await run(HSM_SIGNER, ["test-chain", "--config", join(data, "config.yaml"), "--key-id", RSA_KEY, "--key-spec", "RSA-2048"], { env, timeout: 120_000 });
     // Anonymous loopback callers may use the two soak keys and nothing else, so DENIED_KEY is refused by policy.

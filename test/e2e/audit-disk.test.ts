@@ -26,8 +26,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
 import { auditFilesIn } from "../../src/audit/index.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { adminClient, freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
-import { PROJECT_ROOT } from "../helpers/softhsm.js";
+import { adminClient, demoSetup, freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { spawnCollect } from "../helpers/process.js";
 
 const run = promisify(execFile);
@@ -213,16 +212,7 @@ describe("the audit log on a disk that stalls, fills up or is shared (service pr
   before(async function () {
     this.timeout(120_000);
     data = mkdtempSync(join(tmpdir(), "hsm-signer-audit-disk-"));
-    const setupEnv = env({
-      HSM_SIGNER_DATA: data,
-      HSM_SIGNER_LISTEN: `127.0.0.1:${await freePort()}`,
-      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${await freePort()}`,
-      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
-      DEMO_KEY_ID: KEY,
-      DEMO_KEY_SPEC: "EC-256",
-      DEMO_TOKEN_LABEL: TOKEN_LABEL,
-    });
-    await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 90_000 });
+    await demoSetup({ data, keyId: KEY, tokenLabel: TOKEN_LABEL, env: env({}) });
     ca = readFileSync(join(data, "tls/ca.pem"));
   });
 

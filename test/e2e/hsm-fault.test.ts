@@ -27,7 +27,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
 import { verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { adminClient, callAdmin, freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
+import { adminClient, callAdmin, demoSetup, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
 
 const run = promisify(execFile);
@@ -101,20 +101,7 @@ describe("HSM faults made real against the service process, and recovery without
 
   before(async () => {
     data = mkdtempSync(join(tmpdir(), "hsm-signer-fault-"));
-    port = await freePort();
-    metricsPort = await freePort();
-    // Every listener on a port of its own: a quick-start service on the defaults may be running.
-    const setupEnv = {
-      ...process.env,
-      HSM_SIGNER_DATA: data,
-      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
-      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
-      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${(adminPort = await freePort())}`,
-      DEMO_KEY_ID: KEY,
-      DEMO_KEY_SPEC: "EC-256",
-      DEMO_TOKEN_LABEL: TOKEN_LABEL,
-    };
-    await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 60_000 });
+    ({ port, metricsPort, adminPort } = await demoSetup({ data, keyId: KEY, tokenLabel: TOKEN_LABEL, timeoutMs: 60_000 }));
     pin = readFileSync(join(data, "pin"), "utf8").trim();
     child = spawn(HSM_SIGNER, ["serve", "--config", join(data, "config.yaml")], { env: env(), stdio: ["ignore", "pipe", "pipe"] });
     await waitForLog(child, "hsm-signer listening");

@@ -6,20 +6,18 @@
  * its probes and scrapes at once.
  */
 import assert from "node:assert/strict";
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import type * as grpc from "@grpc/grpc-js";
 import { verifyNotarySignature } from "../helpers/notation.js";
 import { callSigner, signerClient, type SignResponse } from "../helpers/signer-client.js";
-import { freePort, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
+import { demoSetup, HSM_SIGNER, waitForLog } from "../helpers/service-process.js";
 import { slowHsm, type SlowHsm } from "../helpers/slow-hsm.js";
-import { PROJECT_ROOT, softHsmModule } from "../helpers/softhsm.js";
+import { softHsmModule } from "../helpers/softhsm.js";
 
-const run = promisify(execFile);
 const KEY = "network-key";
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -58,19 +56,8 @@ describe("hsm-signer serve on a slow, then hung, network HSM (a PKCS#11 shim in 
 
   before(async () => {
     data = mkdtempSync(join(tmpdir(), "hsm-signer-network-"));
-    const port = await freePort();
-    metricsPort = await freePort();
-    const setupEnv = {
-      ...process.env,
-      HSM_SIGNER_DATA: data,
-      HSM_SIGNER_LISTEN: `127.0.0.1:${port}`,
-      HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
-      HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${await freePort()}`,
-      DEMO_KEY_ID: KEY,
-      DEMO_KEY_SPEC: "EC-256",
-      DEMO_TOKEN_LABEL: "hsm-signer-network",
-    };
-    await run("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env: setupEnv, timeout: 60_000 });
+    const { port, metricsPort: m } = await demoSetup({ data, keyId: KEY, tokenLabel: "hsm-signer-network", timeoutMs: 60_000 });
+    metricsPort = m;
     slow = slowHsm(softHsmModule());
     const configFile = join(data, "config.yaml");
     const config = readFileSync(configFile, "utf8");

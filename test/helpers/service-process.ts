@@ -1,8 +1,9 @@
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { SoftHsmToken } from "./softhsm.js";
@@ -53,6 +54,35 @@ export async function freePort(): Promise<number> {
     }
   }
   throw new Error("no free port that this process has not handed out already, after 50 tries");
+}
+
+/** The listeners of a demo set-up (demoSetup), each on a port of its own. */
+export interface DemoPorts {
+  port: number;
+  metricsPort: number;
+  adminPort: number;
+}
+
+/**
+ * scripts/demo-setup.sh --setup-only into `data`: a token, TLS, the key and its chain and a
+ * config.yaml whose listeners have free ports of their own (a quick-start service on the
+ * defaults may be running). `env` adds to or replaces the process's variables.
+ */
+export async function demoSetup(o: { data: string; keyId: string; tokenLabel: string; keySpec?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv }): Promise<DemoPorts> {
+  const ports = { port: await freePort(), metricsPort: await freePort(), adminPort: await freePort() };
+  const env = {
+    ...process.env,
+    ...o.env,
+    HSM_SIGNER_DATA: o.data,
+    HSM_SIGNER_LISTEN: `127.0.0.1:${ports.port}`,
+    HSM_SIGNER_METRICS_LISTEN: `127.0.0.1:${ports.metricsPort}`,
+    HSM_SIGNER_ADMIN_LISTEN: `127.0.0.1:${ports.adminPort}`,
+    DEMO_KEY_ID: o.keyId,
+    DEMO_KEY_SPEC: o.keySpec ?? "EC-256",
+    DEMO_TOKEN_LABEL: o.tokenLabel,
+  };
+  await promisify(execFile)("bash", [join(PROJECT_ROOT, "scripts/demo-setup.sh"), "--setup-only"], { env, timeout: o.timeoutMs ?? 90_000 });
+  return ports;
 }
 
 /** Waits for a JSON log line with this msg on the child's stdout; a failure carries stdout and stderr. */
