@@ -5,25 +5,15 @@
  * HSM; on the event loop, a few dozen of them every two seconds held every call (hsm-reader.ts).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { Module, Session, type Slot } from "graphene-pk11";
+import { Session, type Slot } from "graphene-pk11";
+import { handleLoggedIn, loadModule } from "./hsm-token.js";
 import { readTokenState } from "./key-state.js";
-import { CKR, ckrOf } from "./pkcs11-errors.js";
+import { ckrOf } from "./pkcs11-errors.js";
 import type { ReaderAnswer, ReaderRequest, SessionLook } from "./hsm-reader.js";
 import { scanToken, tokenFingerprint } from "./token-scan.js";
 
-const CKF_OS_LOCKING_OK = 2;
-/** CKS_RO_USER_FUNCTIONS and CKS_RW_USER_FUNCTIONS: the session sees private objects (hsm-token.ts). */
-const LOGGED_IN_STATES = new Set([1, 3]);
-
-const data = workerData as { modulePath: string };
-const mod = Module.load(data.modulePath, "hsm-reader");
-try {
-  // The main thread initialized the module; this only takes a reference (notes, trap 6).
-  mod.initialize({ flags: CKF_OS_LOCKING_OK });
-} catch (e) {
-  if (ckrOf(e) !== CKR.CRYPTOKI_ALREADY_INITIALIZED) throw e;
-}
-const lib = mod.lib;
+// The main thread initialized the module; this only takes a reference (notes, trap 6).
+const lib = loadModule((workerData as { modulePath: string }).modulePath).lib;
 
 /** A handle that came through postMessage (a Uint8Array) as the Buffer pkcs11js wants. */
 const handle = (h: Uint8Array): Buffer => Buffer.from(h.buffer, h.byteOffset, h.byteLength);
@@ -39,7 +29,7 @@ function answer(r: ReaderRequest): unknown {
     case "sessions":
       return r.sessions.map((s): SessionLook => {
         try {
-          return { loggedIn: LOGGED_IN_STATES.has(lib.C_GetSessionInfo(handle(s)).state) };
+          return { loggedIn: handleLoggedIn(lib, handle(s)) };
         } catch (e) {
           return { error: failure(e) };
         }

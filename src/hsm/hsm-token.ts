@@ -120,9 +120,14 @@ export function probeToken(slot: Slot): void {
 /** CKS_RO_USER_FUNCTIONS and CKS_RW_USER_FUNCTIONS (PKCS#11 v2.40 §5.6.1): the session sees private objects. */
 const LOGGED_IN_STATES = new Set([1, 3]);
 
+/** C_GetSessionInfo of a session handle: whether the user is logged in; throws the raw error when the handle is no longer valid. */
+export function handleLoggedIn(lib: Session["lib"], handle: Buffer): boolean {
+  return LOGGED_IN_STATES.has(lib.C_GetSessionInfo(handle).state);
+}
+
 /** C_GetSessionInfo: whether the user is logged in; throws the raw error when the handle is no longer valid. */
 export function sessionLoggedIn(session: Session): boolean {
-  return LOGGED_IN_STATES.has(session.lib.C_GetSessionInfo(session.handle).state);
+  return handleLoggedIn(session.lib, session.handle);
 }
 
 export function openSession(slot: Slot): Session {

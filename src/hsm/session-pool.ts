@@ -50,6 +50,11 @@ interface Waiter {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** C_GetTokenInfo failed: the token itself may be gone. */
+function tokenFault(e: unknown): HsmFault {
+  return { reason: `C_GetTokenInfo failed with ${ckrName(e)}`, cause: e, reconnect: true };
+}
+
 function closeQuietly(s: Session): void {
   try {
     s.close();
@@ -276,7 +281,7 @@ export class SessionPool {
     try {
       probeToken(this.currentSlot);
     } catch (e) {
-      return { reason: `C_GetTokenInfo failed with ${ckrName(e)}`, cause: e, reconnect: true };
+      return tokenFault(e);
     }
     let loggedIn = false;
     for (const s of [...this.idle]) {
@@ -284,12 +289,8 @@ export class SessionPool {
       try {
         ok = sessionLoggedIn(s);
       } catch (e) {
-        // CKR_SESSION_HANDLE_INVALID / CKR_SESSION_CLOSED: this session is gone, the others may be fine.
         this.idle.splice(this.idle.indexOf(s), 1);
-        this.owned.delete(s);
-        closeQuietly(s);
-        this.counters.sessionsReplaced++;
-        this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(e) });
+        this.dropLost(s, e);
         continue;
       }
       if (!ok) return { reason: "the HSM user is no longer logged in", reconnect: false };
@@ -335,7 +336,7 @@ export class SessionPool {
       await reader.probe(this.currentSlot.handle);
     } catch (e) {
       if (e instanceof SignerError) throw e; // the reader thread, not the HSM
-      return { reason: `C_GetTokenInfo failed with ${ckrName(e)}`, cause: e, reconnect: true };
+      return tokenFault(e);
     }
     if (!this.supervisor.admits) return undefined;
     const lent = this.idle.splice(0);
@@ -349,18 +350,19 @@ export class SessionPool {
     let fault: HsmFault | undefined;
     lent.forEach((s, i) => {
       const look = looks[i];
-      if (look && "error" in look && this.owned.has(s)) {
-        // CKR_SESSION_HANDLE_INVALID / CKR_SESSION_CLOSED: this session is gone, the others may be fine.
-        this.owned.delete(s);
-        closeQuietly(s);
-        this.counters.sessionsReplaced++;
-        this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(new ThreadPkcs11Error(look.error.message, look.error.code)) });
-        return;
-      }
+      if (look && "error" in look && this.owned.has(s)) return this.dropLost(s, new ThreadPkcs11Error(look.error.message, look.error.code));
       if (look && "loggedIn" in look && !look.loggedIn) fault ??= { reason: "the HSM user is no longer logged in", reconnect: false };
       this.release(s);
     });
     return fault;
+  }
+
+  /** C_GetSessionInfo failed on a session no caller holds (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED): it is gone, the others may be fine. */
+  private dropLost(s: Session, e: unknown): void {
+    this.owned.delete(s);
+    closeQuietly(s);
+    this.counters.sessionsReplaced++;
+    this.logger.warn("HSM session lost; it will be replaced", { error: ckrName(e) });
   }
 
   private handToWaiter(): void {
